@@ -1,0 +1,3 @@
+"""craft: a small functional training library for PyTorch."""
+
+__version__ = "0.1.0"

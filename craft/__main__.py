@@ -1,0 +1,3 @@
+from craft.cli import main
+
+main()

@@ -1,0 +1,24 @@
+"""The seed's small CNN for 32x32 images."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class SmallCNN(nn.Module):
+    """Conv(in->16) ReLU MaxPool, Conv(16->32) ReLU MaxPool, Linear(32*8*8 -> classes).
+
+    Input ``(B, in_channels, 32, 32)``; output logits ``(B, num_classes)``.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, kernel_size=3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(32 * 8 * 8, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pool(self.conv1(x).relu())  # (B, 16, 16, 16)
+        x = self.pool(self.conv2(x).relu())  # (B, 32, 8, 8)
+        return self.fc(x.flatten(1))  # (B, num_classes)

@@ -1,0 +1,95 @@
+"""The usual optimizers, each a short ``chain`` of transforms.
+
+Every entry of ``OPTIMIZERS`` is a factory ``f(learning_rate, **options)``
+returning a ``Transform``; ``learning_rate`` is a float or a ``Schedule``.
+``clip_norm`` clips the global gradient norm first, as ``clip_grad_norm_``
+before ``optimizer.step()`` does. Options left at their neutral value add no
+transform (and no state) to the chain.
+"""
+
+from __future__ import annotations
+
+from craft.optim.base import Schedule, Transform, chain, scale_by_learning_rate
+from craft.optim.transforms import (
+    DecayMask,
+    add_decayed_weights,
+    clip_by_global_norm,
+    scale_by_adam,
+    trace,
+)
+from craft.registry import Registry
+
+OPTIMIZERS: Registry = Registry("optimizer")
+
+
+def _clip(clip_norm: float | None) -> list[Transform]:
+    return [clip_by_global_norm(clip_norm)] if clip_norm is not None else []
+
+
+def _decay(weight_decay: float, mask: DecayMask | None) -> list[Transform]:
+    return [add_decayed_weights(weight_decay, mask)] if weight_decay else []
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(
+    learning_rate: float | Schedule,
+    *,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    mask: DecayMask | None = None,
+    clip_norm: float | None = None,
+) -> Transform:
+    """``torch.optim.SGD``: L2 weight decay (masked) folded into the gradient, then momentum."""
+    if nesterov and momentum <= 0:
+        raise ValueError("sgd: nesterov needs momentum > 0")
+    return chain(
+        *_clip(clip_norm),
+        *_decay(weight_decay, mask),
+        *([trace(momentum, nesterov)] if momentum else []),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+@OPTIMIZERS.register("adam")
+def adam(
+    learning_rate: float | Schedule,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    mask: DecayMask | None = None,
+    clip_norm: float | None = None,
+) -> Transform:
+    """``torch.optim.Adam``: L2 weight decay (masked) enters the moments."""
+    return chain(
+        *_clip(clip_norm),
+        *_decay(weight_decay, mask),
+        scale_by_adam(b1, b2, eps),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(
+    learning_rate: float | Schedule,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+    mask: DecayMask | None = None,
+    clip_norm: float | None = None,
+) -> Transform:
+    """``torch.optim.AdamW``: decoupled weight decay, scaled by the learning rate.
+
+    Unlike torch's default, biases, norm scales and embeddings are not decayed
+    unless ``mask`` says so (see ``default_decay_mask``).
+    """
+    return chain(
+        *_clip(clip_norm),
+        scale_by_adam(b1, b2, eps),
+        *_decay(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )

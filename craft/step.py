@@ -1,0 +1,240 @@
+"""Training as a pure function: ``state, batch -> state, metrics``.
+
+``make_train_step`` builds the step from a plain ``nn.Module``, a loss
+function and an optimizer ``Transform``::
+
+    state = init_state(model, tx, seed=0)
+    train_step = make_train_step(model, loss_fn, tx)
+    state, metrics = train_step(state, batch)      # metrics: dict of 0-d tensors
+
+The model only provides the computation: parameters, buffers (BatchNorm
+statistics) and optimizer state all live in ``TrainState`` and are threaded
+through ``torch.func.functional_call``. The step never calls ``.item()``, so it
+never waits on the device; the loop decides when to read metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value
+from torch.utils import _pytree as pytree
+
+from craft.optim import Transform, apply_updates
+from craft.tree import Params, global_norm
+
+Batch = Any  # a pytree of tensors, usually a dict; dim 0 is the batch
+Metrics = dict[str, Tensor]
+LossFn = Callable[[Any, Batch], "Tensor | tuple[Tensor, Metrics]"]
+"""``loss_fn(outputs, batch) -> loss`` or ``(loss, metrics)``; loss is a 0-d mean."""
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+_MASK63 = (1 << 63) - 1
+
+
+class TrainState(NamedTuple):
+    """Everything a step reads and writes. A pytree: no hidden state.
+
+    ``rng`` is a 0-d int64 CPU tensor seeding the step's randomness (dropout):
+    kept on the CPU so that reading it never waits on an accelerator.
+    """
+
+    params: Params  # trainable: requires_grad parameters
+    buffers: Params  # BatchNorm statistics and frozen parameters
+    opt_state: Any
+    step: Tensor  # 0-d int64, on the params' device
+    rng: Tensor  # 0-d int64, CPU
+
+
+def init_state(model: nn.Module, transform: Transform, *, seed: int = 0) -> TrainState:
+    """The initial state of ``model`` trained with ``transform``.
+
+    The tensors are the module's own (no copy): a step with ``donate=True``
+    keeps the module up to date; otherwise the module holds the initial values.
+    """
+    params, buffers = {}, {}
+    for name, p in model.named_parameters():
+        (params if p.requires_grad else buffers)[name] = p.detach()
+    buffers.update({name: b.detach() for name, b in model.named_buffers()})
+    device = next(iter(params.values())).device if params else torch.device("cpu")
+    return TrainState(
+        params=params,
+        buffers=buffers,
+        opt_state=transform.init(params),
+        step=torch.zeros((), dtype=torch.int64, device=device),
+        rng=torch.tensor(seed & _MASK63, dtype=torch.int64),
+    )
+
+
+def default_inputs(batch: Batch) -> tuple:
+    """The model's positional inputs from a batch: ``(batch["input"],)``."""
+    return (batch["input"],)
+
+
+def make_train_step(
+    model: nn.Module,
+    loss_fn: LossFn,
+    transform: Transform,
+    *,
+    inputs: Callable[[Batch], tuple] = default_inputs,
+    accum_steps: int = 1,
+    precision: str = "fp32",
+    compile: bool | Mapping[str, Any] = True,
+    donate: bool = False,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """Build the pure train step ``state, batch -> state, metrics``.
+
+    - ``inputs(batch)`` gives the model's positional arguments.
+    - ``accum_steps`` splits the batch into that many equal micro-batches and
+      averages their gradients: with a mean loss this is the gradient of the
+      whole batch, computed with a fraction of the activation memory.
+    - ``precision="bf16"`` runs forward and loss under autocast; params,
+      gradients and optimizer state stay float32.
+    - ``compile`` is ``True`` (``torch.compile`` defaults), ``False`` (eager),
+      or a dict of ``torch.compile`` keyword arguments.
+    - ``donate=True`` writes the new state into the input state's tensors
+      (like JAX's buffer donation): one copy of params and optimizer state
+      instead of two, but the input state must not be used afterwards.
+
+    Metrics: ``loss``, ``grad_norm`` (before clipping) and whatever ``loss_fn``
+    returns, averaged over micro-batches; all 0-d float32 tensors on device.
+    """
+    autocast = _autocast_for(precision)
+    if accum_steps < 1:
+        raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
+
+    def loss_and_aux(params: Params, buffers: Params, batch: Batch):
+        with autocast(_device_type(params)):
+            loss, metrics = _loss_and_metrics(loss_fn, functional_call(model, (params, buffers), inputs(batch)), batch)
+        return loss, (loss.detach(), metrics, buffers)
+
+    grad_fn = grad_and_value(loss_and_aux, has_aux=True)
+
+    def step(params: Params, buffers: Params, opt_state: Any, count: Tensor, batch: Batch):
+        # BatchNorm updates its running statistics in place; work on copies so
+        # the caller's state is untouched, unless it was donated.
+        buffers = buffers if donate else {k: b.clone() for k, b in buffers.items()}
+        grads, logged = None, []
+        for micro in _split(batch, accum_steps):
+            g, (_, (loss, metrics, buffers)) = grad_fn(params, buffers, micro)
+            grads = g if grads is None else dict(zip(g, torch._foreach_add(list(grads.values()), list(g.values()))))
+            logged.append({"loss": loss, **metrics})
+        if accum_steps > 1:
+            grads = dict(zip(grads, torch._foreach_div(list(grads.values()), float(accum_steps))))
+        metrics = {k: torch.stack([m[k] for m in logged]).float().mean() for k in logged[0]}
+        metrics["grad_norm"] = global_norm(grads)
+        updates, new_opt_state = transform.update(grads, opt_state, params)
+        new = (apply_updates(params, updates), buffers, new_opt_state, count + 1)
+        if donate:
+            old = (params, buffers, opt_state, count)
+            torch._foreach_copy_(pytree.tree_leaves(old), pytree.tree_leaves(new))
+            new = old
+        return new, metrics
+
+    compiled = _maybe_compile(step, compile)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        seed = int(state.rng)
+        torch.manual_seed(seed)  # dropout masks are a function of state.rng
+        _set_mode(model, training=True)
+        (params, buffers, opt_state, count), metrics = compiled(
+            state.params, state.buffers, state.opt_state, state.step, batch
+        )
+        rng = torch.tensor(_next_seed(seed), dtype=torch.int64)
+        return TrainState(params, buffers, opt_state, count, rng), metrics
+
+    return train_step
+
+
+def make_eval_step(
+    model: nn.Module,
+    loss_fn: LossFn,
+    *,
+    inputs: Callable[[Batch], tuple] = default_inputs,
+    precision: str = "fp32",
+    compile: bool | Mapping[str, Any] = True,
+) -> Callable[[TrainState, Batch], Metrics]:
+    """Build ``state, batch -> metrics``: the model in eval mode, no gradients.
+
+    Metrics: ``loss`` and whatever ``loss_fn`` returns, 0-d float32 tensors.
+    """
+    autocast = _autocast_for(precision)
+
+    def evaluate(params: Params, buffers: Params, batch: Batch) -> Metrics:
+        with torch.no_grad(), autocast(_device_type(params)):
+            outputs = functional_call(model, (params, buffers), inputs(batch))
+            loss, metrics = _loss_and_metrics(loss_fn, outputs, batch)
+        return {k: v.float() for k, v in {"loss": loss, **metrics}.items()}
+
+    compiled = _maybe_compile(evaluate, compile)
+
+    def eval_step(state: TrainState, batch: Batch) -> Metrics:
+        _set_mode(model, training=False)
+        return compiled(state.params, state.buffers, batch)
+
+    return eval_step
+
+
+def _loss_and_metrics(loss_fn: LossFn, outputs: Any, batch: Batch) -> tuple[Tensor, Metrics]:
+    out = loss_fn(outputs, batch)
+    loss, metrics = (out, {}) if isinstance(out, Tensor) else out
+    if not isinstance(loss, Tensor) or loss.ndim != 0:
+        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(f"loss_fn must return a 0-d loss tensor (a mean), got {shape}")
+    return loss, {k: v.detach() for k, v in metrics.items()}
+
+
+def _split(batch: Batch, n: int) -> list[Batch]:
+    """``n`` equal micro-batches along dim 0 of every leaf."""
+    if n == 1:
+        return [batch]
+    leaves, spec = pytree.tree_flatten(batch)
+    size = leaves[0].shape[0]
+    if size % n:
+        raise ValueError(f"batch size {size} is not divisible by accum_steps={n}; pick sizes that divide")
+    chunks = [leaf.chunk(n) for leaf in leaves]
+    return [pytree.tree_unflatten([c[i] for c in chunks], spec) for i in range(n)]
+
+
+def _autocast_for(precision: str) -> Callable[[str], contextlib.AbstractContextManager]:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return lambda device_type: contextlib.nullcontext()
+    return lambda device_type: torch.autocast(device_type, dtype=dtype)
+
+
+def _device_type(params: Params) -> str:
+    return next(iter(params.values())).device.type if params else "cpu"
+
+
+def _maybe_compile(fn: Callable, compile: bool | Mapping[str, Any]) -> Callable:
+    if compile is False:
+        return fn
+    options = {} if compile is True else dict(compile)
+    # Dynamo caches compiled code per code object, at most `recompile_limit`
+    # variants. Every step built here gets its own code object, so a process
+    # that builds many steps (tests, sweeps) never falls back to eager.
+    own_code = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return torch.compile(own_code, **options)
+
+
+def _set_mode(model: nn.Module, training: bool) -> None:
+    # Compiled code guards on each module's `training` flag; switching only
+    # when needed keeps eager overhead off the hot path.
+    if model.training != training:
+        model.train(training)
+
+
+def _next_seed(seed: int) -> int:
+    """SplitMix64: the next 63-bit seed, a pure function of the last."""
+    z = (seed + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & _MASK63

@@ -1,0 +1,106 @@
+"""Helpers over parameter trees.
+
+A params tree is a flat ``dict[str, Tensor]`` keyed by the module's dotted
+parameter names (``"conv1.weight"``), as ``nn.Module.named_parameters`` gives.
+Optimizer states nest such dicts inside tuples and NamedTuples; the functions
+taking "any pytree" accept those too.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.utils import _pytree as pytree
+
+Params = dict[str, Tensor]
+
+
+def tree_map(fn: Callable[..., Tensor], tree: Params, *rest: Params) -> Params:
+    """``{k: fn(tree[k], *(r[k] for r in rest))}``; every tree has the same keys."""
+    for other in rest:
+        if other.keys() != tree.keys():
+            raise ValueError(
+                f"trees have different keys: {sorted(tree.keys() ^ other.keys())}"
+            )
+    return {k: fn(v, *(r[k] for r in rest)) for k, v in tree.items()}
+
+
+def zeros_like(tree: Params) -> Params:
+    """A tree of zeros with the shapes, dtypes and devices of ``tree``."""
+    return {k: torch.zeros_like(v) for k, v in tree.items()}
+
+
+def global_norm(tree: Params) -> Tensor:
+    """The L2 norm of all leaves taken as one vector: a 0-d tensor of their promoted dtype.
+
+    Computed as the norm of per-tensor norms (one multi-tensor kernel), as
+    ``torch.nn.utils.clip_grad_norm_`` does.
+    """
+    leaves = list(tree.values())
+    if not leaves:
+        return torch.zeros(())
+    norms = torch._foreach_norm(leaves)
+    dtypes = {n.dtype for n in norms}
+    if len(dtypes) > 1:  # a mixed-precision tree: combine in the widest dtype
+        dtype = functools.reduce(torch.promote_types, dtypes)
+        norms = [n.to(dtype) for n in norms]
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+class FlatSpec(NamedTuple):
+    """What ``unflatten`` needs to rebuild a tree from one flat buffer."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    dtypes: tuple[torch.dtype, ...]
+
+    @property
+    def numels(self) -> list[int]:
+        return [s.numel() for s in self.shapes]
+
+
+def flatten(tree: Params, dtype: torch.dtype | None = None) -> tuple[Tensor, FlatSpec]:
+    """Concatenate all leaves into one 1-d buffer, in key order.
+
+    ``dtype`` defaults to the promoted dtype of the leaves. Returns the buffer
+    of length ``sum(numel)`` and the spec that ``unflatten`` reverses.
+    """
+    leaves = list(tree.values())
+    spec = FlatSpec(
+        tuple(tree), tuple(t.shape for t in leaves), tuple(t.dtype for t in leaves)
+    )
+    if not leaves:
+        return torch.zeros(0, dtype=dtype or torch.float32), spec
+    if dtype is None:
+        dtype = leaves[0].dtype
+        for t in leaves[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return torch.cat([t.reshape(-1).to(dtype) for t in leaves]), spec
+
+
+def unflatten(flat: Tensor, spec: FlatSpec) -> Params:
+    """Split a buffer made by ``flatten`` back into a tree (original dtypes)."""
+    if flat.ndim != 1 or flat.numel() != sum(spec.numels):
+        raise ValueError(
+            f"flat buffer of shape {tuple(flat.shape)} does not match the spec "
+            f"({sum(spec.numels)} elements)"
+        )
+    parts = torch.split(flat, spec.numels)
+    return {
+        name: part.view(shape).to(dtype)
+        for name, part, shape, dtype in zip(spec.names, parts, spec.shapes, spec.dtypes)
+    }
+
+
+def leaves(tree: Any) -> list[Tensor]:
+    """All tensors of any pytree (dicts, tuples, NamedTuples), in a fixed order."""
+    return [x for x in pytree.tree_leaves(tree) if isinstance(x, Tensor)]
+
+
+def nbytes(tree: Any) -> int:
+    """Total bytes of the tensors in any pytree."""
+    return sum(t.numel() * t.element_size() for t in leaves(tree))

@@ -1,0 +1,49 @@
+"""Shared models and data for the tests."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from hypothesis import settings
+from torch import nn
+
+from craft.models import SmallCNN
+
+settings.register_profile("craft", deadline=None, print_blob=True)
+settings.load_profile("craft")
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def cnn() -> nn.Module:
+    return SmallCNN(num_classes=4)
+
+
+def bn_dropout_net(p: float = 0.5) -> nn.Module:
+    """BatchNorm (buffers to thread) and dropout (randomness to seed)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),  # no bias: BN would cancel it
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(4),
+        nn.Flatten(),
+        nn.Dropout(p),
+        nn.Linear(8 * 8 * 8, 4),
+    )
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "bn_dropout": bn_dropout_net}
+
+
+def batch_for(name: str, size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    shape = (size, 8) if name == "mlp" else (size, 3, 32, 32)
+    return {"input": torch.randn(shape, generator=g), "target": torch.randint(0, 4, (size,), generator=g)}
+
+
+def cross_entropy(outputs: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
+    loss = F.cross_entropy(outputs, batch["target"])
+    accuracy = (outputs.argmax(-1) == batch["target"]).float().mean()
+    return loss, {"accuracy": accuracy}

@@ -1,0 +1,270 @@
+"""The functional step against an imperative PyTorch reference, and its contract."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import MODELS, batch_for, cross_entropy
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from craft.optim import adamw, sgd
+from craft.step import TrainState, init_state, make_eval_step, make_train_step
+
+STEPS = 20
+# Multi-step parity runs in float64. In float32, last-bit differences (operation
+# order in the optimizer, reduction order under inductor) flip ReLU and
+# max-pool decisions within a few steps, and training is chaotic enough to
+# grow them to 1e-4 after 20 steps; in float64 they stay at rounding level,
+# so a tight tolerance tests the arithmetic itself.
+TOL = dict(atol=1e-10, rtol=1e-9)
+FLOAT32_TOL = dict(atol=1e-6, rtol=1e-5)  # one float32 step
+
+OPTIMIZERS = {
+    "sgd": (
+        lambda: sgd(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, clip_norm=1.0, mask=_all),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    ),
+    "adamw": (
+        lambda: adamw(1e-3, weight_decay=0.1, clip_norm=1.0, mask=_all),
+        lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.1),
+    ),
+}
+
+
+def _all(params):
+    return {k: True for k in params}
+
+
+def _reference(model, make_opt, batches, seeds):
+    """The usual loop: zero_grad, forward, backward, clip_grad_norm_, step."""
+    model.train()
+    opt = make_opt(model.parameters())
+    norms = []
+    for batch, seed in zip(batches, seeds):
+        torch.manual_seed(seed)  # the same dropout masks as the functional step
+        opt.zero_grad()
+        loss, _ = cross_entropy(model(batch["input"]), batch)
+        loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+        opt.step()
+    return model.state_dict(), norms
+
+
+def _functional(model, tx, batches, **options):
+    state = init_state(model, tx, seed=123)
+    step = make_train_step(model, cross_entropy, tx, **options)
+    seeds, norms = [], []
+    for batch in batches:
+        seeds.append(int(state.rng))
+        state, metrics = step(state, batch)
+        norms.append(metrics["grad_norm"])
+    return state, seeds, norms
+
+
+def _assert_state_matches(state: TrainState, reference: dict, tol: dict):
+    ours = {**state.params, **state.buffers}
+    assert ours.keys() == reference.keys()
+    for k, v in reference.items():
+        torch.testing.assert_close(ours[k], v, **tol, msg=lambda m: f"{k}: {m}")
+
+
+def _batches(name, n=STEPS, dtype=torch.float64, size=8):
+    """Small batches: float64 convolutions on the CPU are slow."""
+    return [{**b, "input": b["input"].to(dtype)} for b in (batch_for(name, size, seed=i) for i in range(n))]
+
+
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_eager_step_matches_imperative_reference(model_name, opt_name):
+    """Dropout active: both sides draw masks from the same per-step seed."""
+    make_tx, make_opt = OPTIMIZERS[opt_name]
+    torch.manual_seed(0)
+    model = MODELS[model_name]().double()
+    reference_model = copy.deepcopy(model)
+    batches = _batches(model_name)
+    state, seeds, norms = _functional(model, make_tx(), batches, compile=False)
+    reference, ref_norms = _reference(reference_model, make_opt, batches, seeds)
+    _assert_state_matches(state, reference, TOL)
+    torch.testing.assert_close(torch.stack(norms).double(), torch.stack(ref_norms), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_compiled_step_matches_eager_and_reference(model_name):
+    """Inductor-compiled step; dropout off, since compiled code draws its own masks."""
+    make_tx, make_opt = OPTIMIZERS["adamw"]
+    factory = MODELS[model_name]
+    torch.manual_seed(0)
+    model = (factory(p=0.0) if model_name == "bn_dropout" else factory()).double()
+    eager_model, reference_model = copy.deepcopy(model), copy.deepcopy(model)
+    batches = _batches(model_name)
+    compiled, seeds, _ = _functional(model, make_tx(), batches, compile=True)
+    eager, _, _ = _functional(eager_model, make_tx(), batches, compile=False)
+    reference, _ = _reference(reference_model, make_opt, batches, seeds)
+    _assert_state_matches(compiled, reference, TOL)
+    _assert_state_matches(compiled, {**eager.params, **eager.buffers}, TOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_compiled_float32_step_matches_reference(model_name):
+    make_tx, make_opt = OPTIMIZERS["adamw"]
+    factory = MODELS[model_name]
+    torch.manual_seed(0)
+    model = factory(p=0.0) if model_name == "bn_dropout" else factory()
+    reference_model = copy.deepcopy(model)
+    batches = _batches(model_name, n=1, dtype=torch.float32)
+    compiled, seeds, norms = _functional(model, make_tx(), batches, compile=True)
+    reference, ref_norms = _reference(reference_model, make_opt, batches, seeds)
+    _assert_state_matches(compiled, reference, FLOAT32_TOL)
+    torch.testing.assert_close(norms[0], ref_norms[0], **FLOAT32_TOL)
+
+
+def _snapshot(state):
+    return [t.clone() for t in torch.utils._pytree.tree_leaves(state)]
+
+
+@pytest.mark.parametrize("compile", [False, {"backend": "aot_eager"}])
+def test_step_is_pure_and_reproducible(compile):
+    """Same state in, same state out; the input state (BN stats too) is untouched."""
+    model = MODELS["bn_dropout"]()
+    tx = adamw(1e-2)
+    step = make_train_step(model, cross_entropy, tx, compile=compile)
+    state = init_state(model, tx)
+    batch = batch_for("bn_dropout")
+    before = _snapshot(state)
+    a, metrics_a = step(state, batch)
+    b, metrics_b = step(state, batch)
+    for x, y in zip(before, torch.utils._pytree.tree_leaves(state)):
+        assert torch.equal(x, y)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    torch.testing.assert_close(metrics_a, metrics_b, atol=0, rtol=0)
+    assert not torch.equal(a.buffers["1.running_mean"], state.buffers["1.running_mean"])
+    assert int(a.step) == 1 and int(a.rng) != int(state.rng)
+
+
+def test_dropout_masks_follow_the_state_rng():
+    model = MODELS["bn_dropout"]()
+    tx = sgd(0.1)
+    step = make_train_step(model, cross_entropy, tx, compile=False)
+    batch = batch_for("bn_dropout")
+    a, _ = step(init_state(model, tx, seed=1), batch)
+    b, _ = step(init_state(model, tx, seed=2), batch)
+    assert not torch.equal(a.params["6.weight"], b.params["6.weight"])
+
+
+@pytest.mark.parametrize("compile", [False, {"backend": "aot_eager"}])
+def test_donated_step_matches_and_reuses_buffers(compile):
+    model = MODELS["bn_dropout"](p=0.0)
+    tx = adamw(1e-2, clip_norm=1.0)
+    batches = _batches("bn_dropout", 3, dtype=torch.float32)
+    pure = make_train_step(model, cross_entropy, tx, compile=compile)
+    donated = make_train_step(copy.deepcopy(model), cross_entropy, tx, compile=compile, donate=True)
+    expected = init_state(copy.deepcopy(model), tx)
+    state = init_state(copy.deepcopy(model), tx)
+    storages = [t.data_ptr() for t in torch.utils._pytree.tree_leaves(state[:4])]
+    for batch in batches:
+        expected, _ = pure(expected, batch)
+        state, _ = donated(state, batch)
+    torch.testing.assert_close(state, expected, atol=0, rtol=0)
+    assert [t.data_ptr() for t in torch.utils._pytree.tree_leaves(state[:4])] == storages
+
+
+@pytest.mark.parametrize("compile", [False, {"backend": "aot_eager"}])
+def test_gradient_accumulation_equals_one_large_batch(compile):
+    model = MODELS["mlp"]()
+    tx = adamw(1e-2, clip_norm=1.0)
+    big = make_train_step(model, cross_entropy, tx, compile=compile)
+    micro = make_train_step(model, cross_entropy, tx, compile=compile, accum_steps=4)
+    a = b = init_state(model, tx)
+    for i in range(5):
+        batch = batch_for("mlp", size=64, seed=i)
+        a, metrics_a = big(a, batch)
+        b, metrics_b = micro(b, batch)
+    torch.testing.assert_close(b.params, a.params, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(metrics_b, metrics_a, atol=1e-6, rtol=1e-5)
+
+
+def test_accumulation_needs_a_divisible_batch():
+    model = MODELS["mlp"]()
+    tx = sgd(0.1)
+    step = make_train_step(model, cross_entropy, tx, compile=False, accum_steps=3)
+    with pytest.raises(ValueError, match="batch size 32 is not divisible by accum_steps=3"):
+        step(init_state(model, tx), batch_for("mlp"))
+
+
+def test_metrics_are_device_tensors_and_the_step_never_reads_them():
+    """The only host read in a step is the CPU rng seed: no .item() on a metric."""
+
+    class ScalarReads(TorchDispatchMode):
+        reads: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                self.reads.append((args[0].dtype, args[0].device.type, args[0].ndim))
+            return func(*args, **(kwargs or {}))
+
+    model = MODELS["cnn"]()
+    tx = adamw(1e-3, clip_norm=1.0)
+    step = make_train_step(model, cross_entropy, tx, compile=False)
+    state = init_state(model, tx)
+    with ScalarReads() as mode:
+        state, metrics = step(state, batch_for("cnn"))
+    assert mode.reads == [(torch.int64, "cpu", 0)]
+    assert set(metrics) == {"loss", "accuracy", "grad_norm"}
+    assert all(v.ndim == 0 and v.dtype == torch.float32 for v in metrics.values())
+
+
+def test_eval_step_uses_running_statistics_and_changes_nothing():
+    model = MODELS["bn_dropout"]()
+    tx = sgd(0.1)
+    state = init_state(model, tx)
+    state, _ = make_train_step(model, cross_entropy, tx, compile=False)(state, batch_for("bn_dropout"))
+    batch = batch_for("bn_dropout", seed=99)
+    before = _snapshot(state)
+    metrics = make_eval_step(model, cross_entropy, compile=False)(state, batch)
+    reference = copy.deepcopy(model)
+    reference.load_state_dict({**state.params, **state.buffers})
+    reference.eval()
+    with torch.no_grad():
+        expected, _ = cross_entropy(reference(batch["input"]), batch)
+    torch.testing.assert_close(metrics["loss"], expected)
+    assert all(torch.equal(x, y) for x, y in zip(before, torch.utils._pytree.tree_leaves(state)))
+
+
+def test_bf16_autocast_keeps_float32_state():
+    model = MODELS["cnn"]()
+    tx = adamw(1e-3)
+    state = init_state(model, tx)
+    batch = batch_for("cnn")
+    fp32, m32 = make_train_step(model, cross_entropy, tx, compile=False)(state, batch)
+    bf16, m16 = make_train_step(model, cross_entropy, tx, compile=False, precision="bf16")(state, batch)
+    assert all(p.dtype == torch.float32 for p in bf16.params.values())
+    torch.testing.assert_close(m16["loss"], m32["loss"], atol=2e-2, rtol=2e-2)
+    assert not torch.equal(bf16.params["conv1.weight"], fp32.params["conv1.weight"])
+
+
+def test_frozen_parameters_are_not_trained():
+    model = MODELS["mlp"]()
+    model[0].weight.requires_grad_(False)
+    tx = sgd(0.1)
+    state = init_state(model, tx)
+    assert "0.weight" in state.buffers and "0.weight" not in state.params
+    new, _ = make_train_step(model, cross_entropy, tx, compile=False)(state, batch_for("mlp"))
+    assert torch.equal(new.buffers["0.weight"], state.buffers["0.weight"])
+
+
+def test_bad_arguments_are_clear_errors():
+    model = MODELS["mlp"]()
+    tx = sgd(0.1)
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        make_train_step(model, cross_entropy, tx, precision="fp8")
+    with pytest.raises(ValueError, match="accum_steps must be >= 1"):
+        make_train_step(model, cross_entropy, tx, accum_steps=0)
+    per_example = make_train_step(
+        model, lambda out, b: torch.nn.functional.cross_entropy(out, b["target"], reduction="none"), tx, compile=False
+    )
+    with pytest.raises(ValueError, match=r"0-d loss tensor \(a mean\), got \(32,\)"):
+        per_example(init_state(model, tx), batch_for("mlp"))
