@@ -1,0 +1,32 @@
+"""The command line and the example scripts, run as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_info_lists_the_registries():
+    result = _run("-m", "craft", "info")
+    assert result.returncode == 0, result.stderr
+    assert "optimizers: adam, adamw, sgd" in result.stdout
+    assert "schedules: constant, cosine, linear_warmup, step, warmup_cosine" in result.stdout
+
+
+@pytest.mark.slow
+def test_quickstart_trains_and_reports_accuracy():
+    result = _run("experiments/quickstart.py", "--steps", "30", "--batch", "32", "--no-compile")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    first, last = (float(line.split("loss ")[1].split()[0]) for line in (lines[0], lines[-2]))
+    assert last < first, result.stdout
+    assert lines[-1].startswith("held-out accuracy ")
