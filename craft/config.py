@@ -1,0 +1,618 @@
+"""Experiments as TOML: loaded into frozen attrs records, checked strictly, written back.
+
+An ``Experiment`` names its parts by registry entry: each of the sections
+``model``, ``data``, ``task``, ``optim`` and ``schedule`` has a ``kind`` that
+picks an entry of ``MODELS``, ``DATASETS``, ``TASKS``, ``OPTIMIZERS`` or
+``SCHEDULES``; the section's other keys are that entry's config. An entry is
+either a frozen attrs class (its fields are the keys) or a function, whose
+keyword-only options with a default and a TOML type become the fields of a
+derived attrs class (``config_class``). ``build`` turns either into the object.
+
+Loading never guesses: unknown keys, missing keys, wrong types (``"false"`` is
+not a bool, ``0.5`` not an int) and failed validators are all collected into
+one ``ConfigError`` whose lines name the dotted path of each problem.
+``dumps`` writes every resolved value, so ``loads(dumps(exp)) == exp``.
+"""
+
+from __future__ import annotations
+
+import ast
+import collections.abc
+import datetime
+import difflib
+import functools
+import importlib
+import inspect
+import re
+import sys
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import attrs
+import cattrs
+import tomli_w
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+)
+from cattrs.gen import make_dict_structure_fn, override
+
+from craft.data import DATASETS
+from craft.models import MODELS
+from craft.optim import OPTIMIZERS, SCHEDULES
+from craft.registry import Registry
+from craft.tasks import TASKS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "Component", "ConfigError", "EarlyStopping", "Experiment", "Optim", "Train",
+    "apply_overrides", "build", "config_class", "dumps", "from_dict", "load",
+    "loads", "parse_override", "registries", "save", "to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """Everything wrong with a config: ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(list(problems))
+        self.problems = list(problems)
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+# --- Function entries -> attrs configs ---------------------------------------
+
+_SCALARS = (bool, int, float, str)
+
+
+def _toml_type(t: Any, optional: bool = True) -> bool:
+    """Whether values of ``t`` can be written in TOML (``X | None`` only at the top)."""
+    if t in _SCALARS:
+        return True
+    origin, args = get_origin(t), get_args(t)
+    if origin is list:
+        return len(args) == 1 and _toml_type(args[0], optional=False)
+    if optional and origin in (Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        return _toml_type(next(a for a in args if a is not type(None)), optional=False)
+    return False
+
+
+def _annotation(param: inspect.Parameter, namespace: dict) -> Any:
+    """The parameter's annotation as a type, or None when it cannot be resolved.
+
+    Modules with ``from __future__ import annotations`` keep annotations as
+    strings; resolving them one by one (as ``typing.get_type_hints`` would, all
+    at once) lets one unresolvable annotation make only its parameter unconfigurable.
+    """
+    ann = param.annotation
+    if not isinstance(ann, str):
+        return None if ann is inspect.Parameter.empty else ann
+    try:
+        return eval(ann, namespace)  # noqa: S307  (the entry's own annotation, not user input)
+    except Exception:
+        return None
+
+
+class FunctionConfig:
+    """Base of the configs derived from function entries; ``entry`` is the function."""
+
+    entry: Callable[..., Any]
+
+    def build(self, *args: Any, **kwargs: Any) -> Any:
+        """``entry(*args, **kwargs, **fields)``; ``kwargs`` fill fields the config left None.
+
+        A run passes what only it knows (``total_steps``, ``mask``); a value the
+        TOML set explicitly wins over it.
+        """
+        fields = {a.name: getattr(self, a.name) for a in attrs.fields(type(self))}
+        given = {k: v for k, v in fields.items() if v is not None or k not in kwargs}
+        return type(self).entry(*args, **{**kwargs, **given})
+
+    def __reduce__(self) -> tuple:
+        # The derived class has no importable name; pickle the entry instead.
+        return _function_config, (type(self).entry, attrs.asdict(self, recurse=False))
+
+
+def _function_config(entry: Callable[..., Any], fields: dict[str, Any]) -> FunctionConfig:
+    return config_class(entry)(**fields)
+
+
+@functools.cache
+def config_class(entry: Any) -> type:
+    """The attrs class whose fields are ``entry``'s TOML keys (cached per entry).
+
+    A class entry must be an attrs class and is its own config. For a function,
+    the fields are its keyword-only parameters that have a default and a TOML
+    type; the rest (positional ones, ``mask``...) are supplied at run time.
+    """
+    if inspect.isclass(entry):
+        if not attrs.has(entry):
+            raise TypeError(
+                f"{entry.__qualname__} is not an attrs class; registry entries must be attrs classes or functions"
+            )
+        return entry
+    namespace = getattr(inspect.unwrap(entry), "__globals__", {})
+    fields = {}
+    for p in inspect.signature(entry).parameters.values():
+        t = _annotation(p, namespace)
+        if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and _toml_type(t):
+            default = attrs.Factory(lambda d=p.default: list(d)) if isinstance(p.default, list) else p.default
+            fields[p.name] = attrs.field(default=default, type=t)
+    name = getattr(entry, "__name__", "entry")
+    cls_name = "".join(part.title() for part in re.split(r"\W|_", name) if part) + "Config"
+    cls = attrs.make_class(cls_name, fields, bases=(FunctionConfig,), frozen=True, slots=True)
+    cls.entry = staticmethod(entry)
+    cls.__module__ = getattr(entry, "__module__", __name__)
+    cls.__doc__ = f"TOML options of ``{cls.__module__}.{name}`` (derived from its signature)."
+    return cls
+
+
+def registries() -> dict[str, Registry]:
+    """The tables the sections pick from, by their names: ``models`` for ``[model]``, etc."""
+    return {"models": MODELS, "datasets": DATASETS, "tasks": TASKS, "optimizers": OPTIMIZERS, "schedules": SCHEDULES}
+
+
+def build(component: Component | Optim, *args: Any, **kwargs: Any) -> Any:
+    """The object a section describes: ``component.config.build(*args, **kwargs)``.
+
+    For a function entry that is ``entry(*args, **kwargs, **fields)``, where
+    ``kwargs`` only fill fields the config left None (see ``FunctionConfig.build``).
+    """
+    return component.config.build(*args, **kwargs)
+
+
+# --- Records ----------------------------------------------------------------
+
+
+def _at_least(bound: int) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(_: Any, __: attrs.Attribute, value: int | None) -> None:
+        if value is not None and value < bound:
+            raise ValueError(f"must be >= {bound}, got {value}")
+
+    return check
+
+
+def _one_of(*allowed: str) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(_: Any, __: attrs.Attribute, value: str) -> None:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+    return check
+
+
+def _not_empty(_: Any, __: attrs.Attribute, value: str) -> None:
+    if not value:
+        raise ValueError("must not be empty")
+
+
+@attrs.frozen
+class Component:
+    """A registry entry by name (``kind``) and its structured ``config``."""
+
+    kind: str
+    config: Any
+
+
+@attrs.frozen
+class Optim:
+    """The optimizer: ``kind`` and ``config`` as in ``Component``; ``lr`` is the peak
+    learning rate the run feeds into the schedule."""
+
+    kind: str
+    lr: float
+    config: Any
+
+
+def _default(registry: Registry, kind: str) -> Component:
+    return Component(kind, config_class(registry[kind])())
+
+
+@attrs.frozen
+class EarlyStopping:
+    """Stop when ``metric`` has not improved (per ``mode``) for ``patience`` evaluations."""
+
+    metric: str = attrs.field(default="loss", validator=_not_empty)
+    mode: Literal["min", "max"] = "min"
+    patience: int = attrs.field(default=5, validator=_at_least(0))
+
+
+@attrs.frozen
+class Train:
+    """The loop's settings; ``None`` means off (``eval_batches``: the whole eval set)."""
+
+    steps: int = attrs.field(default=1000, validator=_at_least(1))
+    eval_every: int = attrs.field(default=200, validator=_at_least(1))
+    log_every: int = attrs.field(default=20, validator=_at_least(1))
+    eval_batches: int | None = attrs.field(default=None, validator=_at_least(1))
+    precision: str = attrs.field(default="fp32", validator=_one_of("fp32", "bf16"))
+    compile: bool = True
+    device: str = attrs.field(default="auto", validator=_not_empty)
+    accum_steps: int = attrs.field(default=1, validator=_at_least(1))
+    checkpoint_every: int | None = attrs.field(default=None, validator=_at_least(1))
+    keep_checkpoints: int = attrs.field(default=3, validator=_at_least(1))
+    early_stopping: EarlyStopping | None = None
+    tensorboard: bool = False
+
+
+@attrs.frozen
+class Experiment:
+    """One run, as written in TOML. ``imports`` are modules imported before the
+    sections are read, so they can register models, datasets, etc."""
+
+    name: str = attrs.field(validator=_not_empty)
+    model: Component
+    data: Component
+    seed: int = 0
+    out_dir: str = "runs"
+    imports: list[str] = attrs.field(factory=list)
+    task: Component = attrs.field(factory=lambda: _default(TASKS, "classification"))
+    optim: Optim = attrs.field(factory=lambda: Optim("adamw", 1e-3, config_class(OPTIMIZERS["adamw"])()))
+    schedule: Component = attrs.field(factory=lambda: _default(SCHEDULES, "constant"))
+    train: Train = attrs.field(factory=Train)
+
+
+# --- Structuring --------------------------------------------------------------
+
+
+class _Invalid(ValueError):
+    """A value problem at the path where it is raised."""
+
+
+class _Problems(ValueError):
+    """Problems below the path where it is raised: ``(relative path, message)`` pairs."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        super().__init__(items)
+        self.items = items
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _join(prefix: str, rel: str) -> str:
+    if not rel:
+        return prefix
+    if not prefix or rel.startswith("["):
+        return prefix + rel
+    return f"{prefix}.{rel}"
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return "unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
+
+
+def _problems(exc: BaseException, known: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """Flatten a structuring error into ``(relative path, message)`` pairs.
+
+    ``known`` are keys the caller handled itself (``kind``, ``lr``), offered as
+    did-you-mean candidates for unknown keys at this level.
+    """
+    if isinstance(exc, _Problems):
+        return exc.items
+    if isinstance(exc, ForbiddenExtraKeysError):
+        names = [a.name for a in attrs.fields(exc.cl)] + list(known)
+        return [(str(k), _unknown_key(str(k), names)) for k in sorted(exc.extra_fields, key=str)]
+    if isinstance(exc, ClassValidationError):
+        out = []
+        for sub in exc.exceptions:
+            note = next((n for n in getattr(sub, "__notes__", []) if isinstance(n, AttributeValidationNote)), None)
+            if note is None:  # extra keys, or the class's __init__ raising
+                out += _problems(sub, known)
+            elif type(sub) is KeyError and sub.args == (note.name,):  # cattrs' missing-key error
+                out.append((note.name, "required"))
+            else:
+                out += [(_join(note.name, rel), msg) for rel, msg in _problems(sub)]
+        return out
+    if isinstance(exc, _Invalid):
+        return [("", str(exc))]
+    return [("", str(exc) or type(exc).__name__)]
+
+
+def _scalar_hook(name: str, accepts: Callable[[Any], bool]) -> Callable[[Any, type], Any]:
+    def structure(value: Any, t: type) -> Any:
+        if not accepts(value):
+            raise _Invalid(f"expected {name}, got {_show(value)}")
+        return t(value)  # exact type (an int becomes a float); subclasses (IntEnum) convert
+
+    return structure
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_list_type(t: Any) -> bool:
+    return t is list or get_origin(t) in (list, collections.abc.MutableSequence)
+
+
+def _list_hook(t: Any) -> Callable[[Any, Any], list]:
+    (item,) = get_args(t) or (Any,)
+
+    def structure(value: Any, _: Any) -> list:
+        if not isinstance(value, (list, tuple)):  # cattrs would iterate a str's characters
+            raise _Invalid(f"expected a list, got {_show(value)}")
+        out, problems = [], []
+        for i, v in enumerate(value):
+            try:
+                out.append(_converter.structure(v, item))
+            except Exception as e:
+                problems += [(_join(f"[{i}]", rel), msg) for rel, msg in _problems(e)]
+        if problems:
+            raise _Problems(problems)
+        return out
+
+    return structure
+
+
+def _structure_literal(value: Any, t: Any) -> Any:
+    # Compare types too: 1 == True, but a Literal[1] field must not take `true`.
+    if any(type(value) is type(a) and value == a for a in get_args(t)):
+        return value
+    raise _Invalid(f"expected one of {', '.join(map(repr, get_args(t)))}, got {_show(value)}")
+
+
+def _validator_problems(instance: Any) -> list[tuple[str, str]]:
+    """Run every field's validator, collecting all failures (attrs stops at the first)."""
+    out = []
+    for a in attrs.fields(type(instance)):
+        if a.validator is not None:
+            try:
+                a.validator(instance, a, getattr(instance, a.name))
+            except Exception as e:
+                out += [(_join(a.name, rel), msg) for rel, msg in _problems(e)]
+    return out
+
+
+def _attrs_hook(cl: type) -> Callable[[Any, Any], Any]:
+    """cattrs' strict dict hook, plus: a table check and all validator failures reported."""
+    inner = make_dict_structure_fn(
+        cl, _converter, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=True, **_OVERRIDES.get(cl, {})
+    )
+
+    def structure(value: Any, _: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise _Invalid(f"expected a table, got {_show(value)}")
+        # Build with validators off, then run them all, so every invalid field
+        # is reported. The switch is process-global: restore it, don't just enable.
+        was_disabled = attrs.validators.get_disabled()
+        attrs.validators.set_disabled(True)
+        try:
+            instance = inner(value, cl)
+        finally:
+            attrs.validators.set_disabled(was_disabled)
+        problems = _validator_problems(instance)
+        if problems:
+            raise _Problems(problems)
+        return instance
+
+    return structure
+
+
+def _entry_config(
+    table: Any, registry: Registry, default: str | None, extra: tuple[str, ...]
+) -> tuple[str, Any, list[tuple[str, str]]]:
+    """``(kind, config, problems)`` of a section; ``extra`` keys are the caller's."""
+    if not isinstance(table, Mapping):
+        raise _Invalid(f"expected a table, got {_show(table)}")
+    kind = table.get("kind", default)
+    if kind is None:
+        raise _Problems([("kind", f"required; known: {', '.join(sorted(registry)) or 'none'}")])
+    if not isinstance(kind, str):
+        raise _Problems([("kind", f"expected str, got {_show(kind)}")])
+    if kind not in registry:
+        raise _Problems([("kind", registry.unknown_message(kind))])
+    fields = {k: v for k, v in table.items() if k not in ("kind", *extra)}
+    try:
+        return kind, _converter.structure(fields, config_class(registry[kind])), []
+    except Exception as e:
+        problems = _problems(e, known=("kind", *extra))
+        if "kind" not in table:
+            problems = [(p, m + _kind_hint(registry, kind, p, m)) for p, m in problems]
+        return kind, None, problems
+
+
+def _kind_hint(registry: Registry, kind: str, key: str, message: str) -> str:
+    """For an unknown key under a defaulted kind: the kinds that do have it."""
+    if not message.startswith("unknown key"):
+        return ""
+    owners = []
+    for name, entry in registry.items():
+        try:
+            if key in attrs.fields_dict(config_class(entry)):
+                owners.append(name)
+        except TypeError:  # a malformed entry; it is reported when picked
+            pass
+    return f" (kind defaults to {kind!r}; {key!r} is a key of {', '.join(sorted(owners))})" if owners else ""
+
+
+def _component_hook(registry: Registry, default: str | None = None) -> Callable[[Any, Any], Component]:
+    def structure(table: Any, _: Any) -> Component:
+        kind, config, problems = _entry_config(table, registry, default, ())
+        if problems:
+            raise _Problems(problems)
+        return Component(kind, config)
+
+    return structure
+
+
+def _structure_optim(table: Any, _: Any) -> Optim:
+    kind, config, problems = _entry_config(table, OPTIMIZERS, "adamw", ("lr",))
+    lr = 1e-3
+    try:
+        lr = _converter.structure(table.get("lr", lr), float)
+    except Exception as e:
+        problems = [(_join("lr", rel), msg) for rel, msg in _problems(e)] + problems
+    if problems:
+        raise _Problems(problems)
+    return Optim(kind, lr, config)
+
+
+def _unstructure_component(c: Component | Optim) -> dict:
+    lr = {"lr": c.lr} if isinstance(c, Optim) else {}
+    return {"kind": c.kind, **lr, **_converter.unstructure(c.config)}
+
+
+def _make_converter() -> cattrs.Converter:
+    c = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    c.register_structure_hook(bool, _scalar_hook("bool", lambda v: isinstance(v, bool)))
+    c.register_structure_hook(int, _scalar_hook("int", lambda v: isinstance(v, int) and not isinstance(v, bool)))
+    c.register_structure_hook(float, _scalar_hook("float", _is_number))
+    c.register_structure_hook(str, _scalar_hook("str", lambda v: isinstance(v, str)))
+    c.register_structure_hook_func(lambda t: get_origin(t) is Literal, _structure_literal)
+    c.register_structure_hook_factory(_is_list_type, _list_hook)
+    c.register_structure_hook_factory(attrs.has, _attrs_hook)
+    c.register_unstructure_hook(Component, _unstructure_component)
+    c.register_unstructure_hook(Optim, _unstructure_component)
+    return c
+
+
+# Experiment's sections each dispatch on their own registry.
+_OVERRIDES: dict[type, dict[str, Any]] = {
+    Experiment: {
+        "model": override(struct_hook=_component_hook(MODELS)),
+        "data": override(struct_hook=_component_hook(DATASETS)),
+        "task": override(struct_hook=_component_hook(TASKS, "classification")),
+        "optim": override(struct_hook=_structure_optim),
+        "schedule": override(struct_hook=_component_hook(SCHEDULES, "constant")),
+    }
+}
+_converter = _make_converter()
+
+
+# --- Loading ------------------------------------------------------------------
+
+
+def parse_override(text: str) -> Any:
+    """A command-line value: a TOML literal, else a Python literal, else the text itself.
+
+    ``"false"`` -> False, ``"3e-4"`` -> 0.0003, ``"[1, 2]"`` -> [1, 2],
+    ``"'abc'"`` -> "abc", ``"cnn"`` -> "cnn", ``"True"`` -> True; TOML dates stay
+    text. No code runs: Python literals go through ``ast.literal_eval``.
+    """
+    try:
+        parsed = tomllib.loads(f"v = {text}")
+        if parsed.keys() == {"v"}:  # text like "1\nw = 2" smuggles in more keys
+            # No config key takes a date: "2024-01-01" is meant as a name.
+            return text if isinstance(parsed["v"], (datetime.date, datetime.time)) else parsed["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+    if isinstance(value, tuple):
+        value = list(value)
+    return value if value is None or isinstance(value, (*_SCALARS, list, dict)) else text
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``data`` with each dotted path in ``overrides`` set (``{"optim.lr": 3e-4}``).
+
+    Missing tables on the way are created; a path through a non-table is a
+    ``ConfigError``. ``data`` is not modified.
+    """
+    out = dict(data)
+    problems = []
+    for path, value in (overrides or {}).items():
+        keys = path.split(".") if isinstance(path, str) else []
+        if not keys or not all(keys):
+            problems.append(f"{path}: not a dotted key path")
+            continue
+        table = out
+        for i, key in enumerate(keys[:-1]):
+            child = table.get(key, {})
+            if not isinstance(child, Mapping):
+                where = ".".join(keys[: i + 1])
+                problems.append(f"{path}: cannot set, {where} is {_show(child)}, not a table")
+                break
+            table[key] = table = dict(child)  # copy on the way down: data stays untouched
+        else:
+            table[keys[-1]] = value
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _import_all(modules: Any) -> None:
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        return  # structuring reports the type problem
+    problems = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # a module may fail any way; the user needs the message
+            problems.append(f"imports: cannot import {module!r}: {e}")
+    if problems:
+        raise ConfigError(problems)
+
+
+def from_dict(data: Mapping[str, Any]) -> Experiment:
+    """The Experiment in a TOML-shaped dict, after importing its ``imports``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"config: expected a table, got {_show(data)}"])
+    _import_all(data.get("imports", []))
+    try:
+        return _converter.structure(data, Experiment)
+    except Exception as e:
+        raise ConfigError([f"{path or 'config'}: {msg}" for path, msg in _problems(e)]) from None
+
+
+def loads(text: str, overrides: Mapping[str, Any] | None = None, source: str = "<string>") -> Experiment:
+    """The Experiment in TOML ``text``, with ``overrides`` applied (see ``apply_overrides``)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{source}: invalid TOML: {e}"]) from None
+    return from_dict(apply_overrides(data, overrides))
+
+
+def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Experiment:
+    """The Experiment in the TOML file at ``path``, with ``overrides`` applied."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError([f"{path}: cannot read config: {reason}"]) from None
+    return loads(text, overrides, source=str(path))
+
+
+# --- Writing ------------------------------------------------------------------
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def to_dict(exp: Experiment) -> dict[str, Any]:
+    """Every value of ``exp``, defaults included, as TOML-shaped data.
+
+    Sections become ``{"kind": ..., **fields}``; None values are left out
+    (TOML has no null), which loading reads back as the same defaults.
+    """
+    return _drop_none(_converter.unstructure(exp))
+
+
+def dumps(exp: Experiment) -> str:
+    """``exp`` as TOML; ``loads(dumps(exp)) == exp``."""
+    return tomli_w.dumps(to_dict(exp))
+
+
+def save(exp: Experiment, path: str | Path) -> None:
+    """Write ``dumps(exp)`` to ``path``."""
+    Path(path).write_text(dumps(exp), encoding="utf-8")
