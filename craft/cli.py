@@ -1,28 +1,135 @@
-"""Command line: a thin Fire adapter over craft's functions."""
+"""Command line: a thin Fire adapter. Parse, call, print errors as one line each.
+
+    python -m craft EXP.toml [--section.key=value ...]     (same as `craft train`)
+    craft train EXP.toml [--resume | --overwrite] [--section.key=value ...]
+    craft evaluate RUN_DIR [--checkpoint=latest|best|FILE]
+    craft plot RUN_DIR
+    craft prepare shapes DIR [--num_train=N --num_val=N --image_size=32 --seed=0]
+    craft info
+"""
 
 from __future__ import annotations
 
+import os
 import platform
+import sys
+from pathlib import Path
+from typing import Any
 
 import fire
 import torch
 
 import craft
-from craft.optim import OPTIMIZERS, SCHEDULES
+
+EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class UsageError(Exception):
+    """A command line that cannot be run as written."""
+
+
+def train(config: str, resume: bool = False, overwrite: bool = False, **overrides: Any) -> None:
+    """Train the experiment in the TOML file CONFIG.
+
+    Any --section.key=value overrides a key of the file (values are TOML
+    literals: --train.compile=false, --optim.lr=3e-4, --model.widths=[8,16]).
+    --resume continues the run folder from its last checkpoint; --overwrite
+    replaces it. Without either, an existing run folder is an error.
+    """
+    if overrides.pop("help", False):
+        print(f"usage: craft train CONFIG.toml [--resume | --overwrite] [--section.key=value ...]\n\n{train.__doc__}")
+        return
+    from craft import run
+    from craft.config import load, parse_override
+
+    parsed = {key: parse_override(v) if isinstance(v, str) else v for key, v in overrides.items()}
+    exp = load(config, parsed)
+    run_dir = run.train(exp, resume=resume, overwrite=overwrite)
+    print(f"run folder: {run_dir}")
+
+
+def evaluate(run_dir: str, checkpoint: str = "latest") -> None:
+    """Re-evaluate RUN_DIR's checkpoint (latest, best, or a file name) on its validation split."""
+    from craft import run
+
+    metrics = run.evaluate(Path(run_dir), checkpoint)
+    print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+
+
+def plot(run_dir: str) -> None:
+    """Redraw RUN_DIR/loss.png from its metrics.jsonl."""
+    from craft import run
+
+    print(run.plot(Path(run_dir)))
+
+
+def prepare(what: str, directory: str, image_size: int = 32, seed: int = 0, **counts: int) -> None:
+    """Write a built-in dataset to disk.
+
+    `craft prepare shapes DIR [--num_train=N --num_val=N --image_size=32 --seed=0]`
+    renders the synthetic shapes as DIR/{train,val}/<class>/*.png, the same
+    folder `prepare = "shapes"` writes for an image_folder experiment.
+    """
+    if what != "shapes":
+        raise UsageError(f"unknown dataset {what!r} to prepare; available: shapes")
+    from craft.data.images import PREPARED_SHAPES
+    from craft.data.shapes import write_shapes_folder
+
+    unknown = sorted(set(counts) - set(PREPARED_SHAPES))
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]!r} for `craft prepare shapes`; known: {sorted(PREPARED_SHAPES)}")
+    print(write_shapes_folder(Path(directory), image_size=image_size, seed=seed, **{**PREPARED_SHAPES, **counts}))
 
 
 def info() -> str:
-    """Versions, devices and the registered optimizers and schedules."""
+    """Versions, devices and the registered components."""
+    from craft.config import registries
+
     cuda = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA"
-    return "\n".join(
-        [
-            f"craft {craft.__version__}, torch {torch.__version__}, Python {platform.python_version()}",
-            f"devices: cpu ({torch.get_num_threads()} threads), {cuda}",
-            f"optimizers: {', '.join(sorted(OPTIMIZERS))}",
-            f"schedules: {', '.join(sorted(SCHEDULES))}",
-        ]
-    )
+    lines = [
+        f"craft {craft.__version__}, torch {torch.__version__}, Python {platform.python_version()}",
+        f"devices: cpu ({torch.get_num_threads()} threads), {cuda}",
+    ]
+    lines += [f"{section}: {', '.join(sorted(table))}" for section, table in registries().items()]
+    return "\n".join(lines)
 
 
-def main() -> None:
-    fire.Fire({"info": info}, name="craft")
+COMMANDS = {"train": train, "evaluate": evaluate, "plot": plot, "prepare": prepare, "info": info}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and argv[0].endswith(".toml"):
+        argv.insert(0, "train")  # python -m craft EXP.toml ...
+    try:
+        fire.Fire(COMMANDS, command=argv, name="craft")
+    except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
+        sys.exit(_report(e))
+
+
+def _report(error: Exception) -> int:
+    """Print a user error as one line per problem; return the exit status."""
+    from craft import run
+    from craft.checkpoint import CheckpointError
+    from craft.config import ConfigError
+
+    if os.environ.get("CRAFT_DEBUG"):
+        raise error
+    if isinstance(error, run.Interrupted):
+        print(f"{error}\nresume with: {' '.join(_resume_command())}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(error, (ConfigError, UsageError)):
+        print("\n".join(f"error: {line}" for line in str(error).splitlines()), file=sys.stderr)
+        return EXIT_CONFIG
+    if isinstance(error, (run.RunError, CheckpointError, OSError, ValueError, KeyError)):
+        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        print(f"error: {message}\n(set CRAFT_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_ERROR
+    raise error
+
+
+def _resume_command() -> list[str]:
+    args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
+    if args and args[0] != "train":
+        args.insert(0, "train")
+    return ["python", "-m", "craft", *args, "--resume"]

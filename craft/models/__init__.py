@@ -1,5 +1,22 @@
-"""Models: plain ``nn.Module``s."""
+"""Models: plain ``nn.Module``s, each with an attrs config registered in ``MODELS``.
 
-from craft.models.cnn import SmallCNN
+An entry of ``MODELS`` is a frozen attrs class whose fields are the TOML keys
+of the ``[model]`` section and whose ``build()`` returns the module::
 
-__all__ = ["SmallCNN"]
+    @MODELS.register("my_model")
+    @attrs.frozen
+    class MyModelConfig:
+        width: int = 64
+
+        def build(self) -> nn.Module:
+            return MyModel(self.width)
+"""
+
+from craft.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+from craft.models.cnn import CNNConfig, SmallCNN  # noqa: E402  (registers "cnn")
+from craft.models.resnet import ResNet, ResNetConfig  # noqa: E402  (registers "resnet")
+
+__all__ = ["MODELS", "CNNConfig", "ResNet", "ResNetConfig", "SmallCNN"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import attrs
 from torch import Tensor, nn
+
+from craft.models import MODELS
 
 
 class SmallCNN(nn.Module):
@@ -22,3 +25,15 @@ class SmallCNN(nn.Module):
         x = self.pool(self.conv1(x).relu())  # (B, 16, 16, 16)
         x = self.pool(self.conv2(x).relu())  # (B, 32, 8, 8)
         return self.fc(x.flatten(1))  # (B, num_classes)
+
+
+@MODELS.register("cnn")
+@attrs.frozen
+class CNNConfig:
+    """``[model] kind = "cnn"``: the seed CNN; images must be 32x32."""
+
+    num_classes: int = 10
+    in_channels: int = 3
+
+    def build(self) -> SmallCNN:
+        return SmallCNN(self.num_classes, self.in_channels)

@@ -1,0 +1,123 @@
+"""Checkpoints: atomic writes, safe loads, the last K kept.
+
+A checkpoint is a plain dict of tensors and Python primitives, written to a
+temporary file and renamed into place (so a crash never leaves a half-written
+``step_*.pt``), and read back with ``torch.load(weights_only=True)`` (so
+loading never runs code from the file). Optimizer states are pytrees of
+NamedTuples, which ``weights_only`` refuses: they are stored as their list of
+leaves and rebuilt on the structure of a freshly initialised state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from craft.step import TrainState
+
+FORMAT = 1
+_STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used: corrupt, or from a different experiment."""
+
+
+def state_to_dict(state: TrainState) -> dict[str, Any]:
+    return {
+        "params": state.params,
+        "buffers": state.buffers,
+        "opt_state": pytree.tree_leaves(state.opt_state),
+        "step": state.step,
+        "rng": state.rng,
+    }
+
+
+def state_from_dict(saved: dict[str, Any], template: TrainState) -> TrainState:
+    """Rebuild a TrainState on the structure (and device) of ``template``."""
+    for part in ("params", "buffers"):
+        want, got = template._asdict()[part], saved[part]
+        if want.keys() != got.keys() or any(want[k].shape != got[k].shape for k in want):
+            diff = sorted(want.keys() ^ got.keys()) or [k for k in want if want[k].shape != got[k].shape]
+            raise CheckpointError(
+                f"checkpoint {part} do not match this model ({', '.join(diff[:5])}): "
+                "it was written by a different model config"
+            )
+    leaves, spec = pytree.tree_flatten(template.opt_state)
+    if len(leaves) != len(saved["opt_state"]) or any(a.shape != b.shape for a, b in zip(leaves, saved["opt_state"])):
+        raise CheckpointError("checkpoint optimizer state does not match this optimizer config")
+
+    def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return t.to(device=ref.device, dtype=ref.dtype)
+
+    return TrainState(
+        params={k: like(v, template.params[k]) for k, v in saved["params"].items()},
+        buffers={k: like(v, template.buffers[k]) for k, v in saved["buffers"].items()},
+        opt_state=pytree.tree_unflatten([like(a, b) for a, b in zip(saved["opt_state"], leaves)], spec),
+        step=like(saved["step"], template.step),
+        rng=saved["rng"].cpu(),
+    )
+
+
+def save(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically (temp file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Read a checkpoint safely; a corrupt or foreign file is a ``CheckpointError``."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # torch raises many types for truncated/corrupt files
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a craft checkpoint (format {FORMAT})")
+    return payload
+
+
+def step_path(folder: Path, step: int) -> Path:
+    return folder / f"step_{step:08d}.pt"
+
+
+def step_files(folder: Path) -> list[Path]:
+    """The ``step_*.pt`` files of ``folder``, oldest first."""
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if _STEP_FILE.search(p.name)]
+    return sorted(files, key=lambda p: int(_STEP_FILE.search(p.name).group(1)))
+
+
+def load_latest(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads; corrupt ones are reported and skipped."""
+    for path in reversed(step_files(folder)):
+        try:
+            return path, load(path)
+        except CheckpointError as e:
+            warnings.warn(f"skipping {e}", stacklevel=2)
+    return None
+
+
+def prune(folder: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` step checkpoints."""
+    for path in step_files(folder)[:-keep] if keep > 0 else []:
+        path.unlink(missing_ok=True)

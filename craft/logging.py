@@ -1,0 +1,100 @@
+"""What a run leaves behind: ``metrics.jsonl``, a progress bar, ``loss.png``.
+
+``metrics.jsonl`` holds one JSON object per log event::
+
+    {"step": 200, "split": "val", "metrics": {"loss": 0.41, "accuracy": 0.88}, "elapsed": 12.3}
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+
+
+class MetricsLog:
+    """Appends events to ``metrics.jsonl`` (and TensorBoard, when asked)."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool = False) -> None:
+        self.path = run_dir / METRICS_FILE
+        self._file = self.path.open("a", encoding="utf-8")
+        self._tb = _summary_writer(run_dir) if tensorboard else None
+
+    def write(self, step: int, split: str, metrics: Mapping[str, float], elapsed: float, **extra: Any) -> None:
+        event = {"step": step, "split": split, "metrics": dict(metrics), "elapsed": round(elapsed, 3), **extra}
+        self._file.write(json.dumps(event) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for name, value in metrics.items():
+                self._tb.add_scalar(f"{split}/{name}", value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: Path, after_step: int) -> None:
+    """Drop events logged after ``after_step``: a resumed run logs them again."""
+    path = Path(run_dir) / METRICS_FILE
+    kept = [e for e in read_metrics(run_dir) if e["step"] <= after_step]
+    path.write_text("".join(json.dumps(e) + "\n" for e in kept), encoding="utf-8")
+
+
+def progress_bar(total: int, initial: int):
+    """A tqdm bar on stderr: step, ETA, and the postfix the loop sets (loss, samples/s)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+
+def plot_metrics(run_dir: Path) -> Path:
+    """Draw ``loss.png``: train and val loss by step, and val accuracy where logged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    events = read_metrics(run_dir)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for split, style in (("train", "-"), ("val", "o-")):
+        points = [(e["step"], e["metrics"]["loss"]) for e in events if e["split"] == split and "loss" in e["metrics"]]
+        if points:
+            ax.plot(*zip(*points), style, label=f"{split} loss", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    accuracy = [(e["step"], e["metrics"]["accuracy"]) for e in events if e["split"] == "val" and "accuracy" in e["metrics"]]
+    if accuracy:
+        right = ax.twinx()
+        right.plot(*zip(*accuracy), "s--", color="tab:green", label="val accuracy", markersize=3)
+        right.set_ylabel("accuracy")
+        right.legend(loc="center right")
+    ax.legend(loc="upper right")
+    ax.set_title(Path(run_dir).name)
+    fig.tight_layout()
+    path = Path(run_dir) / PLOT_FILE
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _summary_writer(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RuntimeError(
+            "train.tensorboard = true needs the tensorboard package: pip install 'craft[tensorboard]'"
+        ) from None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))

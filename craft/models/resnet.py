@@ -1,0 +1,68 @@
+"""A small ResNet with BatchNorm for small images (CIFAR-style)."""
+
+from __future__ import annotations
+
+import attrs
+from torch import Tensor, nn
+
+from craft.models import MODELS
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a residual; ``stride`` 2 halves the resolution."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+            if stride != 1 or c_in != c_out
+            else nn.Identity()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn1(self.conv1(x)).relu()
+        out = self.bn2(self.conv2(out))
+        return (out + self.shortcut(x)).relu()
+
+
+class ResNet(nn.Module):
+    """Stem conv, ``len(widths)`` stages of ``blocks`` BasicBlocks, global pool, linear.
+
+    Input ``(B, in_channels, H, W)`` of any size; each stage after the first
+    halves H and W. Output logits ``(B, num_classes)``.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, widths=(16, 32, 64), blocks: int = 1) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
+        stages, c_in = [], widths[0]
+        for i, width in enumerate(widths):
+            for j in range(blocks):
+                stages.append(BasicBlock(c_in, width, stride=2 if i > 0 and j == 0 else 1))
+                c_in = width
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stages(self.stem(x))  # (B, widths[-1], H / 2**(stages-1), W / ...)
+        return self.head(x.mean(dim=(2, 3)))  # (B, num_classes)
+
+
+@MODELS.register("resnet")
+@attrs.frozen
+class ResNetConfig:
+    """``[model] kind = "resnet"``: a small ResNet with BatchNorm."""
+
+    num_classes: int = 10
+    in_channels: int = 3
+    widths: list[int] = attrs.field(factory=lambda: [16, 32, 64])
+    blocks: int = 1
+
+    def build(self) -> ResNet:
+        return ResNet(self.num_classes, self.in_channels, tuple(self.widths), self.blocks)

@@ -1,0 +1,323 @@
+"""The loop that ties an experiment together.
+
+config -> built parts (model, task, optimizer, data) -> compiled steps ->
+train, evaluate, log, checkpoint. Every piece it uses is importable on its
+own; this file only wires them and owns the run folder::
+
+    runs/NAME/config.toml        the resolved experiment (load() reproduces it)
+    runs/NAME/metrics.jsonl      one JSON object per log event
+    runs/NAME/checkpoints/       step_XXXXXXXX.pt (the last K), best.pt
+    runs/NAME/loss.png           train / val curves
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import shutil
+import signal
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from craft import checkpoint
+from craft.config import Experiment, build, dumps, to_dict
+from craft.config import load as load_config
+from craft.logging import MetricsLog, plot_metrics, progress_bar, truncate_metrics
+from craft.step import TrainState, init_state, make_eval_step, make_train_step
+from craft.tasks import Task, mean_metrics
+
+CONFIG_FILE = "config.toml"
+# Keys that steer the run but not the arithmetic: a resumed run may change them.
+RUN_CONTROL = {
+    "steps", "eval_every", "log_every", "eval_batches", "compile", "device",
+    "checkpoint_every", "keep_checkpoints", "early_stopping", "tensorboard",
+}
+
+
+class RunError(Exception):
+    """A run that cannot start or go on, for a reason the user can fix."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: the current step finished and a checkpoint was written."""
+
+    def __init__(self, step: int, path: Path) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint saved to {path}")
+        self.step, self.path = step, path
+
+
+class Parts(NamedTuple):
+    model: nn.Module
+    task: Task
+    transform: Any
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"train.device = {name!r} but no CUDA device is available; use \"auto\" or \"cpu\"")
+    return device
+
+
+def build_parts(exp: Experiment) -> Parts:
+    """Model (initialised from ``exp.seed``, on the device), task and optimizer."""
+    device = resolve_device(exp.train.device)
+    torch.manual_seed(exp.seed)
+    model = build(exp.model).to(device)
+    schedule = build(exp.schedule, exp.optim.lr, total_steps=exp.train.steps)
+    return Parts(model, build(exp.task), build(exp.optim, schedule), device)
+
+
+def build_data(exp: Experiment, split: str):
+    return build(exp.data, split, seed=exp.seed)
+
+
+def check_compatible(exp: Experiment, data) -> None:
+    """Catch a model/data mismatch before it surfaces as an index error mid-step."""
+    want, have = getattr(exp.model.config, "num_classes", None), getattr(data, "num_classes", None)
+    if want is not None and have is not None and want != have:
+        raise RunError(
+            f"model.num_classes = {want} but the data has {have} classes ({', '.join(data.classes)}); "
+            f"set model.num_classes = {have}"
+        )
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def batch_size(batch: dict[str, torch.Tensor]) -> int:
+    return next(iter(batch.values())).shape[0]
+
+
+def evaluate_batches(eval_step, state: TrainState, batches: Iterable, device: torch.device, limit: int | None = None):
+    """Mean eval metrics over ``batches`` (at most ``limit``), weighted by batch size."""
+    metrics, sizes = [], []
+    for i, batch in enumerate(batches):
+        if limit is not None and i >= limit:
+            break
+        metrics.append(eval_step(state, to_device(batch, device)))
+        sizes.append(batch_size(batch))
+    if not metrics:
+        raise RunError("the validation split is empty: add validation data or lower data.val_fraction's rounding")
+    return mean_metrics(metrics, sizes)
+
+
+def prepare_run_dir(exp: Experiment, *, resume: bool, overwrite: bool) -> Path:
+    run_dir = Path(exp.out_dir) / exp.name
+    if resume and overwrite:
+        raise RunError("choose one of --resume and --overwrite")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif not resume:
+            raise RunError(
+                f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite to replace it"
+            )
+    elif resume:
+        raise RunError(f"nothing to resume: {run_dir} does not exist; drop --resume to start the run")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def check_resumable(exp: Experiment, saved: dict[str, Any]) -> None:
+    """A resumed run may change how it runs (steps, eval cadence), not what it computes."""
+    now = to_dict(exp)
+    differ = []
+    for section in sorted(now.keys() | saved.keys()):
+        a, b = now.get(section), saved.get(section)
+        if section == "train" and isinstance(a, dict) and isinstance(b, dict):
+            differ += [f"train.{k}" for k in sorted(a.keys() | b.keys()) if k not in RUN_CONTROL and a.get(k) != b.get(k)]
+        elif a != b:
+            differ.append(section)
+    if differ:
+        raise RunError(
+            f"cannot resume: the experiment differs from the saved run in {', '.join(differ)}; "
+            "restore those settings, or start a new run (--overwrite or another name)"
+        )
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self) -> None:
+        self.raised: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        def handler(signum, frame):
+            if self.raised is not None:  # a second signal: stop now
+                raise KeyboardInterrupt
+            self.raised = signum
+
+        try:
+            old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: leave signals alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, echo=print) -> Path:
+    """Train ``exp``; returns the run folder. See the module docstring for its contents."""
+    run_dir = prepare_run_dir(exp, resume=resume, overwrite=overwrite)
+    ckpt_dir = run_dir / "checkpoints"
+    parts = build_parts(exp)
+    train_data, val_data = build_data(exp, "train"), build_data(exp, "val")
+    check_compatible(exp, train_data)
+    cfg = exp.train
+    state = init_state(parts.model, parts.transform, seed=exp.seed)
+    progress = {"elapsed": 0.0, "best": None, "bad_evals": 0}
+
+    if resume:
+        found = checkpoint.load_latest(ckpt_dir)
+        if found is None:
+            raise RunError(f"nothing to resume: no readable checkpoint in {ckpt_dir}")
+        path, payload = found
+        check_resumable(exp, payload["config"])
+        try:
+            state = checkpoint.state_from_dict(payload["state"], state)
+        except checkpoint.CheckpointError as e:
+            raise RunError(str(e)) from None
+        train_data.load_state_dict(payload["data"])
+        torch.set_rng_state(payload["torch_rng"])
+        random.setstate(payload["python_rng"])
+        progress.update(payload["progress"])
+        truncate_metrics(run_dir, int(state.step))
+        echo(f"resuming {run_dir} from {path.name} (step {int(state.step)})")
+    (run_dir / CONFIG_FILE).write_text(dumps(exp), encoding="utf-8")
+    echo(dumps(exp))
+
+    common = dict(inputs=parts.task.inputs, precision=cfg.precision, compile=cfg.compile)
+    train_step = make_train_step(
+        parts.model, parts.task.loss, parts.transform, accum_steps=cfg.accum_steps, donate=True, **common
+    )
+    eval_step = make_eval_step(parts.model, parts.task.loss, **common)
+    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard)
+    every_ckpt = cfg.checkpoint_every or cfg.eval_every
+    stop = _StopFlag()
+
+    run_start, elapsed_before = time.perf_counter(), progress["elapsed"]
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - run_start
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "state": checkpoint.state_to_dict(state),
+            "data": train_data.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "progress": {**progress, "elapsed": elapsed()},
+            "config": to_dict(exp),
+        }
+
+    def save(step: int) -> Path:
+        path = checkpoint.save(checkpoint.step_path(ckpt_dir, step), snapshot())
+        checkpoint.prune(ckpt_dir, cfg.keep_checkpoints)
+        return path
+
+    def run_eval(step: int) -> bool:
+        """Log val metrics; True when early stopping says stop."""
+        metrics = evaluate_batches(eval_step, state, val_data, parts.device, cfg.eval_batches)
+        log.write(step, "val", metrics, elapsed())
+        bar.write(f"step {step}: " + "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
+        rule = cfg.early_stopping
+        if rule is None:
+            return False
+        if rule.metric not in metrics:
+            raise RunError(f"train.early_stopping.metric = {rule.metric!r} is not logged; choose one of {sorted(metrics)}")
+        value, best = metrics[rule.metric], progress["best"]
+        if best is None or (value < best if rule.mode == "min" else value > best):
+            progress.update(best=value, bad_evals=0)
+            checkpoint.save(ckpt_dir / "best.pt", snapshot())
+            return False
+        progress["bad_evals"] += 1
+        return progress["bad_evals"] >= rule.patience
+
+    start = int(state.step)
+    bar = progress_bar(cfg.steps, start)
+    window_start, window_samples = time.perf_counter(), 0
+    try:
+        with stop.installed():
+            for step in range(start + 1, cfg.steps + 1):
+                batch = next(train_data)
+                state, metrics = train_step(state, to_device(batch, parts.device))
+                window_samples += batch_size(batch)
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    values = {k: v.item() for k, v in metrics.items()}  # the only host sync
+                    now = time.perf_counter()
+                    rate = window_samples / max(now - window_start, 1e-9)
+                    log.write(step, "train", values, elapsed(), samples_per_s=round(rate, 1))
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
+                    if not math.isfinite(values["loss"]):
+                        raise RunError(f"loss is {values['loss']} at step {step}; lower optim.lr or enable clipping")
+                    window_start, window_samples = now, 0
+                stopping = (step % cfg.eval_every == 0 or step == cfg.steps) and run_eval(step)
+                if stopping or step % every_ckpt == 0 or step == cfg.steps or stop.raised is not None:
+                    path = save(step)
+                if stopping:
+                    bar.write(
+                        f"early stopping at step {step}: no better {cfg.early_stopping.metric} "
+                        f"in {cfg.early_stopping.patience} evaluations"
+                    )
+                    break
+                if stop.raised is not None:
+                    raise Interrupted(step, path)
+    finally:
+        bar.close()
+        log.close()
+    plot_metrics(run_dir)
+    return run_dir
+
+
+def evaluate(run_dir: Path, checkpoint_name: str = "latest") -> dict[str, float]:
+    """Re-evaluate a run's checkpoint (``latest``, ``best`` or a file name) on its val split."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).exists():
+        raise RunError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
+    exp = load_config(run_dir / CONFIG_FILE)
+    ckpt_dir = run_dir / "checkpoints"
+    if checkpoint_name == "latest":
+        found = checkpoint.load_latest(ckpt_dir)
+        if found is None:
+            raise RunError(f"no readable checkpoint in {ckpt_dir}")
+        payload = found[1]
+    else:
+        name = "best.pt" if checkpoint_name == "best" else checkpoint_name
+        try:
+            payload = checkpoint.load(ckpt_dir / name)
+        except checkpoint.CheckpointError as e:
+            raise RunError(str(e)) from None
+    parts = build_parts(exp)
+    state = init_state(parts.model, parts.transform, seed=exp.seed)
+    try:
+        state = checkpoint.state_from_dict(payload["state"], state)
+    except checkpoint.CheckpointError as e:
+        raise RunError(str(e)) from None
+    eval_step = make_eval_step(
+        parts.model, parts.task.loss, inputs=parts.task.inputs, precision=exp.train.precision, compile=False
+    )
+    return {"step": int(state.step), **evaluate_batches(eval_step, state, build_data(exp, "val"), parts.device)}
+
+
+def plot(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").exists():
+        raise RunError(f"{run_dir} has no metrics.jsonl to plot")
+    return plot_metrics(run_dir)

@@ -1,0 +1,44 @@
+"""metrics.jsonl and loss.png."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from craft.logging import MetricsLog, plot_metrics, read_metrics, truncate_metrics
+
+
+def _log(tmp_path, steps=(10, 20, 30)):
+    log = MetricsLog(tmp_path)
+    for step in steps:
+        log.write(step, "train", {"loss": 1.0 / step}, elapsed=step / 10, samples_per_s=100.0)
+        log.write(step, "val", {"loss": 2.0 / step, "accuracy": step / 100}, elapsed=step / 10)
+    log.close()
+
+
+def test_events_are_one_json_object_per_line(tmp_path):
+    _log(tmp_path)
+    events = read_metrics(tmp_path)
+    assert len(events) == 6
+    assert events[0] == {"step": 10, "split": "train", "metrics": {"loss": 0.1}, "elapsed": 1.0, "samples_per_s": 100.0}
+
+
+def test_truncate_drops_events_after_a_step(tmp_path):
+    _log(tmp_path)
+    truncate_metrics(tmp_path, after_step=20)
+    assert [e["step"] for e in read_metrics(tmp_path)] == [10, 10, 20, 20]
+
+
+def test_plot_is_a_png(tmp_path):
+    _log(tmp_path)
+    path = plot_metrics(tmp_path)
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (700, 400)
+
+
+def test_tensorboard_events_beside_the_jsonl(tmp_path):
+    pytest.importorskip("tensorboard")
+    log = MetricsLog(tmp_path, tensorboard=True)
+    log.write(1, "train", {"loss": 0.5}, elapsed=0.1)
+    log.close()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -1,0 +1,40 @@
+"""Task losses and metrics against direct computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from craft.tasks import TASKS, classification_loss, mean_metrics
+
+
+def test_classification_loss_and_top1():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0], [1.0, 2.0, 0.0]])
+    batch = {"label": torch.tensor([0, 1, 1])}
+    loss, metrics = classification_loss(logits, batch)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, batch["label"]))
+    assert metrics == {"accuracy": pytest.approx(2 / 3)}  # no top5 with 3 classes
+
+
+def test_top5_with_more_than_five_classes():
+    logits = torch.arange(8.0).repeat(2, 1)  # ranking: 7, 6, 5, 4, 3, ...
+    _, metrics = classification_loss(logits, {"label": torch.tensor([3, 2])})
+    assert metrics["top5"].item() == pytest.approx(0.5)
+    assert metrics["accuracy"].item() == 0.0
+
+
+def test_wrong_output_shape_names_what_was_expected():
+    with pytest.raises(ValueError, match=r"outputs of shape \(batch, classes\) = \(4, C\), got \(4, 3, 2\)"):
+        classification_loss(torch.zeros(4, 3, 2), {"label": torch.zeros(4, dtype=torch.long)})
+
+
+def test_registered_task_reads_images_and_labels():
+    task = TASKS["classification"]().build()
+    batch = {"image": torch.zeros(2, 3, 4, 4), "label": torch.zeros(2, dtype=torch.long)}
+    assert task.inputs(batch)[0] is batch["image"]
+
+
+def test_mean_metrics_weights_by_batch_size():
+    metrics = [{"accuracy": torch.tensor(1.0)}, {"accuracy": torch.tensor(0.0)}]
+    assert mean_metrics(metrics, [3, 1]) == {"accuracy": pytest.approx(0.75)}
