@@ -61,7 +61,6 @@ class ClassificationConfig:
 
 def mean_metrics(metrics: list[dict[str, Tensor]], weights: list[int]) -> dict[str, float]:
     """Weighted mean of per-batch metrics (weights: batch sizes), read to the host once."""
-    total = sum(weights)
-    stacked = {k: torch.stack([m[k].float() for m in metrics]) for k in metrics[0]}
-    w = torch.tensor(weights, dtype=torch.float32) / total
-    return {k: float((v.cpu() * w).sum()) for k, v in stacked.items()}
+    w = torch.tensor(weights, dtype=torch.float64)
+    stacked = {k: torch.stack([m[k] for m in metrics]).cpu().double() for k in metrics[0]}
+    return {k: float((v * w).sum() / w.sum()) for k, v in stacked.items()}

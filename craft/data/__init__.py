@@ -1,0 +1,29 @@
+"""Data: plain Python iterators of batches (dicts of tensors); ``DATASETS`` table.
+
+An entry of ``DATASETS`` is a frozen attrs class whose fields are the TOML keys
+of the ``[data]`` section and whose ``build(split, *, seed, rank=0,
+world_size=1)`` gives, for ``split="train"``, an infinite resumable iterator
+(``TrainBatches``) and, for ``split="val"``, a finite re-iterable
+(``EvalBatches``); see ``craft.data.batching``.
+"""
+
+from craft.registry import Registry
+
+DATASETS: Registry = Registry("dataset")
+
+from craft.data.batching import EvalBatches, TrainBatches  # noqa: E402
+# Importing registers "image_folder" and "shapes".
+from craft.data.images import ImageFolderConfig  # noqa: E402
+from craft.data.shapes import ShapesConfig, ShapeSpec, describe, render, write_shapes_folder  # noqa: E402
+
+__all__ = [
+    "DATASETS",
+    "EvalBatches",
+    "ImageFolderConfig",
+    "ShapeSpec",
+    "ShapesConfig",
+    "TrainBatches",
+    "describe",
+    "render",
+    "write_shapes_folder",
+]

@@ -1,0 +1,52 @@
+"""attrs validators for the datasets' configs.
+
+Messages leave out the key: the config loader prefixes its path
+(``data.channels: must be 1 (grayscale) or 3 (RGB), got 4``) and reports every
+failing field at once; built in Python, the traceback shows the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Validator = Callable[[Any, Any, Any], None]
+
+
+def at_least(low: int) -> Validator:
+    def check(instance, attribute, value) -> None:
+        if value < low:
+            raise ValueError(f"must be >= {low}, got {value}")
+
+    return check
+
+
+def one_of(*choices: object) -> Validator:
+    def check(instance, attribute, value) -> None:
+        if value not in choices:
+            raise ValueError(f"must be one of {list(choices)}, got {value!r}")
+
+    return check
+
+
+def fraction(instance, attribute, value: float) -> None:
+    if not 0 <= value < 1:
+        raise ValueError(f"must be in [0, 1), got {value}")
+
+
+def channels(instance, attribute, value: int) -> None:
+    if value not in (1, 3):
+        raise ValueError(f"must be 1 (grayscale) or 3 (RGB), got {value}")
+
+
+def per_channel(instance, attribute, value: list[float]) -> None:
+    """``mean``/``std``: one value for every channel, or one per channel."""
+    if len(value) not in (1, instance.channels):
+        raise ValueError(f"needs 1 or {instance.channels} (channels) values, got {value}")
+    if attribute.name == "std" and not all(v > 0 for v in value):
+        raise ValueError(f"must be positive, got {value}")
+
+
+def check_split(split: str) -> None:
+    if split not in ("train", "val"):
+        raise ValueError(f"unknown split {split!r}; use 'train' or 'val'")

@@ -1,0 +1,317 @@
+"""Image folders: JPEG/PNG files decoded in background threads.
+
+Labels come from class folders (``root/cat/x.jpg``) or from file-name
+prefixes (``root/cat_001.jpg``). Classes are sorted by name; a label is the
+class's position in that list, the same for train and val. Every image is
+converted to the configured channels, resized to ``image_size`` square and
+normalized; a batch is ``{"image": float32 (B, C, S, S), "label": int64 (B,)}``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import attrs
+import torch
+import torchvision.io  # noqa: F401  (registers the torch.ops.image decoders)
+from torch import Tensor
+from torchvision.io import ImageReadMode
+from torchvision.transforms.v2 import functional as F
+
+from craft.data import DATASETS
+from craft.data import checks
+from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize
+from craft.data.shapes import ShapesConfig, write_shapes_folder
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_SUFFIXES = ", ".join(IMAGE_SUFFIXES)
+_MODES = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}
+
+# The op behind torchvision.io.decode_image. The Python wrapper issues a
+# DeprecationWarning on every call (torchvision 0.29 points to TorchCodec);
+# per image, that costs more than decoding a 32x32 PNG and serializes the
+# decoding threads on the warnings machinery.
+_decode = torch.ops.image.decode_image
+
+PREPARED_SHAPES = {
+    "num_train": attrs.fields(ShapesConfig).num_train.default,
+    "num_val": attrs.fields(ShapesConfig).num_val.default,
+}
+"""How many images ``prepare = "shapes"`` writes: as many as ``kind = "shapes"`` renders."""
+
+
+# -- listing ---------------------------------------------------------------
+
+
+class Listing(NamedTuple):
+    """Image files found under ``folder`` and the class name of each."""
+
+    folder: Path
+    files: list[str]
+    names: list[str]
+
+    def subset(self, positions: list[int]) -> Listing:
+        return Listing(self.folder, [self.files[i] for i in positions], [self.names[i] for i in positions])
+
+
+def _images_under(folder: str | Path) -> list[str]:
+    """Image files anywhere under ``folder``, sorted; hidden files and folders are skipped."""
+    found = []
+    for parent, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [
+            os.path.join(parent, n)
+            for n in names
+            if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES
+        ]
+    return sorted(found)
+
+
+def list_images(folder: str | Path, labels: str = "folders") -> Listing:
+    """The images under ``folder`` and their classes, in a stable (sorted) order.
+
+    ``labels="folders"``: the class is the sub-folder of ``folder`` holding the
+    file (at any depth below it). ``labels="prefix"``: the class is the file
+    name up to its first ``_`` (``cat_001.jpg`` -> ``cat``). Hidden files and
+    folders are skipped, and so are loose images beside class folders.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist or is not a folder")
+    if labels == "prefix":
+        files = _images_under(folder)
+        if not files:
+            raise ValueError(f"no images ({_SUFFIXES}) in {folder}; add some, or set prepare = \"shapes\"")
+        names = [os.path.basename(f).partition("_") for f in files]
+        names = [prefix if sep and prefix else "" for prefix, sep, _ in names]
+        missing = [f for f, name in zip(files, names) if not name]
+        if len(missing) == len(files):
+            raise ValueError(
+                f"no image in {folder} has a class prefix; labels = \"prefix\" needs names like cat_001.jpg "
+                f"(class 'cat'): rename the files, or use labels = \"folders\" for {folder}/<class>/<image>"
+            )
+        if missing:
+            raise ValueError(
+                f"{len(missing)} of {len(files)} images in {folder} have no class prefix, e.g. {missing[0]}; "
+                f"labels = \"prefix\" needs names like cat_001.jpg: rename or remove them"
+            )
+        return Listing(folder, files, names)
+    if labels != "folders":
+        raise ValueError(f"data.labels must be 'folders' or 'prefix', got {labels!r}")
+    class_dirs = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    if not class_dirs:
+        if _images_under(folder):
+            raise ValueError(
+                f"{folder} has images but no class folders; labels = \"folders\" expects {folder}/<class>/<image>: "
+                f"move the images into class folders, or set labels = \"prefix\" for names like cat_001.jpg"
+            )
+        raise ValueError(f"no images ({_SUFFIXES}) in {folder}; add some, or set prepare = \"shapes\"")
+    files, names = [], []
+    for name in class_dirs:
+        found = _images_under(folder / name)
+        if not found:
+            raise ValueError(
+                f"class folder {folder / name} has no images ({_SUFFIXES}); add images or remove the folder"
+            )
+        files += found
+        names += [name] * len(found)
+    return Listing(folder, files, names)
+
+
+def split_files(names: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(train, val)`` positions: per class, a seeded ``round(fraction * n)`` go to val.
+
+    Per class, so every class is in both splits where it can be (one file
+    stays in train); a function of ``(names, fraction, seed)`` only, so the
+    same sorted listing always splits the same way.
+    """
+    by_class: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        by_class.setdefault(name, []).append(i)
+    val = []
+    for name, positions in by_class.items():
+        generator = torch.Generator().manual_seed(derive_seed("split", seed, name))
+        order = torch.randperm(len(positions), generator=generator).tolist()
+        take = min(round(fraction * len(positions)), len(positions) - 1)
+        val += [positions[k] for k in order[:take]]
+    held = set(val)
+    return [i for i in range(len(names)) if i not in held], sorted(val)
+
+
+# -- decoding --------------------------------------------------------------
+
+
+def read_image(path: str, channels: int = 3) -> Tensor:
+    """uint8 ``(channels, H, W)`` of a JPEG/PNG; gray, RGBA and palette images are converted.
+
+    Raises ValueError naming the file when it cannot be decoded.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data:
+        raise ValueError(f"cannot decode image {path} (empty file); replace or delete it")
+    try:
+        image = _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), _MODES[channels].value, True)
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot decode image {path} ({reason}); replace or delete it") from None
+    if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
+        image = F.to_dtype(image, torch.uint8, scale=True)
+    return image
+
+
+def load_images(paths: list[str], *, image_size: int, channels: int = 3) -> Tensor:
+    """uint8 ``(len(paths), channels, image_size, image_size)``: decoded, converted, resized."""
+    images = [read_image(p, channels) for p in paths]
+    size = [image_size, image_size]
+    if all(im.shape == images[0].shape for im in images):
+        # The common case (a folder of equal-sized images): one resize call for the batch.
+        batch = torch.stack(images)
+        return batch if batch.shape[-2:] == (image_size, image_size) else F.resize(batch, size, antialias=True)
+    return torch.stack([F.resize(im, size, antialias=True) if im.shape[-2:] != tuple(size) else im for im in images])
+
+
+class DecodedImages:
+    """``indices -> uint8 (b, C, S, S)`` of ``files``; with ``cache``, each file is decoded once.
+
+    Safe to call from several threads: cached rows are written before they
+    are marked done, and concurrent calls decode disjoint or identical rows.
+    """
+
+    def __init__(self, files: list[str], *, image_size: int, channels: int, cache: bool) -> None:
+        self.files, self.image_size, self.channels = files, image_size, channels
+        self.store = torch.empty(len(files), channels, image_size, image_size, dtype=torch.uint8) if cache else None
+        self.done = torch.zeros(len(files), dtype=torch.bool) if cache else None
+
+    def __call__(self, indices: Tensor) -> Tensor:
+        if self.store is None:
+            return self._load(indices)
+        missing = indices[~self.done[indices]]
+        if len(missing):
+            self.store[missing] = self._load(missing)
+            self.done[missing] = True
+        return self.store[indices]
+
+    def _load(self, indices: Tensor) -> Tensor:
+        paths = [self.files[i] for i in indices.tolist()]
+        return load_images(paths, image_size=self.image_size, channels=self.channels)
+
+
+# -- config ----------------------------------------------------------------
+
+
+@DATASETS.register("image_folder")
+@attrs.frozen
+class ImageFolderConfig:
+    """``[data] kind = "image_folder"``: JPEG/PNG files under ``path``.
+
+    Splits: ``val_path`` if set; else ``path/train`` and ``path/val`` if both
+    exist; else a per-class ``val_fraction`` of the files (fixed by
+    ``data_seed``, not by the run's seed). ``prepare = "shapes"`` writes the
+    synthetic shapes there first when ``path`` is missing or empty.
+    ``num_threads`` threads decode up to ``prefetch`` batches ahead
+    (``num_threads = 0``: decode in the caller). ``cache`` keeps decoded,
+    resized images in memory (``N * C * S * S`` bytes) after their first read.
+    """
+
+    path: str
+    batch_size: int = attrs.field(default=128, validator=checks.at_least(1))
+    image_size: int = attrs.field(default=32, validator=checks.at_least(1))
+    channels: int = attrs.field(default=3, validator=checks.channels)
+    labels: str = attrs.field(default="folders", validator=checks.one_of("folders", "prefix"))
+    val_path: str | None = None
+    val_fraction: float = attrs.field(default=0.1, validator=checks.fraction)
+    prepare: str | None = attrs.field(default=None, validator=checks.one_of(None, "shapes"))
+    mean: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
+    std: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
+    num_threads: int = attrs.field(default=2, validator=checks.at_least(0))
+    prefetch: int = attrs.field(default=4, validator=checks.at_least(1))
+    cache: bool = False
+    data_seed: int = 0
+
+    def build(self, split: str, *, seed: int, rank: int = 0, world_size: int = 1) -> TrainBatches | EvalBatches:
+        """Batches ``{"image": float32 (B, C, S, S), "label": int64 (B,)}`` of ``split``."""
+        checks.check_split(split)
+        train, chosen = self.listing(split)
+        classes = sorted(set(train.names))
+        if split == "val":
+            unknown = sorted(set(chosen.names) - set(classes))
+            if unknown:
+                raise ValueError(
+                    f"val images in {chosen.folder} have classes unknown to the train split: {unknown[:5]}"
+                    f"{' ...' if len(unknown) > 5 else ''}; add them to train or remove them from val"
+                )
+            if not chosen.files:
+                raise ValueError(
+                    f"the val split of {self.path} is empty: set data.val_fraction > 0, "
+                    f"add {Path(self.path) / 'val'}, or set data.val_path"
+                )
+        files = chosen.files
+        position = {name: k for k, name in enumerate(classes)}
+        labels = torch.tensor([position[n] for n in chosen.names], dtype=torch.int64)
+        images = DecodedImages(files, image_size=self.image_size, channels=self.channels, cache=self.cache)
+        mean, std = self.mean, self.std
+
+        def load(indices: Tensor) -> Batch:
+            return {"image": normalize(images(indices), mean, std), "label": labels[indices]}
+
+        executor = (
+            ThreadPoolExecutor(self.num_threads, thread_name_prefix=f"craft-data-{split}") if self.num_threads else None
+        )
+        common = dict(
+            batch_size=self.batch_size,
+            classes=classes,
+            rank=rank,
+            world_size=world_size,
+            executor=executor,
+            prefetch=self.prefetch,
+            examples=files,
+        )
+        if split == "train":
+            return TrainBatches(len(files), load, seed=seed, **common)
+        return EvalBatches(len(files), load, **common)
+
+    def listing(self, split: str) -> tuple[Listing, Listing]:
+        """``(train listing, split's listing)``: the train one fixes the classes."""
+        root = Path(self.path)
+        if self.prepare == "shapes":
+            prepare_shapes(root, image_size=self.image_size, seed=self.data_seed)
+        if not root.exists():
+            raise FileNotFoundError(
+                f"data.path {root} does not exist; create it with `craft prepare shapes {root}`, "
+                f"set prepare = \"shapes\" in [data], or point data.path at an image folder"
+            )
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.path {root} is not a folder; point it at a folder of images")
+        if self.val_path is not None:
+            train_root, val_root = root, Path(self.val_path)
+        elif (root / "train").is_dir() and (root / "val").is_dir():
+            train_root, val_root = root / "train", root / "val"
+        else:  # one folder: hold out a seeded fraction of it
+            listing = list_images(root / "train" if (root / "train").is_dir() else root, self.labels)
+            train_pos, val_pos = split_files(listing.names, self.val_fraction, self.data_seed)
+            train = listing.subset(train_pos)
+            return train, train if split == "train" else listing.subset(val_pos)
+        if not val_root.exists():
+            raise FileNotFoundError(f"data.val_path {val_root} does not exist; fix the path or unset it")
+        train = list_images(train_root, self.labels)
+        return train, train if split == "train" else list_images(val_root, self.labels)
+
+
+def prepare_shapes(root: Path, *, image_size: int, seed: int) -> None:
+    """Write the synthetic shapes folder at ``root`` unless it already has something in it."""
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        return
+    count = PREPARED_SHAPES["num_train"] + PREPARED_SHAPES["num_val"]
+    # A one-time pause of seconds: say why, as a dataset download would.
+    print(f"craft: writing {count} synthetic shapes images to {root} (once; later runs reuse them)", file=sys.stderr)
+    try:
+        write_shapes_folder(root, image_size=image_size, seed=seed, **PREPARED_SHAPES)
+    except FileExistsError:
+        if not (root.is_dir() and any(root.iterdir())):
+            raise
+        # Another process (another rank) wrote it first: reuse theirs, it is complete.

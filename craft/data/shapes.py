@@ -1,0 +1,303 @@
+"""Synthetic shapes: small labelled images drawn with Pillow, fully offline.
+
+Each image shows one shape (its class) in a named colour, size and position,
+rotated, over a dark background with distractor strokes and pixel noise.
+Image ``i`` of a split is a pure function of ``(data_seed, split, i)``:
+``describe`` gives its attributes (shape, colour, size and position words, for
+captions), ``render`` draws them at any resolution. No global RNG is touched.
+
+``[data] kind = "shapes"`` renders in memory, each image on first use;
+``write_shapes_folder`` writes the same images as files for ``image_folder``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import attrs
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from craft.data import DATASETS
+from craft.data import checks
+from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize
+
+SHAPES = ("arrow", "circle", "cross", "ring", "square", "star", "triangle")
+"""Every shape class, sorted by name (class ``k`` of a config is its ``k``-th sorted name)."""
+
+COLOURS = {
+    "red": (225, 40, 40),
+    "orange": (240, 140, 25),
+    "yellow": (235, 220, 45),
+    "green": (45, 195, 65),
+    "cyan": (45, 205, 215),
+    "blue": (55, 95, 240),
+    "purple": (145, 65, 215),
+    "magenta": (225, 55, 195),
+    "white": (230, 230, 230),
+}
+SIZES = {"small": (0.2, 0.25), "medium": (0.25, 0.3), "large": (0.3, 0.36)}
+"""Size word -> range of the shape's radius, as a fraction of the image side."""
+
+POSITIONS = (("top left", "top", "top right"), ("left", "centre", "right"), ("bottom left", "bottom", "bottom right"))
+"""Position word of the shape's centre, by thirds of the image: ``POSITIONS[row][column]``."""
+
+NOISE = 0.08  # weight of uniform pixel noise blended into every image
+COLOUR_JITTER = 25  # +- per channel around the named colour
+BACKGROUND_MAX = 85  # background channels are drawn from [0, BACKGROUND_MAX]: dark, so shapes stand out
+STROKES = (0, 2)  # distractor lines per image, inclusive range
+
+
+@attrs.frozen
+class ShapeSpec:
+    """Everything that determines one image. Geometry is in fractions of the side."""
+
+    shape: str
+    colour: str
+    size: str
+    position: str
+    x: float  # centre, from the left edge
+    y: float  # centre, from the top edge
+    radius: float
+    angle: float  # degrees, counter-clockwise
+    rgb: tuple[int, int, int]
+    background: tuple[int, int, int]
+    strokes: tuple[tuple[float, float, float, float, tuple[int, int, int]], ...]  # (x0, y0, x1, y1, rgb)
+    strokes_over: int  # the last ``strokes_over`` strokes are drawn over the shape
+    noise_seed: int
+
+
+def describe(index: int, *, seed: int, split: str, classes: tuple[str, ...] | list[str] = SHAPES) -> ShapeSpec:
+    """The attributes of image ``index`` of ``split``; its class is ``sorted(classes)[index % len]``."""
+    names = sorted(classes)
+    rng = random.Random(derive_seed("shapes", seed, split, index))
+    colour = rng.choice(list(COLOURS))
+    size = rng.choice(list(SIZES))
+    radius = rng.uniform(*SIZES[size])
+    margin = radius  # whole shapes: a clipped corner can turn a triangle into a square
+    x, y = rng.uniform(margin, 1 - margin), rng.uniform(margin, 1 - margin)
+    strokes = tuple(
+        (rng.random(), rng.random(), rng.random(), rng.random(), _rgb(rng)) for _ in range(rng.randint(*STROKES))
+    )
+    return ShapeSpec(
+        shape=names[index % len(names)],
+        colour=colour,
+        size=size,
+        position=POSITIONS[min(int(y * 3), 2)][min(int(x * 3), 2)],
+        x=x,
+        y=y,
+        radius=radius,
+        angle=rng.uniform(0, 360),
+        rgb=tuple(min(255, max(0, c + rng.randint(-COLOUR_JITTER, COLOUR_JITTER))) for c in COLOURS[colour]),
+        background=tuple(rng.randint(0, BACKGROUND_MAX) for _ in range(3)),
+        strokes=strokes,
+        strokes_over=rng.randint(0, len(strokes)),
+        noise_seed=rng.getrandbits(63),
+    )
+
+
+def render(spec: ShapeSpec, image_size: int, channels: int = 3) -> Image.Image:
+    """Draw ``spec`` as an ``image_size`` square Pillow image, mode "RGB" (3 channels) or "L" (1)."""
+    # Small images are drawn at up to 4x and box-filtered down: anti-aliased edges.
+    supersample = max(1, min(4, 256 // image_size))
+    side = image_size * supersample
+    image = Image.new("RGB", (side, side), spec.background)
+    draw = ImageDraw.Draw(image)
+    width = max(1, round(0.04 * side))
+    under = len(spec.strokes) - spec.strokes_over
+    for x0, y0, x1, y1, rgb in spec.strokes[:under]:
+        draw.line([(x0 * side, y0 * side), (x1 * side, y1 * side)], fill=rgb, width=width)
+    _draw_shape(draw, spec, side)
+    for x0, y0, x1, y1, rgb in spec.strokes[under:]:
+        draw.line([(x0 * side, y0 * side), (x1 * side, y1 * side)], fill=rgb, width=width)
+    if supersample > 1:
+        image = image.resize((image_size, image_size), Image.Resampling.BOX)
+    noise = random.Random(spec.noise_seed).randbytes(image_size * image_size * 3)
+    image = Image.blend(image, Image.frombytes("RGB", image.size, noise), NOISE)
+    return image.convert("L") if channels == 1 else image
+
+
+def image_tensor(image: Image.Image) -> Tensor:
+    """A Pillow "RGB" or "L" image -> uint8 ``(C, H, W)``."""
+    channels = len(image.getbands())
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return pixels.view(image.height, image.width, channels).permute(2, 0, 1)
+
+
+def _rgb(rng: random.Random) -> tuple[int, int, int]:
+    return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+
+
+def _regular(n: int, start: float = -90.0) -> list[tuple[float, float]]:
+    angles = [math.radians(start + 360 * k / n) for k in range(n)]
+    return [(math.cos(a), math.sin(a)) for a in angles]
+
+
+def _star(points: int = 5, inner: float = 0.42) -> list[tuple[float, float]]:
+    outer = _regular(2 * points)
+    return [(px * (1 if k % 2 == 0 else inner), py * (1 if k % 2 == 0 else inner)) for k, (px, py) in enumerate(outer)]
+
+
+_ARM = 0.3
+OUTLINES: dict[str, list[tuple[float, float]]] = {
+    # Polygons around the origin with radius about 1; y points down, as in images.
+    "arrow": [(-1, -0.22), (0.15, -0.22), (0.15, -0.62), (1, 0), (0.15, 0.62), (0.15, 0.22), (-1, 0.22)],
+    "cross": [
+        (-_ARM, -1), (_ARM, -1), (_ARM, -_ARM), (1, -_ARM), (1, _ARM), (_ARM, _ARM),
+        (_ARM, 1), (-_ARM, 1), (-_ARM, _ARM), (-1, _ARM), (-1, -_ARM), (-_ARM, -_ARM),
+    ],  # fmt: skip
+    "square": _regular(4, 45),
+    "star": _star(),
+    "triangle": _regular(3),
+}
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, spec: ShapeSpec, side: int) -> None:
+    cx, cy, r = spec.x * side, spec.y * side, spec.radius * side
+    if spec.shape in ("circle", "ring"):
+        box = [cx - r, cy - r, cx + r, cy + r]
+        if spec.shape == "circle":
+            draw.ellipse(box, fill=spec.rgb)
+        else:
+            draw.ellipse(box, outline=spec.rgb, width=max(1, round(0.32 * r)))
+        return
+    cos, sin = math.cos(math.radians(spec.angle)), math.sin(math.radians(spec.angle))
+    # Counter-clockwise on screen: y points down, so the rotation's sine flips sign.
+    points = [(cx + r * (px * cos + py * sin), cy + r * (py * cos - px * sin)) for px, py in OUTLINES[spec.shape]]
+    draw.polygon(points, fill=spec.rgb)
+
+
+class RenderedImages:
+    """The images of one split as uint8 ``(N, C, S, S)``, each rendered on first use, then kept."""
+
+    def __init__(self, num_examples: int, *, seed: int, split: str, classes: list[str], image_size: int, channels: int):
+        self.seed, self.split, self.classes = seed, split, classes
+        self.image_size, self.channels = image_size, channels
+        self.images = torch.empty(num_examples, channels, image_size, image_size, dtype=torch.uint8)
+        self.done = torch.zeros(num_examples, dtype=torch.bool)
+
+    def __call__(self, indices: Tensor) -> Tensor:
+        """uint8 ``(len(indices), C, S, S)``."""
+        for i in indices[~self.done[indices]].tolist():
+            spec = describe(i, seed=self.seed, split=self.split, classes=self.classes)
+            self.images[i] = image_tensor(render(spec, self.image_size, self.channels))
+            self.done[i] = True
+        return self.images[indices]
+
+
+def _validate_shapes(instance, attribute, value: list[str]) -> None:
+    unknown = sorted(set(value) - set(SHAPES))
+    if not value or unknown:
+        raise ValueError(f"unknown shape(s) {unknown or '(none given)'}; choose from {list(SHAPES)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"lists a shape twice: {value}")
+
+
+@DATASETS.register("shapes")
+@attrs.frozen
+class ShapesConfig:
+    """``[data] kind = "shapes"``: synthetic shapes rendered in memory.
+
+    ``data_seed`` fixes the images themselves; the run's seed only orders them.
+    A background thread renders each image the first time a batch needs it
+    (about 0.1 ms each) and keeps it: ``N * C * S * S`` bytes per split, 92 MB
+    for the default 30000 train images. Labels cycle through the sorted
+    ``classes``, so the classes are balanced.
+    """
+
+    num_train: int = attrs.field(default=30000, validator=checks.at_least(0))
+    num_val: int = attrs.field(default=2000, validator=checks.at_least(0))
+    image_size: int = attrs.field(default=32, validator=checks.at_least(1))
+    channels: int = attrs.field(default=3, validator=checks.channels)
+    batch_size: int = attrs.field(default=128, validator=checks.at_least(1))
+    classes: list[str] = attrs.field(factory=lambda: list(SHAPES), validator=_validate_shapes)
+    data_seed: int = 0
+    mean: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
+    std: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
+
+    def build(self, split: str, *, seed: int, rank: int = 0, world_size: int = 1) -> TrainBatches | EvalBatches:
+        """Batches ``{"image": float32 (B, C, S, S), "label": int64 (B,)}`` of ``split``."""
+        checks.check_split(split)
+        classes = sorted(self.classes)
+        num = self.num_train if split == "train" else self.num_val
+        if num < 1:
+            raise ValueError(f"the {split} split is empty: set data.num_{split} > 0")
+        images = RenderedImages(
+            num, seed=self.data_seed, split=split, classes=classes, image_size=self.image_size, channels=self.channels
+        )
+        labels = torch.arange(num) % len(classes)
+        mean, std = self.mean, self.std
+
+        def load(indices: Tensor) -> Batch:
+            return {"image": normalize(images(indices), mean, std), "label": labels[indices]}
+
+        # One thread renders ahead while the caller trains; one, so renders never race.
+        executor = ThreadPoolExecutor(1, thread_name_prefix=f"craft-shapes-{split}")
+        common = dict(
+            batch_size=self.batch_size, classes=classes, rank=rank, world_size=world_size, executor=executor, prefetch=2
+        )
+        if split == "train":
+            return TrainBatches(num, load, seed=seed, **common)
+        return EvalBatches(num, load, **common)
+
+
+def write_shapes_folder(
+    root: str | Path,
+    *,
+    num_train: int,
+    num_val: int,
+    image_size: int,
+    seed: int,
+    format: str = "png",
+    classes: tuple[str, ...] | list[str] = SHAPES,
+    channels: int = 3,
+) -> Path:
+    """Write ``root/{train,val}/<class>/<class>_<i>.<format>``, the images of ``describe``/``render``.
+
+    The folder appears complete or not at all: it is written under a hidden
+    temporary name next to ``root`` and renamed into place. An existing,
+    non-empty ``root`` is an error (FileExistsError), never overwritten.
+    """
+    root = Path(root)
+    _validate_shapes(None, None, list(classes))
+    suffix = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}.get(format.lower())
+    if suffix is None:
+        raise ValueError(f"format must be 'png' or 'jpg', got {format!r}")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(f"{root} already exists and is not empty; remove it or choose another folder")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+
+    def write(split: str, i: int, digits: int) -> None:
+        spec = describe(i, seed=seed, split=split, classes=classes)
+        image = render(spec, image_size, channels)
+        image.save(tmp / split / spec.shape / f"{spec.shape}_{i:0{digits}d}.{suffix}", quality=95)
+
+    # Threads: Pillow releases the GIL while encoding, about half of the time here.
+    pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="craft-write-shapes")
+    try:
+        for split, num in (("train", num_train), ("val", num_val)):
+            for name in classes:
+                (tmp / split / name).mkdir(parents=True)
+            digits = len(str(max(num - 1, 0)))
+            for _ in pool.map(write, [split] * num, range(num), [digits] * num):
+                pass
+        pool.shutdown()
+        if root.exists():
+            root.rmdir()  # empty, checked above; rename cannot replace a folder portably
+        try:
+            tmp.rename(root)
+        except OSError as e:  # someone else (another rank) created root meanwhile
+            raise FileExistsError(f"{root} appeared while it was being written; remove it or pick another") from e
+    finally:
+        pool.shutdown(cancel_futures=True)  # on Ctrl-C, don't render the rest first
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root

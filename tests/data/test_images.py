@@ -1,0 +1,338 @@
+"""Image folders: listing, labels, splits, decoding, threads, resume, errors, prepare."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+
+import attrs
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from craft.data import DATASETS, ImageFolderConfig, ShapesConfig
+from craft.data import images as images_module
+
+SIZE = 6
+
+
+def solid(path: Path, value: int, *, mode: str = "RGB", size: int = SIZE) -> Path:
+    """A ``size`` square image of gray level ``value`` in Pillow ``mode``: ``value`` identifies the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGB", (size, size), (value, value, value))
+    if mode == "P":
+        image = image.quantize(colors=4)
+    elif mode != "RGB":
+        image = image.convert(mode)
+    image.save(path)
+    return path
+
+
+def values(batch: dict) -> list[int]:
+    """The gray level of each image of a batch (normalized with mean = std = 0.5)."""
+    pixels = (batch["image"] * 127.5 + 127.5).round().to(torch.int64)
+    assert (pixels == pixels[:, :1, :1, :1]).all(), "images should be solid"
+    return pixels[:, 0, 0, 0].tolist()
+
+
+def all_values(batches) -> list[int]:
+    return [v for b in batches for v in values(b)]
+
+
+def folder_tree(root: Path, counts: dict[str, int], start: int = 10) -> dict[int, str]:
+    """``root/<class>/<class>_<k>.png`` with distinct gray levels; returns level -> class."""
+    level, classes = start, {}
+    for name, count in counts.items():
+        for k in range(count):
+            solid(root / name / f"{name}_{k}.png", level)
+            classes[level] = name
+            level += 3
+    return classes
+
+
+def config(path: Path, **changes) -> ImageFolderConfig:
+    return ImageFolderConfig(path=str(path), **{"batch_size": 4, "image_size": SIZE, **changes})
+
+
+def take(ds, n: int) -> list[dict]:
+    return [next(ds) for _ in range(n)]
+
+
+def same(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in ("image", "label"))
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory) -> tuple[Path, dict[int, str], dict[int, str]]:
+    """``root/train`` (3 classes, 22 images) and ``root/val`` (2 classes, 5 images)."""
+    root = tmp_path_factory.mktemp("splits")
+    train = folder_tree(root / "train", {"dog": 8, "cat": 7, "emu": 7})
+    val = folder_tree(root / "val", {"cat": 2, "dog": 3}, start=100)
+    return root, train, val
+
+
+PER_EPOCH = 22 // 4  # 5
+
+
+@functools.cache
+def reference(root: Path) -> list[dict]:
+    return take(config(root).build("train", seed=0), 3 * PER_EPOCH + 3)
+
+
+def test_registered():
+    assert DATASETS["image_folder"] is ImageFolderConfig
+
+
+def test_labels_from_folders_sorted_and_shared_by_train_and_val(splits):
+    root, train, val = splits
+    ds = config(root).build("train", seed=0)
+    assert ds.classes == ["cat", "dog", "emu"] and ds.num_classes == 3 and ds.batch_size == 4
+    for batch in take(ds, 2 * PER_EPOCH):
+        assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["image"].dtype == torch.float32
+        assert batch["label"].dtype == torch.int64
+        assert [ds.classes[k] for k in batch["label"].tolist()] == [train[v] for v in values(batch)]
+    vds = config(root).build("val", seed=0)
+    assert vds.classes == ds.classes  # the val split has no emu, labels still index the train list
+    batches = list(vds)
+    assert sorted(all_values(batches)) == sorted(val)
+    assert [vds.classes[k] for b in batches for k in b["label"].tolist()] == [val[v] for v in all_values(batches)]
+
+
+def test_labels_from_prefixes(tmp_path):
+    for k, name in enumerate(["zebra_01.png", "ant_x_2.png", "ant_1.jpg", "zebra_02.png", "bee_1.png", "ant_3.png"]):
+        solid(tmp_path / "flat" / name, 40 * k)
+    ds = config(tmp_path / "flat", labels="prefix", batch_size=2, val_fraction=0.0, cache=True)
+    train = ds.build("train", seed=0)
+    assert train.classes == ["ant", "bee", "zebra"]
+    by_level = {0: "zebra", 40: "ant", 80: "ant", 120: "zebra", 160: "bee", 200: "ant"}
+    for batch in take(train, 3):
+        got = values(batch)
+        # the JPEG is lossy: compare its label by the nearest level
+        got = [min(by_level, key=lambda v: abs(v - g)) for g in got]
+        assert [train.classes[k] for k in batch["label"].tolist()] == [by_level[v] for v in got]
+
+
+def test_val_fraction_split_is_per_class_disjoint_stable_and_not_the_run_seed(tmp_path):
+    levels = folder_tree(tmp_path / "all", {"a": 10, "b": 10, "c": 1})
+    cfg = config(tmp_path / "all", batch_size=1, val_fraction=0.2)
+    val = all_values(cfg.build("val", seed=0))
+    assert sorted(val) == sorted(set(val)) and len(val) == 4  # 2 of a, 2 of b, c's only file stays in train
+    assert sorted(levels[v] for v in val) == ["a", "a", "b", "b"]
+    train = cfg.build("train", seed=0)
+    seen = set(all_values(take(train, train.batches_per_epoch)))
+    assert seen | set(val) == set(levels) and not seen & set(val)
+    assert all_values(cfg.build("val", seed=7)) == val  # the run's seed does not move the split
+    assert all_values(attrs.evolve(cfg, data_seed=1).build("val", seed=0)) != val
+
+
+def test_val_path_and_val_iteration_covers_every_file_once(tmp_path):
+    folder_tree(tmp_path / "tr", {"x": 4, "y": 4})
+    val = folder_tree(tmp_path / "elsewhere", {"y": 5, "x": 6}, start=100)
+    ds = config(tmp_path / "tr", val_path=str(tmp_path / "elsewhere"), batch_size=4).build("val", seed=0)
+    assert len(ds) == 3 and ds.num_examples == 11
+    batches = list(ds)
+    assert [len(b["label"]) for b in batches] == [4, 4, 3]
+    assert sorted(all_values(batches)) == sorted(val)
+    assert same(list(ds), batches)  # re-iterable, fixed order
+    cfg = config(tmp_path / "tr", val_path=str(tmp_path / "elsewhere"))
+    shards = [cfg.build("val", seed=0, rank=r, world_size=2) for r in range(2)]
+    assert sorted(all_values(shards[0]) + all_values(shards[1])) == sorted(val)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_mixed_modes_and_sizes_become_the_configured_channels(tmp_path, channels):
+    modes = {"gray.png": "L", "rgba.png": "RGBA", "palette.png": "P", "rgb.png": "RGB", "gray.jpg": "L", "la.png": "LA"}
+    for k, (name, mode) in enumerate(modes.items()):
+        solid(tmp_path / "c" / name, 30 + 40 * k, mode=mode, size=SIZE + 4 * (k % 2))
+    ds = config(tmp_path, batch_size=6, channels=channels, val_fraction=0.0).build("train", seed=0)
+    batch = next(ds)
+    assert batch["image"].shape == (6, channels, SIZE, SIZE)
+    got = sorted(values(batch))
+    want = sorted(30 + 40 * k for k in range(len(modes)))
+    assert all(abs(g - w) <= 3 for g, w in zip(got, want)), (got, want)  # JPEG is lossy, palettes quantize
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bits(tmp_path):
+    path = tmp_path / "c" / "deep.png"
+    path.parent.mkdir()
+    Image.new("I;16", (SIZE, SIZE), 257 * 200).save(path)
+    ds = config(tmp_path, batch_size=1, val_fraction=0.0).build("train", seed=0)
+    assert values(next(ds)) == [200]
+
+
+def test_same_seed_same_batches_other_seed_other_order(splits):
+    root = splits[0]
+    assert same(take(config(root).build("train", seed=0), 6), reference(root)[:6])
+    assert not same(take(config(root).build("train", seed=1), 6), reference(root)[:6])
+
+
+@pytest.mark.parametrize("changes", [{"num_threads": 0}, {"cache": True}, {"num_threads": 3, "prefetch": 1}])
+def test_threads_and_cache_do_not_change_the_batches(splits, changes):
+    root = splits[0]
+    n = 2 * PER_EPOCH + 1
+    assert same(take(config(root, **changes).build("train", seed=0), n), reference(root)[:n])
+
+
+@settings(max_examples=20)
+@given(stop=st.integers(0, 3 * PER_EPOCH))
+def test_resume_is_exact_with_prefetched_batches_in_flight(splits, stop):
+    root = splits[0]
+    ds = config(root).build("train", seed=0)
+    take(ds, stop)
+    state = ds.state_dict()
+    assert state == {"epoch": stop // PER_EPOCH, "index": stop % PER_EPOCH}
+    ds.load_state_dict({"epoch": 0, "index": 0})  # throw the prefetched batches away, twice
+    ds.load_state_dict(state)
+    assert same(take(ds, 3), reference(root)[stop : stop + 3])
+    ds.close()
+
+
+def test_ranks_split_every_global_batch(splits):
+    root = splits[0]
+    ranks = [config(root).build("train", seed=0, rank=r, world_size=2) for r in range(2)]
+    for step in range(PER_EPOCH + 1):
+        parts = [next(ds) for ds in ranks]
+        assert torch.equal(torch.cat([p["image"] for p in parts]), reference(root)[step]["image"])
+        assert not set(values(parts[0])) & set(values(parts[1]))
+    with pytest.raises(ValueError, match=r"batch_size=4.*world_size=3"):
+        config(root).build("train", seed=0, rank=0, world_size=3)
+
+
+# -- errors -------------------------------------------------------------------
+
+
+def test_missing_path_suggests_prepare(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope.*craft prepare shapes .*nope.*prepare = \"shapes\""):
+        config(tmp_path / "nope").build("train", seed=0)
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"no images \(.jpg, .jpeg, .png\) in .*empty"):
+        config(tmp_path / "empty").build("train", seed=0)
+
+
+def test_class_folder_without_images(tmp_path):
+    folder_tree(tmp_path, {"cat": 4})
+    (tmp_path / "dog").mkdir()
+    (tmp_path / "dog" / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=r"class folder .*dog has no images"):
+        config(tmp_path).build("train", seed=0)
+
+
+def test_loose_images_without_class_folders_point_to_prefix(tmp_path):
+    solid(tmp_path / "cat_1.png", 5)
+    with pytest.raises(ValueError, match=r"no class folders.*labels = \"prefix\""):
+        config(tmp_path).build("train", seed=0)
+
+
+def test_prefix_labels_need_an_underscore(tmp_path):
+    solid(tmp_path / "a" / "one.png", 5)
+    solid(tmp_path / "a" / "two.png", 9)
+    with pytest.raises(ValueError, match=r"no image in .* has a class prefix.*cat_001.jpg"):
+        config(tmp_path / "a", labels="prefix").build("train", seed=0)
+    solid(tmp_path / "a" / "cat_3.png", 9)
+    with pytest.raises(ValueError, match=r"2 of 3 images .* no class prefix, e.g. .*one.png"):
+        config(tmp_path / "a", labels="prefix").build("train", seed=0)
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    folder_tree(tmp_path, {"cat": 3})
+    (tmp_path / "cat" / "cat_9.png").write_bytes(b"\x89PNG not really")
+    ds = config(tmp_path, batch_size=4, val_fraction=0.0).build("train", seed=0)
+    with pytest.raises(ValueError, match=r"cannot decode image .*cat_9.png"):
+        next(ds)
+    with pytest.raises(ValueError, match=r"cat_9.png"):  # and again: the position did not move
+        next(ds)
+    assert ds.state_dict() == {"epoch": 0, "index": 0}
+
+
+def test_val_classes_unknown_to_train(tmp_path):
+    folder_tree(tmp_path / "train", {"cat": 2, "dog": 2})
+    folder_tree(tmp_path / "val", {"cat": 1, "owl": 1})
+    cfg = config(tmp_path, batch_size=2)
+    cfg.build("train", seed=0)  # the train split alone is fine
+    with pytest.raises(ValueError, match=r"val images in .*val have classes unknown to the train split: \['owl'\]"):
+        cfg.build("val", seed=0)
+
+
+def test_missing_val_path_and_empty_val_split(tmp_path):
+    folder_tree(tmp_path / "d", {"cat": 4})
+    with pytest.raises(FileNotFoundError, match=r"val_path .*gone"):
+        config(tmp_path / "d", val_path=str(tmp_path / "gone")).build("train", seed=0)
+    with pytest.raises(ValueError, match=r"val split .* is empty"):
+        config(tmp_path / "d", val_fraction=0.0).build("val", seed=0)
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"labels": "suffix"}, r"must be one of \['folders', 'prefix'\], got 'suffix'"),
+        ({"prepare": "mnist"}, r"must be one of \[None, 'shapes'\]"),
+        ({"val_fraction": 1.0}, r"must be in \[0, 1\)"),
+        ({"channels": 4}, "must be 1 \\(grayscale\\) or 3"),
+        ({"num_threads": -1}, "must be >= 0"),
+        ({"channels": 1, "mean": [0.4, 0.5, 0.6]}, r"needs 1 or 1 \(channels\) values"),
+    ],
+)
+def test_config_errors(tmp_path, changes, match):
+    with pytest.raises(ValueError, match=match):
+        config(tmp_path, **changes)
+
+
+# -- prepare = "shapes" -----------------------------------------------------------
+
+
+def test_prepare_shapes_writes_the_folder_once_then_reuses_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(images_module, "PREPARED_SHAPES", {"num_train": 20, "num_val": 10})
+    writes = []
+    real = images_module.write_shapes_folder
+    monkeypatch.setattr(images_module, "write_shapes_folder", lambda *a, **k: writes.append(a) or real(*a, **k))
+    root = tmp_path / "data" / "shapes"
+    cfg = config(root, prepare="shapes", image_size=8, batch_size=5)
+    train = cfg.build("train", seed=0)
+    assert len(writes) == 1 and train.num_examples == 20 and train.num_classes == 7
+    assert next(train)["image"].shape == (5, 3, 8, 8)
+    val = cfg.build("val", seed=0)
+    assert len(writes) == 1 and val.num_examples == 10  # reused: the folder's own train/val split
+    (root / "train" / "star" / "star_05.png").unlink()
+    assert cfg.build("train", seed=0).num_examples == 19  # never rewritten over existing data
+
+    (tmp_path / "empty").mkdir()
+    config(tmp_path / "empty", prepare="shapes", image_size=8, batch_size=5).build("val", seed=0)
+    assert len(writes) == 2 and len(list((tmp_path / "empty").rglob("*.png"))) == 30
+
+
+def test_prepare_reuses_a_folder_another_process_finished_first(tmp_path, monkeypatch):
+    def other_rank_won(root, **kwargs):
+        folder_tree(Path(root) / "train", {"cat": 4})
+        folder_tree(Path(root) / "val", {"cat": 1}, start=100)
+        raise FileExistsError(f"{root} appeared while it was being written")
+
+    monkeypatch.setattr(images_module, "write_shapes_folder", other_rank_won)
+    assert config(tmp_path / "shared", prepare="shapes").build("val", seed=0).num_examples == 1
+
+
+def test_decoding_runs_in_background_threads(splits, monkeypatch):
+    threads = []
+    real = images_module.load_images
+
+    def spy(paths, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(paths, **kwargs)
+
+    monkeypatch.setattr(images_module, "load_images", spy)
+    ds = config(splits[0], prefetch=3).build("train", seed=0)
+    take(ds, 2)
+    ds.close()
+    assert len(threads) >= 2 and all(name.startswith("craft-data-train") for name in threads)
+
+
+@pytest.mark.parametrize("cls", [ImageFolderConfig, ShapesConfig])
+def test_config_fields_are_plain_toml_types(cls):
+    allowed = {bool, int, float, str, list[str], list[float], str | None}
+    types = attrs.resolve_types(cls)
+    assert {f.name: f.type for f in attrs.fields(types) if f.type not in allowed} == {}
