@@ -45,6 +45,7 @@ from craft.models import MODELS
 from craft.optim import OPTIMIZERS, SCHEDULES
 from craft.registry import Registry
 from craft.tasks import TASKS
+from craft.validators import at_least, not_empty, one_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -173,27 +174,6 @@ def build(component: Component | Optim, *args: Any, **kwargs: Any) -> Any:
 # --- Records ----------------------------------------------------------------
 
 
-def _at_least(bound: int) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def check(_: Any, __: attrs.Attribute, value: int | None) -> None:
-        if value is not None and value < bound:
-            raise ValueError(f"must be >= {bound}, got {value}")
-
-    return check
-
-
-def _one_of(*allowed: str) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def check(_: Any, __: attrs.Attribute, value: str) -> None:
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-
-    return check
-
-
-def _not_empty(_: Any, __: attrs.Attribute, value: str) -> None:
-    if not value:
-        raise ValueError("must not be empty")
-
-
 @attrs.frozen
 class Component:
     """A registry entry by name (``kind``) and its structured ``config``."""
@@ -220,25 +200,25 @@ def _default(registry: Registry, kind: str) -> Component:
 class EarlyStopping:
     """Stop when ``metric`` has not improved (per ``mode``) for ``patience`` evaluations."""
 
-    metric: str = attrs.field(default="loss", validator=_not_empty)
+    metric: str = attrs.field(default="loss", validator=not_empty)
     mode: Literal["min", "max"] = "min"
-    patience: int = attrs.field(default=5, validator=_at_least(0))
+    patience: int = attrs.field(default=5, validator=at_least(0))
 
 
 @attrs.frozen
 class Train:
     """The loop's settings; ``None`` means off (``eval_batches``: the whole eval set)."""
 
-    steps: int = attrs.field(default=1000, validator=_at_least(1))
-    eval_every: int = attrs.field(default=200, validator=_at_least(1))
-    log_every: int = attrs.field(default=20, validator=_at_least(1))
-    eval_batches: int | None = attrs.field(default=None, validator=_at_least(1))
-    precision: str = attrs.field(default="fp32", validator=_one_of("fp32", "bf16"))
+    steps: int = attrs.field(default=1000, validator=at_least(1))
+    eval_every: int = attrs.field(default=200, validator=at_least(1))
+    log_every: int = attrs.field(default=20, validator=at_least(1))
+    eval_batches: int | None = attrs.field(default=None, validator=at_least(1))
+    precision: str = attrs.field(default="fp32", validator=one_of("fp32", "bf16"))
     compile: bool = True
-    device: str = attrs.field(default="auto", validator=_not_empty)
-    accum_steps: int = attrs.field(default=1, validator=_at_least(1))
-    checkpoint_every: int | None = attrs.field(default=None, validator=_at_least(1))
-    keep_checkpoints: int = attrs.field(default=3, validator=_at_least(1))
+    device: str = attrs.field(default="auto", validator=not_empty)
+    accum_steps: int = attrs.field(default=1, validator=at_least(1))
+    checkpoint_every: int | None = attrs.field(default=None, validator=at_least(1))
+    keep_checkpoints: int = attrs.field(default=3, validator=at_least(1))
     early_stopping: EarlyStopping | None = None
     tensorboard: bool = False
 
@@ -248,7 +228,7 @@ class Experiment:
     """One run, as written in TOML. ``imports`` are modules imported before the
     sections are read, so they can register models, datasets, etc."""
 
-    name: str = attrs.field(validator=_not_empty)
+    name: str = attrs.field(validator=not_empty)
     model: Component
     data: Component
     seed: int = 0

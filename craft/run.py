@@ -109,7 +109,7 @@ def evaluate_batches(eval_step, state: TrainState, batches: Iterable, device: to
         metrics.append(eval_step(state, to_device(batch, device)))
         sizes.append(batch_size(batch))
     if not metrics:
-        raise RunError("the validation split is empty: add validation data or lower data.val_fraction's rounding")
+        raise RunError("the validation split is empty: add validation images (data.val_path) or raise data.val_fraction")
     return mean_metrics(metrics, sizes)
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,6 +140,23 @@ def test_resume_from_the_same_config_is_exact(experiment, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda events: [(e["step"], e["split"], e["metrics"]) for e in events]  # noqa: E731
     assert strip(_events(tmp_path / "runs" / "a")) == strip(_events(tmp_path / "runs" / "b"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_step_saves_and_says_how_to_resume(experiment, tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "craft", str(experiment), "--train.steps=100000", "--train.log_every=1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    metrics = tmp_path / "runs" / "tiny" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted at step" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    assert list((tmp_path / "runs" / "tiny" / "checkpoints").glob("step_*.pt"))
 
 
 def test_help_prints_usage_and_does_not_train(experiment):

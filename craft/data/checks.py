@@ -7,26 +7,7 @@ failing field at once; built in Python, the traceback shows the call.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-Validator = Callable[[Any, Any, Any], None]
-
-
-def at_least(low: int) -> Validator:
-    def check(instance, attribute, value) -> None:
-        if value < low:
-            raise ValueError(f"must be >= {low}, got {value}")
-
-    return check
-
-
-def one_of(*choices: object) -> Validator:
-    def check(instance, attribute, value) -> None:
-        if value not in choices:
-            raise ValueError(f"must be one of {list(choices)}, got {value!r}")
-
-    return check
+from craft.validators import Validator, at_least, one_of  # noqa: F401  (re-exported)
 
 
 def fraction(instance, attribute, value: float) -> None:

@@ -270,8 +270,8 @@ def test_missing_val_path_and_empty_val_split(tmp_path):
 @pytest.mark.parametrize(
     "changes, match",
     [
-        ({"labels": "suffix"}, r"must be one of \['folders', 'prefix'\], got 'suffix'"),
-        ({"prepare": "mnist"}, r"must be one of \[None, 'shapes'\]"),
+        ({"labels": "suffix"}, "must be one of 'folders', 'prefix', got 'suffix'"),
+        ({"prepare": "mnist"}, "must be one of None, 'shapes'"),
         ({"val_fraction": 1.0}, r"must be in \[0, 1\)"),
         ({"channels": 4}, "must be 1 \\(grayscale\\) or 3"),
         ({"num_threads": -1}, "must be >= 0"),
