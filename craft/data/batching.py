@@ -71,14 +71,48 @@ def normalize(images: Tensor, mean: list[float], std: list[float]) -> Tensor:
     return F.normalize(F.to_dtype(images, torch.float32, scale=True), mean, std, inplace=True)
 
 
-class TrainBatches(Iterator[Batch]):
+class _Batches:
+    """What both iterators hold: this rank's share of the batch, the classes, the loader.
+
+    ``batch_size`` is the global batch; ``self.batch_size`` is this rank's share.
+    With an ``executor``, up to ``prefetch`` batches load ahead in its threads
+    (the iterator owns it: ``close()`` shuts it down).
+    """
+
+    def __init__(
+        self,
+        load: Load,
+        *,
+        batch_size: int,
+        classes: list[str],
+        rank: int,
+        world_size: int,
+        executor: Executor | None,
+        prefetch: int,
+        examples: Sequence[object] | None,
+    ) -> None:
+        self.batch_size = shard_size(batch_size, world_size, rank)
+        self.global_batch_size = batch_size
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+        self.examples = examples
+        self.rank, self.world_size = rank, world_size
+        self._load = load
+        self._executor = executor
+        self._prefetch = max(1, prefetch) if executor is not None else 0
+
+    def close(self) -> None:
+        """Stop the loading threads; the iterator must not be used afterwards."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class TrainBatches(_Batches, Iterator[Batch]):
     """Infinite shuffled batches of ``load``; see the module docstring.
 
-    ``batch_size`` is the global batch; ``self.batch_size`` is this rank's
-    share, the size of every batch it yields. With an ``executor``, up to
-    ``prefetch`` batches are loaded ahead in its threads (the iterator owns
-    it: ``close()`` shuts it down). ``examples[i]``, when given, says what
-    index ``i`` is (a file path, for image folders).
+    Every batch has ``self.batch_size`` rows (this rank's share; see
+    ``_Batches``). ``examples[i]``, when given, says what index ``i`` is (a
+    file path, for image folders).
     """
 
     def __init__(
@@ -95,8 +129,10 @@ class TrainBatches(Iterator[Batch]):
         prefetch: int = 0,
         examples: Sequence[object] | None = None,
     ) -> None:
-        self.batch_size = shard_size(batch_size, world_size, rank)
-        self.global_batch_size = batch_size
+        super().__init__(
+            load, batch_size=batch_size, classes=classes, rank=rank, world_size=world_size,
+            executor=executor, prefetch=prefetch, examples=examples,
+        )
         if num_examples < batch_size:
             raise ValueError(
                 f"the train split has {num_examples} examples, fewer than one batch "
@@ -104,13 +140,7 @@ class TrainBatches(Iterator[Batch]):
             )
         self.num_examples = num_examples
         self.batches_per_epoch = num_examples // batch_size
-        self.classes = list(classes)
-        self.num_classes = len(self.classes)
-        self.examples = examples
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self._load = load
-        self._executor = executor
-        self._prefetch = max(1, prefetch) if executor is not None else 0
+        self.seed = seed
         self._orders: dict[int, Tensor] = {}
         self._pending: deque[tuple[tuple[int, int], Future]] = deque()
         self.epoch, self.index = 0, 0
@@ -173,13 +203,11 @@ class TrainBatches(Iterator[Batch]):
         self._pending.clear()
 
     def close(self) -> None:
-        """Stop the loading threads; the iterator must not be used afterwards."""
         self._drop_pending()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        super().close()
 
 
-class EvalBatches:
+class EvalBatches(_Batches):
     """Every example once, in index order, the last partial batch kept.
 
     ``len()`` is the number of batches this rank yields. With ``world_size > 1``
@@ -203,15 +231,10 @@ class EvalBatches:
         prefetch: int = 0,
         examples: Sequence[object] | None = None,
     ) -> None:
-        self.batch_size = shard_size(batch_size, world_size, rank)
-        self.global_batch_size = batch_size
-        self.classes = list(classes)
-        self.num_classes = len(self.classes)
-        self.examples = examples
-        self.rank, self.world_size = rank, world_size
-        self._load = load
-        self._executor = executor
-        self._prefetch = max(1, prefetch) if executor is not None else 0
+        super().__init__(
+            load, batch_size=batch_size, classes=classes, rank=rank, world_size=world_size,
+            executor=executor, prefetch=prefetch, examples=examples,
+        )
         self._batches: list[Tensor] = []
         for start in range(0, num_examples, batch_size):
             chunk = torch.arange(start, min(start + batch_size, num_examples)).tensor_split(world_size)[rank]
@@ -240,8 +263,3 @@ class EvalBatches:
         finally:  # a loop that stops early must not leave threads decoding for nobody
             for future in pending:
                 future.cancel()
-
-    def close(self) -> None:
-        """Stop the loading threads; the iterable must not be used afterwards."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
