@@ -159,6 +159,23 @@ def test_ctrl_c_finishes_the_step_saves_and_says_how_to_resume(experiment, tmp_p
     assert list((tmp_path / "runs" / "tiny" / "checkpoints").glob("step_*.pt"))
 
 
+@pytest.mark.slow
+def test_early_stopping_keeps_the_best_checkpoint(experiment, tmp_path):
+    """With lr = 0 nothing improves, so patience 1 stops at the second evaluation."""
+    result = craft(
+        str(experiment), "--optim.lr=0.0", "--train.eval_every=3",
+        "--train.early_stopping.metric=accuracy", "--train.early_stopping.mode=max",
+        "--train.early_stopping.patience=1",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "early stopping at step 6" in result.stdout + result.stderr
+    run_dir = tmp_path / "runs" / "tiny"
+    assert [e["step"] for e in _events(run_dir) if e["split"] == "val"] == [3, 6]
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert int(best["state"]["step"]) == 3
+    assert craft("evaluate", str(run_dir), "--checkpoint=best").stdout.startswith("step 3  loss ")
+
+
 def test_help_prints_usage_and_does_not_train(experiment):
     result = craft(str(experiment), "--help")
     assert result.returncode == 0, result.stderr
