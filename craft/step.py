@@ -137,14 +137,22 @@ def make_train_step(
         return new, metrics
 
     compiled = _maybe_compile(step, compile)
+    cuda_graphs = _uses_cuda_graphs(compile)
+    if cuda_graphs and donate:
+        raise ValueError("CUDA graphs (mode='reduce-overhead') cannot replay a donated step; use donate=False")
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         seed = int(state.rng)
         torch.manual_seed(seed)  # dropout masks are a function of state.rng
         _set_mode(model, training=True)
-        (params, buffers, opt_state, count), metrics = compiled(
-            state.params, state.buffers, state.opt_state, state.step, batch
-        )
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(state.params, state.buffers, state.opt_state, state.step, batch)
+        if cuda_graphs:
+            # A replay overwrites the memory of the last replay's outputs, which
+            # are this state: keep a copy the next replay cannot touch.
+            out = pytree.tree_map(torch.clone, out)
+        (params, buffers, opt_state, count), metrics = out
         rng = torch.tensor(_next_seed(seed), dtype=torch.int64)
         return TrainState(params, buffers, opt_state, count, rng), metrics
 
@@ -223,6 +231,10 @@ def _maybe_compile(fn: Callable, compile: bool | Mapping[str, Any]) -> Callable:
     # that builds many steps (tests, sweeps) never falls back to eager.
     own_code = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     return torch.compile(own_code, **options)
+
+
+def _uses_cuda_graphs(compile: bool | Mapping[str, Any]) -> bool:
+    return isinstance(compile, Mapping) and compile.get("mode") in ("reduce-overhead", "max-autotune")
 
 
 def _set_mode(model: nn.Module, training: bool) -> None:

@@ -263,6 +263,8 @@ def test_bad_arguments_are_clear_errors():
         make_train_step(model, cross_entropy, tx, precision="fp8")
     with pytest.raises(ValueError, match="accum_steps must be >= 1"):
         make_train_step(model, cross_entropy, tx, accum_steps=0)
+    with pytest.raises(ValueError, match="cannot replay a donated step"):
+        make_train_step(model, cross_entropy, tx, compile={"mode": "reduce-overhead"}, donate=True)
     per_example = make_train_step(
         model, lambda out, b: torch.nn.functional.cross_entropy(out, b["target"], reduction="none"), tx, compile=False
     )
