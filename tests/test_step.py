@@ -67,7 +67,7 @@ def _assert_state_matches(state: TrainState, reference: dict, tol: dict):
     ours = {**state.params, **state.buffers}
     assert ours.keys() == reference.keys()
     for k, v in reference.items():
-        torch.testing.assert_close(ours[k], v, **tol, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(ours[k], v, **tol, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def _batches(name, n=STEPS, dtype=torch.float64, size=8):

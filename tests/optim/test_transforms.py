@@ -68,7 +68,7 @@ def _run_torch(make_opt, params, *, decay_names=None, clip=None, scheduler=None)
 
 def _assert_close(ours, ref):
     for k in ref:
-        torch.testing.assert_close(ours[k], ref[k], atol=ATOL, rtol=RTOL, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(ours[k], ref[k], atol=ATOL, rtol=RTOL, msg=lambda m, k=k: f"{k}: {m}")
 
 
 ALL = lambda p: {k: True for k in p}  # noqa: E731
