@@ -130,9 +130,11 @@ def prepare_run_dir(exp: Experiment, *, resume: bool, overwrite: bool) -> Path:
     return run_dir
 
 
-def check_resumable(exp: Experiment, saved: dict[str, Any]) -> None:
-    """A resumed run may change how it runs (steps, eval cadence), not what it computes."""
-    now = to_dict(exp)
+def check_resumable(now: dict[str, Any], saved: dict[str, Any]) -> None:
+    """A resumed run may change how it runs (steps, eval cadence), not what it computes.
+
+    ``now`` and ``saved`` are resolved configs (``to_dict``).
+    """
     differ = []
     for section in sorted(now.keys() | saved.keys()):
         a, b = now.get(section), saved.get(section)
@@ -182,25 +184,24 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
     cfg = exp.train
     state = init_state(parts.model, parts.transform, seed=exp.seed)
     progress = {"elapsed": 0.0, "best": None, "bad_evals": 0}
+    resolved = to_dict(exp)
 
     if resume:
         found = checkpoint.load_latest(ckpt_dir)
         if found is None:
             raise RunError(f"nothing to resume: no readable checkpoint in {ckpt_dir}")
         path, payload = found
-        check_resumable(exp, payload["config"])
-        try:
-            state = checkpoint.state_from_dict(payload["state"], state)
-        except checkpoint.CheckpointError as e:
-            raise RunError(str(e)) from None
+        check_resumable(resolved, payload["config"])
+        state = checkpoint.state_from_dict(payload["state"], state)
         train_data.load_state_dict(payload["data"])
         torch.set_rng_state(payload["torch_rng"])
         random.setstate(payload["python_rng"])
         progress.update(payload["progress"])
         truncate_metrics(run_dir, int(state.step))
         echo(f"resuming {run_dir} from {path.name} (step {int(state.step)})")
-    (run_dir / CONFIG_FILE).write_text(dumps(exp), encoding="utf-8")
-    echo(dumps(exp))
+    text = dumps(exp)
+    (run_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
+    echo(text)
 
     common = dict(inputs=parts.task.inputs, precision=cfg.precision, compile=cfg.compile)
     train_step = make_train_step(
@@ -223,7 +224,7 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
             "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
             "progress": {**progress, "elapsed": elapsed()},
-            "config": to_dict(exp),
+            "config": resolved,
         }
 
     def save(step: int) -> Path:
@@ -299,17 +300,9 @@ def evaluate(run_dir: Path, checkpoint_name: str = "latest") -> dict[str, float]
             raise RunError(f"no readable checkpoint in {ckpt_dir}")
         payload = found[1]
     else:
-        name = "best.pt" if checkpoint_name == "best" else checkpoint_name
-        try:
-            payload = checkpoint.load(ckpt_dir / name)
-        except checkpoint.CheckpointError as e:
-            raise RunError(str(e)) from None
+        payload = checkpoint.load(ckpt_dir / ("best.pt" if checkpoint_name == "best" else checkpoint_name))
     parts = build_parts(exp)
-    state = init_state(parts.model, parts.transform, seed=exp.seed)
-    try:
-        state = checkpoint.state_from_dict(payload["state"], state)
-    except checkpoint.CheckpointError as e:
-        raise RunError(str(e)) from None
+    state = checkpoint.state_from_dict(payload["state"], init_state(parts.model, parts.transform, seed=exp.seed))
     eval_step = make_eval_step(
         parts.model, parts.task.loss, inputs=parts.task.inputs, precision=exp.train.precision, compile=False
     )
