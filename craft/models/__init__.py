@@ -18,5 +18,9 @@ MODELS: Registry = Registry("model")
 
 from craft.models.cnn import CNNConfig, SmallCNN  # noqa: E402  (registers "cnn")
 from craft.models.resnet import ResNet, ResNetConfig  # noqa: E402  (registers "resnet")
+from craft.models.gpt import GPT, GPTConfig  # noqa: E402  (registers "gpt")
+from craft.models.lstm import CharLSTM, CharLSTMConfig  # noqa: E402  (registers "char_lstm")
 
-__all__ = ["MODELS", "CNNConfig", "ResNet", "ResNetConfig", "SmallCNN"]
+__all__ = [
+    "MODELS", "CNNConfig", "CharLSTM", "CharLSTMConfig", "GPT", "GPTConfig", "ResNet", "ResNetConfig", "SmallCNN",
+]
