@@ -1,14 +1,19 @@
 """Tasks: what a model's inputs are and how its outputs are scored.
 
-A ``Task`` holds two pure functions: ``inputs(batch) -> tuple`` (the model's
-positional arguments) and ``loss(outputs, batch) -> (loss, metrics)``.
-Entries of ``TASKS`` are frozen attrs configs whose ``build()`` gives a Task.
+A ``Task`` holds pure functions: ``inputs(batch) -> tuple`` (the model's
+positional arguments), ``loss(outputs, batch) -> (loss, metrics)``, and for
+evaluation ``weight(batch)`` (what a batch's mean counts: examples, or scored
+tokens) and ``summarize(means) -> means`` (figures derived from the means, such
+as perplexity, which is not itself a mean). Entries of ``TASKS`` are frozen
+attrs configs whose ``build()`` gives a Task.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
+
+import math
 
 import attrs
 import torch
@@ -22,9 +27,20 @@ TASKS: Registry = Registry("task")
 Batch = dict[str, Tensor]
 
 
+def batch_size(batch: Batch) -> int:
+    """Rows in ``batch``: dim 0 of its first tensor."""
+    return next(iter(batch.values())).shape[0]
+
+
+def _same(metrics: dict[str, float]) -> dict[str, float]:
+    return metrics
+
+
 class Task(NamedTuple):
     inputs: Callable[[Batch], tuple]
     loss: Callable[[Any, Batch], tuple[Tensor, dict[str, Tensor]]]
+    weight: Callable[[Batch], int | Tensor] = batch_size
+    summarize: Callable[[dict[str, float]], dict[str, float]] = _same
 
 
 def classification_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -59,8 +75,60 @@ class ClassificationConfig:
         return Task(image_inputs, classification_loss)
 
 
-def mean_metrics(metrics: list[dict[str, Tensor]], weights: list[int]) -> dict[str, float]:
-    """Weighted mean of per-batch metrics (weights: batch sizes), read to the host once."""
-    w = torch.tensor(weights, dtype=torch.float64)
+IGNORE = -100
+"""Target value of padding: ``F.cross_entropy(..., ignore_index=IGNORE)`` skips it."""
+
+
+def language_model_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    """Next-token cross entropy of ``logits (B, T, V)`` against ``batch["target"] (B, T)``.
+
+    The mean is over scored tokens: targets equal to ``IGNORE`` (padding) count
+    for nothing. Metric: ``accuracy``, the share of tokens predicted exactly.
+    """
+    target = batch["target"]
+    if logits.ndim != 3 or logits.shape[:2] != target.shape:
+        raise ValueError(
+            f"language modelling expects model outputs of shape (batch, time, vocab) = "
+            f"({target.shape[0]}, {target.shape[1]}, V), got {tuple(logits.shape)}"
+        )
+    flat = logits.float().flatten(0, 1)  # (B*T, V)
+    loss = F.cross_entropy(flat, target.flatten(), ignore_index=IGNORE)
+    scored = target != IGNORE
+    correct = (logits.argmax(-1) == target) & scored
+    return loss, {"accuracy": correct.sum() / scored.sum().clamp(min=1)}
+
+
+def scored_tokens(batch: Batch) -> Tensor:
+    """Targets that are not padding: a 0-d tensor, left on the device."""
+    return (batch["target"] != IGNORE).sum()
+
+
+def perplexity_and_bits(metrics: dict[str, float]) -> dict[str, float]:
+    """Add ``perplexity`` (exp of the mean loss) and ``bpc`` (the loss in bits per token)."""
+    loss = metrics["loss"]
+    return {**metrics, "perplexity": math.exp(min(loss, 700.0)), "bpc": loss / math.log(2)}
+
+
+def token_inputs(batch: Batch) -> tuple[Tensor]:
+    return (batch["input"],)
+
+
+@TASKS.register("language_model")
+@attrs.frozen
+class LanguageModelConfig:
+    """Next-token prediction: ``batch["input"] (B, T)`` in, ``batch["target"] (B, T)`` scored.
+
+    Evaluation weights each batch by its scored tokens, so the reported loss is
+    the mean over every token of the split; ``perplexity`` and ``bpc`` (bits per
+    character, for character tokens) are derived from that mean.
+    """
+
+    def build(self) -> Task:
+        return Task(token_inputs, language_model_loss, scored_tokens, perplexity_and_bits)
+
+
+def mean_metrics(metrics: list[dict[str, Tensor]], weights: list[int | Tensor]) -> dict[str, float]:
+    """Weighted mean of per-batch metrics (weights: examples or tokens), read to the host once."""
+    w = torch.stack([torch.as_tensor(x).detach().cpu() for x in weights]).double()
     stacked = {k: torch.stack([m[k] for m in metrics]).cpu().double() for k in metrics[0]}
     return {k: float((v * w).sum() / w.sum()) for k, v in stacked.items()}

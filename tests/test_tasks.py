@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from craft.tasks import TASKS, classification_loss, mean_metrics
+from craft.tasks import IGNORE, TASKS, classification_loss, language_model_loss, mean_metrics
 
 
 def test_classification_loss_and_top1():
@@ -38,3 +40,32 @@ def test_registered_task_reads_images_and_labels():
 def test_mean_metrics_weights_by_batch_size():
     metrics = [{"accuracy": torch.tensor(1.0)}, {"accuracy": torch.tensor(0.0)}]
     assert mean_metrics(metrics, [3, 1]) == {"accuracy": pytest.approx(0.75)}
+
+
+def test_language_model_loss_ignores_padding():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    target = torch.randint(0, 7, (2, 5))
+    target[1, 3:] = IGNORE
+    loss, metrics = language_model_loss(logits, {"target": target})
+    keep = target != IGNORE
+    torch.testing.assert_close(loss, F.cross_entropy(logits[keep], target[keep]))
+    expected = (logits.argmax(-1) == target)[keep].float().mean()
+    torch.testing.assert_close(metrics["accuracy"], expected)
+
+
+def test_language_model_wrong_output_shape_names_what_was_expected():
+    with pytest.raises(ValueError, match=r"\(batch, time, vocab\) = \(2, 5, V\), got \(2, 7\)"):
+        language_model_loss(torch.zeros(2, 7), {"target": torch.zeros(2, 5, dtype=torch.long)})
+
+
+def test_language_model_eval_weights_by_tokens_and_derives_perplexity_and_bits():
+    task = TASKS["language_model"]().build()
+    full = {"target": torch.zeros(1, 4, dtype=torch.long)}
+    padded = {"target": torch.tensor([[0, IGNORE, IGNORE, IGNORE]])}
+    assert int(task.weight(full)) == 4 and int(task.weight(padded)) == 1
+    means = mean_metrics([{"loss": torch.tensor(1.0)}, {"loss": torch.tensor(2.0)}], [task.weight(full), task.weight(padded)])
+    summary = task.summarize(means)
+    assert summary["loss"] == pytest.approx(1.2)  # (4 * 1 + 1 * 2) / 5: a mean over tokens
+    assert summary["perplexity"] == pytest.approx(math.exp(1.2))
+    assert summary["bpc"] == pytest.approx(1.2 / math.log(2))
