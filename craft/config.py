@@ -53,9 +53,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
-    "Component", "ConfigError", "EarlyStopping", "Experiment", "Optim", "Sample", "Train",
+    "Component", "ConfigError", "EarlyStopping", "Experiment", "Optim", "Train",
     "apply_overrides", "build", "config_class", "dumps", "from_dict", "load",
-    "loads", "parse_override", "registries", "save", "structure", "to_dict",
+    "loads", "parse_override", "registries", "save", "to_dict",
 ]
 
 
@@ -206,28 +206,6 @@ class EarlyStopping:
 
 
 @attrs.frozen
-class Sample:
-    """Text sampled from the model after every ``every``-th evaluation, written to the log.
-
-    Needs a text dataset (its tokenizer) and a model that returns next-token
-    logits; the options are those of ``craft generate``.
-    """
-
-    every: int = attrs.field(default=1, validator=at_least(1))
-    prompt: str = attrs.field(default="\n", validator=not_empty)
-    max_new_tokens: int = attrs.field(default=200, validator=at_least(1))
-    temperature: float = attrs.field(default=0.8, validator=at_least(0.0))
-    top_k: int | None = attrs.field(default=None, validator=at_least(1))
-    top_p: float | None = attrs.field(default=None, validator=lambda _, __, v: _check_top_p(v))
-    seed: int = 0
-
-
-def _check_top_p(value: float | None) -> None:
-    if value is not None and not 0 < value <= 1:
-        raise ValueError(f"must be in (0, 1], got {value}")
-
-
-@attrs.frozen
 class Train:
     """The loop's settings; ``None`` means off (``eval_batches``: the whole eval set)."""
 
@@ -242,7 +220,6 @@ class Train:
     checkpoint_every: int | None = attrs.field(default=None, validator=at_least(1))
     keep_checkpoints: int = attrs.field(default=3, validator=at_least(1))
     early_stopping: EarlyStopping | None = None
-    sample: Sample | None = None
     tensorboard: bool = False
 
 
@@ -355,6 +332,39 @@ def _list_hook(t: Any) -> Callable[[Any, Any], list]:
         if problems:
             raise _Problems(problems)
         return out
+
+    return structure
+
+
+def _is_wide_union(t: Any) -> bool:
+    """A union of more than one type besides None (``str | list[str] | None``); cattrs handles ``X | None``."""
+    return get_origin(t) in (Union, types.UnionType) and len([a for a in get_args(t) if a is not type(None)]) > 1
+
+
+def _type_name(t: Any) -> str:
+    if _is_list_type(t) and get_args(t):
+        return f"a list of {_type_name(get_args(t)[0])}"
+    return getattr(t, "__name__", str(t))
+
+
+def _union_hook(t: Any) -> Callable[[Any, Any], Any]:
+    """A list goes to the union's list member, anything else to the first other member that takes it."""
+    members = [a for a in get_args(t) if a is not type(None)]
+    optional = len(members) < len(get_args(t))
+    expected = " or ".join(map(_type_name, members))
+
+    def structure(value: Any, _: Any) -> Any:
+        if value is None and optional:
+            return None
+        shaped = [m for m in members if _is_list_type(m) == isinstance(value, (list, tuple))]
+        for member in shaped:
+            try:
+                return _converter.structure(value, member)
+            except Exception as e:
+                error = e
+        if len(shaped) == 1 and isinstance(value, (list, tuple)):
+            raise error  # the list's own problems, by index: path[1]: expected str, got 2
+        raise _Invalid(f"expected {expected}, got {_show(value)}")
 
     return structure
 
@@ -475,6 +485,7 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook(str, _scalar_hook("str", lambda v: isinstance(v, str)))
     c.register_structure_hook_func(lambda t: get_origin(t) is Literal, _structure_literal)
     c.register_structure_hook_factory(_is_list_type, _list_hook)
+    c.register_structure_hook_factory(_is_wide_union, _union_hook)
     c.register_structure_hook_factory(attrs.has, _attrs_hook)
     c.register_unstructure_hook(Component, _unstructure_component)
     c.register_unstructure_hook(Optim, _unstructure_component)
@@ -570,17 +581,6 @@ def from_dict(data: Mapping[str, Any]) -> Experiment:
         return _converter.structure(data, Experiment)
     except Exception as e:
         raise ConfigError([f"{path or 'config'}: {msg}" for path, msg in _problems(e)]) from None
-
-
-def structure(data: Mapping[str, Any], cls: type) -> Any:
-    """``data`` as an instance of the attrs class ``cls``, checked as strictly as a config.
-
-    Problems raise one ``ConfigError`` whose lines are ``key: problem``.
-    """
-    try:
-        return _converter.structure(data, cls)
-    except Exception as e:
-        raise ConfigError([f"{path or cls.__name__}: {msg}" for path, msg in _problems(e)]) from None
 
 
 def loads(text: str, overrides: Mapping[str, Any] | None = None, source: str = "<string>") -> Experiment:
