@@ -53,9 +53,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
-    "Component", "ConfigError", "EarlyStopping", "Experiment", "Optim", "Train",
+    "Component", "ConfigError", "EarlyStopping", "Experiment", "Optim", "Sample", "Train",
     "apply_overrides", "build", "config_class", "dumps", "from_dict", "load",
-    "loads", "parse_override", "registries", "save", "to_dict",
+    "loads", "parse_override", "registries", "save", "structure", "to_dict",
 ]
 
 
@@ -206,6 +206,28 @@ class EarlyStopping:
 
 
 @attrs.frozen
+class Sample:
+    """Text sampled from the model after every ``every``-th evaluation, written to the log.
+
+    Needs a text dataset (its tokenizer) and a model that returns next-token
+    logits; the options are those of ``craft generate``.
+    """
+
+    every: int = attrs.field(default=1, validator=at_least(1))
+    prompt: str = attrs.field(default="\n", validator=not_empty)
+    max_new_tokens: int = attrs.field(default=200, validator=at_least(1))
+    temperature: float = attrs.field(default=0.8, validator=at_least(0.0))
+    top_k: int | None = attrs.field(default=None, validator=at_least(1))
+    top_p: float | None = attrs.field(default=None, validator=lambda _, __, v: _check_top_p(v))
+    seed: int = 0
+
+
+def _check_top_p(value: float | None) -> None:
+    if value is not None and not 0 < value <= 1:
+        raise ValueError(f"must be in (0, 1], got {value}")
+
+
+@attrs.frozen
 class Train:
     """The loop's settings; ``None`` means off (``eval_batches``: the whole eval set)."""
 
@@ -220,6 +242,7 @@ class Train:
     checkpoint_every: int | None = attrs.field(default=None, validator=at_least(1))
     keep_checkpoints: int = attrs.field(default=3, validator=at_least(1))
     early_stopping: EarlyStopping | None = None
+    sample: Sample | None = None
     tensorboard: bool = False
 
 
@@ -581,6 +604,17 @@ def from_dict(data: Mapping[str, Any]) -> Experiment:
         return _converter.structure(data, Experiment)
     except Exception as e:
         raise ConfigError([f"{path or 'config'}: {msg}" for path, msg in _problems(e)]) from None
+
+
+def structure(data: Mapping[str, Any], cls: type) -> Any:
+    """``data`` as an instance of the attrs class ``cls``, checked as strictly as a config.
+
+    Problems raise one ``ConfigError`` whose lines are ``key: problem``.
+    """
+    try:
+        return _converter.structure(data, cls)
+    except Exception as e:
+        raise ConfigError([f"{path or cls.__name__}: {msg}" for path, msg in _problems(e)]) from None
 
 
 def loads(text: str, overrides: Mapping[str, Any] | None = None, source: str = "<string>") -> Experiment:
