@@ -15,14 +15,19 @@ from craft.data.batching import EvalBatches, TrainBatches  # noqa: E402
 # Importing registers "image_folder" and "shapes".
 from craft.data.images import ImageFolderConfig  # noqa: E402
 from craft.data.shapes import ShapesConfig, ShapeSpec, describe, render, write_shapes_folder  # noqa: E402
+# Importing registers "text".
+from craft.data.text import CharTokenizer, TextConfig, UnknownCharactersError  # noqa: E402
 
 __all__ = [
+    "CharTokenizer",
     "DATASETS",
     "EvalBatches",
     "ImageFolderConfig",
     "ShapeSpec",
     "ShapesConfig",
+    "TextConfig",
     "TrainBatches",
+    "UnknownCharactersError",
     "describe",
     "render",
     "write_shapes_folder",
