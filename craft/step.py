@@ -104,6 +104,49 @@ def make_train_step(
     Metrics: ``loss``, ``grad_norm`` (before clipping) and whatever ``loss_fn``
     returns, averaged over micro-batches; all 0-d float32 tensors on device.
     """
+    step = make_pure_step(
+        model, loss_fn, transform, inputs=inputs, accum_steps=accum_steps, precision=precision, donate=donate
+    )
+    compiled = _maybe_compile(step, compile)
+    cuda_graphs = _uses_cuda_graphs(compile)
+    if cuda_graphs and donate:
+        raise ValueError("CUDA graphs (mode='reduce-overhead') cannot replay a donated step; use donate=False")
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        seed = int(state.rng)
+        torch.manual_seed(seed)  # dropout masks are a function of state.rng
+        _set_mode(model, training=True)
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(state.params, state.buffers, state.opt_state, state.step, batch)
+        if cuda_graphs:
+            # A replay overwrites the memory of the last replay's outputs, which
+            # are this state: keep a copy the next replay cannot touch.
+            out = pytree.tree_map(torch.clone, out)
+        (params, buffers, opt_state, count), metrics = out
+        rng = torch.tensor(_next_seed(seed), dtype=torch.int64)
+        return TrainState(params, buffers, opt_state, count, rng), metrics
+
+    return train_step
+
+
+def make_pure_step(
+    model: nn.Module,
+    loss_fn: LossFn,
+    transform: Transform,
+    *,
+    inputs: Callable[[Batch], tuple] = default_inputs,
+    accum_steps: int = 1,
+    precision: str = "fp32",
+    donate: bool = False,
+) -> Callable[..., tuple[tuple[Params, Params, Any, Tensor], Metrics]]:
+    """The uncompiled step on a state's tensors, for composing with ``torch.func``.
+
+    ``step(params, buffers, opt_state, count, batch) -> ((params, buffers, opt_state, count), metrics)``:
+    what ``make_train_step`` compiles, without the ``rng`` bookkeeping. The
+    caller puts ``model`` in train mode and seeds torch's generator (dropout).
+    Arguments as in ``make_train_step``.
+    """
     autocast = _autocast_for(precision)
     if accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
@@ -136,27 +179,7 @@ def make_train_step(
             new = old
         return new, metrics
 
-    compiled = _maybe_compile(step, compile)
-    cuda_graphs = _uses_cuda_graphs(compile)
-    if cuda_graphs and donate:
-        raise ValueError("CUDA graphs (mode='reduce-overhead') cannot replay a donated step; use donate=False")
-
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        seed = int(state.rng)
-        torch.manual_seed(seed)  # dropout masks are a function of state.rng
-        _set_mode(model, training=True)
-        if cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        out = compiled(state.params, state.buffers, state.opt_state, state.step, batch)
-        if cuda_graphs:
-            # A replay overwrites the memory of the last replay's outputs, which
-            # are this state: keep a copy the next replay cannot touch.
-            out = pytree.tree_map(torch.clone, out)
-        (params, buffers, opt_state, count), metrics = out
-        rng = torch.tensor(_next_seed(seed), dtype=torch.int64)
-        return TrainState(params, buffers, opt_state, count, rng), metrics
-
-    return train_step
+    return step
 
 
 def make_eval_step(

@@ -13,6 +13,8 @@ from craft.optim.base import (
     scale_by_learning_rate,
     scale_by_schedule,
 )
+from craft.optim.hyperparams import InjectState, get_hyperparams, inject_hyperparams, set_hyperparams
+from craft.optim.privacy import clip_per_example, dp_aggregate, per_example_norms
 from craft.optim.schedules import (
     SCHEDULES,
     constant,
@@ -31,10 +33,12 @@ from craft.optim.transforms import (
 )
 
 __all__ = [
-    "OPTIMIZERS", "SCHEDULES", "OptState", "Schedule", "Transform", "Updates",
+    "InjectState", "OPTIMIZERS", "SCHEDULES", "OptState", "Schedule", "Transform", "Updates",
     "adam", "adamw", "add_decayed_weights", "apply_updates", "chain",
     "clip_by_global_norm", "constant", "cosine_decay", "decay_mask_from_module",
-    "default_decay_mask", "identity", "linear_warmup", "scale",
-    "scale_by_adam", "scale_by_learning_rate", "scale_by_schedule", "sgd",
+    "clip_per_example", "default_decay_mask", "dp_aggregate", "get_hyperparams",
+    "identity", "inject_hyperparams", "linear_warmup", "scale",
+    "per_example_norms", "scale_by_adam", "scale_by_learning_rate", "scale_by_schedule",
+    "set_hyperparams", "sgd",
     "step_decay", "trace", "warmup_cosine",
 ]

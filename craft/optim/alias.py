@@ -9,6 +9,8 @@ transform (and no state) to the chain.
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from craft.optim.base import Schedule, Transform, chain, scale_by_learning_rate
 from craft.optim.transforms import (
     DecayMask,
@@ -26,8 +28,9 @@ def _clip(clip_norm: float | None) -> list[Transform]:
     return [clip_by_global_norm(clip_norm)] if clip_norm is not None else []
 
 
-def _decay(weight_decay: float, mask: DecayMask | None) -> list[Transform]:
-    return [add_decayed_weights(weight_decay, mask)] if weight_decay else []
+def _decay(weight_decay: float | Tensor, mask: DecayMask | None) -> list[Transform]:
+    # A tensor (inject_hyperparams) may be zero for some members and not others: always decay.
+    return [add_decayed_weights(weight_decay, mask)] if isinstance(weight_decay, Tensor) or weight_decay else []
 
 
 @OPTIMIZERS.register("sgd")

@@ -92,10 +92,12 @@ def scale_by_schedule(schedule: Schedule) -> Transform:
     return Transform(init, update)
 
 
-def scale_by_learning_rate(learning_rate: float | Schedule) -> Transform:
-    """Multiply updates by ``-learning_rate`` (a constant or a schedule): descent."""
+def scale_by_learning_rate(learning_rate: float | Tensor | Schedule) -> Transform:
+    """Multiply updates by ``-learning_rate`` (a constant, a 0-d tensor or a schedule): descent."""
     if callable(learning_rate):
         return scale_by_schedule(lambda count: -learning_rate(count))
+    if isinstance(learning_rate, Tensor):  # a hyperparameter held in the state (inject_hyperparams)
+        return _stateless(lambda u, params: _map_scale(u, -learning_rate))
     return scale(-float(learning_rate))
 
 

@@ -48,7 +48,7 @@ def warmup_length(total_steps: int | None, warmup_steps: int | None, warmup_rati
 @SCHEDULES.register("constant")
 def constant(lr: float, *, total_steps: int | None = None) -> Schedule:
     """``lr`` at every step."""
-    return lambda step: torch.full_like(_float(step), lr)
+    return lambda step: torch.zeros_like(_float(step)) + lr  # lr may be a 0-d tensor (inject_hyperparams)
 
 
 @SCHEDULES.register("linear_warmup")

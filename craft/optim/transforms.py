@@ -113,26 +113,32 @@ def decay_mask_from_module(model: nn.Module) -> dict[str, bool]:
     return mask
 
 
-def add_decayed_weights(weight_decay: float, mask: DecayMask | None = None) -> Transform:
+def add_decayed_weights(weight_decay: float | Tensor, mask: DecayMask | None = None) -> Transform:
     """Add ``weight_decay * param`` to the updates of the leaves ``mask`` selects.
 
     Placed after ``scale_by_adam`` and before the learning rate, this is
     AdamW's decoupled decay; placed before, it is classic L2 (``SGD``, ``Adam``).
     ``mask`` is a ``{name: bool}`` mapping or a function of the params giving one;
-    the default is ``default_decay_mask``.
+    the default is ``default_decay_mask``. ``weight_decay`` may be a 0-d tensor
+    (a hyperparameter held in the state, see ``inject_hyperparams``).
     """
     mask_fn = mask if callable(mask) else (lambda params: mask) if mask is not None else default_decay_mask
 
     def decay(u: Updates, params: Params | None) -> Updates:
         if params is None:
             raise ValueError("add_decayed_weights needs params: call update(grads, state, params)")
-        if weight_decay == 0:
+        if not isinstance(weight_decay, Tensor) and weight_decay == 0:
             return u
         selected = mask_fn(params)
         names = [k for k in u if selected.get(k, False)]
         if not names:
             return u
-        decayed = torch._foreach_add([u[k] for k in names], [params[k] for k in names], alpha=weight_decay)
+        decaying = [params[k] for k in names]
+        if isinstance(weight_decay, Tensor):  # `alpha` takes only Python numbers
+            decaying, alpha = torch._foreach_mul(decaying, weight_decay), 1
+        else:
+            alpha = weight_decay
+        decayed = torch._foreach_add([u[k] for k in names], decaying, alpha=alpha)
         return {**u, **dict(zip(names, decayed))}
 
     return _stateless(decay)
