@@ -3,6 +3,7 @@
     python -m craft EXP.toml [--section.key=value ...]     (same as `craft train`)
     craft train EXP.toml [--resume | --overwrite] [--section.key=value ...]
     craft evaluate RUN_DIR [--checkpoint=latest|best|FILE]
+    craft generate RUN_DIR [--prompt=TEXT --max_new_tokens=N --temperature=T --top_k=K --top_p=P ...]
     craft plot RUN_DIR
     craft prepare shapes DIR [--num_train=N --num_val=N --image_size=32 --seed=0]
     craft info
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -56,6 +58,38 @@ def evaluate(run_dir: str, checkpoint: str = "latest") -> None:
     print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
 
 
+def generate(
+    run_dir: str,
+    prompt: str = "\n",
+    max_new_tokens: int = 300,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    stop: str | None = None,
+    checkpoint: str = "latest",
+    cache: bool = True,
+) -> None:
+    """Print text sampled from RUN_DIR's model (a run trained on text), after PROMPT.
+
+    --temperature=0 is greedy; --top_k keeps the K likeliest tokens, --top_p the
+    smallest set whose probability reaches P. The same --seed gives the same
+    text. --stop=TEXT ends the sample before TEXT. --cache=false recomputes the
+    whole context for every token (slower, same tokens).
+    """
+    from craft import run
+    from craft.config import ConfigError, Sample, structure
+
+    given = dict(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    try:
+        options = structure({k: v for k, v in given.items() if v is not None}, Sample)
+    except ConfigError as e:
+        raise UsageError("\n".join(f"--{line}" for line in e.problems)) from None
+    if stop is not None and not isinstance(stop, str):
+        raise UsageError(f"--stop: expected text, got {stop!r}")
+    print(run.generate(Path(run_dir), options, checkpoint_name=checkpoint, stop=stop, use_cache=cache))
+
+
 def plot(run_dir: str) -> None:
     """Redraw RUN_DIR/loss.png from its metrics.jsonl."""
     from craft import run
@@ -94,17 +128,44 @@ def info() -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"train": train, "evaluate": evaluate, "plot": plot, "prepare": prepare, "info": info}
+COMMANDS = {
+    "train": train, "evaluate": evaluate, "generate": generate, "plot": plot, "prepare": prepare, "info": info,
+}
+TEXT_OPTIONS = {"generate": ("prompt", "stop")}
+"""Options taken verbatim: Fire would read ``--prompt=123`` as a number, ``--prompt=[x]`` as a list."""
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and argv[0].endswith(".toml"):
         argv.insert(0, "train")  # python -m craft EXP.toml ...
+    commands = dict(COMMANDS)
+    if argv and argv[0] in TEXT_OPTIONS:
+        text, argv = _take_options(argv, TEXT_OPTIONS[argv[0]])
+        commands[argv[0]] = functools.partial(COMMANDS[argv[0]], **text)
     try:
-        fire.Fire(COMMANDS, command=argv, name="craft")
+        fire.Fire(commands, command=argv, name="craft")
     except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
         sys.exit(_report(e))
+
+
+def _take_options(argv: list[str], names: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """Pull ``--name=value`` / ``--name value`` for ``names`` out of ``argv``, values as given."""
+    taken, rest, i = {}, [], 0
+    while i < len(argv):
+        arg, step = argv[i], 1
+        for name in names:
+            flag = f"--{name}"
+            if arg.startswith(flag + "="):
+                taken[name] = arg[len(flag) + 1 :]
+                break
+            if arg == flag and i + 1 < len(argv):
+                taken[name], step = argv[i + 1], 2
+                break
+        else:
+            rest.append(arg)
+        i += step
+    return taken, rest
 
 
 def _report(error: Exception) -> int:

@@ -8,6 +8,7 @@ own; this file only wires them and owns the run folder::
     runs/NAME/metrics.jsonl      one JSON object per log event
     runs/NAME/checkpoints/       step_XXXXXXXX.pt (the last K), best.pt
     runs/NAME/loss.png           train / val curves
+    runs/NAME/tokenizer.json     text data only: what ``craft generate`` decodes with
 """
 
 from __future__ import annotations
@@ -22,21 +23,23 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import attrs
 import torch
 from torch import nn
 
 from craft import checkpoint
-from craft.config import Experiment, build, dumps, to_dict
+from craft.config import Component, Experiment, Sample, build, dumps, to_dict
 from craft.config import load as load_config
 from craft.logging import MetricsLog, plot_metrics, progress_bar, truncate_metrics
 from craft.step import TrainState, init_state, make_eval_step, make_train_step
-from craft.tasks import Task, mean_metrics
+from craft.tasks import Task, batch_size, mean_metrics
 
 CONFIG_FILE = "config.toml"
+TOKENIZER_FILE = "tokenizer.json"
 # Keys that steer the run but not the arithmetic: a resumed run may change them.
 RUN_CONTROL = {
     "steps", "eval_every", "log_every", "eval_batches", "compile", "device",
-    "checkpoint_every", "keep_checkpoints", "early_stopping", "tensorboard",
+    "checkpoint_every", "keep_checkpoints", "early_stopping", "sample", "tensorboard",
 }
 
 
@@ -82,50 +85,75 @@ def build_data(exp: Experiment, split: str):
     return build(exp.data, split, seed=exp.seed)
 
 
-def check_compatible(exp: Experiment, data) -> None:
-    """Catch a model/data mismatch before it surfaces as an index error mid-step."""
-    want, have = getattr(exp.model.config, "num_classes", None), getattr(data, "num_classes", None)
-    if want is not None and have is not None and want != have:
+def fit_to_data(exp: Experiment, data) -> Experiment:
+    """``exp`` with the model keys the data decides filled in, after checking the rest.
+
+    A text model's ``vocab_size`` left unset is the tokenizer's size (the
+    resolved config then records it, so the run can be rebuilt without the
+    data). Mismatches that would surface as index errors mid-step are caught here.
+    """
+    config = exp.model.config
+    want, have = getattr(config, "num_classes", None), getattr(data, "num_classes", None)
+    if want is not None and have and want != have:  # text data has no classes
         raise RunError(
             f"model.num_classes = {want} but the data has {have} classes ({', '.join(data.classes)}); "
             f"set model.num_classes = {have}"
         )
+    vocab = getattr(data, "vocab_size", None)
+    if vocab is not None and attrs.has(type(config)) and "vocab_size" in attrs.fields_dict(type(config)):
+        if config.vocab_size is None:
+            config = attrs.evolve(config, vocab_size=vocab)
+        elif config.vocab_size < vocab:
+            raise RunError(
+                f"model.vocab_size = {config.vocab_size} but the data's tokenizer has {vocab} tokens; "
+                "remove model.vocab_size to take it from the data"
+            )
+    context, needed = getattr(config, "block_size", None), getattr(data, "block_size", None)
+    if context is not None and needed is not None and needed > context:
+        raise RunError(
+            f"the data's sequences have {needed} tokens but model.block_size = {context}; "
+            f"set model.block_size >= {needed} or lower the data's length"
+        )
+    return attrs.evolve(exp, model=Component(exp.model.kind, config))
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def batch_size(batch: dict[str, torch.Tensor]) -> int:
-    return next(iter(batch.values())).shape[0]
-
-
-def evaluate_batches(eval_step, state: TrainState, batches: Iterable, device: torch.device, limit: int | None = None):
-    """Mean eval metrics over ``batches`` (at most ``limit``), weighted by batch size."""
-    metrics, sizes = [], []
+def evaluate_batches(
+    eval_step, state: TrainState, batches: Iterable, device: torch.device, task: Task, limit: int | None = None
+) -> dict[str, float]:
+    """Eval metrics over ``batches`` (at most ``limit``): means weighted by ``task.weight``, then summarized."""
+    metrics, weights = [], []
     for i, batch in enumerate(batches):
         if limit is not None and i >= limit:
             break
-        metrics.append(eval_step(state, to_device(batch, device)))
-        sizes.append(batch_size(batch))
+        batch = to_device(batch, device)
+        metrics.append(eval_step(state, batch))
+        weights.append(task.weight(batch))
     if not metrics:
-        raise RunError("the validation split is empty: add validation images (data.val_path) or raise data.val_fraction")
-    return mean_metrics(metrics, sizes)
+        raise RunError("the validation split is empty: add validation data (data.val_path) or raise data.val_fraction")
+    return task.summarize(mean_metrics(metrics, weights))
 
 
-def prepare_run_dir(exp: Experiment, *, resume: bool, overwrite: bool) -> Path:
+def check_run_dir(exp: Experiment, *, resume: bool, overwrite: bool) -> Path:
+    """The run folder, after checking the flags fit it; nothing is touched yet."""
     run_dir = Path(exp.out_dir) / exp.name
     if resume and overwrite:
         raise RunError("choose one of --resume and --overwrite")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
-            shutil.rmtree(run_dir)
-        elif not resume:
-            raise RunError(
-                f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite to replace it"
-            )
-    elif resume:
+    used = run_dir.exists() and any(run_dir.iterdir())
+    if used and not (resume or overwrite):
+        raise RunError(f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite to replace it")
+    if resume and not used:
         raise RunError(f"nothing to resume: {run_dir} does not exist; drop --resume to start the run")
+    return run_dir
+
+
+def prepare_run_dir(run_dir: Path, *, overwrite: bool) -> Path:
+    """Empty ``run_dir`` when overwriting, and make sure it exists."""
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -201,6 +229,8 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
         echo(f"resuming {run_dir} from {path.name} (step {int(state.step)})")
     text = dumps(exp)
     (run_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
+    if tokenizer is not None:
+        tokenizer.save(run_dir / TOKENIZER_FILE)
     echo(text)
 
     common = dict(inputs=parts.task.inputs, precision=cfg.precision, compile=cfg.compile)
@@ -234,9 +264,13 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
 
     def run_eval(step: int) -> bool:
         """Log val metrics; True when early stopping says stop."""
-        metrics = evaluate_batches(eval_step, state, val_data, parts.device, cfg.eval_batches)
+        metrics = evaluate_batches(eval_step, state, val_data, parts.device, parts.task, cfg.eval_batches)
         log.write(step, "val", metrics, elapsed())
         bar.write(f"step {step}: " + "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
+        if cfg.sample is not None and (step // cfg.eval_every) % cfg.sample.every == 0:
+            text = sample_text(parts.model, state, tokenizer, cfg.sample)
+            log.write(step, "sample", {}, elapsed(), text=text)
+            bar.write(f"step {step}: sample\n{text}")
         rule = cfg.early_stopping
         if rule is None:
             return False
@@ -261,7 +295,7 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
                 window_samples += batch_size(batch)
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:
-                    values = {k: v.item() for k, v in metrics.items()}  # the only host sync
+                    values = parts.task.summarize({k: v.item() for k, v in metrics.items()})  # the only host sync
                     now = time.perf_counter()
                     rate = window_samples / max(now - window_start, 1e-9)
                     log.write(step, "train", values, elapsed(), samples_per_s=round(rate, 1))
@@ -287,8 +321,17 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
     return run_dir
 
 
-def evaluate(run_dir: Path, checkpoint_name: str = "latest") -> dict[str, float]:
-    """Re-evaluate a run's checkpoint (``latest``, ``best`` or a file name) on its val split."""
+class LoadedRun(NamedTuple):
+    exp: Experiment
+    parts: Parts
+    state: TrainState
+
+
+def load_run(run_dir: Path, checkpoint_name: str = "latest") -> LoadedRun:
+    """A run folder's experiment, built parts and the state of one of its checkpoints.
+
+    ``checkpoint_name``: ``latest`` (the newest readable one), ``best``, or a file name.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():
         raise RunError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
@@ -303,10 +346,45 @@ def evaluate(run_dir: Path, checkpoint_name: str = "latest") -> dict[str, float]
         payload = checkpoint.load(ckpt_dir / ("best.pt" if checkpoint_name == "best" else checkpoint_name))
     parts = build_parts(exp)
     state = checkpoint.state_from_dict(payload["state"], init_state(parts.model, parts.transform, seed=exp.seed))
+    return LoadedRun(exp, parts, state)
+
+
+def evaluate(run_dir: Path, checkpoint_name: str = "latest") -> dict[str, float]:
+    """Re-evaluate a run's checkpoint (``latest``, ``best`` or a file name) on its val split."""
+    exp, parts, state = load_run(run_dir, checkpoint_name)
     eval_step = make_eval_step(
         parts.model, parts.task.loss, inputs=parts.task.inputs, precision=exp.train.precision, compile=False
     )
-    return {"step": int(state.step), **evaluate_batches(eval_step, state, build_data(exp, "val"), parts.device)}
+    metrics = evaluate_batches(eval_step, state, build_data(exp, "val"), parts.device, parts.task)
+    return {"step": int(state.step), **metrics}
+
+
+def sample_text(
+    model: nn.Module, state: TrainState, tokenizer, options: Sample, *, stop: str | None = None, use_cache: bool = True
+) -> str:
+    """New text from ``model`` with ``state``'s parameters, continuing ``options.prompt``."""
+    from craft.generate import generate_text
+
+    return generate_text(
+        model, {**state.params, **state.buffers}, tokenizer, options.prompt,
+        max_new_tokens=options.max_new_tokens, temperature=options.temperature,
+        top_k=options.top_k, top_p=options.top_p, seed=options.seed, use_cache=use_cache, stop=stop,
+    )
+
+
+def generate(
+    run_dir: Path, options: Sample, *, checkpoint_name: str = "latest", stop: str | None = None, use_cache: bool = True
+) -> str:
+    """Text sampled from a run trained on text data, decoded with the run's tokenizer."""
+    from craft.data.text import CharTokenizer
+
+    run_dir = Path(run_dir)
+    path = run_dir / TOKENIZER_FILE
+    if (run_dir / CONFIG_FILE).exists() and not path.exists():
+        raise RunError(f"{run_dir} has no {TOKENIZER_FILE}: generation needs a run trained on text data")
+    _, parts, state = load_run(run_dir, checkpoint_name)
+    tokenizer = CharTokenizer.load(path)
+    return sample_text(parts.model, state, tokenizer, options, stop=stop, use_cache=use_cache)
 
 
 def plot(run_dir: Path) -> Path:
