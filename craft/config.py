@@ -246,6 +246,22 @@ class Train:
     tensorboard: bool = False
 
 
+SWEEPABLE = {"optim.lr": "learning_rate", "optim.weight_decay": "weight_decay"}
+"""``[sweep]`` keys -> the optimizer argument each one sets; only these can differ between members."""
+
+
+@attrs.frozen
+class Sweep:
+    """``[sweep]``: members trained together through one vmapped step (``craft.sweep``).
+
+    Every combination of the ``values`` lists (``"optim.lr" = [1e-4, 1e-3]``),
+    each with ``seeds`` seeds (the experiment's ``seed``, ``seed + 1``, ...).
+    """
+
+    values: dict[str, list[float]] = attrs.field(factory=dict)
+    seeds: int = attrs.field(default=1, validator=at_least(1))
+
+
 @attrs.frozen
 class Experiment:
     """One run, as written in TOML. ``imports`` are modules imported before the
@@ -261,6 +277,7 @@ class Experiment:
     optim: Optim = attrs.field(factory=lambda: Optim("adamw", 1e-3, config_class(OPTIMIZERS["adamw"])()))
     schedule: Component = attrs.field(factory=lambda: _default(SCHEDULES, "constant"))
     train: Train = attrs.field(factory=Train)
+    sweep: Sweep | None = None
 
 
 # --- Structuring --------------------------------------------------------------
@@ -495,6 +512,52 @@ def _structure_optim(table: Any, _: Any) -> Optim:
     return Optim(kind, lr, config)
 
 
+def _sweep_keys(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": [...]}}`` (``[sweep.optim]``, ``--sweep.optim.lr``) -> ``{"optim.lr": [...]}``."""
+    out = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        out.update(_sweep_keys(value, f"{path}.") if isinstance(value, Mapping) else {path: value})
+    return out
+
+
+def _sweep_problem(key: str) -> str:
+    allowed = f"sweep only {', '.join(SWEEPABLE)} or seeds = N"
+    section = key.partition(".")[0]
+    if key == "seed":
+        return "use seeds = N to train N seeds"
+    if section in ("model", "data"):
+        return f"cannot differ between members: it changes shapes, so they could not share one vmapped step; {allowed}"
+    if difflib.get_close_matches(key, SWEEPABLE, n=1):
+        return _unknown_key(key, list(SWEEPABLE))
+    if section in {a.name for a in attrs.fields(Experiment)}:
+        return f"cannot differ between members of one vmapped step; {allowed}"
+    return _unknown_key(key, [*SWEEPABLE, "seeds"])
+
+
+def _structure_sweep(table: Any, _: Any) -> Sweep:
+    if not isinstance(table, Mapping):
+        raise _Invalid(f"expected a table, got {_show(table)}")
+    flat = _sweep_keys(table)
+    problems, values = [], {}
+    seeds = flat.pop("seeds", 1)
+    try:
+        seeds = _converter.structure(seeds, int)
+        at_least(1)(None, attrs.fields(Sweep).seeds, seeds)
+    except Exception as e:
+        problems += [("seeds", msg) for _, msg in _problems(e)]
+    for key, value in flat.items():
+        if key not in SWEEPABLE:
+            problems.append((key, _sweep_problem(key)))
+        elif not isinstance(value, list) or not value or not all(map(_is_number, value)):
+            problems.append((key, f"expected a non-empty list of numbers, got {_show(value)}"))
+        else:
+            values[key] = [float(v) for v in value]
+    if problems:
+        raise _Problems(problems)
+    return Sweep(values, seeds)
+
+
 def _unstructure_component(c: Component | Optim) -> dict:
     lr = {"lr": c.lr} if isinstance(c, Optim) else {}
     return {"kind": c.kind, **lr, **_converter.unstructure(c.config)}
@@ -512,6 +575,7 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook_factory(attrs.has, _attrs_hook)
     c.register_unstructure_hook(Component, _unstructure_component)
     c.register_unstructure_hook(Optim, _unstructure_component)
+    c.register_unstructure_hook(Sweep, lambda sweep: {**sweep.values, "seeds": sweep.seeds})
     return c
 
 
@@ -523,6 +587,7 @@ _OVERRIDES: dict[type, dict[str, Any]] = {
         "task": override(struct_hook=_component_hook(TASKS, "classification")),
         "optim": override(struct_hook=_structure_optim),
         "schedule": override(struct_hook=_component_hook(SCHEDULES, "constant")),
+        "sweep": override(struct_hook=_structure_sweep),
     }
 }
 _converter = _make_converter()
@@ -564,6 +629,8 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None
     problems = []
     for path, value in (overrides or {}).items():
         keys = path.split(".") if isinstance(path, str) else []
+        if keys[:1] == ["sweep"] and len(keys) > 2:  # [sweep]'s keys are dotted paths: "optim.lr"
+            keys = ["sweep", ".".join(keys[1:])]
         if not keys or not all(keys):
             problems.append(f"{path}: not a dotted key path")
             continue

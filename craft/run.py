@@ -204,6 +204,10 @@ class _StopFlag:
 
 def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, echo=print) -> Path:
     """Train ``exp``; returns the run folder. See the module docstring for its contents."""
+    if exp.sweep is not None:  # many members through one vmapped step: craft.sweep
+        from craft.sweep import train_sweep
+
+        return train_sweep(exp, resume=resume, overwrite=overwrite, echo=echo)
     run_dir = prepare_run_dir(exp, resume=resume, overwrite=overwrite)
     ckpt_dir = run_dir / "checkpoints"
     parts = build_parts(exp)

@@ -1,0 +1,143 @@
+"""Sweeps: ``[sweep]`` in TOML or on the command line, every member through one vmapped step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+import torch
+
+from craft import run
+from craft.config import ConfigError, Sweep, dumps, loads
+from craft.sweep import member_experiment, members
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = """
+name = "sweep"
+seed = 0
+out_dir = "{out}"
+
+[model]
+kind = "cnn"
+num_classes = 3
+
+[data]
+kind = "shapes"
+num_train = 64
+num_val = 16
+batch_size = 8
+classes = ["circle", "square", "triangle"]
+
+[optim]
+kind = "adamw"
+lr = 3e-3
+weight_decay = 0.05
+clip_norm = 1.0
+
+[schedule]
+kind = "warmup_cosine"
+warmup_ratio = 0.25
+
+[train]
+steps = 4
+eval_every = 4
+log_every = 2
+compile = false
+"""
+
+
+def _exp(tmp_path: Path, sweep: str = "", **overrides) -> object:
+    return loads(TINY.format(out=tmp_path / "runs") + sweep, overrides)
+
+
+def test_sweep_section_round_trips_and_takes_dotted_overrides(tmp_path):
+    exp = _exp(tmp_path, '[sweep]\n"optim.lr" = [1e-3, 3e-3]\nseeds = 2\n')
+    assert exp.sweep == Sweep({"optim.lr": [1e-3, 3e-3]}, seeds=2)
+    assert loads(dumps(exp)) == exp
+    overridden = _exp(tmp_path, '[sweep]\n"optim.lr" = [1e-3]\n', **{"sweep.optim.lr": [5e-4, 1e-3], "sweep.seeds": 3})
+    assert overridden.sweep == Sweep({"optim.lr": [5e-4, 1e-3]}, seeds=3)
+    nested = _exp(tmp_path, "[sweep.optim]\nweight_decay = [0, 0.1]\n")
+    assert nested.sweep.values == {"optim.weight_decay": [0.0, 0.1]}
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ('"model.num_classes" = [3, 4]', "sweep.model.num_classes: cannot differ between members: it changes shapes"),
+        ('"data.batch_size" = [8, 16]', "sweep.data.batch_size: cannot differ between members: it changes shapes"),
+        ('"train.steps" = [4, 8]', "sweep.train.steps: cannot differ between members of one vmapped step"),
+        ('"optim.lrr" = [1e-3]', "sweep.optim.lrr: unknown key; did you mean 'optim.lr'?"),
+        ('"optim.lr" = []', "sweep.optim.lr: expected a non-empty list of numbers"),
+        ("seeds = 0", "sweep.seeds: must be >= 1, got 0"),
+    ],
+)
+def test_sweep_refuses_what_cannot_share_a_step_in_one_line(tmp_path, sweep, message):
+    with pytest.raises(ConfigError) as info:
+        _exp(tmp_path, f"[sweep]\n{sweep}\n")
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(message)
+
+
+def test_members_are_the_grid_times_the_seeds(tmp_path):
+    exp = _exp(tmp_path, '[sweep]\n"optim.lr" = [1e-3, 3e-3]\n"optim.weight_decay" = [0, 0.1]\nseeds = 2\n')
+    team = members(exp)
+    assert len(team) == 8
+    assert {(m.values["optim.lr"], m.values["optim.weight_decay"], m.seed) for m in team} == {
+        (lr, wd, s) for lr in (1e-3, 3e-3) for wd in (0.0, 0.1) for s in (0, 1)
+    }
+    alone = member_experiment(exp, team[3])
+    assert alone.sweep is None and alone.seed == team[3].seed and alone.optim.lr == team[3].values["optim.lr"]
+    assert alone.optim.config.weight_decay == team[3].values["optim.weight_decay"]
+
+
+def test_a_sweep_member_ends_where_training_it_alone_ends(tmp_path):
+    """Members share the data order of the experiment's seed: member 1 (lr 1e-2, seed 0) is that run alone."""
+    sweep = _exp(tmp_path, '[sweep]\n"optim.lr" = [3e-3, 1e-2]\n"optim.weight_decay" = [0.0, 0.1]\n')
+    run_dir = run.train(sweep, echo=lambda *a: None)
+    team = members(sweep)
+    alone_exp = member_experiment(sweep, team[1])
+    alone_dir = run.train(attrs.evolve(alone_exp, name="alone"), echo=lambda *a: None)
+
+    ours = torch.load(next((run_dir / "members" / "001" / "checkpoints").glob("step_*.pt")), weights_only=True)
+    theirs = torch.load(next((alone_dir / "checkpoints").glob("step_*.pt")), weights_only=True)
+    for part in ("params", "buffers"):
+        for k, v in theirs["state"][part].items():
+            # float32; the weight decay is one multiply-add instead of a fused one
+            torch.testing.assert_close(ours["state"][part][k], v, atol=1e-6, rtol=1e-5)
+    for a, b in zip(ours["state"]["opt_state"], theirs["state"]["opt_state"]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = [e for e in events if e["split"] == "val"]
+    assert sorted(e["member"] for e in val) == [0, 1, 2, 3]
+    assert {tuple(sorted(e["hparams"])) for e in events} == {("optim.lr", "optim.weight_decay", "seed")}
+    # A member folder is an ordinary run: it evaluates like one.
+    metrics = run.evaluate(run_dir / "members" / "001")
+    assert metrics["step"] == 4
+    assert metrics["loss"] == pytest.approx(next(e for e in val if e["member"] == 1)["metrics"]["loss"], rel=1e-5)
+
+
+def test_cli_sweep_reports_the_best_member(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text(TINY.format(out=tmp_path / "runs"))
+    result = subprocess.run(
+        [sys.executable, "-m", "craft", str(path), "--sweep.optim.lr=[1e-3,1e-2]", "--train.steps=2"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sweep: 2 members" in result.stdout
+    assert "best member" in result.stdout and "optim.lr=" in result.stdout
+    refused = subprocess.run(
+        [sys.executable, "-m", "craft", str(path), "--sweep.model.num_classes=[3,4]", "--overwrite"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "error: sweep.model.num_classes: cannot differ between members: it changes shapes, so they could not "
+        "share one vmapped step; sweep only optim.lr, optim.weight_decay or seeds = N"
+    ]
