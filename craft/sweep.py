@@ -168,7 +168,8 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
             log.close()
 
     for m, folder in zip(team, member_dirs):
-        _save_member(folder, member_experiment(exp, m), unstack_state(state, m.index), train_data.state_dict())
+        alone = attrs.evolve(member_experiment(exp, m), name=folder.name, out_dir=str(folder.parent))  # resumable there
+        _save_member(folder, alone, unstack_state(state, m.index), train_data.state_dict())
         plot_metrics(folder)
     best = min(range(len(team)), key=lambda i: _loss_key(last_val[i]))
     echo(f"best member {best} ({team[best].describe()}): " + "  ".join(f"val {k} {v:.4f}" for k, v in last_val[best].items()))

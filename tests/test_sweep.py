@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import attrs
@@ -12,10 +10,9 @@ import pytest
 import torch
 
 from craft import run
-from craft.config import ConfigError, Sweep, dumps, loads
+from craft.cli import main
+from craft.config import ConfigError, Sweep, dumps, load, loads
 from craft.sweep import member_experiment, members
-
-ROOT = Path(__file__).resolve().parent.parent
 
 TINY = """
 name = "sweep"
@@ -120,24 +117,23 @@ def test_a_sweep_member_ends_where_training_it_alone_ends(tmp_path):
     metrics = run.evaluate(run_dir / "members" / "001")
     assert metrics["step"] == 4
     assert metrics["loss"] == pytest.approx(next(e for e in val if e["member"] == 1)["metrics"]["loss"], rel=1e-5)
+    # ... and resumes like one.
+    member = load(run_dir / "members" / "001" / "config.toml", {"train.steps": 5})
+    assert run.train(member, resume=True, echo=lambda *a: None) == run_dir / "members" / "001"
+    assert (run_dir / "members" / "001" / "checkpoints" / "step_00000005.pt").exists()
 
 
-def test_cli_sweep_reports_the_best_member(tmp_path):
+def test_cli_sweep_reports_the_best_member(tmp_path, capsys):
     path = tmp_path / "exp.toml"
     path.write_text(TINY.format(out=tmp_path / "runs"))
-    result = subprocess.run(
-        [sys.executable, "-m", "craft", str(path), "--sweep.optim.lr=[1e-3,1e-2]", "--train.steps=2"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "sweep: 2 members" in result.stdout
-    assert "best member" in result.stdout and "optim.lr=" in result.stdout
-    refused = subprocess.run(
-        [sys.executable, "-m", "craft", str(path), "--sweep.model.num_classes=[3,4]", "--overwrite"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )
-    assert refused.returncode == 2
-    assert refused.stderr.strip().splitlines() == [
+    main([str(path), "--sweep.optim.lr=[1e-3,1e-2]", "--train.steps=2"])
+    out = capsys.readouterr().out
+    assert "sweep: 2 members" in out
+    assert "best member" in out and "optim.lr=" in out
+    with pytest.raises(SystemExit) as exit_:
+        main([str(path), "--sweep.model.num_classes=[3,4]", "--overwrite"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "error: sweep.model.num_classes: cannot differ between members: it changes shapes, so they could not "
         "share one vmapped step; sweep only optim.lr, optim.weight_decay or seeds = N"
     ]
