@@ -45,7 +45,7 @@ from craft.models import MODELS
 from craft.optim import OPTIMIZERS, SCHEDULES
 from craft.registry import Registry
 from craft.tasks import TASKS
-from craft.validators import at_least, not_empty, one_of
+from craft.validators import at_least, between, not_empty, one_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -218,13 +218,8 @@ class Sample:
     max_new_tokens: int = attrs.field(default=200, validator=at_least(1))
     temperature: float = attrs.field(default=0.8, validator=at_least(0.0))
     top_k: int | None = attrs.field(default=None, validator=at_least(1))
-    top_p: float | None = attrs.field(default=None, validator=lambda _, __, v: _check_top_p(v))
+    top_p: float | None = attrs.field(default=None, validator=between(0, 1, low_open=True))
     seed: int = 0
-
-
-def _check_top_p(value: float | None) -> None:
-    if value is not None and not 0 < value <= 1:
-        raise ValueError(f"must be in (0, 1], got {value}")
 
 
 @attrs.frozen

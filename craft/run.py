@@ -76,9 +76,17 @@ def build_parts(exp: Experiment) -> Parts:
     """Model (initialised from ``exp.seed``, on the device), task and optimizer."""
     device = resolve_device(exp.train.device)
     torch.manual_seed(exp.seed)
-    model = build(exp.model).to(device)
-    schedule = build(exp.schedule, exp.optim.lr, total_steps=exp.train.steps)
-    return Parts(model, build(exp.task), build(exp.optim, schedule), device)
+    model = _built("model", lambda: build(exp.model)).to(device)
+    schedule = _built("schedule", lambda: build(exp.schedule, exp.optim.lr, total_steps=exp.train.steps))
+    return Parts(model, build(exp.task), _built("optim", lambda: build(exp.optim, schedule)), device)
+
+
+def _built(section: str, make):
+    """``make()``, with a value problem it raises named by its config section."""
+    try:
+        return make()
+    except ValueError as e:
+        raise RunError(f"{section}: {e}") from None
 
 
 def build_data(exp: Experiment, split: str):
@@ -208,12 +216,17 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
         from craft.sweep import train_sweep
 
         return train_sweep(exp, resume=resume, overwrite=overwrite, echo=echo)
-    run_dir = prepare_run_dir(exp, resume=resume, overwrite=overwrite)
+    run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite)
     ckpt_dir = run_dir / "checkpoints"
-    parts = build_parts(exp)
+    # Everything that can fail on the config is built before an old run is replaced.
     train_data, val_data = build_data(exp, "train"), build_data(exp, "val")
-    check_compatible(exp, train_data)
+    exp = fit_to_data(exp, train_data)
+    parts = build_parts(exp)
     cfg = exp.train
+    tokenizer = getattr(train_data, "tokenizer", None)
+    if cfg.sample is not None and tokenizer is None:
+        raise RunError(f"train.sample needs text data with a tokenizer; data.kind = {exp.data.kind!r} has none")
+    prepare_run_dir(run_dir, overwrite=overwrite)
     state = init_state(parts.model, parts.transform, seed=exp.seed)
     progress = {"elapsed": 0.0, "best": None, "bad_evals": 0}
     resolved = to_dict(exp)

@@ -23,6 +23,21 @@ def at_least(low: int) -> Validator:
     return check
 
 
+def between(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Validator:
+    """``low <= value <= high``, each end open when asked; ``None`` passes."""
+    shown = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+    def check(instance, attribute, value) -> None:
+        if value is None:
+            return
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (above and below):
+            raise ValueError(f"must be in {shown}, got {value}")
+
+    return check
+
+
 def one_of(*choices: object) -> Validator:
     def check(instance, attribute, value) -> None:
         if value not in choices:

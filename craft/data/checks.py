@@ -7,12 +7,9 @@ failing field at once; built in Python, the traceback shows the call.
 
 from __future__ import annotations
 
-from craft.validators import Validator, at_least, one_of  # noqa: F401  (re-exported)
+from craft.validators import Validator, at_least, between, one_of  # noqa: F401  (re-exported)
 
-
-def fraction(instance, attribute, value: float) -> None:
-    if not 0 <= value < 1:
-        raise ValueError(f"must be in [0, 1), got {value}")
+fraction = between(0, 1, high_open=True)
 
 
 def channels(instance, attribute, value: int) -> None:

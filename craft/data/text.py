@@ -26,6 +26,7 @@ from torch import Tensor
 
 from craft.data import DATASETS, checks
 from craft.data.batching import Batch, EvalBatches, Load, TrainBatches
+from craft.validators import between
 
 IGNORE_INDEX = -100
 """Target of a padding position; ``F.cross_entropy``'s default ``ignore_index``."""
@@ -237,11 +238,6 @@ def _paths(instance, attribute, value: str | list[str] | None) -> None:
     raise ValueError(f"must be a file path or a non-empty list of file paths, got {value!r}")
 
 
-def _open_fraction(instance, attribute, value: float) -> None:
-    if not 0 < value < 1:
-        raise ValueError(f"must be in (0, 1), got {value}")
-
-
 @DATASETS.register("text")
 @attrs.frozen
 class TextConfig:
@@ -261,7 +257,7 @@ class TextConfig:
     block_size: int = attrs.field(default=64, validator=checks.at_least(1))
     max_length: int = attrs.field(default=128, validator=checks.at_least(1))
     batch_size: int = attrs.field(default=12, validator=checks.at_least(1))
-    val_fraction: float = attrs.field(default=0.1, validator=_open_fraction)
+    val_fraction: float = attrs.field(default=0.1, validator=between(0, 1, low_open=True, high_open=True))
     eval_batch_size: int | None = attrs.field(default=None, validator=checks.at_least(1))
 
     def corpus(self) -> str:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from craft.models import MODELS
-from craft.validators import at_least
+from craft.validators import at_least, between
 
 Cache = dict[str, Tensor]
 
@@ -189,11 +189,6 @@ def _divides_n_embd(instance: GPTConfig, attribute, n_head: int) -> None:
         raise ValueError(f"must divide n_embd={instance.n_embd}, got {n_head}; pick n_embd a multiple of n_head")
 
 
-def _is_probability(instance, attribute, value: float) -> None:
-    if not 0 <= value < 1:
-        raise ValueError(f"must be in [0, 1), got {value}")
-
-
 @MODELS.register("gpt")
 @attrs.frozen
 class GPTConfig:
@@ -204,7 +199,7 @@ class GPTConfig:
     n_layer: int = attrs.field(default=4, validator=at_least(1))
     n_head: int = attrs.field(default=4, validator=[at_least(1), _divides_n_embd])
     n_embd: int = attrs.field(default=128, validator=at_least(1))
-    dropout: float = attrs.field(default=0.0, validator=_is_probability)
+    dropout: float = attrs.field(default=0.0, validator=between(0, 1, high_open=True))
     bias: bool = True
     tie_weights: bool = True
 

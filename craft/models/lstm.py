@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from craft.models import MODELS
-from craft.validators import at_least
+from craft.validators import at_least, between
 
 Cache = dict[str, Tensor]
 
@@ -55,11 +55,6 @@ class CharLSTM(nn.Module):
         return {"h": torch.zeros(shape, **options), "c": torch.zeros(shape, **options)}
 
 
-def _is_probability(instance, attribute, value: float) -> None:
-    if not 0 <= value < 1:
-        raise ValueError(f"must be in [0, 1), got {value}")
-
-
 @MODELS.register("char_lstm")
 @attrs.frozen
 class CharLSTMConfig:
@@ -69,7 +64,7 @@ class CharLSTMConfig:
     embedding_dim: int = attrs.field(default=64, validator=at_least(1))
     hidden_dim: int = attrs.field(default=256, validator=at_least(1))
     num_layers: int = attrs.field(default=2, validator=at_least(1))
-    dropout: float = attrs.field(default=0.0, validator=_is_probability)
+    dropout: float = attrs.field(default=0.0, validator=between(0, 1, high_open=True))
 
     def build(self) -> CharLSTM:
         if self.vocab_size is None:

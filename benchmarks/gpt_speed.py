@@ -1,0 +1,220 @@
+"""craft's GPT training against the usual imperative PyTorch loop; generation with and without the KV cache.
+
+The model, data and optimizer of ``experiments/gpt_char.toml`` (4 layers,
+4 heads, 128 embedding, block 64, batch 12, AdamW lr 1e-3 b2 0.99 weight decay
+0.1 on matrices, clip 1.0, warmup + cosine), on the default corpus. Variants,
+all from the same initial weights, on the same batches:
+
+- craft: the compiled, donated step ``python -m craft`` runs;
+- (b) imperative, eager: ``zero_grad``, forward, ``cross_entropy``,
+  ``backward``, ``clip_grad_norm_``, the learning rate set through
+  ``param_groups``, ``torch.optim.AdamW`` (its default implementation);
+- (c) the same loop with ``torch.compile(model)``;
+- (d) as (c), with ``AdamW(fused=True)``: the fastest stock optimizer.
+
+The variants train in alternating chunks of steps (machine drift is spread
+over all of them); each step is timed on its own. Prints ms/iter (median
+after warm-up), peak memory of a step, validation loss after the same number
+of steps (the whole validation split), and, on CUDA, model FLOPs utilisation.
+Then generation: tokens/s for new tokens with and without the KV cache.
+
+    python benchmarks/gpt_speed.py [--steps 500] [--device cpu] [--peak_tflops 989]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+from common import peak_bytes_during, print_table, sync, tensor_bytes
+from torch.func import functional_call
+
+from craft.data.text import TextConfig
+from craft.generate import generate
+from craft.models.gpt import GPTConfig
+from craft.optim import SCHEDULES, adamw, default_decay_mask
+from craft.step import init_state, make_train_step
+from craft.tasks import language_model_loss, scored_tokens
+from craft.tree import nbytes
+
+BLOCK, BATCH, LR, B2, WEIGHT_DECAY, CLIP, WARMUP, MIN_LR = 64, 12, 1e-3, 0.99, 0.1, 1.0, 100, 1e-4
+CRAFT, EAGER, COMPILED, FUSED = "craft step", "(b) imperative, eager", "(c) imperative, compile(model)", "(d) (c) + fused AdamW"
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks
+
+
+def loss_fn(logits, batch):
+    return language_model_loss(logits, batch)[0]
+
+
+def imperative(model: torch.nn.Module, schedule, *, compiled: bool, fused: bool = False):
+    """The nanoGPT-style loop; returns (step(batch), bytes held between steps)."""
+    forward = torch.compile(model) if compiled else model
+    params = dict(model.named_parameters())
+    mask = default_decay_mask(params)  # the same tensors decayed as craft's adamw
+    groups = [
+        {"params": [p for k, p in params.items() if mask[k]], "weight_decay": WEIGHT_DECAY},
+        {"params": [p for k, p in params.items() if not mask[k]], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=LR, betas=(0.9, B2), **({"fused": True} if fused else {}))
+    count = [0]
+
+    def step(batch):
+        lr = float(schedule(torch.tensor(count[0])))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(forward(batch["input"]), batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        count[0] += 1
+
+    def held() -> int:
+        states = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+        ps = list(model.parameters())
+        return tensor_bytes(ps) + tensor_bytes(p.grad for p in ps) + tensor_bytes(states)
+
+    return step, held, lambda: dict(model.named_parameters())
+
+
+def functional(model: torch.nn.Module, schedule):
+    """craft's step as ``python -m craft`` builds it; returns (step(batch), bytes held, params)."""
+    tx = adamw(schedule, b2=B2, weight_decay=WEIGHT_DECAY, clip_norm=CLIP)
+    train_step = make_train_step(model, loss_fn, tx, donate=True)
+    box = [init_state(model, tx)]
+
+    def step(batch):
+        box[0], _ = train_step(box[0], batch)
+
+    return step, lambda: nbytes(box[0]), lambda: box[0].params
+
+
+@torch.no_grad()
+def val_loss(model: torch.nn.Module, params: dict, batches, device: torch.device) -> float:
+    """Mean next-token loss over every token of the validation split."""
+    model.eval()
+    total = count = 0.0
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = functional_call(model, params, (batch["input"],))
+        loss, _ = language_model_loss(logits, batch)
+        n = scored_tokens(batch)
+        total, count = total + float(loss) * int(n), count + int(n)
+    model.train()
+    return total / count
+
+
+def train_all(builders: dict, batches: list, device: torch.device, chunk: int) -> tuple[dict, dict]:
+    """Run every variant over ``batches`` in alternating chunks; per-step seconds and first-step seconds."""
+    times = {name: [] for name in builders}
+    for start in range(0, len(batches), chunk):
+        for name, step in builders.items():
+            for batch in batches[start : start + chunk]:
+                sync(device)
+                t = time.perf_counter()
+                step(batch)
+                sync(device)
+                times[name].append(time.perf_counter() - t)
+    return times
+
+
+def generation_speed(device: torch.device, new_tokens: int) -> list[list[str]]:
+    torch.manual_seed(0)
+    model = GPTConfig(vocab_size=103, block_size=256).build().to(device)
+    params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    prompt = torch.randint(0, 103, (16,)).tolist()
+    rows, rate = [], {}
+    for cache in (True, False):
+        run = lambda: list(generate(model, params, prompt, max_new_tokens=new_tokens, temperature=1.0, seed=0, use_cache=cache))  # noqa: E731
+        run()  # warm-up
+        sync(device)
+        start = time.perf_counter()
+        tokens = run()
+        sync(device)
+        rate[cache] = len(tokens) / (time.perf_counter() - start)
+    for cache in (True, False):
+        rows.append(["with KV cache" if cache else "without cache", f"{rate[cache]:,.0f}", f"{rate[cache] / rate[False]:.2f}x"])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=500, help="train steps per variant (gpt_char.toml runs 2000)")
+    parser.add_argument("--warmup", type=int, default=20, help="first steps left out of the timing")
+    parser.add_argument("--chunk", type=int, default=50, help="steps per variant before switching")
+    parser.add_argument("--new_tokens", type=int, default=500)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU (default: by GPU name)")
+    parser.add_argument("--skip", default="", help="comma-separated variant letters to leave out, e.g. b")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    data = TextConfig(block_size=BLOCK, batch_size=BATCH)
+    train = data.build("train", seed=0)
+    batches = [{k: v.to(device) for k, v in next(train).items()} for _ in range(args.steps)]
+    torch.manual_seed(0)
+    template = GPTConfig(vocab_size=train.vocab_size, block_size=BLOCK).build().to(device)
+    schedule = SCHEDULES["warmup_cosine"](LR, total_steps=args.steps, warmup_steps=min(WARMUP, args.steps // 5), min_lr=MIN_LR)
+    makers = {
+        CRAFT: lambda m: functional(m, schedule),
+        EAGER: lambda m: imperative(m, schedule, compiled=False),
+        COMPILED: lambda m: imperative(m, schedule, compiled=True),
+        FUSED: lambda m: imperative(m, schedule, compiled=True, fused=True),
+    }
+    skip = {f"({c.strip()})" for c in args.skip.split(",") if c.strip()}
+    makers = {k: v for k, v in makers.items() if not any(k.startswith(s) for s in skip)}
+    models = {name: copy.deepcopy(template) for name in makers}
+    built = {name: make(models[name]) for name, make in makers.items()}
+    steps = {name: b[0] for name, b in built.items()}
+
+    times = train_all(steps, batches, device, args.chunk)
+    median = {name: statistics.median(ts[args.warmup :]) for name, ts in times.items()}
+    # Peak memory of one more step on a spare copy (the trained variants are done).
+    peak = {}
+    for name, make in makers.items():
+        step, held, _ = make(copy.deepcopy(template))
+        step(batches[0]), step(batches[1])
+        peak[name] = held() + peak_bytes_during(lambda: step(batches[2]), device)
+    val = data.build("val", seed=0)
+    losses = {name: val_loss(models[name], built[name][2](), val, device) for name in makers}
+
+    tokens = BATCH * BLOCK
+    flops = template.flops_per_token(BLOCK) * tokens
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak_tflops = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    references = [n for n in makers if n != CRAFT]
+    best = min(references, key=median.get) if references else None
+    print(
+        f"\nGPT {template.n_layer}L {template.n_head}H {template.n_embd}E, block {BLOCK}, batch {BATCH}, "
+        f"{template.num_params() / 1e6:.2f}M params, {name}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"{args.steps} steps each, median ms/iter after {args.warmup}"
+    )
+    header = ["variant", "ms/iter", "first step s", "peak MiB", "tokens/s", "val loss", "speed-up vs best ref"]
+    if peak_tflops:
+        header.insert(5, "MFU")
+    rows = []
+    for n in makers:
+        row = [
+            n, f"{median[n] * 1e3:.2f}", f"{times[n][0]:.1f}", f"{peak[n] / 2**20:.1f}",
+            f"{tokens / median[n]:,.0f}", f"{losses[n]:.4f}",
+            f"{median[best] / median[n]:.2f}x" if best else "n/a",
+        ]
+        if peak_tflops:
+            row.insert(5, f"{flops / median[n] / (peak_tflops * 1e12):.1%}")
+        rows.append(row)
+    print_table(header, rows)
+    if best and CRAFT in makers:
+        print(
+            f"\ncraft vs best reference ({best}): {median[best] / median[CRAFT]:.2f}x per iteration (target >= 1.3x); "
+            f"val loss difference {losses[CRAFT] - losses[best]:+.4f} (target within 0.03)"
+        )
+
+    print(f"\ngeneration: GPT defaults with block_size 256, {args.new_tokens} new tokens, sampled, {name}")
+    print_table(["variant", "tokens/s", "vs without cache"], generation_speed(device, args.new_tokens))
+
+
+if __name__ == "__main__":
+    main()
