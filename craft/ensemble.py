@@ -173,10 +173,10 @@ def make_ensemble_step(
         raise ValueError(f"unknown ensemble strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     step = make_pure_step(model, loss_fn, transform, inputs=inputs, accum_steps=accum_steps, precision=precision)
     batch_dim = 0 if per_member_batches else None
-    chosen: dict[str, Callable] = {}
+    chosen: dict[str, Callable] = {}  # built on the first call, when the device is known
 
-    def build(state: TrainState, batch: Batch) -> Callable:
-        name = strategy if strategy != "auto" else choose_strategy(model, state.step.device)
+    def build(device: torch.device) -> Callable:
+        name = strategy if strategy != "auto" else choose_strategy(model, device)
         if name == "side_by_side":
             return _maybe_compile(_member_by_member(step, batch_dim), compile)
         if name == "sequential":
@@ -185,7 +185,7 @@ def make_ensemble_step(
 
     def ensemble_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         if "fn" not in chosen:
-            chosen["fn"] = build(state, batch)
+            chosen["fn"] = build(state.step.device)
         seeds = state.rng.tolist()
         torch.manual_seed(functools.reduce(lambda acc, s: _next_seed(acc ^ s), seeds, 0))
         _set_mode(model, training=True)
@@ -208,6 +208,7 @@ def _vmapped(step: Callable, batch_dim: int | None) -> Callable:
 
 def _member_by_member(step: Callable, batch_dim: int | None) -> Callable:
     """Run ``step`` on each member's slice of the stacked state; stack the results."""
+
     def run(params, buffers, opt_state, count, batch):
         outs = []
         for i in range(count.shape[0]):
