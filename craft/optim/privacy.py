@@ -23,7 +23,9 @@ from craft.tree import Params
 
 def per_example_norms(grads: Params) -> Tensor:
     """``(B,)``: the global L2 norm of each example's gradient, over all leaves ``(B, ...)``."""
-    squares = [g.flatten(1).float().square().sum(1) for g in grads.values()]  # each (B,)
+    # At least float32 (bf16 grads), never less than the grads' own precision: the
+    # clipping bound must hold in the dtype the caller checks it in.
+    squares = [g.flatten(1).to(torch.promote_types(g.dtype, torch.float32)).square().sum(1) for g in grads.values()]
     return torch.stack(squares).sum(0).sqrt()
 
 
