@@ -251,8 +251,12 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
     echo(text)
 
     common = dict(inputs=parts.task.inputs, precision=cfg.precision, compile=cfg.compile)
+    # Donation keeps one copy of the state. On CUDA it is off: with torch 2.11's
+    # inductor, a donated GPT step measured wrong parameters from its first step
+    # (tests/test_step_cuda.py checks it on a GPU machine).
+    donate = parts.device.type == "cpu"
     train_step = make_train_step(
-        parts.model, parts.task.loss, parts.transform, accum_steps=cfg.accum_steps, donate=True, **common
+        parts.model, parts.task.loss, parts.transform, accum_steps=cfg.accum_steps, donate=donate, **common
     )
     eval_step = make_eval_step(parts.model, parts.task.loss, **common)
     log = MetricsLog(run_dir, tensorboard=cfg.tensorboard)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
 PYTHON = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 TOML = re.findall(r"```toml\n(.*?)```", README, flags=re.S)
 EXTENSION = next(block for block in PYTHON if "MODELS.register" in block)
@@ -21,6 +22,14 @@ def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("code", [b for b in PYTHON if b is not EXTENSION], ids=lambda code: code.split("\n")[0])
 def test_readme_python_block_runs(code, tmp_path):
+    if "runs/gpt_char" in code:  # the block follows `python -m craft experiments/gpt_char.toml`: a short one
+        trained = subprocess.run(
+            [sys.executable, "-m", "craft", str(ROOT / "experiments" / "gpt_char.toml"), f"--out_dir={tmp_path / 'runs'}",
+             "--train.steps=4", "--train.eval_every=4", "--train.eval_batches=2", "--schedule.warmup_steps=1",
+             "--train.compile=false", "--train.sample.max_new_tokens=4"],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert trained.returncode == 0, trained.stderr
     result = _python(code, tmp_path)
     assert result.returncode == 0, result.stderr
     if "print(" in code:
