@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import settings
@@ -11,6 +12,19 @@ from craft.models import SmallCNN
 
 settings.register_profile("craft", deadline=None, print_blob=True)
 settings.load_profile("craft")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, for tests of tiny models.
+
+    They gain nothing from threads, and on a busy machine each parallel region
+    can wait ~10 ms for a descheduled thread.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def mlp() -> nn.Module:

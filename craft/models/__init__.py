@@ -16,6 +16,15 @@ from craft.registry import Registry
 
 MODELS: Registry = Registry("model")
 
+
+def need_vocab_size(config) -> None:
+    """Refuse to build a language model whose ``vocab_size`` the run has not filled in yet."""
+    if config.vocab_size is None:
+        raise ValueError(
+            "model.vocab_size is not set: a run fills it from the data's tokenizer; "
+            "in Python pass vocab_size=tokenizer.vocab_size"
+        )
+
 from craft.models.cnn import CNNConfig, SmallCNN  # noqa: E402  (registers "cnn")
 from craft.models.resnet import ResNet, ResNetConfig  # noqa: E402  (registers "resnet")
 from craft.models.gpt import GPT, GPTConfig  # noqa: E402  (registers "gpt")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from craft.models import MODELS
+from craft.models import MODELS, need_vocab_size
 from craft.validators import at_least, between
 
 Cache = dict[str, Tensor]
@@ -204,9 +204,5 @@ class GPTConfig:
     tie_weights: bool = True
 
     def build(self) -> GPT:
-        if self.vocab_size is None:
-            raise ValueError(
-                "model.vocab_size is not set: a run fills it from the data's tokenizer; "
-                "in Python pass vocab_size=tokenizer.vocab_size"
-            )
+        need_vocab_size(self)
         return GPT(**attrs.asdict(self))

@@ -13,7 +13,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from craft.models import MODELS
+from craft.models import MODELS, need_vocab_size
 from craft.validators import at_least, between
 
 Cache = dict[str, Tensor]
@@ -67,9 +67,5 @@ class CharLSTMConfig:
     dropout: float = attrs.field(default=0.0, validator=between(0, 1, high_open=True))
 
     def build(self) -> CharLSTM:
-        if self.vocab_size is None:
-            raise ValueError(
-                "model.vocab_size is not set: a run fills it from the data's tokenizer; "
-                "in Python pass vocab_size=tokenizer.vocab_size"
-            )
+        need_vocab_size(self)
         return CharLSTM(**attrs.asdict(self))
