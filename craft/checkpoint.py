@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ def state_to_dict(state: TrainState) -> dict[str, Any]:
 
 def state_from_dict(saved: dict[str, Any], template: TrainState) -> TrainState:
     """Rebuild a TrainState on the structure (and device) of ``template``."""
+    if not isinstance(saved, dict) or not set(TrainState._fields) <= saved.keys():
+        raise CheckpointError("checkpoint has no complete train state: it was not written by craft's run")
     for part in ("params", "buffers"):
         want, got = template._asdict()[part], saved[part]
         if want.keys() != got.keys() or any(want[k].shape != got[k].shape for k in want):
@@ -79,7 +82,22 @@ def save(path: Path, payload: dict[str, Any]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
     return path
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable (a power cut could otherwise undo it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -107,17 +125,41 @@ def step_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: int(_STEP_FILE.search(p.name).group(1)))
 
 
-def load_latest(folder: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that loads; corrupt ones are reported and skipped."""
+def load_latest(
+    folder: Path, on_skip: Callable[[CheckpointError], None] | None = None
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads; corrupt ones are reported (``on_skip``, else a warning) and skipped."""
     for path in reversed(step_files(folder)):
         try:
             return path, load(path)
         except CheckpointError as e:
-            warnings.warn(f"skipping {e}", stacklevel=2)
+            if on_skip is None:
+                warnings.warn(f"skipping {e}", stacklevel=2)
+            else:
+                on_skip(e)
     return None
 
 
+def set_aside_after(folder: Path, path: Path) -> list[Path]:
+    """Rename the step checkpoints newer than ``path`` (unreadable ones) to ``*.pt.corrupt``.
+
+    A run resumed from ``path`` writes those steps again; left in place, they
+    would count as the newest when pruning and push out the good ones.
+    """
+    step = int(_STEP_FILE.search(path.name).group(1))
+    moved = []
+    for p in step_files(folder):
+        if int(_STEP_FILE.search(p.name).group(1)) > step:
+            moved.append(p.replace(p.with_name(p.name + ".corrupt")))
+    return moved
+
+
 def prune(folder: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` step checkpoints."""
+    """Delete all but the newest ``keep`` step checkpoints, and temporary files a killed write left.
+
+    Call it only between writes: any temporary file then belongs to a write that died.
+    """
     for path in step_files(folder)[:-keep] if keep > 0 else []:
+        path.unlink(missing_ok=True)
+    for path in folder.glob(".*.tmp") if folder.is_dir() else []:
         path.unlink(missing_ok=True)

@@ -239,6 +239,9 @@ class Train:
     early_stopping: EarlyStopping | None = None
     sample: Sample | None = None
     tensorboard: bool = False
+    # A NaN/Inf loss or gradient norm: "stop" the run (no checkpoint is written
+    # past the last good one), or "skip" the update and count it in the log.
+    on_nonfinite: Literal["stop", "skip"] = attrs.field(default="stop", validator=one_of("stop", "skip"))
 
 
 SWEEPABLE = {"optim.lr": "learning_rate", "optim.weight_decay": "weight_decay"}

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,17 +41,28 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The events of ``metrics.jsonl``; a last line cut short (a killed run) is left out."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines[:-1]]
+    try:
+        events += [json.loads(line) for line in lines[-1:]]
+    except json.JSONDecodeError:
+        if text.endswith("\n"):  # a complete last line that does not parse is not a cut
+            raise
+    return events
 
 
 def truncate_metrics(run_dir: Path, after_step: int) -> None:
     """Drop events logged after ``after_step``: a resumed run logs them again."""
     path = Path(run_dir) / METRICS_FILE
     kept = [e for e in read_metrics(run_dir) if e["step"] <= after_step]
-    path.write_text("".join(json.dumps(e) + "\n" for e in kept), encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")  # a kill mid-write must not lose the log
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def progress_bar(total: int, initial: int):

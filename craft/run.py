@@ -14,7 +14,7 @@ own; this file only wires them and owns the run folder::
 from __future__ import annotations
 
 import contextlib
-import math
+import os
 import random
 import shutil
 import signal
@@ -30,6 +30,7 @@ from torch import nn
 from craft import checkpoint
 from craft.config import Component, Experiment, Sample, build, dumps, to_dict
 from craft.config import load as load_config
+from craft.config import tomllib
 from craft.logging import MetricsLog, plot_metrics, progress_bar, truncate_metrics
 from craft.step import TrainState, init_state, make_eval_step, make_train_step
 from craft.tasks import Task, batch_size, mean_metrics
@@ -40,6 +41,7 @@ TOKENIZER_FILE = "tokenizer.json"
 RUN_CONTROL = {
     "steps", "eval_every", "log_every", "eval_batches", "compile", "device",
     "checkpoint_every", "keep_checkpoints", "early_stopping", "sample", "tensorboard",
+    "on_nonfinite",  # after a non-finite stop, resuming with "skip" is the way on
 }
 
 
@@ -231,21 +233,31 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
     progress = {"elapsed": 0.0, "best": None, "bad_evals": 0}
     resolved = to_dict(exp)
 
+    last_good: Path | None = None  # the newest checkpoint written or resumed from
     if resume:
-        found = checkpoint.load_latest(ckpt_dir)
+        found = checkpoint.load_latest(ckpt_dir, on_skip=lambda e: echo(f"warning: skipping {e}"))
         if found is None:
-            raise RunError(f"nothing to resume: no readable checkpoint in {ckpt_dir}")
-        path, payload = found
-        check_resumable(resolved, payload["config"])
-        state = checkpoint.state_from_dict(payload["state"], state)
-        train_data.load_state_dict(payload["data"])
-        torch.set_rng_state(payload["torch_rng"])
-        random.setstate(payload["python_rng"])
-        progress.update(payload["progress"])
-        truncate_metrics(run_dir, int(state.step))
-        echo(f"resuming {run_dir} from {path.name} (step {int(state.step)})")
+            if checkpoint.step_files(ckpt_dir):
+                raise RunError(f"nothing to resume: no readable checkpoint in {ckpt_dir}; pass --overwrite to start again")
+            # Stopped before its first checkpoint: nothing is lost by starting over.
+            saved = _saved_config(run_dir)
+            if saved is not None:
+                check_resumable(resolved, saved)
+            truncate_metrics(run_dir, 0)
+            echo(f"{run_dir} has no checkpoint yet: starting it again from step 0")
+        else:
+            last_good, payload = found
+            check_resumable(resolved, payload["config"])
+            state = checkpoint.state_from_dict(payload["state"], state)
+            for path in checkpoint.set_aside_after(ckpt_dir, last_good):
+                echo(f"warning: set aside the unreadable {path.name}")
+            train_data.load_state_dict(payload["data"])
+            restore_rng(payload)
+            progress.update(payload["progress"])
+            truncate_metrics(run_dir, int(state.step))
+            echo(f"resuming {run_dir} from {last_good.name} (step {int(state.step)})")
     text = dumps(exp)
-    (run_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
+    _write_atomic(run_dir / CONFIG_FILE, text)
     if tokenizer is not None:
         tokenizer.save(run_dir / TOKENIZER_FILE)
     echo(text)
@@ -256,7 +268,8 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
     # (tests/test_step_cuda.py checks it on a GPU machine).
     donate = parts.device.type == "cpu"
     train_step = make_train_step(
-        parts.model, parts.task.loss, parts.transform, accum_steps=cfg.accum_steps, donate=donate, **common
+        parts.model, parts.task.loss, parts.transform, accum_steps=cfg.accum_steps, donate=donate,
+        skip_nonfinite=cfg.on_nonfinite == "skip", **common
     )
     eval_step = make_eval_step(parts.model, parts.task.loss, **common)
     log = MetricsLog(run_dir, tensorboard=cfg.tensorboard)
@@ -268,23 +281,47 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - run_start
 
+    # Steps whose loss or gradient norm was NaN/Inf, counted on device (no sync
+    # per step); read on the log cadence and before anything is evaluated or saved.
+    nonfinite = torch.tensor(progress.get("skipped", 0), dtype=torch.int64, device=parts.device)
+    first_nonfinite = torch.tensor(-1, dtype=torch.int64, device=parts.device)
+
+    def count_nonfinite(metrics: dict[str, torch.Tensor]) -> None:
+        nonlocal first_nonfinite
+        bad = ~(torch.isfinite(metrics["loss"]) & torch.isfinite(metrics["grad_norm"]))
+        nonfinite.add_(bad)
+        first_nonfinite = torch.where(bad & (first_nonfinite < 0), state.step, first_nonfinite)
+
+    def check_finite(step: int) -> None:
+        """With ``on_nonfinite = "stop"``: stop before a non-finite state is evaluated or saved."""
+        if cfg.on_nonfinite != "stop" or not int(nonfinite):
+            return
+        good = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written"
+        raise RunError(
+            f"non-finite loss or gradient norm at step {int(first_nonfinite)} (stopped at step {step}); {good}. "
+            'Set train.on_nonfinite = "skip" and --resume to skip such updates, or start again with a lower '
+            "optim.lr or optim.clip_norm"
+        )
+
     def snapshot() -> dict[str, Any]:
         return {
             "state": checkpoint.state_to_dict(state),
             "data": train_data.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": random.getstate(),
-            "progress": {**progress, "elapsed": elapsed()},
+            **rng_states(),
+            "progress": {**progress, "elapsed": elapsed(), "skipped": int(nonfinite)},
             "config": resolved,
         }
 
     def save(step: int) -> Path:
-        path = checkpoint.save(checkpoint.step_path(ckpt_dir, step), snapshot())
+        nonlocal last_good
+        check_finite(step)
+        last_good = checkpoint.save(checkpoint.step_path(ckpt_dir, step), snapshot())
         checkpoint.prune(ckpt_dir, cfg.keep_checkpoints)
-        return path
+        return last_good
 
     def run_eval(step: int) -> bool:
         """Log val metrics; True when early stopping says stop."""
+        check_finite(step)
         metrics = evaluate_batches(eval_step, state, val_data, parts.device, parts.task, cfg.eval_batches)
         log.write(step, "val", metrics, elapsed())
         bar.write(f"step {step}: " + "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
@@ -313,16 +350,22 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
             for step in range(start + 1, cfg.steps + 1):
                 batch = next(train_data)
                 state, metrics = train_step(state, to_device(batch, parts.device))
+                count_nonfinite(metrics)
                 window_samples += batch_size(batch)
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     values = parts.task.summarize({k: v.item() for k, v in metrics.items()})  # the only host sync
+                    check_finite(step)
+                    if cfg.on_nonfinite == "skip":
+                        skipped, reported = int(nonfinite), progress.get("skipped", 0)
+                        values["skipped_steps"] = skipped
+                        if skipped > reported:
+                            bar.write(f"step {step}: skipped {skipped - reported} non-finite update(s), {skipped} in all")
+                            progress["skipped"] = skipped
                     now = time.perf_counter()
                     rate = window_samples / max(now - window_start, 1e-9)
                     log.write(step, "train", values, elapsed(), samples_per_s=round(rate, 1))
                     bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
-                    if not math.isfinite(values["loss"]):
-                        raise RunError(f"loss is {values['loss']} at step {step}; lower optim.lr or enable clipping")
                     window_start, window_samples = now, 0
                 stopping = (step % cfg.eval_every == 0 or step == cfg.steps) and run_eval(step)
                 if stopping or step % every_ckpt == 0 or step == cfg.steps or stop.raised is not None:
@@ -340,6 +383,48 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
         log.close()
     plot_metrics(run_dir)
     return run_dir
+
+
+def rng_states() -> dict[str, Any]:
+    """The host's random generators (torch's CPU one, Python's, NumPy's legacy one) as checkpoint data."""
+    states = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is optional
+        return states
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    states["numpy_rng"] = {
+        "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+        "has_gauss": int(has_gauss), "cached_gaussian": float(cached),
+    }
+    return states
+
+
+def restore_rng(payload: dict[str, Any]) -> None:
+    """Set the generators ``rng_states`` saved (a checkpoint without NumPy's leaves it alone)."""
+    torch.set_rng_state(payload["torch_rng"])
+    random.setstate(payload["python_rng"])
+    saved = payload.get("numpy_rng")
+    if saved is not None:
+        import numpy as np
+
+        keys = saved["keys"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"]))
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The resolved config a run folder holds, or None when it has none that parses."""
+    try:
+        return tomllib.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so a kill leaves the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 class LoadedRun(NamedTuple):

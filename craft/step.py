@@ -86,6 +86,7 @@ def make_train_step(
     precision: str = "fp32",
     compile: bool | Mapping[str, Any] = True,
     donate: bool = False,
+    skip_nonfinite: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Build the pure train step ``state, batch -> state, metrics``.
 
@@ -100,12 +101,16 @@ def make_train_step(
     - ``donate=True`` writes the new state into the input state's tensors
       (like JAX's buffer donation): one copy of params and optimizer state
       instead of two, but the input state must not be used afterwards.
+    - ``skip_nonfinite=True``: when the loss or the gradient norm is NaN or
+      Inf, the step keeps the old params, buffers and optimizer state (only
+      the step count advances). Chosen on device with ``torch.where``: no sync.
 
     Metrics: ``loss``, ``grad_norm`` (before clipping) and whatever ``loss_fn``
     returns, averaged over micro-batches; all 0-d float32 tensors on device.
     """
     step = make_pure_step(
-        model, loss_fn, transform, inputs=inputs, accum_steps=accum_steps, precision=precision, donate=donate
+        model, loss_fn, transform, inputs=inputs, accum_steps=accum_steps, precision=precision, donate=donate,
+        skip_nonfinite=skip_nonfinite,
     )
     compiled = _maybe_compile(step, compile)
     cuda_graphs = _uses_cuda_graphs(compile)
@@ -139,6 +144,7 @@ def make_pure_step(
     accum_steps: int = 1,
     precision: str = "fp32",
     donate: bool = False,
+    skip_nonfinite: bool = False,
 ) -> Callable[..., tuple[tuple[Params, Params, Any, Tensor], Metrics]]:
     """The uncompiled step on a state's tensors, for composing with ``torch.func``.
 
@@ -160,8 +166,10 @@ def make_pure_step(
 
     def step(params: Params, buffers: Params, opt_state: Any, count: Tensor, batch: Batch):
         # BatchNorm updates its running statistics in place; work on copies so
-        # the caller's state is untouched, unless it was donated.
-        buffers = buffers if donate else {k: b.clone() for k, b in buffers.items()}
+        # the caller's state is untouched, unless it was donated (and a skipped
+        # step needs the old statistics back).
+        old_buffers = buffers
+        buffers = buffers if donate and not skip_nonfinite else {k: b.clone() for k, b in buffers.items()}
         grads, logged = None, []
         for micro in _split(batch, accum_steps):
             g, (_, (loss, metrics, buffers)) = grad_fn(params, buffers, micro)
@@ -173,8 +181,12 @@ def make_pure_step(
         metrics["grad_norm"] = global_norm(grads)
         updates, new_opt_state = transform.update(grads, opt_state, params)
         new = (apply_updates(params, updates), buffers, new_opt_state, count + 1)
+        if skip_nonfinite:
+            finite = torch.isfinite(metrics["loss"]) & torch.isfinite(metrics["grad_norm"])
+            kept = _where(finite, new[:3], (params, old_buffers, opt_state))
+            new = (*kept, count + 1)
         if donate:
-            old = (params, buffers, opt_state, count)
+            old = (params, old_buffers, opt_state, count)
             torch._foreach_copy_(pytree.tree_leaves(old), pytree.tree_leaves(new))
             new = old
         return new, metrics
@@ -209,6 +221,11 @@ def make_eval_step(
         return compiled(state.params, state.buffers, batch)
 
     return eval_step
+
+
+def _where(condition: Tensor, new: Any, old: Any) -> Any:
+    """Leaf by leaf, ``new`` where ``condition`` (a 0-d bool tensor) holds, else ``old``."""
+    return pytree.tree_map(lambda a, b: torch.where(condition, a, b) if isinstance(a, Tensor) else a, new, old)
 
 
 def _loss_and_metrics(loss_fn: LossFn, outputs: Any, batch: Batch) -> tuple[Tensor, Metrics]:
