@@ -147,6 +147,76 @@ def evaluate_batches(
     return task.summarize(mean_metrics(metrics, weights))
 
 
+class _Reads(dict):
+    """A batch that records the keys read from it but missing."""
+
+    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
+        super().__init__(batch)
+        self.missing: list[str] = []
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self:
+            self.missing.append(key)
+        return super().__getitem__(key)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_components(exp: Experiment, parts: Parts, batches: Iterable) -> None:
+    """Run the task's inputs, the model and the task's loss once on the first of ``batches``.
+
+    A mismatch between user components (a dataset without a key the task
+    reads, a model whose outputs the task cannot score) is reported here,
+    naming each component by its config ``kind``, instead of surfacing as a
+    key or shape error from inside the step. Empty ``batches`` are left to
+    evaluation to report. The model runs in eval mode, without gradients.
+    """
+    batch = next(iter(batches), None)
+    if batch is None:
+        return
+    data, model, task = (f"{section}.kind = {getattr(exp, section).kind!r}" for section in ("data", "model", "task"))
+    if not isinstance(batch, dict) or not all(isinstance(v, torch.Tensor) for v in batch.values()):
+        raise RunError(f"{data} yields {type(batch).__name__} batches; a batch must be a dict of tensors")
+    reads = _Reads(to_device(batch, parts.device))
+
+    def missing() -> RunError:
+        return RunError(
+            f"{data} yields batches with keys {sorted(batch)}, but {task} reads "
+            f"{', '.join(map(repr, reads.missing))}; make the dataset yield the keys the task reads"
+        )
+
+    try:
+        args = parts.task.inputs(reads)
+    except KeyError:
+        if reads.missing:
+            raise missing() from None
+        raise
+    was_training = parts.model.training
+    parts.model.eval()
+    try:
+        with torch.no_grad():
+            outputs = parts.model(*args)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items())
+        raise RunError(f"{model} failed on the first batch of {data} ({shapes}): {_first_line(e)}") from None
+    finally:
+        parts.model.train(was_training)
+    try:
+        with torch.no_grad():
+            parts.task.loss(outputs, reads)
+    except KeyError:
+        if reads.missing:
+            raise missing() from None
+        raise
+    except (ValueError, TypeError, AttributeError, IndexError) as e:
+        raise RunError(
+            f"{model} returned outputs that {task} cannot score (first batch of {data}): {_first_line(e)}"
+        ) from None
+
+
 def check_run_dir(exp: Experiment, *, resume: bool, overwrite: bool) -> Path:
     """The run folder, after checking the flags fit it; nothing is touched yet."""
     run_dir = Path(exp.out_dir) / exp.name
@@ -228,6 +298,7 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
     tokenizer = getattr(train_data, "tokenizer", None)
     if cfg.sample is not None and tokenizer is None:
         raise RunError(f"train.sample needs text data with a tokenizer; data.kind = {exp.data.kind!r} has none")
+    check_components(exp, parts, val_data)
     prepare_run_dir(run_dir, overwrite=overwrite)
     state = init_state(parts.model, parts.transform, seed=exp.seed)
     progress = {"elapsed": 0.0, "best": None, "bad_evals": 0}
