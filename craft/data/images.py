@@ -10,7 +10,9 @@ normalized; a batch is ``{"image": float32 (B, C, S, S), "label": int64 (B,)}``.
 from __future__ import annotations
 
 import os
+import re
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -158,6 +160,7 @@ def read_image(path: str, channels: int = 3) -> Tensor:
         image = _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), _MODES[channels].value, True)
     except RuntimeError as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = re.sub(r"^.*\.cpp:\d+,\s*", "", reason)  # the decoder's source location says nothing to a user
         raise ValueError(f"cannot decode image {path} ({reason}); replace or delete it") from None
     if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
         image = F.to_dtype(image, torch.uint8, scale=True)
@@ -173,6 +176,37 @@ def load_images(paths: list[str], *, image_size: int, channels: int = 3) -> Tens
         batch = torch.stack(images)
         return batch if batch.shape[-2:] == (image_size, image_size) else F.resize(batch, size, antialias=True)
     return torch.stack([F.resize(im, size, antialias=True) if im.shape[-2:] != tuple(size) else im for im in images])
+
+
+def drop_unreadable(listing: Listing, channels: int, num_threads: int = 0) -> Listing:
+    """``listing`` without the files ``read_image`` cannot decode; a warning counts them.
+
+    Decodes every file once (in ``num_threads`` threads), so it costs one pass over the data.
+    """
+
+    def problem(path: str) -> str | None:
+        try:
+            read_image(path, channels)
+        except (ValueError, OSError) as e:
+            return str(e)
+        return None
+
+    if num_threads:
+        with ThreadPoolExecutor(num_threads) as pool:
+            problems = list(pool.map(problem, listing.files))
+    else:
+        problems = [problem(p) for p in listing.files]
+    bad = [m for m in problems if m is not None]
+    if not bad:
+        return listing
+    if len(bad) == len(listing.files):
+        raise ValueError(f"none of the {len(bad)} images in {listing.folder} can be decoded, e.g. {bad[0]}")
+    warnings.warn(
+        f"skipped {len(bad)} unreadable of {len(listing.files)} images in {listing.folder} (data.skip_unreadable), "
+        f"e.g. {bad[0]}",
+        stacklevel=2,
+    )
+    return listing.subset([i for i, m in enumerate(problems) if m is None])
 
 
 class DecodedImages:
@@ -216,6 +250,9 @@ class ImageFolderConfig:
     ``num_threads`` threads decode up to ``prefetch`` batches ahead
     (``num_threads = 0``: decode in the caller). ``cache`` keeps decoded,
     resized images in memory (``N * C * S * S`` bytes) after their first read.
+    ``skip_unreadable`` leaves out files that do not decode, with a warning
+    that counts them, instead of stopping at the first (it decodes every file
+    once when the data is built).
     """
 
     path: str
@@ -232,6 +269,7 @@ class ImageFolderConfig:
     prefetch: int = attrs.field(default=4, validator=checks.at_least(1))
     cache: bool = False
     data_seed: int = 0
+    skip_unreadable: bool = False
 
     def build(self, split: str, *, seed: int, rank: int = 0, world_size: int = 1) -> TrainBatches | EvalBatches:
         """Batches ``{"image": float32 (B, C, S, S), "label": int64 (B,)}`` of ``split``."""
@@ -250,6 +288,8 @@ class ImageFolderConfig:
                     f"the val split of {self.path} is empty: set data.val_fraction > 0, "
                     f"add {Path(self.path) / 'val'}, or set data.val_path"
                 )
+        if self.skip_unreadable:
+            chosen = drop_unreadable(chosen, self.channels, self.num_threads)
         files = chosen.files
         position = {name: k for k, name in enumerate(classes)}
         labels = torch.tensor([position[n] for n in chosen.names], dtype=torch.int64)
