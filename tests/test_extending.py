@@ -4,7 +4,8 @@ The guide's code blocks are the example files in ``examples/custom/``, and
 every command it shows runs here, in a copy of that folder, shortened with a
 few overrides (few steps, no compilation). Each example must train (its
 logged loss goes down), evaluate and, for the language model, generate. A
-mismatched component gets a one-line error that names it.
+mismatched component gets a one-line error that names it. At the end:
+docs/architecture.md's layer table holds every module and every import.
 """
 
 from __future__ import annotations
@@ -241,3 +242,84 @@ def test_a_model_that_fails_on_the_batch_is_named_with_the_shapes(tmp_path):
 def test_batches_that_are_not_dicts_are_named(tmp_path):
     message = start(tmp_path, "conv_head", tuples=True)
     assert message == "data.kind = 'random_images' yields tuple batches; a batch must be a dict of tensors"
+
+
+# -- docs/architecture.md --------------------------------------------------------
+
+ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+
+
+def _layers() -> dict[str, tuple[list[str], set[str]]]:
+    """The page's table: layer -> (module patterns, layers it may import)."""
+    layers = {}
+    for row in re.findall(r"^\| (\w+) \| (`craft.*?) \|(.*)\|$", ARCHITECTURE, flags=re.M):
+        name, modules, allowed = row
+        layers[name] = (re.findall(r"`([\w.*]+)`", modules), {a.strip() for a in allowed.split(",") if a.strip()})
+    return layers
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the craft package, by dotted name."""
+    found = {}
+    for path in sorted((ROOT / "craft").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _layer_of(module: str, layers) -> str | None:
+    for name, (patterns, _) in layers.items():
+        for p in patterns:
+            if module == p or (p.endswith(".*") and (module == p[:-2] or module.startswith(p[:-1]))):
+                return name
+    return None
+
+
+def _craft_imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The craft modules ``path`` imports, lazily or not (``from craft import run`` is ``craft.run``)."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "craft"}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "craft":
+            out |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names}
+    return out
+
+
+def test_the_architecture_page_lists_every_module_in_one_layer():
+    layers = _layers()
+    assert list(layers) == ["foundations", "optim", "models", "tasks", "step", "data", "config", "run", "cli"]
+    unplaced = [m for m in _modules() if _layer_of(m, layers) is None]
+    assert not unplaced, f"add {unplaced} to a layer of docs/architecture.md"
+
+
+def test_every_import_follows_the_architecture_pages_layers():
+    layers, modules = _layers(), _modules()
+    wrong = []
+    for module, path in modules.items():
+        layer = _layer_of(module, layers)
+        allowed = layers[layer][1] | {layer}
+        for imported in sorted(_craft_imports(path, modules)):
+            if _layer_of(imported, layers) not in allowed:
+                wrong.append(f"{module} ({layer}) imports {imported} ({_layer_of(imported, layers)})")
+    assert not wrong, "imports against docs/architecture.md's layers:\n" + "\n".join(wrong)
+
+
+def test_the_names_the_architecture_page_uses_exist():
+    import importlib
+
+    names = set(re.findall(r"\bcraft(?:\.\w+)+", ARCHITECTURE))
+    assert len(names) > 15
+    for name in sorted(names):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+                break
+            except ModuleNotFoundError:
+                continue
+        for attr in parts[cut:]:
+            assert hasattr(obj, attr), f"docs/architecture.md names {name}, which does not exist"
+            obj = getattr(obj, attr)
