@@ -107,7 +107,8 @@ def load(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except Exception as e:  # torch raises many types for truncated/corrupt files
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        first = next(iter(str(e).strip().splitlines()), "") or "empty or truncated file"
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a craft checkpoint (format {FORMAT})")
     return payload

@@ -302,9 +302,23 @@ def _png_bytes() -> bytes:
     return out.getvalue()
 
 
+def _bad_filter_png() -> bytes:
+    """A 4x2 RGB PNG whose first row has filter byte 7: torchvision's decoder segfaults on it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = b"\x07" + bytes(12) + b"\x00" + bytes(12)
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 2, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
 GOOD = {f"{c}/{c}_{i}.png": None for c in ("a", "b") for i in range(4)}
 BAD_IMAGE_FOLDERS = {
     "corrupt image": ({**GOOD, "a/a_9.png": b"\x89PNG\r\n\x1a\n garbage"}, "cannot decode image .*a_9.png"),
+    "damaged PNG rows": ({**GOOD, "a/a_9.png": _bad_filter_png()}, "cannot decode image .*a_9.png \\(bad row filter"),
     "truncated image": ({**GOOD, "a/a_9.png": _png_bytes()[:60]}, "cannot decode image .*a_9.png"),
     "text named .jpg": ({**GOOD, "b/notes.jpg": b"hello, not a picture\n"}, "cannot decode image .*notes.jpg"),
     "empty image file": ({**GOOD, "b/b_9.png": b""}, "cannot decode image .*b_9.png \\(empty file\\)"),

@@ -27,6 +27,7 @@ from torchvision.transforms.v2 import functional as F
 from craft.data import DATASETS
 from craft.data import checks
 from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize
+from craft.data.pngcheck import is_png, png_problem
 from craft.data.shapes import ShapesConfig, write_shapes_folder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -156,6 +157,9 @@ def read_image(path: str, channels: int = 3) -> Tensor:
         data = f.read()
     if not data:
         raise ValueError(f"cannot decode image {path} (empty file); replace or delete it")
+    problem = png_problem(data) if is_png(data) else None  # torchvision would crash on these: check first
+    if problem is not None:
+        raise ValueError(f"cannot decode image {path} ({problem}); replace or delete it")
     try:
         image = _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), _MODES[channels].value, True)
     except RuntimeError as e:
