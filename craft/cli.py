@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
         commands[argv[0]] = functools.partial(COMMANDS[argv[0]], **text)
     try:
         fire.Fire(commands, command=argv, name="craft")
+    except KeyboardInterrupt:  # Ctrl-C before training started, or a second one: nothing to save
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
         sys.exit(_report(e))
 

@@ -418,6 +418,39 @@ def test_existing_run_folder_and_failing_imports_are_one_line(text_run, tmp_path
     assert "imports: cannot import 'broken_plugin': No module named 'not_a_module_anywhere'" in line
 
 
+def test_ctrl_c_before_training_is_one_line(tmp_path, shapes, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "train", interrupted)
+    exp = tmp_path / "e.toml"
+    exp.write_text(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES)))
+    with pytest.raises(SystemExit) as exited:
+        cli.main([str(exp)])
+    assert exited.value.code == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+# -- 5. safety -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [
+    "__import__('os').system('touch PWNED')", "exec('open(\"PWNED\", \"w\")')", "[open('PWNED', 'w')]",
+    "{'a': __import__('os')}", "lambda: 1",
+])
+def test_override_values_are_never_evaluated(text, tmp_path, monkeypatch, shapes):
+    from craft.config import ConfigError, parse_override
+
+    monkeypatch.chdir(tmp_path)
+    value = parse_override(text)
+    assert value == text  # not a literal: kept as the text itself
+    base = CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES))
+    assert loads(base, {"name": value}).name == text
+    with pytest.raises(ConfigError, match="optim.lr: expected float"):
+        loads(base, {"optim.lr": value})
+    assert not (tmp_path / "PWNED").exists()
+
+
 # -- 2 (cont.). kills: the CLI in a subprocess, SIGKILLed -------------------
 
 KILL_OVERRIDES = ["--train.steps=24", "--train.checkpoint_every=1", "--train.keep_checkpoints=2", "--train.log_every=1"]
