@@ -28,9 +28,8 @@ import torch
 from torch import nn
 
 from craft import checkpoint
-from craft.config import Component, Experiment, Sample, build, dumps, to_dict
+from craft.config import Component, Experiment, Sample, build, dumps, to_dict, tomllib
 from craft.config import load as load_config
-from craft.config import tomllib
 from craft.logging import MetricsLog, plot_metrics, progress_bar, truncate_metrics
 from craft.step import TrainState, init_state, make_eval_step, make_train_step
 from craft.tasks import Task, batch_size, mean_metrics

@@ -24,7 +24,16 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from craft import checkpoint
-from craft.config import ConfigError, EarlyStopping, Sample, Train, config_class, loads, parse_override, registries
+from craft.config import (
+    ConfigError,
+    EarlyStopping,
+    Sample,
+    Train,
+    config_class,
+    loads,
+    parse_override,
+    registries,
+)
 from craft.data.images import read_image
 from craft.data.text import CharTokenizer, TextConfig, read_text
 from craft.optim import adamw
