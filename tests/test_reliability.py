@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 from PIL import Image
@@ -224,6 +225,12 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_the_last_good_checkpoint(t
     assert [p.name for p in files] == ["step_00000002.pt"]  # nothing holding NaNs was written
     state = checkpoint.load(files[0])["state"]
     assert all(torch.isfinite(v).all() for v in state["params"].values())
+    # What the message offers: resume with "skip"; the same batch comes again and is skipped.
+    monkeypatch.undo()
+    wrap_train_data(monkeypatch, at=1, poison=True)
+    run_dir = run.train(attrs.evolve(exp, train=attrs.evolve(exp.train, on_nonfinite="skip")), resume=True, echo=quiet)
+    assert int(final_payload(run_dir)["state"]["step"]) == 8
+    assert [e["metrics"]["skipped_steps"] for e in read_metrics(run_dir) if e["split"] == "train"] == [1, 1]
 
 
 def test_skip_keeps_the_old_state_and_counts_skips_in_the_log(tmp_path, shapes, monkeypatch):
