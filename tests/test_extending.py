@@ -36,7 +36,7 @@ GUIDE = (ROOT / "docs" / "extending.md").read_text(encoding="utf-8")
 FENCES = re.findall(r"```(\w*)\n(.*?)```", GUIDE, flags=re.S)
 INCLUDES = re.findall(r"<!-- file: (\S+) -->\n```\w+\n(.*?)```", GUIDE, flags=re.S)
 COMMANDS = [line for lang, body in FENCES if lang == "sh" for line in body.splitlines() if line.strip()]
-ERRORS = [line.removeprefix("error: ") for lang, body in FENCES if lang == "text" for line in body.splitlines()]
+ERRORS = [line.removeprefix("error: ") for _, body in FENCES for line in body.splitlines() if line.startswith("error: ")]
 SHORT = ["--train.steps=30", "--train.eval_every=30", "--train.log_every=5", "--train.compile=false"]
 
 
