@@ -651,6 +651,10 @@ def _import_all(modules: Any) -> None:
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         return  # structuring reports the type problem
     problems = []
+    # `python -m craft` finds modules in the current folder; the installed
+    # `craft` command should too.
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
     for module in modules:
         try:
             importlib.import_module(module)

@@ -554,6 +554,19 @@ def test_imports_register_entries(tmp_path, monkeypatch):
         sys.modules.pop(module, None)
 
 
+def test_imports_find_modules_in_the_current_folder(tmp_path, monkeypatch):
+    """As `python -m craft` does, the installed `craft` command (no "" on sys.path) looks in the current folder."""
+    module = "_test_config_cwd_plugin"
+    (tmp_path / f"{module}.py").write_text("LOADED = True\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    try:
+        assert loads(f'imports = ["{module}"]\n' + BASE).imports == [module]
+        assert sys.modules[module].LOADED
+    finally:
+        sys.modules.pop(module, None)
+
+
 def test_failing_imports_are_reported(tmp_path, monkeypatch):
     (tmp_path / "_test_config_broken.py").write_text("raise RuntimeError('boom')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
