@@ -47,7 +47,8 @@ def train(config: str, resume: bool = False, overwrite: bool = False, **override
     parsed = {key: parse_override(v) if isinstance(v, str) else v for key, v in overrides.items()}
     exp = load(config, parsed)
     run_dir = run.train(exp, resume=resume, overwrite=overwrite)
-    print(f"run folder: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole job
+        print(f"run folder: {run_dir}")
 
 
 def evaluate(run_dir: str, checkpoint: str = "latest") -> None:

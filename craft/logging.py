@@ -40,6 +40,16 @@ class MetricsLog:
             self._tb.close()
 
 
+class NullLog:
+    """A log that writes nothing: what data-parallel ranks other than 0 log to."""
+
+    def write(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The events of ``metrics.jsonl``; a last line cut short (a killed run) is left out."""
     path = Path(run_dir) / METRICS_FILE
@@ -65,11 +75,16 @@ def truncate_metrics(run_dir: Path, after_step: int) -> None:
     os.replace(tmp, path)
 
 
-def progress_bar(total: int, initial: int):
-    """A tqdm bar on stderr: step, ETA, and the postfix the loop sets (loss, samples/s)."""
+def progress_bar(total: int, initial: int, *, disable: bool = False):
+    """A tqdm bar on stderr: step, ETA, and the postfix the loop sets (loss, samples/s).
+
+    ``disable``: a bar that shows nothing (data-parallel ranks other than 0).
+    """
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    return tqdm(
+        total=total, initial=initial, unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.5, disable=disable
+    )
 
 
 def plot_metrics(run_dir: Path) -> Path:

@@ -27,13 +27,15 @@ import attrs
 import torch
 from torch import nn
 
-from craft import checkpoint
+from craft import checkpoint, distributed
 from craft.config import Component, Experiment, Sample, build, dumps, to_dict, tomllib
 from craft.config import load as load_config
-from craft.logging import MetricsLog, plot_metrics, progress_bar, truncate_metrics
+from craft.distributed import Replicas
+from craft.logging import MetricsLog, NullLog, plot_metrics, progress_bar, truncate_metrics
 from craft.step import TrainState, init_state, make_eval_step, make_train_step
 from craft.tasks import Task, batch_size, mean_metrics
 
+SINGLE = distributed.single()
 CONFIG_FILE = "config.toml"
 TOKENIZER_FILE = "tokenizer.json"
 # Keys that steer the run but not the arithmetic: a resumed run may change them.
@@ -63,8 +65,15 @@ class Parts(NamedTuple):
     device: torch.device
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"``: CUDA when present, else the CPU."""
+def resolve_device(name: str, replicas: Replicas = SINGLE) -> torch.device:
+    """``"auto"``: CUDA when present, else the CPU. Under torchrun, the device ``LOCAL_RANK`` picks."""
+    if replicas.device is not None:
+        if name not in ("auto", replicas.device.type):
+            raise RunError(
+                f"train.device = {name!r} but torchrun's process group runs on {replicas.device.type}; "
+                'use train.device = "auto"'
+            )
+        return replicas.device
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -73,9 +82,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_parts(exp: Experiment) -> Parts:
+def build_parts(exp: Experiment, replicas: Replicas = SINGLE) -> Parts:
     """Model (initialised from ``exp.seed``, on the device), task and optimizer."""
-    device = resolve_device(exp.train.device)
+    device = resolve_device(exp.train.device, replicas)
     torch.manual_seed(exp.seed)
     model = _built("model", lambda: build(exp.model)).to(device)
     schedule = _built("schedule", lambda: build(exp.schedule, exp.optim.lr, total_steps=exp.train.steps))
@@ -90,7 +99,10 @@ def _built(section: str, make):
         raise RunError(f"{section}: {e}") from None
 
 
-def build_data(exp: Experiment, split: str):
+def build_data(exp: Experiment, split: str, replicas: Replicas = SINGLE):
+    """The iterator of ``split``; under torchrun, this rank's slice of every global batch."""
+    if replicas.active:
+        return build(exp.data, split, seed=exp.seed, rank=replicas.rank, world_size=replicas.world_size)
     return build(exp.data, split, seed=exp.seed)
 
 
@@ -131,9 +143,19 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 
 def evaluate_batches(
-    eval_step, state: TrainState, batches: Iterable, device: torch.device, task: Task, limit: int | None = None
+    eval_step,
+    state: TrainState,
+    batches: Iterable,
+    device: torch.device,
+    task: Task,
+    limit: int | None = None,
+    replicas: Replicas = SINGLE,
 ) -> dict[str, float]:
-    """Eval metrics over ``batches`` (at most ``limit``): means weighted by ``task.weight``, then summarized."""
+    """Eval metrics over ``batches`` (at most ``limit``): means weighted by ``task.weight``, then summarized.
+
+    Under torchrun each rank evaluates its shard and the weighted totals are
+    summed across ranks, so every rank gets the figures of the whole split.
+    """
     metrics, weights = [], []
     for i, batch in enumerate(batches):
         if limit is not None and i >= limit:
@@ -143,7 +165,7 @@ def evaluate_batches(
         weights.append(task.weight(batch))
     if not metrics:
         raise RunError("the validation split is empty: add validation data (data.val_path) or raise data.val_fraction")
-    return task.summarize(mean_metrics(metrics, weights))
+    return task.summarize(mean_metrics(metrics, weights, replicas.sum if replicas.active else None))
 
 
 class _Reads(dict):
@@ -282,23 +304,51 @@ class _StopFlag:
 
 
 def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, echo=print) -> Path:
-    """Train ``exp``; returns the run folder. See the module docstring for its contents."""
+    """Train ``exp``; returns the run folder. See the module docstring for its contents.
+
+    Launched by torchrun (``WORLD_SIZE > 1``), every process trains one
+    data-parallel replica and rank 0 alone writes the run folder; see
+    ``craft.distributed``.
+    """
     if exp.sweep is not None:  # many members through one vmapped step: craft.sweep
         from craft.sweep import train_sweep
 
         return train_sweep(exp, resume=resume, overwrite=overwrite, echo=echo)
+    replicas = distributed.from_env()
+    try:
+        return _train(exp, resume, overwrite, echo if replicas.is_main else _quiet, replicas)
+    except RuntimeError as e:
+        if replicas.active and distributed.is_collective_failure(e):
+            # Another rank died (its own error is printed by that rank): say so in one line.
+            raise RunError(
+                f"rank {replicas.rank}: stopped because another rank failed or left (its error is above); "
+                "set CRAFT_DEBUG=1 for the collective's own message"
+            ) from e
+        raise
+    finally:
+        distributed.close(replicas)
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    pass
+
+
+def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Replicas) -> Path:
+    main = replicas.is_main
     run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite)
     ckpt_dir = run_dir / "checkpoints"
     # Everything that can fail on the config is built before an old run is replaced.
-    train_data, val_data = build_data(exp, "train"), build_data(exp, "val")
+    train_data, val_data = build_data(exp, "train", replicas), build_data(exp, "val", replicas)
     exp = fit_to_data(exp, train_data)
-    parts = build_parts(exp)
+    parts = build_parts(exp, replicas)
     cfg = exp.train
     tokenizer = getattr(train_data, "tokenizer", None)
     if cfg.sample is not None and tokenizer is None:
         raise RunError(f"train.sample needs text data with a tokenizer; data.kind = {exp.data.kind!r} has none")
     check_components(exp, parts, val_data)
-    prepare_run_dir(run_dir, overwrite=overwrite)
+    if main:
+        prepare_run_dir(run_dir, overwrite=overwrite)
+    replicas.barrier()  # the others read the folder rank 0 prepares
     state = init_state(parts.model, parts.transform, seed=exp.seed)
     progress = {"elapsed": 0.0, "best": None, "bad_evals": 0}
     resolved = to_dict(exp)
@@ -313,7 +363,8 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
             saved = _saved_config(run_dir)
             if saved is not None:
                 check_resumable(resolved, saved)
-            truncate_metrics(run_dir, 0)
+            if main:
+                truncate_metrics(run_dir, 0)
             echo(f"{run_dir} has no checkpoint yet: starting it again from step 0")
         else:
             last_good, payload = found
@@ -324,12 +375,18 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
             train_data.load_state_dict(payload["data"])
             restore_rng(payload)
             progress.update(payload["progress"])
-            truncate_metrics(run_dir, int(state.step))
+            if main:
+                truncate_metrics(run_dir, int(state.step))
             echo(f"resuming {run_dir} from {last_good.name} (step {int(state.step)})")
+    # Replicas start equal: every rank built the same state from the same seed;
+    # copy rank 0's anyway, then check (a rank that read another checkpoint fails here).
+    replicas.broadcast(state)
+    replicas.check_same(state, "the replicas' initial states")
     text = dumps(exp)
-    _write_atomic(run_dir / CONFIG_FILE, text)
-    if tokenizer is not None:
-        tokenizer.save(run_dir / TOKENIZER_FILE)
+    if main:
+        _write_atomic(run_dir / CONFIG_FILE, text)
+        if tokenizer is not None:
+            tokenizer.save(run_dir / TOKENIZER_FILE)
     echo(text)
 
     common = dict(inputs=parts.task.inputs, precision=cfg.precision, compile=cfg.compile)
@@ -339,10 +396,10 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
     donate = parts.device.type == "cpu"
     train_step = make_train_step(
         parts.model, parts.task.loss, parts.transform, accum_steps=cfg.accum_steps, donate=donate,
-        skip_nonfinite=cfg.on_nonfinite == "skip", **common
+        skip_nonfinite=cfg.on_nonfinite == "skip", cross_replica_mean=replicas.mean(), **common
     )
     eval_step = make_eval_step(parts.model, parts.task.loss, **common)
-    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard)
+    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard) if main else NullLog()
     every_ckpt = cfg.checkpoint_every or cfg.eval_every
     stop = _StopFlag()
 
@@ -385,20 +442,22 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
     def save(step: int) -> Path:
         nonlocal last_good
         check_finite(step)
-        last_good = checkpoint.save(checkpoint.step_path(ckpt_dir, step), snapshot())
-        checkpoint.prune(ckpt_dir, cfg.keep_checkpoints)
+        last_good = checkpoint.step_path(ckpt_dir, step)
+        if main:
+            checkpoint.save(last_good, snapshot())
+            checkpoint.prune(ckpt_dir, cfg.keep_checkpoints)
         return last_good
 
     def run_eval(step: int) -> bool:
         """Log val metrics; True when early stopping says stop."""
         check_finite(step)
-        metrics = evaluate_batches(eval_step, state, val_data, parts.device, parts.task, cfg.eval_batches)
+        metrics = evaluate_batches(eval_step, state, val_data, parts.device, parts.task, cfg.eval_batches, replicas)
         log.write(step, "val", metrics, elapsed())
-        bar.write(f"step {step}: " + "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
-        if cfg.sample is not None and (step // cfg.eval_every) % cfg.sample.every == 0:
+        say(f"step {step}: " + "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
+        if cfg.sample is not None and main and (step // cfg.eval_every) % cfg.sample.every == 0:
             text = sample_text(parts.model, state, tokenizer, cfg.sample)
             log.write(step, "sample", {}, elapsed(), text=text)
-            bar.write(f"step {step}: sample\n{text}")
+            say(f"step {step}: sample\n{text}")
         rule = cfg.early_stopping
         if rule is None:
             return False
@@ -407,13 +466,15 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
         value, best = metrics[rule.metric], progress["best"]
         if best is None or (value < best if rule.mode == "min" else value > best):
             progress.update(best=value, bad_evals=0)
-            checkpoint.save(ckpt_dir / "best.pt", snapshot())
+            if main:
+                checkpoint.save(ckpt_dir / "best.pt", snapshot())
             return False
         progress["bad_evals"] += 1
         return progress["bad_evals"] >= rule.patience
 
     start = int(state.step)
-    bar = progress_bar(cfg.steps, start)
+    bar = progress_bar(cfg.steps, start, disable=not main)
+    say = bar.write if main else _quiet
     window_start, window_samples = time.perf_counter(), 0
     try:
         with stop.installed():
@@ -426,11 +487,12 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     values = parts.task.summarize({k: v.item() for k, v in metrics.items()})  # the only host sync
                     check_finite(step)
+                    replicas.check_same(state.params, f"parameters at step {step}")  # checksums, log cadence only
                     if cfg.on_nonfinite == "skip":
                         skipped, reported = int(nonfinite), progress.get("skipped", 0)
                         values["skipped_steps"] = skipped
                         if skipped > reported:
-                            bar.write(f"step {step}: skipped {skipped - reported} non-finite update(s), {skipped} in all")
+                            say(f"step {step}: skipped {skipped - reported} non-finite update(s), {skipped} in all")
                             progress["skipped"] = skipped
                     now = time.perf_counter()
                     rate = window_samples / max(now - window_start, 1e-9)
@@ -438,20 +500,24 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
                     bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
                     window_start, window_samples = now, 0
                 stopping = (step % cfg.eval_every == 0 or step == cfg.steps) and run_eval(step)
-                if stopping or step % every_ckpt == 0 or step == cfg.steps or stop.raised is not None:
+                signalled = stop.raised is not None
+                if replicas.active:  # every rank must stop at the same step: agree on the log cadence
+                    signalled = (step % cfg.log_every == 0 or step == cfg.steps) and replicas.any(signalled)
+                if stopping or step % every_ckpt == 0 or step == cfg.steps or signalled:
                     path = save(step)
                 if stopping:
-                    bar.write(
+                    say(
                         f"early stopping at step {step}: no better {cfg.early_stopping.metric} "
                         f"in {cfg.early_stopping.patience} evaluations"
                     )
                     break
-                if stop.raised is not None:
+                if signalled:
                     raise Interrupted(step, path)
     finally:
         bar.close()
         log.close()
-    plot_metrics(run_dir)
+    if main:
+        plot_metrics(run_dir)
     return run_dir
 
 

@@ -87,6 +87,7 @@ def make_train_step(
     compile: bool | Mapping[str, Any] = True,
     donate: bool = False,
     skip_nonfinite: bool = False,
+    cross_replica_mean: Callable[[Params], Params] | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Build the pure train step ``state, batch -> state, metrics``.
 
@@ -104,13 +105,17 @@ def make_train_step(
     - ``skip_nonfinite=True``: when the loss or the gradient norm is NaN or
       Inf, the step keeps the old params, buffers and optimizer state (only
       the step count advances). Chosen on device with ``torch.where``: no sync.
+    - ``cross_replica_mean`` (data parallel, see ``craft.distributed``)
+      averages the gradients, and the floating-point buffers after the
+      forward, across replicas inside the step, so every replica applies the
+      same update.
 
     Metrics: ``loss``, ``grad_norm`` (before clipping) and whatever ``loss_fn``
     returns, averaged over micro-batches; all 0-d float32 tensors on device.
     """
     step = make_pure_step(
         model, loss_fn, transform, inputs=inputs, accum_steps=accum_steps, precision=precision, donate=donate,
-        skip_nonfinite=skip_nonfinite,
+        skip_nonfinite=skip_nonfinite, cross_replica_mean=cross_replica_mean,
     )
     compiled = _maybe_compile(step, compile)
     cuda_graphs = _uses_cuda_graphs(compile)
@@ -145,6 +150,7 @@ def make_pure_step(
     precision: str = "fp32",
     donate: bool = False,
     skip_nonfinite: bool = False,
+    cross_replica_mean: Callable[[Params], Params] | None = None,
 ) -> Callable[..., tuple[tuple[Params, Params, Any, Tensor], Metrics]]:
     """The uncompiled step on a state's tensors, for composing with ``torch.func``.
 
@@ -177,6 +183,9 @@ def make_pure_step(
             logged.append({"loss": loss, **metrics})
         if accum_steps > 1:
             grads = dict(zip(grads, torch._foreach_div(list(grads.values()), float(accum_steps))))
+        if cross_replica_mean is not None:
+            grads = cross_replica_mean(grads)
+            buffers = cross_replica_mean(buffers) if buffers else buffers
         metrics = {k: torch.stack([m[k] for m in logged]).float().mean() for k in logged[0]}
         metrics["grad_norm"] = global_norm(grads)
         updates, new_opt_state = transform.update(grads, opt_state, params)

@@ -127,8 +127,17 @@ class LanguageModelConfig:
         return Task(token_inputs, language_model_loss, scored_tokens, perplexity_and_bits)
 
 
-def mean_metrics(metrics: list[dict[str, Tensor]], weights: list[int | Tensor]) -> dict[str, float]:
-    """Weighted mean of per-batch metrics (weights: examples or tokens), read to the host once."""
+def mean_metrics(
+    metrics: list[dict[str, Tensor]], weights: list[int | Tensor], reduce: Callable[[Tensor], Tensor] | None = None
+) -> dict[str, float]:
+    """Weighted mean of per-batch metrics (weights: examples or tokens), read to the host once.
+
+    ``reduce`` sums the weighted totals over data-parallel replicas before the
+    division (``craft.distributed.Replicas.sum``), so the mean covers every shard.
+    """
     w = torch.stack([torch.as_tensor(x).detach().cpu() for x in weights]).double()
-    stacked = {k: torch.stack([m[k] for m in metrics]).cpu().double() for k in metrics[0]}
-    return {k: float((v * w).sum() / w.sum()) for k, v in stacked.items()}
+    keys = list(metrics[0])
+    totals = torch.stack([(torch.stack([m[k] for m in metrics]).cpu().double() * w).sum() for k in keys] + [w.sum()])
+    if reduce is not None:
+        totals = reduce(totals)
+    return {k: float(totals[i] / totals[-1]) for i, k in enumerate(keys)}
