@@ -311,6 +311,8 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
     ``craft.distributed``.
     """
     if exp.sweep is not None:  # many members through one vmapped step: craft.sweep
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise RunError("a [sweep] trains its members in one process; run it without torchrun")
         from craft.sweep import train_sweep
 
         return train_sweep(exp, resume=resume, overwrite=overwrite, echo=echo)
