@@ -112,8 +112,8 @@ class _Signalling:
 def wrap_train_data(monkeypatch, **kwargs) -> None:
     build_data = run.build_data
 
-    def wrapped(exp, split):
-        data = build_data(exp, split)
+    def wrapped(exp, split, *args):
+        data = build_data(exp, split, *args)
         return _Signalling(data, **kwargs) if split == "train" else data
 
     monkeypatch.setattr(run, "build_data", wrapped)
