@@ -106,9 +106,9 @@ def make_train_step(
       Inf, the step keeps the old params, buffers and optimizer state (only
       the step count advances). Chosen on device with ``torch.where``: no sync.
     - ``cross_replica_mean`` (data parallel, see ``craft.distributed``)
-      averages the gradients, and the floating-point buffers after the
-      forward, across replicas inside the step, so every replica applies the
-      same update.
+      averages the gradients, the metrics and the floating-point buffers
+      across replicas inside the step: every replica applies the same update
+      and reports the metrics of the global batch.
 
     Metrics: ``loss``, ``grad_norm`` (before clipping) and whatever ``loss_fn``
     returns, averaged over micro-batches; all 0-d float32 tensors on device.
@@ -183,10 +183,10 @@ def make_pure_step(
             logged.append({"loss": loss, **metrics})
         if accum_steps > 1:
             grads = dict(zip(grads, torch._foreach_div(list(grads.values()), float(accum_steps))))
-        if cross_replica_mean is not None:
-            grads = cross_replica_mean(grads)
-            buffers = cross_replica_mean(buffers) if buffers else buffers
         metrics = {k: torch.stack([m[k] for m in logged]).float().mean() for k in logged[0]}
+        if cross_replica_mean is not None:  # one update for all replicas; metrics of the global batch
+            grads, metrics = cross_replica_mean(grads), cross_replica_mean(metrics)
+            buffers = cross_replica_mean(buffers) if buffers else buffers
         metrics["grad_norm"] = global_norm(grads)
         updates, new_opt_state = transform.update(grads, opt_state, params)
         new = (apply_updates(params, updates), buffers, new_opt_state, count + 1)

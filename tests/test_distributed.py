@@ -187,8 +187,11 @@ def test_torchrun_trains_one_run_folder_like_one_process(tmp_path, corpus):
     assert single.returncode == 0, single.stderr
     runs = tmp_path / "runs"
     assert sorted(p.name for p in runs.iterdir()) == ["ddp", "one"]  # one folder for the 2-process job
-    events = [json.loads(line) for line in (runs / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in events if e["split"] == "train"] == list(range(1, 13))  # written once, not per rank
+    events = {n: [json.loads(line) for line in (runs / n / "metrics.jsonl").read_text().splitlines()] for n in ("ddp", "one")}
+    train = {n: [e for e in events[n] if e["split"] == "train"] for n in events}
+    assert [e["step"] for e in train["ddp"]] == list(range(1, 13))  # written once, not per rank
+    for a, b in zip(train["ddp"], train["one"]):  # the logged loss is the global batch's
+        assert a["metrics"]["loss"] == pytest.approx(b["metrics"]["loss"], abs=1e-5)
     a, b = _params(runs / "ddp"), _params(runs / "one")
     for k in b:  # float32, SGD: the sums' order is the only difference
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
