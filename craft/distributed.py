@@ -13,8 +13,8 @@ on the CPU, NCCL on CUDA, the device following ``LOCAL_RANK``):
   copies rank 0's state to all and ``check_same`` verifies it;
 - each rank reads a disjoint slice of every global batch (``data.batch_size``
   is the global batch, see ``craft.data.batching``);
-- the train step averages gradients (and floating-point buffers, such as
-  BatchNorm statistics) across ranks with ``mean``: bucketed all-reduces over
+- the train step averages gradients, its metrics and floating-point buffers
+  (BatchNorm statistics) across ranks with ``mean``: bucketed all-reduces over
   flat buffers, functional collectives inside the compiled step, so the step
   stays a pure function of its state and batch;
 - eval metrics are summed across ranks (``sum``) before they are divided;
