@@ -653,8 +653,12 @@ def _import_all(modules: Any) -> None:
     problems = []
     # `python -m craft` finds modules in the current folder; the installed
     # `craft` command should too.
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
+    try:
+        here = str(Path.cwd())
+    except FileNotFoundError:  # the current folder was deleted: nothing to find there
+        here = ""
+    if here and "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
     for module in modules:
         try:
             importlib.import_module(module)
