@@ -86,7 +86,7 @@ def worker(rank: int, world: int, port: int, args, results) -> None:
         reduce_s = statistics.median(timed(lambda: mean(grads)))
     if rank == 0:
         results[world] = (step_s, reduce_s)
-    distributed.close(replicas)
+    distributed.close(replicas, wait=True)
 
 
 def free_port() -> int:

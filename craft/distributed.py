@@ -128,8 +128,16 @@ def is_collective_failure(error: BaseException) -> bool:
     return isinstance(error, dist.DistError) or any(word in str(error) for word in ("gloo", "NCCL", "Connection reset"))
 
 
-def close(replicas: Replicas) -> None:
+def close(replicas: Replicas, *, wait: bool = False) -> None:
+    """Leave the process group. ``wait``: first wait for every rank to get here.
+
+    Pass ``wait=True`` on a normal exit: gloo aborts a process that tears the
+    group down while a peer still uses it. After a failure, a peer may never
+    arrive, so do not wait.
+    """
     if replicas.active and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -317,8 +317,11 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
 
         return train_sweep(exp, resume=resume, overwrite=overwrite, echo=echo)
     replicas = distributed.from_env()
+    finished = False
     try:
-        return _train(exp, resume, overwrite, echo if replicas.is_main else _quiet, replicas)
+        run_dir = _train(exp, resume, overwrite, echo if replicas.is_main else _quiet, replicas)
+        finished = True
+        return run_dir
     except RuntimeError as e:
         if replicas.active and distributed.is_collective_failure(e):
             # Another rank died (its own error is printed by that rank): say so in one line.
@@ -328,7 +331,7 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
             ) from e
         raise
     finally:
-        distributed.close(replicas)
+        distributed.close(replicas, wait=finished)
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:

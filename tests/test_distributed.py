@@ -108,6 +108,7 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
             replicas.check_same(state.params, f"parameters after step {i + 1}")  # raises if they differ
         if rank == 0:
             torch.save(state.params, out)
+        distributed.close(replicas, wait=True)
     finally:
         distributed.close(replicas)
 
