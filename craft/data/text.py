@@ -31,9 +31,6 @@ from craft.validators import between
 IGNORE_INDEX = -100
 """Target of a padding position; ``F.cross_entropy``'s default ``ignore_index``."""
 
-TOKENIZER_FILE = "tokenizer.json"
-"""A conventional name for the tokenizer saved in a run folder."""
-
 
 # -- corpus ----------------------------------------------------------------
 
