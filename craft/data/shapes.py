@@ -18,7 +18,9 @@ import random
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 import torch
@@ -55,6 +57,21 @@ BACKGROUND_MAX = 85  # background channels are drawn from [0, BACKGROUND_MAX]: d
 STROKES = (0, 2)  # distractor lines per image, inclusive range
 
 
+Stroke = tuple[float, float, float, float, tuple[int, int, int]]
+"""A distractor line ``(x0, y0, x1, y1, rgb)``, in fractions of the side."""
+
+
+class Drawable(Protocol):
+    """What ``draw`` needs of a shape: its kind, centre, radius (fractions of the side), angle and colour."""
+
+    shape: str
+    x: float
+    y: float
+    radius: float
+    angle: float  # degrees, counter-clockwise
+    rgb: tuple[int, int, int]
+
+
 @attrs.frozen
 class ShapeSpec:
     """Everything that determines one image. Geometry is in fractions of the side."""
@@ -69,7 +86,7 @@ class ShapeSpec:
     angle: float  # degrees, counter-clockwise
     rgb: tuple[int, int, int]
     background: tuple[int, int, int]
-    strokes: tuple[tuple[float, float, float, float, tuple[int, int, int]], ...]  # (x0, y0, x1, y1, rgb)
+    strokes: tuple[Stroke, ...]
     strokes_over: int  # the last ``strokes_over`` strokes are drawn over the shape
     noise_seed: int
 
@@ -105,21 +122,44 @@ def describe(index: int, *, seed: int, split: str, classes: tuple[str, ...] | li
 
 def render(spec: ShapeSpec, image_size: int, channels: int = 3) -> Image.Image:
     """Draw ``spec`` as an ``image_size`` square Pillow image, mode "RGB" (3 channels) or "L" (1)."""
+    under = len(spec.strokes) - spec.strokes_over
+    return draw(
+        (spec,), spec.background, image_size, channels, noise_seed=spec.noise_seed,
+        under=spec.strokes[:under], over=spec.strokes[under:],
+    )
+
+
+def draw(
+    things: Sequence[Drawable],
+    background: tuple[int, int, int],
+    image_size: int,
+    channels: int = 3,
+    *,
+    noise_seed: int,
+    under: Sequence[Stroke] = (),
+    over: Sequence[Stroke] = (),
+) -> Image.Image:
+    """``things`` on ``background``, strokes ``under`` and ``over`` them, then pixel noise from ``noise_seed``.
+
+    A thing is anything with ``shape``, ``x``, ``y``, ``radius``, ``angle``
+    and ``rgb`` (a ``ShapeSpec``, a scene's object); geometry is in fractions
+    of the side. The image is ``image_size`` square, mode "RGB" (3 channels) or "L" (1).
+    """
     # Small images are drawn at up to 4x and box-filtered down: anti-aliased edges.
     supersample = max(1, min(4, 256 // image_size))
     side = image_size * supersample
-    image = Image.new("RGB", (side, side), spec.background)
-    draw = ImageDraw.Draw(image)
+    image = Image.new("RGB", (side, side), background)
+    pen = ImageDraw.Draw(image)
     width = max(1, round(0.04 * side))
-    under = len(spec.strokes) - spec.strokes_over
-    for x0, y0, x1, y1, rgb in spec.strokes[:under]:
-        draw.line([(x0 * side, y0 * side), (x1 * side, y1 * side)], fill=rgb, width=width)
-    _draw_shape(draw, spec, side)
-    for x0, y0, x1, y1, rgb in spec.strokes[under:]:
-        draw.line([(x0 * side, y0 * side), (x1 * side, y1 * side)], fill=rgb, width=width)
+    for x0, y0, x1, y1, rgb in under:
+        pen.line([(x0 * side, y0 * side), (x1 * side, y1 * side)], fill=rgb, width=width)
+    for thing in things:
+        _draw_shape(pen, thing, side)
+    for x0, y0, x1, y1, rgb in over:
+        pen.line([(x0 * side, y0 * side), (x1 * side, y1 * side)], fill=rgb, width=width)
     if supersample > 1:
         image = image.resize((image_size, image_size), Image.Resampling.BOX)
-    noise = random.Random(spec.noise_seed).randbytes(image_size * image_size * 3)
+    noise = random.Random(noise_seed).randbytes(image_size * image_size * 3)
     image = Image.blend(image, Image.frombytes("RGB", image.size, noise), NOISE)
     return image.convert("L") if channels == 1 else image
 
@@ -159,7 +199,7 @@ OUTLINES: dict[str, list[tuple[float, float]]] = {
 }
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, spec: ShapeSpec, side: int) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, spec: Drawable, side: int) -> None:
     cx, cy, r = spec.x * side, spec.y * side, spec.radius * side
     if spec.shape in ("circle", "ring"):
         box = [cx - r, cy - r, cx + r, cy + r]
