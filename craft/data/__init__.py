@@ -16,9 +16,18 @@ from craft.data.batching import EvalBatches, TrainBatches  # noqa: E402
 from craft.data.images import ImageFolderConfig  # noqa: E402
 from craft.data.shapes import ShapesConfig, ShapeSpec, describe, render, write_shapes_folder  # noqa: E402
 # Importing registers "text".
-from craft.data.text import CharTokenizer, TextConfig, UnknownCharactersError  # noqa: E402
+from craft.data.text import TextConfig  # noqa: E402
+from craft.data.tokenizers import (  # noqa: E402
+    BOUNDARY,
+    CharTokenizer,
+    UnknownCharactersError,
+    UnknownWordsError,
+    WordTokenizer,
+    load_tokenizer,
+)
 
 __all__ = [
+    "BOUNDARY",
     "CharTokenizer",
     "DATASETS",
     "EvalBatches",
@@ -28,7 +37,10 @@ __all__ = [
     "TextConfig",
     "TrainBatches",
     "UnknownCharactersError",
+    "UnknownWordsError",
+    "WordTokenizer",
     "describe",
+    "load_tokenizer",
     "render",
     "write_shapes_folder",
 ]

@@ -15,8 +15,6 @@ ignore_index=-100)`` skips.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +24,7 @@ from torch import Tensor
 
 from craft.data import DATASETS, checks
 from craft.data.batching import Batch, EvalBatches, Load, TrainBatches
+from craft.data.tokenizers import CharTokenizer, UnknownCharactersError  # noqa: F401  (re-exported: they lived here)
 from craft.validators import between
 
 IGNORE_INDEX = -100
@@ -70,96 +69,6 @@ def default_corpus() -> str:
     from pydoc_data.topics import topics
 
     return "".join(topics[key] for key in sorted(topics))
-
-
-# -- tokenizer -------------------------------------------------------------
-
-
-class UnknownCharactersError(ValueError):
-    """Text with characters outside a tokenizer's vocabulary; ``chars`` holds them, sorted."""
-
-    def __init__(self, chars: list[str], vocab_size: int) -> None:
-        shown = ", ".join(map(repr, chars[:10])) + (f" and {len(chars) - 10} more" if len(chars) > 10 else "")
-        super().__init__(
-            f"{len(chars)} character{'s' if len(chars) > 1 else ''} not in the vocabulary: {shown}; "
-            f"the vocabulary ({vocab_size} characters) is the run's training text, so use only its characters"
-        )
-        self.chars = chars
-
-
-def _sorted_distinct(instance, attribute, value: tuple[str, ...]) -> None:
-    if not all(isinstance(c, str) and len(c) == 1 for c in value):
-        raise ValueError(f"must be single characters, got {value[:10]!r}")
-    if list(value) != sorted(set(value)):
-        raise ValueError("must be distinct and sorted")
-
-
-def _code_points(text: str) -> Tensor:
-    """int32 ``(len(text),)``: the code point of each character (no Python loop)."""
-    data = bytearray(text.encode("utf-32-le", "surrogatepass"))
-    return torch.frombuffer(data, dtype=torch.int32) if data else torch.empty(0, dtype=torch.int32)
-
-
-@attrs.frozen
-class CharTokenizer:
-    """Token ``i`` is ``chars[i]``; ``chars`` are distinct and sorted (by code point)."""
-
-    chars: tuple[str, ...] = attrs.field(converter=tuple, validator=_sorted_distinct)
-    _codes: Tensor = attrs.field(init=False, repr=False, eq=False)
-
-    def __attrs_post_init__(self) -> None:
-        # Sorted code points: encoding is one searchsorted over the text.
-        object.__setattr__(self, "_codes", _code_points("".join(self.chars)))
-
-    @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        return cls(sorted(set(text)))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    def encode_tensor(self, text: str) -> Tensor:
-        """int64 ``(len(text),)`` token ids; raises ``UnknownCharactersError``."""
-        points = _code_points(text)
-        if not len(points):
-            return torch.empty(0, dtype=torch.int64)
-        ids = torch.searchsorted(self._codes, points).clamp_(max=max(self.vocab_size - 1, 0))
-        if self.vocab_size == 0 or not torch.equal(self._codes[ids], points):
-            raise UnknownCharactersError(sorted(set(text) - set(self.chars)), self.vocab_size)
-        return ids
-
-    def encode(self, text: str) -> list[int]:
-        return self.encode_tensor(text).tolist()
-
-    def decode(self, ids: Iterable[int] | Tensor) -> str:
-        """The text of token ids (a 1-D tensor or any iterable of ints)."""
-        if isinstance(ids, Tensor) and ids.ndim != 1:
-            raise ValueError(f"decode takes one sequence of token ids (1-D), got shape {tuple(ids.shape)}")
-        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
-        return "".join(self.chars[i] for i in ids)
-
-    def save(self, path: str | Path) -> None:
-        """Write ``{"kind": "char", "chars": [...]}`` as JSON; ``load`` reads it back."""
-        Path(path).write_text(json.dumps({"kind": "char", "chars": list(self.chars)}) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> CharTokenizer:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"{path}: no tokenizer file; was the run trained on text data?") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: not a tokenizer file ({e}); save it again with CharTokenizer.save") from None
-        if not isinstance(data, dict) or data.get("kind") != "char" or not isinstance(data.get("chars"), list):
-            raise ValueError(f'{path}: not a character tokenizer (expected {{"kind": "char", "chars": [...]}})')
-        try:
-            return cls(data["chars"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: bad tokenizer chars: {e}") from None
 
 
 # -- examples --------------------------------------------------------------
