@@ -33,10 +33,15 @@ class ResNet(nn.Module):
     """Stem conv, ``len(widths)`` stages of ``blocks`` BasicBlocks, global pool, linear.
 
     Input ``(B, in_channels, H, W)`` of any size; each stage after the first
-    halves H and W. Output logits ``(B, num_classes)``.
+    halves H and W. Output logits ``(B, num_classes)``. ``num_classes=None``
+    builds the trunk alone (no head, so no unused parameters): ``forward``
+    then gives the pooled features ``(B, out_channels)`` and ``features`` the
+    map, for a model that reuses the trunk as its image encoder.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, widths=(16, 32, 64), blocks: int = 1) -> None:
+    def __init__(
+        self, num_classes: int | None = 10, in_channels: int = 3, widths=(16, 32, 64), blocks: int = 1
+    ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
@@ -47,11 +52,16 @@ class ResNet(nn.Module):
                 stages.append(BasicBlock(c_in, width, stride=2 if i > 0 and j == 0 else 1))
                 c_in = width
         self.stages = nn.Sequential(*stages)
-        self.head = nn.Linear(c_in, num_classes)
+        self.out_channels = c_in
+        self.head = nn.Linear(c_in, num_classes) if num_classes is not None else None
+
+    def features(self, x: Tensor) -> Tensor:
+        """The trunk's feature map ``(B, out_channels, H / 2**(len(widths)-1), W / ...)``."""
+        return self.stages(self.stem(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.stages(self.stem(x))  # (B, widths[-1], H / 2**(stages-1), W / ...)
-        return self.head(x.mean(dim=(2, 3)))  # (B, num_classes)
+        x = self.features(x).mean(dim=(2, 3))  # (B, widths[-1])
+        return x if self.head is None else self.head(x)  # (B, num_classes)
 
 
 @MODELS.register("resnet")
