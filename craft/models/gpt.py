@@ -138,14 +138,28 @@ class GPT(nn.Module):
                 f"GPT got {where} but block_size is {self.block_size}; "
                 f"feed at most {self.block_size} positions (or build the model with a larger block_size)"
             )
-        positions = torch.arange(end - T, end, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(positions))  # (B, T, C)
+        x = self.trunk(self.embed(idx, end - T), cache, pos)  # (B, T, C)
+        return self.lm_head(x)  # (B, T, vocab_size)
+
+    def embed(self, idx: Tensor, start: int = 0) -> Tensor:
+        """Token + position embeddings ``(B, T, C)`` of ids ``idx (B, T)`` at positions ``start .. start+T-1``."""
+        positions = torch.arange(start, start + idx.shape[1], device=idx.device)  # (T,)
+        return self.wte(idx) + self.wpe(positions)  # (B, T, C)
+
+    def trunk(self, x: Tensor, cache: Cache | None = None, pos: int = 0) -> Tensor:
+        """Dropout, the blocks and the final LayerNorm over embedded inputs ``x (B, T, C)``: ``(B, T, C)``.
+
+        With ``cache``, ``x`` holds positions ``pos .. pos+T-1`` (as in
+        ``forward``). A model that puts other embeddings before the text
+        (the captioner's image tokens) calls ``embed`` and ``trunk`` itself.
+        """
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
             if cache is None:
                 x = block(x)
             else:
                 x = block(x, cache[f"k.{i}"], cache[f"v.{i}"], pos)  # (B, T, C)
-        return self.lm_head(self.ln_f(x))  # (B, T, vocab_size)
+        return self.ln_f(x)  # (B, T, C)
 
     def init_cache(self, batch_size: int, *, device=None, dtype=None) -> Cache:
         """Zeroed keys and values ``k.{layer}``, ``v.{layer}``: each ``(B, n_head, block_size, head_dim)``.
