@@ -18,7 +18,7 @@ import random
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -215,19 +215,20 @@ def _draw_shape(draw: ImageDraw.ImageDraw, spec: Drawable, side: int) -> None:
 
 
 class RenderedImages:
-    """The images of one split as uint8 ``(N, C, S, S)``, each rendered on first use, then kept."""
+    """The images of one split as uint8 ``(N, C, S, S)``: ``picture(i)`` on first use, then kept.
 
-    def __init__(self, num_examples: int, *, seed: int, split: str, classes: list[str], image_size: int, channels: int):
-        self.seed, self.split, self.classes = seed, split, classes
-        self.image_size, self.channels = image_size, channels
+    ``picture(i)`` is image ``i`` as an ``image_size`` square Pillow image with ``channels`` bands.
+    """
+
+    def __init__(self, num_examples: int, picture: Callable[[int], Image.Image], *, image_size: int, channels: int):
+        self.picture = picture
         self.images = torch.empty(num_examples, channels, image_size, image_size, dtype=torch.uint8)
         self.done = torch.zeros(num_examples, dtype=torch.bool)
 
     def __call__(self, indices: Tensor) -> Tensor:
         """uint8 ``(len(indices), C, S, S)``."""
         for i in indices[~self.done[indices]].tolist():
-            spec = describe(i, seed=self.seed, split=self.split, classes=self.classes)
-            self.images[i] = image_tensor(render(spec, self.image_size, self.channels))
+            self.images[i] = image_tensor(self.picture(i))
             self.done[i] = True
         return self.images[indices]
 
@@ -269,9 +270,12 @@ class ShapesConfig:
         num = self.num_train if split == "train" else self.num_val
         if num < 1:
             raise ValueError(f"the {split} split is empty: set data.num_{split} > 0")
-        images = RenderedImages(
-            num, seed=self.data_seed, split=split, classes=classes, image_size=self.image_size, channels=self.channels
-        )
+
+        def picture(i: int) -> Image.Image:
+            spec = describe(i, seed=self.data_seed, split=split, classes=classes)
+            return render(spec, self.image_size, self.channels)
+
+        images = RenderedImages(num, picture, image_size=self.image_size, channels=self.channels)
         labels = torch.arange(num) % len(classes)
         mean, std = self.mean, self.std
 
