@@ -7,6 +7,13 @@ the module's own tensors are never read. A model with ``init_cache`` (GPT's
 KV cache, the LSTM's state) is prefilled once and then fed one token per
 call; without it, every token reruns the whole context.
 
+``context`` holds keyword inputs the model needs besides the token ids, such
+as the image a captioner describes (``context={"image": image[None]}``).
+They go with every call that starts from the beginning of the context: each
+uncached call, and each prefill (or re-prefill, after the context slides) of
+a cached one; never with the one-token cached calls, whose model already
+holds them in its cache.
+
 Sampling is reproducible: a dedicated ``torch.Generator`` seeded with
 ``seed`` draws every sample; the global RNG is never touched.
 """
@@ -103,6 +110,7 @@ def generate(
     seed: int = 0,
     use_cache: bool = True,
     stop: Callable[[list[int]], bool] | None = None,
+    context: Mapping[str, Tensor] | None = None,
 ) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` new token ids after ``prompt`` (a batch of one).
 
@@ -111,6 +119,8 @@ def generate(
     True, generation ends (the token that triggered it has been yielded).
     ``use_cache=False``, or a model without ``init_cache``, reruns the whole
     context for every token; both give the same tokens (see ``context_start``).
+    ``context``: keyword tensors for the model (batch of one), moved to the
+    params' device, passed with each uncached call and each prefill.
     Arguments are checked here, before the first token is asked for.
     """
     _check_sampling(temperature, top_k, top_p)
@@ -120,27 +130,32 @@ def generate(
     if not tokens:
         raise ValueError("the prompt has no tokens; give at least one")
     cached = use_cache and hasattr(model, "init_cache")
-    return _generate(model, dict(params), tokens, max_new_tokens, temperature, top_k, top_p, seed, cached, stop)
+    return _generate(
+        model, dict(params), tokens, max_new_tokens, temperature, top_k, top_p, seed, cached, stop, dict(context or {})
+    )
 
 
-def _generate(model, params, tokens, max_new_tokens, temperature, top_k, top_p, seed, cached, stop) -> Iterator[int]:
+def _generate(
+    model, params, tokens, max_new_tokens, temperature, top_k, top_p, seed, cached, stop, context
+) -> Iterator[int]:
     ref = next(t for t in params.values() if t.is_floating_point())
+    context = {name: t.to(ref.device) for name, t in context.items()}
     generator = torch.Generator(device=ref.device).manual_seed(seed)
     block_size = getattr(model, "block_size", None)
     new: list[int] = []
     start, cache = context_start(len(tokens), 0, block_size), None
 
-    def forward(ids: list[int], **cache_args) -> Tensor:
+    def forward(ids: list[int], **kwargs) -> Tensor:
         idx = torch.tensor([ids], dtype=torch.long, device=ref.device)  # (1, T)
         with torch.no_grad(), _eval_mode(model):
-            return functional_call(model, params, (idx,), cache_args)[:, -1]  # (1, V)
+            return functional_call(model, params, (idx,), kwargs)[:, -1]  # (1, V)
 
     for _ in range(max_new_tokens):
         if not cached:
-            logits = forward(tokens[start:])
+            logits = forward(tokens[start:], **context)
         elif cache is None:  # first step, or the context just slid: prefill
             cache = model.init_cache(1, device=ref.device, dtype=ref.dtype)
-            logits = forward(tokens[start:], cache=cache, pos=0)
+            logits = forward(tokens[start:], **context, cache=cache, pos=0)
         else:  # the cache holds tokens[start:-1]; feed the last one
             logits = forward(tokens[-1:], cache=cache, pos=len(tokens) - 1 - start)
         token = int(sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator))
@@ -167,11 +182,12 @@ def generate_text(
     seed: int = 0,
     use_cache: bool = True,
     stop: str | None = None,
+    context: Mapping[str, Tensor] | None = None,
 ) -> str:
     """The text generated after ``prompt`` (prompt excluded), decoded with ``tokenizer``.
 
     With ``stop``, generation ends as soon as the new text contains it, and
-    the text is cut just before it.
+    the text is cut just before it. ``context`` is passed on as in ``generate``.
     """
     if not prompt:
         raise ValueError("the prompt is empty; give at least one character, e.g. --prompt='\\n'")
@@ -190,6 +206,7 @@ def generate_text(
             seed=seed,
             use_cache=use_cache,
             stop=found,
+            context=context,
         )
     )
     text = tokenizer.decode(new)

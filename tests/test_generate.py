@@ -267,3 +267,70 @@ def test_bad_arguments_fail_at_the_call_with_one_line(options, message):
     model, params = counter()
     with pytest.raises(ValueError, match=message):
         generate(model, params, [1], **{"max_new_tokens": 3, **options})  # not lazily, at the first token
+
+
+# -- context: keyword inputs besides the token ids -------------------------------
+
+
+class Shifted(nn.Module):
+    """Predicts ``last token + shift (mod V)``: a model whose output depends on a keyword input.
+
+    Its cache keeps ``shift`` from the prefill, as a captioner's keeps the
+    image, and it records how it was called.
+    """
+
+    block_size = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(10.0))
+        self.calls: list[tuple[int, int, bool]] = []  # (pos, tokens, got shift)
+
+    def init_cache(self, batch_size: int, *, device=None, dtype=None) -> dict:
+        return {"shift": torch.zeros(batch_size, 1, dtype=torch.long, device=device)}
+
+    def forward(self, idx, shift=None, cache=None, pos=0):
+        self.calls.append((pos, idx.shape[1], shift is not None))
+        if cache is not None and shift is not None:
+            cache["shift"].copy_(shift)
+        shift = cache["shift"] if shift is None else shift  # (B, 1)
+        return self.scale * nn.functional.one_hot((idx + shift) % V, V).float()  # (B, T, V)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_context_reaches_the_model_and_changes_its_output(use_cache):
+    model = Shifted()
+    params = dict(model.named_parameters())
+
+    def run(shift: int) -> list[int]:
+        context = {"shift": torch.tensor([[shift]])}
+        tokens = generate(model, params, [0], max_new_tokens=10, temperature=0, use_cache=use_cache, context=context)
+        return list(tokens)
+
+    assert run(2) == [2 * i % V for i in range(1, 11)]
+    assert run(3) == [3 * i % V for i in range(1, 11)]
+
+
+def test_context_goes_with_every_prefill_and_no_one_token_call():
+    model = Shifted()
+    params = dict(model.named_parameters())
+    list(generate(model, params, [0, 1], max_new_tokens=6, temperature=0, context={"shift": torch.tensor([[1]])}))
+    prefills = [call for call in model.calls if call[0] == 0]
+    assert len(prefills) > 1  # the context slid (block_size 4) and was prefilled again
+    assert all(got for pos, _, got in model.calls if pos == 0)
+    assert not any(got for pos, tokens, got in model.calls if pos > 0)
+    assert all(tokens == 1 for pos, tokens, _ in model.calls if pos > 0)
+
+
+def test_generate_text_passes_the_context_on():
+    model = Shifted()
+    text = generate_text(
+        model, dict(model.named_parameters()), CharTokenizer(), "a", max_new_tokens=3, temperature=0,
+        context={"shift": torch.tensor([[2]])},
+    )
+    assert text == "ceg"
+
+
+def test_without_context_models_get_no_extra_arguments():
+    model, params = counter()  # its forward takes idx alone
+    assert list(generate(model, params, [0], max_new_tokens=3, temperature=0, context=None)) == [1, 2, 3]
