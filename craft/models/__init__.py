@@ -29,7 +29,9 @@ from craft.models.cnn import CNNConfig, SmallCNN  # noqa: E402  (registers "cnn"
 from craft.models.resnet import ResNet, ResNetConfig  # noqa: E402  (registers "resnet")
 from craft.models.gpt import GPT, GPTConfig  # noqa: E402  (registers "gpt")
 from craft.models.lstm import CharLSTM, CharLSTMConfig  # noqa: E402  (registers "char_lstm")
+from craft.models.captioner import Captioner, CaptionerConfig  # noqa: E402  (registers "captioner")
 
 __all__ = [
-    "MODELS", "CNNConfig", "CharLSTM", "CharLSTMConfig", "GPT", "GPTConfig", "ResNet", "ResNetConfig", "SmallCNN",
+    "MODELS", "CNNConfig", "Captioner", "CaptionerConfig", "CharLSTM", "CharLSTMConfig", "GPT", "GPTConfig",
+    "ResNet", "ResNetConfig", "SmallCNN",
 ]
