@@ -25,13 +25,17 @@ from craft.data.tokenizers import (  # noqa: E402
     WordTokenizer,
     load_tokenizer,
 )
+# Importing registers "caption_folder" and "shape_captions".
+from craft.data.captions import CaptionFolderConfig, ShapeCaptionsConfig, write_caption_folder  # noqa: E402
 
 __all__ = [
     "BOUNDARY",
+    "CaptionFolderConfig",
     "CharTokenizer",
     "DATASETS",
     "EvalBatches",
     "ImageFolderConfig",
+    "ShapeCaptionsConfig",
     "ShapeSpec",
     "ShapesConfig",
     "TextConfig",
@@ -42,5 +46,6 @@ __all__ = [
     "describe",
     "load_tokenizer",
     "render",
+    "write_caption_folder",
     "write_shapes_folder",
 ]
