@@ -5,7 +5,7 @@
     craft evaluate RUN_DIR [--checkpoint=latest|best|FILE]
     craft generate RUN_DIR [--prompt=TEXT --max_new_tokens=N --temperature=T --top_k=K --top_p=P ...]
     craft plot RUN_DIR
-    craft prepare shapes DIR [--num_train=N --num_val=N --image_size=32 --seed=0]
+    craft prepare shapes|captions DIR [--num_train=N --num_val=N --image_size=32 --seed=0]
     craft info
 """
 
@@ -104,16 +104,22 @@ def prepare(what: str, directory: str, image_size: int = 32, seed: int = 0, **co
     `craft prepare shapes DIR [--num_train=N --num_val=N --image_size=32 --seed=0]`
     renders the synthetic shapes as DIR/{train,val}/<class>/*.png, the same
     folder `prepare = "shapes"` writes for an image_folder experiment.
+    `craft prepare captions DIR [same options]` writes the captioned scenes as
+    DIR/{train,val}/*.png + captions.jsonl, for a caption_folder experiment.
     """
-    if what != "shapes":
-        raise UsageError(f"unknown dataset {what!r} to prepare; available: shapes")
-    from craft.data.images import PREPARED_SHAPES
-    from craft.data.shapes import write_shapes_folder
+    if what not in ("shapes", "captions"):
+        raise UsageError(f"unknown dataset {what!r} to prepare; available: captions, shapes")
+    if what == "captions":
+        from craft.data.captions import PREPARED_CAPTIONS as defaults
+        from craft.data.captions import write_caption_folder as write
+    else:
+        from craft.data.images import PREPARED_SHAPES as defaults
+        from craft.data.shapes import write_shapes_folder as write
 
-    unknown = sorted(set(counts) - set(PREPARED_SHAPES))
+    unknown = sorted(set(counts) - set(defaults))
     if unknown:
-        raise UsageError(f"unknown option {unknown[0]!r} for `craft prepare shapes`; known: {sorted(PREPARED_SHAPES)}")
-    print(write_shapes_folder(Path(directory), image_size=image_size, seed=seed, **{**PREPARED_SHAPES, **counts}))
+        raise UsageError(f"unknown option {unknown[0]!r} for `craft prepare {what}`; known: {sorted(defaults)}")
+    print(write(Path(directory), image_size=image_size, seed=seed, **{**defaults, **counts}))
 
 
 def info() -> str:

@@ -39,10 +39,9 @@ from PIL import Image
 from torch import Tensor
 
 from craft.data import DATASETS, checks
-from craft.data import scenes as scenes_module
 from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize
 from craft.data.images import DecodedImages, _images_under, load_images
-from craft.data.scenes import DEFAULT_IMAGE_SIZE, describe_scene, render_scene
+from craft.data.scenes import DEFAULT_IMAGE_SIZE, WORDS, describe_scene, render_scene
 from craft.data.shapes import COLOURS, SHAPES, RenderedImages, _validate_shapes
 from craft.data.text import IGNORE_INDEX
 from craft.data.tokenizers import BOUNDARY, CharTokenizer, WordTokenizer
@@ -365,7 +364,7 @@ def scene_captions(
 
 def scene_tokenizer(kind: str) -> Tokenizer:
     """The tokenizer of every scene caption: the grammar's words, so runs on other scenes agree on it."""
-    return make_tokenizer(kind, [" ".join(scenes_module.WORDS)])
+    return make_tokenizer(kind, [" ".join(WORDS)])
 
 
 @DATASETS.register("shape_captions")
@@ -433,6 +432,13 @@ class ShapeCaptionsConfig:
         }
 
 
+PREPARED_CAPTIONS = {
+    "num_train": attrs.fields(ShapeCaptionsConfig).num_train.default,
+    "num_val": attrs.fields(ShapeCaptionsConfig).num_val.default,
+}
+"""How many scenes ``craft prepare captions`` writes: as many as ``kind = "shape_captions"`` renders."""
+
+
 def write_caption_folder(
     root: str | Path,
     *,
@@ -461,17 +467,21 @@ def write_caption_folder(
         raise FileExistsError(f"{root} already exists and is not empty; remove it or choose another folder")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    pictures = {split: config.picture(split) for split in ("train", "val")}
+
+    def write(split: str, i: int, name: str) -> None:
+        pictures[split](i).save(tmp / split / name)
+
     # Threads: Pillow releases the GIL while encoding PNGs.
     pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="craft-write-captions")
     try:
         for split, num in (("train", num_train), ("val", num_val)):
             (tmp / split).mkdir()
             names = [f"{i:0{len(str(max(num - 1, 0)))}d}.png" for i in range(num)]
-            picture = config.picture(split)
-            for _ in pool.map(lambda i: picture(i).save(tmp / split / names[i]), range(num)):
+            for _ in pool.map(write, [split] * num, range(num), names):
                 pass
-            lines = (json.dumps({"image": n, "caption": c}) + "\n" for n, c in zip(names, config.captions(split)))
-            (tmp / split / "captions.jsonl").write_text("".join(lines), encoding="utf-8")
+            lines = [json.dumps({"image": n, "caption": c}) for n, c in zip(names, config.captions(split))]
+            (tmp / split / "captions.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         pool.shutdown()
         if root.exists():
             root.rmdir()  # empty, checked above; rename cannot replace a folder portably

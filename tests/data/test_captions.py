@@ -81,7 +81,8 @@ def val_examples(ds) -> list[tuple[int, str]]:
 
 
 def same(a: list[dict], b: list[dict]) -> bool:
-    return len(a) == len(b) and all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in ("image", "input", "target"))
+    keys = ("image", "input", "target")
+    return len(a) == len(b) and all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in keys)
 
 
 def take(ds, n: int) -> list[dict]:
@@ -102,7 +103,8 @@ def test_batches_hold_each_image_with_its_caption_shifted_and_padded(tmp_path, t
     ds = config(folder, val_fraction=0, tokenizer=tokenizer).build("train", seed=0)
     tok = ds.tokenizer
     longest = max(len(tok.encode(c)) for cs in CAPTIONS.values() for c in cs)
-    assert ds.block_size == longest + 1 and ds.vocab_size == tok.vocab_size and "\n" in tok.decode(range(tok.vocab_size))
+    assert ds.block_size == longest + 1 and ds.vocab_size == tok.vocab_size
+    assert "\n" in tok.decode(range(tok.vocab_size))
     assert ds.classes == [] and len(ds.examples) == 7
     seen = []
     for batch in take(ds, 3):  # one epoch: 7 examples, batches of 2
@@ -125,7 +127,8 @@ def test_max_length_pads_further_or_refuses_a_caption_that_does_not_fit(tmp_path
     ds = config(folder, max_length=20).build("val", seed=0)
     assert ds.block_size == 20 and next(iter(ds))["input"].shape[1] == 20
     longest = len("a much longer caption than the others here".split())  # 8 words
-    with pytest.raises(ValueError, match=rf"longest caption has {longest} tokens.*max_length must be >= {longest + 1}") as info:
+    message = rf"longest caption has {longest} tokens.*max_length must be >= {longest + 1}"
+    with pytest.raises(ValueError, match=message) as info:
         config(folder, max_length=longest).build("train", seed=0)
     assert "\n" not in str(info.value)
     assert config(folder, max_length=longest + 1).build("train", seed=0).block_size == longest + 1
@@ -201,7 +204,8 @@ def test_missing_images_are_counted_with_the_first_example(tmp_path):
     solid(tmp_path / "10.png", 10)
     rows = [{"image": "10.png", "caption": "here"}, {"image": "gone.png", "caption": "a"}]
     path = write_jsonl(tmp_path, rows + [{"image": "sub/also.png", "caption": "b"}])
-    with pytest.raises(ValueError, match=r"2 captioned images not found, e.g. line 2: .*gone.png; .*relative to") as info:
+    message = r"2 captioned images not found, e.g. line 2: .*gone.png; .*relative to"
+    with pytest.raises(ValueError, match=message) as info:
         read_captions(path)
     assert "\n" not in str(info.value)
 
@@ -211,7 +215,8 @@ def test_images_without_captions_are_left_out_with_one_warning(tmp_path):
     solid(folder / "77.png", 77)
     solid(folder / "sub" / "88.png", 88)
     captioned_folder(tmp_path / "val", {70: ["c"]})
-    with pytest.warns(UserWarning, match=r"2 images in .* have no caption in captions.jsonl and are left out, e.g.") as info:
+    message = r"2 images in .* have no caption in captions.jsonl and are left out, e.g."
+    with pytest.warns(UserWarning, match=message) as info:
         ds = config(tmp_path).build("train", seed=0)
     assert len(info) == 1 and "\n" not in str(info[0].message)
     assert sorted(int(Path(f).stem) for f, _ in ds.examples) == [10, 40]
@@ -335,7 +340,8 @@ def test_shape_captions_are_deterministic_and_fixed_by_data_seed():
     a = take(ShapeCaptionsConfig(**SCENES).build("train", seed=1), 7)
     b = take(ShapeCaptionsConfig(**SCENES).build("train", seed=1), 7)
     assert same(a, b)
-    assert ShapeCaptionsConfig(**SCENES, data_seed=1).captions("train") != ShapeCaptionsConfig(**SCENES).captions("train")
+    other = ShapeCaptionsConfig(**SCENES, data_seed=1)
+    assert other.captions("train") != ShapeCaptionsConfig(**SCENES).captions("train")
     ds = ShapeCaptionsConfig(**SCENES).build("train", seed=1)
     take(ds, 3)
     again = ShapeCaptionsConfig(**SCENES).build("train", seed=1)
@@ -359,15 +365,14 @@ def test_vocabulary_is_the_grammar_whatever_the_scenes(tokenizer):
 
 def test_write_caption_folder_reads_back_as_the_same_examples(tmp_path):
     root = write_caption_folder(tmp_path / "scenes", num_train=6, num_val=5, image_size=16, seed=2)
-    assert sorted(p.name for p in (root / "val").iterdir()) == ["0.png", "1.png", "2.png", "3.png", "4.png", "captions.jsonl"]
+    assert sorted(p.name for p in (root / "val").iterdir()) == [*(f"{i}.png" for i in range(5)), "captions.jsonl"]
     synthetic = ShapeCaptionsConfig(num_train=6, num_val=5, image_size=16, batch_size=2, data_seed=2)
     written = config(root, image_size=16)
     for split in ("train", "val"):
         assert read_captions(root / split / "captions.jsonl").captions == list(synthetic.captions(split))
-    a, b = list(synthetic.build("val", seed=0)), list(written.build("val", seed=0))
-    assert [texts(x, synthetic.build("val", seed=0).tokenizer) for x in a] == [
-        texts(x, written.build("val", seed=0).tokenizer) for x in b
-    ]
+    a_ds, b_ds = synthetic.build("val", seed=0), written.build("val", seed=0)
+    a, b = list(a_ds), list(b_ds)
+    assert [texts(x, a_ds.tokenizer) for x in a] == [texts(x, b_ds.tokenizer) for x in b]
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))  # PNG is lossless
     assert torch.equal(synthetic.load_image(root / "val" / "1.png"), a[0]["image"][1])
     with pytest.raises(FileExistsError, match="not empty"):
@@ -391,3 +396,14 @@ def test_no_warnings_from_a_clean_folder(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         config(folder).build("train", seed=0)
+
+
+def test_craft_prepare_captions_writes_a_caption_folder(tmp_path, capsys):
+    from craft import cli
+
+    cli.prepare("captions", str(tmp_path / "caps"), image_size=8, num_train=4, num_val=2)
+    assert capsys.readouterr().out.strip() == str(tmp_path / "caps")
+    ds = config(tmp_path / "caps", image_size=8).build("val", seed=0)
+    assert len(val_examples(ds)) == 2
+    with pytest.raises(cli.UsageError, match="unknown option 'num_trian' for `craft prepare captions`"):
+        cli.prepare("captions", str(tmp_path / "other"), num_trian=4)
