@@ -57,6 +57,8 @@ class Captioner(nn.Module):
         tie_weights: bool = True,
     ) -> None:
         super().__init__()
+        if encoder not in ("resnet", "cnn"):
+            raise ValueError(f"encoder must be 'resnet' or 'cnn', got {encoder!r}")
         self.block_size = block_size  # text positions
         self.in_channels = in_channels
         self.prefix_len = prefix_grid**2  # P image tokens

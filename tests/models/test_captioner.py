@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from craft.generate import generate, generate_text
-from craft.models import MODELS, Captioner, CaptionerConfig
+from craft.models import MODELS, Captioner, CaptionerConfig, ResNet, SmallCNN
 from craft.optim import adamw
 from craft.step import init_state, make_train_step
 
@@ -68,7 +68,16 @@ def test_every_parameter_is_used_and_no_classifier_head_is_built(encoder):
     model(torch.randint(0, V, (2, 4)), images(2, dtype=torch.float32)).sum().backward()
     unused = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert unused == []
-    assert model.encoder.__class__.__name__ == ("ResNet" if encoder == "resnet" else "SmallCNN")
+    assert isinstance(model.encoder, ResNet if encoder == "resnet" else SmallCNN)
+
+
+@pytest.mark.parametrize("trunk", [lambda: ResNet(None, widths=(8, 16)), lambda: SmallCNN(None)])
+def test_trunk_only_vision_models_have_the_classifiers_names_less_the_head(trunk):
+    model = trunk()
+    classifier = ResNet(4, widths=(8, 16)) if isinstance(model, ResNet) else SmallCNN(4)
+    heads = {"head.weight", "head.bias", "fc.weight", "fc.bias"}
+    assert set(model.state_dict()) == set(classifier.state_dict()) - heads
+    assert model.features(torch.randn(2, 3, 24, 24)).shape[:2] == (2, model.out_channels)
 
 
 def test_the_resnet_encoders_batchnorm_statistics_are_state_buffers():
