@@ -127,6 +127,55 @@ class LanguageModelConfig:
         return Task(token_inputs, language_model_loss, scored_tokens, perplexity_and_bits)
 
 
+def caption_inputs(batch: Batch) -> tuple[Tensor, Tensor]:
+    return (batch["input"], batch["image"])
+
+
+def captioning_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    """Teacher-forced cross entropy of ``logits (B, T, V)`` against ``batch["target"] (B, T)``, padding ignored.
+
+    Metrics: ``accuracy`` (tokens), and what ``exact_match`` is made of: the
+    captions whose every token (the end marker included) is the argmax given
+    the true prefix. That is exactly the captions greedy decoding reproduces:
+    greedy's first token is the argmax after the begin marker, so it equals
+    the target's, and by induction so does every later one. Evaluation weights
+    batches by scored tokens, so a per-caption share is reported as two
+    per-token ratios (``exact_per_token``, ``captions_per_token``) whose
+    weighted means ``exact_match_share`` divides back into captions.
+    """
+    loss, metrics = language_model_loss(logits, batch)
+    target = batch["target"]
+    scored = target != IGNORE
+    exact = ((logits.argmax(-1) == target) | ~scored).all(-1)  # (B,)
+    tokens = scored.sum().clamp(min=1)
+    metrics["exact_per_token"] = exact.sum() / tokens
+    metrics["captions_per_token"] = torch.full_like(metrics["accuracy"], target.shape[0]) / tokens
+    return loss, metrics
+
+
+def exact_match_share(metrics: dict[str, float]) -> dict[str, float]:
+    """Replace the per-token ratios by ``exact_match``, the share of exact captions; add ``perplexity``."""
+    metrics = dict(metrics)
+    exact, captions = metrics.pop("exact_per_token"), metrics.pop("captions_per_token")
+    metrics["exact_match"] = exact / captions if captions else 0.0
+    return {**metrics, "perplexity": math.exp(min(metrics["loss"], 700.0))}
+
+
+@TASKS.register("captioning")
+@attrs.frozen
+class CaptioningConfig:
+    """Image captioning: ``batch["input"] (B, T)`` and ``batch["image"]`` in, ``batch["target"] (B, T)`` scored.
+
+    Teacher forcing: the model sees the true caption so far at every position.
+    Metrics ``loss``, ``accuracy`` (tokens), ``perplexity`` and ``exact_match``:
+    the share of captions greedy decoding gets exactly right (see
+    ``captioning_loss``), with each (image, caption) pair counted once.
+    """
+
+    def build(self) -> Task:
+        return Task(caption_inputs, captioning_loss, scored_tokens, exact_match_share)
+
+
 def mean_metrics(
     metrics: list[dict[str, Tensor]], weights: list[int | Tensor], reduce: Callable[[Tensor], Tensor] | None = None
 ) -> dict[str, float]:

@@ -69,3 +69,38 @@ def test_language_model_eval_weights_by_tokens_and_derives_perplexity_and_bits()
     assert summary["loss"] == pytest.approx(1.2)  # (4 * 1 + 1 * 2) / 5: a mean over tokens
     assert summary["perplexity"] == pytest.approx(math.exp(1.2))
     assert summary["bpc"] == pytest.approx(1.2 / math.log(2))
+
+
+# -- captioning ------------------------------------------------------------------
+
+
+def _one_hot_logits(predicted: torch.Tensor, vocab: int = 6) -> torch.Tensor:
+    return F.one_hot(predicted.clamp(min=0), vocab).float() * 5.0  # (B, T, V), argmax = predicted
+
+
+def test_captioning_exact_match_needs_every_scored_token_and_ignores_padding():
+    target = torch.tensor([[1, 2, 0, IGNORE], [3, 3, 0, IGNORE], [4, 0, IGNORE, IGNORE]])
+    predicted = torch.tensor([[1, 2, 0, 5], [3, 1, 0, 5], [4, 0, 2, 2]])  # row 1 misses one token
+    task = TASKS["captioning"]().build()
+    batch = {"input": target.clamp(min=0), "target": target, "image": torch.zeros(3, 1, 2, 2)}
+    assert [t.shape for t in task.inputs(batch)] == [(3, 4), (3, 1, 2, 2)]
+    loss, metrics = task.loss(_one_hot_logits(predicted), batch)
+    summary = task.summarize(mean_metrics([{"loss": loss, **metrics}], [task.weight(batch)]))
+    assert summary["exact_match"] == pytest.approx(2 / 3)
+    assert summary["accuracy"] == pytest.approx(7 / 8)
+    assert summary["perplexity"] == pytest.approx(math.exp(loss.item()))
+    assert set(summary) == {"loss", "accuracy", "exact_match", "perplexity"}
+
+
+def test_captioning_exact_match_counts_captions_across_uneven_batches():
+    # Eval means are weighted by scored tokens; exact_match must still be a share of captions.
+    task = TASKS["captioning"]().build()
+    long = torch.tensor([[1, 1, 1, 1, 0]] * 4)  # 4 captions of 5 tokens, all right
+    short = torch.tensor([[2, 0, IGNORE, IGNORE, IGNORE]] * 2)  # 2 captions of 2 tokens, both wrong
+    metrics, weights = [], []
+    for target, predicted in ((long, long), (short, torch.full_like(short, 3))):
+        batch = {"target": target}
+        loss, m = task.loss(_one_hot_logits(predicted), batch)
+        metrics.append({"loss": loss, **m})
+        weights.append(task.weight(batch))
+    assert task.summarize(mean_metrics(metrics, weights))["exact_match"] == pytest.approx(4 / 6)
