@@ -4,6 +4,7 @@
     craft train EXP.toml [--resume | --overwrite] [--section.key=value ...]
     craft evaluate RUN_DIR [--checkpoint=latest|best|FILE]
     craft generate RUN_DIR [--prompt=TEXT --max_new_tokens=N --temperature=T --top_k=K --top_p=P ...]
+    craft generate RUN_DIR --image=PATH [--temperature=T ...]     (a captioning run)
     craft plot RUN_DIR
     craft prepare shapes|captions DIR [--num_train=N --num_val=N --image_size=32 --seed=0]
     craft info
@@ -61,26 +62,34 @@ def evaluate(run_dir: str, checkpoint: str = "latest") -> None:
 
 def generate(
     run_dir: str,
-    prompt: str = "\n",
+    prompt: str | None = None,
     max_new_tokens: int = 300,
-    temperature: float = 0.8,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int = 0,
     stop: str | None = None,
     checkpoint: str = "latest",
     cache: bool = True,
+    image: str | None = None,
 ) -> None:
-    """Print text sampled from RUN_DIR's model (a run trained on text), after PROMPT.
+    """Print text sampled from RUN_DIR's model after PROMPT, or with --image=PATH, the image's caption.
 
-    --temperature=0 is greedy; --top_k keeps the K likeliest tokens, --top_p the
-    smallest set whose probability reaches P. The same --seed gives the same
-    text. --stop=TEXT ends the sample before TEXT. --cache=false recomputes the
-    whole context for every token (slower, same tokens).
+    --temperature=0 is greedy (the default for captions; 0.8 for text); --top_k
+    keeps the K likeliest tokens, --top_p the smallest set whose probability
+    reaches P. The same --seed gives the same text. --stop=TEXT ends the
+    sample before TEXT. --cache=false recomputes the whole context for every
+    token (slower, same tokens). A caption ends at its end marker; --prompt
+    then gives its first words.
     """
     from craft import run
     from craft.config import ConfigError, Sample, structure
+    from craft.data.tokenizers import BOUNDARY
 
+    if image is not None:  # the prompt of a caption is the begin marker, then its first words if given
+        prompt, temperature = BOUNDARY + (prompt or ""), 0.0 if temperature is None else temperature
+        if stop is not None:
+            raise UsageError("--stop: a caption stops at its end marker; drop --stop")
     given = dict(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     try:
         options = structure({k: v for k, v in given.items() if v is not None}, Sample)
@@ -88,7 +97,7 @@ def generate(
         raise UsageError("\n".join(f"--{line}" for line in e.problems)) from None
     if stop is not None and not isinstance(stop, str):
         raise UsageError(f"--stop: expected text, got {stop!r}")
-    print(run.generate(Path(run_dir), options, checkpoint_name=checkpoint, stop=stop, use_cache=cache))
+    print(run.generate(Path(run_dir), options, checkpoint_name=checkpoint, stop=stop, use_cache=cache, image=image))
 
 
 def plot(run_dir: str) -> None:
@@ -138,7 +147,7 @@ def info() -> str:
 COMMANDS = {
     "train": train, "evaluate": evaluate, "generate": generate, "plot": plot, "prepare": prepare, "info": info,
 }
-TEXT_OPTIONS = {"generate": ("prompt", "stop")}
+TEXT_OPTIONS = {"generate": ("prompt", "stop", "image")}
 """Options taken verbatim: Fire would read ``--prompt=123`` as a number, ``--prompt=[x]`` as a list."""
 
 

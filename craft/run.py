@@ -8,7 +8,7 @@ own; this file only wires them and owns the run folder::
     runs/NAME/metrics.jsonl      one JSON object per log event
     runs/NAME/checkpoints/       step_XXXXXXXX.pt (the last K), best.pt
     runs/NAME/loss.png           train / val curves
-    runs/NAME/tokenizer.json     text data only: what ``craft generate`` decodes with
+    runs/NAME/tokenizer.json     text and caption data: what ``craft generate`` decodes with
 """
 
 from __future__ import annotations
@@ -350,6 +350,11 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
     tokenizer = getattr(train_data, "tokenizer", None)
     if cfg.sample is not None and tokenizer is None:
         raise RunError(f"train.sample needs text data with a tokenizer; data.kind = {exp.data.kind!r} has none")
+    if cfg.sample is not None and hasattr(exp.data.config, "load_image"):
+        raise RunError(
+            "train.sample continues a text prompt, and a captioning run reports exact_match instead; "
+            "remove [train.sample] (caption an image after training with craft generate RUN_DIR --image=PATH)"
+        )
     check_components(exp, parts, val_data)
     if main:
         prepare_run_dir(run_dir, overwrite=overwrite)
@@ -607,31 +612,73 @@ def evaluate(run_dir: Path, checkpoint_name: str = "latest") -> dict[str, float]
 
 
 def sample_text(
-    model: nn.Module, state: TrainState, tokenizer, options: Sample, *, stop: str | None = None, use_cache: bool = True
+    model: nn.Module,
+    state: TrainState,
+    tokenizer,
+    options: Sample,
+    *,
+    stop: str | None = None,
+    use_cache: bool = True,
+    context: dict[str, torch.Tensor] | None = None,
 ) -> str:
-    """New text from ``model`` with ``state``'s parameters, continuing ``options.prompt``."""
+    """New text from ``model`` with ``state``'s parameters, continuing ``options.prompt``.
+
+    ``context``: the model's other inputs (a captioner's image), see ``craft.generate``.
+    """
     from craft.generate import generate_text
 
     return generate_text(
         model, {**state.params, **state.buffers}, tokenizer, options.prompt,
         max_new_tokens=options.max_new_tokens, temperature=options.temperature,
         top_k=options.top_k, top_p=options.top_p, seed=options.seed, use_cache=use_cache, stop=stop,
+        context=context,
     )
 
 
 def generate(
-    run_dir: Path, options: Sample, *, checkpoint_name: str = "latest", stop: str | None = None, use_cache: bool = True
+    run_dir: Path,
+    options: Sample,
+    *,
+    checkpoint_name: str = "latest",
+    stop: str | None = None,
+    use_cache: bool = True,
+    image: str | Path | None = None,
 ) -> str:
-    """Text sampled from a run trained on text data, decoded with the run's tokenizer."""
-    from craft.data.text import CharTokenizer
+    """Text sampled from a run trained on text data, decoded with the run's tokenizer.
+
+    With ``image`` (a run trained on captions): that image's caption.
+    ``options.prompt`` then holds the begin marker (``BOUNDARY``) and the
+    caption's first words, if any; the caption runs to the end marker, or
+    until it fills the model's ``block_size``, and comes back without markers.
+    """
+    from craft.data.tokenizers import BOUNDARY, load_tokenizer
 
     run_dir = Path(run_dir)
     path = run_dir / TOKENIZER_FILE
     if (run_dir / CONFIG_FILE).exists() and not path.exists():
-        raise RunError(f"{run_dir} has no {TOKENIZER_FILE}: generation needs a run trained on text data")
-    _, parts, state = load_run(run_dir, checkpoint_name)
-    tokenizer = CharTokenizer.load(path)
-    return sample_text(parts.model, state, tokenizer, options, stop=stop, use_cache=use_cache)
+        raise RunError(f"{run_dir} has no {TOKENIZER_FILE}: generation needs a run trained on text or captions")
+    exp = load_config(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
+    read_image = getattr(exp.data.config, "load_image", None) if exp is not None else None
+    if image is None and read_image is not None:
+        raise RunError(f"{run_dir} is a captioning run: give the image to caption, --image=PATH")
+    if image is not None and exp is not None and read_image is None:
+        raise RunError(f"--image: {run_dir} was trained on {exp.data.kind!r} data, not captions; drop --image")
+    if image is not None and not Path(image).is_file():
+        raise RunError(f"--image {image}: no such file")
+    exp, parts, state = load_run(run_dir, checkpoint_name)
+    tokenizer = load_tokenizer(path)
+    if image is None:
+        return sample_text(parts.model, state, tokenizer, options, stop=stop, use_cache=use_cache)
+    if not options.prompt.startswith(BOUNDARY):
+        raise ValueError(f"a caption's prompt starts with the begin marker {BOUNDARY!r}, got {options.prompt!r}")
+    pixels = read_image(image).to(parts.device)[None]  # (1, C, S, S)
+    room = parts.model.block_size - len(tokenizer.encode(options.prompt))
+    if room < 1:
+        raise RunError(f"the prompt fills the model's block_size ({parts.model.block_size} tokens); shorten it")
+    options = attrs.evolve(options, max_new_tokens=min(options.max_new_tokens, room))
+    new = sample_text(parts.model, state, tokenizer, options, stop=BOUNDARY, use_cache=use_cache, context={"image": pixels})
+    start = options.prompt.removeprefix(BOUNDARY)
+    return tokenizer.decode(tokenizer.encode(start) + tokenizer.encode(new))  # words are joined by the tokenizer
 
 
 def plot(run_dir: Path) -> Path:
