@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from craft import cli, run
 from craft.config import load
 from craft.data.captions import write_caption_folder
 from craft.data.tokenizers import BOUNDARY, load_tokenizer
 from craft.generate import generate_text
-from tests.test_run import craft
+from tests.test_run import _final_params, craft
 
 # A small world (2 shapes, 2 colours, 2 sizes, 4 cells: 32 captions), so a
 # tiny captioner learns it in about 20 s (val exact_match 0.98 with seeds 0, 1
@@ -185,3 +186,20 @@ def test_captioner_trains_through_the_same_step_as_every_model(monkeypatch, fold
     run.train(load(tmp_path / "c.toml"), echo=lambda *a, **k: None)
     assert seen == ["Captioner"]
     assert (tmp_path / "tiny_captioner" / "checkpoints" / "step_00000002.pt").is_file()
+
+
+def test_a_resumed_captioning_run_ends_where_an_unbroken_one_does(folder, tmp_path):
+    # ResNet encoder (BatchNorm buffers) and dropout (the step's rng): everything a resume must restore.
+    text = TINY_CAPTIONER.format(out=tmp_path.as_posix(), data=folder.as_posix())
+    (tmp_path / "c.toml").write_text(text, encoding="utf-8")
+    overrides = {
+        "model.encoder": "resnet", "model.widths": [8, 16], "model.dropout": 0.1, "train.steps": 8,
+        "train.eval_every": 4, "train.log_every": 4, "schedule.warmup_steps": 2,
+    }
+    quiet = dict(echo=lambda *a, **k: None)
+    unbroken = run.train(load(tmp_path / "c.toml", {**overrides, "name": "a"}), **quiet)
+    broken = run.train(load(tmp_path / "c.toml", {**overrides, "name": "b"}), **quiet)
+    (broken / "checkpoints" / "step_00000008.pt").unlink()  # as if stopped after step 4
+    run.train(load(tmp_path / "c.toml", {**overrides, "name": "b"}), resume=True, **quiet)
+    a, b = _final_params(unbroken), _final_params(broken)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
