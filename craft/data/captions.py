@@ -25,8 +25,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -42,7 +40,7 @@ from craft.data import DATASETS, checks
 from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize
 from craft.data.images import DecodedImages, _images_under, load_images
 from craft.data.scenes import DEFAULT_IMAGE_SIZE, WORDS, describe_scene, render_scene
-from craft.data.shapes import COLOURS, SHAPES, RenderedImages, _validate_shapes
+from craft.data.shapes import COLOURS, SHAPES, RenderedImages, _validate_shapes, write_folder
 from craft.data.text import IGNORE_INDEX
 from craft.data.tokenizers import BOUNDARY, CharTokenizer, WordTokenizer
 
@@ -457,23 +455,16 @@ def write_caption_folder(
     options. The folder appears complete or not at all (written under a
     hidden name, then renamed); an existing non-empty ``root`` is a FileExistsError.
     """
-    root = Path(root)
     config = ShapeCaptionsConfig(
         num_train=num_train, num_val=num_val, image_size=image_size, channels=channels,
         shapes=list(shapes), colours=list(colours), max_things=max_things, data_seed=seed,
     )
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(f"{root} already exists and is not empty; remove it or choose another folder")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     pictures = {split: config.picture(split) for split in ("train", "val")}
 
-    def write(split: str, i: int, name: str) -> None:
-        pictures[split](i).save(tmp / split / name)
+    def fill(tmp: Path, pool: Executor) -> None:
+        def write(split: str, i: int, name: str) -> None:
+            pictures[split](i).save(tmp / split / name)
 
-    # Threads: Pillow releases the GIL while encoding PNGs.
-    pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="craft-write-captions")
-    try:
         for split, num in (("train", num_train), ("val", num_val)):
             (tmp / split).mkdir()
             names = [f"{i:0{len(str(max(num - 1, 0)))}d}.png" for i in range(num)]
@@ -481,15 +472,5 @@ def write_caption_folder(
                 pass
             lines = [json.dumps({"image": n, "caption": c}) for n, c in zip(names, config.captions(split))]
             (tmp / split / "captions.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        pool.shutdown()
-        if root.exists():
-            root.rmdir()  # empty, checked above; rename cannot replace a folder portably
-        try:
-            tmp.rename(root)
-        except OSError as e:  # someone else (another rank) created root meanwhile
-            raise FileExistsError(f"{root} appeared while it was being written; remove it or pick another") from e
-    finally:
-        pool.shutdown(cancel_futures=True)  # on Ctrl-C, don't render the rest first
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+
+    return write_folder(root, fill, thread_name="craft-write-captions")

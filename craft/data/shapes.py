@@ -17,7 +17,7 @@ import os
 import random
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -309,30 +309,43 @@ def write_shapes_folder(
     temporary name next to ``root`` and renamed into place. An existing,
     non-empty ``root`` is an error (FileExistsError), never overwritten.
     """
-    root = Path(root)
     _validate_shapes(None, None, list(classes))
     suffix = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}.get(format.lower())
     if suffix is None:
         raise ValueError(f"format must be 'png' or 'jpg', got {format!r}")
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(f"{root} already exists and is not empty; remove it or choose another folder")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
 
-    def write(split: str, i: int, digits: int) -> None:
-        spec = describe(i, seed=seed, split=split, classes=classes)
-        image = render(spec, image_size, channels)
-        image.save(tmp / split / spec.shape / f"{spec.shape}_{i:0{digits}d}.{suffix}", quality=95)
+    def fill(tmp: Path, pool: Executor) -> None:
+        def write(split: str, i: int, digits: int) -> None:
+            spec = describe(i, seed=seed, split=split, classes=classes)
+            image = render(spec, image_size, channels)
+            image.save(tmp / split / spec.shape / f"{spec.shape}_{i:0{digits}d}.{suffix}", quality=95)
 
-    # Threads: Pillow releases the GIL while encoding, about half of the time here.
-    pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="craft-write-shapes")
-    try:
         for split, num in (("train", num_train), ("val", num_val)):
             for name in classes:
                 (tmp / split / name).mkdir(parents=True)
             digits = len(str(max(num - 1, 0)))
             for _ in pool.map(write, [split] * num, range(num), [digits] * num):
                 pass
+
+    return write_folder(root, fill, thread_name="craft-write-shapes")
+
+
+def write_folder(root: str | Path, fill: Callable[[Path, Executor], None], *, thread_name: str) -> Path:
+    """Make the folder ``root`` with ``fill(tmp, pool)``, which writes into ``tmp`` using ``pool``'s threads.
+
+    The folder appears complete or not at all: ``tmp`` is a hidden temporary
+    folder next to ``root``, renamed into place once ``fill`` returns. An
+    existing, non-empty ``root`` is an error (FileExistsError), never overwritten.
+    """
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(f"{root} already exists and is not empty; remove it or choose another folder")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    # Threads: Pillow releases the GIL while encoding, about half of the time here.
+    pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix=thread_name)
+    try:
+        fill(tmp, pool)
         pool.shutdown()
         if root.exists():
             root.rmdir()  # empty, checked above; rename cannot replace a folder portably
