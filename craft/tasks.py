@@ -79,13 +79,13 @@ IGNORE = -100
 """Target value of padding: ``F.cross_entropy(..., ignore_index=IGNORE)`` skips it."""
 
 
-def language_model_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-    """Next-token cross entropy of ``logits (B, T, V)`` against ``batch["target"] (B, T)``.
+def next_token_scores(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, correct, scored)`` of ``logits (B, T, V)`` against ``target (B, T)``.
 
-    The mean is over scored tokens: targets equal to ``IGNORE`` (padding) count
-    for nothing. Metric: ``accuracy``, the share of tokens predicted exactly.
+    ``loss``: cross entropy averaged over scored tokens (targets equal to
+    ``IGNORE``, padding, count for nothing); ``scored``: bool ``(B, T)``, the
+    targets that count; ``correct``: bool ``(B, T)``, scored and predicted exactly (argmax).
     """
-    target = batch["target"]
     if logits.ndim != 3 or logits.shape[:2] != target.shape:
         raise ValueError(
             f"language modelling expects model outputs of shape (batch, time, vocab) = "
@@ -94,7 +94,16 @@ def language_model_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, dict[str,
     flat = logits.float().flatten(0, 1)  # (B*T, V)
     loss = F.cross_entropy(flat, target.flatten(), ignore_index=IGNORE)
     scored = target != IGNORE
-    correct = (logits.argmax(-1) == target) & scored
+    return loss, (logits.argmax(-1) == target) & scored, scored
+
+
+def language_model_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    """Next-token cross entropy of ``logits (B, T, V)`` against ``batch["target"] (B, T)``.
+
+    The mean is over scored tokens: targets equal to ``IGNORE`` (padding) count
+    for nothing. Metric: ``accuracy``, the share of tokens predicted exactly.
+    """
+    loss, correct, scored = next_token_scores(logits, batch["target"])
     return loss, {"accuracy": correct.sum() / scored.sum().clamp(min=1)}
 
 
@@ -143,14 +152,14 @@ def captioning_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Ten
     per-token ratios (``exact_per_token``, ``captions_per_token``) whose
     weighted means ``exact_match_share`` divides back into captions.
     """
-    loss, metrics = language_model_loss(logits, batch)
-    target = batch["target"]
-    scored = target != IGNORE
-    exact = ((logits.argmax(-1) == target) | ~scored).all(-1)  # (B,)
+    loss, correct, scored = next_token_scores(logits, batch["target"])
     tokens = scored.sum().clamp(min=1)
-    metrics["exact_per_token"] = exact.sum() / tokens
-    metrics["captions_per_token"] = torch.full_like(metrics["accuracy"], target.shape[0]) / tokens
-    return loss, metrics
+    exact = (correct | ~scored).all(-1)  # (B,)
+    return loss, {
+        "accuracy": correct.sum() / tokens,
+        "exact_per_token": exact.sum() / tokens,
+        "captions_per_token": torch.full_like(loss, scored.shape[0]) / tokens,
+    }
 
 
 def exact_match_share(metrics: dict[str, float]) -> dict[str, float]:
