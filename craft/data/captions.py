@@ -40,7 +40,7 @@ from craft.data import DATASETS, checks
 from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize
 from craft.data.images import DecodedImages, _images_under, load_images
 from craft.data.scenes import DEFAULT_IMAGE_SIZE, WORDS, describe_scene, render_scene
-from craft.data.shapes import COLOURS, SHAPES, RenderedImages, _validate_shapes, write_folder
+from craft.data.shapes import COLOURS, SHAPES, RenderedImages, _validate_shapes, names_from, write_folder
 from craft.data.text import IGNORE_INDEX
 from craft.data.tokenizers import BOUNDARY, CharTokenizer, WordTokenizer
 
@@ -340,14 +340,6 @@ class CaptionFolderConfig:
 # -- synthetic scenes ------------------------------------------------------
 
 
-def _validate_colours(instance, attribute, value: list[str]) -> None:
-    unknown = sorted(set(value) - set(COLOURS))
-    if not value or unknown:
-        raise ValueError(f"unknown colour(s) {unknown or '(none given)'}; choose from {list(COLOURS)}")
-    if len(set(value)) != len(value):
-        raise ValueError(f"lists a colour twice: {value}")
-
-
 @functools.lru_cache(maxsize=8)
 def scene_captions(
     num: int, *, seed: int, split: str, shapes: tuple[str, ...], colours: tuple[str, ...], max_things: int
@@ -385,7 +377,7 @@ class ShapeCaptionsConfig:
     tokenizer: Literal["word", "char"] = attrs.field(default="word", validator=checks.one_of("word", "char"))
     max_length: int | None = attrs.field(default=None, validator=checks.at_least(2))
     shapes: list[str] = attrs.field(factory=lambda: list(SHAPES), validator=_validate_shapes)
-    colours: list[str] = attrs.field(factory=lambda: list(COLOURS), validator=_validate_colours)
+    colours: list[str] = attrs.field(factory=lambda: list(COLOURS), validator=names_from(COLOURS, "colour"))
     max_things: int = attrs.field(default=2, validator=checks.one_of(1, 2))
     data_seed: int = 0
     mean: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)

@@ -233,12 +233,20 @@ class RenderedImages:
         return self.images[indices]
 
 
-def _validate_shapes(instance, attribute, value: list[str]) -> None:
-    unknown = sorted(set(value) - set(SHAPES))
-    if not value or unknown:
-        raise ValueError(f"unknown shape(s) {unknown or '(none given)'}; choose from {list(SHAPES)}")
-    if len(set(value)) != len(value):
-        raise ValueError(f"lists a shape twice: {value}")
+def names_from(known: Sequence[str], noun: str):
+    """An attrs validator: a non-empty list of distinct names, each one of ``known`` (``noun`` names them)."""
+
+    def validate(instance, attribute, value: list[str]) -> None:
+        unknown = sorted(set(value) - set(known))
+        if not value or unknown:
+            raise ValueError(f"unknown {noun}(s) {unknown or '(none given)'}; choose from {list(known)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a {noun} twice: {value}")
+
+    return validate
+
+
+_validate_shapes = names_from(SHAPES, "shape")
 
 
 @DATASETS.register("shapes")
