@@ -47,6 +47,16 @@ def _read_json(path: str | Path) -> Any:
         raise ValueError(f"{path}: not a tokenizer file ({e}); save it again with the tokenizer's save()") from None
 
 
+
+def _from_file_data(cls, path: str | Path, data: Any, kind: str, key: str, noun: str):
+    """``cls(data[key])`` from a tokenizer file's JSON ``{"kind": kind, key: [...]}``; errors name ``path``."""
+    if not isinstance(data, dict) or data.get("kind") != kind or not isinstance(data.get(key), list):
+        raise ValueError(f'{path}: not a {noun} tokenizer (expected {{"kind": "{kind}", "{key}": [...]}})')
+    try:
+        return cls(data[key])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: bad tokenizer {key}: {e}") from None
+
 # -- characters ------------------------------------------------------------
 
 
@@ -120,12 +130,7 @@ class CharTokenizer:
 
     @classmethod
     def _from_json(cls, path: str | Path, data: Any) -> CharTokenizer:
-        if not isinstance(data, dict) or data.get("kind") != "char" or not isinstance(data.get("chars"), list):
-            raise ValueError(f'{path}: not a character tokenizer (expected {{"kind": "char", "chars": [...]}})')
-        try:
-            return cls(data["chars"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: bad tokenizer chars: {e}") from None
+        return _from_file_data(cls, path, data, "char", "chars", "character")
 
 
 # -- words -----------------------------------------------------------------
@@ -218,12 +223,7 @@ class WordTokenizer:
 
     @classmethod
     def _from_json(cls, path: str | Path, data: Any) -> WordTokenizer:
-        if not isinstance(data, dict) or data.get("kind") != "word" or not isinstance(data.get("words"), list):
-            raise ValueError(f'{path}: not a word tokenizer (expected {{"kind": "word", "words": [...]}})')
-        try:
-            return cls(data["words"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: bad tokenizer words: {e}") from None
+        return _from_file_data(cls, path, data, "word", "words", "word")
 
 
 # -- files -----------------------------------------------------------------
