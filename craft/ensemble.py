@@ -47,10 +47,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.fx.experimental.proxy_tensor import make_fx
-from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
-from craft.optim import Transform, set_hyperparams
+from craft.optim import Transform, foreach, set_hyperparams
 from craft.step import (
     Batch,
     LossFn,
@@ -200,7 +199,7 @@ def _vmapped(step: Callable, batch_dim: int | None) -> Callable:
     vmapped = vmap(step, in_dims=(0, 0, 0, 0, batch_dim), randomness="different")
 
     def run(params, buffers, opt_state, count, batch):
-        with _PerTensorForeach():
+        with foreach.per_tensor():  # a user's transform may call torch._foreach_* directly
             return vmapped(params, buffers, opt_state, count, batch)
 
     return run
@@ -222,9 +221,9 @@ def _member_by_member(step: Callable, batch_dim: int | None) -> Callable:
 def _compiled_vmap(fn: Callable, compile: bool | Mapping[str, Any]) -> Callable:
     """Eager, or traced to one aten graph (per input shapes) and compiled.
 
-    Dynamo cannot apply ``_PerTensorForeach`` inside a vmap it traces, so the
-    vmapped step is first traced eagerly with ``make_fx`` (where the mode
-    works) and the resulting graph is compiled.
+    Dynamo cannot query the functorch level or apply ``foreach.per_tensor``
+    inside a vmap it traces, so the vmapped step is first traced eagerly with
+    ``make_fx`` (where both work) and the resulting graph is compiled.
     """
     if compile is False:
         return fn
@@ -239,38 +238,6 @@ def _compiled_vmap(fn: Callable, compile: bool | Mapping[str, Any]) -> Callable:
         return graphs[key](*args)
 
     return run
-
-
-class _PerTensorForeach(TorchFunctionMode):
-    """Run multi-tensor kernels (``torch._foreach_*``) as one op per tensor.
-
-    vmap has no batching rules for most ``_foreach_*`` ops, which the optimizer
-    transforms use throughout; per tensor, every op has one.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        op = _PER_TENSOR.get(func)
-        if op is None:
-            return func(*args, **kwargs)
-        size = len(args[0])
-        columns = [a if isinstance(a, (list, tuple)) else [a] * size for a in args]
-        out = [op(*xs, **kwargs) for xs in zip(*columns)]
-        return None if func in _IN_PLACE else out
-
-
-def _per_tensor_table() -> dict[Callable, Callable]:
-    table = {torch._foreach_norm: torch.linalg.vector_norm, torch._foreach_copy_: Tensor.copy_}
-    for name in ("add", "sub", "mul", "div", "lerp", "addcmul", "addcdiv", "sqrt", "maximum", "minimum",
-                 "neg", "abs", "exp", "sign", "pow", "clamp_min", "clamp_max"):
-        table[getattr(torch, f"_foreach_{name}")] = getattr(torch, name)
-        if hasattr(torch, f"_foreach_{name}_") and hasattr(Tensor, f"{name}_"):
-            table[getattr(torch, f"_foreach_{name}_")] = getattr(Tensor, f"{name}_")
-    return table
-
-
-_PER_TENSOR = _per_tensor_table()
-_IN_PLACE = {f for f in _PER_TENSOR if f.__name__.endswith("_")}
 
 
 # --- Reading members ----------------------------------------------------------------

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 from torch.utils import _pytree as pytree
 
-from craft.optim import Transform, apply_updates
+from craft.optim import Transform, apply_updates, foreach
 from craft.tree import Params, global_norm
 
 Batch = Any  # a pytree of tensors, usually a dict; dim 0 is the batch
@@ -179,10 +179,10 @@ def make_pure_step(
         grads, logged = None, []
         for micro in _split(batch, accum_steps):
             g, (_, (loss, metrics, buffers)) = grad_fn(params, buffers, micro)
-            grads = g if grads is None else dict(zip(g, torch._foreach_add(list(grads.values()), list(g.values()))))
+            grads = g if grads is None else dict(zip(g, foreach.add(list(grads.values()), list(g.values()))))
             logged.append({"loss": loss, **metrics})
         if accum_steps > 1:
-            grads = dict(zip(grads, torch._foreach_div(list(grads.values()), float(accum_steps))))
+            grads = dict(zip(grads, foreach.div(list(grads.values()), float(accum_steps))))
         metrics = {k: torch.stack([m[k] for m in logged]).float().mean() for k in logged[0]}
         if cross_replica_mean is not None:  # one update for all replicas; metrics of the global batch
             grads, metrics = cross_replica_mean(grads), cross_replica_mean(metrics)
@@ -196,7 +196,7 @@ def make_pure_step(
             new = (*kept, count + 1)
         if donate:
             old = (params, old_buffers, opt_state, count)
-            torch._foreach_copy_(pytree.tree_leaves(old), pytree.tree_leaves(new))
+            foreach.copy_(pytree.tree_leaves(old), pytree.tree_leaves(new))
             new = old
         return new, metrics
 

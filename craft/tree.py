@@ -38,17 +38,31 @@ def global_norm(tree: Params) -> Tensor:
     """The L2 norm of all leaves taken as one vector: a 0-d tensor of their promoted dtype.
 
     Computed as the norm of per-tensor norms (one multi-tensor kernel), as
-    ``torch.nn.utils.clip_grad_norm_`` does.
+    ``torch.nn.utils.clip_grad_norm_`` does; one norm per tensor under
+    ``torch.func`` transforms or when a leaf requires grad (the rule of
+    ``craft.optim.foreach``: vmap has no batching rule for ``_foreach_norm``).
     """
     leaves = list(tree.values())
     if not leaves:
         return torch.zeros(())
-    norms = torch._foreach_norm(leaves)
+    if _per_tensor(leaves):
+        norms = [torch.linalg.vector_norm(x) for x in leaves]
+    else:
+        norms = torch._foreach_norm(leaves)
     dtypes = {n.dtype for n in norms}
     if len(dtypes) > 1:  # a mixed-precision tree: combine in the widest dtype
         dtype = functools.reduce(torch.promote_types, dtypes)
         norms = [n.to(dtype) for n in norms]
     return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def _per_tensor(leaves: list[Tensor]) -> bool:
+    # craft.optim.foreach.per_tensor_path, restated: trees sit below optim and cannot import it.
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.maybe_current_level() is not None:
+        return True
+    return torch.is_grad_enabled() and any(x.requires_grad for x in leaves)
 
 
 class FlatSpec(NamedTuple):

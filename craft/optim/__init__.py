@@ -1,5 +1,6 @@
 """Optimizers (``OPTIMIZERS``) and schedules (``SCHEDULES``) as pure transforms."""
 
+from craft.optim import foreach
 from craft.optim.alias import OPTIMIZERS, adam, adamw, sgd
 from craft.optim.base import (
     OptState,
@@ -34,7 +35,7 @@ from craft.optim.transforms import (
 
 __all__ = [
     "InjectState", "OPTIMIZERS", "SCHEDULES", "OptState", "Schedule", "Transform", "Updates",
-    "adam", "adamw", "add_decayed_weights", "apply_updates", "chain",
+    "adam", "adamw", "foreach", "add_decayed_weights", "apply_updates", "chain",
     "clip_by_global_norm", "constant", "cosine_decay", "decay_mask_from_module",
     "clip_per_example", "default_decay_mask", "dp_aggregate", "get_hyperparams",
     "identity", "inject_hyperparams", "linear_warmup", "scale",

@@ -8,8 +8,11 @@ A ``Transform`` is a pair of pure functions::
 
 Nothing is mutated: every call returns new tensors, so a step built on a
 transform can be compiled, vmapped and checkpointed as a plain pytree.
-Transforms operate on whole trees with ``torch._foreach_*`` kernels, so an
-update over many tensors is a handful of multi-tensor kernels.
+Transforms operate on whole trees with multi-tensor kernels
+(``craft.optim.foreach``), so an update over many tensors is a handful of
+kernels, and fall back to one op per tensor under ``torch.func`` transforms:
+every transform can be vmapped and differentiated (also with respect to a
+hyperparameter tensor).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from craft.optim import foreach
 from craft.tree import Params
 
 OptState = Any
@@ -54,22 +58,23 @@ def chain(*transforms: Transform) -> Transform:
 def apply_updates(params: Params, updates: Updates) -> Params:
     """``params + updates``, leaf by leaf (one multi-tensor kernel)."""
     names = list(params)
-    new = torch._foreach_add(list(params.values()), [updates[k] for k in names])
+    new = foreach.add(list(params.values()), [updates[k] for k in names])
     return dict(zip(names, new))
 
 
-def _stateless(fn: Callable[[Updates, Params | None], Updates]) -> Transform:
+def stateless(fn: Callable[[Updates, Params | None], Updates]) -> Transform:
+    """A transform without state: ``update(u, state, params) = (fn(u, params), state)``; its state is ``()``."""
     return Transform(lambda params: (), lambda u, state, params=None: (fn(u, params), state))
 
 
 def identity() -> Transform:
     """Leave updates unchanged."""
-    return _stateless(lambda u, params: u)
+    return stateless(lambda u, params: u)
 
 
 def scale(factor: float) -> Transform:
     """Multiply updates by a constant."""
-    return _stateless(lambda u, params: _map_scale(u, factor))
+    return stateless(lambda u, params: map_scale(u, factor))
 
 
 class ScheduleState(NamedTuple):
@@ -84,10 +89,10 @@ def scale_by_schedule(schedule: Schedule) -> Transform:
     """
 
     def init(params: Params) -> ScheduleState:
-        return ScheduleState(torch.zeros((), dtype=torch.int64, device=_device(params)))
+        return ScheduleState(torch.zeros((), dtype=torch.int64, device=device_of(params)))
 
     def update(u: Updates, state: ScheduleState, params: Params | None = None):
-        return _map_scale(u, schedule(state.count)), ScheduleState(state.count + 1)
+        return map_scale(u, schedule(state.count)), ScheduleState(state.count + 1)
 
     return Transform(init, update)
 
@@ -97,13 +102,15 @@ def scale_by_learning_rate(learning_rate: float | Tensor | Schedule) -> Transfor
     if callable(learning_rate):
         return scale_by_schedule(lambda count: -learning_rate(count))
     if isinstance(learning_rate, Tensor):  # a hyperparameter held in the state (inject_hyperparams)
-        return _stateless(lambda u, params: _map_scale(u, -learning_rate))
+        return stateless(lambda u, params: map_scale(u, -learning_rate))
     return scale(-float(learning_rate))
 
 
-def _map_scale(u: Updates, factor: float | Tensor) -> Updates:
-    return dict(zip(u, torch._foreach_mul(list(u.values()), factor)))
+def map_scale(u: Updates, factor: float | Tensor) -> Updates:
+    """Every leaf of ``u`` times ``factor`` (a number or a 0-d tensor)."""
+    return dict(zip(u, foreach.mul(list(u.values()), factor)))
 
 
-def _device(params: Params) -> torch.device | None:
+def device_of(params: Params) -> torch.device | None:
+    """The device of the first leaf (``None`` for an empty tree): where a transform puts its counters."""
     return next(iter(params.values())).device if params else None

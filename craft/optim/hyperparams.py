@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from craft.optim.base import OptState, Transform, Updates, _device
+from craft.optim.base import OptState, Transform, Updates, device_of
 from craft.tree import Params
 
 
@@ -41,7 +41,7 @@ def inject_hyperparams(factory: Callable[..., Transform], /, **hyperparams: floa
         raise ValueError("inject_hyperparams needs at least one hyperparameter, e.g. learning_rate=1e-3")
 
     def init(params: Params) -> InjectState:
-        device = _device(params)
+        device = device_of(params)
         hp = {k: torch.tensor(float(v), dtype=torch.float64, device=device) for k, v in hyperparams.items()}
         return InjectState(hp, factory(**hp).init(params))
 

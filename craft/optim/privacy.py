@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from craft.optim.base import Transform, Updates, _stateless
+from craft.optim.base import Transform, Updates, stateless
 from craft.tree import Params
 
 
@@ -60,4 +60,4 @@ def dp_aggregate(clip_norm: float, noise_multiplier: float) -> Transform:
             out[k] = total / size
         return out
 
-    return _stateless(aggregate)
+    return stateless(aggregate)

@@ -1,7 +1,8 @@
-"""Gradient transforms: clipping, momentum, Adam moments, weight decay.
+"""Gradient transforms: clipping, momentum, moment estimates, sign, weight decay, noise.
 
 Each returns a ``Transform``; ``craft.optim.alias`` composes them into the
-usual optimizers. All arithmetic is multi-tensor (``torch._foreach_*``) and
+usual optimizers. All arithmetic is multi-tensor (``craft.optim.foreach``:
+``torch._foreach_*`` kernels, one op per tensor under ``torch.func``) and
 branch-free, so a compiled step has no graph break and no host sync.
 """
 
@@ -13,7 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from craft.optim.base import Transform, Updates, _device, _stateless
+from craft.optim import foreach
+from craft.optim.base import Transform, Updates, device_of, map_scale, stateless
 from craft.tree import Params, global_norm, zeros_like
 
 
@@ -28,10 +30,21 @@ def clip_by_global_norm(max_norm: float) -> Transform:
         raise ValueError(f"clip_by_global_norm: max_norm must be > 0, got {max_norm}")
 
     def clip(u: Updates, params: Params | None) -> Updates:
-        coef = torch.clamp(max_norm / (global_norm(u) + 1e-6), max=1.0)
-        return dict(zip(u, torch._foreach_mul(list(u.values()), coef)))
+        return map_scale(u, torch.clamp(max_norm / (global_norm(u) + 1e-6), max=1.0))
 
-    return _stateless(clip)
+    return stateless(clip)
+
+
+def clip(max_delta: float) -> Transform:
+    """Clip every update element to ``[-max_delta, max_delta]`` (``torch.nn.utils.clip_grad_value_``)."""
+    if max_delta <= 0:
+        raise ValueError(f"clip: max_delta must be > 0, got {max_delta}")
+    return stateless(lambda u, params: dict(zip(u, foreach.clamp_max(foreach.clamp_min(list(u.values()), -max_delta), max_delta))))
+
+
+def scale_by_sign() -> Transform:
+    """Replace every update element by its sign (signSGD)."""
+    return stateless(lambda u, params: dict(zip(u, foreach.sign(list(u.values())))))
 
 
 class TraceState(NamedTuple):
@@ -49,8 +62,8 @@ def trace(momentum: float, nesterov: bool = False) -> Transform:
 
     def update(u: Updates, state: TraceState, params: Params | None = None):
         names, g = list(u), list(u.values())
-        buf = torch._foreach_add(torch._foreach_mul(list(state.momentum.values()), momentum), g)
-        out = torch._foreach_add(g, buf, alpha=momentum) if nesterov else buf
+        buf = foreach.add(foreach.mul(list(state.momentum.values()), momentum), g)
+        out = foreach.add(g, buf, alpha=momentum) if nesterov else buf
         return dict(zip(names, out)), TraceState(dict(zip(names, buf)))
 
     return Transform(init, update)
@@ -62,26 +75,137 @@ class AdamState(NamedTuple):
     nu: Params  # second moment
 
 
-def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Transform:
-    """Adam's preconditioning: ``m_hat / (sqrt(v_hat) + eps)`` with bias correction."""
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0) -> Transform:
+    """Adam's preconditioning: ``m_hat / (sqrt(v_hat + eps_root) + eps)`` with bias correction.
+
+    ``eps_root`` (optax's) keeps the square root differentiable where ``v_hat``
+    is zero, e.g. when meta-learning through the update; 0 is torch's Adam.
+    """
 
     def init(params: Params) -> AdamState:
-        count = torch.zeros((), dtype=torch.int64, device=_device(params))
+        count = torch.zeros((), dtype=torch.int64, device=device_of(params))
         return AdamState(count, zeros_like(params), zeros_like(params))
 
     def update(u: Updates, state: AdamState, params: Params | None = None):
         names, g = list(u), list(u.values())
         count = state.count + 1
         t = count.to(torch.float64)  # bias corrections in double, as torch.optim does
-        mu = torch._foreach_lerp(list(state.mu.values()), g, 1 - b1)
-        nu = torch._foreach_addcmul(torch._foreach_mul(list(state.nu.values()), b2), g, g, value=1 - b2)
-        bc1 = 1 - b1**t
-        bc2_sqrt = torch.sqrt(1 - b2**t)
-        denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(nu), bc2_sqrt), eps)
-        out = torch._foreach_div(torch._foreach_div(mu, denom), bc1)
+        mu = foreach.lerp(list(state.mu.values()), g, 1 - b1)
+        nu = foreach.addcmul(foreach.mul(list(state.nu.values()), b2), g, g, value=1 - b2)
+        if eps_root:
+            root = foreach.sqrt(foreach.add(foreach.div(nu, 1 - b2**t), eps_root))
+        else:  # torch's order of operations, bit for bit
+            root = foreach.div(foreach.sqrt(nu), torch.sqrt(1 - b2**t))
+        out = foreach.div(foreach.div(mu, foreach.add(root, eps)), 1 - b1**t)
         return dict(zip(names, out)), AdamState(count, dict(zip(names, mu)), dict(zip(names, nu)))
 
     return Transform(init, update)
+
+
+class RmsState(NamedTuple):
+    nu: Params  # running mean of squared gradients (rms) or their running sum (rss)
+
+
+def scale_by_rms(decay: float = 0.99, eps: float = 1e-8, initial_scale: float = 0.0) -> Transform:
+    """RMSprop's preconditioning: ``nu = decay * nu + (1 - decay) * g^2``, emits ``g / (sqrt(nu) + eps)``.
+
+    ``eps`` is added after the square root, as ``torch.optim.RMSprop`` does
+    (optax adds it inside); ``initial_scale`` is ``nu``'s starting value.
+    """
+
+    def init(params: Params) -> RmsState:
+        return RmsState({k: torch.full_like(p, initial_scale) for k, p in params.items()})
+
+    def update(u: Updates, state: RmsState, params: Params | None = None):
+        names, g = list(u), list(u.values())
+        nu = foreach.addcmul(foreach.mul(list(state.nu.values()), decay), g, g, value=1 - decay)
+        out = foreach.div(g, foreach.add(foreach.sqrt(nu), eps))
+        return dict(zip(names, out)), RmsState(dict(zip(names, nu)))
+
+    return Transform(init, update)
+
+
+def scale_by_rss(initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> Transform:
+    """Adagrad's preconditioning: ``nu += g^2``, emits ``g / (sqrt(nu) + eps)`` (``torch.optim.Adagrad``)."""
+
+    def init(params: Params) -> RmsState:
+        return RmsState({k: torch.full_like(p, initial_accumulator_value) for k, p in params.items()})
+
+    def update(u: Updates, state: RmsState, params: Params | None = None):
+        names, g = list(u), list(u.values())
+        nu = foreach.addcmul(list(state.nu.values()), g, g)
+        out = foreach.div(g, foreach.add(foreach.sqrt(nu), eps))
+        return dict(zip(names, out)), RmsState(dict(zip(names, nu)))
+
+    return Transform(init, update)
+
+
+class LionState(NamedTuple):
+    mu: Params  # momentum
+
+
+def scale_by_lion(b1: float = 0.9, b2: float = 0.99) -> Transform:
+    """Lion (Chen et al. 2023): emits ``sign(b1 * mu + (1 - b1) * g)``, then ``mu = b2 * mu + (1 - b2) * g``."""
+
+    def init(params: Params) -> LionState:
+        return LionState(zeros_like(params))
+
+    def update(u: Updates, state: LionState, params: Params | None = None):
+        names, g, mu = list(u), list(u.values()), list(state.mu.values())
+        out = foreach.sign(foreach.lerp(mu, g, 1 - b1))
+        return dict(zip(names, out)), LionState(dict(zip(names, foreach.lerp(mu, g, 1 - b2))))
+
+    return Transform(init, update)
+
+
+class NoiseState(NamedTuple):
+    count: Tensor  # 0-d int64
+    seed: Tensor  # 0-d int64: with count, the whole source of the noise
+
+
+def add_noise(eta: float, gamma: float, seed: int) -> Transform:
+    """Add Gaussian noise of variance ``eta / (1 + t)^gamma`` at update ``t`` (Neelakantan et al. 2015).
+
+    The noise is a pure function of ``(seed, t, leaf, element)`` (a counter-based
+    integer hash and Box-Muller, no generator), so it is reproducible, the
+    same eager and compiled, and each vmapped member with its own seed draws
+    its own noise. ``seed`` is held in the state as a tensor.
+    """
+
+    def init(params: Params) -> NoiseState:
+        device = device_of(params)
+        return NoiseState(torch.zeros((), dtype=torch.int64, device=device),
+                          torch.tensor(seed & 0x7FFFFFFF, dtype=torch.int64, device=device))
+
+    def update(u: Updates, state: NoiseState, params: Params | None = None):
+        count = state.count + 1
+        std = torch.sqrt(eta / count.to(torch.float64) ** gamma)
+        key = _hash32(state.seed ^ _hash32(count))
+        out = {k: g + (std * hashed_normal(_hash32(key + i), g)).to(g.dtype) for i, (k, g) in enumerate(u.items())}
+        return out, NoiseState(count, state.seed)
+
+    return Transform(init, update)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _hash32(x: Tensor) -> Tensor:
+    """A 32-bit integer mix (lowbias32-style) on int64 tensors; multipliers < 2^31, so nothing overflows."""
+    x = x & _M32
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & _M32
+    x = ((x ^ (x >> 15)) * 0x2C1B3C6D) & _M32
+    return x ^ (x >> 16)
+
+
+def hashed_normal(key: Tensor, like: Tensor) -> Tensor:
+    """Standard normal float64 noise shaped like ``like``: a pure function of the 0-d int64 ``key``."""
+    index = torch.arange(like.numel(), dtype=torch.int64, device=like.device).view(like.shape)
+    a = _hash32(key + 2 * index)
+    b = _hash32(key + 2 * index + 1)
+    u1 = (a.to(torch.float64) + 1) / (_M32 + 2)  # in (0, 1): log is finite
+    u2 = b.to(torch.float64) / (_M32 + 1)
+    return torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)
 
 
 DecayMask = Mapping[str, bool] | Callable[[Params], Mapping[str, bool]]
@@ -135,10 +259,10 @@ def add_decayed_weights(weight_decay: float | Tensor, mask: DecayMask | None = N
             return u
         decaying = [params[k] for k in names]
         if isinstance(weight_decay, Tensor):  # `alpha` takes only Python numbers
-            decaying, alpha = torch._foreach_mul(decaying, weight_decay), 1
+            decaying, alpha = foreach.mul(decaying, weight_decay), 1
         else:
             alpha = weight_decay
-        decayed = torch._foreach_add([u[k] for k in names], decaying, alpha=alpha)
+        decayed = foreach.add([u[k] for k in names], decaying, alpha=alpha)
         return {**u, **dict(zip(names, decayed))}
 
-    return _stateless(decay)
+    return stateless(decay)
