@@ -55,12 +55,13 @@ from craft.step import (
     LossFn,
     Metrics,
     TrainState,
-    _maybe_compile,
-    _next_seed,
-    _set_mode,
+    compile_options,
     default_inputs,
     init_state,
     make_pure_step,
+    maybe_compile,
+    next_seed,
+    set_mode,
 )
 from craft.tree import Params
 
@@ -177,19 +178,19 @@ def make_ensemble_step(
     def build(device: torch.device) -> Callable:
         name = strategy if strategy != "auto" else choose_strategy(model, device)
         if name == "side_by_side":
-            return _maybe_compile(_member_by_member(step, batch_dim), compile)
+            return maybe_compile(_member_by_member(step, batch_dim), compile)
         if name == "sequential":
-            return _member_by_member(_maybe_compile(step, compile), batch_dim)
+            return _member_by_member(maybe_compile(step, compile), batch_dim)
         return _compiled_vmap(_vmapped(step, batch_dim), compile)
 
     def ensemble_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         if "fn" not in chosen:
             chosen["fn"] = build(state.step.device)
         seeds = state.rng.tolist()
-        torch.manual_seed(functools.reduce(lambda acc, s: _next_seed(acc ^ s), seeds, 0))
-        _set_mode(model, training=True)
+        torch.manual_seed(functools.reduce(lambda acc, s: next_seed(acc ^ s), seeds, 0))
+        set_mode(model, training=True)
         (params, buffers, opt_state, count), metrics = chosen["fn"](*state[:4], batch)
-        rng = torch.tensor([_next_seed(s) for s in seeds], dtype=torch.int64)
+        rng = torch.tensor([next_seed(s) for s in seeds], dtype=torch.int64)
         return TrainState(params, buffers, opt_state, count, rng), metrics
 
     return ensemble_step
@@ -233,7 +234,7 @@ def _compiled_vmap(fn: Callable, compile: bool | Mapping[str, Any]) -> Callable:
         key = tuple((tuple(x.shape), x.dtype, x.device) for x in pytree.tree_leaves(args))
         if key not in graphs:
             rng = torch.get_rng_state()  # tracing runs the step once: leave the generator as it was
-            graphs[key] = torch.compile(make_fx(fn)(*args), **({} if compile is True else dict(compile)))
+            graphs[key] = torch.compile(make_fx(fn)(*args), **compile_options(compile))
             torch.set_rng_state(rng)
         return graphs[key](*args)
 
@@ -245,7 +246,7 @@ def _compiled_vmap(fn: Callable, compile: bool | Mapping[str, Any]) -> Callable:
 
 def member_outputs(model: nn.Module, stacked: TrainState, *args: Any) -> Any:
     """Every member's outputs on the same inputs, in eval mode: each output leaf ``(K, ...)``."""
-    _set_mode(model, training=False)
+    set_mode(model, training=False)
 
     def forward(params: Params, buffers: Params) -> Any:
         return functional_call(model, (params, buffers), args)

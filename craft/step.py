@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 from torch.utils import _pytree as pytree
 
-from craft.optim import Transform, apply_updates, foreach
+from craft.optim import STATE_TYPES, Transform, apply_updates, foreach
 from craft.tree import Params, global_norm
 
 Batch = Any  # a pytree of tensors, usually a dict; dim 0 is the batch
@@ -49,6 +49,15 @@ class TrainState(NamedTuple):
     opt_state: Any
     step: Tensor  # 0-d int64, on the params' device
     rng: Tensor  # 0-d int64, CPU
+
+
+# torch.save(state) then torch.load(path, weights_only=True) round-trips a TrainState.
+torch.serialization.add_safe_globals([TrainState, *STATE_TYPES])
+
+
+def register_state_types(*types_: type) -> None:
+    """Allow your own optimizer-state NamedTuples in ``torch.load(..., weights_only=True)``."""
+    torch.serialization.add_safe_globals(list(types_))
 
 
 def init_state(model: nn.Module, transform: Transform, *, seed: int = 0) -> TrainState:
@@ -97,8 +106,9 @@ def make_train_step(
       whole batch, computed with a fraction of the activation memory.
     - ``precision="bf16"`` runs forward and loss under autocast; params,
       gradients and optimizer state stay float32.
-    - ``compile`` is ``True`` (``torch.compile`` defaults), ``False`` (eager),
-      or a dict of ``torch.compile`` keyword arguments.
+    - ``compile`` is ``True`` (``torch.compile`` with static shapes: one graph
+      per batch shape, see ``maybe_compile``), ``False`` (eager), or a dict of
+      ``torch.compile`` keyword arguments overriding those defaults.
     - ``donate=True`` writes the new state into the input state's tensors
       (like JAX's buffer donation): one copy of params and optimizer state
       instead of two, but the input state must not be used afterwards.
@@ -117,7 +127,7 @@ def make_train_step(
         model, loss_fn, transform, inputs=inputs, accum_steps=accum_steps, precision=precision, donate=donate,
         skip_nonfinite=skip_nonfinite, cross_replica_mean=cross_replica_mean,
     )
-    compiled = _maybe_compile(step, compile)
+    compiled = maybe_compile(step, compile)
     cuda_graphs = _uses_cuda_graphs(compile)
     if cuda_graphs and donate:
         raise ValueError("CUDA graphs (mode='reduce-overhead') cannot replay a donated step; use donate=False")
@@ -125,7 +135,7 @@ def make_train_step(
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         seed = int(state.rng)
         torch.manual_seed(seed)  # dropout masks are a function of state.rng
-        _set_mode(model, training=True)
+        set_mode(model, training=True)
         if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         out = compiled(state.params, state.buffers, state.opt_state, state.step, batch)
@@ -134,7 +144,7 @@ def make_train_step(
             # are this state: keep a copy the next replay cannot touch.
             out = pytree.tree_map(torch.clone, out)
         (params, buffers, opt_state, count), metrics = out
-        rng = torch.tensor(_next_seed(seed), dtype=torch.int64)
+        rng = torch.tensor(next_seed(seed), dtype=torch.int64)
         return TrainState(params, buffers, opt_state, count, rng), metrics
 
     return train_step
@@ -159,16 +169,11 @@ def make_pure_step(
     caller puts ``model`` in train mode and seeds torch's generator (dropout).
     Arguments as in ``make_train_step``.
     """
-    autocast = _autocast_for(precision)
     if accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
-
-    def loss_and_aux(params: Params, buffers: Params, batch: Batch):
-        with autocast(_device_type(params)):
-            loss, metrics = _loss_and_metrics(loss_fn, functional_call(model, (params, buffers), inputs(batch)), batch)
-        return loss, (loss.detach(), metrics, buffers)
-
-    grad_fn = grad_and_value(loss_and_aux, has_aux=True)
+    grad_fn = grad_and_value(
+        make_loss(model, loss_fn, inputs=inputs, precision=precision, copy_buffers=False), has_aux=True
+    )
 
     def step(params: Params, buffers: Params, opt_state: Any, count: Tensor, batch: Batch):
         # BatchNorm updates its running statistics in place; work on copies so
@@ -178,7 +183,8 @@ def make_pure_step(
         buffers = buffers if donate and not skip_nonfinite else {k: b.clone() for k, b in buffers.items()}
         grads, logged = None, []
         for micro in _split(batch, accum_steps):
-            g, (_, (loss, metrics, buffers)) = grad_fn(params, buffers, micro)
+            g, (loss, aux) = grad_fn(params, buffers, micro)
+            metrics, buffers = aux["metrics"], aux["buffers"]
             grads = g if grads is None else dict(zip(g, foreach.add(list(grads.values()), list(g.values()))))
             logged.append({"loss": loss, **metrics})
         if accum_steps > 1:
@@ -203,6 +209,36 @@ def make_pure_step(
     return step
 
 
+def make_loss(
+    model: nn.Module,
+    loss_fn: LossFn,
+    *,
+    inputs: Callable[[Batch], tuple] = default_inputs,
+    precision: str = "fp32",
+    copy_buffers: bool = True,
+) -> Callable[[Params, Params, Batch], tuple[Tensor, dict[str, Any]]]:
+    """The step's loss as a pure function: ``loss(params, buffers, batch) -> (loss, aux)``.
+
+    ``loss`` is the 0-d mean; ``aux = {"metrics": {name: 0-d}, "buffers": new_buffers}``
+    (BatchNorm's updated statistics). The model runs as it is set (call
+    ``model.train()`` or ``.eval()`` first). Ready for ``torch.func``:
+    ``grad_and_value(loss, has_aux=True)``, Hessian-vector products with
+    ``jvp(grad(...))``, ``vmap`` over stacked params. ``copy_buffers=True``
+    runs the model on copies of ``buffers``, so the in-place statistics updates
+    of BatchNorm never touch the caller's tensors.
+    """
+    autocast = _autocast_for(precision)
+
+    def loss(params: Params, buffers: Params, batch: Batch) -> tuple[Tensor, dict[str, Any]]:
+        if copy_buffers:
+            buffers = {k: b.clone() for k, b in buffers.items()}
+        with autocast(_device_type(params)):
+            value, metrics = _loss_and_metrics(loss_fn, functional_call(model, (params, buffers), inputs(batch)), batch)
+        return value, {"metrics": metrics, "buffers": buffers}
+
+    return loss
+
+
 def make_eval_step(
     model: nn.Module,
     loss_fn: LossFn,
@@ -223,10 +259,10 @@ def make_eval_step(
             loss, metrics = _loss_and_metrics(loss_fn, outputs, batch)
         return {k: v.float() for k, v in {"loss": loss, **metrics}.items()}
 
-    compiled = _maybe_compile(evaluate, compile)
+    compiled = maybe_compile(evaluate, compile)
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
-        _set_mode(model, training=False)
+        set_mode(model, training=False)
         return compiled(state.params, state.buffers, batch)
 
     return eval_step
@@ -271,10 +307,18 @@ def _device_type(params: Params) -> str:
     return next(iter(params.values())).device.type if params else "cpu"
 
 
-def _maybe_compile(fn: Callable, compile: bool | Mapping[str, Any]) -> Callable:
+def maybe_compile(fn: Callable, compile: bool | Mapping[str, Any]) -> Callable:
+    """``torch.compile(fn)`` with craft's defaults, or ``fn`` itself for ``compile=False``.
+
+    ``compile`` is ``True`` or a dict of ``torch.compile`` options that
+    override the defaults. Shapes are static by default (``dynamic=False``):
+    one graph per batch shape. A dynamic-shape recompile of a step with
+    dropout under ``grad`` fails fake-tensor tracing, and dynamo then runs
+    the step eager without a warning, with other numerics.
+    """
     if compile is False:
         return fn
-    options = {} if compile is True else dict(compile)
+    options = compile_options(compile)
     # Dynamo caches compiled code per code object, at most `recompile_limit`
     # variants. Every step built here gets its own code object, so a process
     # that builds many steps (tests, sweeps) never falls back to eager.
@@ -282,20 +326,69 @@ def _maybe_compile(fn: Callable, compile: bool | Mapping[str, Any]) -> Callable:
     return torch.compile(own_code, **options)
 
 
+def compile_options(compile: bool | Mapping[str, Any]) -> dict[str, Any]:
+    """The ``torch.compile`` keyword arguments for ``compile`` (``True`` or a dict): static shapes unless overridden."""
+    return {"dynamic": False, **({} if compile is True else dict(compile))}
+
+
 def _uses_cuda_graphs(compile: bool | Mapping[str, Any]) -> bool:
     return isinstance(compile, Mapping) and compile.get("mode") in ("reduce-overhead", "max-autotune")
 
 
-def _set_mode(model: nn.Module, training: bool) -> None:
+def set_mode(model: nn.Module, training: bool) -> None:
+    """``model.train(training)``, only when the mode changes."""
     # Compiled code guards on each module's `training` flag; switching only
     # when needed keeps eager overhead off the hot path.
     if model.training != training:
         model.train(training)
 
 
-def _next_seed(seed: int) -> int:
+def next_seed(seed: int) -> int:
     """SplitMix64: the next 63-bit seed, a pure function of the last."""
     z = (seed + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
     return (z ^ (z >> 31)) & _MASK63
+
+
+# --- Freezing parts of a model ---------------------------------------------------------
+
+
+def freeze(state: TrainState, transform: Transform, names: Iterable[str]) -> TrainState:
+    """Move the named params to ``state.buffers``: they stop training and lose their optimizer state.
+
+    ``transform`` is the one the state was built with; the other params keep
+    their optimizer state (moments, counters), matched by their place in it.
+    """
+    names = _known(names, state.params, "trainable parameter")
+    params = {k: v for k, v in state.params.items() if k not in names}
+    buffers = {**state.buffers, **{k: state.params[k] for k in names}}
+    return state._replace(params=params, buffers=buffers, opt_state=carry_opt_state(transform, state.opt_state, params))
+
+
+def unfreeze(state: TrainState, transform: Transform, names: Iterable[str]) -> TrainState:
+    """Move the named buffers back to ``state.params``, with fresh optimizer state; the rest keep theirs."""
+    names = _known(names, state.buffers, "frozen parameter or buffer")
+    params = {**state.params, **{k: state.buffers[k] for k in names}}
+    buffers = {k: v for k, v in state.buffers.items() if k not in names}
+    return state._replace(params=params, buffers=buffers, opt_state=carry_opt_state(transform, state.opt_state, params))
+
+
+def carry_opt_state(transform: Transform, old: Any, params: Params) -> Any:
+    """``transform.init(params)``, with every leaf that ``old`` holds at the same place (and shape) taken from it."""
+    found = {pytree.keystr(path): leaf for path, leaf in pytree.tree_flatten_with_path(old)[0]}
+    fresh, spec = pytree.tree_flatten_with_path(transform.init(params))
+    kept = []
+    for path, leaf in fresh:
+        previous = found.get(pytree.keystr(path))
+        same = isinstance(previous, Tensor) and isinstance(leaf, Tensor) and previous.shape == leaf.shape
+        kept.append(previous if same else leaf)
+    return pytree.tree_unflatten(kept, spec)
+
+
+def _known(names: Iterable[str], tree: Params, what: str) -> list[str]:
+    names = list(names)
+    for name in names:
+        if name not in tree:
+            raise ValueError(f"{name!r} is not a {what} of this state (some that are: {sorted(tree)[:5]})")
+    return names

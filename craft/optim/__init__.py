@@ -1,18 +1,38 @@
 """Optimizers (``OPTIMIZERS``) and schedules (``SCHEDULES``) as pure transforms."""
 
 from craft.optim import foreach
-from craft.optim.alias import OPTIMIZERS, adam, adamw, sgd
+from craft.optim.alias import OPTIMIZERS, adagrad, adam, adamw, lion, rmsprop, sgd
 from craft.optim.base import (
     OptState,
     Schedule,
+    ScheduleState,
     Transform,
     Updates,
     apply_updates,
     chain,
+    device_of,
     identity,
+    map_scale,
     scale,
     scale_by_learning_rate,
     scale_by_schedule,
+    stateless,
+)
+from craft.optim.combine import (
+    ApplyIfFiniteState,
+    EmaState,
+    LookaheadState,
+    MaskedState,
+    MultiStepsState,
+    PartitionState,
+    apply_if_finite,
+    ema,
+    find_state,
+    lookahead,
+    masked,
+    multi_steps,
+    partition,
+    set_to_zero,
 )
 from craft.optim.hyperparams import InjectState, get_hyperparams, inject_hyperparams, set_hyperparams
 from craft.optim.privacy import clip_per_example, dp_aggregate, per_example_norms
@@ -25,21 +45,41 @@ from craft.optim.schedules import (
     warmup_cosine,
 )
 from craft.optim.transforms import (
+    AdamState,
+    LionState,
+    NoiseState,
+    RmsState,
+    TraceState,
     add_decayed_weights,
+    add_noise,
+    clip,
     clip_by_global_norm,
     decay_mask_from_module,
     default_decay_mask,
     scale_by_adam,
+    scale_by_lion,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_sign,
     trace,
 )
 
+STATE_TYPES = (
+    ScheduleState, AdamState, TraceState, RmsState, LionState, NoiseState, InjectState, PartitionState,
+    MaskedState, MultiStepsState, LookaheadState, EmaState, ApplyIfFiniteState,
+)
+"""Every optimizer-state NamedTuple craft defines (registered as ``torch.load`` safe globals by ``craft.step``)."""
+
 __all__ = [
-    "InjectState", "OPTIMIZERS", "SCHEDULES", "OptState", "Schedule", "Transform", "Updates",
-    "adam", "adamw", "foreach", "add_decayed_weights", "apply_updates", "chain",
-    "clip_by_global_norm", "constant", "cosine_decay", "decay_mask_from_module",
-    "clip_per_example", "default_decay_mask", "dp_aggregate", "get_hyperparams",
-    "identity", "inject_hyperparams", "linear_warmup", "scale",
-    "per_example_norms", "scale_by_adam", "scale_by_learning_rate", "scale_by_schedule",
-    "set_hyperparams", "sgd",
-    "step_decay", "trace", "warmup_cosine",
+    "AdamState", "ApplyIfFiniteState", "EmaState", "InjectState", "LionState", "LookaheadState",
+    "MaskedState", "MultiStepsState", "NoiseState", "OPTIMIZERS", "OptState", "PartitionState",
+    "RmsState", "SCHEDULES", "STATE_TYPES", "Schedule", "ScheduleState", "TraceState", "Transform",
+    "Updates", "adagrad", "adam", "adamw", "add_decayed_weights", "add_noise", "apply_if_finite",
+    "apply_updates", "chain", "clip", "clip_by_global_norm", "clip_per_example", "constant",
+    "cosine_decay", "decay_mask_from_module", "default_decay_mask", "device_of", "dp_aggregate", "ema",
+    "find_state", "foreach", "get_hyperparams", "identity", "inject_hyperparams", "linear_warmup",
+    "lion", "lookahead", "map_scale", "masked", "multi_steps", "partition", "per_example_norms",
+    "rmsprop", "scale", "scale_by_adam", "scale_by_learning_rate", "scale_by_lion", "scale_by_rms",
+    "scale_by_rss", "scale_by_schedule", "scale_by_sign", "set_hyperparams", "set_to_zero", "sgd",
+    "stateless", "step_decay", "trace", "warmup_cosine",
 ]

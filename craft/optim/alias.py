@@ -17,6 +17,9 @@ from craft.optim.transforms import (
     add_decayed_weights,
     clip_by_global_norm,
     scale_by_adam,
+    scale_by_lion,
+    scale_by_rms,
+    scale_by_rss,
     trace,
 )
 from craft.registry import Registry
@@ -94,5 +97,67 @@ def adamw(
         *_clip(clip_norm),
         scale_by_adam(b1, b2, eps),
         *_decay(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+@OPTIMIZERS.register("lion")
+def lion(
+    learning_rate: float | Schedule,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    weight_decay: float = 1e-3,
+    mask: DecayMask | None = None,
+    clip_norm: float | None = None,
+) -> Transform:
+    """Lion (Chen et al. 2023): the sign of interpolated momentum, decoupled weight decay.
+
+    Its updates are +-1 per element: use a learning rate 3-10x smaller than AdamW's.
+    """
+    return chain(
+        *_clip(clip_norm),
+        scale_by_lion(b1, b2),
+        *_decay(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+@OPTIMIZERS.register("rmsprop")
+def rmsprop(
+    learning_rate: float | Schedule,
+    *,
+    decay: float = 0.99,
+    eps: float = 1e-8,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    mask: DecayMask | None = None,
+    clip_norm: float | None = None,
+) -> Transform:
+    """``torch.optim.RMSprop`` (``alpha`` is ``decay``; not centered): L2 decay, RMS scaling, momentum."""
+    return chain(
+        *_clip(clip_norm),
+        *_decay(weight_decay, mask),
+        scale_by_rms(decay, eps),
+        *([trace(momentum)] if momentum else []),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+@OPTIMIZERS.register("adagrad")
+def adagrad(
+    learning_rate: float | Schedule,
+    *,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    weight_decay: float = 0.0,
+    mask: DecayMask | None = None,
+    clip_norm: float | None = None,
+) -> Transform:
+    """``torch.optim.Adagrad`` (without ``lr_decay``; use a schedule): L2 decay, then RSS scaling."""
+    return chain(
+        *_clip(clip_norm),
+        *_decay(weight_decay, mask),
+        scale_by_rss(initial_accumulator_value, eps),
         scale_by_learning_rate(learning_rate),
     )
