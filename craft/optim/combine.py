@@ -226,8 +226,9 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
     """
 
     def init(params: Params) -> ApplyIfFiniteState:
-        zero = torch.zeros((), dtype=torch.int64, device=device_of(params))
-        return ApplyIfFiniteState(zero, torch.ones((), dtype=torch.bool, device=zero.device), zero, inner.init(params))
+        device = device_of(params)
+        zero = lambda: torch.zeros((), dtype=torch.int64, device=device)  # noqa: E731 - distinct tensors: no aliasing guard
+        return ApplyIfFiniteState(zero(), torch.ones((), dtype=torch.bool, device=device), zero(), inner.init(params))
 
     def update(u: Updates, state: ApplyIfFiniteState, params: Params | None = None):
         finite = torch.stack([torch.isfinite(g).all() for g in u.values()]).all() if u else torch.tensor(True)
