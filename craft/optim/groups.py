@@ -1,0 +1,77 @@
+"""Parameter groups: per-group learning-rate scale, weight decay and freezing, as one ``partition``.
+
+    tx = param_groups(functools.partial(adamw, 1e-3), [
+        {"match": "head.*", "lr_scale": 10.0, "weight_decay": 0.0},
+        {"match": "trunk.*", "freeze": True},      # set_to_zero: no optimizer state
+    ], names=state.params)
+
+A parameter belongs to the first group whose glob ``match``es its name
+(``fnmatch``); the parameters no group matches form the group ``"default"``,
+trained by ``make_tx()`` unchanged. Global-norm clipping belongs outside, so
+that it sees every gradient: ``chain(clip_by_global_norm(1.0), param_groups(...))``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+from craft.optim.base import Transform, chain, scale
+from craft.optim.combine import partition, set_to_zero
+
+
+class Group(NamedTuple):
+    """One group: a glob over parameter names and what changes for the parameters it matches."""
+
+    match: str
+    lr_scale: float = 1.0  # multiplies the group's updates (its learning rate, for sgd/adam-style optimizers)
+    weight_decay: float | None = None  # passed to make_tx as weight_decay=...; None keeps make_tx's own
+    freeze: bool = False  # updates are zero, and the group keeps no optimizer state
+
+
+def group_labels(groups: Sequence[Group | Mapping], names: Iterable[str]) -> dict[str, str]:
+    """``{name: label}``: ``"group{i}"`` for the first group matching, else ``"default"``.
+
+    Raises ``ValueError`` naming a pattern that matches no parameter, with a few names that exist.
+    """
+    groups, names = [_as_group(g) for g in groups], list(names)
+    for group in groups:
+        if not fnmatch.filter(names, group.match):
+            raise ValueError(f"parameter group match={group.match!r} matches no parameter "
+                             f"(some names: {', '.join(names[:4])})")
+    labels = {}
+    for name in names:
+        hit = next((i for i, g in enumerate(groups) if fnmatch.fnmatchcase(name, g.match)), None)
+        labels[name] = "default" if hit is None else f"group{hit}"
+    return labels
+
+
+def param_groups(make_tx: Callable[..., Transform], groups: Sequence[Group | Mapping], names: Iterable[str]) -> Transform:
+    """A ``partition`` of the parameters ``names`` into ``groups`` (see the module doc).
+
+    ``make_tx(**options)`` builds a group's optimizer; ``options`` holds
+    ``weight_decay`` when the group sets it, nothing otherwise.
+    """
+    groups = [_as_group(g) for g in groups]
+    labels = group_labels(groups, names)
+    transforms = {"default": make_tx()} if "default" in labels.values() else {}
+    for i, group in enumerate(groups):
+        transforms[f"group{i}"] = _group_transform(make_tx, group)
+    return partition(transforms, labels)
+
+
+def _group_transform(make_tx: Callable[..., Transform], group: Group) -> Transform:
+    if group.freeze:
+        return set_to_zero()
+    tx = make_tx() if group.weight_decay is None else make_tx(weight_decay=group.weight_decay)
+    return tx if group.lr_scale == 1 else chain(tx, scale(group.lr_scale))
+
+
+def _as_group(group: Group | Mapping) -> Group:
+    if isinstance(group, Group):
+        return group
+    unknown = set(group) - set(Group._fields)
+    if unknown:
+        raise ValueError(f"unknown parameter group key {sorted(unknown)[0]!r}; keys: {', '.join(Group._fields)}")
+    return Group(**group)

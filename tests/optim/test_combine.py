@@ -1,0 +1,208 @@
+"""What each combinator and new optimizer promises, checked against closed forms and torch.optim."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from craft.optim import (
+    AdamState,
+    EmaState,
+    LookaheadState,
+    PartitionState,
+    adagrad,
+    adamw,
+    add_noise,
+    apply_if_finite,
+    apply_updates,
+    chain,
+    ema,
+    find_state,
+    foreach,
+    lion,
+    lookahead,
+    masked,
+    multi_steps,
+    param_groups,
+    partition,
+    rmsprop,
+    scale_by_adam,
+    set_to_zero,
+    sgd,
+)
+
+
+def _params():
+    g = torch.Generator().manual_seed(0)
+    return {"head.w": torch.randn(3, 4, generator=g, dtype=torch.float64),
+            "trunk.w": torch.randn(4, 5, generator=g, dtype=torch.float64),
+            "trunk.b": torch.randn(4, generator=g, dtype=torch.float64)}
+
+
+def _grads(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    return {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in _params().items()}
+
+
+def _run(tx, steps, params=None):
+    params = params or _params()
+    state = tx.init(params)
+    trajectory = [params]
+    for i in range(steps):
+        updates, state = tx.update(_grads(i), state, params)
+        params = apply_updates(params, updates)
+        trajectory.append(params)
+    return trajectory, state
+
+
+def test_partition_with_zero_learning_rate_leaves_that_group_bitwise_frozen():
+    tx = partition({"head": adamw(1e-2), "trunk": sgd(0.0)}, lambda name: name.split(".")[0])
+    (start, *_, end), _ = _run(tx, 5)
+    assert all(torch.equal(start[k], end[k]) for k in ("trunk.w", "trunk.b"))
+    assert not torch.equal(start["head.w"], end["head.w"])
+
+
+def test_partition_gives_each_group_only_its_own_state():
+    tx = partition({"head": adamw(1e-2), "trunk": set_to_zero()}, {"head.w": "head", "trunk.w": "trunk", "trunk.b": "trunk"})
+    state = tx.init(_params())
+    assert isinstance(state, PartitionState) and state.inner["trunk"] == ()
+    assert set(find_state(state, AdamState).mu) == {"head.w"}
+    with pytest.raises(ValueError, match="'trunk.b'.*'nope'"):
+        partition({"a": sgd(1.0)}, lambda name: "a" if name != "trunk.b" else "nope").init(_params())
+
+
+def test_masked_passes_unselected_leaves_through():
+    tx = masked(chain(scale_by_adam()), {"head.w": True})
+    updates, state = tx.update(_grads(0), tx.init(_params()), _params())
+    assert torch.equal(updates["trunk.w"], _grads(0)["trunk.w"])
+    assert not torch.equal(updates["head.w"], _grads(0)["head.w"])
+    assert set(find_state(state, AdamState).mu) == {"head.w"}
+
+
+def test_multi_steps_over_four_micro_batches_equals_one_step_on_the_whole_batch():
+    inner = adamw(1e-2, clip_norm=1.0)
+    tx, params = multi_steps(inner, every_k=4), _params()
+    state = tx.init(params)
+    for i in range(4):
+        updates, state = tx.update(_grads(i), state, params)
+        if i < 3:
+            assert all(torch.count_nonzero(u) == 0 for u in updates.values())
+    whole = {k: sum(_grads(i)[k] for i in range(4)) / 4 for k in params}
+    expected, inner_state = inner.update(whole, inner.init(params), params)
+    torch.testing.assert_close(updates, expected, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(state.inner, inner_state, rtol=1e-12, atol=1e-15)
+    assert int(state.mini_step) == 0
+
+
+def test_ema_equals_its_closed_form():
+    decay = 0.8
+    trajectory, state = _run(chain(sgd(0.1), ema(decay)), 6)
+    t = len(trajectory) - 1
+    for k in trajectory[0]:
+        closed = decay**t * trajectory[0][k] + sum((1 - decay) * decay ** (t - i) * trajectory[i][k] for i in range(1, t + 1))
+        torch.testing.assert_close(find_state(state, EmaState).params[k], closed, rtol=1e-12, atol=1e-12)
+
+
+def test_lookahead_moves_params_to_the_slow_weights_at_each_sync():
+    (start, *rest), state = _run(lookahead(sgd(0.1), sync_period=3, alpha=0.5), 3)
+    fast, _ = _run(sgd(0.1), 3)
+    for k in start:
+        torch.testing.assert_close(rest[-1][k], start[k] + 0.5 * (fast[-1][k] - start[k]))
+        torch.testing.assert_close(find_state(state, LookaheadState).slow[k], rest[-1][k])
+
+
+def test_apply_if_finite_skips_nonfinite_updates_then_gives_up_after_max():
+    tx, params = apply_if_finite(adamw(1e-2), max_consecutive_errors=2), _params()
+    state = tx.init(params)
+    bad = {**_grads(0), "head.w": torch.full((3, 4), float("nan"), dtype=torch.float64)}
+    for i in range(2):
+        updates, new = tx.update(bad, state, params)
+        assert all(torch.count_nonzero(u) == 0 for u in updates.values())
+        torch.testing.assert_close(new.inner, state.inner, equal_nan=True)
+        state = new
+    assert int(state.notfinite_count) == 2 and int(state.total_notfinite) == 2
+    updates, state = tx.update(bad, state, params)  # the third in a row is applied
+    assert torch.isnan(updates["head.w"]).all()
+    updates, state = tx.update(_grads(1), state, params)
+    assert int(state.notfinite_count) == 0 and bool(state.last_finite)
+
+
+def test_add_noise_is_a_pure_function_of_the_seed_and_step():
+    zeros = {k: torch.zeros(200, 50, dtype=torch.float64) for k in ("a", "b")}
+    tx = add_noise(eta=4.0, gamma=0.0, seed=1)
+    first, s = tx.update(zeros, tx.init(zeros), zeros)
+    again, _ = tx.update(zeros, tx.init(zeros), zeros)
+    second, _ = tx.update(zeros, s, zeros)
+    other_tx = add_noise(eta=4.0, gamma=0.0, seed=2)  # the seed lives in the state
+    other, _ = other_tx.update(zeros, other_tx.init(zeros), zeros)
+    assert torch.equal(first["a"], again["a"])
+    assert not torch.equal(first["a"], second["a"]) and not torch.equal(first["a"], first["b"])
+    assert not torch.equal(first["a"], other["a"])
+    assert abs(first["a"].std().item() - 2.0) < 0.05 and abs(first["a"].mean().item()) < 0.05
+
+
+def _against_torch(tx, torch_opt, steps=20):
+    params = _params()
+    trajectory, _ = _run(tx, steps, params)
+    tensors = {k: v.clone().requires_grad_() for k, v in params.items()}
+    opt = torch_opt(list(tensors.values()))
+    for i in range(steps):
+        for k, t in tensors.items():
+            t.grad = _grads(i)[k].clone()
+        opt.step()
+    for k in params:
+        torch.testing.assert_close(trajectory[-1][k], tensors[k].detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_rmsprop_matches_torch():
+    _against_torch(rmsprop(1e-2, momentum=0.9, weight_decay=0.1, mask=lambda p: dict.fromkeys(p, True)),
+                   lambda ps: torch.optim.RMSprop(ps, lr=1e-2, momentum=0.9, weight_decay=0.1))
+
+
+def test_adagrad_matches_torch():
+    _against_torch(adagrad(0.1, initial_accumulator_value=0.1),
+                   lambda ps: torch.optim.Adagrad(ps, lr=0.1, initial_accumulator_value=0.1))
+
+
+def test_lion_matches_a_reference():
+    lr, b1, b2, wd = 1e-3, 0.9, 0.99, 0.1
+    trajectory, _ = _run(lion(lr, b1=b1, b2=b2, weight_decay=wd, mask=lambda p: dict.fromkeys(p, True)), 20)
+    params, momentum = _params(), {k: torch.zeros_like(v) for k, v in _params().items()}
+    for i in range(20):  # Chen et al. 2023, Algorithm 2 (decoupled weight decay)
+        for k, g in _grads(i).items():
+            update = torch.sign(b1 * momentum[k] + (1 - b1) * g)
+            params[k] = params[k] - lr * (update + wd * params[k])
+            momentum[k] = b2 * momentum[k] + (1 - b2) * g
+    torch.testing.assert_close(trajectory[-1], params, rtol=1e-12, atol=1e-12)
+
+
+def test_find_state_names_what_the_state_holds():
+    state = adamw(1e-3).init(_params())
+    assert find_state(state, AdamState).count.item() == 0
+    with pytest.raises(KeyError, match="no EmaState.*AdamState"):
+        find_state(state, EmaState)
+
+
+def test_param_groups_scale_freeze_and_reject_patterns_matching_nothing():
+    names = list(_params())
+    groups = [{"match": "head.*", "lr_scale": 10.0}, {"match": "trunk.b", "freeze": True}]
+    tx = param_groups(lambda **kw: sgd(0.1, **kw), groups, names)
+    updates, state = tx.update(_grads(0), tx.init(_params()), _params())
+    torch.testing.assert_close(updates["head.w"], -1.0 * _grads(0)["head.w"])
+    torch.testing.assert_close(updates["trunk.w"], -0.1 * _grads(0)["trunk.w"])
+    assert torch.count_nonzero(updates["trunk.b"]) == 0
+    with pytest.raises(ValueError, match=r"'encoder\.\*' matches no parameter.*head\.w"):
+        param_groups(lambda **kw: sgd(0.1, **kw), [{"match": "encoder.*"}], names)
+
+
+def test_a_users_raw_foreach_transform_vmaps_inside_per_tensor():
+    def update(u):
+        norms = torch._foreach_norm(list(u.values()))
+        return dict(zip(u, torch._foreach_div(torch._foreach_reciprocal(list(u.values())), torch.stack(norms).sum())))
+
+    stacked = {k: torch.stack([v, 2 * v]) for k, v in _grads(0).items()}
+    with foreach.per_tensor():
+        out = torch.func.vmap(update)(stacked)
+    torch.testing.assert_close(out["head.w"][0], update(_grads(0))["head.w"])
+    with pytest.raises(NotImplementedError, match="_foreach_log1p"), foreach.per_tensor():
+        torch._foreach_log1p([torch.ones(2)])
