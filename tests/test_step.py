@@ -270,3 +270,84 @@ def test_bad_arguments_are_clear_errors():
     )
     with pytest.raises(ValueError, match=r"0-d loss tensor \(a mean\), got \(32,\)"):
         per_example(init_state(model, tx), batch_for("mlp"))
+
+
+# --- Public pieces for research code ------------------------------------------------------
+
+
+def _dropout_mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(32, 4))
+
+
+def test_a_compiled_step_that_saw_another_batch_size_gives_bitwise_what_a_fresh_one_gives():
+    """Static shapes: one graph per batch size, never a silent eager fallback with other numerics.
+
+    With ``"dynamic": None`` (torch's default) this test fails: the recompile
+    for the second size traces dropout under grad with symbolic sizes, fails,
+    and the step silently runs eager. The backend decomposes as inductor does.
+    """
+    compile = {"backend": "aot_eager_decomp_partition"}
+    results = []
+    for sizes in ((64,), (40, 64)):
+        torch.manual_seed(0)
+        model, tx = _dropout_mlp(), adamw(1e-2)
+        state = init_state(model, tx, seed=3)
+        step = make_train_step(model, cross_entropy, tx, compile=compile)
+        for size in sizes:
+            new, _ = step(state, batch_for("mlp", size=size))
+        results.append(new)
+    torch.testing.assert_close(results[0].params, results[1].params, atol=0, rtol=0)
+
+
+def test_make_loss_is_the_steps_loss_and_leaves_buffers_alone():
+    from craft.step import make_loss
+
+    model = MODELS["bn_dropout"](p=0.0)
+    state, batch = init_state(model, sgd(0.1)), batch_for("bn_dropout", size=8)
+    before = {k: v.clone() for k, v in state.buffers.items()}
+    loss = make_loss(model, cross_entropy)
+    model.train()
+    value, aux = loss(state.params, state.buffers, batch)
+    grads = torch.func.grad(lambda p: loss(p, state.buffers, batch)[0])(state.params)
+    step = make_train_step(model, cross_entropy, sgd(1.0), compile=False)
+    new, metrics = step(state, batch)
+    torch.testing.assert_close(value, metrics["loss"])
+    torch.testing.assert_close({k: state.params[k] - grads[k] for k in grads}, new.params)
+    torch.testing.assert_close(aux["buffers"], new.buffers)
+    assert all(torch.equal(before[k], state.buffers[k]) for k in before)
+    assert set(aux["metrics"]) == {"accuracy"}
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adamw", "lion", "rmsprop", "adagrad"])
+def test_torch_save_and_weights_only_load_round_trip_a_state(tmp_path, opt):
+    from craft.optim import OPTIMIZERS, chain, ema
+
+    model = MODELS["mlp"]()
+    tx = chain(OPTIMIZERS[opt](1e-2, clip_norm=1.0), ema(0.9))
+    state = init_state(model, tx)
+    state, _ = make_train_step(model, cross_entropy, tx, compile=False)(state, batch_for("mlp"))
+    torch.save(state, tmp_path / "state.pt")
+    loaded = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert type(loaded) is TrainState
+    flat, spec = torch.utils._pytree.tree_flatten(loaded)
+    want, want_spec = torch.utils._pytree.tree_flatten(state)
+    assert spec == want_spec and all(torch.equal(a, b) for a, b in zip(flat, want))
+
+
+def test_freeze_and_unfreeze_keep_the_rest_of_the_optimizer_state():
+    from craft.optim import AdamState, find_state
+    from craft.step import freeze, unfreeze
+
+    model, tx = MODELS["mlp"](), adamw(1e-2)
+    step = make_train_step(model, cross_entropy, tx, compile=False)
+    state, _ = step(init_state(model, tx), batch_for("mlp"))
+    frozen = freeze(state, tx, ["0.weight", "0.bias"])
+    adam = find_state(frozen.opt_state, AdamState)
+    assert set(frozen.params) == {"2.weight", "2.bias"} and set(adam.mu) == {"2.weight", "2.bias"}
+    assert int(adam.count) == 1 and torch.equal(adam.mu["2.weight"], find_state(state.opt_state, AdamState).mu["2.weight"])
+    after, _ = step(frozen, batch_for("mlp", seed=1))
+    assert torch.equal(after.buffers["0.weight"], state.params["0.weight"])
+    back = unfreeze(after, tx, ["0.weight"])
+    assert "0.weight" in back.params and torch.count_nonzero(find_state(back.opt_state, AdamState).mu["0.weight"]) == 0
+    with pytest.raises(ValueError, match="'nope'"):
+        freeze(state, tx, ["nope"])
