@@ -314,10 +314,16 @@ def maybe_compile(fn: Callable, compile: bool | Mapping[str, Any]) -> Callable:
     override the defaults. Shapes are static by default (``dynamic=False``):
     one graph per batch shape. A dynamic-shape recompile of a step with
     dropout under ``grad`` fails fake-tensor tracing, and dynamo then runs
-    the step eager without a warning, with other numerics.
+    the step eager without a warning, with other numerics. For the same
+    reason, ``torch._dynamo.config.suppress_errors`` must be False.
     """
     if compile is False:
         return fn
+    if torch._dynamo.config.suppress_errors:
+        raise RuntimeError(
+            "torch._dynamo.config.suppress_errors is True: a craft step that failed to compile would silently "
+            "run eager; set it to False, or build the step with compile=False"
+        )
     options = compile_options(compile)
     # Dynamo caches compiled code per code object, at most `recompile_limit`
     # variants. Every step built here gets its own code object, so a process

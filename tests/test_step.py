@@ -299,6 +299,12 @@ def test_a_compiled_step_that_saw_another_batch_size_gives_bitwise_what_a_fresh_
     torch.testing.assert_close(results[0].params, results[1].params, atol=0, rtol=0)
 
 
+def test_a_step_refuses_to_compile_where_dynamo_would_hide_errors():
+    model = MODELS["mlp"]()
+    with torch._dynamo.config.patch(suppress_errors=True), pytest.raises(RuntimeError, match="suppress_errors"):
+        make_train_step(model, cross_entropy, sgd(0.1))
+
+
 def test_make_loss_is_the_steps_loss_and_leaves_buffers_alone():
     from craft.step import make_loss
 
