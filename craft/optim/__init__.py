@@ -69,7 +69,7 @@ STATE_TYPES = (
     ScheduleState, AdamState, TraceState, RmsState, LionState, NoiseState, InjectState, PartitionState,
     MaskedState, MultiStepsState, LookaheadState, EmaState, ApplyIfFiniteState,
 )
-"""Every optimizer-state NamedTuple craft defines (registered as ``torch.load`` safe globals by ``craft.step``)."""
+"""Every optimizer-state NamedTuple craft defines (``craft.step`` makes them ``torch.load`` safe globals)."""
 
 __all__ = [
     "AdamState", "ApplyIfFiniteState", "EmaState", "InjectState", "LionState", "LookaheadState",

@@ -39,7 +39,11 @@ def clip(max_delta: float) -> Transform:
     """Clip every update element to ``[-max_delta, max_delta]`` (``torch.nn.utils.clip_grad_value_``)."""
     if max_delta <= 0:
         raise ValueError(f"clip: max_delta must be > 0, got {max_delta}")
-    return stateless(lambda u, params: dict(zip(u, foreach.clamp_max(foreach.clamp_min(list(u.values()), -max_delta), max_delta))))
+
+    def clip_each(u: Updates, params: Params | None) -> Updates:
+        return dict(zip(u, foreach.clamp_max(foreach.clamp_min(list(u.values()), -max_delta), max_delta)))
+
+    return stateless(clip_each)
 
 
 def scale_by_sign() -> Transform:
