@@ -206,3 +206,20 @@ def test_a_users_raw_foreach_transform_vmaps_inside_per_tensor():
     torch.testing.assert_close(out["head.w"][0], update(_grads(0))["head.w"])
     with pytest.raises(NotImplementedError, match="_foreach_log1p"), foreach.per_tensor():
         torch._foreach_log1p([torch.ones(2)])
+
+
+def test_jvp_and_jacrev_through_an_optimizer_agree():
+    params = _params()
+
+    def moved(lr):
+        tx = chain(lookahead(adamw(lr, clip_norm=0.5), sync_period=2, alpha=0.5), ema(0.9))
+        state, p = tx.init(params), params
+        for i in range(3):
+            updates, state = tx.update(_grads(i), state, p)
+            p = apply_updates(p, updates)
+        return p["head.w"]
+
+    lr = torch.tensor(1e-2, dtype=torch.float64)
+    _, tangent = torch.func.jvp(moved, (lr,), (torch.ones_like(lr),))
+    torch.testing.assert_close(torch.func.jacrev(moved)(lr), tangent, rtol=1e-10, atol=1e-14)
+    assert torch.count_nonzero(tangent) > 0
