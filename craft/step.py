@@ -92,6 +92,7 @@ def make_train_step(
     *,
     inputs: Callable[[Batch], tuple] = default_inputs,
     accum_steps: int = 1,
+    weight: Callable[[Batch], Tensor | int] | None = None,
     precision: str = "fp32",
     compile: bool | Mapping[str, Any] = True,
     donate: bool = False,
@@ -102,8 +103,12 @@ def make_train_step(
 
     - ``inputs(batch)`` gives the model's positional arguments.
     - ``accum_steps`` splits the batch into that many equal micro-batches and
-      averages their gradients: with a mean loss this is the gradient of the
-      whole batch, computed with a fraction of the activation memory.
+      averages their gradients, each weighted by ``weight(micro_batch)``: what
+      its mean loss averages over (examples by default; scored tokens for a
+      padded language-model batch, ``Task.weight``). The result is the gradient
+      of the whole batch's mean loss, computed with a fraction of the
+      activation memory. Not with BatchNorm in training mode: it normalises
+      each micro-batch by its own statistics.
     - ``precision="bf16"`` runs forward and loss under autocast; params,
       gradients and optimizer state stay float32.
     - ``compile`` is ``True`` (``torch.compile`` with static shapes: one graph
@@ -124,7 +129,8 @@ def make_train_step(
     returns, averaged over micro-batches; all 0-d float32 tensors on device.
     """
     step = make_pure_step(
-        model, loss_fn, transform, inputs=inputs, accum_steps=accum_steps, precision=precision, donate=donate,
+        model, loss_fn, transform, inputs=inputs, accum_steps=accum_steps, weight=weight, precision=precision,
+        donate=donate,
         skip_nonfinite=skip_nonfinite, cross_replica_mean=cross_replica_mean,
     )
     compiled = maybe_compile(step, compile)
@@ -157,6 +163,7 @@ def make_pure_step(
     *,
     inputs: Callable[[Batch], tuple] = default_inputs,
     accum_steps: int = 1,
+    weight: Callable[[Batch], Tensor | int] | None = None,
     precision: str = "fp32",
     donate: bool = False,
     skip_nonfinite: bool = False,
@@ -181,15 +188,19 @@ def make_pure_step(
         # step needs the old statistics back).
         old_buffers = buffers
         buffers = buffers if donate and not skip_nonfinite else {k: b.clone() for k, b in buffers.items()}
+        micros = _split(batch, accum_steps)
+        shares = _shares(micros, weight, count.device)
         grads, logged = None, []
-        for micro in _split(batch, accum_steps):
+        for micro, share in zip(micros, shares):
             g, (loss, aux) = grad_fn(params, buffers, micro)
             metrics, buffers = aux["metrics"], aux["buffers"]
-            grads = g if grads is None else dict(zip(g, foreach.add(list(grads.values()), list(g.values()))))
+            g = list(g.values()) if share is None else foreach.mul(list(g.values()), share)
+            grads = g if grads is None else foreach.add(grads, g)
             logged.append({"loss": loss, **metrics})
-        if accum_steps > 1:
-            grads = dict(zip(grads, foreach.div(list(grads.values()), float(accum_steps))))
-        metrics = {k: torch.stack([m[k] for m in logged]).float().mean() for k in logged[0]}
+        if shares[0] is None and accum_steps > 1:
+            grads = foreach.div(grads, float(accum_steps))
+        grads = dict(zip(params, grads))
+        metrics = _mean_metrics(logged, shares)
         if cross_replica_mean is not None:  # one update for all replicas; metrics of the global batch
             grads, metrics = cross_replica_mean(grads), cross_replica_mean(metrics)
             buffers = cross_replica_mean(buffers) if buffers else buffers
@@ -280,6 +291,25 @@ def _loss_and_metrics(loss_fn: LossFn, outputs: Any, batch: Batch) -> tuple[Tens
         shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
         raise ValueError(f"loss_fn must return a 0-d loss tensor (a mean), got {shape}")
     return loss, {k: v.detach() for k, v in metrics.items()}
+
+
+def _shares(micros: list[Batch], weight: Callable[[Batch], Tensor | int] | None, device: torch.device) -> list:
+    """Each micro-batch's share of the whole batch's mean: ``w_i / sum(w)``, 0-d float32 tensors.
+
+    ``[None] * n`` for equal shares (no ``weight``, or a single batch).
+    """
+    if weight is None or len(micros) == 1:
+        return [None] * len(micros)
+    w = torch.stack([torch.as_tensor(weight(m), device=device) for m in micros]).float()
+    return list((w / w.sum().clamp(min=1)).unbind())
+
+
+def _mean_metrics(logged: list[Metrics], shares: list) -> Metrics:
+    """Per-micro-batch metrics averaged with the same shares as the gradients."""
+    if shares[0] is None:
+        return {k: torch.stack([m[k] for m in logged]).float().mean() for k in logged[0]}
+    w = torch.stack(shares)
+    return {k: (torch.stack([m[k] for m in logged]).float() * w).sum() for k in logged[0]}
 
 
 def _split(batch: Batch, n: int) -> list[Batch]:
