@@ -39,17 +39,8 @@ from craft.config import SWEEPABLE, Experiment, FunctionConfig, build, dumps, to
 from craft.ensemble import make_ensemble_step, stack_states, unstack_state
 from craft.logging import MetricsLog, plot_metrics, progress_bar
 from craft.optim import Transform, inject_hyperparams, set_hyperparams
-from craft.run import (
-    CONFIG_FILE,
-    RunError,
-    build_data,
-    build_parts,
-    check_run_dir,
-    evaluate_batches,
-    fit_to_data,
-    prepare_run_dir,
-    to_device,
-)
+from craft.parts import build_data, build_parts, evaluate_batches, fit_to_data, to_device
+from craft.rundir import CONFIG_FILE, RunError, check_run_dir, prepare_run_dir
 from craft.step import TrainState, init_state, make_eval_step
 
 MEMBERS_DIR = "members"
