@@ -9,7 +9,7 @@ import attrs
 import pytest
 import torch
 
-from craft import run
+from craft import run, trained
 from craft.cli import main
 from craft.config import ConfigError, Sweep, dumps, load, loads
 from craft.sweep import member_experiment, members
@@ -114,7 +114,7 @@ def test_a_sweep_member_ends_where_training_it_alone_ends(tmp_path):
     assert sorted(e["member"] for e in val) == [0, 1, 2, 3]
     assert {tuple(sorted(e["hparams"])) for e in events} == {("optim.lr", "optim.weight_decay", "seed")}
     # A member folder is an ordinary run: it evaluates like one.
-    metrics = run.evaluate(run_dir / "members" / "001")
+    metrics = trained.evaluate(run_dir / "members" / "001")
     assert metrics["step"] == 4
     assert metrics["loss"] == pytest.approx(next(e for e in val if e["member"] == 1)["metrics"]["loss"], rel=1e-5)
     # ... and resumes like one.
