@@ -157,22 +157,12 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
         nonfinite=torch.tensor(skipped, device=parts.device),
     )
 
-    def save(where: Path):
-        def write(p: Progress) -> Path:
-            progress = {"elapsed": elapsed(), "best": p.best, "bad_evals": p.bad_evals, "skipped": hooks.nonfinite_count(p)}
-            if main:
-                save_checkpoint(where(p), checkpoint_payload(p.state, train_data.state_dict(), progress, to_dict(exp)))
-                if where is step_file:
-                    checkpoint.prune(run_dir / CHECKPOINTS, cfg.keep_checkpoints)
-            return where(p)
-        return write
-
-    step_file = lambda p: checkpoint.step_path(run_dir / CHECKPOINTS, p.step)  # noqa: E731
     run_eval = lambda state: evaluate_batches(eval_step, state, val_data, parts.device, parts.task, cfg.eval_batches, replicas)  # noqa: E731
     flag = hooks.SignalFlag()
     hook = run_hooks(
         exp, summarize=parts.task.summarize, log=log, bar=bar, say=say, elapsed=elapsed, replicas=replicas, flag=flag,
-        save=save(step_file), save_best=save(lambda p: run_dir / CHECKPOINTS / "best.pt"), run_eval=run_eval,
+        save=saver(exp, run_dir, train_data, elapsed, main, best=False), save_best=saver(exp, run_dir, train_data, elapsed, main, best=True),
+        run_eval=run_eval,
         make_text=(lambda state: sample_text(parts.model, state, tokenizer, cfg.sample)) if main and cfg.sample else None,
     )
     try:
@@ -189,6 +179,22 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     if main:
         plot_metrics(run_dir)
     return run_dir
+
+
+def saver(exp: Experiment, run_dir: Path, train_data, elapsed, main: bool, *, best: bool):
+    """``progress -> path``: write the run's checkpoint of ``progress`` (rank 0 only): ``best.pt``, or the step's file, pruned."""
+    folder = run_dir / CHECKPOINTS
+
+    def save(p: Progress) -> Path:
+        path = folder / "best.pt" if best else checkpoint.step_path(folder, p.step)
+        if main:
+            progress = {"elapsed": elapsed(), "best": p.best, "bad_evals": p.bad_evals, "skipped": hooks.nonfinite_count(p)}
+            save_checkpoint(path, checkpoint_payload(p.state, train_data.state_dict(), progress, to_dict(exp)))
+            if not best:
+                checkpoint.prune(folder, exp.train.keep_checkpoints)
+        return path
+
+    return save
 
 
 def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: Replicas, flag, save, save_best, run_eval, make_text):

@@ -76,6 +76,7 @@ def check_run_dir(exp: Any, *, resume: bool, overwrite: bool) -> Path:
     run_dir = Path(exp.out_dir) / exp.name
     if resume and overwrite:
         raise RunError("choose one of --resume and --overwrite")
+    check_free(run_dir)
     used = is_used(run_dir)
     if used and not (resume or overwrite):
         raise RunError(f"run folder {str(run_dir)!r} already exists; pass --resume to continue it or --overwrite to replace it")
@@ -106,6 +107,32 @@ def check_replaceable(run_dir: Path, out_dir: Path, data: list[Path]) -> None:
         )
 
 
+def _take(fd: int, run_dir: Path) -> None:
+    """``flock`` ``fd`` exclusively, or raise the ``RunError`` naming the process that holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        raise RunError(
+            f"run folder {str(run_dir)!r} is in use by another craft run (PID {holder}); "
+            "wait for it to end, or choose another name"
+        ) from None
+
+
+def check_free(run_dir: Path) -> None:
+    """Raise if another run holds ``run_dir``'s lock (checked before anything else is said about the folder)."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        _take(fd, run_dir)
+    finally:
+        os.close(fd)  # closing releases the probe's lock
+
+
 @contextlib.contextmanager
 def locked(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``run_dir`` (made if missing) for the block; a held lock is a ``RunError``.
@@ -114,20 +141,11 @@ def locked(run_dir: Path) -> Iterator[None]:
     it when the process ends, crash or not. A folder this call made and the
     run left empty is removed again.
     """
-    import fcntl
-
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise RunError(
-                f"run folder {str(run_dir)!r} is in use by another craft run (PID {holder}); "
-                "wait for it to end, or choose another name"
-            ) from None
+        _take(fd, run_dir)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

@@ -113,13 +113,18 @@ def test_overwrite_replaces_a_run_craft_made_and_one_from_before_the_marker(tmp_
 
 def test_a_second_run_on_a_held_folder_exits_naming_the_holder(tmp_path, shapes):
     run_dir = tmp_path / "runs" / "cnn"
+    held = [
+        f"error: run folder {str(run_dir)!r} is in use by another craft run (PID {os.getpid()}); "
+        "wait for it to end, or choose another name"
+    ]
     with rundir.locked(run_dir):
         process = craft(str(toml(tmp_path, shapes)), "--overwrite")
-        assert process.returncode == 1
-        assert error_lines(process) == [
-            f"error: run folder {str(run_dir)!r} is in use by another craft run (PID {os.getpid()}); "
-            "wait for it to end, or choose another name"
-        ]
+        assert process.returncode == 1 and error_lines(process) == held
+        (run_dir / "metrics.jsonl").write_text("")  # a run under way: without a flag, the lock is what is reported
+        with pytest.raises(run.RunError) as error:
+            run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES))), echo=quiet)
+        assert f"error: {error.value}" == held[0]
+        (run_dir / "metrics.jsonl").unlink()
     assert not run_dir.exists(), "the lock's own folder is removed again"
     with rundir.locked(run_dir):  # released on exit: taken again
         pass
