@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 from craft import checkpoint, cli, rundir, run
-from craft.config import ConfigError, loads
+from craft.config import loads
 from craft.data.shapes import SHAPES, write_shapes_folder
 from craft.parts import fit_to_data
 
