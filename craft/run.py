@@ -128,7 +128,10 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
         if replicas.is_main:
             write_atomic(run_dir / CONFIG_FILE, text)
             if tokenizer is not None:
-                tokenizer.save(run_dir / TOKENIZER_FILE)
+                try:
+                    tokenizer.save(run_dir / TOKENIZER_FILE)
+                except OSError as e:
+                    raise RunError(f"cannot write {str(run_dir / TOKENIZER_FILE)!r}: {e.strerror or e}") from None
         echo(text)
         return _fit(exp, parts, start, run_dir, (train_data, val_data), tokenizer, replicas)
 
