@@ -30,7 +30,7 @@ from torchvision.datasets import ImageFolder
 from craft.config import load
 from craft.data import write_shapes_folder
 from craft.models import SmallCNN
-from craft.run import build_data, build_parts, to_device
+from craft.parts import build_data, build_parts, to_device
 from craft.step import init_state, make_train_step
 
 EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "custom_cnn.toml"
@@ -42,9 +42,9 @@ def ours(root: Path):
     parts = build_parts(exp)
     data = build_data(exp, "train")
     step = make_train_step(
-        parts.model, parts.task.loss, parts.transform, inputs=parts.task.inputs, compile=exp.train.compile, donate=True
+        parts.model, parts.task.loss, parts.optimizer, inputs=parts.task.inputs, compile=exp.train.compile, donate=True
     )
-    box = [init_state(parts.model, parts.transform, seed=exp.seed)]
+    box = [init_state(parts.model, parts.optimizer, seed=exp.seed)]
 
     def run(steps: int) -> int:
         seen = 0

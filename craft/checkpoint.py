@@ -11,6 +11,7 @@ leaves and rebuilt on the structure of a freshly initialised state.
 from __future__ import annotations
 
 import os
+import random
 import re
 import tempfile
 import warnings
@@ -127,12 +128,21 @@ def step_files(folder: Path) -> list[Path]:
 
 
 def load_latest(
-    folder: Path, on_skip: Callable[[CheckpointError], None] | None = None
+    folder: Path,
+    on_skip: Callable[[CheckpointError], None] | None = None,
+    check: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that loads; corrupt ones are reported (``on_skip``, else a warning) and skipped."""
+    """The newest checkpoint that loads; corrupt ones are reported (``on_skip``, else a warning) and skipped.
+
+    ``check(path, payload)`` raises ``CheckpointError`` for a file that loads
+    but holds the wrong things; it is skipped like a corrupt one.
+    """
     for path in reversed(step_files(folder)):
         try:
-            return path, load(path)
+            payload = load(path)
+            if check is not None:
+                check(path, payload)
+            return path, payload
         except CheckpointError as e:
             if on_skip is None:
                 warnings.warn(f"skipping {e}", stacklevel=2)
@@ -164,3 +174,54 @@ def prune(folder: Path, keep: int) -> None:
         path.unlink(missing_ok=True)
     for path in folder.glob(".*.tmp") if folder.is_dir() else []:
         path.unlink(missing_ok=True)
+
+
+def rng_states() -> dict[str, Any]:
+    """The host's random generators (torch's CPU one, Python's, NumPy's legacy one) as checkpoint data."""
+    states = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is optional
+        return states
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    states["numpy_rng"] = {
+        "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+        "has_gauss": int(has_gauss), "cached_gaussian": float(cached),
+    }
+    return states
+
+
+def restore_rng(payload: dict[str, Any]) -> None:
+    """Set the generators ``rng_states`` saved (a checkpoint without NumPy's leaves it alone)."""
+    torch.set_rng_state(payload["torch_rng"])
+    random.setstate(payload["python_rng"])
+    saved = payload.get("numpy_rng")
+    if saved is not None:
+        import numpy as np
+
+        keys = saved["keys"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"]))
+
+
+def check_run_payload(path: Path, payload: dict[str, Any]) -> None:
+    """Raise ``CheckpointError`` unless ``payload`` holds what a run's checkpoint holds, of the right kinds.
+
+    A file that loads but holds the wrong things (a list for ``params``, a
+    generator state of the wrong size) is as unusable as a corrupt one.
+    """
+    state = payload.get("state")
+    problems = [] if isinstance(state, dict) else ["state is not a table"]
+    if not problems:
+        problems += [f"state.{k} is not a table of tensors" for k in ("params", "buffers")
+                     if not isinstance(state.get(k), dict) or not all(isinstance(v, torch.Tensor) for v in state[k].values())]
+        problems += [f"state.{k} is not a tensor" for k in ("step", "rng") if not isinstance(state.get(k), torch.Tensor)]
+        if not isinstance(state.get("opt_state"), list):
+            problems.append("state.opt_state is not a list")
+    rng = payload.get("torch_rng")
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+        problems.append("torch_rng is not a generator state")
+    if not isinstance(payload.get("python_rng"), tuple):
+        problems.append("python_rng is not a generator state")
+    problems += [f"{k} is not a table" for k in ("data", "progress", "config") if not isinstance(payload.get(k), dict)]
+    if problems:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({problems[0]})")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,9 @@ def train(config: str, resume: bool = False, overwrite: bool = False, **override
 
 def evaluate(run_dir: str, checkpoint: str = "latest") -> None:
     """Re-evaluate RUN_DIR's checkpoint (latest, best, or a file name) on its validation split."""
-    from craft import run
+    from craft import trained
 
-    metrics = run.evaluate(Path(run_dir), checkpoint)
+    metrics = trained.evaluate(Path(run_dir), checkpoint)
     print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
 
 
@@ -82,7 +83,7 @@ def generate(
     token (slower, same tokens). A caption ends at its end marker; --prompt
     then gives its first words.
     """
-    from craft import run
+    from craft import trained
     from craft.config import ConfigError, Sample, structure
     from craft.data.tokenizers import BOUNDARY
 
@@ -97,14 +98,14 @@ def generate(
         raise UsageError("\n".join(f"--{line}" for line in e.problems)) from None
     if stop is not None and not isinstance(stop, str):
         raise UsageError(f"--stop: expected text, got {stop!r}")
-    print(run.generate(Path(run_dir), options, checkpoint_name=checkpoint, stop=stop, use_cache=cache, image=image))
+    print(trained.sample_run(Path(run_dir), options, checkpoint_name=checkpoint, stop=stop, use_cache=cache, image=image))
 
 
 def plot(run_dir: str) -> None:
     """Redraw RUN_DIR/loss.png from its metrics.jsonl."""
-    from craft import run
+    from craft import trained
 
-    print(run.plot(Path(run_dir)))
+    print(trained.plot(Path(run_dir)))
 
 
 def prepare(what: str, directory: str, image_size: int = 32, seed: int = 0, **counts: int) -> None:
@@ -196,7 +197,7 @@ def _report(error: Exception) -> int:
     if os.environ.get("CRAFT_DEBUG"):
         raise error
     if isinstance(error, run.Interrupted):
-        print(f"{error}\nresume with: {' '.join(_resume_command())}", file=sys.stderr)
+        print(f"{error}\nresume with: {shlex.join(_resume_command())}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if isinstance(error, (ConfigError, UsageError)):
         print("\n".join(f"error: {line}" for line in str(error).splitlines()), file=sys.stderr)

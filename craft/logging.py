@@ -28,8 +28,11 @@ class MetricsLog:
 
     def write(self, step: int, split: str, metrics: Mapping[str, float], elapsed: float, **extra: Any) -> None:
         event = {"step": step, "split": split, "metrics": dict(metrics), "elapsed": round(elapsed, 3), **extra}
-        self._file.write(json.dumps(event) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(event) + "\n")
+            self._file.flush()
+        except OSError as e:  # a full disk: say which file
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         if self._tb is not None:
             for name, value in metrics.items():
                 self._tb.add_scalar(f"{split}/{name}", value, step)

@@ -13,9 +13,16 @@ training batches in the order of the experiment's own ``seed``: a member's seed
 sets its initial weights and dropout. Only values that live in the optimizer
 state can differ (``craft.config.SWEEPABLE``), so one compiled step serves all.
 
+The sweep runs the same loop as a run (``craft.loop.fit``), its step the
+ensemble step: Ctrl-C/SIGTERM stops it with a checkpoint of every member,
+``--resume`` continues the whole sweep, and ``train.on_nonfinite`` acts per
+member (``"stop"``: the member is frozen at its last finite state, ``"skip"``:
+its non-finite updates are skipped) while the others go on.
+
 The run folder::
 
     runs/NAME/config.toml          the sweep as written
+    runs/NAME/checkpoints/         the whole sweep (stacked states), for --resume
     runs/NAME/metrics.jsonl        every member's events, with "member" and "hparams"
     runs/NAME/members/003/         member 3 as an ordinary run folder (config.toml,
                                    metrics.jsonl, checkpoints/, loss.png): evaluate it,
@@ -26,29 +33,24 @@ from __future__ import annotations
 
 import itertools
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import attrs
 import torch
+from torch.utils import _pytree as pytree
 
-from craft import checkpoint
+from craft import checkpoint, hooks
 from craft.config import SWEEPABLE, Experiment, FunctionConfig, build, dumps, to_dict
 from craft.ensemble import make_ensemble_step, stack_states, unstack_state
-from craft.logging import MetricsLog, plot_metrics, progress_bar
+from craft.logging import MetricsLog, plot_metrics, progress_bar, truncate_metrics
+from craft.loop import Progress, chain, due, every, fit, when
 from craft.optim import Transform, inject_hyperparams, set_hyperparams
-from craft.run import (
-    CONFIG_FILE,
-    RunError,
-    build_data,
-    build_parts,
-    check_run_dir,
-    evaluate_batches,
-    fit_to_data,
-    prepare_run_dir,
-    to_device,
+from craft.parts import build_data, build_parts, evaluate_batches, fit_to_data, to_device
+from craft.rundir import (
+    CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, locked, prepare_run_dir,
+    save_checkpoint, start_or_resume, write_atomic,
 )
 from craft.step import TrainState, init_state, make_eval_step
 
@@ -105,76 +107,169 @@ def sweep_transform(exp: Experiment) -> Transform:
     return inject_hyperparams(factory, **swept)
 
 
-def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = False, echo=print) -> Path:
-    """Train every member of ``exp.sweep``; returns the run folder (see the module docstring)."""
-    if resume:
-        raise RunError("a sweep cannot be resumed yet; rerun it with --overwrite, or resume one member's folder")
-    if exp.train.early_stopping is not None:
-        raise RunError("train.early_stopping does not apply to a sweep: members would stop at different steps")
-    run_dir = check_run_dir(exp, resume=False, overwrite=overwrite)
-    train_data, val_data = build_data(exp, "train"), build_data(exp, "val")
-    exp = fit_to_data(exp, train_data)
-    cfg, team = exp.train, members(exp)
-    tx = sweep_transform(exp)
+
+def stacked_start(exp: Experiment, team: list[Member], tx: Transform):
+    """Every member's initial state (its own seed, its swept values) stacked, with the shared model and task."""
     states, model = [], None
     for m in team:
         parts = build_parts(member_experiment(exp, m))  # the member's own initial weights
-        model = model or parts.model
+        model = model or parts.model  # the first member's module serves all
         state = init_state(parts.model, tx, seed=m.seed)
         swept = {SWEEPABLE[k]: v for k, v in m.values.items()}
         states.append(state._replace(opt_state=set_hyperparams(state.opt_state, **swept)))
-    state = stack_states(states)
-    task, device = parts.task, parts.device
-    prepare_run_dir(run_dir, overwrite=overwrite)
-    text = dumps(exp)
-    (run_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
-    echo(text)
-    echo(f"sweep: {len(team)} members, one vmapped step")
+    return model, parts, stack_states(states)
 
-    common = dict(inputs=task.inputs, precision=cfg.precision, compile=cfg.compile)
-    train_step = make_ensemble_step(model, task.loss, tx, accum_steps=cfg.accum_steps, **common)
-    eval_step = make_eval_step(model, task.loss, **common)
-    member_dirs = [run_dir / MEMBERS_DIR / f"{m.index:03d}" for m in team]
-    logs = [MetricsLog(run_dir)] + [MetricsLog(prepare_run_dir(d, overwrite=False)) for d in member_dirs]
-    start_time = time.perf_counter()
-    last_val: list[dict[str, float]] = [{} for _ in team]
 
-    def write(step: int, split: str, i: int, metrics: dict[str, float], **extra: Any) -> None:
-        elapsed = time.perf_counter() - start_time
-        logs[0].write(step, split, metrics, elapsed, member=i, hparams=team[i].hparams(), **extra)
-        logs[i + 1].write(step, split, metrics, elapsed, **extra)
+def _select(keep: torch.Tensor, new: Any, old: Any) -> Any:
+    """Per member: ``new``'s leaves where ``keep`` (shape ``(K,)``), else ``old``'s."""
+    return pytree.tree_map(lambda n, o: torch.where(keep.view(-1, *[1] * (n.ndim - 1)), n, o), new, old)
 
-    bar = progress_bar(cfg.steps, 0)
-    try:
-        for step in range(1, cfg.steps + 1):
-            batch = next(train_data)
-            state, metrics = train_step(state, to_device(batch, device))
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                values = {k: v.tolist() for k, v in metrics.items()}  # the only host sync
-                for i in range(len(team)):
-                    write(step, "train", i, task.summarize({k: v[i] for k, v in values.items()}))
-                finite = [v for v in values["loss"] if math.isfinite(v)]
-                bar.set_postfix(best_loss=f"{min(finite):.4f}" if finite else "nan", refresh=False)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                for i in range(len(team)):
-                    last_val[i] = evaluate_batches(
-                        eval_step, unstack_state(state, i), val_data, device, task, cfg.eval_batches
-                    )
-                    write(step, "val", i, last_val[i])
-    finally:
-        bar.close()
-        for log in logs:
+
+def guarded(step, on_nonfinite: str):
+    """The ensemble step on ``(stacked_state, alive)``, where a non-finite member keeps its state.
+
+    ``"skip"``: that step's update is dropped for the member; ``"stop"``: the
+    member is frozen from then on (``alive`` false). Chosen on device: no sync.
+    """
+
+    def guarded_step(carry, batch):
+        state, alive = carry
+        new, metrics = step(state, batch)
+        finite = torch.isfinite(metrics["loss"]) & torch.isfinite(metrics["grad_norm"])
+        keep = finite & alive
+        kept = _select(keep, new[:3], state[:3])
+        alive = alive & finite if on_nonfinite == "stop" else alive
+        return (TrainState(*kept, new.step, new.rng), alive), metrics
+
+    return guarded_step
+
+
+class MemberLogs(NamedTuple):
+    """The sweep's ``metrics.jsonl`` (every member, with "member" and "hparams") and each member's own."""
+
+    team: list[Member]
+    logs: list[MetricsLog]
+
+    def write(self, step: int, split: str, values: list[dict[str, float]], elapsed: float) -> None:
+        for m, v in zip(self.team, values):
+            self.logs[0].write(step, split, v, elapsed, member=m.index, hparams=m.hparams())
+            self.logs[m.index + 1].write(step, split, v, elapsed)
+
+    def close(self) -> None:
+        for log in self.logs:
             log.close()
 
+
+def log_members(logs: MemberLogs, summarize, bar, elapsed) -> hooks.Hook:
+    def hook(progress: Progress, metrics) -> Progress:
+        values = {k: v.tolist() for k, v in metrics.items()}  # the only host sync
+        logs.write(progress.step, "train", [summarize({k: v[i] for k, v in values.items()}) for i in range(len(logs.team))], elapsed())
+        finite = [v for v in values["loss"] if math.isfinite(v)]
+        bar.set_postfix(best_loss=f"{min(finite):.4f}" if finite else "nan", refresh=False)
+        return progress
+
+    return hook
+
+
+def evaluate_members(run_eval, logs: MemberLogs, elapsed) -> hooks.Hook:
+    def hook(progress: Progress, metrics) -> Progress:
+        state = progress.state[0]
+        values = [run_eval(unstack_state(state, m.index)) for m in logs.team]
+        logs.write(progress.step, "val", values, elapsed())
+        return progress._replace(val=values)
+
+    return hook
+
+
+def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = False, echo=print) -> Path:
+    """Train every member of ``exp.sweep``; returns the run folder (see the module docstring)."""
+    if exp.train.early_stopping is not None:
+        raise RunError("train.early_stopping does not apply to a sweep: members would stop at different steps")
+    run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite)
+    train_data, val_data = build_data(exp, "train"), build_data(exp, "val")
+    exp = fit_to_data(exp, train_data)
+    team, tx = members(exp), sweep_transform(exp)
+    model, parts, state = stacked_start(exp, team, tx)
+    with locked(run_dir):
+        prepare_run_dir(run_dir, overwrite=overwrite)
+        alive = torch.ones(len(team), dtype=torch.bool)
+        restore = lambda saved, template: (checkpoint.state_from_dict(saved, template[0]), template[1])  # noqa: E731
+        start = start_or_resume(run_dir, to_dict(exp), (state, alive), resume=resume, main=True, echo=echo, restore=restore)
+        if start.payload is not None:
+            train_data.load_state_dict(start.payload["data"])
+            start = start._replace(state=(start.state[0], torch.tensor(start.payload["progress"]["alive"])))
+        text = dumps(exp)
+        write_atomic(run_dir / CONFIG_FILE, text)
+        echo(text)
+        echo(f"sweep: {len(team)} members, one vmapped step")
+        member_dirs = [run_dir / MEMBERS_DIR / f"{m.index:03d}" for m in team]
+        for folder in member_dirs:
+            prepare_run_dir(folder, overwrite=False)
+            truncate_metrics(folder, int(start.state[0].step[0]))
+        progress = _fit_sweep(exp, model, parts, tx, start, run_dir, (train_data, val_data), MemberLogs(team, [MetricsLog(run_dir)] + [MetricsLog(d) for d in member_dirs]))
+        _finish(exp, team, member_dirs, progress, train_data.state_dict(), echo)
+    return run_dir
+
+
+def _fit_sweep(exp: Experiment, model, parts, tx: Transform, start, run_dir: Path, data, logs: MemberLogs) -> Progress:
+    """The loop of a sweep: the guarded ensemble step and the sweep's hooks."""
+    cfg, (train_data, val_data), task, device = exp.train, data, parts.task, parts.device
+    common = dict(inputs=task.inputs, precision=cfg.precision, compile=cfg.compile)
+    ensemble_step = make_ensemble_step(model, task.loss, tx, accum_steps=cfg.accum_steps, **common)
+    step = guarded(ensemble_step, cfg.on_nonfinite)
+    eval_step = make_eval_step(model, task.loss, **common)
+    elapsed = hooks.clock(start.progress["elapsed"])
+    first = int(start.state[0].step[0])
+    bar = progress_bar(cfg.steps, first)
+
+    def save(p: Progress) -> Path:
+        progress = {"elapsed": elapsed(), "best": None, "bad_evals": 0, "alive": p.state[1].tolist()}
+        path = checkpoint.step_path(run_dir / CHECKPOINTS, p.step)
+        save_checkpoint(path, checkpoint_payload(p.state[0], train_data.state_dict(), progress, to_dict(exp)))
+        checkpoint.prune(run_dir / CHECKPOINTS, cfg.keep_checkpoints)
+        return path
+
+    run_eval = lambda state: evaluate_batches(eval_step, state, val_data, device, task, cfg.eval_batches)  # noqa: E731
+    flag = hooks.SignalFlag()
+    hook = chain(
+        hooks.advance(bar),
+        hooks.count_nonfinite,
+        every(cfg.log_every, log_members(logs, task.summarize, bar, elapsed)),
+        hooks.stop_on_signal(flag),
+        when(lambda p: due(p, cfg.checkpoint_every or cfg.eval_every) or due(p, cfg.eval_every) or p.stop is not None, hooks.checkpoint(save)),
+        every(cfg.eval_every, evaluate_members(run_eval, logs, elapsed)),
+    )
+    progress = Progress(start.state, first, cfg.steps, last_good=start.path, window=time.perf_counter())
+    try:
+        with flag.installed():
+            progress = fit(progress, train_data, lambda carry, batch: step(carry, to_device(batch, device)), hook)
+    finally:
+        bar.close()
+        logs.close()
+    if progress.stop == "signal":
+        raise Interrupted(progress.step, progress.last_good)
+    return progress
+
+
+def _finish(exp: Experiment, team: list[Member], member_dirs: list[Path], progress: Progress, data_state, echo) -> None:
+    """Write each member's run folder (never a non-finite state), say which members stopped, and which is best."""
+    state, bad = progress.state[0], [0] * len(team) if progress.nonfinite is None else progress.nonfinite.tolist()
+    first = [-1] * len(team) if progress.first_nonfinite is None else progress.first_nonfinite.tolist()
     for m, folder in zip(team, member_dirs):
+        member = unstack_state(state, m.index)
+        if bad[m.index]:
+            what = "was frozen at its last finite state" if exp.train.on_nonfinite == "stop" else f"skipped {bad[m.index]} update(s)"
+            echo(f"member {m.index} ({m.describe()}): non-finite loss or gradient norm from step {first[m.index]}; it {what}")
+        if not all(torch.isfinite(t).all() for t in member.params.values()):
+            echo(f"member {m.index}: parameters are not finite; no checkpoint written for it")
+            continue
         alone = attrs.evolve(member_experiment(exp, m), name=folder.name, out_dir=str(folder.parent))  # resumable there
-        _save_member(folder, alone, unstack_state(state, m.index), train_data.state_dict())
+        _save_member(folder, alone, member, data_state)
         plot_metrics(folder)
+    last_val = progress.val or [{} for _ in team]
     best = min(range(len(team)), key=lambda i: _loss_key(last_val[i]))
     echo(f"best member {best} ({team[best].describe()}): " + "  ".join(f"val {k} {v:.4f}" for k, v in last_val[best].items()))
     echo(f"its run folder: {member_dirs[best]}")
-    return run_dir
 
 
 def _loss_key(metrics: dict[str, float]) -> float:
@@ -185,14 +280,7 @@ def _loss_key(metrics: dict[str, float]) -> float:
 def _save_member(folder: Path, exp: Experiment, state: TrainState, data_state: dict[str, Any]) -> Path:
     """``state`` written as a checkpoint of ``exp``, in an ordinary run folder."""
     inner = state._replace(opt_state=state.opt_state.inner)  # the plain optimizer's state, as the member builds it
-    (folder / CONFIG_FILE).write_text(dumps(exp), encoding="utf-8")
-    payload = {
-        "state": checkpoint.state_to_dict(inner),
-        "data": data_state,
-        "torch_rng": torch.get_rng_state(),
-        "python_rng": random.getstate(),
-        "progress": {"elapsed": 0.0, "best": None, "bad_evals": 0},
-        "config": to_dict(exp),
-    }
-    return checkpoint.save(checkpoint.step_path(folder / "checkpoints", int(state.step)), payload)
-
+    write_atomic(folder / CONFIG_FILE, dumps(exp))
+    progress = {"elapsed": 0.0, "best": None, "bad_evals": 0}
+    path = checkpoint.step_path(folder / CHECKPOINTS, int(state.step))
+    return save_checkpoint(path, checkpoint_payload(inner, data_state, progress, to_dict(exp)))

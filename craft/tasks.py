@@ -37,10 +37,13 @@ def _same(metrics: dict[str, float]) -> dict[str, float]:
 
 
 class Task(NamedTuple):
+    """A task's pure functions; ``metric_names``: the val metrics it may report (None: not declared)."""
+
     inputs: Callable[[Batch], tuple]
     loss: Callable[[Any, Batch], tuple[Tensor, dict[str, Tensor]]]
     weight: Callable[[Batch], int | Tensor] = batch_size
     summarize: Callable[[dict[str, float]], dict[str, float]] = _same
+    metric_names: tuple[str, ...] | None = None
 
 
 def classification_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -72,7 +75,7 @@ class ClassificationConfig:
     """Image classification: ``batch["image"]`` in, ``batch["label"]`` scored."""
 
     def build(self) -> Task:
-        return Task(image_inputs, classification_loss)
+        return Task(image_inputs, classification_loss, metric_names=("loss", "accuracy", "top5"))
 
 
 IGNORE = -100
@@ -133,7 +136,10 @@ class LanguageModelConfig:
     """
 
     def build(self) -> Task:
-        return Task(token_inputs, language_model_loss, scored_tokens, perplexity_and_bits)
+        return Task(
+            token_inputs, language_model_loss, scored_tokens, perplexity_and_bits,
+            metric_names=("loss", "accuracy", "perplexity", "bpc"),
+        )
 
 
 def caption_inputs(batch: Batch) -> tuple[Tensor, Tensor]:
@@ -182,7 +188,10 @@ class CaptioningConfig:
     """
 
     def build(self) -> Task:
-        return Task(caption_inputs, captioning_loss, scored_tokens, exact_match_share)
+        return Task(
+            caption_inputs, captioning_loss, scored_tokens, exact_match_share,
+            metric_names=("loss", "accuracy", "exact_match", "perplexity"),
+        )
 
 
 def mean_metrics(

@@ -161,10 +161,10 @@ def test_host_generators_are_restored_on_resume(tmp_path):
 
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     np.random.randn()  # NumPy's generator caches a Gaussian: that is state too
-    saved = checkpoint.load(checkpoint.save(tmp_path / "rng.pt", run.rng_states()))
+    saved = checkpoint.load(checkpoint.save(tmp_path / "rng.pt", checkpoint.rng_states()))
     want = (random.random(), np.random.randn(), np.random.rand(), torch.rand(()))
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
-    run.restore_rng(saved)
+    checkpoint.restore_rng(saved)
     assert (random.random(), np.random.randn(), np.random.rand(), torch.rand(())) == want
 
 

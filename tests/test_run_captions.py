@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from craft import cli, run
+from craft import cli, run, trained
 from craft.config import load
 from craft.data.captions import write_caption_folder
 from craft.data.tokenizers import BOUNDARY, load_tokenizer
@@ -117,7 +117,7 @@ def test_generate_captions_a_png_from_disk(tiny_run, folder, capsys):
 
 def test_the_cli_caption_is_greedy_decoding_with_and_without_the_cache(tiny_run, folder, capsys):
     image = folder / "val" / _val_captions(folder)[0]["image"]
-    exp, parts, state = run.load_run(tiny_run)
+    exp, parts, state = trained.load_run(tiny_run)
     tokenizer = load_tokenizer(tiny_run / "tokenizer.json")
     pixels = exp.data.config.load_image(image)[None]
     params = {**state.params, **state.buffers}
@@ -163,7 +163,7 @@ def test_image_on_a_text_run_is_refused(tmp_path):
     (tmp_path / "config.toml").write_text('name = "t"\n[data]\nkind = "text"\n[model]\nkind = "gpt"\nvocab_size = 4\n')
     (tmp_path / "tokenizer.json").write_text('{"kind": "char", "chars": ["a"]}\n')
     with pytest.raises(run.RunError, match="was trained on 'text' data, not captions; drop --image"):
-        run.generate(tmp_path, options=None, image="x.png")
+        trained.sample_run(tmp_path, options=None, image="x.png")
 
 
 def test_train_sample_is_refused_for_captions(folder, tmp_path):

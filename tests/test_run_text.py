@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from craft import run
+from craft import run, trained
 from craft.config import load, loads
 from craft.data.text import CharTokenizer
 from tests.test_run import ROOT, craft
@@ -120,7 +120,7 @@ def test_a_prompt_that_looks_like_a_number_stays_text(tiny_run, tmp_path):
 def test_generate_on_an_image_run_says_it_needs_text(tmp_path):
     (tmp_path / "config.toml").write_text("")
     with pytest.raises(run.RunError, match="no tokenizer.json: generation needs a run trained on text or captions"):
-        run.generate(tmp_path, options=None)
+        trained.sample_run(tmp_path, options=None)
 
 
 @pytest.mark.parametrize(

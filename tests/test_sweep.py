@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import attrs
 import pytest
 import torch
 
-from craft import run
+from craft import run, trained
 from craft.cli import main
 from craft.config import ConfigError, Sweep, dumps, load, loads
 from craft.sweep import member_experiment, members
@@ -114,7 +115,7 @@ def test_a_sweep_member_ends_where_training_it_alone_ends(tmp_path):
     assert sorted(e["member"] for e in val) == [0, 1, 2, 3]
     assert {tuple(sorted(e["hparams"])) for e in events} == {("optim.lr", "optim.weight_decay", "seed")}
     # A member folder is an ordinary run: it evaluates like one.
-    metrics = run.evaluate(run_dir / "members" / "001")
+    metrics = trained.evaluate(run_dir / "members" / "001")
     assert metrics["step"] == 4
     assert metrics["loss"] == pytest.approx(next(e for e in val if e["member"] == 1)["metrics"]["loss"], rel=1e-5)
     # ... and resumes like one.
@@ -137,3 +138,56 @@ def test_cli_sweep_reports_the_best_member(tmp_path, capsys):
         "error: sweep.model.num_classes: cannot differ between members: it changes shapes, so they could not "
         "share one vmapped step; sweep only optim.lr, optim.weight_decay or seeds = N"
     ]
+
+
+class _SignalAt:
+    """A train iterator that raises SIGTERM while its ``at``-th batch is read."""
+
+    def __init__(self, inner, at: int) -> None:
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def __next__(self):
+        self.calls += 1
+        batch = next(self.inner)
+        if self.calls == self.at:
+            signal.raise_signal(signal.SIGTERM)
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_sweep_stopped_by_sigterm_resumes_bitwise_to_the_unbroken_sweep(tmp_path, monkeypatch):
+    from craft import checkpoint, sweep
+
+    spec = '[sweep]\n"optim.lr" = [3e-3, 1e-2]\n'
+    make = lambda name: _exp(tmp_path, spec, name=name, **{"train.steps": 6, "train.eval_every": 4})  # noqa: E731
+    straight = run.train(make("straight"), echo=lambda *a: None)
+    real = sweep.build_data
+    monkeypatch.setattr(sweep, "build_data", lambda exp, split: _SignalAt(real(exp, split), 3) if split == "train" else real(exp, split))
+    with pytest.raises(run.Interrupted, match="interrupted at step 3; checkpoint saved to .*step_00000003.pt"):
+        run.train(make("broken"), echo=lambda *a: None)
+    monkeypatch.undo()
+    resumed = run.train(make("broken"), resume=True, echo=lambda *a: None)
+    for folder in ("", "members/000", "members/001"):
+        a, b = (checkpoint.load(checkpoint.step_files(d / folder / "checkpoints")[-1]) for d in (straight, resumed))
+        torch.testing.assert_close(a["state"], b["state"], atol=0, rtol=0)
+        assert a["data"] == b["data"] and "numpy_rng" in b
+    strip = lambda d: [(e["step"], e["split"], e.get("member"), e["metrics"]) for e in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+    assert strip(straight) == strip(resumed)
+
+
+@pytest.mark.parametrize("on_nonfinite", ["stop", "skip"])
+def test_a_diverging_member_leaves_no_nan_checkpoint_and_the_others_go_on(tmp_path, capsys, on_nonfinite):
+    path = tmp_path / "exp.toml"
+    path.write_text(TINY.format(out=tmp_path / "runs"))
+    main([str(path), "--sweep.optim.lr=[1e-3, 1e30]", "--train.steps=4", f"--train.on_nonfinite={on_nonfinite}"])
+    out = capsys.readouterr().out
+    assert "member 1 (optim.lr=1e+30, seed=0): non-finite loss or gradient norm from step" in out
+    assert "best member 0" in out
+    run_dir = tmp_path / "runs" / "sweep"
+    files = list(run_dir.rglob("step_*.pt"))
+    assert len(files) == 3  # the sweep's and each member's
+    for file in files:
+        for leaf in torch.load(file, weights_only=True)["state"]["params"].values():
+            assert torch.isfinite(leaf).all(), file

@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from craft.config import load, parse_override
-from craft.run import build_data, build_parts, evaluate_batches, fit_to_data, to_device
+from craft.parts import build_data, build_parts, evaluate_batches, fit_to_data, to_device
 from craft.step import init_state, make_eval_step, make_train_step
 
 Params = dict[str, torch.Tensor]

@@ -1,0 +1,179 @@
+"""The hooks a run composes around ``craft.loop.fit``: log, evaluate, sample, stop, checkpoint.
+
+Each factory takes what its hook needs and returns a plain function
+``progress, metrics -> progress``; ``craft.loop.every`` decides when it runs.
+A hook never shares mutable state with another: what one learns (the last eval
+metrics, the last checkpoint written) goes into the returned progress record.
+The one exception is ``SignalFlag``: the operating system sets it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from craft.loop import Hook, Metrics, Progress
+from craft.rundir import RunError
+
+Say = Callable[[str], None]
+
+
+def clock(elapsed_before: float = 0.0) -> Callable[[], float]:
+    """``() -> seconds`` of training so far: ``elapsed_before`` (a resumed run's) plus the time since this call."""
+    start = time.perf_counter()
+    return lambda: elapsed_before + time.perf_counter() - start
+
+
+def advance(bar) -> Hook:
+    """Move the progress bar one step."""
+
+    def hook(progress: Progress, metrics: Metrics) -> Progress:
+        bar.update(1)
+        return progress
+
+    return hook
+
+
+def count_nonfinite(progress: Progress, metrics: Metrics) -> Progress:
+    """Count steps whose loss or gradient norm is NaN/Inf, on device (no sync): elementwise for a sweep's members."""
+    bad = ~(torch.isfinite(metrics["loss"]) & torch.isfinite(metrics["grad_norm"]))
+    count = bad.long() if progress.nonfinite is None else progress.nonfinite + bad
+    first = torch.full_like(count, -1) if progress.first_nonfinite is None else progress.first_nonfinite
+    first = torch.where(bad & (first < 0), torch.full_like(first, progress.step), first)
+    return progress._replace(nonfinite=count, first_nonfinite=first)
+
+
+def nonfinite_count(progress: Progress) -> int:
+    return 0 if progress.nonfinite is None else int(progress.nonfinite.sum())
+
+
+def stop_on_nonfinite(progress: Progress, metrics: Metrics) -> Progress:
+    """Raise a ``RunError`` once any step was non-finite: nothing non-finite is evaluated or saved."""
+    if nonfinite_count(progress) <= progress.skipped:
+        return progress
+    good = f"the last good checkpoint is {progress.last_good}" if progress.last_good else "no checkpoint was written"
+    first = int(progress.first_nonfinite.max())
+    raise RunError(
+        f"non-finite loss or gradient norm at step {first} (stopped at step {progress.step}); {good}. "
+        'Set train.on_nonfinite = "skip" and --resume to skip such updates, or start again with a lower '
+        "optim.lr or optim.clip_norm"
+    )
+
+
+def log_train(log, summarize: Callable[[dict], dict], bar, say: Say, elapsed: Callable[[], float], *, skip: bool) -> Hook:
+    """Write the step's metrics (the one host sync of a step) and samples/s; with ``skip``, report skipped steps."""
+
+    def hook(progress: Progress, metrics: Metrics) -> Progress:
+        values = summarize({k: v.item() for k, v in metrics.items()})
+        skipped = progress.skipped
+        if skip:
+            skipped = values["skipped_steps"] = nonfinite_count(progress)
+            if skipped > progress.skipped:
+                say(f"step {progress.step}: skipped {skipped - progress.skipped} non-finite update(s), {skipped} in all")
+        now = time.perf_counter()
+        rate = progress.samples / max(now - progress.window, 1e-9)
+        log.write(progress.step, "train", values, elapsed(), samples_per_s=round(rate, 1))
+        bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
+        return progress._replace(samples=0, window=now, skipped=skipped)
+
+    return hook
+
+
+def check_replicas(replicas) -> Hook:
+    """Verify every data-parallel rank holds the same parameters (checksums)."""
+
+    def hook(progress: Progress, metrics: Metrics) -> Progress:
+        replicas.check_same(progress.state.params, f"parameters at step {progress.step}")
+        return progress
+
+    return hook
+
+
+def evaluate(run_eval: Callable[[Any], dict[str, float]], log, say: Say, elapsed: Callable[[], float]) -> Hook:
+    """Evaluate ``progress.state`` with ``run_eval``, log and print the figures, keep them as ``progress.val``."""
+
+    def hook(progress: Progress, metrics: Metrics) -> Progress:
+        values = run_eval(progress.state)
+        log.write(progress.step, "val", values, elapsed())
+        say(f"step {progress.step}: " + "  ".join(f"val {k} {v:.4f}" for k, v in values.items()))
+        return progress._replace(val=values)
+
+    return hook
+
+
+def sample(make_text: Callable[[Any], str], log, say: Say, elapsed: Callable[[], float]) -> Hook:
+    """Log and print text sampled from ``progress.state`` (``make_text(state) -> str``)."""
+
+    def hook(progress: Progress, metrics: Metrics) -> Progress:
+        text = make_text(progress.state)
+        log.write(progress.step, "sample", {}, elapsed(), text=text)
+        say(f"step {progress.step}: sample\n{text}")
+        return progress
+
+    return hook
+
+
+def early_stopping(rule, save_best: Callable[[Progress], Any]) -> Hook:
+    """Track ``rule.metric`` in ``progress.val``: save the best (``save_best``), stop after ``rule.patience`` worse evaluations."""
+
+    def hook(progress: Progress, metrics: Metrics) -> Progress:
+        if rule.metric not in progress.val:
+            raise RunError(f"train.early_stopping.metric = {rule.metric!r} is not logged; choose one of {sorted(progress.val)}")
+        value, best = progress.val[rule.metric], progress.best
+        if best is None or (value < best if rule.mode == "min" else value > best):
+            progress = progress._replace(best=value, bad_evals=0)
+            save_best(progress)
+            return progress
+        bad = progress.bad_evals + 1
+        return progress._replace(bad_evals=bad, stop="early_stopping" if bad >= rule.patience else progress.stop)
+
+    return hook
+
+
+def checkpoint(save: Callable[[Progress], Path]) -> Hook:
+    """Write a checkpoint (``save(progress) -> path``); it becomes ``progress.last_good``."""
+
+    def hook(progress: Progress, metrics: Metrics) -> Progress:
+        return progress._replace(last_good=save(progress))
+
+    return hook
+
+
+class SignalFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop reads between steps; a second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.raised: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        def handler(signum, frame):
+            if self.raised is not None:
+                raise KeyboardInterrupt
+            self.raised = signum
+
+        try:
+            old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: leave signals alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def stop_on_signal(flag: SignalFlag, agree: Callable[[bool], bool] = bool) -> Hook:
+    """Set ``stop = "signal"`` once ``flag`` is raised; ``agree`` makes data-parallel ranks decide together."""
+
+    def hook(progress: Progress, metrics: Metrics) -> Progress:
+        return progress._replace(stop="signal") if agree(flag.raised is not None) else progress
+
+    return hook

@@ -1,0 +1,226 @@
+"""Building an experiment's parts from its config: device, model, task, optimizer, data, and checks that they fit.
+
+Every function here is usable on its own from a research script::
+
+    train_data = build_data(exp, "train")
+    exp = fit_to_data(exp, train_data)
+    model, task, optimizer, device = build_parts(exp)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import attrs
+import torch
+from torch import nn
+
+from craft import distributed
+from craft.config import Component, ConfigError, Experiment, build
+from craft.distributed import Replicas
+from craft.rundir import RunError
+from craft.step import TrainState
+from craft.tasks import Task, mean_metrics
+
+SINGLE = distributed.single()
+
+
+class Parts(NamedTuple):
+    """What a run trains: the model (on ``device``), its task, and the optimizer (a ``craft.optim.Transform``)."""
+
+    model: nn.Module
+    task: Task
+    optimizer: Any
+    device: torch.device
+
+
+def resolve_device(name: str, replicas: Replicas = SINGLE) -> torch.device:
+    """``"auto"``: CUDA when present, else the CPU. Under torchrun, the device ``LOCAL_RANK`` picks."""
+    if replicas.device is not None:
+        if name not in ("auto", replicas.device.type):
+            raise RunError(
+                f"train.device = {name!r} but torchrun's process group runs on {replicas.device.type}; "
+                'use train.device = "auto"'
+            )
+        return replicas.device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"train.device = {name!r} but no CUDA device is available; use \"auto\" or \"cpu\"")
+    return device
+
+
+def build_parts(exp: Experiment, replicas: Replicas = SINGLE) -> Parts:
+    """Model (initialised from ``exp.seed``, on the device), task and optimizer."""
+    device = resolve_device(exp.train.device, replicas)
+    torch.manual_seed(exp.seed)
+    model = _built("model", lambda: build(exp.model)).to(device)
+    schedule = _built("schedule", lambda: build(exp.schedule, exp.optim.lr, total_steps=exp.train.steps))
+    return Parts(model, build(exp.task), _built("optim", lambda: build(exp.optim, schedule)), device)
+
+
+def _built(section: str, make):
+    """``make()``, with a value problem it raises named by its config section."""
+    try:
+        return make()
+    except ValueError as e:
+        raise RunError(f"{section}: {e}") from None
+
+
+def build_data(exp: Experiment, split: str, replicas: Replicas = SINGLE):
+    """The iterator of ``split``; under torchrun, this rank's slice of every global batch."""
+    if replicas.active:
+        return build(exp.data, split, seed=exp.seed, rank=replicas.rank, world_size=replicas.world_size)
+    return build(exp.data, split, seed=exp.seed)
+
+
+def fit_to_data(exp: Experiment, data) -> Experiment:
+    """``exp`` with the model keys the data decides filled in, after checking the rest.
+
+    A text model's ``vocab_size`` left unset is the tokenizer's size (the
+    resolved config then records it, so the run can be rebuilt without the
+    data). Mismatches that would surface as index errors mid-step are caught here.
+    """
+    config = exp.model.config
+    want, have = getattr(config, "num_classes", None), getattr(data, "num_classes", None)
+    if want is not None and have and want != have:  # text data has no classes
+        raise RunError(
+            f"model.num_classes = {want} but the data has {have} classes ({few(getattr(data, 'classes', []))}); "
+            f"set model.num_classes = {have}"
+        )
+    vocab = getattr(data, "vocab_size", None)
+    if vocab is not None and attrs.has(type(config)) and "vocab_size" in attrs.fields_dict(type(config)):
+        if config.vocab_size is None:
+            config = attrs.evolve(config, vocab_size=vocab)
+        elif config.vocab_size < vocab:
+            raise RunError(
+                f"model.vocab_size = {config.vocab_size} but the data's tokenizer has {vocab} tokens; "
+                "remove model.vocab_size to take it from the data"
+            )
+    context, needed = getattr(config, "block_size", None), getattr(data, "block_size", None)
+    if context is not None and needed is not None and needed > context:
+        raise RunError(
+            f"the data's sequences have {needed} tokens but model.block_size = {context}; "
+            f"set model.block_size >= {needed} or lower the data's length"
+        )
+    return attrs.evolve(exp, model=Component(exp.model.kind, config))
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def evaluate_batches(
+    eval_step,
+    state: TrainState,
+    batches: Iterable,
+    device: torch.device,
+    task: Task,
+    limit: int | None = None,
+    replicas: Replicas = SINGLE,
+) -> dict[str, float]:
+    """Eval metrics over ``batches`` (at most ``limit``): means weighted by ``task.weight``, then summarized.
+
+    Under torchrun each rank evaluates its shard and the weighted totals are
+    summed across ranks, so every rank gets the figures of the whole split.
+    """
+    metrics, weights = [], []
+    for i, batch in enumerate(batches):
+        if limit is not None and i >= limit:
+            break
+        batch = to_device(batch, device)
+        metrics.append(eval_step(state, batch))
+        weights.append(task.weight(batch))
+    if not metrics:
+        raise RunError("the validation split is empty: add validation data (data.val_path) or raise data.val_fraction")
+    return task.summarize(mean_metrics(metrics, weights, replicas.sum if replicas.active else None))
+
+
+class _Reads(dict):
+    """A batch that records the keys read from it but missing."""
+
+    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
+        super().__init__(batch)
+        self.missing: list[str] = []
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self:
+            self.missing.append(key)
+        return super().__getitem__(key)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_components(exp: Experiment, parts: Parts, batches: Iterable) -> None:
+    """Run the task's inputs, the model and the task's loss once on the first of ``batches``.
+
+    A mismatch between user components (a dataset without a key the task
+    reads, a model whose outputs the task cannot score) is reported here,
+    naming each component by its config ``kind``, instead of surfacing as a
+    key or shape error from inside the step. Empty ``batches`` are left to
+    evaluation to report. The model runs in eval mode, without gradients.
+    """
+    batch = next(iter(batches), None)
+    if batch is None:
+        return
+    data, model, task = (f"{section}.kind = {getattr(exp, section).kind!r}" for section in ("data", "model", "task"))
+    if not isinstance(batch, dict) or not all(isinstance(v, torch.Tensor) for v in batch.values()):
+        raise RunError(f"{data} yields {type(batch).__name__} batches; a batch must be a dict of tensors")
+    reads = _Reads(to_device(batch, parts.device))
+
+    def missing() -> RunError:
+        return RunError(
+            f"{data} yields batches with keys {sorted(batch)}, but {task} reads "
+            f"{', '.join(map(repr, reads.missing))}; make the dataset yield the keys the task reads"
+        )
+
+    try:
+        args = parts.task.inputs(reads)
+    except KeyError:
+        if reads.missing:
+            raise missing() from None
+        raise
+    was_training = parts.model.training
+    parts.model.eval()
+    try:
+        with torch.no_grad():
+            outputs = parts.model(*args)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items())
+        raise RunError(f"{model} failed on the first batch of {data} ({shapes}): {_first_line(e)}") from None
+    finally:
+        parts.model.train(was_training)
+    try:
+        with torch.no_grad():
+            parts.task.loss(outputs, reads)
+    except KeyError:
+        if reads.missing:
+            raise missing() from None
+        raise
+    except (ValueError, TypeError, AttributeError, IndexError) as e:
+        raise RunError(
+            f"{model} returned outputs that {task} cannot score (first batch of {data}): {_first_line(e)}"
+        ) from None
+
+
+
+def few(names: Iterable[str], shown: int = 5) -> str:
+    """At most ``shown`` of ``names`` quoted, then how many there are: a message stays one short line."""
+    names = list(names)
+    head = ", ".join(map(repr, names[:shown]))
+    return head if len(names) <= shown else f"{head}, ... {len(names)} in all"
+
+
+def check_early_stopping(exp: Experiment, task: Task) -> None:
+    """``train.early_stopping.metric`` must be one the task reports (a task that declares no names is not checked)."""
+    rule, names = exp.train.early_stopping, getattr(task, "metric_names", None)
+    if rule is None or not names or rule.metric in names:
+        return
+    raise ConfigError([
+        f"train.early_stopping.metric: task {exp.task.kind!r} reports no {rule.metric!r}; choose one of {', '.join(map(repr, names))}"
+    ])

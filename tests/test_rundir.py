@@ -1,0 +1,222 @@
+"""The run folder (issue 14): what --overwrite may delete, the lock, moved runs, unusable checkpoints, full disks."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from craft import checkpoint, cli, rundir, run
+from craft.config import loads
+from craft.data.shapes import SHAPES, write_shapes_folder
+from craft.parts import fit_to_data
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CNN = """
+name = "cnn"
+seed = 0
+out_dir = "{out}"
+
+[model]
+kind = "cnn"
+num_classes = {classes}
+
+[data]
+kind = "image_folder"
+path = "{data}"
+batch_size = 8
+num_threads = 0
+
+[optim]
+kind = "adamw"
+lr = 3e-3
+
+[train]
+steps = 4
+eval_every = 2
+log_every = 2
+eval_batches = 1
+compile = false
+"""
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return write_shapes_folder(tmp_path_factory.mktemp("data") / "shapes", num_train=16, num_val=8, image_size=32, seed=0)
+
+
+def toml(tmp_path: Path, shapes: Path) -> Path:
+    path = tmp_path / "e.toml"
+    path.write_text(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES)))
+    return path
+
+
+def craft(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "craft", *argv], cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
+
+
+def error_lines(process: subprocess.CompletedProcess) -> list[str]:
+    assert "Traceback" not in process.stderr, process.stderr
+    return [line for line in process.stderr.splitlines() if line.startswith("error: ")]
+
+
+def quiet(*args) -> None:
+    pass
+
+
+# -- 2. --overwrite removes only a run folder craft made -------------------
+
+
+def test_overwrite_never_deletes_the_data_being_read(tmp_path, shapes):
+    data = tmp_path / "out" / "data"
+    shutil.copytree(shapes, data)
+    process = craft(str(toml(tmp_path, shapes)), "--name=data", f"--out_dir={tmp_path / 'out'}", f"--data.path={data}", "--overwrite")
+    assert process.returncode == 1
+    assert error_lines(process) == [f"error: --overwrite: {str(data)!r} holds the data being read ({str(data)!r}); choose another name"]
+    assert sorted(p.name for p in data.iterdir()) == ["train", "val"]
+
+
+def test_overwrite_refuses_a_folder_craft_did_not_make_and_out_dir_itself(tmp_path, shapes):
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES)))
+    mine = tmp_path / "runs" / "cnn"
+    mine.mkdir(parents=True)
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(run.RunError, match=r"was not made by craft \(no .craft-run marker\)"):
+        run.train(exp, overwrite=True, echo=quiet)
+    assert (mine / "thesis.tex").exists()
+    with pytest.raises(rundir.RunError, match="is out_dir itself or holds it"):
+        rundir.check_replaceable(tmp_path / "runs", tmp_path / "runs", [])
+
+
+def test_overwrite_replaces_a_run_craft_made_and_one_from_before_the_marker(tmp_path, shapes):
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES)), {"train.steps": 2})
+    run_dir = run.train(exp, echo=quiet)
+    assert (run_dir / rundir.MARKER_FILE).exists()
+    (run_dir / rundir.MARKER_FILE).unlink()  # as today's main leaves it: config.toml, metrics.jsonl, checkpoints/
+    assert run.train(exp, overwrite=True, echo=quiet) == run_dir
+    assert [p.name for p in checkpoint.step_files(run_dir / "checkpoints")] == ["step_00000002.pt"]
+
+
+# -- 3. one run per folder ---------------------------------------------------
+
+
+def test_a_second_run_on_a_held_folder_exits_naming_the_holder(tmp_path, shapes):
+    run_dir = tmp_path / "runs" / "cnn"
+    held = [
+        f"error: run folder {str(run_dir)!r} is in use by another craft run (PID {os.getpid()}); "
+        "wait for it to end, or choose another name"
+    ]
+    with rundir.locked(run_dir):
+        process = craft(str(toml(tmp_path, shapes)), "--overwrite")
+        assert process.returncode == 1 and error_lines(process) == held
+        (run_dir / "metrics.jsonl").write_text("")  # a run under way: without a flag, the lock is what is reported
+        with pytest.raises(run.RunError) as error:
+            run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES))), echo=quiet)
+        assert f"error: {error.value}" == held[0]
+        (run_dir / "metrics.jsonl").unlink()
+    assert not run_dir.exists(), "the lock's own folder is removed again"
+    with rundir.locked(run_dir):  # released on exit: taken again
+        pass
+
+
+# -- 5. errors found late lose nothing ---------------------------------------
+
+
+def test_an_unknown_early_stopping_metric_is_refused_before_training(tmp_path, shapes, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main([str(toml(tmp_path, shapes)), "--train.early_stopping.metric=acuracy"])
+    assert exited.value.code == cli.EXIT_CONFIG
+    assert capsys.readouterr().err.splitlines() == [
+        "error: train.early_stopping.metric: task 'classification' reports no 'acuracy'; "
+        "choose one of 'loss', 'accuracy', 'top5'"
+    ]
+    assert not (tmp_path / "runs" / "cnn").exists()
+
+
+def test_the_checkpoint_of_an_evaluation_step_is_written_before_evaluating(tmp_path, shapes, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(run, "evaluate_batches", broken)
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES))), echo=quiet)
+    assert [p.name for p in checkpoint.step_files(tmp_path / "runs" / "cnn" / "checkpoints")] == ["step_00000002.pt"]
+
+
+# -- 8. a moved run resumes ----------------------------------------------------
+
+
+def test_a_renamed_run_folder_resumes(tmp_path, shapes):
+    path = toml(tmp_path, shapes)
+    assert craft(str(path), "--train.steps=2").returncode == 0
+    (tmp_path / "runs" / "cnn").rename(tmp_path / "moved")
+    process = craft(str(path), f"--out_dir={tmp_path}", "--name=moved", "--resume")
+    assert process.returncode == 0, process.stderr
+    assert (tmp_path / "moved" / "checkpoints" / "step_00000004.pt").exists()
+
+
+# -- 9. checkpoints that load but hold the wrong things; long and failed writes ---
+
+
+@pytest.mark.parametrize("damage", [
+    lambda p: p.update(torch_rng=torch.zeros(3, dtype=torch.uint8)),
+    lambda p: p["state"].update(params=[1, 2]),
+])
+def test_a_checkpoint_holding_the_wrong_things_is_skipped_on_resume(tmp_path, shapes, damage):
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES)), {"train.checkpoint_every": 1})
+    run_dir = run.train(exp, echo=quiet)
+    newest = checkpoint.step_files(run_dir / "checkpoints")[-1]
+    payload = checkpoint.load(newest)
+    damage(payload)
+    checkpoint.save(newest, payload)
+    lines = []
+    run.train(exp, resume=True, echo=lines.append)
+    assert any(line.startswith(f"warning: skipping {newest}: unreadable checkpoint") for line in lines), lines
+    assert any("from step_00000003.pt" in line for line in lines), lines
+
+
+def test_a_num_classes_mismatch_with_many_classes_is_a_short_line(tmp_path, shapes):
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=3))
+    data = SimpleNamespace(num_classes=10_000, classes=[f"class_{i:05d}" for i in range(10_000)])
+    with pytest.raises(run.RunError) as error:
+        fit_to_data(exp, data)
+    message = str(error.value)
+    assert len(message) < 300 and "'class_00000'" in message and "10000 in all" in message
+
+
+def test_a_full_disk_names_the_file(tmp_path, shapes, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(run.RunError, match=r"cannot write checkpoint '.*step_00000002.pt': No space left on device"):
+        run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES))), echo=quiet)
+    with pytest.raises(rundir.RunError, match=r"cannot write '.*config.toml': No space left"):
+        monkeypatch.setattr(Path, "write_text", full)
+        rundir.write_atomic(tmp_path / "config.toml", "x")
+
+
+def test_the_printed_resume_command_is_shell_quoted(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["craft", "my exp.toml", "--name=a b", "--overwrite"])
+    assert cli._report(rundir.Interrupted(3, Path("x"))) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.splitlines()[-1] == "resume with: python -m craft train 'my exp.toml' '--name=a b' --resume"
+
+
+def test_ranks_reading_different_data_are_one_line():
+    def differ(tree, what):
+        raise RuntimeError(f"{what} differ between rank 0 and rank(s) [1]")
+
+    replicas = SimpleNamespace(active=True, rank=1, check_same=differ)
+    with pytest.raises(run.RunError, match=r"rank 1: the ranks read different data \(data differ between rank 0 and rank"):
+        run.check_same_data(SimpleNamespace(fingerprint=lambda: "abc"), replicas)
+    run.check_same_data(SimpleNamespace(), replicas)  # a dataset without a fingerprint is not compared
