@@ -157,6 +157,7 @@ def make_ensemble_step(
     *,
     inputs: Callable[[Batch], tuple] = default_inputs,
     accum_steps: int = 1,
+    weight: Callable[[Batch], Tensor | int] | None = None,
     precision: str = "fp32",
     compile: bool | Mapping[str, Any] = True,
     per_member_batches: bool = False,
@@ -171,7 +172,9 @@ def make_ensemble_step(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown ensemble strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    step = make_pure_step(model, loss_fn, transform, inputs=inputs, accum_steps=accum_steps, precision=precision)
+    step = make_pure_step(
+        model, loss_fn, transform, inputs=inputs, accum_steps=accum_steps, weight=weight, precision=precision
+    )
     batch_dim = 0 if per_member_batches else None
     chosen: dict[str, Callable] = {}  # built on the first call, when the device is known
 

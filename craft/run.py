@@ -144,8 +144,9 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     # inductor, a donated GPT step measured wrong parameters from its first step
     # (tests/test_step_cuda.py checks it on a GPU machine).
     train_step = make_train_step(
-        parts.model, parts.task.loss, parts.optimizer, accum_steps=cfg.accum_steps, donate=parts.device.type == "cpu",
-        skip_nonfinite=cfg.on_nonfinite == "skip", cross_replica_mean=replicas.mean(), **common
+        parts.model, parts.task.loss, parts.optimizer, accum_steps=cfg.accum_steps, weight=parts.task.weight,
+        donate=parts.device.type == "cpu", skip_nonfinite=cfg.on_nonfinite == "skip",
+        cross_replica_mean=replicas.mean(), **common
     )
     eval_step = make_eval_step(parts.model, parts.task.loss, **common)
     log = MetricsLog(run_dir, tensorboard=cfg.tensorboard) if main else NullLog()

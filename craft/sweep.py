@@ -215,7 +215,7 @@ def _fit_sweep(exp: Experiment, model, parts, tx: Transform, start, run_dir: Pat
     """The loop of a sweep: the guarded ensemble step and the sweep's hooks."""
     cfg, (train_data, val_data), task, device = exp.train, data, parts.task, parts.device
     common = dict(inputs=task.inputs, precision=cfg.precision, compile=cfg.compile)
-    ensemble_step = make_ensemble_step(model, task.loss, tx, accum_steps=cfg.accum_steps, **common)
+    ensemble_step = make_ensemble_step(model, task.loss, tx, accum_steps=cfg.accum_steps, weight=task.weight, **common)
     step = guarded(ensemble_step, cfg.on_nonfinite)
     eval_step = make_eval_step(model, task.loss, **common)
     elapsed = hooks.clock(start.progress["elapsed"])
