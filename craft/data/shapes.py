@@ -246,7 +246,7 @@ def names_from(known: Sequence[str], noun: str):
     return validate
 
 
-_validate_shapes = names_from(SHAPES, "shape")
+validate_shapes = names_from(SHAPES, "shape")
 
 
 @DATASETS.register("shapes")
@@ -266,7 +266,7 @@ class ShapesConfig:
     image_size: int = attrs.field(default=32, validator=checks.at_least(1))
     channels: int = attrs.field(default=3, validator=checks.channels)
     batch_size: int = attrs.field(default=128, validator=checks.at_least(1))
-    classes: list[str] = attrs.field(factory=lambda: list(SHAPES), validator=_validate_shapes)
+    classes: list[str] = attrs.field(factory=lambda: list(SHAPES), validator=validate_shapes)
     data_seed: int = 0
     mean: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
     std: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
@@ -300,6 +300,27 @@ class ShapesConfig:
         return EvalBatches(num, load, **common)
 
 
+def folder_problems(*, image_size: object, num_train: object, num_val: object) -> list[str]:
+    """What is wrong with the options of a prepared folder, one ``"name: problem"`` line each (none: ``[]``).
+
+    ``image_size`` and ``num_train`` must be positive whole numbers, ``num_val`` non-negative.
+    """
+    problems = []
+    for name, value, least in (("image_size", image_size, 1), ("num_train", num_train, 1), ("num_val", num_val, 0)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"{name}: must be a whole number, got {value!r}")
+        elif value < least:
+            problems.append(f"{name}: must be >= {least}, got {value}")
+    return problems
+
+
+def check_folder_options(**options: object) -> None:
+    """Raise ValueError naming every ``folder_problems`` of ``options`` before anything is written."""
+    problems = folder_problems(**options)
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def write_shapes_folder(
     root: str | Path,
     *,
@@ -317,7 +338,8 @@ def write_shapes_folder(
     temporary name next to ``root`` and renamed into place. An existing,
     non-empty ``root`` is an error (FileExistsError), never overwritten.
     """
-    _validate_shapes(None, None, list(classes))
+    validate_shapes(None, None, list(classes))
+    check_folder_options(image_size=image_size, num_train=num_train, num_val=num_val)
     suffix = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}.get(format.lower())
     if suffix is None:
         raise ValueError(f"format must be 'png' or 'jpg', got {format!r}")
