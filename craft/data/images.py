@@ -22,8 +22,8 @@ from typing import NamedTuple
 import attrs
 import torch
 import torchvision.io  # noqa: F401  (registers the torch.ops.image decoders)
-from torch import Tensor
 from PIL import Image
+from torch import Tensor
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as F
 
@@ -31,11 +31,13 @@ from craft.data import DATASETS
 from craft.data import checks
 from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize
 from craft.data.files import IMAGE_SUFFIXES, KINDS, MAX_PIXELS, dimensions, find_files, inside, read_file, sniff
+from craft.data.once import once_per_node
 from craft.data.pngcheck import png_problem
 from craft.data.shapes import ShapesConfig, image_tensor, write_shapes_folder
 
-_SUFFIXES = ".jpg, .jpeg, .png"
-_MORE_SUFFIXES = ", ".join(s for s in IMAGE_SUFFIXES if s not in _SUFFIXES)
+_COMMON = (".jpg", ".jpeg", ".png")
+_SUFFIXES = ", ".join(_COMMON)  # messages name these first: the common kinds
+_MORE_SUFFIXES = ", ".join(s for s in IMAGE_SUFFIXES if s not in _COMMON)
 _MODES = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}
 
 # The op behind torchvision.io.decode_image. The Python wrapper issues a
@@ -438,7 +440,15 @@ class ImageFolderConfig:
 
 
 def prepare_shapes(root: Path, *, image_size: int, seed: int) -> None:
-    """Write the synthetic shapes folder at ``root`` unless it already has something in it."""
+    """Write the synthetic shapes folder at ``root`` unless it already has something in it.
+
+    Under torchrun, local rank 0 of each node writes while the other ranks
+    wait (``once_per_node``); a folder another writer finished first is reused.
+    """
+    once_per_node(lambda: _write_shapes_unless_present(root, image_size=image_size, seed=seed))
+
+
+def _write_shapes_unless_present(root: Path, *, image_size: int, seed: int) -> None:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         return
     count = PREPARED_SHAPES["num_train"] + PREPARED_SHAPES["num_val"]
@@ -449,4 +459,4 @@ def prepare_shapes(root: Path, *, image_size: int, seed: int) -> None:
     except FileExistsError:
         if not (root.is_dir() and any(root.iterdir())):
             raise
-        # Another process (another rank) wrote it first: reuse theirs, it is complete.
+        # Another process (another job on a shared disk) wrote it first: reuse theirs, it is complete.

@@ -12,6 +12,7 @@ captions), ``render`` draws them at any resolution. No global RNG is touched.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -360,6 +361,21 @@ def write_shapes_folder(
     return write_folder(root, fill, thread_name="craft-write-shapes")
 
 
+def move_into_place(tmp: Path, root: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``root`` (absent or empty).
+
+    Raises FileExistsError when another writer's folder took ``root`` first
+    (``root`` is then theirs, complete: they renamed it into place too).
+    """
+    try:
+        with contextlib.suppress(FileNotFoundError):  # another writer may have removed it first
+            if root.is_dir() and not any(root.iterdir()):
+                root.rmdir()  # rename cannot replace a folder portably
+        tmp.rename(root)
+    except OSError as e:  # ENOTEMPTY, EEXIST: someone else's folder is there now
+        raise FileExistsError(f"{root} appeared while it was being written; remove it or pick another") from e
+
+
 def write_folder(root: str | Path, fill: Callable[[Path, Executor], None], *, thread_name: str) -> Path:
     """Make the folder ``root`` with ``fill(tmp, pool)``, which writes into ``tmp`` using ``pool``'s threads.
 
@@ -377,12 +393,7 @@ def write_folder(root: str | Path, fill: Callable[[Path, Executor], None], *, th
     try:
         fill(tmp, pool)
         pool.shutdown()
-        if root.exists():
-            root.rmdir()  # empty, checked above; rename cannot replace a folder portably
-        try:
-            tmp.rename(root)
-        except OSError as e:  # someone else (another rank) created root meanwhile
-            raise FileExistsError(f"{root} appeared while it was being written; remove it or pick another") from e
+        move_into_place(tmp, root)
     finally:
         pool.shutdown(cancel_futures=True)  # on Ctrl-C, don't render the rest first
         if tmp.exists():
