@@ -37,8 +37,8 @@ from PIL import Image
 from torch import Tensor
 
 from craft.data import DATASETS, checks
-from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize
-from craft.data.files import MAX_PIXELS
+from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize, options_fingerprint
+from craft.data.files import MAX_PIXELS, files_fingerprint
 from craft.data.images import DecodedImages, images_under, load_images
 from craft.data.scenes import DEFAULT_IMAGE_SIZE, WORDS, describe_scene, render_scene
 from craft.data.shapes import (
@@ -218,6 +218,7 @@ def caption_batches(
     executor: Executor | None,
     prefetch: int,
     examples: list | None = None,
+    fingerprint: str | Callable[[], str] | None = None,
 ) -> TrainBatches | EvalBatches:
     """The batches of ``split``'s examples: example ``i`` is image ``image_of[i]`` captioned ``captions[i]``.
 
@@ -234,7 +235,7 @@ def caption_batches(
 
     common = {
         "classes": [], "rank": rank, "world_size": world_size, "executor": executor, "prefetch": prefetch,
-        "examples": examples,
+        "examples": examples, "fingerprint": fingerprint,
     }
     if split == "train":
         batches = TrainBatches(len(captions), load, batch_size=config.batch_size, seed=seed, **common)
@@ -342,6 +343,9 @@ class CaptionFolderConfig:
             split, images, image_of, chosen.captions, tokenizer, length, config=self, seed=seed, rank=rank,
             world_size=world_size, executor=executor, prefetch=self.prefetch,
             examples=list(zip(chosen.files, chosen.captions)),
+            fingerprint=lambda: options_fingerprint(
+                self, split, chosen.captions, files_fingerprint(chosen.files, chosen.source.parent)
+            ),
         )
 
     def load_image(self, path: str | Path) -> Tensor:
@@ -423,6 +427,7 @@ class ShapeCaptionsConfig:
         return caption_batches(
             split, images, torch.arange(num), list(self.captions(split)), tokenizer, length, config=self, seed=seed,
             rank=rank, world_size=world_size, executor=executor, prefetch=2,
+            fingerprint=options_fingerprint(self, split),
         )
 
     def load_image(self, path: str | Path) -> Tensor:

@@ -29,8 +29,10 @@ from torchvision.transforms.v2 import functional as F
 
 from craft.data import DATASETS
 from craft.data import checks
-from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize
-from craft.data.files import IMAGE_SUFFIXES, KINDS, MAX_PIXELS, dimensions, find_files, inside, read_file, sniff
+from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize, options_fingerprint
+from craft.data.files import (
+    IMAGE_SUFFIXES, KINDS, MAX_PIXELS, dimensions, files_fingerprint, find_files, inside, read_file, sniff,
+)
 from craft.data.once import once_per_node
 from craft.data.pngcheck import png_problem
 from craft.data.shapes import ShapesConfig, image_tensor, write_shapes_folder
@@ -408,9 +410,14 @@ class ImageFolderConfig:
             prefetch=self.prefetch,
             examples=files,
         )
-        if split == "train":
-            return TrainBatches(len(files), load, seed=seed, **common)
-        return EvalBatches(len(files), load, **common)
+        common["fingerprint"] = lambda: options_fingerprint(
+            self, split, classes, chosen.names, files_fingerprint(files, chosen.folder)
+        )
+        batches = TrainBatches(len(files), load, seed=seed, **common) if split == "train" else EvalBatches(
+            len(files), load, **common
+        )
+        batches.summary = chosen.summary()
+        return batches
 
     def listing(self, split: str) -> tuple[Listing, Listing]:
         """``(train listing, split's listing)``: the train one fixes the classes."""

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from craft.data import DATASETS
 from craft.data import checks
-from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize
+from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize, options_fingerprint
 
 SHAPES = ("arrow", "circle", "cross", "ring", "square", "star", "triangle")
 """Every shape class, sorted by name (class ``k`` of a config is its ``k``-th sorted name)."""
@@ -294,7 +294,8 @@ class ShapesConfig:
         # One thread renders ahead while the caller trains; one, so renders never race.
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"craft-shapes-{split}")
         common = dict(
-            batch_size=self.batch_size, classes=classes, rank=rank, world_size=world_size, executor=executor, prefetch=2
+            batch_size=self.batch_size, classes=classes, rank=rank, world_size=world_size, executor=executor,
+            prefetch=2, fingerprint=options_fingerprint(self, split),
         )
         if split == "train":
             return TrainBatches(num, load, seed=seed, **common)
