@@ -157,6 +157,19 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:  # extended: the canvas, 24-bit sizes less one
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if chunk == b"VP8L" and len(data) >= 25:  # lossless: 14-bit sizes less one
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and len(data) >= 30:  # lossy: 14-bit sizes after the frame tag and start code
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    return None
+
+
 def dimensions(data: bytes, kind: str | None) -> tuple[int, int] | None:
     """``(width, height)`` from the header of image ``data`` of ``kind``, without decoding; None if unknown."""
     if kind == "PNG" and len(data) >= 24:
@@ -165,12 +178,12 @@ def dimensions(data: bytes, kind: str | None) -> tuple[int, int] | None:
         return _jpeg_size(data)
     if kind == "GIF" and len(data) >= 10:
         return struct.unpack("<HH", data[6:10])
-    try:  # WebP, BMP, TIFF: Pillow's open reads the header only
+    if kind == "WebP":
+        return _webp_size(data)
+    try:  # BMP, TIFF: Pillow's open reads the header only (and decodes them later)
         with Image.open(io.BytesIO(data)) as image:
             return image.size
-    except Image.DecompressionBombError:
-        return 2**31, 2**31  # beyond Pillow's hard limit: report it as too large
-    except Exception:  # not an image Pillow knows: the decoder will say so
+    except Exception:  # damaged, or past twice Pillow's own limit: decoding says why (nothing is decoded)
         return None
 
 
