@@ -114,3 +114,75 @@ def test_torchrun_on_a_fresh_clone_prepares_the_data_once(tmp_path):
     assert len(list((tmp_path / "new" / "shapes").rglob("*.png"))) == 35
     assert not [p for p in (tmp_path / "new").iterdir() if p.name.startswith(".")]  # no temporary folder left
     assert (tmp_path / "runs" / "fresh" / "metrics.jsonl").is_file()
+
+
+# -- image folders that used to end in a traceback or a hang ----------------
+
+FOLDER_RUN = """
+name = "{name}"
+seed = 0
+out_dir = "{out}"
+
+[model]
+kind = "cnn"
+num_classes = 2
+
+[data]
+kind = "image_folder"
+path = "{data}"
+batch_size = 4
+val_fraction = 0.5
+num_threads = 0
+
+[optim]
+kind = "sgd"
+lr = 0.1
+
+[train]
+steps = 4
+eval_every = 4
+compile = false
+"""
+
+
+def image_folder(root: Path, extra: dict[str, bytes]) -> Path:
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for k in range(4):
+            Image.new("RGB", (32, 32), (40 * k, 90, 10)).save(root / name / f"{name}_{k}.png")
+    for relative, data in extra.items():
+        (root / relative).write_bytes(data)
+    return root
+
+
+def animated_gif() -> bytes:
+    import io
+
+    from PIL import Image
+
+    frames = [Image.new("RGB", (32, 32), (60 * k, 10, 200)) for k in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"a/a_4.png": animated_gif()}, r"a_4\.png: it holds a GIF image but its name says PNG; rename it to \.gif"),
+        ({"b/b_0.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\xea`\x00\x00\xea`\x08\x02\x00\x00\x00"},
+         r"b_0\.png: its header claims 60000x60000 = 3,600,000,000 pixels, over data\.max_pixels"),
+    ],
+)  # fmt: skip
+def test_a_lying_or_oversized_image_is_one_line_naming_the_file(tmp_path, extra, message):
+    import re
+
+    data = image_folder(tmp_path / "images", extra)
+    config = tmp_path / "run.toml"
+    config.write_text(FOLDER_RUN.format(name="bad", out=tmp_path / "runs", data=data))
+    result = craft(str(config))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and re.search(message, result.stderr), result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1

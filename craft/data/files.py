@@ -41,6 +41,12 @@ class Found(NamedTuple):
     left_out: Counter[str]
 
 
+def shown(name: str | Path) -> str:
+    """``name`` for a message: as is when plainly printable, else quoted (``repr``) so a newline or space shows."""
+    name = str(name)
+    return name if name.isprintable() and not any(c.isspace() for c in name) else repr(name)
+
+
 def inside(path: str, folder: str) -> bool:
     """Whether the real path ``path`` is ``folder`` or below it (both real, absolute)."""
     return os.path.commonpath([path, folder]) == folder
@@ -107,7 +113,7 @@ def read_file(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"cannot read image {path!r}: not a regular file; replace or delete it")
+            raise ValueError(f"cannot read image {shown(path)}: not a regular file; replace or delete it")
         with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read()
     finally:

@@ -31,7 +31,7 @@ from craft.data import DATASETS
 from craft.data import checks
 from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize, options_fingerprint
 from craft.data.files import (
-    IMAGE_SUFFIXES, KINDS, MAX_PIXELS, dimensions, files_fingerprint, find_files, inside, read_file, sniff,
+    IMAGE_SUFFIXES, KINDS, MAX_PIXELS, dimensions, files_fingerprint, find_files, inside, read_file, shown, sniff,
 )
 from craft.data.once import once_per_node
 from craft.data.pngcheck import png_problem
@@ -74,7 +74,7 @@ class Listing(NamedTuple):
         """One line: how many files of which kinds were found, and what was left out."""
         kinds = Counter(KINDS[os.path.splitext(f)[1].lower()] for f in self.files)
         found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
-        line = f"{len(self.files)} images in {str(self.folder)!r}" + (f" ({found})" if found else "")
+        line = f"{len(self.files)} images in {shown(self.folder)}" + (f" ({found})" if found else "")
         return line + (f"; left out {describe_left_out(self.left_out)}" if self.left_out else "")
 
 
@@ -124,7 +124,7 @@ def list_images(folder: str | Path, labels: str = "folders") -> Listing:
             )
         if missing:
             raise ValueError(
-                f"{len(missing)} of {len(files)} images in {folder} have no class prefix, e.g. {missing[0]!r}; "
+                f"{len(missing)} of {len(files)} images in {folder} have no class prefix, e.g. {shown(missing[0])}; "
                 f"labels = \"prefix\" needs names like cat_001.jpg: rename or remove them"
             )
         return Listing(folder, files, names, left_out)
@@ -201,30 +201,30 @@ def read_image(path: str, channels: int = 3, max_pixels: int = MAX_PIXELS) -> Te
     """
     data = read_file(path)
     if not data:
-        raise ValueError(f"cannot decode image {path!r} (empty file); replace or delete it")
+        raise ValueError(f"cannot decode image {shown(path)} (empty file); replace or delete it")
     kind, named = sniff(data), KINDS.get(os.path.splitext(path)[1].lower())
     if kind is None:
-        raise ValueError(f"cannot decode image {path!r} (not a {', '.join(sorted(set(KINDS.values())))} file); "
+        raise ValueError(f"cannot decode image {shown(path)} (not a {', '.join(sorted(set(KINDS.values())))} file); "
                          f"replace or delete it")  # fmt: skip
     if named is not None and kind != named:
         raise ValueError(
-            f"cannot decode image {path!r}: it holds a {kind} image but its name says {named}; "
+            f"cannot decode image {shown(path)}: it holds a {kind} image but its name says {named}; "
             f"rename it to .{kind.lower()}, convert it, or delete it"
         )
     size = dimensions(data, kind)
     if size is not None and size[0] * size[1] > max_pixels:
         raise ValueError(
-            f"cannot decode image {path!r}: its header claims {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
+            f"cannot decode image {shown(path)}: its header claims {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
             f"over data.max_pixels = {max_pixels:,}; raise data.max_pixels to read it, or shrink or delete it"
         )
     image = _decode_pillow(data, channels) if kind in ("BMP", "TIFF") else _decode_torchvision(data, channels, kind)
     if isinstance(image, str):
-        raise ValueError(f"cannot decode image {path!r} ({image}); replace or delete it")
+        raise ValueError(f"cannot decode image {shown(path)} ({image}); replace or delete it")
     if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
         image = F.to_dtype(image, torch.uint8, scale=True)
     if image.ndim != 3 or image.shape[0] != channels:  # never let an odd file reach torch.stack
         raise ValueError(
-            f"cannot decode image {path!r}: it decodes to shape {tuple(image.shape)}, not ({channels}, H, W); "
+            f"cannot decode image {shown(path)}: it decodes to shape {tuple(image.shape)}, not ({channels}, H, W); "
             f"convert it or delete it"
         )
     return image

@@ -243,7 +243,7 @@ def test_a_folder_of_every_format_trains_and_its_listing_says_what_it_found(tmp_
     (tmp_path / "a" / "logo.svg").write_text("<svg/>")
     listing = list_images(tmp_path)
     assert listing.summary() == (
-        f"7 images in {str(tmp_path)!r} (1 BMP, 1 GIF, 1 JPEG, 1 PNG, 2 TIFF, 1 WebP); "
+        f"7 images in {tmp_path} (1 BMP, 1 GIF, 1 JPEG, 1 PNG, 2 TIFF, 1 WebP); "
         "left out 1 .svg files, 1 .txt files"
     )
     cfg = ImageFolderConfig(path=str(tmp_path), batch_size=7, image_size=8, val_fraction=0.0)
