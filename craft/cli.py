@@ -129,6 +129,11 @@ def prepare(what: str, directory: str, image_size: int = 32, seed: int = 0, **co
     unknown = sorted(set(counts) - set(defaults))
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r} for `craft prepare {what}`; known: {sorted(defaults)}")
+    from craft.data.shapes import folder_problems
+
+    problems = folder_problems(image_size=image_size, **{**defaults, **counts})
+    if problems:
+        raise UsageError("\n".join(f"--{line}" for line in problems))
     print(write(Path(directory), image_size=image_size, seed=seed, **{**defaults, **counts}))
 
 

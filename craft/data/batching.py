@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 
+import attrs
 import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
@@ -41,6 +42,21 @@ def derive_seed(*parts: object) -> int:
     """
     digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & _MASK63
+
+
+def fingerprint_of(*parts: object) -> str:
+    """A 16-hex-digit digest of ``parts`` (by their ``repr``): equal parts, equal fingerprint."""
+    return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
+
+
+NOT_CONTENT = frozenset({"path", "val_path", "batch_size", "eval_batch_size", "num_threads", "prefetch", "cache"})
+"""Config keys that change where data is read from or how fast, not what it is: left out of fingerprints."""
+
+
+def options_fingerprint(config: object, *parts: object) -> str:
+    """``fingerprint_of`` the attrs ``config``'s kind and content keys (not ``NOT_CONTENT``), and ``parts``."""
+    options = {k: v for k, v in attrs.asdict(config).items() if k not in NOT_CONTENT}
+    return fingerprint_of(type(config).__name__, sorted(options.items()), *parts)
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> Tensor:
@@ -90,8 +106,10 @@ class _Batches:
         executor: Executor | None,
         prefetch: int,
         examples: Sequence[object] | None,
+        fingerprint: str | Callable[[], str] | None = None,
     ) -> None:
         self.batch_size = shard_size(batch_size, world_size, rank)
+        self._fingerprint = fingerprint
         self.global_batch_size = batch_size
         self.classes = list(classes)
         self.num_classes = len(self.classes)
@@ -100,6 +118,20 @@ class _Batches:
         self._load = load
         self._executor = executor
         self._prefetch = max(1, prefetch) if executor is not None else 0
+
+    def fingerprint(self) -> str:
+        """A short digest of the data behind these batches, the same on every rank that reads the same data.
+
+        What the dataset passed in (a string, or a function computed here
+        once: a folder's file names and sizes, a text's hash, the options of
+        generated data); else the example count and classes alone. It does not
+        depend on the rank, the batch size or the position.
+        """
+        if callable(self._fingerprint):
+            self._fingerprint = self._fingerprint()
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint_of(self.total_examples, self.classes)
+        return self._fingerprint
 
     def close(self) -> None:
         """Stop the loading threads; the iterator must not be used afterwards."""
@@ -128,17 +160,18 @@ class TrainBatches(_Batches, Iterator[Batch]):
         executor: Executor | None = None,
         prefetch: int = 0,
         examples: Sequence[object] | None = None,
+        fingerprint: str | Callable[[], str] | None = None,
     ) -> None:
         super().__init__(
             load, batch_size=batch_size, classes=classes, rank=rank, world_size=world_size,
-            executor=executor, prefetch=prefetch, examples=examples,
+            executor=executor, prefetch=prefetch, examples=examples, fingerprint=fingerprint,
         )
         if num_examples < batch_size:
             raise ValueError(
                 f"the train split has {num_examples} examples, fewer than one batch "
                 f"(data.batch_size={batch_size}); lower batch_size or add data"
             )
-        self.num_examples = num_examples
+        self.num_examples = self.total_examples = num_examples
         self.batches_per_epoch = num_examples // batch_size
         self.seed = seed
         self._orders: dict[int, Tensor] = {}
@@ -230,11 +263,13 @@ class EvalBatches(_Batches):
         executor: Executor | None = None,
         prefetch: int = 0,
         examples: Sequence[object] | None = None,
+        fingerprint: str | Callable[[], str] | None = None,
     ) -> None:
         super().__init__(
             load, batch_size=batch_size, classes=classes, rank=rank, world_size=world_size,
-            executor=executor, prefetch=prefetch, examples=examples,
+            executor=executor, prefetch=prefetch, examples=examples, fingerprint=fingerprint,
         )
+        self.total_examples = num_examples  # every rank's, together
         self._batches: list[Tensor] = []
         for start in range(0, num_examples, batch_size):
             chunk = torch.arange(start, min(start + batch_size, num_examples)).tensor_split(world_size)[rank]

@@ -37,10 +37,13 @@ from PIL import Image
 from torch import Tensor
 
 from craft.data import DATASETS, checks
-from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize
-from craft.data.images import DecodedImages, _images_under, load_images
+from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize, options_fingerprint
+from craft.data.files import MAX_PIXELS, files_fingerprint
+from craft.data.images import DecodedImages, images_under, load_images
 from craft.data.scenes import DEFAULT_IMAGE_SIZE, WORDS, describe_scene, render_scene
-from craft.data.shapes import COLOURS, SHAPES, RenderedImages, _validate_shapes, names_from, write_folder
+from craft.data.shapes import (
+    COLOURS, SHAPES, RenderedImages, validate_shapes, check_folder_options, names_from, write_folder,
+)
 from craft.data.text import IGNORE_INDEX
 from craft.data.tokenizers import BOUNDARY, CharTokenizer, WordTokenizer
 
@@ -135,7 +138,7 @@ def read_captions(path: str | Path) -> Captions:
             f"e.g. line {number}: {file}; file names are relative to {folder}: fix them or remove those lines"
         )
     named = set(files)
-    uncaptioned = [f for f in _images_under(folder) if os.path.normpath(f) not in named]
+    uncaptioned = [f for f in images_under(folder) if os.path.normpath(f) not in named]
     if uncaptioned:
         warnings.warn(
             f"{len(uncaptioned)} image{'s' if len(uncaptioned) > 1 else ''} in {folder} "
@@ -189,11 +192,15 @@ def encode_captions(tokenizer: Tokenizer, captions: list[str], length: int) -> t
     return torch.tensor(inputs, dtype=torch.int64).view(shape), torch.tensor(targets, dtype=torch.int64).view(shape)
 
 
-def load_image(path: str | Path, *, image_size: int, channels: int, mean: list[float], std: list[float]) -> Tensor:
+def load_image(
+    path: str | Path, *, image_size: int, channels: int, mean: list[float], std: list[float],
+    max_pixels: int = MAX_PIXELS,
+) -> Tensor:
     """float32 ``(channels, image_size, image_size)``: the file as a batch holds it (converted, resized, normalized)."""
     if not Path(path).is_file():
         raise ValueError(f"{path}: no such image file; check the path")
-    return normalize(load_images([str(path)], image_size=image_size, channels=channels), mean, std)[0]
+    images = load_images([str(path)], image_size=image_size, channels=channels, max_pixels=max_pixels)
+    return normalize(images, mean, std)[0]
 
 
 def caption_batches(
@@ -211,6 +218,7 @@ def caption_batches(
     executor: Executor | None,
     prefetch: int,
     examples: list | None = None,
+    fingerprint: str | Callable[[], str] | None = None,
 ) -> TrainBatches | EvalBatches:
     """The batches of ``split``'s examples: example ``i`` is image ``image_of[i]`` captioned ``captions[i]``.
 
@@ -227,7 +235,7 @@ def caption_batches(
 
     common = {
         "classes": [], "rank": rank, "world_size": world_size, "executor": executor, "prefetch": prefetch,
-        "examples": examples,
+        "examples": examples, "fingerprint": fingerprint,
     }
     if split == "train":
         batches = TrainBatches(len(captions), load, batch_size=config.batch_size, seed=seed, **common)
@@ -261,6 +269,8 @@ class CaptionFolderConfig:
     ``tokenizer`` is "word" (whitespace-separated words) or "char"; its
     vocabulary is every train and val caption's. ``num_threads`` threads
     decode up to ``prefetch`` batches ahead; ``cache`` keeps decoded images in memory.
+    Images are read as ``image_folder`` reads them (its formats; a header
+    claiming more than ``max_pixels`` pixels is refused before decoding).
     """
 
     path: str
@@ -279,6 +289,7 @@ class CaptionFolderConfig:
     prefetch: int = attrs.field(default=4, validator=checks.at_least(1))
     cache: bool = False
     data_seed: int = 0
+    max_pixels: int = attrs.field(default=MAX_PIXELS, validator=checks.at_least(1))
 
     def splits(self) -> tuple[Captions, Captions]:
         """``(train, val)`` examples."""
@@ -323,18 +334,26 @@ class CaptionFolderConfig:
         tokenizer = make_tokenizer(self.tokenizer, everything)
         length = sequence_length(tokenizer, everything, self.max_length)
         files, image_of = _image_index(chosen.files)
-        images = DecodedImages(files, image_size=self.image_size, channels=self.channels, cache=self.cache)
+        images = DecodedImages(
+            files, image_size=self.image_size, channels=self.channels, cache=self.cache, max_pixels=self.max_pixels
+        )
         threads = self.num_threads
         executor = ThreadPoolExecutor(threads, thread_name_prefix=f"craft-captions-{split}") if threads else None
         return caption_batches(
             split, images, image_of, chosen.captions, tokenizer, length, config=self, seed=seed, rank=rank,
             world_size=world_size, executor=executor, prefetch=self.prefetch,
             examples=list(zip(chosen.files, chosen.captions)),
+            fingerprint=lambda: options_fingerprint(
+                self, split, chosen.captions, files_fingerprint(chosen.files, chosen.source.parent)
+            ),
         )
 
     def load_image(self, path: str | Path) -> Tensor:
         """float32 ``(C, S, S)``: the image file at ``path`` as a training batch would hold it."""
-        return load_image(path, image_size=self.image_size, channels=self.channels, mean=self.mean, std=self.std)
+        return load_image(
+            path, image_size=self.image_size, channels=self.channels, mean=self.mean, std=self.std,
+            max_pixels=self.max_pixels,
+        )
 
 
 # -- synthetic scenes ------------------------------------------------------
@@ -376,7 +395,7 @@ class ShapeCaptionsConfig:
     eval_batch_size: int | None = attrs.field(default=None, validator=checks.at_least(1))
     tokenizer: Literal["word", "char"] = attrs.field(default="word", validator=checks.one_of("word", "char"))
     max_length: int | None = attrs.field(default=None, validator=checks.at_least(2))
-    shapes: list[str] = attrs.field(factory=lambda: list(SHAPES), validator=_validate_shapes)
+    shapes: list[str] = attrs.field(factory=lambda: list(SHAPES), validator=validate_shapes)
     colours: list[str] = attrs.field(factory=lambda: list(COLOURS), validator=names_from(COLOURS, "colour"))
     max_things: int = attrs.field(default=2, validator=checks.one_of(1, 2))
     data_seed: int = 0
@@ -408,6 +427,7 @@ class ShapeCaptionsConfig:
         return caption_batches(
             split, images, torch.arange(num), list(self.captions(split)), tokenizer, length, config=self, seed=seed,
             rank=rank, world_size=world_size, executor=executor, prefetch=2,
+            fingerprint=options_fingerprint(self, split),
         )
 
     def load_image(self, path: str | Path) -> Tensor:
@@ -447,6 +467,7 @@ def write_caption_folder(
     options. The folder appears complete or not at all (written under a
     hidden name, then renamed); an existing non-empty ``root`` is a FileExistsError.
     """
+    check_folder_options(image_size=image_size, num_train=num_train, num_val=num_val)
     config = ShapeCaptionsConfig(
         num_train=num_train, num_val=num_val, image_size=image_size, channels=channels,
         shapes=list(shapes), colours=list(colours), max_things=max_things, data_seed=seed,

@@ -1,4 +1,4 @@
-"""Image folders: JPEG/PNG files decoded in background threads.
+"""Image folders: JPEG, PNG, WebP, BMP, GIF and TIFF files decoded in background threads.
 
 Labels come from class folders (``root/cat/x.jpg``) or from file-name
 prefixes (``root/cat_001.jpg``). Classes are sorted by name; a label is the
@@ -9,10 +9,12 @@ normalized; a batch is ``{"image": float32 (B, C, S, S), "label": int64 (B,)}``.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -20,18 +22,24 @@ from typing import NamedTuple
 import attrs
 import torch
 import torchvision.io  # noqa: F401  (registers the torch.ops.image decoders)
+from PIL import Image
 from torch import Tensor
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as F
 
 from craft.data import DATASETS
 from craft.data import checks
-from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize
-from craft.data.pngcheck import is_png, png_problem
-from craft.data.shapes import ShapesConfig, write_shapes_folder
+from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize, options_fingerprint
+from craft.data.files import (
+    IMAGE_SUFFIXES, KINDS, MAX_PIXELS, dimensions, files_fingerprint, find_files, inside, read_file, shown, sniff,
+)
+from craft.data.once import once_per_node
+from craft.data.pngcheck import png_problem
+from craft.data.shapes import ShapesConfig, image_tensor, write_shapes_folder
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-_SUFFIXES = ", ".join(IMAGE_SUFFIXES)
+_COMMON = (".jpg", ".jpeg", ".png")
+_SUFFIXES = ", ".join(_COMMON)  # messages name these first: the common kinds
+_MORE_SUFFIXES = ", ".join(s for s in IMAGE_SUFFIXES if s not in _COMMON)
 _MODES = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}
 
 # The op behind torchvision.io.decode_image. The Python wrapper issues a
@@ -51,27 +59,41 @@ PREPARED_SHAPES = {
 
 
 class Listing(NamedTuple):
-    """Image files found under ``folder`` and the class name of each."""
+    """Image files found under ``folder``, the class name of each, and what was left out (reason -> count)."""
 
     folder: Path
     files: list[str]
     names: list[str]
+    left_out: Counter[str] = Counter()
 
     def subset(self, positions: list[int]) -> Listing:
-        return Listing(self.folder, [self.files[i] for i in positions], [self.names[i] for i in positions])
+        files, names = [self.files[i] for i in positions], [self.names[i] for i in positions]
+        return Listing(self.folder, files, names, self.left_out)
+
+    def summary(self) -> str:
+        """One line: how many files of which kinds were found, and what was left out."""
+        kinds = Counter(KINDS[os.path.splitext(f)[1].lower()] for f in self.files)
+        found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        line = f"{len(self.files)} images in {shown(self.folder)}" + (f" ({found})" if found else "")
+        return line + (f"; left out {describe_left_out(self.left_out)}" if self.left_out else "")
 
 
-def _images_under(folder: str | Path) -> list[str]:
-    """Image files anywhere under ``folder``, sorted; hidden files and folders are skipped."""
-    found = []
-    for parent, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [
-            os.path.join(parent, n)
-            for n in names
-            if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES
-        ]
-    return sorted(found)
+def describe_left_out(left_out: Counter[str]) -> str:
+    """``"3 .txt files, 1 links out of the folder"``: the most frequent reasons first."""
+    return ", ".join(f"{n} {reason}" for reason, n in left_out.most_common())
+
+
+def images_under(folder: str | Path) -> list[str]:
+    """Image files anywhere under ``folder``, sorted; see ``craft.data.files.find_files`` for what is left out."""
+    return find_files(folder).files
+
+
+def _no_images(folder: Path, left_out: Counter[str]) -> ValueError:
+    found = f"; found only {describe_left_out(left_out)}" if left_out else ""
+    return ValueError(
+        f"no images ({_SUFFIXES}) in {folder}, nor {_MORE_SUFFIXES}{found}; "
+        f"add or convert some, or set prepare = \"shapes\""
+    )
 
 
 def list_images(folder: str | Path, labels: str = "folders") -> Listing:
@@ -80,15 +102,18 @@ def list_images(folder: str | Path, labels: str = "folders") -> Listing:
     ``labels="folders"``: the class is the sub-folder of ``folder`` holding the
     file (at any depth below it). ``labels="prefix"``: the class is the file
     name up to its first ``_`` (``cat_001.jpg`` -> ``cat``). Hidden files and
-    folders are skipped, and so are loose images beside class folders.
+    folders are skipped, and so are loose images beside class folders. Links
+    are followed only within the walked folder (a class folder, with
+    ``"folders"``), and each real folder is read once, so a link never moves
+    an image into another class (``craft.data.files.find_files``).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist or is not a folder")
     if labels == "prefix":
-        files = _images_under(folder)
+        files, left_out = find_files(folder)
         if not files:
-            raise ValueError(f"no images ({_SUFFIXES}) in {folder}; add some, or set prepare = \"shapes\"")
+            raise _no_images(folder, left_out)
         names = [os.path.basename(f).partition("_") for f in files]
         names = [prefix if sep and prefix else "" for prefix, sep, _ in names]
         missing = [f for f, name in zip(files, names) if not name]
@@ -99,30 +124,48 @@ def list_images(folder: str | Path, labels: str = "folders") -> Listing:
             )
         if missing:
             raise ValueError(
-                f"{len(missing)} of {len(files)} images in {folder} have no class prefix, e.g. {missing[0]}; "
+                f"{len(missing)} of {len(files)} images in {folder} have no class prefix, e.g. {shown(missing[0])}; "
                 f"labels = \"prefix\" needs names like cat_001.jpg: rename or remove them"
             )
-        return Listing(folder, files, names)
+        return Listing(folder, files, names, left_out)
     if labels != "folders":
         raise ValueError(f"data.labels must be 'folders' or 'prefix', got {labels!r}")
-    class_dirs = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    return _list_class_folders(folder)
+
+
+def _list_class_folders(folder: Path) -> Listing:
+    """``labels="folders"``: every class folder's images; one walk shares the set of folders seen."""
+    root = os.path.realpath(folder)
+    class_dirs, left_out = [], Counter()
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        if entry.is_symlink() and not inside(os.path.realpath(entry.path), root):
+            left_out["links out of the folder"] += 1
+        else:
+            class_dirs.append(entry.name)
     if not class_dirs:
-        if _images_under(folder):
+        loose = find_files(folder)
+        if loose.files:
             raise ValueError(
                 f"{folder} has images but no class folders; labels = \"folders\" expects {folder}/<class>/<image>: "
                 f"move the images into class folders, or set labels = \"prefix\" for names like cat_001.jpg"
             )
-        raise ValueError(f"no images ({_SUFFIXES}) in {folder}; add some, or set prepare = \"shapes\"")
+        raise _no_images(folder, loose.left_out + left_out)
+    seen = {(os.stat(folder).st_dev, os.stat(folder).st_ino)}  # a link back to the root is never followed
     files, names = [], []
     for name in class_dirs:
-        found = _images_under(folder / name)
+        found, skipped = find_files(folder / name, seen=seen)
+        left_out += skipped
         if not found:
+            what = f" ({describe_left_out(skipped)})" if skipped else ""
             raise ValueError(
-                f"class folder {folder / name} has no images ({_SUFFIXES}); add images or remove the folder"
+                f"class folder {folder / name} has no images ({_SUFFIXES}, {_MORE_SUFFIXES}){what}; "
+                f"add images or remove the folder"
             )
         files += found
         names += [name] * len(found)
-    return Listing(folder, files, names)
+    return Listing(folder, files, names, left_out)
 
 
 def split_files(names: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -148,32 +191,77 @@ def split_files(names: list[str], fraction: float, seed: int) -> tuple[list[int]
 # -- decoding --------------------------------------------------------------
 
 
-def read_image(path: str, channels: int = 3) -> Tensor:
-    """uint8 ``(channels, H, W)`` of a JPEG/PNG; gray, RGBA and palette images are converted.
+def read_image(path: str, channels: int = 3, max_pixels: int = MAX_PIXELS) -> Tensor:
+    """uint8 ``(channels, H, W)`` of a JPEG, PNG, WebP, BMP, GIF (first frame) or TIFF (first page) file.
 
-    Raises ValueError naming the file when it cannot be decoded.
+    Gray, RGBA and palette images are converted. Raises ValueError naming the
+    file when it cannot be decoded: not a regular file, content of another
+    kind than its suffix says (a GIF named ``.png``), a header claiming more
+    than ``max_pixels`` pixels (checked before anything is inflated), damage.
     """
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_file(path)
     if not data:
-        raise ValueError(f"cannot decode image {path} (empty file); replace or delete it")
-    problem = png_problem(data) if is_png(data) else None  # torchvision would crash on these: check first
-    if problem is not None:
-        raise ValueError(f"cannot decode image {path} ({problem}); replace or delete it")
-    try:
-        image = _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), _MODES[channels].value, True)
-    except RuntimeError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        reason = re.sub(r"^.*\.cpp:\d+,\s*", "", reason)  # the decoder's source location says nothing to a user
-        raise ValueError(f"cannot decode image {path} ({reason}); replace or delete it") from None
+        raise ValueError(f"cannot decode image {shown(path)} (empty file); replace or delete it")
+    kind, named = sniff(data), KINDS.get(os.path.splitext(path)[1].lower())
+    if kind is None:
+        raise ValueError(f"cannot decode image {shown(path)} (not a {', '.join(sorted(set(KINDS.values())))} file); "
+                         f"replace or delete it")  # fmt: skip
+    if named is not None and kind != named:
+        raise ValueError(
+            f"cannot decode image {shown(path)}: it holds a {kind} image but its name says {named}; "
+            f"rename it to .{kind.lower()}, convert it, or delete it"
+        )
+    size = dimensions(data, kind)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ValueError(
+            f"cannot decode image {shown(path)}: its header claims {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
+            f"over data.max_pixels = {max_pixels:,}; raise data.max_pixels to read it, or shrink or delete it"
+        )
+    image = _decode_pillow(data, channels) if kind in ("BMP", "TIFF") else _decode_torchvision(data, channels, kind)
+    if isinstance(image, str):
+        raise ValueError(f"cannot decode image {shown(path)} ({image}); replace or delete it")
     if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
         image = F.to_dtype(image, torch.uint8, scale=True)
+    if image.ndim != 3 or image.shape[0] != channels:  # never let an odd file reach torch.stack
+        raise ValueError(
+            f"cannot decode image {shown(path)}: it decodes to shape {tuple(image.shape)}, not ({channels}, H, W); "
+            f"convert it or delete it"
+        )
     return image
 
 
-def load_images(paths: list[str], *, image_size: int, channels: int = 3) -> Tensor:
-    """uint8 ``(len(paths), channels, image_size, image_size)``: decoded, converted, resized."""
-    images = [read_image(p, channels) for p in paths]
+def _decode_torchvision(data: bytes, channels: int, kind: str) -> Tensor | str:
+    """The decoded image, or why it failed.
+
+    GIF: the first frame. GIF and WebP come out RGB whatever the mode asks
+    (WebP warns), so gray is converted here.
+    """
+    if kind == "PNG":
+        problem = png_problem(data)  # torchvision would crash on these: check first
+        if problem is not None:
+            return problem
+    mode = _MODES[3 if kind in ("GIF", "WebP") else channels]
+    try:
+        image = _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode.value, True)
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return re.sub(r"^.*\.cpp:\d+,\s*", "", reason)  # the decoder's source location says nothing to a user
+    image = image[0] if kind == "GIF" and image.ndim == 4 else image  # (frames, 3, H, W) when animated
+    return F.rgb_to_grayscale(image) if channels == 1 and image.ndim == 3 and image.shape[0] == 3 else image
+
+
+def _decode_pillow(data: bytes, channels: int) -> Tensor | str:
+    """BMP and TIFF (torchvision has no decoder for them): the first frame, as Pillow converts it."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image_tensor(image.convert("L" if channels == 1 else "RGB"))
+    except Exception as e:  # Pillow raises many kinds (OSError, SyntaxError, struct.error ...) on damage
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def load_images(paths: list[str], *, image_size: int, channels: int = 3, max_pixels: int = MAX_PIXELS) -> Tensor:
+    """uint8 ``(len(paths), channels, image_size, image_size)``: decoded (``read_image``), converted, resized."""
+    images = [read_image(p, channels, max_pixels) for p in paths]
     size = [image_size, image_size]
     if all(im.shape == images[0].shape for im in images):
         # The common case (a folder of equal-sized images): one resize call for the batch.
@@ -182,7 +270,7 @@ def load_images(paths: list[str], *, image_size: int, channels: int = 3) -> Tens
     return torch.stack([F.resize(im, size, antialias=True) if im.shape[-2:] != tuple(size) else im for im in images])
 
 
-def drop_unreadable(listing: Listing, channels: int, num_threads: int = 0) -> Listing:
+def drop_unreadable(listing: Listing, channels: int, num_threads: int = 0, max_pixels: int = MAX_PIXELS) -> Listing:
     """``listing`` without the files ``read_image`` cannot decode; a warning counts them.
 
     Decodes every file once (in ``num_threads`` threads), so it costs one pass over the data.
@@ -190,7 +278,7 @@ def drop_unreadable(listing: Listing, channels: int, num_threads: int = 0) -> Li
 
     def problem(path: str) -> str | None:
         try:
-            read_image(path, channels)
+            read_image(path, channels, max_pixels)
         except (ValueError, OSError) as e:
             return str(e)
         return None
@@ -220,8 +308,10 @@ class DecodedImages:
     are marked done, and concurrent calls decode disjoint or identical rows.
     """
 
-    def __init__(self, files: list[str], *, image_size: int, channels: int, cache: bool) -> None:
-        self.files, self.image_size, self.channels = files, image_size, channels
+    def __init__(
+        self, files: list[str], *, image_size: int, channels: int, cache: bool, max_pixels: int = MAX_PIXELS
+    ) -> None:
+        self.files, self.image_size, self.channels, self.max_pixels = files, image_size, channels, max_pixels
         self.store = torch.empty(len(files), channels, image_size, image_size, dtype=torch.uint8) if cache else None
         self.done = torch.zeros(len(files), dtype=torch.bool) if cache else None
 
@@ -236,7 +326,7 @@ class DecodedImages:
 
     def _load(self, indices: Tensor) -> Tensor:
         paths = [self.files[i] for i in indices.tolist()]
-        return load_images(paths, image_size=self.image_size, channels=self.channels)
+        return load_images(paths, image_size=self.image_size, channels=self.channels, max_pixels=self.max_pixels)
 
 
 # -- config ----------------------------------------------------------------
@@ -245,7 +335,7 @@ class DecodedImages:
 @DATASETS.register("image_folder")
 @attrs.frozen
 class ImageFolderConfig:
-    """``[data] kind = "image_folder"``: JPEG/PNG files under ``path``.
+    """``[data] kind = "image_folder"``: image files under ``path``.
 
     Splits: ``val_path`` if set; else ``path/train`` and ``path/val`` if both
     exist; else a per-class ``val_fraction`` of the files (fixed by
@@ -256,7 +346,9 @@ class ImageFolderConfig:
     resized images in memory (``N * C * S * S`` bytes) after their first read.
     ``skip_unreadable`` leaves out files that do not decode, with a warning
     that counts them, instead of stopping at the first (it decodes every file
-    once when the data is built).
+    once when the data is built). A file whose header claims more than
+    ``max_pixels`` pixels is unreadable (refused before it is decoded).
+    Formats: JPEG, PNG, WebP, BMP, GIF (first frame), TIFF (first page).
     """
 
     path: str
@@ -274,6 +366,7 @@ class ImageFolderConfig:
     cache: bool = False
     data_seed: int = 0
     skip_unreadable: bool = False
+    max_pixels: int = attrs.field(default=MAX_PIXELS, validator=checks.at_least(1))
 
     def build(self, split: str, *, seed: int, rank: int = 0, world_size: int = 1) -> TrainBatches | EvalBatches:
         """Batches ``{"image": float32 (B, C, S, S), "label": int64 (B,)}`` of ``split``."""
@@ -293,11 +386,13 @@ class ImageFolderConfig:
                     f"add {Path(self.path) / 'val'}, or set data.val_path"
                 )
         if self.skip_unreadable:
-            chosen = drop_unreadable(chosen, self.channels, self.num_threads)
+            chosen = drop_unreadable(chosen, self.channels, self.num_threads, self.max_pixels)
         files = chosen.files
         position = {name: k for k, name in enumerate(classes)}
         labels = torch.tensor([position[n] for n in chosen.names], dtype=torch.int64)
-        images = DecodedImages(files, image_size=self.image_size, channels=self.channels, cache=self.cache)
+        images = DecodedImages(
+            files, image_size=self.image_size, channels=self.channels, cache=self.cache, max_pixels=self.max_pixels
+        )
         mean, std = self.mean, self.std
 
         def load(indices: Tensor) -> Batch:
@@ -315,9 +410,14 @@ class ImageFolderConfig:
             prefetch=self.prefetch,
             examples=files,
         )
-        if split == "train":
-            return TrainBatches(len(files), load, seed=seed, **common)
-        return EvalBatches(len(files), load, **common)
+        common["fingerprint"] = lambda: options_fingerprint(
+            self, split, classes, chosen.names, files_fingerprint(files, chosen.folder)
+        )
+        batches = TrainBatches(len(files), load, seed=seed, **common) if split == "train" else EvalBatches(
+            len(files), load, **common
+        )
+        batches.summary = chosen.summary()
+        return batches
 
     def listing(self, split: str) -> tuple[Listing, Listing]:
         """``(train listing, split's listing)``: the train one fixes the classes."""
@@ -347,7 +447,15 @@ class ImageFolderConfig:
 
 
 def prepare_shapes(root: Path, *, image_size: int, seed: int) -> None:
-    """Write the synthetic shapes folder at ``root`` unless it already has something in it."""
+    """Write the synthetic shapes folder at ``root`` unless it already has something in it.
+
+    Under torchrun, local rank 0 of each node writes while the other ranks
+    wait (``once_per_node``); a folder another writer finished first is reused.
+    """
+    once_per_node(lambda: _write_shapes_unless_present(root, image_size=image_size, seed=seed))
+
+
+def _write_shapes_unless_present(root: Path, *, image_size: int, seed: int) -> None:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         return
     count = PREPARED_SHAPES["num_train"] + PREPARED_SHAPES["num_val"]
@@ -358,4 +466,4 @@ def prepare_shapes(root: Path, *, image_size: int, seed: int) -> None:
     except FileExistsError:
         if not (root.is_dir() and any(root.iterdir())):
             raise
-        # Another process (another rank) wrote it first: reuse theirs, it is complete.
+        # Another process (another job on a shared disk) wrote it first: reuse theirs, it is complete.

@@ -57,17 +57,34 @@ def png_problem(data: bytes) -> str | None:
         (-(-(width - x0) // dx), -(-(height - y0) // dy)) for x0, y0, dx, dy in _ADAM7
     ]
     rows = [(1 + -(-w * bits // 8), h) for w, h in passes if w > 0 and h > 0]  # (row bytes with filter, count)
-    expected = sum(size * count for size, count in rows)
-    inflate = zlib.decompressobj()
-    try:
-        pixels = inflate.decompress(b"".join(idat), expected)
-    except zlib.error as e:
-        return f"image data does not inflate ({e})"
-    if len(pixels) < expected:
-        return f"not enough image data ({len(pixels)} of {expected} bytes): the file is truncated or damaged"
-    start = 0
+    return rows_problem(b"".join(idat), rows)
+
+
+CHUNK = 2**20  # inflate this many bytes at a time: the check never holds the whole image
+
+
+def rows_problem(compressed: bytes, rows: list[tuple[int, int]]) -> str | None:
+    """Why the zlib stream ``compressed`` is not ``rows`` (``(bytes per row with its filter byte, count)``
+    per pass) of valid filter bytes, or None. Inflates ``CHUNK`` bytes at a time."""
+    spans, start = [], 0  # (first byte, end, row size) of each pass in the inflated stream
     for size, count in rows:
-        if any(f > 4 for f in pixels[start : start + size * count : size]):
-            return "bad row filter byte: the image data is damaged"
+        spans.append((start, start + size * count, size))
         start += size * count
+    expected, done, inflate = start, 0, zlib.decompressobj()
+    while done < expected:
+        try:
+            chunk = inflate.decompress(compressed, min(CHUNK, expected - done))
+        except zlib.error as e:
+            return f"image data does not inflate ({e})"
+        compressed = inflate.unconsumed_tail
+        if not chunk:
+            break
+        for first, end, size in spans:
+            low, high = max(first, done), min(end, done + len(chunk))
+            row = first + -(-(low - first) // size) * size  # the first row start at or after ``low``
+            if row < high and any(f > 4 for f in chunk[row - done : high - done : size]):
+                return "bad row filter byte: the image data is damaged"
+        done += len(chunk)
+    if done < expected:
+        return f"not enough image data ({done} of {expected} bytes): the file is truncated or damaged"
     return None

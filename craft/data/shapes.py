@@ -12,6 +12,7 @@ captions), ``render`` draws them at any resolution. No global RNG is touched.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from craft.data import DATASETS
 from craft.data import checks
-from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize
+from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize, options_fingerprint
 
 SHAPES = ("arrow", "circle", "cross", "ring", "square", "star", "triangle")
 """Every shape class, sorted by name (class ``k`` of a config is its ``k``-th sorted name)."""
@@ -246,7 +247,7 @@ def names_from(known: Sequence[str], noun: str):
     return validate
 
 
-_validate_shapes = names_from(SHAPES, "shape")
+validate_shapes = names_from(SHAPES, "shape")
 
 
 @DATASETS.register("shapes")
@@ -266,7 +267,7 @@ class ShapesConfig:
     image_size: int = attrs.field(default=32, validator=checks.at_least(1))
     channels: int = attrs.field(default=3, validator=checks.channels)
     batch_size: int = attrs.field(default=128, validator=checks.at_least(1))
-    classes: list[str] = attrs.field(factory=lambda: list(SHAPES), validator=_validate_shapes)
+    classes: list[str] = attrs.field(factory=lambda: list(SHAPES), validator=validate_shapes)
     data_seed: int = 0
     mean: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
     std: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
@@ -293,11 +294,33 @@ class ShapesConfig:
         # One thread renders ahead while the caller trains; one, so renders never race.
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"craft-shapes-{split}")
         common = dict(
-            batch_size=self.batch_size, classes=classes, rank=rank, world_size=world_size, executor=executor, prefetch=2
+            batch_size=self.batch_size, classes=classes, rank=rank, world_size=world_size, executor=executor,
+            prefetch=2, fingerprint=options_fingerprint(self, split),
         )
         if split == "train":
             return TrainBatches(num, load, seed=seed, **common)
         return EvalBatches(num, load, **common)
+
+
+def folder_problems(*, image_size: object, num_train: object, num_val: object) -> list[str]:
+    """What is wrong with the options of a prepared folder, one ``"name: problem"`` line each (none: ``[]``).
+
+    ``image_size`` and ``num_train`` must be positive whole numbers, ``num_val`` non-negative.
+    """
+    problems = []
+    for name, value, least in (("image_size", image_size, 1), ("num_train", num_train, 1), ("num_val", num_val, 0)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"{name}: must be a whole number, got {value!r}")
+        elif value < least:
+            problems.append(f"{name}: must be >= {least}, got {value}")
+    return problems
+
+
+def check_folder_options(**options: object) -> None:
+    """Raise ValueError naming every ``folder_problems`` of ``options`` before anything is written."""
+    problems = folder_problems(**options)
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def write_shapes_folder(
@@ -317,7 +340,8 @@ def write_shapes_folder(
     temporary name next to ``root`` and renamed into place. An existing,
     non-empty ``root`` is an error (FileExistsError), never overwritten.
     """
-    _validate_shapes(None, None, list(classes))
+    validate_shapes(None, None, list(classes))
+    check_folder_options(image_size=image_size, num_train=num_train, num_val=num_val)
     suffix = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}.get(format.lower())
     if suffix is None:
         raise ValueError(f"format must be 'png' or 'jpg', got {format!r}")
@@ -338,6 +362,21 @@ def write_shapes_folder(
     return write_folder(root, fill, thread_name="craft-write-shapes")
 
 
+def move_into_place(tmp: Path, root: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``root`` (absent or empty).
+
+    Raises FileExistsError when another writer's folder took ``root`` first
+    (``root`` is then theirs, complete: they renamed it into place too).
+    """
+    try:
+        with contextlib.suppress(FileNotFoundError):  # another writer may have removed it first
+            if root.is_dir() and not any(root.iterdir()):
+                root.rmdir()  # rename cannot replace a folder portably
+        tmp.rename(root)
+    except OSError as e:  # ENOTEMPTY, EEXIST: someone else's folder is there now
+        raise FileExistsError(f"{root} appeared while it was being written; remove it or pick another") from e
+
+
 def write_folder(root: str | Path, fill: Callable[[Path, Executor], None], *, thread_name: str) -> Path:
     """Make the folder ``root`` with ``fill(tmp, pool)``, which writes into ``tmp`` using ``pool``'s threads.
 
@@ -355,12 +394,7 @@ def write_folder(root: str | Path, fill: Callable[[Path, Executor], None], *, th
     try:
         fill(tmp, pool)
         pool.shutdown()
-        if root.exists():
-            root.rmdir()  # empty, checked above; rename cannot replace a folder portably
-        try:
-            tmp.rename(root)
-        except OSError as e:  # someone else (another rank) created root meanwhile
-            raise FileExistsError(f"{root} appeared while it was being written; remove it or pick another") from e
+        move_into_place(tmp, root)
     finally:
         pool.shutdown(cancel_futures=True)  # on Ctrl-C, don't render the rest first
         if tmp.exists():

@@ -15,6 +15,7 @@ ignore_index=-100)`` skips.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from craft.data import DATASETS, checks
-from craft.data.batching import Batch, EvalBatches, Load, TrainBatches
+from craft.data.batching import Batch, EvalBatches, Load, TrainBatches, options_fingerprint
 from craft.data.tokenizers import CharTokenizer, UnknownCharactersError  # noqa: F401  (re-exported: they lived here)
 from craft.validators import between
 
@@ -191,7 +192,9 @@ class TextConfig:
         else:
             length, num_examples, load = self._lines(split, text, tokenizer)
             unit, size = "lines", self.max_length
-        common = {"classes": [], "rank": rank, "world_size": world_size}
+        digest = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+        fingerprint = options_fingerprint(self, split, digest)
+        common = {"classes": [], "rank": rank, "world_size": world_size, "fingerprint": fingerprint}
         if split == "train":
             if num_examples < self.batch_size:
                 windows = f" ({num_examples} windows of block_size + 1 tokens)" if unit == "tokens" else ""

@@ -73,3 +73,35 @@ def test_truncated_and_damaged_image_data(tmp_path, damage, message):
     path.write_bytes(damage(png(8, 8)))
     with pytest.raises(ValueError, match=message):
         read_image(str(path))
+
+
+@pytest.mark.parametrize("interlace", [0, 1])
+def test_the_check_inflates_in_chunks_and_finds_a_bad_row_anywhere(monkeypatch, interlace):
+    from craft.data import pngcheck
+
+    monkeypatch.setattr(pngcheck, "CHUNK", 1000)  # rows of 301 bytes straddle every chunk boundary
+    raw = bytearray(zero_rows(100, 40, interlace=interlace))
+    assert png_problem(png(100, 40, interlace=interlace, rows=bytes(raw))) is None
+    inflated = []
+    real = zlib.decompressobj
+
+    def counting():
+        inflate = real()
+
+        class Counted:
+            def decompress(self, data, limit):
+                out = inflate.decompress(data, limit)
+                inflated.append(len(out))
+                return out
+
+            @property
+            def unconsumed_tail(self):
+                return inflate.unconsumed_tail
+
+        return Counted()
+
+    monkeypatch.setattr(pngcheck.zlib, "decompressobj", counting)
+    assert png_problem(png(100, 40, interlace=interlace, rows=bytes(raw))) is None
+    assert max(inflated) <= 1000 and sum(inflated) == len(raw)
+    raw[len(raw) - 301] = 9  # the filter byte of the last row (of the last pass)
+    assert "bad row filter byte" in png_problem(png(100, 40, interlace=interlace, rows=bytes(raw)))
