@@ -53,7 +53,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
-    "Component", "ConfigError", "EarlyStopping", "Experiment", "Optim", "Sample", "Train",
+    "Component", "ConfigError", "EarlyStopping", "Experiment", "Optim", "OptimGroup", "Sample", "Train",
     "apply_overrides", "build", "config_class", "dumps", "from_dict", "load",
     "loads", "parse_override", "registries", "save", "structure", "to_dict",
 ]
@@ -183,13 +183,28 @@ class Component:
 
 
 @attrs.frozen
+class OptimGroup:
+    """One ``[[optim.groups]]`` table: the parameters whose names match the glob
+    ``match`` train with ``lr_scale`` times the learning rate and their own
+    ``weight_decay``, or not at all (``freeze``: no optimizer state either).
+    A parameter belongs to the first group that matches it; the rest train as
+    ``[optim]`` says (see ``craft.optim.groups``)."""
+
+    match: str = attrs.field(validator=not_empty)
+    lr_scale: float = attrs.field(default=1.0, validator=at_least(0.0))
+    weight_decay: float | None = attrs.field(default=None, validator=at_least(0.0))
+    freeze: bool = False
+
+
+@attrs.frozen
 class Optim:
     """The optimizer: ``kind`` and ``config`` as in ``Component``; ``lr`` is the peak
-    learning rate the run feeds into the schedule."""
+    learning rate the run feeds into the schedule; ``groups`` split the parameters."""
 
     kind: str
     lr: float
     config: Any
+    groups: list[OptimGroup] = attrs.field(factory=list)
 
 
 def _default(registry: Registry, kind: str) -> Component:
@@ -239,6 +254,9 @@ class Train:
     early_stopping: EarlyStopping | None = None
     sample: Sample | None = None
     tensorboard: bool = False
+    # Keep an exponential moving average of the weights (decay per step); evaluation,
+    # best.pt, `craft evaluate` and `craft generate` then use the averaged weights.
+    ema_decay: float | None = attrs.field(default=None, validator=between(0, 1, high_open=True))
     # A NaN/Inf loss or gradient norm: "stop" the run (no checkpoint is written
     # past the last good one), or "skip" the update and count it in the log.
     on_nonfinite: Literal["stop", "skip"] = attrs.field(default="stop", validator=one_of("stop", "skip"))
@@ -499,15 +517,24 @@ def _component_hook(registry: Registry, default: str | None = None) -> Callable[
 
 
 def _structure_optim(table: Any, _: Any) -> Optim:
-    kind, config, problems = _entry_config(table, OPTIMIZERS, "adamw", ("lr",))
-    lr = 1e-3
+    kind, config, problems = _entry_config(table, OPTIMIZERS, "adamw", ("lr", "groups"))
+    lr, groups = 1e-3, []
     try:
         lr = _converter.structure(table.get("lr", lr), float)
     except Exception as e:
         problems = [(_join("lr", rel), msg) for rel, msg in _problems(e)] + problems
+    try:
+        groups = _converter.structure(table.get("groups", groups), list[OptimGroup])
+    except Exception as e:
+        problems += [(_join("groups", rel), msg) for rel, msg in _problems(e)]
+    has_decay = config is not None and "weight_decay" in attrs.fields_dict(type(config))
+    problems += [
+        (f"groups[{i}].weight_decay", f"optimizer {kind!r} has no weight_decay option")
+        for i, g in enumerate(groups) if g.weight_decay is not None and not has_decay
+    ]
     if problems:
         raise _Problems(problems)
-    return Optim(kind, lr, config)
+    return Optim(kind, lr, config, groups)
 
 
 def _sweep_keys(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -558,7 +585,8 @@ def _structure_sweep(table: Any, _: Any) -> Sweep:
 
 def _unstructure_component(c: Component | Optim) -> dict:
     lr = {"lr": c.lr} if isinstance(c, Optim) else {}
-    return {"kind": c.kind, **lr, **_converter.unstructure(c.config)}
+    groups = {"groups": _converter.unstructure(c.groups)} if isinstance(c, Optim) and c.groups else {}
+    return {"kind": c.kind, **lr, **_converter.unstructure(c.config), **groups}
 
 
 def _make_converter() -> cattrs.Converter:

@@ -19,6 +19,7 @@ from torch import nn
 from craft import distributed
 from craft.config import Component, ConfigError, Experiment, build
 from craft.distributed import Replicas
+from craft.optim import EmaState, Group, Transform, chain, clip_by_global_norm, ema, find_state, param_groups
 from craft.rundir import RunError
 from craft.step import TrainState
 from craft.tasks import Task, mean_metrics
@@ -58,13 +59,60 @@ def build_parts(exp: Experiment, replicas: Replicas = SINGLE) -> Parts:
     torch.manual_seed(exp.seed)
     model = _built("model", lambda: build(exp.model)).to(device)
     schedule = _built("schedule", lambda: build(exp.schedule, exp.optim.lr, total_steps=exp.train.steps))
-    return Parts(model, build(exp.task), _built("optim", lambda: build(exp.optim, schedule)), device)
+    optimizer = _built("optim", lambda: build_optimizer(exp, schedule, trainable_names(model)))
+    return Parts(model, build(exp.task), optimizer, device)
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    """The names of ``model``'s parameters that train (``requires_grad``): the keys of ``TrainState.params``."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def build_optimizer(exp: Experiment, schedule: Any, names: list[str], **options: Any) -> Transform:
+    """``[optim]`` built on ``schedule``, split into ``optim.groups`` over the parameter ``names``,
+    with the weights' moving average last when ``train.ema_decay`` is set.
+
+    ``options`` replace options of the optimizer's config (a sweep's injected
+    ``weight_decay``). Global-norm clipping (``clip_norm``) stays outside the
+    groups, so it sees every gradient, as ``clip_grad_norm_`` does.
+    """
+    optim, config = exp.optim, exp.optim.config
+
+    def make(**group_options: Any) -> Transform:
+        given = {**options, **group_options}
+        return attrs.evolve(config, **given).build(schedule) if given else config.build(schedule)
+
+    if optim.groups:
+        clip = getattr(config, "clip_norm", None)
+        if clip is not None:
+            config = attrs.evolve(config, clip_norm=None)
+        groups = [Group(g.match, g.lr_scale, g.weight_decay, g.freeze) for g in optim.groups]
+        try:
+            tx = param_groups(make, groups, names)
+        except ValueError as e:
+            raise ConfigError([f"optim.groups: {e}"]) from None
+        tx = chain(clip_by_global_norm(clip), tx) if clip is not None else tx
+    else:
+        tx = make()
+    return tx if exp.train.ema_decay is None else chain(tx, ema(exp.train.ema_decay))
+
+
+def eval_weights(state: TrainState) -> TrainState:
+    """``state`` with the weights evaluation reads: their moving average when the optimizer keeps one
+    (``train.ema_decay``), else its own."""
+    try:
+        average = find_state(state.opt_state, EmaState)
+    except KeyError:
+        return state
+    return state._replace(params=dict(average.params))
 
 
 def _built(section: str, make):
     """``make()``, with a value problem it raises named by its config section."""
     try:
         return make()
+    except ConfigError:
+        raise
     except ValueError as e:
         raise RunError(f"{section}: {e}") from None
 
@@ -123,10 +171,12 @@ def evaluate_batches(
 ) -> dict[str, float]:
     """Eval metrics over ``batches`` (at most ``limit``): means weighted by ``task.weight``, then summarized.
 
+    With ``train.ema_decay``, the averaged weights are evaluated (``eval_weights``).
+
     Under torchrun each rank evaluates its shard and the weighted totals are
     summed across ranks, so every rank gets the figures of the whole split.
     """
-    metrics, weights = [], []
+    metrics, weights, state = [], [], eval_weights(state)
     for i, batch in enumerate(batches):
         if limit is not None and i >= limit:
             break

@@ -42,12 +42,14 @@ import torch
 from torch.utils import _pytree as pytree
 
 from craft import checkpoint, hooks
-from craft.config import SWEEPABLE, Experiment, FunctionConfig, build, dumps, to_dict
+from craft.config import SWEEPABLE, Experiment, build, dumps, to_dict
 from craft.ensemble import make_ensemble_step, stack_states, unstack_state
 from craft.logging import MetricsLog, plot_metrics, progress_bar, truncate_metrics
 from craft.loop import Progress, chain, due, every, fit, when
 from craft.optim import Transform, inject_hyperparams, set_hyperparams
-from craft.parts import build_data, build_parts, evaluate_batches, fit_to_data, to_device
+from craft.parts import (
+    build_data, build_optimizer, build_parts, evaluate_batches, fit_to_data, to_device, trainable_names,
+)
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, locked, prepare_run_dir,
     save_checkpoint, start_or_resume, write_atomic,
@@ -88,21 +90,17 @@ def member_experiment(exp: Experiment, member: Member) -> Experiment:
     return attrs.evolve(exp, optim=optim, seed=member.seed, sweep=None)
 
 
-def sweep_transform(exp: Experiment) -> Transform:
-    """The experiment's optimizer and schedule, the swept values held as tensors in its state."""
+def sweep_transform(exp: Experiment, names: list[str]) -> Transform:
+    """The experiment's optimizer and schedule (``parts.build_optimizer`` over the parameter ``names``),
+    the swept values held as tensors in its state."""
     config = exp.optim.config
     swept = {SWEEPABLE[k]: v[0] for k, v in exp.sweep.values.items()}
-    if "weight_decay" in swept and not (
-        isinstance(config, FunctionConfig) and "weight_decay" in attrs.fields_dict(type(config))
-    ):
+    if "weight_decay" in swept and "weight_decay" not in attrs.fields_dict(type(config)):
         raise RunError(f"sweep.optim.weight_decay: optimizer {exp.optim.kind!r} has no weight_decay option")
-    fields = {a.name: getattr(config, a.name) for a in attrs.fields(type(config))} if isinstance(config, FunctionConfig) else None
 
     def factory(learning_rate: Any = exp.optim.lr, **options: Any) -> Transform:
         schedule = build(exp.schedule, learning_rate, total_steps=exp.train.steps)
-        if fields is None:
-            return build(exp.optim, schedule)
-        return type(config).entry(schedule, **{**fields, **options})
+        return build_optimizer(exp, schedule, names, **options)
 
     return inject_hyperparams(factory, **swept)
 
@@ -188,7 +186,8 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
     run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite)
     train_data, val_data = build_data(exp, "train"), build_data(exp, "val")
     exp = fit_to_data(exp, train_data)
-    team, tx = members(exp), sweep_transform(exp)
+    team = members(exp)
+    tx = sweep_transform(exp, trainable_names(build_parts(member_experiment(exp, team[0])).model))
     model, parts, state = stacked_start(exp, team, tx)
     with locked(run_dir):
         prepare_run_dir(run_dir, overwrite=overwrite)

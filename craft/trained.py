@@ -17,7 +17,7 @@ from craft import checkpoint
 from craft.config import Experiment, Sample
 from craft.config import load as load_config
 from craft.logging import plot_metrics
-from craft.parts import Parts, build_data, build_parts, evaluate_batches
+from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches
 from craft.rundir import CHECKPOINTS, CONFIG_FILE, TOKENIZER_FILE, RunError
 from craft.step import TrainState, init_state, make_eval_step
 
@@ -70,12 +70,14 @@ def sample_text(
     use_cache: bool = True,
     context: dict[str, torch.Tensor] | None = None,
 ) -> str:
-    """New text from ``model`` with ``state``'s parameters, continuing ``options.prompt``.
+    """New text from ``model`` with ``state``'s parameters (their moving average with
+    ``train.ema_decay``), continuing ``options.prompt``.
 
     ``context``: the model's other inputs (a captioner's image), see ``craft.generate``.
     """
     from craft.generate import generate_text
 
+    state = eval_weights(state)
     return generate_text(
         model, {**state.params, **state.buffers}, tokenizer, options.prompt,
         max_new_tokens=options.max_new_tokens, temperature=options.temperature,
