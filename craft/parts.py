@@ -124,6 +124,25 @@ def build_data(exp: Experiment, split: str, replicas: Replicas = SINGLE):
     return build(exp.data, split, seed=exp.seed)
 
 
+def fit_schedule(exp: Experiment) -> tuple[Experiment, list[str]]:
+    """``exp`` with a warmup as long as the run or longer shortened to a tenth of it, and a warning saying so.
+
+    A shortened run (``--train.steps=30`` of a file with ``warmup_steps = 100``)
+    then trains instead of failing; the resolved config records the warmup used.
+    """
+    config, steps = exp.schedule.config, exp.train.steps
+    warmup = getattr(config, "warmup_steps", None)
+    total = getattr(config, "total_steps", None) or steps
+    if warmup is None or warmup < total:
+        return exp, []
+    short = total // 10  # a tenth of the run, and shorter than it (warmup_cosine needs a decay)
+    note = (
+        f"warning: schedule.warmup_steps = {warmup} is not shorter than the run ({total} steps); "
+        f"shortened to {short} (set schedule.warmup_ratio to scale the warmup with train.steps)"
+    )
+    return attrs.evolve(exp, schedule=Component(exp.schedule.kind, attrs.evolve(config, warmup_steps=short))), [note]
+
+
 def fit_to_data(exp: Experiment, data) -> Experiment:
     """``exp`` with the model keys the data decides filled in, after checking the rest.
 

@@ -23,7 +23,8 @@ from craft.distributed import Replicas
 from craft.logging import MetricsLog, NullLog, plot_metrics, progress_bar
 from craft.loop import Progress, chain, due, every, fit, when
 from craft.parts import (
-    Parts, build_data, build_parts, check_components, check_early_stopping, evaluate_batches, fit_to_data, to_device,
+    Parts, build_data, build_parts, check_components, check_early_stopping, evaluate_batches, fit_schedule, fit_to_data,
+    to_device,
 )
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, locked,
@@ -105,7 +106,9 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
     # Everything that can fail on the config is built before an old run is replaced.
     train_data, val_data = build_data(exp, "train", replicas), build_data(exp, "val", replicas)
     check_same_data(train_data, replicas)
-    exp = fit_to_data(exp, train_data)
+    exp, notes = fit_schedule(fit_to_data(exp, train_data))
+    for note in notes:
+        echo(note)
     parts = build_parts(exp, replicas)
     check_early_stopping(exp, parts.task)
     tokenizer = check_sample(exp, train_data)

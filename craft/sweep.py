@@ -48,7 +48,8 @@ from craft.logging import MetricsLog, plot_metrics, progress_bar, truncate_metri
 from craft.loop import Progress, chain, due, every, fit, when
 from craft.optim import Transform, inject_hyperparams, set_hyperparams
 from craft.parts import (
-    build_data, build_optimizer, build_parts, evaluate_batches, fit_to_data, to_device, trainable_names,
+    build_data, build_optimizer, build_parts, evaluate_batches, fit_schedule, fit_to_data, to_device,
+    trainable_names,
 )
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, locked, prepare_run_dir,
@@ -185,7 +186,9 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
         raise RunError("train.early_stopping does not apply to a sweep: members would stop at different steps")
     run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite)
     train_data, val_data = build_data(exp, "train"), build_data(exp, "val")
-    exp = fit_to_data(exp, train_data)
+    exp, notes = fit_schedule(fit_to_data(exp, train_data))
+    for note in notes:
+        echo(note)
     team = members(exp)
     tx = sweep_transform(exp, trainable_names(build_parts(member_experiment(exp, team[0])).model))
     model, parts, state = stacked_start(exp, team, tx)

@@ -1,0 +1,44 @@
+"""Every shipped experiment runs with only ``--train.steps=N`` changed, for any N >= 1 (issue 17)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from craft.config import build, load
+from craft.parts import fit_schedule
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.toml"))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 30, 99, 100, 101])
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_the_schedule_fits_a_shortened_run(path, steps):
+    exp, notes = fit_schedule(load(path, {"train.steps": steps}))
+    schedule = build(exp.schedule, exp.optim.lr, total_steps=exp.train.steps)
+    lrs = torch.stack([schedule(torch.tensor(s)) for s in range(steps + 1)])
+    assert torch.isfinite(lrs).all() and (lrs >= 0).all() and (lrs <= exp.optim.lr * (1 + 1e-12)).all()
+    warmup = getattr(load(path).schedule.config, "warmup_steps", None)
+    assert bool(notes) == (warmup is not None and warmup >= steps)
+    assert all(len(note.splitlines()) == 1 and "shortened" in note for note in notes)
+
+
+def test_a_warmup_shorter_than_the_run_is_kept():
+    exp = load(EXPERIMENTS[0].parent / "gpt_char.toml", {"train.steps": 500})
+    assert fit_schedule(exp) == (exp, [])
+
+
+def test_a_shortened_gpt_run_trains_from_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "craft", str(EXPERIMENTS[0].parent / "gpt_char.toml"), "--train.steps=3",
+         "--train.compile=false", "--train.eval_batches=1", f"--out_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "schedule.warmup_steps = 100 is not shorter than the run (3 steps); shortened to 0" in result.stdout + result.stderr
+    assert (tmp_path / "gpt_char" / "checkpoints").is_dir()
