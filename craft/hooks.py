@@ -66,11 +66,41 @@ def stop_on_nonfinite(progress: Progress, metrics: Metrics) -> Progress:
     )
 
 
-def log_train(log, summarize: Callable[[dict], dict], bar, say: Say, elapsed: Callable[[], float], *, skip: bool) -> Hook:
-    """Write the step's metrics (the one host sync of a step) and samples/s; with ``skip``, report skipped steps."""
+def accumulate(progress: Progress, metrics: Metrics) -> Progress:
+    """Add the step's finite metrics to the log window's on-device sums (no host sync)."""
+    sums, counts = progress.window_sums or {}, progress.window_counts or {}
+    new_sums, new_counts = {}, {}
+    for name, value in metrics.items():
+        value = value.detach().float()
+        finite = torch.isfinite(value)
+        new_sums[name] = torch.where(finite, value, 0.0) + sums.get(name, 0.0)
+        new_counts[name] = finite.float() + counts.get(name, 0.0)
+    return progress._replace(window_sums=new_sums, window_counts=new_counts)
+
+
+def window_means(progress: Progress, metrics: Metrics) -> dict[str, float]:
+    """Each metric's mean over the log window's finite steps (the one host sync of a log); this step's
+    value where the window holds none (every step non-finite, or no ``accumulate`` hook)."""
+    if not progress.window_sums:
+        return {k: v.item() for k, v in metrics.items()}
+    names = list(progress.window_sums)
+    sums = torch.stack([progress.window_sums[k] for k in names]).tolist()
+    counts = torch.stack([progress.window_counts[k] for k in names]).tolist()
+    last = {k: v.item() for k, v in metrics.items()}
+    return {k: (total / count if count else last[k]) for k, total, count in zip(names, sums, counts)}
+
+
+def log_train(
+    log, summarize: Callable[[dict], dict], bar, say: Say, elapsed: Callable[[], float], *, skip: bool,
+    learning_rate: Callable[[int], float] | None = None,
+) -> Hook:
+    """Write the log window's mean metrics and samples/s (and the learning rate of the step just taken,
+    ``learning_rate(step - 1)``); with ``skip``, report skipped steps."""
 
     def hook(progress: Progress, metrics: Metrics) -> Progress:
-        values = summarize({k: v.item() for k, v in metrics.items()})
+        values = summarize(window_means(progress, metrics))
+        if learning_rate is not None:
+            values["lr"] = learning_rate(progress.step - 1)
         skipped = progress.skipped
         if skip:
             skipped = values["skipped_steps"] = nonfinite_count(progress)
@@ -80,7 +110,7 @@ def log_train(log, summarize: Callable[[dict], dict], bar, say: Say, elapsed: Ca
         rate = progress.samples / max(now - progress.window, 1e-9)
         log.write(progress.step, "train", values, elapsed(), samples_per_s=round(rate, 1))
         bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
-        return progress._replace(samples=0, window=now, skipped=skipped)
+        return progress._replace(samples=0, window=now, skipped=skipped, window_sums=None, window_counts=None)
 
     return hook
 

@@ -32,7 +32,9 @@ class Progress(NamedTuple):
     ``samples``/``window``: examples seen since the last log and when that log
     was (``time.perf_counter``); ``nonfinite``/``first_nonfinite``: on-device
     counters of non-finite steps (per member in a sweep), read only when
-    something is logged, evaluated or saved; ``val``: the last eval metrics.
+    something is logged, evaluated or saved; ``val``: the last eval metrics;
+    ``window_sums``/``window_counts``: the step metrics since the last log,
+    kept on device so that the log reports their mean, not one batch's.
     """
 
     state: Any
@@ -46,6 +48,8 @@ class Progress(NamedTuple):
     nonfinite: Tensor | None = None
     first_nonfinite: Tensor | None = None
     val: Any = None
+    window_sums: dict[str, Tensor] | None = None  # on device: each metric summed over the log window's finite steps
+    window_counts: dict[str, Tensor] | None = None  # on device: how many finite values each sum holds
     last_good: Path | None = None
     stop: str | None = None  # why the loop ends early: "early_stopping", "signal"
 

@@ -9,7 +9,7 @@ Every function here is usable on its own from a research script::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import attrs
@@ -61,6 +61,12 @@ def build_parts(exp: Experiment, replicas: Replicas = SINGLE) -> Parts:
     schedule = _built("schedule", lambda: build(exp.schedule, exp.optim.lr, total_steps=exp.train.steps))
     optimizer = _built("optim", lambda: build_optimizer(exp, schedule, trainable_names(model)))
     return Parts(model, build(exp.task), optimizer, device)
+
+
+def learning_rate(exp: Experiment) -> Callable[[int], float]:
+    """``step -> lr``: the schedule's learning rate at an update count (the default group's, with groups)."""
+    schedule = build(exp.schedule, exp.optim.lr, total_steps=exp.train.steps)
+    return lambda step: float(schedule(torch.tensor(step)))
 
 
 def trainable_names(model: nn.Module) -> list[str]:

@@ -24,7 +24,7 @@ from craft.logging import MetricsLog, NullLog, plot_metrics, progress_bar
 from craft.loop import Progress, chain, due, every, fit, when
 from craft.parts import (
     Parts, build_data, build_parts, check_components, check_early_stopping, evaluate_batches, fit_schedule, fit_to_data,
-    to_device,
+    learning_rate, to_device,
 )
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, locked,
@@ -219,12 +219,12 @@ def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: R
     evaluation = [hooks.evaluate(run_eval, log, say, elapsed)]
     if cfg.early_stopping is not None:  # then save again: the checkpoint holds this evaluation's best and count
         evaluation += [hooks.early_stopping(cfg.early_stopping, save_best), hooks.checkpoint(save)]
-    every_step = [hooks.advance(bar), hooks.count_nonfinite]
+    every_step = [hooks.advance(bar), hooks.count_nonfinite, hooks.accumulate]
     return chain(
         *every_step,
         every(cfg.log_every, chain(
             stop_nonfinite, hooks.check_replicas(replicas),
-            hooks.log_train(log, summarize, bar, say, elapsed, skip=cfg.on_nonfinite == "skip"),
+            hooks.log_train(log, summarize, bar, say, elapsed, skip=cfg.on_nonfinite == "skip", learning_rate=learning_rate(exp)),
         )),
         every(cfg.log_every, signal_hook) if replicas.active else signal_hook,
         when(checkpoint_due, chain(stop_nonfinite, hooks.checkpoint(save))),
