@@ -53,14 +53,6 @@ def interleaved_rounds(
     return out
 
 
-def interleaved_medians(
-    fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int, rounds: int, steps: int
-) -> dict[str, float]:
-    """Median over rounds of ``interleaved_rounds``."""
-    rounds_ = interleaved_rounds(fns, device, warmup=warmup, rounds=rounds, steps=steps)
-    return {name: statistics.median(ts) for name, ts in rounds_.items()}
-
-
 def spread(values: Iterable[float], scale: float = 1.0, fmt: str = ".2f") -> str:
     """``median (min-max)`` of ``values * scale``, e.g. ``17.80 (17.2-18.9)``."""
     v = sorted(x * scale for x in values)

@@ -110,10 +110,12 @@ def main() -> None:
             print(f"{name}: built {label}: first call {first[label]:.1f} s", flush=True)
         seconds = interleaved_rounds(fns, device, warmup=args.warmup, rounds=args.rounds, steps=args.steps)
         _, _, size, target = MODELS[name]
+        median = {label: statistics.median(s) for label, s in seconds.items()}
+        auto = choose_strategy(MODELS[name][0](), device)
         print(
             f"\n{name}, K = {args.members}, batch {size}, AdamW + clip, {device}, {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}; per round the median of {args.steps} calls (all K members), {args.rounds} "
-            f"interleaved rounds; cells: median (min-max) over rounds; auto picks {choose_strategy(MODELS[name][0](), device)}"
+            f"interleaved rounds; cells: median (min-max) over rounds; auto picks {auto}"
         )
         print_table(
             ["variant", "ms / K steps", "first call s", "member-steps/s", "vs compiled reference", "vs imperative",
@@ -123,13 +125,11 @@ def main() -> None:
                     label,
                     spread(seconds[label], 1e3),
                     f"{first[label]:.1f}",
-                    f"{args.members / statistics.median(seconds[label]):,.0f}",
+                    f"{args.members / median[label]:,.0f}",
                     ratio(seconds[REFERENCE], seconds[label]),
                     ratio(seconds[IMPERATIVE], seconds[label]),
-                    "" if label in (REFERENCE, IMPERATIVE) else (
-                        "yes" if statistics.median(seconds[REFERENCE]) / statistics.median(seconds[label]) >= 0.97 * target
-                        else "NO"
-                    ),
+                    "" if label in (REFERENCE, IMPERATIVE)
+                    else ("yes" if median[REFERENCE] / median[label] >= 0.97 * target else "NO"),
                 ]
                 for label in fns
             ],

@@ -32,7 +32,9 @@ import statistics
 import time
 
 import torch
-from common import COMPILED_MODEL, COMPILED_STEP, EAGER, imperative_step, peak_bytes_during, print_table, ratio, spread, sync
+from common import (
+    COMPILED_MODEL, COMPILED_STEP, EAGER, imperative_step, peak_bytes_during, print_table, ratio, spread, sync,
+)
 from torch.func import functional_call
 
 from craft.data.text import TextConfig

@@ -90,7 +90,8 @@ def reference(exp, model: torch.nn.Module, root: Path, mode: str):
     step, _ = imperative_step(
         model, lambda logits, b: torch.nn.functional.cross_entropy(logits, b["label"]), mode=mode,
         clip=opt.clip_norm, inputs=lambda b: (b["image"],), param_groups=groups,
-        schedule=lambda count: float(schedule(torch.tensor(count))), lr=exp.optim.lr, betas=(opt.b1, opt.b2), eps=opt.eps,
+        schedule=lambda count: float(schedule(torch.tensor(count))),
+        lr=exp.optim.lr, betas=(opt.b1, opt.b2), eps=opt.eps,
     )
     per_epoch, position = len(labels) // batch_size, [0]
 

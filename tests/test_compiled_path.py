@@ -52,7 +52,8 @@ checkpoint_every = 3
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
-    return write_shapes_folder(tmp_path_factory.mktemp("data") / "shapes", num_train=56, num_val=16, image_size=32, seed=0)
+    folder = tmp_path_factory.mktemp("data") / "shapes"
+    return write_shapes_folder(folder, num_train=56, num_val=16, image_size=32, seed=0)
 
 
 def experiment(folder: Path, shapes: Path, steps: int = STEPS) -> Path:
