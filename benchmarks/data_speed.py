@@ -3,14 +3,19 @@
 Both read the same folder of PNGs written by ``write_shapes_folder`` (once at
 32x32 and once at 128x128 sources), and both decode, convert to RGB, resize
 to 32x32 (bilinear, antialiased), scale to float and normalize, shuffle and
-batch (128, last partial batch dropped). The contender: ``DataLoader(
+batch (128, last partial batch dropped). The reference: ``DataLoader(
 num_workers=2, persistent_workers=True)`` over ``ImageFolder`` with the
-equivalent ``transforms.v2`` pipeline on PIL images. craft: the default
-config (2 decoding threads, 4 batches prefetched), cache off.
+equivalent ``transforms.v2`` pipeline, decoding with the same decoder as
+craft (torchvision's ``decode_image``, as the ``loader``); a second,
+labelled row decodes with ImageFolder's default PIL loader. craft: the
+default config (2 decoding threads, 4 batches prefetched), cache off on both
+sides.
 
-Each round times one epoch of each contender, in alternating order, each
-started cold (craft: ``load_state_dict`` drops the prefetched batches;
-DataLoader: a new epoch iterator). Prints the median images/s over rounds.
+Each round times one epoch of each contender, the order reversed every
+other round, each started cold (craft: ``load_state_dict`` drops the
+prefetched batches; DataLoader: a new epoch iterator). Prints images/s as
+median (min-max) over rounds, and craft's speed-up as median (min-max) of
+the per-round ratios.
 
     python benchmarks/data_speed.py [--images 3000] [--rounds 5] [--threads 2] [--dir DIR]
 """
@@ -25,13 +30,15 @@ from pathlib import Path
 
 import torch
 import torchvision.transforms.v2 as T
-from common import print_table
+from common import print_table, ratio, spread
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
+from torchvision.io import ImageReadMode, decode_image
 
 from craft.data import ImageFolderConfig, write_shapes_folder
 
-BATCH, SIZE, OURS, THEIRS = 128, 32, "craft image_folder", "ImageFolder + DataLoader"
+BATCH, SIZE, OURS = 128, 32, "craft image_folder"
+REFERENCES = {"ImageFolder + DataLoader, decode_image": "decode_image", "ImageFolder + DataLoader, PIL": "pil"}
 
 
 def ours(root: Path, threads: int):
@@ -49,18 +56,23 @@ def ours(root: Path, threads: int):
     return run
 
 
-def theirs(root: Path, workers: int):
-    """One epoch of the usual torchvision pipeline."""
+def decode_rgb(path: str) -> torch.Tensor:
+    """uint8 ``(3, H, W)``: torchvision's decoder, as craft's ``read_image`` uses."""
+    return decode_image(path, mode=ImageReadMode.RGB)
+
+
+def theirs(root: Path, workers: int, decoder: str):
+    """One epoch of the usual torchvision pipeline; ``decoder``: ``decode_image`` or ``pil``."""
     transform = T.Compose(
         [
-            T.ToImage(),
+            T.ToImage(),  # PIL image -> tensor; a tensor passes through
             T.Resize((SIZE, SIZE), antialias=True),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize([0.5], [0.5]),
         ]
     )
     loader = DataLoader(
-        ImageFolder(str(root / "train"), transform=transform),
+        ImageFolder(str(root / "train"), transform=transform, **({"loader": decode_rgb} if decoder != "pil" else {})),
         batch_size=BATCH,
         shuffle=True,
         drop_last=True,
@@ -71,10 +83,10 @@ def theirs(root: Path, workers: int):
     return lambda: sum(images.shape[0] for images, _ in loader)
 
 
-def rate(run) -> float:
+def seconds_per_image(run) -> float:
     start = time.perf_counter()
     count = run()
-    return count / (time.perf_counter() - start)
+    return (time.perf_counter() - start) / count
 
 
 def main() -> None:
@@ -96,35 +108,34 @@ def main() -> None:
                 write_shapes_folder(root, num_train=args.images, num_val=0, image_size=source, seed=0)
                 seconds = time.perf_counter() - start
                 print(f"wrote {args.images} PNGs of {source}x{source} in {seconds:.1f} s", flush=True)
-            contenders[source] = {OURS: ours(root, args.threads), THEIRS: theirs(root, args.workers)}
+            contenders[source] = {OURS: ours(root, args.threads)}
+            for name, decoder in REFERENCES.items():
+                contenders[source][name] = theirs(root, args.workers, decoder)
             for run in contenders[source].values():
                 run()  # warm-up: page cache, worker start-up
 
-        rates = {(source, name): [] for source in contenders for name in contenders[source]}
+        seconds = {(source, name): [] for source in contenders for name in contenders[source]}
         for r in range(args.rounds):
             for source, runs in contenders.items():
                 for name in list(runs)[:: 1 if r % 2 == 0 else -1]:  # alternate who goes first
-                    rates[source, name].append(rate(runs[name]))
+                    seconds[source, name].append(seconds_per_image(runs[name]))
 
-    median = {key: statistics.median(values) for key, values in rates.items()}
     print(
-        f"\nimages/s to 32x32 float batches of {BATCH}, median of {args.rounds} alternating epochs of "
-        f"{args.images} images; {torch.get_num_threads()} torch threads, craft {args.threads} decoding threads, "
-        f"DataLoader {args.workers} workers, torch {torch.__version__}"
+        f"\nimages/s to 32x32 float batches of {BATCH}, {args.rounds} alternating epochs of {args.images} images; "
+        f"cells: median (min-max) over rounds; {torch.get_num_threads()} torch threads, craft {args.threads} "
+        f"decoding threads, DataLoader {args.workers} workers, torch {torch.__version__}"
     )
     print_table(
-        ["source images", OURS, THEIRS, "ratio"],
+        ["source images", "contender", "images/s", "craft vs this"],
         [
             [
-                f"{source}x{source} PNG",
-                f"{median[source, OURS]:,.0f}",
-                f"{median[source, THEIRS]:,.0f}",
-                f"{median[source, OURS] / median[source, THEIRS]:.2f}x",
+                f"{source}x{source} PNG", name, spread([1 / s for s in seconds[source, name]], fmt=",.0f"),
+                "" if name == OURS else ratio(seconds[source, name], seconds[source, OURS]),
             ]
             for source in contenders
+            for name in contenders[source]
         ],
     )
-
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,12 @@ step time. On a machine with several GPUs, the world sizes go up to the
 number of GPUs (NCCL) and the table adds scaling efficiency:
 ``samples/s at N / (N x samples/s at 1)``.
 
-    python benchmarks/ddp_speed.py [--model cnn|gpt] [--steps 30] [--max_world 2]
+Every world size is launched ``--repeats`` times, the world sizes alternating
+(1, 2, ..., then the reverse order, ...), so drift of a shared machine is
+spread over all of them; cells are median (min-max) over the launches, and
+ratios are taken between launches of the same repeat.
+
+    python benchmarks/ddp_speed.py [--model cnn|gpt] [--steps 30] [--max_world 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import time
 
 import torch
 import torch.multiprocessing as mp
-from common import print_table, sync
+from common import print_table, ratio, spread, sync
 
 from craft import distributed
 from craft.models import SmallCNN
@@ -85,7 +90,7 @@ def worker(rank: int, world: int, port: int, args, results) -> None:
         mean, grads = replicas.mean(), {k: torch.randn_like(v) for k, v in box[0].params.items()}
         reduce_s = statistics.median(timed(lambda: mean(grads)))
     if rank == 0:
-        results[world] = (step_s, reduce_s)
+        results[world, args.repeat] = (step_s, reduce_s)
     distributed.close(replicas, wait=True)
 
 
@@ -102,29 +107,37 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--max_world", type=int, default=None, help="largest world size (default: GPUs, or 2 on the CPU)")
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="CPU threads shared by the processes")
+    parser.add_argument("--repeats", type=int, default=3, help="launches of each world size, alternating")
     args = parser.parse_args()
     args.batch = args.batch or (128 if args.model == "cnn" else 12)
     gpus = torch.cuda.device_count()
     top = args.max_world or (gpus if gpus > 1 else 2)
     worlds = [w for w in (1, 2, 4, 8, 16) if w <= top and args.batch % w == 0]
     results = mp.Manager().dict()
-    for world in worlds:
-        mp.spawn(worker, args=(world, free_port(), args, results), nprocs=world, join=True)
-        print(f"world size {world}: done", flush=True)
+    for repeat in range(args.repeats):
+        args.repeat = repeat
+        for world in worlds[:: 1 if repeat % 2 == 0 else -1]:
+            mp.spawn(worker, args=(world, free_port(), args, results), nprocs=world, join=True)
+            print(f"world size {world}, launch {repeat + 1}/{args.repeats}: done", flush=True)
 
     device = f"{gpus} x {torch.cuda.get_device_name(0)}" if gpus else f"cpu, {args.cores} cores shared"
-    print(f"\n{args.model}, global batch {args.batch}, {device}, torch {torch.__version__}; median of {args.steps} steps")
-    base = args.batch / results[1][0]
+    print(
+        f"\n{args.model}, global batch {args.batch}, {device}, torch {torch.__version__}; per launch the median of "
+        f"{args.steps} steps; cells: median (min-max) over {args.repeats} alternating launches"
+    )
+    step = {w: [results[w, r][0] for r in range(args.repeats)] for w in worlds}
     rows = []
     for world in worlds:
-        step_s, reduce_s = results[world]
-        rate = args.batch / step_s
+        scaled = [s * world for s in step[world]]  # seconds per step x N: efficiency is (1-process seconds) / this
+        share = [results[world, r][1] / results[world, r][0] for r in range(args.repeats)]
         rows.append([
-            str(world), f"{step_s * 1e3:.2f}", f"{rate:,.0f}", f"{rate / base:.2f}x",
-            f"{rate / (world * base):.0%}", f"{reduce_s / step_s:.0%}" if world > 1 else "n/a",
+            str(world), spread(step[world], 1e3), spread([args.batch / s for s in step[world]], fmt=",.0f"),
+            ratio(step[1], step[world]), ratio(step[1], scaled).replace("x", "", 1),
+            spread(share, 100, ".0f") + " %" if world > 1 else "n/a",
         ])
-    print_table(["processes", "ms/step", "samples/s", "vs 1 process", "scaling efficiency", "all-reduce share"], rows)
-
+    print_table(
+        ["processes", "ms/step", "samples/s", "vs 1 process", "scaling efficiency", "all-reduce share"], rows
+    )
 
 if __name__ == "__main__":
     main()

@@ -1,13 +1,18 @@
 """Training K models at once against training them one after another.
 
 K = 8 members, AdamW with clipping, each member with its own seed and learning
-rate (held in the optimizer state). Reference: one compiled
-``make_train_step`` called on each of the K states in turn. Contenders:
+rate (held in the optimizer state). References: one compiled
+``make_train_step`` called on each of the K states in turn; and the
+imperative loop a PyTorch user writes, K models each with its own
+``AdamW(fused=True)`` and ``clip_grad_norm_(foreach=True)``, eager, one after
+another, from the same initial weights. Contenders:
 ``make_ensemble_step`` with each strategy (``vmap``: one compiled
 ``torch.func.vmap`` of the step; ``sequential``: one compiled member step
 called K times from Python; ``side_by_side``: one compiled graph running the
 members one after another, left out by default as it compiles for minutes
-here). The header names the strategy ``auto`` picks.
+here). The header names the strategy ``auto`` picks. Contenders alternate in
+one process; cells are median (min-max) over rounds, ratios median (min-max)
+of the per-round ratios.
 
     python benchmarks/ensemble_speed.py [--members 8] [--rounds 5] [--models mlp,cnn]
         [--strategies vmap,sequential,side_by_side] [--threads 2] [--device cpu] [--profile]
@@ -17,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 import time
 
 import torch
 import torch.nn.functional as F
-from common import interleaved_medians, print_table, timed
+from common import EAGER, imperative_step, interleaved_rounds, print_table, ratio, spread, timed
 from torch import nn
 
 from craft.ensemble import choose_strategy, init_ensemble, make_ensemble_step, unstack_states
@@ -30,6 +36,7 @@ from craft.optim import adamw, inject_hyperparams
 from craft.step import make_train_step
 
 REFERENCE = "K compiled steps, one after another"
+IMPERATIVE = "K imperative steps (fused AdamW, eager)"
 MODELS = {
     "mlp": (lambda: nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)),
             (64,), 64, 1.5),
@@ -56,7 +63,14 @@ def contenders(name: str, members: int, strategies: list[str], device: torch.dev
         for i, s in enumerate(states):
             states[i], _ = single(s, batch)
 
-    fns = {REFERENCE: sequential_reference}
+    imperative = []
+    for i, member in enumerate(states):  # the same initial weights as craft's members
+        twin = make_model().to(device)
+        twin.load_state_dict({**member.params, **member.buffers})
+        lr = hyperparams[i]["learning_rate"]
+        imperative.append(imperative_step(twin, loss_fn, mode=EAGER, clip=1.0, lr=lr, weight_decay=0.01)[0])
+
+    fns = {REFERENCE: sequential_reference, IMPERATIVE: lambda: [step(batch) for step in imperative]}
     for strategy in strategies:
         step = make_ensemble_step(model, loss_fn, tx, strategy=strategy)
         box = [stacked]
@@ -94,25 +108,30 @@ def main() -> None:
             fn()
             first[label] = time.perf_counter() - start
             print(f"{name}: built {label}: first call {first[label]:.1f} s", flush=True)
-        median = interleaved_medians(fns, device, warmup=args.warmup, rounds=args.rounds, steps=args.steps)
+        seconds = interleaved_rounds(fns, device, warmup=args.warmup, rounds=args.rounds, steps=args.steps)
         _, _, size, target = MODELS[name]
+        median = {label: statistics.median(s) for label, s in seconds.items()}
+        auto = choose_strategy(MODELS[name][0](), device)
         print(
             f"\n{name}, K = {args.members}, batch {size}, AdamW + clip, {device}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}; median of {args.rounds} x {args.steps} calls (all K members), interleaved; "
-            f"auto picks {choose_strategy(MODELS[name][0](), device)}"
+            f"torch {torch.__version__}; per round the median of {args.steps} calls (all K members), {args.rounds} "
+            f"interleaved rounds; cells: median (min-max) over rounds; auto picks {auto}"
         )
         print_table(
-            ["variant", "ms / K steps", "first call s", "member-steps/s", "vs reference", f"target >= {target}x (3% noise)"],
+            ["variant", "ms / K steps", "first call s", "member-steps/s", "vs compiled reference", "vs imperative",
+             f"target >= {target}x (3% noise)"],
             [
                 [
                     label,
-                    f"{median[label] * 1e3:.2f}",
+                    spread(seconds[label], 1e3),
                     f"{first[label]:.1f}",
                     f"{args.members / median[label]:,.0f}",
-                    f"{median[REFERENCE] / median[label]:.2f}x",
-                    "" if label == REFERENCE else ("yes" if median[REFERENCE] / median[label] >= 0.97 * target else "NO"),
+                    ratio(seconds[REFERENCE], seconds[label]),
+                    ratio(seconds[IMPERATIVE], seconds[label]),
+                    "" if label in (REFERENCE, IMPERATIVE)
+                    else ("yes" if median[REFERENCE] / median[label] >= 0.97 * target else "NO"),
                 ]
-                for label, _ in sorted(median.items(), key=lambda kv: kv[0] != REFERENCE)
+                for label in fns
             ],
         )
         print(flush=True)

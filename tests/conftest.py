@@ -1,6 +1,11 @@
-"""Shared models and data for the tests."""
+"""Shared models, data and CLI helpers for the tests (importable as ``conftest`` under plain ``pytest``)."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +15,25 @@ from torch import nn
 
 from craft.models import SmallCNN
 
+ROOT = Path(__file__).resolve().parent.parent
+
 settings.register_profile("craft", deadline=None, print_blob=True)
-settings.load_profile("craft")
+# CI (and a local `bash .ci/run`, which sets CI): the same examples every run, so a red build replays.
+settings.register_profile("ci", deadline=None, print_blob=True, derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "craft")
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m craft ARGS`` in a subprocess, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "craft", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
+
+
+def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The params of the newest step checkpoint of ``run_dir``."""
+    latest = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
+    return torch.load(latest, weights_only=True)["state"]["params"]
 
 
 @pytest.fixture

@@ -123,7 +123,7 @@ def test_custom_step_trains_in_its_own_loop(images):
     assert len(losses) == 6 and losses[-1] < losses[0]
     evaluated = {line.split(":")[0]: metrics_of(line.split(":")[1]) for line in out if line.startswith("val ")}
     assert set(evaluated) == {"val last", "val ema"}
-    assert all(0 <= m["accuracy"] <= 1 for m in evaluated.values())
+    assert all(m["accuracy"] > 1 / 3 for m in evaluated.values())  # both beat chance (3 classes)
 
 
 def test_custom_language_model_and_text_dataset_train_evaluate_and_generate(project):

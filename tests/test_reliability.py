@@ -494,6 +494,16 @@ def _every_checkpoint_loads(run_dir: Path) -> int:
     return len(files)
 
 
+def _wait_for(event, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll until ``event()`` holds or ``process`` ends; the timeout only guards a hung run."""
+    deadline = time.monotonic() + timeout
+    while not event() and process.poll() is None:
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no event within {timeout} s: {process.communicate()[1]}")
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def kill_experiment(tmp_path, shapes, one_thread) -> tuple[Path, Path]:
     """The experiment as a TOML file, and its straight run (in this process, one thread like the
@@ -548,14 +558,12 @@ def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(kill_expe
     kills = 0
     for round in range(6):
         process = _start(exp)
-        if round == 0:  # during start-up: before the run folder or its first checkpoint
-            time.sleep(rng.uniform(0.0, 2.0))
+        if round == 0:  # during start-up: once the run folder exists, before its first checkpoint
+            _wait_for(lambda: (run_dir / "config.toml").exists(), process)
         else:  # mid-training: after 1-3 more steps, at a random moment of the next ones (writes included)
             target = len(_train_events(run_dir)) + rng.randint(1, 3)
-            deadline = time.monotonic() + 120
-            while len(_train_events(run_dir)) < target and process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.1))
+            _wait_for(lambda: len(_train_events(run_dir)) >= target, process)
+            time.sleep(rng.uniform(0.0, 0.1))  # jitter after the event: where in the step the kill lands
         if process.poll() is not None:
             break
         process.kill()

@@ -14,7 +14,8 @@ from craft.config import load
 from craft.data.captions import write_caption_folder
 from craft.data.tokenizers import BOUNDARY, load_tokenizer
 from craft.generate import generate_text
-from tests.test_run import _final_params, craft
+from conftest import final_params as _final_params
+from conftest import run_cli as craft
 
 # A small world (2 shapes, 2 colours, 2 sizes, 4 cells: 32 captions), so a
 # tiny captioner learns it in about 20 s (val exact_match 0.98 with seeds 0, 1

@@ -11,7 +11,8 @@ import pytest
 from craft import run, trained
 from craft.config import load, loads
 from craft.data.text import CharTokenizer
-from tests.test_run import ROOT, craft
+from conftest import ROOT
+from conftest import run_cli as craft
 
 TINY_GPT = """
 name = "tiny_gpt"

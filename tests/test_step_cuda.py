@@ -80,7 +80,17 @@ def test_cuda_graphs_step_matches_the_default_compiled_step():
     torch.testing.assert_close(a.params, b.params, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("donate", [False, True])
+DONATION_BROKEN = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "the donated compiled GPT step gives wrong parameters on CUDA (measured on an H200 with torch 2.11; "
+        f"this is torch {torch.__version__}). A strict XPASS means torch fixed it: let `python -m craft` "
+        "donate on CUDA (craft/run.py) and remove this mark"
+    ),
+)
+
+
+@pytest.mark.parametrize("donate", [False, pytest.param(True, marks=DONATION_BROKEN)])
 def test_compiled_gpt_step_matches_eager_on_cuda(donate):
     """The GPT (tied embeddings, SDPA) through the compiled step, against the eager step.
 
