@@ -91,29 +91,36 @@ def progress_bar(total: int, initial: int, *, disable: bool = False):
 
 
 def plot_metrics(run_dir: Path) -> Path:
-    """Draw ``loss.png``: train and val loss by step, and val accuracy where logged."""
+    """Draw ``loss.png``: train and val loss by step, and val accuracy where logged.
+
+    Points are marked where there are few (a short run shows its points), and
+    the legend sits below the axes, where it covers no curve.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     events = read_metrics(run_dir)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for split, style in (("train", "-"), ("val", "o-")):
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100, layout="constrained")
+    for split in ("train", "val"):
         points = [(e["step"], e["metrics"]["loss"]) for e in events if e["split"] == split and "loss" in e["metrics"]]
         if points:
-            ax.plot(*zip(*points), style, label=f"{split} loss", markersize=3)
+            marker = "o" if split == "val" else "." if len(points) <= 100 else None
+            ax.plot(*zip(*points), "-", marker=marker, label=f"{split} loss", markersize=4)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     accuracy = [(e["step"], e["metrics"]["accuracy"]) for e in events if e["split"] == "val" and "accuracy" in e["metrics"]]
+    axes = [ax]
     if accuracy:
         right = ax.twinx()
-        right.plot(*zip(*accuracy), "s--", color="tab:green", label="val accuracy", markersize=3)
+        right.plot(*zip(*accuracy), "s--", color="tab:green", label="val accuracy", markersize=4)
         right.set_ylabel("accuracy")
-        right.legend(loc="center right")
-    ax.legend(loc="upper right")
+        axes.append(right)
+    handles = [h for a in axes for h in a.get_legend_handles_labels()[0]]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
     ax.set_title(Path(run_dir).name)
-    fig.tight_layout()
     path = Path(run_dir) / PLOT_FILE
     fig.savefig(path)
     plt.close(fig)

@@ -135,8 +135,32 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
                     tokenizer.save(run_dir / TOKENIZER_FILE)
                 except OSError as e:
                     raise RunError(f"cannot write {str(run_dir / TOKENIZER_FILE)!r}: {e.strerror or e}") from None
-        echo(text)
+        for line in summary(exp, parts, start, run_dir, val_data, replicas):
+            echo(line)
         return _fit(exp, parts, start, run_dir, (train_data, val_data), tokenizer, replicas)
+
+
+def summary(exp: Experiment, parts: Parts, start, run_dir: Path, val_data, replicas: Replicas) -> list[str]:
+    """What a run says before its first step: where its config is, the device, the model's size,
+    what one step reads, and that the first (compiled) step takes a while."""
+    trainable = sum(p.numel() for p in start.state.params.values())
+    total = sum(p.numel() for p in parts.model.parameters())
+    batch = next(iter(val_data), None)
+    per_step = f"{exp.data.config.batch_size:,} examples" if hasattr(exp.data.config, "batch_size") else "one batch"
+    if batch is not None and batch.get("input") is not None and batch["input"].ndim == 2:
+        per_step = f"{exp.data.config.batch_size * batch['input'].shape[1]:,} tokens ({per_step} of {batch['input'].shape[1]})"
+    elif batch is not None and "image" in batch:
+        per_step = f"{per_step.replace('examples', 'images')} of {'x'.join(map(str, batch['image'].shape[1:]))}"
+    threads = f" ({torch.get_num_threads()} threads)" if parts.device.type == "cpu" else ""
+    ranks = f" x {replicas.world_size} processes" if replicas.active else ""
+    lines = [
+        f"run folder {run_dir} (the resolved config: {run_dir / CONFIG_FILE}; --print_config prints it)",
+        f"device {parts.device}{threads}{ranks}; model {exp.model.kind!r}: {total:,} parameters, {trainable:,} trainable",
+        f"{exp.train.steps:,} steps of {per_step}, from step {int(start.state.step)}",
+    ]
+    if exp.train.compile:
+        lines.append("compiling the train step (the first step takes a while)")
+    return lines
 
 
 def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, replicas: Replicas) -> Path:
@@ -178,14 +202,22 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     finally:
         bar.close()
         log.close()
+        if main:  # on every exit, Ctrl-C and SIGTERM included: the curves so far
+            plot_quietly(run_dir, say)
     if progress.stop == "signal":
         raise Interrupted(progress.step, progress.last_good)
     if progress.stop == "early_stopping":
         rule = cfg.early_stopping
         say(f"early stopping at step {progress.step}: no better {rule.metric} in {rule.patience} evaluations")
-    if main:
-        plot_metrics(run_dir)
     return run_dir
+
+
+def plot_quietly(run_dir: Path, say) -> None:
+    """Draw ``loss.png``; a plot that fails (a damaged log) is a warning, never the run's error."""
+    try:
+        plot_metrics(run_dir)
+    except Exception as e:  # noqa: BLE001 - whatever went wrong, the run's own outcome matters more
+        say(f"warning: could not draw {run_dir / 'loss.png'}: {e}")
 
 
 def saver(exp: Experiment, run_dir: Path, train_data, elapsed, main: bool, *, best: bool):

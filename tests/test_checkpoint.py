@@ -75,3 +75,16 @@ def test_files_never_unpickle_code(tmp_path):
     torch.save({"format": checkpoint.FORMAT, "x": Evil()}, path)
     with pytest.raises(checkpoint.CheckpointError, match="unreadable checkpoint"):
         checkpoint.load(path)
+
+
+def test_checkpoints_are_readable_like_the_rest_of_the_run_folder(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = checkpoint.save(tmp_path / "step_00000001.pt", {"x": torch.zeros(1)})
+        (tmp_path / "config.toml").write_text("x = 1\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "config.toml").stat().st_mode) == 0o644

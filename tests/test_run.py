@@ -86,7 +86,8 @@ def test_train_writes_the_run_folder(experiment):
     assert result.returncode == 0, result.stderr
     run_dir = experiment.parent / "runs" / "tiny"
     assert {p.name for p in run_dir.iterdir()} >= {"config.toml", "metrics.jsonl", "checkpoints", "loss.png"}
-    assert 'name = "tiny"' in result.stdout  # the resolved config is printed
+    assert f"the resolved config: {run_dir / 'config.toml'}" in result.stdout  # one line points at it
+    assert "parameters," in result.stdout and "compiling the train step" not in result.stdout  # compile = false
     events = _events(run_dir)
     assert [e["step"] for e in events if e["split"] == "train"] == [3, 6, 9, 12]
     assert [e["step"] for e in events if e["split"] == "val"] == [6, 12]
@@ -150,13 +151,17 @@ def test_ctrl_c_finishes_the_step_saves_and_says_how_to_resume(experiment, tmp_p
     )
     metrics = tmp_path / "runs" / "tiny" / "metrics.jsonl"
     deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
+    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
+    if not (metrics.exists() and metrics.read_text()):  # never send the signal before training started
+        process.kill()
+        pytest.fail(f"training never logged a step: {process.communicate()[1][-2000:]}")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "interrupted at step" in stderr and "--resume" in stderr and "Traceback" not in stderr
     assert list((tmp_path / "runs" / "tiny" / "checkpoints").glob("step_*.pt"))
+    assert (tmp_path / "runs" / "tiny" / "loss.png").stat().st_size > 0  # drawn on every exit
 
 
 @pytest.mark.slow
