@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 
 from craft import checkpoint, distributed, hooks
@@ -27,7 +28,7 @@ from craft.parts import (
     learning_rate, to_device,
 )
 from craft.rundir import (
-    CHECKPOINTS, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, locked,
+    CHECKPOINTS, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
     prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
 )
 from craft.step import init_state, make_eval_step, make_train_step
@@ -101,7 +102,22 @@ def check_same_data(data, replicas: Replicas) -> None:
         ) from None
 
 
+def rank_zeros_name(exp: Experiment, replicas: Replicas) -> Experiment:
+    """Under torchrun, the run name rank 0 chose (ranks that looked after rank 0 made its folder would pick another)."""
+    if not replicas.active:
+        return exp
+    import torch.distributed as dist
+
+    names = [exp.name]
+    dist.broadcast_object_list(names, src=0)
+    return attrs.evolve(exp, name=names[0])
+
+
 def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Replicas) -> Path:
+    exp, note = fresh_name(exp, resume=resume, overwrite=overwrite)
+    exp = rank_zeros_name(exp, replicas)
+    if note:
+        echo(note)
     run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite)
     # Everything that can fail on the config is built before an old run is replaced.
     train_data, val_data = build_data(exp, "train", replicas), build_data(exp, "val", replicas)

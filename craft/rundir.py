@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import attrs
+
 from craft import checkpoint
 from craft.config import tomllib
 from craft.logging import truncate_metrics
@@ -69,6 +71,25 @@ def is_run_folder(run_dir: Path) -> bool:
 def _inside(path: Path, folder: Path) -> bool:
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
+
+
+def fresh_name(exp: Any, *, resume: bool, overwrite: bool) -> tuple[Any, str | None]:
+    """A new run's own folder: ``exp`` unchanged when its folder is free or a flag names it (``--resume``
+    continues it, ``--overwrite`` replaces it); else ``exp`` named ``NAME-2``, ``NAME-3``... (the first
+    free one, as Lightning numbers versions) and a line saying so. A folder another run holds is still
+    reported by ``check_run_dir``, naming that process."""
+    out, name = Path(exp.out_dir), exp.name
+    if resume or overwrite or not is_used(out / name):
+        return exp, None
+    check_free(out / name)
+    n = 2
+    while is_used(out / f"{name}-{n}") or (out / f"{name}-{n}" / LOCK_FILE).exists():
+        n += 1
+    new = attrs.evolve(exp, name=f"{name}-{n}")
+    return new, (
+        f"{str(out / name)!r} holds an earlier run: this one is {str(out / new.name)!r} "
+        f"(--resume continues {name!r}, --overwrite replaces it)"
+    )
 
 
 def check_run_dir(exp: Any, *, resume: bool, overwrite: bool) -> Path:

@@ -52,7 +52,8 @@ from craft.parts import (
     trainable_names,
 )
 from craft.rundir import (
-    CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, locked, prepare_run_dir,
+    CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
+    prepare_run_dir,
     save_checkpoint, start_or_resume, write_atomic,
 )
 from craft.step import TrainState, init_state, make_eval_step
@@ -184,6 +185,9 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
     """Train every member of ``exp.sweep``; returns the run folder (see the module docstring)."""
     if exp.train.early_stopping is not None:
         raise RunError("train.early_stopping does not apply to a sweep: members would stop at different steps")
+    exp, note = fresh_name(exp, resume=resume, overwrite=overwrite)
+    if note:
+        echo(note)
     run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite)
     train_data, val_data = build_data(exp, "train"), build_data(exp, "val")
     exp, notes = fit_schedule(fit_to_data(exp, train_data))
