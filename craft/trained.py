@@ -2,6 +2,8 @@
 
     exp, parts, state = load_run("runs/gpt_char")
     text = sample_run("runs/gpt_char", Sample(prompt="ROMEO:"))
+    model = load_model("runs/gpt_char")                 # the nn.Module with the trained weights
+    export("runs/gpt_char", "exported/gpt_char")        # model.safetensors + config.json (+ tokenizer.json)
 """
 
 from __future__ import annotations
@@ -44,7 +46,15 @@ def load_run(run_dir: Path, checkpoint_name: str = "latest") -> LoadedRun:
             raise RunError(f"no readable checkpoint in {ckpt_dir}")
         payload = found[1]
     else:
-        payload = checkpoint.load(ckpt_dir / ("best.pt" if checkpoint_name == "best" else checkpoint_name))
+        path = ckpt_dir / ("best.pt" if checkpoint_name == "best" else checkpoint_name)
+        if not path.is_file():
+            have = sorted(p.name for p in ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
+            hint = " (best.pt is written with train.early_stopping)" if checkpoint_name == "best" else ""
+            raise RunError(
+                f"--checkpoint={checkpoint_name}: no {path.name} in {str(ckpt_dir)!r}{hint}; "
+                f"it has: {', '.join(have) or 'no checkpoints'} (or use latest)"
+            )
+        payload = checkpoint.load(path)
     parts = build_parts(exp)
     state = checkpoint.state_from_dict(payload["state"], init_state(parts.model, parts.optimizer, seed=exp.seed))
     return LoadedRun(exp, parts, state)
@@ -138,3 +148,45 @@ def plot(run_dir: Path) -> Path:
     if not (run_dir / "metrics.jsonl").exists():
         raise RunError(f"{run_dir} has no metrics.jsonl to plot")
     return plot_metrics(run_dir)
+
+
+def load_model(run_dir: Path, checkpoint_name: str = "latest") -> nn.Module:
+    """The run's ``nn.Module``, built from its config and holding the checkpoint's weights (their moving
+    average with ``train.ema_decay``), in eval mode: one call from a run folder to a model."""
+    exp, parts, state = load_run(run_dir, checkpoint_name)
+    state, model = eval_weights(state), parts.model
+    missing, unexpected = model.load_state_dict({**state.params, **state.buffers}, strict=False)
+    stored = dict(model.named_parameters()).keys() | dict(model.named_buffers()).keys()
+    if unexpected or set(missing) & stored:  # what may be missing: only the second names of tied weights
+        raise RunError(f"{run_dir}: the checkpoint does not fit model {exp.model.kind!r} ({(unexpected or missing)[:3]})")
+    return model.eval()
+
+
+def export(run_dir: Path, out: Path, checkpoint_name: str = "latest") -> Path:
+    """Write the run's weights as ``OUT/model.safetensors`` and the model's config as ``OUT/config.json``
+    (plus ``tokenizer.json`` for text runs); returns ``out``.
+
+    The weights are the module's whole ``state_dict()``, tied weights under
+    each of their names, so ``model.load_state_dict(load_file(...), strict=True)``
+    loads them into the plain module built from ``config.json``
+    (``MODELS[kind](**options).build()``).
+    """
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from craft.config import to_dict
+
+    run_dir, out = Path(run_dir), Path(out)
+    if (out / "model.safetensors").exists():
+        raise RunError(f"{str(out / 'model.safetensors')!r} exists; export to another folder or remove it")
+    exp = load_config(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
+    model = load_model(run_dir, checkpoint_name)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt", "kind": exp.model.kind})
+    (out / "config.json").write_text(json.dumps(to_dict(exp)["model"], indent=2) + "\n", encoding="utf-8")
+    if (run_dir / TOKENIZER_FILE).exists():
+        shutil.copyfile(run_dir / TOKENIZER_FILE, out / TOKENIZER_FILE)
+    return out

@@ -1,0 +1,61 @@
+"""``craft export`` and ``craft.load_model``: a run's weights leave craft as safetensors any module loads (issue 17)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import craft
+from craft import run, trained
+from craft.config import load
+from craft.models import MODELS
+from craft.rundir import RunError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def gpt_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    exp = load(ROOT / "experiments" / "gpt_char.toml", {
+        "out_dir": str(out), "train.steps": 3, "train.compile": False, "train.eval_batches": 1,
+        "model.n_layer": 1, "model.n_embd": 16, "model.n_head": 2, "train.sample": {"every": 1000},
+    })
+    return run.train(exp, echo=lambda *a, **k: None)
+
+
+def test_exported_weights_load_strictly_into_the_plain_module(gpt_run, tmp_path):
+    out = trained.export(gpt_run, tmp_path / "export")
+    config = json.loads((out / "config.json").read_text())
+    kind = config.pop("kind")
+    plain = MODELS[kind](**config).build()
+    weights = load_file(str(out / "model.safetensors"))
+    assert "lm_head.weight" in weights  # tied to the embedding, exported under both names
+    plain.load_state_dict(weights, strict=True)
+    loaded = craft.load_model(gpt_run)
+    idx = torch.randint(0, config["vocab_size"], (2, 8))
+    torch.testing.assert_close(plain.eval()(idx), loaded(idx), rtol=0, atol=0)
+    assert (out / "tokenizer.json").read_text() == (gpt_run / "tokenizer.json").read_text()
+
+
+def test_load_model_holds_the_checkpoint_weights(gpt_run):
+    model = craft.load_model(gpt_run)
+    state = trained.load_run(gpt_run).state
+    assert not model.training
+    for name, p in model.named_parameters():
+        assert torch.equal(p, state.params[name])
+
+
+def test_export_refuses_to_overwrite(gpt_run, tmp_path):
+    trained.export(gpt_run, tmp_path / "e")
+    with pytest.raises(RunError, match="model.safetensors' exists"):
+        trained.export(gpt_run, tmp_path / "e")
+
+
+def test_best_without_early_stopping_says_what_exists(gpt_run):
+    with pytest.raises(RunError, match=r"no best.pt .*early_stopping.*it has: step_00000003.pt"):
+        trained.load_run(gpt_run, "best")
