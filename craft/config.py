@@ -565,7 +565,7 @@ def _structure_sweep(table: Any, _: Any) -> Sweep:
         if key not in SWEEPABLE:
             problems.append((key, _sweep_problem(key)))
         elif not isinstance(value, list) or not value or not all(map(_is_finite_number, value)):
-            problems.append((key, f"expected a non-empty list of finite numbers, got {_show(value)}"))
+            problems.append((key, f"expected a non-empty list of numbers, none nan or inf, got {_show(value)}"))
         else:
             values[key] = [float(v) for v in value]
     if problems:
