@@ -101,7 +101,8 @@ def generate(
 
     The text is printed as it is generated; Ctrl-C stops it and keeps what
     was printed. --temperature=0 is greedy (the default for captions; 0.8 for
-    text); --top_k keeps the K likeliest tokens, --top_p the smallest set
+    text; a tiny one such as 1e-45 samples among the tied likeliest tokens,
+    i.e. is greedy too); --top_k keeps the K likeliest tokens, --top_p the smallest set
     whose probability reaches P. The same --seed gives the same text;
     --num_samples=N prints N samples (seeds SEED, SEED+1, ...) separated by a
     blank line. --stop=TEXT ends a sample before TEXT. --cache=false
