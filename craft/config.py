@@ -23,9 +23,11 @@ import difflib
 import functools
 import importlib
 import inspect
+import math
 import re
 import sys
 import types
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -45,7 +47,7 @@ from craft.models import MODELS
 from craft.optim import OPTIMIZERS, SCHEDULES
 from craft.registry import Registry
 from craft.tasks import TASKS
-from craft.validators import at_least, between, not_empty, one_of
+from craft.validators import at_least, between, device_name, not_empty, one_of, path_component, seed_value
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,7 +57,7 @@ else:  # pragma: no cover
 __all__ = [
     "Component", "ConfigError", "EarlyStopping", "Experiment", "Optim", "OptimGroup", "Sample", "Train",
     "apply_overrides", "build", "config_class", "dumps", "from_dict", "load",
-    "loads", "parse_override", "registries", "save", "structure", "to_dict",
+    "loads", "parse_override", "printable", "registries", "save", "structure", "to_dict",
 ]
 
 
@@ -234,7 +236,7 @@ class Sample:
     temperature: float = attrs.field(default=0.8, validator=at_least(0.0))
     top_k: int | None = attrs.field(default=None, validator=at_least(1))
     top_p: float | None = attrs.field(default=None, validator=between(0, 1, low_open=True))
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=seed_value)
 
 
 @attrs.frozen
@@ -247,7 +249,7 @@ class Train:
     eval_batches: int | None = attrs.field(default=None, validator=at_least(1))
     precision: str = attrs.field(default="fp32", validator=one_of("fp32", "bf16"))
     compile: bool = True
-    device: str = attrs.field(default="auto", validator=not_empty)
+    device: str = attrs.field(default="auto", validator=device_name)
     accum_steps: int = attrs.field(default=1, validator=at_least(1))
     checkpoint_every: int | None = attrs.field(default=None, validator=at_least(1))
     keep_checkpoints: int = attrs.field(default=3, validator=at_least(1))
@@ -283,10 +285,10 @@ class Experiment:
     """One run, as written in TOML. ``imports`` are modules imported before the
     sections are read, so they can register models, datasets, etc."""
 
-    name: str = attrs.field(validator=not_empty)
+    name: str = attrs.field(validator=path_component)  # the run folder's name under out_dir
     model: Component
     data: Component
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=seed_value)
     out_dir: str = "runs"
     imports: list[str] = attrs.field(factory=list)
     task: Component = attrs.field(factory=lambda: _default(TASKS, "classification"))
@@ -367,6 +369,21 @@ def _scalar_hook(name: str, accepts: Callable[[Any], bool]) -> Callable[[Any, ty
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+def _structure_float(value: Any, t: type) -> float:
+    """A number as a float. No option means anything by nan or inf: every float field refuses them."""
+    try:
+        value = _scalar_hook("float", _is_number)(value, t)
+    except OverflowError:  # an integer beyond float's range
+        raise _Invalid("must be a finite number, got an integer too large for a float") from None
+    if not math.isfinite(value):
+        raise _Invalid(f"must be a finite number, got {value}")
+    return value
 
 
 def _is_list_type(t: Any) -> bool:
@@ -574,8 +591,8 @@ def _structure_sweep(table: Any, _: Any) -> Sweep:
     for key, value in flat.items():
         if key not in SWEEPABLE:
             problems.append((key, _sweep_problem(key)))
-        elif not isinstance(value, list) or not value or not all(map(_is_number, value)):
-            problems.append((key, f"expected a non-empty list of numbers, got {_show(value)}"))
+        elif not isinstance(value, list) or not value or not all(map(_is_finite_number, value)):
+            problems.append((key, f"expected a non-empty list of numbers, none nan or inf, got {_show(value)}"))
         else:
             values[key] = [float(v) for v in value]
     if problems:
@@ -593,7 +610,7 @@ def _make_converter() -> cattrs.Converter:
     c = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     c.register_structure_hook(bool, _scalar_hook("bool", lambda v: isinstance(v, bool)))
     c.register_structure_hook(int, _scalar_hook("int", lambda v: isinstance(v, int) and not isinstance(v, bool)))
-    c.register_structure_hook(float, _scalar_hook("float", _is_number))
+    c.register_structure_hook(float, _structure_float)
     c.register_structure_hook(str, _scalar_hook("str", lambda v: isinstance(v, str)))
     c.register_structure_hook_func(lambda t: get_origin(t) is Literal, _structure_literal)
     c.register_structure_hook_factory(_is_list_type, _list_hook)
@@ -617,6 +634,11 @@ _OVERRIDES: dict[type, dict[str, Any]] = {
     }
 }
 _converter = _make_converter()
+_SECTIONS = {
+    "model": (MODELS, None), "data": (DATASETS, None), "task": (TASKS, "classification"),
+    "optim": (OPTIMIZERS, "adamw"), "schedule": (SCHEDULES, "constant"),
+}
+"""The sections that pick a registry entry by ``kind``: registry and default kind."""
 
 
 # --- Loading ------------------------------------------------------------------
@@ -718,23 +740,76 @@ def structure(data: Mapping[str, Any], cls: type) -> Any:
         raise ConfigError([f"{path or cls.__name__}: {msg}" for path, msg in _problems(e)]) from None
 
 
-def loads(text: str, overrides: Mapping[str, Any] | None = None, source: str = "<string>") -> Experiment:
-    """The Experiment in TOML ``text``, with ``overrides`` applied (see ``apply_overrides``)."""
+def _field_type(data: Mapping[str, Any], keys: list[str]) -> Any:
+    """The type of the field at ``keys`` in the Experiment ``data`` describes, or None if there is none."""
+    cls, table, t = Experiment, data, None
+    for i, key in enumerate(keys):
+        if cls is Experiment and key in _SECTIONS:
+            registry, default = _SECTIONS[key]
+            table = table.get(key, {}) if isinstance(table, Mapping) else {}
+            kind = table.get("kind", default) if isinstance(table, Mapping) else None
+            if keys[i + 1 :] in (["kind"], ["lr"]):
+                return str if keys[i + 1] == "kind" else float
+            if not isinstance(kind, str) or kind not in registry:
+                return None
+            cls = config_class(registry[kind])
+            continue
+        if cls is None or not attrs.has(cls) or key not in attrs.fields_dict(cls):
+            return None
+        t = typing.get_type_hints(cls)[key]
+        cls = next((a for a in (get_args(t) or (t,)) if attrs.has(a)), None)
+        table = table.get(key, {}) if isinstance(table, Mapping) else {}
+    return t
+
+
+def _read_texts(data: Mapping[str, Any], texts: Mapping[str, str]) -> dict[str, Any]:
+    """Command-line values: each read by ``parse_override``, but a text field takes the text as typed.
+
+    ``--name=2024`` names the run "2024"; ``--optim.lr=3e-4`` is the number.
+    """
+    parsed = {path: parse_override(text) for path, text in texts.items()}
+    merged = apply_overrides(data, parsed)  # the kinds the values pick decide the fields' types
+    out = {}
+    for path, value in parsed.items():
+        t = _field_type(merged, path.split(".")) if isinstance(path, str) else None
+        takes_text = t is str or (str in get_args(t) and not isinstance(value, (list, dict)))
+        out[path] = texts[path] if takes_text else value
+    return out
+
+
+def loads(
+    text: str, overrides: Mapping[str, Any] | None = None, source: str = "<string>", *, texts: Mapping[str, str] | None = None
+) -> Experiment:
+    """The Experiment in TOML ``text``, with ``overrides`` applied (see ``apply_overrides``).
+
+    ``texts`` are command-line values as typed (``{"optim.lr": "3e-4"}``),
+    applied after ``overrides``: each is read by ``parse_override``, except
+    that a text field (``name``, ``train.device``...) takes the text as typed.
+    """
     try:
-        data = tomllib.loads(text)
+        data = tomllib.loads(text.removeprefix("\ufeff"))  # a byte-order mark some editors write
+        data = apply_overrides(data, overrides)
+        return from_dict(apply_overrides(data, _read_texts(data, texts or {})))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{source}: invalid TOML: {e}"]) from None
-    return from_dict(apply_overrides(data, overrides))
+    except RecursionError:
+        raise ConfigError([f"{source}: nested too deeply to read; an experiment needs a few levels of tables"]) from None
 
 
-def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Experiment:
-    """The Experiment in the TOML file at ``path``, with ``overrides`` applied."""
+def load(path: str | Path, overrides: Mapping[str, Any] | None = None, *, texts: Mapping[str, str] | None = None) -> Experiment:
+    """The Experiment in the TOML file at ``path``, with ``overrides`` and ``texts`` applied (see ``loads``)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ConfigError([f"{path}: cannot read config: {reason}"]) from None
-    return loads(text, overrides, source=str(path))
+        raise ConfigError([f"{printable(path)}: cannot read config: {reason}"]) from None
+    return loads(text, overrides, source=printable(path), texts=texts)
+
+
+def printable(name: str | Path) -> str:
+    """``name`` as typed when that shows on one line, else its ``repr`` (a newline in a file name)."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)
 
 
 # --- Writing ------------------------------------------------------------------

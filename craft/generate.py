@@ -72,12 +72,17 @@ def sample_next(
 
     ``temperature == 0`` is greedy (argmax). Otherwise the logits are divided
     by ``temperature``, filtered by ``filter_logits`` (so top-p sees the
-    tempered distribution), and sampled with ``generator``.
+    tempered distribution), and sampled with ``generator``. The largest logit
+    is subtracted first (softmax does not change), so a tiny temperature
+    (1e-45) cannot overflow: it samples among the tied largest logits, which
+    is greedy decoding in the limit.
     """
     _check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p).softmax(-1)  # (B, V)
+    logits = logits.float()
+    shifted = (logits - logits.amax(-1, keepdim=True)) / temperature  # (B, V), <= 0: no inf - inf
+    probs = filter_logits(shifted, top_k=top_k, top_p=top_p).softmax(-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -183,34 +188,50 @@ def generate_text(
     use_cache: bool = True,
     stop: str | None = None,
     context: Mapping[str, Tensor] | None = None,
+    on_text: Callable[[str], None] | None = None,
 ) -> str:
     """The text generated after ``prompt`` (prompt excluded), decoded with ``tokenizer``.
 
     With ``stop``, generation ends as soon as the new text contains it, and
     the text is cut just before it. ``context`` is passed on as in ``generate``.
+    ``on_text`` is called with each new piece of the text as it is generated
+    (the pieces join to the returned text); a piece that could still turn
+    out to begin ``stop`` is held back until it cannot.
     """
     if not prompt:
         raise ValueError("the prompt is empty; give at least one character, e.g. --prompt='\\n'")
     if stop == "":
         raise ValueError("the stop string is empty; give at least one character or leave it out")
     found = None if stop is None else (lambda new: stop in tokenizer.decode(new))
-    new = list(
-        generate(
-            model,
-            params,
-            tokenizer.encode(prompt),
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            use_cache=use_cache,
-            stop=found,
-            context=context,
-        )
+    new, shown = [], 0
+    tokens = generate(
+        model, params, tokenizer.encode(prompt), max_new_tokens=max_new_tokens, temperature=temperature,
+        top_k=top_k, top_p=top_p, seed=seed, use_cache=use_cache, stop=found, context=context,
     )
+    for token in tokens:
+        new.append(token)
+        if on_text is not None:
+            shown = _show_new(tokenizer.decode(new), shown, stop, on_text)
     text = tokenizer.decode(new)
-    return text if stop is None else text.partition(stop)[0]
+    text = text if stop is None else text.partition(stop)[0]
+    if on_text is not None and len(text) > shown:
+        on_text(text[shown:])
+    return text
+
+
+def _show_new(text: str, shown: int, stop: str | None, on_text: Callable[[str], None]) -> int:
+    """Pass ``text[shown:]`` to ``on_text``, less what may be the start of ``stop``; return the new ``shown``.
+
+    A trailing replacement character (half of a multi-byte character) waits for its other half.
+    """
+    end = len(text.rstrip("\ufffd"))
+    if stop is not None:  # a stop string may be forming at the end, or just found
+        at = text.find(stop)
+        end = min(end, len(text) - len(stop) + 1 if at < 0 else at)
+    if end > shown:
+        on_text(text[shown:end])
+        return end
+    return shown
 
 
 @contextlib.contextmanager

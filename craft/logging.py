@@ -54,19 +54,41 @@ class NullLog:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The events of ``metrics.jsonl``; a last line cut short (a killed run) is left out."""
+    """The events of ``metrics.jsonl``.
+
+    A damaged last line (a write cut short when the run was killed) is left
+    out; a damaged line before it raises ``ValueError`` naming the file and
+    the line, since skipping it would hide a hole in the log.
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = [line for line in text.splitlines() if line.strip()]
-    events = [json.loads(line) for line in lines[:-1]]
-    try:
-        events += [json.loads(line) for line in lines[-1:]]
-    except json.JSONDecodeError:
-        if text.endswith("\n"):  # a complete last line that does not parse is not a cut
-            raise
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+    events = []
+    for i, (n, line) in enumerate(numbered):
+        event = _event(line)
+        if event is not None:
+            events.append(event)
+        elif i < len(numbered) - 1:
+            raise ValueError(
+                f"{str(path)!r} line {n} is not a metrics event ({line[:40]!r}); "
+                "delete or repair that line, then run again"
+            )
     return events
+
+
+def _event(line: str) -> dict[str, Any] | None:
+    """The event a line of ``metrics.jsonl`` holds, or None if it is damaged."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    ok = (
+        isinstance(event, dict) and isinstance(event.get("step"), int) and isinstance(event.get("split"), str)
+        and isinstance(event.get("metrics"), dict)
+    )
+    return event if ok else None
 
 
 def truncate_metrics(run_dir: Path, after_step: int) -> None:
@@ -127,11 +149,22 @@ def plot_metrics(run_dir: Path) -> Path:
     return path
 
 
-def _summary_writer(run_dir: Path):
+def check_tensorboard() -> None:
+    """Raise a one-line ``ConfigError`` if ``train.tensorboard = true`` cannot work: tensorboard is not installed."""
+    from craft.config import ConfigError
+
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (imports tensorboard)
     except ImportError:
-        raise RuntimeError(
-            "train.tensorboard = true needs the tensorboard package: pip install 'craft[tensorboard]'"
-        ) from None
+        raise ConfigError([
+            "train.tensorboard = true needs the tensorboard package, which is not installed: "
+            "run python -m pip install -e \".[tensorboard]\" in the craft checkout "
+            "(or python -m pip install tensorboard), or set train.tensorboard = false"
+        ]) from None
+
+
+def _summary_writer(run_dir: Path):
+    check_tensorboard()
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))

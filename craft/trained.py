@@ -79,11 +79,13 @@ def sample_text(
     stop: str | None = None,
     use_cache: bool = True,
     context: dict[str, torch.Tensor] | None = None,
+    on_text=None,
 ) -> str:
     """New text from ``model`` with ``state``'s parameters (their moving average with
     ``train.ema_decay``), continuing ``options.prompt``.
 
-    ``context``: the model's other inputs (a captioner's image), see ``craft.generate``.
+    ``context``: the model's other inputs (a captioner's image); ``on_text``:
+    called with each new piece of text as it comes; see ``craft.generate``.
     """
     from craft.generate import generate_text
 
@@ -92,7 +94,7 @@ def sample_text(
         model, {**state.params, **state.buffers}, tokenizer, options.prompt,
         max_new_tokens=options.max_new_tokens, temperature=options.temperature,
         top_k=options.top_k, top_p=options.top_p, seed=options.seed, use_cache=use_cache, stop=stop,
-        context=context,
+        context=context, on_text=on_text,
     )
 
 
@@ -104,6 +106,7 @@ def sample_run(
     stop: str | None = None,
     use_cache: bool = True,
     image: str | Path | None = None,
+    on_text=None,
 ) -> str:
     """Text sampled from a run trained on text data, decoded with the run's tokenizer.
 
@@ -129,7 +132,7 @@ def sample_run(
     exp, parts, state = load_run(run_dir, checkpoint_name)
     tokenizer = load_tokenizer(path)
     if image is None:
-        return sample_text(parts.model, state, tokenizer, options, stop=stop, use_cache=use_cache)
+        return sample_text(parts.model, state, tokenizer, options, stop=stop, use_cache=use_cache, on_text=on_text)
     if not options.prompt.startswith(BOUNDARY):
         raise ValueError(f"a caption's prompt starts with the begin marker {BOUNDARY!r}, got {options.prompt!r}")
     pixels = read_image(image).to(parts.device)[None]  # (1, C, S, S)

@@ -7,7 +7,9 @@ the call.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 Validator = Callable[[Any, Any, Any], None]
@@ -49,3 +51,37 @@ def one_of(*choices: object) -> Validator:
 def not_empty(instance, attribute, value: str) -> None:
     if not value:
         raise ValueError("must not be empty")
+
+
+def channel_widths(instance, attribute, value: list[int]) -> None:
+    """A non-empty list of channel counts, each >= 1."""
+    if not value or min(value) < 1:
+        raise ValueError(f"must be a non-empty list of positive channel counts, e.g. [16, 32], got {value}")
+
+
+def seed_value(instance, attribute, value: int) -> None:
+    """A seed torch accepts: it must fit in 64 bits."""
+    if not -(2**63) <= value < 2**64:
+        shown = value if value.bit_length() < 128 else f"a {value.bit_length()}-bit number"
+        raise ValueError(f"must fit in 64 bits (-2**63 <= seed < 2**64), got {shown}")
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def device_name(instance, attribute, value: str) -> None:
+    """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
+    if not _DEVICE.fullmatch(value):
+        raise ValueError(f"must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N a device index), got {value!r}")
+
+
+def path_component(instance, attribute, value: str) -> None:
+    """One plain path component: a folder name, not a path (no separator, not ``.``/``..``)."""
+    if not value:
+        raise ValueError("must not be empty")
+    if "\0" in value:
+        raise ValueError(f"must not contain a NUL byte, got {value!r}")
+    if value in (".", ".."):
+        raise ValueError(f"must name a folder, not {value!r}; give a plain name such as 'exp1'")
+    if "/" in value or "\\" in value or PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute():
+        raise ValueError(f"must be one folder name, without '/' or '\\' (out_dir says where runs go), got {value!r}")

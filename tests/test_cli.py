@@ -30,3 +30,16 @@ def test_quickstart_trains_and_reports_accuracy():
     first, last = (float(line.split("loss ")[1].split()[0]) for line in (lines[0], lines[-2]))
     assert last < first, result.stdout
     assert lines[-1].startswith("held-out accuracy ")
+
+
+def test_the_command_line_is_parsed_strictly_before_fire_calls_the_command():
+    from craft.cli import parse_command_line
+
+    assert parse_command_line(["exp.toml", "--resume", "--name=2024", "--optim.lr", "3e-4"]) == (
+        "train", ["exp.toml"], {"resume": True, "name": "2024", "optim.lr": "3e-4"}
+    )
+    assert parse_command_line(["generate", "runs/x", "--prompt=--x", "--seed", "3", "--cache=false", "--top_p=0.5"]) == (
+        "generate", ["runs/x"], {"prompt": "--x", "seed": 3, "cache": False, "top_p": 0.5}
+    )
+    assert parse_command_line(["info", "gpt"]) == ("info", ["gpt"], {})
+    assert parse_command_line(["prepare", "shapes", "d", "--num_train=4"]) == ("prepare", ["shapes", "d"], {"num_train": 4})

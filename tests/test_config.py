@@ -161,18 +161,22 @@ def test_experiment_pickles():
 
 
 def values(t: Any) -> st.SearchStrategy:
-    """Any TOML-writable value of type ``t`` (None only where the default is None)."""
+    """Any valid TOML-writable value of type ``t`` (None only where the default is None).
+
+    Numbers are finite and integers and lists not empty or negative: the
+    built-in configs refuse the others (widths = [], num_classes = 0, lr = inf).
+    """
     origin, args = get_origin(t), get_args(t)
     if t is bool:
         return st.booleans()
     if t is int:
-        return st.integers(-(2**63), 2**63 - 1)
+        return st.integers(1, 2**63 - 1)
     if t is float:
-        return st.floats(allow_nan=False)
+        return st.floats(allow_nan=False, allow_infinity=False)
     if t is str:
         return st.text(max_size=8)
     if origin is list:
-        return st.lists(values(args[0]), max_size=3)
+        return st.lists(values(args[0]), min_size=1, max_size=3)
     if type(None) in args:
         return st.none() | values(next(a for a in args if a is not type(None)))
     raise NotImplementedError(t)
@@ -192,7 +196,7 @@ def components(registry, kinds) -> st.SearchStrategy:
 positive = st.integers(1, 10**9)
 experiments = st.builds(
     Experiment,
-    name=st.text(min_size=1, max_size=8),
+    name=st.text(min_size=1, max_size=8).filter(lambda n: n not in (".", "..") and not set(n) & set("/\\\0")),
     model=components(MODELS, ["cnn", "resnet"]),
     data=components(DATASETS, [TOY]),
     seed=st.integers(-(2**63), 2**63 - 1),
@@ -200,7 +204,7 @@ experiments = st.builds(
     imports=st.lists(st.sampled_from(["json", "craft.models"]), max_size=2),
     task=components(TASKS, ["classification"]),
     optim=st.sampled_from(sorted(OPTIMIZERS)).flatmap(
-        lambda kind: st.builds(Optim, st.just(kind), st.floats(allow_nan=False), configs(OPTIMIZERS[kind]))
+        lambda kind: st.builds(Optim, st.just(kind), st.floats(allow_nan=False, allow_infinity=False), configs(OPTIMIZERS[kind]))
     ),
     schedule=components(SCHEDULES, SCHEDULES),
     train=st.builds(
@@ -211,7 +215,7 @@ experiments = st.builds(
         eval_batches=st.none() | positive,
         precision=st.sampled_from(["fp32", "bf16"]),
         compile=st.booleans(),
-        device=st.text(min_size=1, max_size=8),
+        device=st.sampled_from(["auto", "cpu", "cuda", "cuda:0", "cuda:12"]),
         accum_steps=positive,
         checkpoint_every=st.none() | positive,
         keep_checkpoints=positive,
@@ -578,3 +582,80 @@ def test_failing_imports_are_reported(tmp_path, monkeypatch):
         ]
     finally:
         sys.modules.pop("_test_config_broken", None)
+
+
+# --- Values checked at load (issue 14) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, problem",
+    [
+        ({"train.device": "banana"}, "train.device: must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N a device index), got 'banana'"),
+        ({"train.device": "cuda:x"}, "train.device: must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N a device index), got 'cuda:x'"),
+        ({"optim.lr": float("nan")}, "optim.lr: must be a finite number, got nan"),
+        ({"optim.lr": 10**400}, "optim.lr: must be a finite number, got an integer too large for a float"),
+        ({"train.sample.temperature": float("inf")}, "train.sample.temperature: must be a finite number, got inf"),
+        ({"sweep.optim.lr": [1e-3, float("nan")]}, "sweep.optim.lr: expected a non-empty list of numbers, none nan or inf, got [0.001, nan]"),
+        ({"seed": 2**64}, "seed: must fit in 64 bits (-2**63 <= seed < 2**64), got 18446744073709551616"),
+        ({"seed": -(2**63) - 1}, "seed: must fit in 64 bits (-2**63 <= seed < 2**64), got -9223372036854775809"),
+        ({"seed": 10**5000}, "seed: must fit in 64 bits (-2**63 <= seed < 2**64), got a 16610-bit number"),
+        ({"train.sample.seed": 2**64}, "train.sample.seed: must fit in 64 bits"),
+        ({"name": ""}, "name: must not be empty"),
+        ({"name": ".."}, "name: must name a folder, not '..'; give a plain name such as 'exp1'"),
+        ({"name": "a\\b"}, "name: must be one folder name, without '/' or '\\' (out_dir says where runs go), got 'a\\\\b'"),
+        ({"name": "/abs"}, "name: must be one folder name"),
+        ({"name": "nul\0byte"}, "name: must not contain a NUL byte, got 'nul\\x00byte'"),
+        ({"model.kind": "resnet", "model.widths": []}, "model.widths: must be a non-empty list of positive channel counts"),
+        ({"model.kind": "resnet", "model.blocks": 0}, "model.blocks: must be >= 1, got 0"),
+        ({"model.num_classes": 0}, "model.num_classes: must be >= 1, got 0"),
+    ],
+)
+def test_values_that_make_no_sense_are_refused_at_load(overrides, problem):
+    (line,) = problems_of(BASE, overrides)
+    assert line.startswith(problem), line
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:15"])
+def test_every_device_name_torch_knows_for_training_loads(device):
+    assert loads(BASE, {"train.device": device}).train.device == device
+
+
+def test_a_byte_order_mark_is_read_past(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + BASE.encode())
+    assert load(path).name == "base"
+
+
+def test_deep_nesting_is_one_line(tmp_path):
+    for text in ("a = " + "[" * 100_000 + "]" * 100_000, "a = " + "{b = " * 50_000 + "}" * 50_000):
+        assert problems_of(text) == ["<string>: nested too deeply to read; an experiment needs a few levels of tables"]
+
+
+def test_a_file_name_that_does_not_print_on_one_line_is_quoted(tmp_path):
+    path = tmp_path / "new\nline.toml"
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    (line,) = info.value.problems
+    assert "\n" not in line and line.startswith(repr(str(path)) + ": cannot read config")
+
+
+@pytest.mark.parametrize(
+    "texts, field, value",
+    [
+        ({"name": "2024"}, lambda e: e.name, "2024"),
+        ({"name": "true"}, lambda e: e.name, "true"),
+        ({"train.sample.prompt": "[1, 2]"}, lambda e: e.train.sample.prompt, "[1, 2]"),
+        ({"optim.lr": "3e-4"}, lambda e: e.optim.lr, 3e-4),
+        ({"seed": "7"}, lambda e: e.seed, 7),
+        ({"model.kind": "resnet", "model.widths": "[4, 8]"}, lambda e: e.model.config.widths, [4, 8]),
+        ({"train.compile": "false"}, lambda e: e.train.compile, False),
+    ],
+)
+def test_command_line_text_is_kept_as_typed_for_text_fields_only(texts, field, value):
+    assert field(loads(BASE, texts=texts)) == value
+
+
+def test_command_line_text_for_a_number_is_still_checked():
+    with pytest.raises(ConfigError) as info:
+        loads(BASE, texts={"optim.lr": "fast", "name": "x"})
+    assert info.value.problems == ["optim.lr: expected float, got 'fast'"]

@@ -260,3 +260,31 @@ def test_checkpoint_corruptions_load_or_raise_checkpoint_error(good_checkpoint, 
             assert {k: v.shape for k, v in state.params.items()} == {k: v.shape for k, v in template.params.items()}
 
     check()
+
+
+# -- command lines -------------------------------------------------------------
+
+FUZZ_ARGV = 300
+
+words = st.sampled_from(
+    ["train", "generate", "info", "evaluate", "prepare", "plot", "exp.toml", "runs/x", "--", "-", "--=", "--=3", "-h",
+     "--help", "--resume", "--overwrite=false", "--prompt", "--seed=1", "--num_samples=2", "--train.steps=3", "true"]
+) | st.text(max_size=12)
+
+
+@settings(max_examples=FUZZ_ARGV)
+@given(st.lists(words, max_size=6))
+def test_random_command_lines_parse_or_give_one_usage_line(argv):
+    from craft.cli import COMMANDS, ShowHelp, UsageError, parse_command_line
+
+    try:
+        name, args, options = parse_command_line(argv)
+    except ShowHelp as text:
+        assert str(text).startswith("usage:")
+    except UsageError as e:
+        assert str(e) and "\n" not in str(e)
+    else:
+        assert name in COMMANDS and all(isinstance(a, str) for a in args)
+        if name == "train":  # run control is a bool or absent; overrides stay text for the config loader
+            assert all(isinstance(options[k], bool) for k in ("resume", "overwrite") if k in options)
+            assert all(isinstance(v, str) for k, v in options.items() if k not in ("resume", "overwrite"))

@@ -334,3 +334,24 @@ def test_generate_text_passes_the_context_on():
 def test_without_context_models_get_no_extra_arguments():
     model, params = counter()  # its forward takes idx alone
     assert list(generate(model, params, [0], max_new_tokens=3, temperature=0, context=None)) == [1, 2, 3]
+
+
+# -- streaming and extreme temperatures ------------------------------------------
+
+
+@pytest.mark.parametrize("stop", [None, "ef", "zz", "d"])
+def test_streamed_pieces_join_to_the_text_and_never_show_the_stop_string(stop):
+    model, params = counter()
+    pieces = []
+    text = generate_text(model, params, CharTokenizer(), "a", max_new_tokens=8, temperature=0, stop=stop, on_text=pieces.append)
+    assert "".join(pieces) == text and all(pieces)
+    if stop is None:
+        assert pieces == list("bcdefghi")  # one piece per token, as it comes
+
+
+@given(st.floats(min_value=1e-45, max_value=1e-30), st.integers(0, 2**32))
+def test_a_tiny_temperature_samples_the_largest_logit(temperature, seed):
+    logits = torch.tensor([[3.0, 1e4, -2.0, 9999.0], [0.0, -1.0, 5.0, float("-inf")]])
+    generator = torch.Generator().manual_seed(seed)
+    token = sample_next(logits, temperature=temperature, generator=generator)
+    assert token.tolist() == [1, 2]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from PIL import Image
 
@@ -42,3 +44,30 @@ def test_tensorboard_events_beside_the_jsonl(tmp_path):
     log.write(1, "train", {"loss": 0.5}, elapsed=0.1)
     log.close()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_damaged_last_line_is_left_out_and_an_earlier_one_is_named(tmp_path):
+    _log(tmp_path, steps=(10, 20))
+    path = tmp_path / "metrics.jsonl"
+    good = path.read_text()
+    for damaged in ('{"step": 30, "spl', '{"step": 30, "spl\n', "5\n", '{"step": "x", "split": "val", "metrics": {}}\n'):
+        path.write_text(good + damaged)
+        assert len(read_metrics(tmp_path)) == 4  # a killed write: skipped
+    lines = good.splitlines(keepends=True)
+    path.write_text("".join([lines[0], "garbage\n", *lines[1:]]))
+    with pytest.raises(ValueError, match=r"metrics.jsonl' line 2 is not a metrics event \('garbage'\); delete or repair"):
+        read_metrics(tmp_path)
+    with pytest.raises(ValueError, match="line 2"):
+        truncate_metrics(tmp_path, after_step=10)
+
+
+def test_check_tensorboard_names_this_projects_extra(monkeypatch):
+    from craft.config import ConfigError
+    from craft.logging import check_tensorboard
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    with pytest.raises(ConfigError) as info:
+        check_tensorboard()
+    (line,) = info.value.problems
+    assert 'python -m pip install -e ".[tensorboard]" in the craft checkout' in line

@@ -26,7 +26,7 @@ from craft.models import MODELS, need_vocab_size
 from craft.models.cnn import SmallCNN
 from craft.models.gpt import GPT, Cache, _divides_n_embd, _init_weights
 from craft.models.resnet import ResNet
-from craft.validators import at_least, between, one_of
+from craft.validators import at_least, between, one_of, channel_widths
 
 
 class Captioner(nn.Module):
@@ -127,11 +127,6 @@ class Captioner(nn.Module):
             )
 
 
-def _widths(instance, attribute, widths: list[int]) -> None:
-    if not widths or min(widths) < 1:
-        raise ValueError(f"must be a non-empty list of positive channel counts, got {widths}")
-
-
 @MODELS.register("captioner")
 @attrs.frozen
 class CaptionerConfig:
@@ -146,7 +141,7 @@ class CaptionerConfig:
     block_size: int = attrs.field(default=32, validator=at_least(1))
     encoder: str = attrs.field(default="resnet", validator=one_of("resnet", "cnn"))
     in_channels: int = attrs.field(default=3, validator=at_least(1))
-    widths: list[int] = attrs.field(factory=lambda: [32, 64, 128], validator=_widths)
+    widths: list[int] = attrs.field(factory=lambda: [32, 64, 128], validator=channel_widths)
     blocks: int = attrs.field(default=1, validator=at_least(1))
     prefix_grid: int = attrs.field(default=4, validator=at_least(1))
     n_layer: int = attrs.field(default=2, validator=at_least(1))

@@ -6,6 +6,7 @@ import attrs
 from torch import Tensor, nn
 
 from craft.models import MODELS
+from craft.validators import at_least
 
 
 class SmallCNN(nn.Module):
@@ -41,8 +42,8 @@ class SmallCNN(nn.Module):
 class CNNConfig:
     """``[model] kind = "cnn"``: the seed CNN; images must be 32x32."""
 
-    num_classes: int = 10
-    in_channels: int = 3
+    num_classes: int = attrs.field(default=10, validator=at_least(1))
+    in_channels: int = attrs.field(default=3, validator=at_least(1))
 
     def build(self) -> SmallCNN:
         return SmallCNN(self.num_classes, self.in_channels)

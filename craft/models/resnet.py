@@ -6,6 +6,7 @@ import attrs
 from torch import Tensor, nn
 
 from craft.models import MODELS
+from craft.validators import at_least, channel_widths
 
 
 class BasicBlock(nn.Module):
@@ -69,10 +70,10 @@ class ResNet(nn.Module):
 class ResNetConfig:
     """``[model] kind = "resnet"``: a small ResNet with BatchNorm."""
 
-    num_classes: int = 10
-    in_channels: int = 3
-    widths: list[int] = attrs.field(factory=lambda: [16, 32, 64])
-    blocks: int = 1
+    num_classes: int = attrs.field(default=10, validator=at_least(1))
+    in_channels: int = attrs.field(default=3, validator=at_least(1))
+    widths: list[int] = attrs.field(factory=lambda: [16, 32, 64], validator=channel_widths)
+    blocks: int = attrs.field(default=1, validator=at_least(1))
 
     def build(self) -> ResNet:
         return ResNet(self.num_classes, self.in_channels, tuple(self.widths), self.blocks)

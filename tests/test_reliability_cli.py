@@ -1,0 +1,324 @@
+"""Reliability of the command line (issues 14 and 17): flags mean what they say, bad input is one line.
+
+Every case runs the real CLI in a subprocess, as a user types it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from craft.data.shapes import SHAPES, write_shapes_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+CNN = """
+name = "cnn"
+out_dir = "{out}"
+
+[model]
+kind = "cnn"
+num_classes = {classes}
+
+[data]
+kind = "image_folder"
+path = "{data}"
+batch_size = 8
+num_threads = 0
+
+[train]
+steps = 4
+eval_every = 2
+log_every = 1
+eval_batches = 1
+compile = false
+"""
+
+GPT = """
+name = "gpt"
+out_dir = "{out}"
+
+[model]
+kind = "gpt"
+block_size = 16
+n_layer = 1
+n_head = 2
+n_embd = 16
+
+[data]
+kind = "text"
+path = "{corpus}"
+block_size = 16
+batch_size = 4
+
+[task]
+kind = "language_model"
+
+[train]
+steps = 2
+eval_every = 2
+eval_batches = 1
+compile = false
+"""
+
+
+def craft(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "craft", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=ENV
+    )
+
+
+def one_error(result: subprocess.CompletedProcess, status: int = 2) -> str:
+    """The single ``error:`` line of a failed command (no traceback), checking its exit status."""
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def cnn_exp(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cnn")
+    shapes = write_shapes_folder(root / "shapes", num_train=16, num_val=8, image_size=32, seed=0)
+    exp = root / "cnn.toml"
+    exp.write_text(CNN.format(out=root / "runs", data=shapes, classes=len(SHAPES)))
+    return exp
+
+
+@pytest.fixture(scope="module")
+def cnn_run(cnn_exp) -> Path:
+    result = craft(str(cnn_exp))
+    assert result.returncode == 0, result.stderr
+    return cnn_exp.parent / "runs" / "cnn"
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("text")
+    corpus = root / "corpus.txt"
+    corpus.write_text("the cat sat on the mat\n" * 40)
+    exp = root / "gpt.toml"
+    exp.write_text(GPT.format(out=root / "runs", corpus=corpus))
+    result = craft(str(exp))
+    assert result.returncode == 0, result.stderr
+    return root / "runs" / "gpt"
+
+
+def _snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+# -- 1. run-control flags are strict booleans -------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--overwrite=false", "--resume=false", "--overwrite=False"])
+def test_a_false_flag_neither_deletes_nor_resumes(flag, cnn_exp, cnn_run):
+    before = _snapshot(cnn_run)
+    line = one_error(craft(str(cnn_exp), flag), status=1)
+    assert "already exists; pass --resume" in line
+    assert _snapshot(cnn_run) == before  # nothing deleted, nothing resumed
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--resume=1"], "--resume: expected true or false, got '1'"),
+        (["--overwrite=yes"], "--overwrite: expected true or false, got 'yes'"),
+        (["resume"], "unexpected argument 'resume'"),
+        (["--resume", "false"], "unexpected argument 'false' (a true/false option is written --key=false)"),
+        (["--=3"], "'--=3' is not an option; options are written --key=value"),
+        (["-x"], "'-x' is not an option"),
+        (["--train.steps"], "--train.steps needs a value"),
+        (["--resume", "--resume"], "--resume is given twice"),
+    ],
+)
+def test_malformed_run_control_is_one_line_before_training(args, message, cnn_exp, tmp_path):
+    line = one_error(craft(str(cnn_exp), f"--out_dir={tmp_path}", *args))
+    assert message in line
+    assert not list(tmp_path.iterdir())  # refused before a run folder was made
+
+
+# -- 2. config values checked at load ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--train.device=banana", "train.device: must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        ("--train.device=mps", "got 'mps'"),
+        ("--train.device=meta", "got 'meta'"),
+        ("--optim.lr=nan", "optim.lr: must be a finite number, got nan"),
+        ("--optim.lr=inf", "optim.lr: must be a finite number, got inf"),
+        ("--optim.weight_decay=-inf", "optim.weight_decay: must be a finite number"),
+        ("--seed=18446744073709551616", "seed: must fit in 64 bits"),
+        ("--name=..", "name: must name a folder, not '..'"),
+        ("--name=.", "name: must name a folder, not '.'"),
+        ("--name=a/b", "name: must be one folder name"),
+        ("--name=/tmp/x", "name: must be one folder name"),
+        ("--name=", "name: must not be empty"),
+        ("--model.widths=[]", "model.widths: must be a non-empty list of positive channel counts"),
+    ],
+)
+def test_bad_config_values_are_one_line_naming_the_key(override, message, cnn_exp, tmp_path):
+    extra = ["--model.kind=resnet"] if "widths" in override else []
+    line = one_error(craft(str(cnn_exp), f"--out_dir={tmp_path}", *extra, override))
+    assert message in line, line
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_text_key_takes_the_value_as_typed(cnn_exp, tmp_path):
+    # --name=2024 is the name "2024", not a wrong-typed number: only the device is reported.
+    line = one_error(craft(str(cnn_exp), "--name=2024", "--train.device=banana"))
+    assert line.startswith("error: train.device:"), line
+
+
+def test_bom_deep_nesting_and_odd_file_names(cnn_exp, tmp_path):
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + cnn_exp.read_bytes())
+    line = one_error(craft(str(bom), "--train.device=banana"))  # read past the BOM to the value check
+    assert "train.device" in line
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 100_000 + "]" * 100_000)
+    assert "nested too deeply" in one_error(craft(str(deep)))
+    odd = tmp_path / "new\nline.toml"
+    line = one_error(craft(str(odd)))
+    assert "'" in line and "cannot read config" in line  # the name quoted, on one line
+
+
+# -- 3. tensorboard ----------------------------------------------------------
+
+
+def test_tensorboard_without_the_package_is_one_line_naming_this_projects_extra(cnn_exp, tmp_path):
+    hide = "import sys; sys.modules['tensorboard'] = None; from craft.cli import main; sys.argv[0] = 'craft'; main()"
+    result = subprocess.run(
+        [sys.executable, "-c", hide, str(cnn_exp), f"--out_dir={tmp_path}", "--train.tensorboard=true"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV,
+    )
+    line = one_error(result)
+    assert 'python -m pip install -e ".[tensorboard]"' in line and "craft[" not in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_tensorboard_events_read_back(cnn_exp, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = craft(str(cnn_exp), f"--out_dir={tmp_path}", "--train.tensorboard=true")
+    assert result.returncode == 0, result.stderr
+    events = EventAccumulator(str(tmp_path / "cnn" / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == [1, 2, 3, 4] and "val/accuracy" in events.Tags()["scalars"]
+
+
+# -- 4. generate ------------------------------------------------------------
+
+
+def test_generate_prints_the_prompt_its_continuation_and_more_samples(text_run):
+    result = craft("generate", str(text_run), "--prompt=the ", "--max_new_tokens=8", "--num_samples=2", "--seed=3")
+    assert result.returncode == 0, result.stderr
+    samples = result.stdout.split("\n\n")
+    assert len(samples) == 2 and all(s.startswith("the ") for s in samples), result.stdout
+    assert all(len(s.strip("\n")) == len("the ") + 8 for s in samples), result.stdout
+
+
+def test_a_tiny_temperature_is_greedy(text_run):
+    tiny = craft("generate", str(text_run), "--prompt=the ", "--max_new_tokens=8", "--temperature=1e-45")
+    greedy = craft("generate", str(text_run), "--prompt=the ", "--max_new_tokens=8", "--temperature=0")
+    assert tiny.returncode == 0, tiny.stderr
+    assert tiny.stdout == greedy.stdout
+
+
+def test_generate_streams_and_ctrl_c_keeps_the_text(text_run):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "craft", "generate", str(text_run), "--prompt=the ", "--max_new_tokens=1000000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=ENV,
+    )
+    try:
+        first = proc.stdout.read(24)  # arrives while generation goes on
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert first.startswith(b"the ")
+    assert proc.returncode == 130, err
+    assert err.decode().strip() == "interrupted" and len(first + rest) > 24
+
+
+# -- 5. metrics.jsonl ----------------------------------------------------------
+
+
+def _damage(run_dir: Path, line: int) -> None:
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[line] = '{"step": 3, "spl\n'
+    path.write_text("".join(lines))
+
+
+def test_a_damaged_last_metrics_line_is_skipped_by_plot_and_resume(cnn_exp, tmp_path):
+    result = craft(str(cnn_exp), f"--out_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "cnn"
+    _damage(run_dir, -1)
+    assert craft("plot", str(run_dir)).returncode == 0
+    resumed = craft(str(cnn_exp), f"--out_dir={tmp_path}", "--resume", "--train.steps=6")
+    assert resumed.returncode == 0, resumed.stderr
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(e["step"] for e in events) == 6
+
+
+def test_a_damaged_metrics_line_before_the_last_is_refused_naming_it(cnn_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(cnn_run, run_dir)
+    _damage(run_dir, 1)
+    line = one_error(craft("plot", str(run_dir)), status=1)
+    assert "metrics.jsonl' line 2 is not a metrics event" in line
+
+
+# -- 6. the command line ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "generate", "plot", "prepare", "info"])
+def test_every_command_has_its_own_help(command):
+    result = craft(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: craft {command}") and "functools" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate"], "craft generate: missing RUN_DIR; usage: craft generate RUN_DIR"),
+        (["trian"], "unknown command 'trian' (did you mean 'train'?)"),
+        (["info", "cnnn"], "nothing registered as 'cnnn' (did you mean 'cnn'?)"),
+        (["exp.yaml"], "craft reads TOML experiments: 'exp.yaml' is not a .toml file"),
+        (["evaluate", "runs/x", "--data.val_path=v.txt"], "craft evaluate: unknown option --data.val_path"),
+        (["generate", "runs/x", "--tempreature=0"], "(did you mean 'temperature'?)"),
+        (["generate", "runs/x", "--cache=no"], "--cache: expected true or false, got 'no'"),
+        (["generate", "runs/x", "--num_samples=0"], "--num_samples: must be >= 1"),
+        (["generate", "runs/x", "--seed=18446744073709551616"], "--seed: must fit in 64 bits"),
+        ([], "give a command"),
+    ],
+)
+def test_usage_mistakes_are_one_line(args, message):
+    assert message in one_error(craft(*args))
+
+
+def test_info_describes_one_entry():
+    result = craft("info", "cnn")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        'cnn: in models; use it as [model] kind = "cnn"', "  num_classes: int = 10", "  in_channels: int = 3"
+    ]
