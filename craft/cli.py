@@ -55,7 +55,7 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, **overr
     literals: --train.compile=false, --optim.lr=3e-4, --model.widths=[8,16];
     a text key takes the text as typed: --name=2024). --resume continues the
     run folder from its last checkpoint; --overwrite replaces it. Without
-    either, an existing run folder is an error.
+    either, a name already taken gets a folder of its own (NAME-2, NAME-3, ...).
     """
     from craft import run
     from craft.config import load

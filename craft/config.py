@@ -47,7 +47,9 @@ from craft.models import MODELS
 from craft.optim import OPTIMIZERS, SCHEDULES
 from craft.registry import Registry
 from craft.tasks import TASKS
-from craft.validators import at_least, between, device_name, not_empty, one_of, path_component, seed_value
+from craft.validators import (
+    at_least, between, device_name, each_one_of, not_empty, one_of, path_component, seed_value,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -239,6 +241,10 @@ class Sample:
     seed: int = attrs.field(default=0, validator=seed_value)
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+"""``train.loggers`` entries: the trackers of ``craft.trackers``."""
+
+
 @attrs.frozen
 class Train:
     """The loop's settings; ``None`` means off (``eval_batches``: the whole eval set)."""
@@ -255,7 +261,8 @@ class Train:
     keep_checkpoints: int = attrs.field(default=3, validator=at_least(1))
     early_stopping: EarlyStopping | None = None
     sample: Sample | None = None
-    tensorboard: bool = False
+    tensorboard: bool = False  # the same as "tensorboard" in loggers
+    loggers: list[str] = attrs.field(factory=list, validator=each_one_of(*TRACKERS))  # see craft.trackers
     # Keep an exponential moving average of the weights (decay per step); evaluation,
     # best.pt, `craft evaluate` and `craft generate` then use the averaged weights.
     ema_decay: float | None = attrs.field(default=None, validator=between(0, 1, high_open=True))

@@ -3,6 +3,17 @@
 ``metrics.jsonl`` holds one JSON object per log event::
 
     {"step": 200, "split": "val", "metrics": {"loss": 0.41, "accuracy": 0.88}, "elapsed": 12.3}
+
+- ``split``: ``train`` (every ``log_every`` steps), ``val`` (every
+  ``eval_every``), ``sample`` (generated text in ``text``).
+- ``train`` metrics are means over the steps since the last log (finite
+  values only), with ``loss``, ``grad_norm`` (before clipping), the task's
+  metrics, ``lr`` (the learning rate the last step used) and, with
+  ``on_nonfinite = "skip"``, ``skipped_steps``; the event also holds
+  ``samples_per_s``.
+- ``val`` metrics are means over the whole validation split (or
+  ``eval_batches``), weighted by examples or scored tokens.
+- ``elapsed``: seconds of training so far, resumed runs included.
 """
 
 from __future__ import annotations
@@ -19,12 +30,16 @@ PLOT_FILE = "loss.png"
 
 
 class MetricsLog:
-    """Appends events to ``metrics.jsonl`` (and TensorBoard, when asked)."""
+    """Appends events to ``metrics.jsonl``, and hands each to the ``trackers`` (``craft.trackers``)."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = False) -> None:
+    def __init__(self, run_dir: Path, *, tensorboard: bool = False, trackers: tuple = ()) -> None:
         self.path = run_dir / METRICS_FILE
         self._file = self.path.open("a", encoding="utf-8")
-        self._tb = _summary_writer(run_dir) if tensorboard else None
+        if tensorboard:
+            from craft.trackers import open_tracker
+
+            trackers = (*trackers, open_tracker("tensorboard", run_dir, run_dir.name, {}))
+        self._trackers = list(trackers)
 
     def write(self, step: int, split: str, metrics: Mapping[str, float], elapsed: float, **extra: Any) -> None:
         event = {"step": step, "split": split, "metrics": dict(metrics), "elapsed": round(elapsed, 3), **extra}
@@ -33,14 +48,13 @@ class MetricsLog:
             self._file.flush()
         except OSError as e:  # a full disk: say which file
             raise OSError(e.errno, e.strerror, str(self.path)) from None
-        if self._tb is not None:
-            for name, value in metrics.items():
-                self._tb.add_scalar(f"{split}/{name}", value, step)
+        for tracker in self._trackers:
+            tracker.log(step, split, metrics)
 
     def close(self) -> None:
         self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self._trackers:
+            tracker.close()
 
 
 class NullLog:
@@ -152,19 +166,13 @@ def plot_metrics(run_dir: Path) -> Path:
 def check_tensorboard() -> None:
     """Raise a one-line ``ConfigError`` if ``train.tensorboard = true`` cannot work: tensorboard is not installed."""
     from craft.config import ConfigError
+    from craft.trackers import check
 
     try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (imports tensorboard)
-    except ImportError:
+        check(["tensorboard"])
+    except ConfigError:
         raise ConfigError([
             "train.tensorboard = true needs the tensorboard package, which is not installed: "
             "run python -m pip install -e \".[tensorboard]\" in the craft checkout "
             "(or python -m pip install tensorboard), or set train.tensorboard = false"
         ]) from None
-
-
-def _summary_writer(run_dir: Path):
-    check_tensorboard()
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))

@@ -21,7 +21,7 @@ import torch
 from craft import checkpoint, distributed, hooks
 from craft.config import Experiment, dumps, to_dict
 from craft.distributed import Replicas
-from craft.logging import MetricsLog, NullLog, plot_metrics, progress_bar
+from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_metrics, progress_bar
 from craft.loop import Progress, chain, due, every, fit, when
 from craft.parts import (
     Parts, build_data, build_parts, check_components, check_early_stopping, evaluate_batches, fit_schedule, fit_to_data,
@@ -32,6 +32,8 @@ from craft.rundir import (
     prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
 )
 from craft.step import init_state, make_eval_step, make_train_step
+from craft.trackers import check as check_trackers
+from craft.trackers import open_tracker
 from craft.trained import sample_text
 
 __all__ = ["Interrupted", "RunError", "train"]
@@ -102,6 +104,12 @@ def check_same_data(data, replicas: Replicas) -> None:
         ) from None
 
 
+def open_trackers(exp: Experiment, run_dir: Path) -> list:
+    """The trackers ``train.loggers`` (and ``train.tensorboard``) ask for, logging to ``run_dir`` (``craft.trackers``)."""
+    names = list(dict.fromkeys([*(["tensorboard"] if exp.train.tensorboard else []), *exp.train.loggers]))
+    return [open_tracker(name, run_dir, exp.name, to_dict(exp)) for name in names]
+
+
 def rank_zeros_name(exp: Experiment, replicas: Replicas) -> Experiment:
     """Under torchrun, the run name rank 0 chose (ranks that looked after rank 0 made its folder would pick another)."""
     if not replicas.active:
@@ -114,6 +122,9 @@ def rank_zeros_name(exp: Experiment, replicas: Replicas) -> Experiment:
 
 
 def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Replicas) -> Path:
+    if exp.train.tensorboard:
+        check_tensorboard()  # a missing tracker is said before anything is built or written
+    check_trackers(exp.train.loggers)
     exp, note = fresh_name(exp, resume=resume, overwrite=overwrite)
     exp = rank_zeros_name(exp, replicas)
     if note:
@@ -192,7 +203,7 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
         cross_replica_mean=replicas.mean(), **common
     )
     eval_step = make_eval_step(parts.model, parts.task.loss, **common)
-    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard) if main else NullLog()
+    log = MetricsLog(run_dir, trackers=open_trackers(exp, run_dir)) if main else NullLog()
     step = int(start.state.step)
     bar = progress_bar(cfg.steps, step, disable=not main)
     say = bar.write if main else _quiet

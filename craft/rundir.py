@@ -38,7 +38,7 @@ _OWN = {MARKER_FILE, LOCK_FILE}  # files that alone do not make a folder "used"
 # Keys that steer the run but not the arithmetic: a resumed run may change them.
 RUN_CONTROL = {
     "steps", "eval_every", "log_every", "eval_batches", "compile", "device",
-    "checkpoint_every", "keep_checkpoints", "early_stopping", "sample", "tensorboard",
+    "checkpoint_every", "keep_checkpoints", "early_stopping", "sample", "tensorboard", "loggers",
     "on_nonfinite",  # after a non-finite stop, resuming with "skip" is the way on
 }
 WHERE = {"out_dir", "name"}  # where a run lives is not what it computes: a moved run resumes

@@ -85,3 +85,16 @@ def path_component(instance, attribute, value: str) -> None:
         raise ValueError(f"must name a folder, not {value!r}; give a plain name such as 'exp1'")
     if "/" in value or "\\" in value or PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute():
         raise ValueError(f"must be one folder name, without '/' or '\\' (out_dir says where runs go), got {value!r}")
+
+
+def each_one_of(*choices: str) -> Validator:
+    """Every item of a list is one of ``choices``, and none repeats."""
+
+    def check(instance, attribute, value) -> None:
+        for item in value or []:
+            if item not in choices:
+                raise ValueError(f"unknown {item!r}; choose from {', '.join(map(repr, choices))}")
+        if value and len(set(value)) < len(value):
+            raise ValueError(f"lists an entry twice: {value!r}")
+
+    return check

@@ -1,0 +1,91 @@
+"""``train.loggers``: TensorBoard, W&B (offline) and MLflow (a local store) get what ``metrics.jsonl`` gets (issue 17)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from craft import config, trackers
+from craft.data.shapes import SHAPES, write_shapes_folder
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
+ENV.pop("WANDB_MODE", None)
+ENV.pop("MLFLOW_TRACKING_URI", None)
+CNN = """
+name = "cnn"
+out_dir = "{out}"
+[model]
+kind = "cnn"
+num_classes = {classes}
+[data]
+kind = "image_folder"
+path = "{data}"
+batch_size = 8
+num_threads = 0
+[train]
+steps = 4
+log_every = 2
+eval_every = 4
+eval_batches = 1
+compile = false
+loggers = {loggers}
+"""
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return write_shapes_folder(tmp_path_factory.mktemp("data") / "shapes", num_train=16, num_val=8, image_size=32, seed=0)
+
+
+def train(tmp_path: Path, shapes: Path, loggers: list[str], *prefix: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "e.toml"
+    path.write_text(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES), loggers=json.dumps(loggers)))
+    return subprocess.run([sys.executable, *prefix, str(path)], capture_output=True, text=True, timeout=300, env=ENV)
+
+
+def test_the_config_and_the_tracker_table_agree():
+    assert set(config.TRACKERS) == set(trackers.TRACKERS)
+
+
+def test_an_unknown_logger_is_a_config_error(tmp_path, shapes):
+    result = train(tmp_path, shapes, ["wandb", "comet"], "-m", "craft")
+    assert result.returncode == 2
+    assert "train.loggers: unknown 'comet'; choose from 'tensorboard', 'wandb', 'mlflow'" in result.stderr
+
+
+def test_a_missing_tracker_package_names_this_projects_extra(tmp_path, shapes):
+    hide = "import sys; sys.modules['wandb'] = None; from craft.cli import main; sys.argv[0] = 'craft'; main()"
+    result = train(tmp_path, shapes, ["wandb"], "-c", hide)
+    assert result.returncode == 2, result.stderr
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert "'wandb' needs the wandb package" in line and 'python -m pip install -e ".[wandb]"' in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_mlflow_gets_every_event_in_a_local_store(tmp_path, shapes):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    result = train(tmp_path, shapes, ["mlflow"], "-m", "craft")
+    assert result.returncode == 0, result.stderr
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=(tmp_path / "runs" / "cnn" / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("craft").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [2, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/accuracy")] == [4]
+    assert run.data.params["optim.kind"] == "adamw" and run.info.status == "FINISHED"
+
+
+def test_wandb_writes_an_offline_run(tmp_path, shapes):
+    pytest.importorskip("wandb")
+    result = train(tmp_path, shapes, ["wandb"], "-m", "craft")
+    assert result.returncode == 0, result.stderr
+    (run_file,) = (tmp_path / "runs" / "cnn" / "wandb").glob("offline-run-*/*.wandb")
+    # The run file is wandb's binary log (its reader is not public): the logged keys and config are in it.
+    data = run_file.read_bytes()
+    assert b"train/loss" in data and b"val/accuracy" in data and b"optim.kind" in data
