@@ -54,19 +54,23 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, **overr
     Any --section.key=value overrides a key of the file (values are TOML
     literals: --train.compile=false, --optim.lr=3e-4, --model.widths=[8,16];
     a text key takes the text as typed: --name=2024). --resume continues the
-    run folder from its last checkpoint; --overwrite replaces it. Without
-    either, a name already taken gets a folder of its own (NAME-2, NAME-3, ...).
+    run folder from its last checkpoint, as the run's own config.toml says,
+    with only the overrides given now on top (CONFIG may be the run folder:
+    craft train runs/NAME --resume); --overwrite replaces it. Without either,
+    a name already taken gets a folder of its own (NAME-2, NAME-3, ...).
     """
     from craft import run
     from craft.config import load
     from craft.logging import check_tensorboard
+    from craft.rundir import resume_target
 
     if Path(config).suffix.lower() != ".toml" and not Path(config).is_dir():
         raise UsageError(
             f"craft reads TOML experiments: {config!r} is not a .toml file; "
             "write the experiment as TOML (see experiments/*.toml)"
         )
-    exp = load(config, texts=overrides)
+    # --resume continues the run as it was, with only this command line's overrides on top.
+    exp = resume_target(config, overrides) if resume else load(config, texts=overrides)
     if exp.train.tensorboard:
         check_tensorboard()  # before the run folder is touched
     run_dir = run.train(exp, resume=resume, overwrite=overwrite)

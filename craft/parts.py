@@ -131,22 +131,35 @@ def build_data(exp: Experiment, split: str, replicas: Replicas = SINGLE):
 
 
 def fit_schedule(exp: Experiment) -> tuple[Experiment, list[str]]:
-    """``exp`` with a warmup as long as the run or longer shortened to a tenth of it, and a warning saying so.
+    """``exp`` with the schedule's length recorded and a warmup that does not fit shortened, and what was said.
 
-    A shortened run (``--train.steps=30`` of a file with ``warmup_steps = 100``)
-    then trains instead of failing; the resolved config records the warmup used.
+    - ``schedule.total_steps`` left unset becomes ``train.steps``: the resolved
+      config records it, so a resumed run that trains longer keeps its schedule
+      (stretching it is the explicit ``--schedule.total_steps=N``).
+    - A warmup as long as the schedule or longer (``--train.steps=30`` of a file
+      with ``warmup_steps = 100``) is cut to a tenth of it, with a warning.
     """
-    config, steps = exp.schedule.config, exp.train.steps
-    warmup = getattr(config, "warmup_steps", None)
+    config, steps, notes = exp.schedule.config, exp.train.steps, []
+    fields = attrs.fields_dict(type(config))
+    if "total_steps" in fields and config.total_steps is None:
+        config = attrs.evolve(config, total_steps=steps)
     total = getattr(config, "total_steps", None) or steps
-    if warmup is None or warmup < total:
-        return exp, []
-    short = total // 10  # a tenth of the run, and shorter than it (warmup_cosine needs a decay)
-    note = (
-        f"warning: schedule.warmup_steps = {warmup} is not shorter than the run ({total} steps); "
-        f"shortened to {short} (set schedule.warmup_ratio to scale the warmup with train.steps)"
-    )
-    return attrs.evolve(exp, schedule=Component(exp.schedule.kind, attrs.evolve(config, warmup_steps=short))), [note]
+    if total < steps:
+        notes.append(
+            f"train.steps = {steps} runs past schedule.total_steps = {total}: the steps after {total} keep the "
+            f"schedule's last learning rate (--schedule.total_steps={steps} stretches the schedule instead)"
+        )
+    warmup = getattr(config, "warmup_steps", None)
+    if warmup is not None and warmup >= total:
+        short = total // 10  # a tenth of the run, and shorter than it (warmup_cosine needs a decay)
+        notes.append(
+            f"warning: schedule.warmup_steps = {warmup} is not shorter than the run ({total} steps); "
+            f"shortened to {short} (set schedule.warmup_ratio to scale the warmup with train.steps)"
+        )
+        config = attrs.evolve(config, warmup_steps=short)
+    if config == exp.schedule.config:
+        return exp, notes
+    return attrs.evolve(exp, schedule=Component(exp.schedule.kind, config)), notes
 
 
 def fit_to_data(exp: Experiment, data) -> Experiment:

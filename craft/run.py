@@ -86,6 +86,10 @@ def check_sample(exp: Experiment, data) -> Any:
             "train.sample continues a text prompt, and a captioning run reports exact_match instead; "
             "remove [train.sample] (caption an image after training with craft generate RUN_DIR --image=PATH)"
         )
+    try:  # found now, not at the first sample after an evaluation's worth of training
+        tokenizer.encode(exp.train.sample.prompt)
+    except ValueError as e:
+        raise RunError(f"train.sample.prompt = {exp.train.sample.prompt!r}: {e}") from None
     return tokenizer
 
 

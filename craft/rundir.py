@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from craft import checkpoint
+from craft.config import load as load_config
 from craft.config import tomllib
 from craft.logging import truncate_metrics
 
@@ -226,16 +227,27 @@ def saved_config(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def check_resumable(now: dict[str, Any], saved: dict[str, Any]) -> None:
+def check_resumable(now: dict[str, Any], saved: dict[str, Any]) -> list[str]:
     """A resumed run may change how it runs (steps, eval cadence, where it lives), not what it computes.
 
-    ``now`` and ``saved`` are resolved configs (``to_dict``).
+    ``now`` and ``saved`` are resolved configs (``to_dict``). One change to
+    the arithmetic is allowed when asked for: ``schedule.total_steps``
+    (stretching the schedule over a longer run); the returned lines say so.
     """
-    differ = []
+    saved = {**saved, "schedule": _schedule_length(saved)}
+    differ, notes = [], []
     for section in sorted((now.keys() | saved.keys()) - WHERE):
         a, b = now.get(section), saved.get(section)
         if section == "train" and isinstance(a, dict) and isinstance(b, dict):
             differ += [f"train.{k}" for k in sorted(a.keys() | b.keys()) if k not in RUN_CONTROL and a.get(k) != b.get(k)]
+        elif section == "schedule" and isinstance(a, dict) and isinstance(b, dict) and a != b:
+            if {**a, "total_steps": None} != {**b, "total_steps": None}:
+                differ.append(section)
+            else:
+                notes.append(
+                    f"schedule.total_steps: {b.get('total_steps')} -> {a.get('total_steps')}: the learning-rate "
+                    "schedule is stretched to the new length from this step on"
+                )
         elif a != b:
             differ.append(section)
     if differ:
@@ -243,6 +255,43 @@ def check_resumable(now: dict[str, Any], saved: dict[str, Any]) -> None:
             f"cannot resume: the experiment differs from the saved run in {', '.join(differ)}; "
             "restore those settings, or start a new run (--overwrite or another name)"
         )
+    return notes
+
+
+def _schedule_length(config: dict[str, Any]) -> Any:
+    """``config``'s schedule, with the length a run from before craft recorded it ran on: its ``train.steps``."""
+    schedule, train = config.get("schedule"), config.get("train")
+    if isinstance(schedule, dict) and "total_steps" not in schedule and isinstance(train, dict) and "steps" in train:
+        return {**schedule, "total_steps": train["steps"]}
+    return schedule
+
+
+def resume_target(config: str | Path, texts: dict[str, str]) -> Any:
+    """The experiment ``--resume`` continues: the run folder's own ``config.toml`` with only ``texts``
+    (this command line's overrides) on top, not the TOML file again.
+
+    ``config`` is the experiment file (its run folder is ``out_dir/name`` after
+    ``texts``) or the run folder itself. A run folder moved since keeps its new place.
+    """
+    config = Path(config)
+    if config.is_dir():
+        run_dir = config
+    else:
+        given = load_config(config, texts=texts)
+        run_dir = Path(given.out_dir) / given.name
+    if not (run_dir / CONFIG_FILE).is_file():
+        return _no_run(run_dir) if config.is_dir() else given
+    exp = load_config(run_dir / CONFIG_FILE, texts=texts)
+    recorded = _schedule_length(saved_config(run_dir) or {})
+    if getattr(exp.schedule.config, "total_steps", 0) is None and isinstance(recorded, dict):
+        # A run from before the length was recorded: its schedule ran over its own train.steps.
+        config_ = attrs.evolve(exp.schedule.config, total_steps=recorded.get("total_steps"))
+        exp = attrs.evolve(exp, schedule=attrs.evolve(exp.schedule, config=config_))
+    return attrs.evolve(exp, out_dir=str(run_dir.parent), name=run_dir.name)
+
+
+def _no_run(run_dir: Path) -> Any:
+    raise RunError(f"nothing to resume: {str(run_dir)!r} has no {CONFIG_FILE}; give the experiment's TOML file")
 
 
 class Start(NamedTuple):
@@ -275,13 +324,15 @@ def start_or_resume(
             raise RunError(f"nothing to resume: no readable checkpoint in {str(ckpt_dir)!r}; pass --overwrite to start again")
         saved = saved_config(run_dir)  # stopped before its first checkpoint: nothing is lost by starting over
         if saved is not None:
-            check_resumable(resolved, saved)
+            for note in check_resumable(resolved, saved):
+                echo(note)
         if main:
             truncate_metrics(run_dir, 0)
         echo(f"{run_dir} has no checkpoint yet: starting it again from step 0")
         return Start(state, fresh, None, None)
     path, payload = found
-    check_resumable(resolved, payload["config"])
+    for note in check_resumable(resolved, payload["config"]):
+        echo(note)
     state = restore(payload["state"], state)
     for moved in checkpoint.set_aside_after(ckpt_dir, path):
         echo(f"warning: set aside the unreadable {moved.name}")

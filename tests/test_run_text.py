@@ -147,3 +147,18 @@ def test_model_and_data_mismatches_are_caught_before_training(tmp_path, model_ke
 def test_language_experiments_load(name):
     exp = load(ROOT / "experiments" / f"{name}.toml")
     assert exp.task.kind == "language_model" and exp.data.kind == "text" and exp.data.config.path is None
+
+
+def test_a_sample_prompt_outside_the_vocabulary_is_refused_before_training(tmp_path):
+    from craft import run
+    from craft.config import load
+    from craft.rundir import RunError
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat.\n" * 50)
+    exp = load(ROOT / "experiments" / "gpt_char.toml", {
+        "out_dir": str(tmp_path), "data.path": str(corpus), "train.steps": 2, "train.compile": False,
+    })
+    with pytest.raises(RunError, match=r"train.sample.prompt = 'The ': .*'T'"):
+        run.train(exp, echo=lambda *a: None)
+    assert not (tmp_path / "gpt_char").exists()

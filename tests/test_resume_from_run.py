@@ -1,0 +1,101 @@
+"""``--resume`` continues the run, not the file: the run's own config.toml, this command line's overrides on top (issue 17)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from craft.data.shapes import SHAPES, write_shapes_folder
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+CNN = """
+name = "cnn"
+out_dir = "{out}"
+[model]
+kind = "cnn"
+num_classes = {classes}
+[data]
+kind = "image_folder"
+path = "{data}"
+batch_size = 8
+num_threads = 0
+[optim]
+lr = 1e-2
+[schedule]
+kind = "cosine"
+[train]
+steps = 60
+log_every = 1
+eval_every = 1000
+eval_batches = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return write_shapes_folder(tmp_path_factory.mktemp("data") / "shapes", num_train=16, num_val=8, image_size=32, seed=0)
+
+
+@pytest.fixture
+def toml(tmp_path, shapes) -> Path:
+    path = tmp_path / "e.toml"
+    path.write_text(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES)))
+    return path
+
+
+def craft(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "craft", *args], capture_output=True, text=True, timeout=300, env=ENV, cwd=cwd)
+
+
+def lrs(run_dir: Path) -> dict[int, float]:
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {e["step"]: e["metrics"]["lr"] for e in events if e["split"] == "train"}
+
+
+def test_resume_keeps_the_first_runs_overrides(toml, tmp_path):
+    first = craft(str(toml), "--train.steps=4", "--train.compile=false", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = craft(str(toml), "--resume", "--train.steps=6", cwd=tmp_path)  # compile=false is the run's, kept
+    assert again.returncode == 0, again.stderr
+    assert "compiling the train step" not in again.stdout
+    saved = (tmp_path / "runs" / "cnn" / "config.toml").read_text()
+    assert "compile = false" in saved and "steps = 6" in saved
+
+
+def test_the_run_folder_itself_resumes_after_a_move(toml, tmp_path):
+    assert craft(str(toml), "--train.steps=3", "--train.compile=false", cwd=tmp_path).returncode == 0
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    (tmp_path / "runs" / "cnn").rename(moved)
+    result = craft("train", str(moved), "--resume", "--train.steps=5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(lrs(moved)) == [1, 2, 3, 4, 5]
+    assert not (tmp_path / "runs" / "cnn").exists()
+
+
+def test_a_longer_resumed_run_keeps_its_schedule_unless_asked(toml, tmp_path):
+    assert craft(str(toml), "--train.compile=false", cwd=tmp_path).returncode == 0
+    run_dir = tmp_path / "runs" / "cnn"
+    kept = craft(str(toml), "--resume", "--train.steps=70", cwd=tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    assert "train.steps = 70 runs past schedule.total_steps = 60" in kept.stdout
+    lr = lrs(run_dir)
+    assert lr[60] < 1e-5 and lr[61] == lr[70] == pytest.approx(0.0, abs=1e-12)  # the schedule's end: no jump back up
+
+    assert craft(str(toml), "--overwrite", "--train.compile=false", cwd=tmp_path).returncode == 0
+    stretched = craft(str(toml), "--resume", "--train.steps=70", "--schedule.total_steps=70", cwd=tmp_path)
+    assert stretched.returncode == 0, stretched.stderr
+    assert "schedule.total_steps: 60 -> 70" in stretched.stdout
+    assert lrs(run_dir)[61] > 1e-4  # the explicit, printed choice: the cosine is stretched
+
+
+def test_resume_of_a_folder_that_is_not_a_run_is_one_line(tmp_path):
+    result = craft("train", str(tmp_path), "--resume", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "nothing to resume" in result.stderr and "Traceback" not in result.stderr
