@@ -1,8 +1,9 @@
 """Command line: a thin Fire adapter. Parse, call, print errors as one line each.
 
     python -m craft EXP.toml [--section.key=value ...]     (same as `craft train`)
-    craft train EXP.toml [--resume | --overwrite] [--section.key=value ...]
-    craft evaluate RUN_DIR [--checkpoint=latest|best|FILE]
+    craft train EXP.toml|RUN_DIR [--resume | --overwrite | --print_config] [--section.key=value ...]
+    craft evaluate RUN_DIR [--checkpoint=latest|best|FILE] [--data.key=value ...]
+    craft export RUN_DIR OUT [--checkpoint=latest|best|FILE]
     craft generate RUN_DIR [--prompt=TEXT --max_new_tokens=N --num_samples=N --temperature=T --top_k=K --top_p=P ...]
     craft generate RUN_DIR --image=PATH [--temperature=T ...]     (a captioning run)
     craft plot RUN_DIR
@@ -48,7 +49,7 @@ class ShowHelp(Exception):
     """``--help``: print the text (the exception's message) and exit 0."""
 
 
-def train(config: str, *, resume: bool = False, overwrite: bool = False, **overrides: str) -> None:
+def train(config: str, *, resume: bool = False, overwrite: bool = False, print_config: bool = False, **overrides: str) -> None:
     """Train the experiment in the TOML file CONFIG.
 
     Any --section.key=value overrides a key of the file (values are TOML
@@ -58,6 +59,8 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, **overr
     with only the overrides given now on top (CONFIG may be the run folder:
     craft train runs/NAME --resume); --overwrite replaces it. Without either,
     a name already taken gets a folder of its own (NAME-2, NAME-3, ...).
+    --print_config prints the resolved experiment (every default filled in)
+    and exits; a run writes it to its folder's config.toml.
     """
     from craft import run
     from craft.config import load
@@ -71,6 +74,11 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, **overr
         )
     # --resume continues the run as it was, with only this command line's overrides on top.
     exp = resume_target(config, overrides) if resume else load(config, texts=overrides)
+    if print_config:
+        from craft.config import dumps
+
+        print(dumps(exp), end="")
+        return
     if exp.train.tensorboard:
         check_tensorboard()  # before the run folder is touched
     run_dir = run.train(exp, resume=resume, overwrite=overwrite)
@@ -78,11 +86,16 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, **overr
         print(f"run folder: {run_dir}")
 
 
-def evaluate(run_dir: str, *, checkpoint: str = "latest") -> None:
-    """Re-evaluate RUN_DIR's checkpoint (latest, best, or a file name) on its validation split."""
+def evaluate(run_dir: str, *, checkpoint: str = "latest", **data: str) -> None:
+    """Re-evaluate RUN_DIR's checkpoint (latest, best, or a file name) on its validation split.
+
+    [data] options evaluate on other data (a test set), read as the run read
+    its own: craft evaluate runs/NAME --data.val_path=data/test (image and
+    caption folders), or --data.path=FILE for text in the run's vocabulary.
+    """
     from craft import trained
 
-    metrics = trained.evaluate(Path(run_dir), checkpoint)
+    metrics = trained.evaluate(Path(run_dir), checkpoint, data or None)
     print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
 
 
@@ -153,6 +166,18 @@ class _Echo:
     def __call__(self, piece: str) -> None:
         print(self.prefix + piece, end="", flush=True)
         self.prefix = ""
+
+
+def export(run_dir: str, out: str, *, checkpoint: str = "latest") -> None:
+    """Write RUN_DIR's weights as OUT/model.safetensors and its model config as OUT/config.json.
+
+    The weights load into the plain nn.Module with load_state_dict(strict=True)
+    (tied weights under both names); text runs also get OUT/tokenizer.json.
+    In Python, craft.load_model(RUN_DIR) returns the trained module directly.
+    """
+    from craft import trained
+
+    print(trained.export(Path(run_dir), Path(out), checkpoint))
 
 
 def plot(run_dir: str) -> None:
@@ -236,11 +261,13 @@ def _describe(name: str) -> str:
 
 
 COMMANDS: dict[str, Callable[..., Any]] = {
-    "train": train, "evaluate": evaluate, "generate": generate, "plot": plot, "prepare": prepare, "info": info,
+    "train": train, "evaluate": evaluate, "generate": generate, "export": export, "plot": plot, "prepare": prepare,
+    "info": info,
 }
 USAGE = {
-    "train": "craft train CONFIG.toml [--resume | --overwrite] [--section.key=value ...]",
-    "evaluate": "craft evaluate RUN_DIR [--checkpoint=latest|best|FILE]",
+    "train": "craft train CONFIG.toml|RUN_DIR [--resume | --overwrite | --print_config] [--section.key=value ...]",
+    "evaluate": "craft evaluate RUN_DIR [--checkpoint=latest|best|FILE] [--data.key=value ...]",
+    "export": "craft export RUN_DIR OUT [--checkpoint=latest|best|FILE]",
     "generate": "craft generate RUN_DIR [--prompt=TEXT --max_new_tokens=N --num_samples=N --temperature=T "
     "--top_k=K --top_p=P --seed=S --stop=TEXT --cache=true|false --checkpoint=NAME | --image=PATH]",
     "plot": "craft plot RUN_DIR",

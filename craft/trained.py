@@ -20,6 +20,7 @@ from craft.config import Experiment, Sample
 from craft.config import load as load_config
 from craft.logging import plot_metrics
 from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches
+from craft.data.tokenizers import load_tokenizer
 from craft.rundir import CHECKPOINTS, CONFIG_FILE, TOKENIZER_FILE, RunError
 from craft.step import TrainState, init_state, make_eval_step
 
@@ -60,14 +61,33 @@ def load_run(run_dir: Path, checkpoint_name: str = "latest") -> LoadedRun:
     return LoadedRun(exp, parts, state)
 
 
-def evaluate(run_dir: Path, checkpoint_name: str = "latest") -> dict[str, float]:
-    """Re-evaluate a run's checkpoint (``latest``, ``best`` or a file name) on its val split."""
+def evaluate(run_dir: Path, checkpoint_name: str = "latest", data: dict[str, str] | None = None) -> dict[str, float]:
+    """Re-evaluate a run's checkpoint (``latest``, ``best`` or a file name) on its val split, or, with
+    ``data`` (``{"data.val_path": "..."}``: ``[data]`` keys as typed on the command line), on other data
+    (a test set) read the way the run read its own, with the run's model, task and tokenizer."""
     exp, parts, state = load_run(run_dir, checkpoint_name)
     eval_step = make_eval_step(
         parts.model, parts.task.loss, inputs=parts.task.inputs, precision=exp.train.precision, compile=False
     )
-    metrics = evaluate_batches(eval_step, state, build_data(exp, "val"), parts.device, parts.task)
+    batches = build_data(_other_data(Path(run_dir), exp, data) if data else exp, "val")
+    saved = Path(run_dir) / TOKENIZER_FILE
+    tokenizer = getattr(batches, "tokenizer", None)
+    if data and tokenizer is not None and saved.exists() and tokenizer != load_tokenizer(saved):
+        raise RunError(
+            "the other data's vocabulary differs from the run's tokenizer.json (its tokens would mean other "
+            "characters or words): evaluate on text made of the run's vocabulary"
+        )
+    metrics = evaluate_batches(eval_step, state, batches, parts.device, parts.task)
     return {"step": int(state.step), **metrics}
+
+
+def _other_data(run_dir: Path, exp: Experiment, data: dict[str, str]) -> Experiment:
+    """``exp`` with only ``[data]`` keys replaced, checked as strictly as a config."""
+    others = sorted(k for k in data if not k.startswith("data."))
+    if others:
+        raise RunError(f"craft evaluate takes [data] options only (--data.path, --data.val_path, ...), not --{others[0]}")
+    other = load_config(run_dir / CONFIG_FILE, texts=data)
+    return attrs.evolve(exp, data=other.data)
 
 
 def sample_text(

@@ -59,3 +59,28 @@ def test_export_refuses_to_overwrite(gpt_run, tmp_path):
 def test_best_without_early_stopping_says_what_exists(gpt_run):
     with pytest.raises(RunError, match=r"no best.pt .*early_stopping.*it has: step_00000003.pt"):
         trained.load_run(gpt_run, "best")
+
+
+def test_craft_export_and_print_config_from_the_cli(gpt_run, tmp_path):
+    import subprocess
+    import sys
+
+    def craft_cli(*args):
+        return subprocess.run([sys.executable, "-m", "craft", *args], capture_output=True, text=True, timeout=300)
+
+    exported = craft_cli("export", str(gpt_run), str(tmp_path / "out"))
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "out" / "model.safetensors").stat().st_size > 0
+    printed = craft_cli(str(ROOT / "experiments" / "gpt_char.toml"), "--print_config", "--optim.lr=3e-4")
+    assert printed.returncode == 0, printed.stderr
+    assert "lr = 0.0003" in printed.stdout and "[schedule]" in printed.stdout
+    assert not (Path.cwd() / "runs" / "gpt_char").exists() or "run folder" not in printed.stdout
+
+
+def test_evaluate_on_text_of_another_vocabulary_is_refused(gpt_run, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("abc\n" * 10)
+    with pytest.raises(RunError, match="vocabulary differs from the run's tokenizer.json"):
+        trained.evaluate(gpt_run, data={"data.path": str(other)})
+    with pytest.raises(RunError, match="takes \\[data\\] options only"):
+        trained.evaluate(gpt_run, data={"optim.lr": "1"})

@@ -99,3 +99,16 @@ def test_resume_of_a_folder_that_is_not_a_run_is_one_line(tmp_path):
     result = craft("train", str(tmp_path), "--resume", cwd=tmp_path)
     assert result.returncode == 1
     assert "nothing to resume" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_reads_other_data_with_the_runs_model(toml, tmp_path, shapes):
+    assert craft(str(toml), "--train.steps=3", "--train.compile=false", cwd=tmp_path).returncode == 0
+    run_dir = tmp_path / "runs" / "cnn"
+    own = craft("evaluate", str(run_dir), cwd=tmp_path)
+    test_set = f"--data.val_path={shapes / 'train'}"
+    other = craft("evaluate", str(run_dir), f"--data.path={shapes / 'train'}", test_set, cwd=tmp_path)
+    assert own.returncode == 0 and other.returncode == 0, other.stderr
+    assert own.stdout.startswith("step 3  loss ") and other.stdout.startswith("step 3  loss ")
+    assert own.stdout != other.stdout  # 16 training images, not the 8 held out
+    wrong = craft("evaluate", str(run_dir), "--optim.lr=1", cwd=tmp_path)
+    assert wrong.returncode == 1 and "takes [data] options only" in wrong.stderr
