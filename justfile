@@ -1,8 +1,8 @@
 # craft's everyday commands (https://just.systems); each is one plain command.
 
-# train the quickstart example (offline)
+# the README's main job: train the default experiment (offline)
 run *ARGS:
-    python experiments/quickstart.py {{ARGS}}
+    python -m craft experiments/custom_cnn.toml {{ARGS}}
 
 # the test suite, as CI runs it
 test *ARGS:

@@ -14,6 +14,7 @@ README = (ROOT / "README.md").read_text()
 PYTHON = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 TOML = re.findall(r"```toml\n(.*?)```", README, flags=re.S)
 EXTENSION = next(block for block in PYTHON if "MODELS.register" in block)
+EXTENSION_TOML = next(block for block in TOML if "mlp_example" in block)
 
 
 def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -39,7 +40,7 @@ def test_readme_python_block_runs(code, tmp_path):
 def test_readme_extension_example_registers_a_model(tmp_path):
     """The model from the README, in the user's module, named under `imports`."""
     (tmp_path / "my_models.py").write_text(EXTENSION)
-    (tmp_path / "exp.toml").write_text('name = "readme"\n' + TOML[0] + '\n[data]\nkind = "shapes"\n')
+    (tmp_path / "exp.toml").write_text('name = "readme"\n' + EXTENSION_TOML + '\n[data]\nkind = "shapes"\n')
     result = _python(
         "from craft.config import build, load\n"
         "exp = load('exp.toml')\n"
@@ -48,3 +49,39 @@ def test_readme_extension_example_registers_a_model(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["mlp_example", "512", "Sequential"]
+
+
+def test_readme_lists_every_registered_kind():
+    from craft.config import registries
+
+    rows = {row.split("|")[2].strip(" `"): row for row in README.splitlines() if row.startswith("| `[")}
+    tables = {"models": "craft.models.MODELS", "datasets": "craft.data.DATASETS", "tasks": "craft.tasks.TASKS",
+              "optimizers": "craft.optim.OPTIMIZERS", "schedules": "craft.optim.SCHEDULES"}
+    for name, table in registries().items():
+        missing = [kind for kind in table if f"`{kind}`" not in rows[tables[name]]]
+        assert not missing, f"README's [{name}] row misses {missing}"
+
+
+def test_readme_error_examples_are_what_craft_prints():
+    block = re.search(r"```\n(error: .*?)```", README, flags=re.S).group(1).strip().splitlines()
+    flags = {"optim.lrr": "--optim.lrr=1", "train.steps": "--train.steps=0.5", "model.kind": "--model.kind=cnnn"}
+    for line in block:
+        flag = flags[line.removeprefix("error: ").split(":")[0]]
+        result = subprocess.run(
+            [sys.executable, "-m", "craft", str(ROOT / "experiments" / "custom_cnn.toml"), flag, "--print_config"],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 2 and result.stderr.strip() == line
+
+
+def test_readme_groups_and_ema_toml_is_a_valid_experiment():
+    from craft.config import loads
+
+    block = next(b for b in TOML if "optim.groups" in b)
+    exp = loads('name = "x"\n[model]\nkind = "cnn"\n[data]\nkind = "shapes"\n' + block)
+    assert [g.match for g in exp.optim.groups] == ["fc.*", "conv*"] and exp.train.ema_decay == 0.999
+
+
+def test_just_run_is_the_readme_main_job():
+    recipe = (ROOT / "justfile").read_text().split("run *ARGS:")[1].splitlines()[1].strip()
+    assert recipe.replace(" {{ARGS}}", "") in README.split("```sh")[1].split("```")[0]
