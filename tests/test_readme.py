@@ -35,6 +35,37 @@ def test_readme_python_block_runs(code, tmp_path):
     assert result.returncode == 0, result.stderr
     if "print(" in code:
         assert result.stdout.strip()
+    if "runs/gpt_char" in code:
+        _check_generated_text(result.stdout, tmp_path / "runs" / "gpt_char")
+    if "train_step(state, batch)" in code:
+        _check_one_step_metrics(result.stdout)
+
+
+def _check_generated_text(stdout: str, run_dir: Path) -> None:
+    """The 200 characters generated after the prompt (which is not repeated), each from the run's vocabulary."""
+    from craft.data.text import CharTokenizer
+
+    text = stdout[: -len("\n")]  # print's newline
+    assert len(text) == 200, repr(text)
+    vocabulary = set(CharTokenizer.load(run_dir / "tokenizer.json").chars)
+    assert set(text) <= vocabulary, set(text) - vocabulary
+
+
+def _check_one_step_metrics(stdout: str) -> None:
+    """`{loss, accuracy, grad_norm} eval_accuracy` of one step on 32 random images of 10 classes."""
+    import ast
+    import math
+
+    printed, eval_accuracy = stdout.strip().rsplit(" ", 1)
+    metrics, eval_accuracy = ast.literal_eval(printed), float(eval_accuracy)
+    assert set(metrics) == {"loss", "accuracy", "grad_norm"}
+    assert all(math.isfinite(v) for v in [*metrics.values(), eval_accuracy])
+    # accuracies are counts of the 32 examples (the printed one rounded to 4 places)
+    assert all(abs(a * 32 - round(a * 32)) < 0.01 and 0 <= a <= 1 for a in (metrics["accuracy"], eval_accuracy))
+    # the step's loss is the untrained model's mean cross-entropy over 10 classes, near log(10);
+    # one step (at lr 0: the warmup's first) cannot lower it, so "below log(10)" is not asked
+    assert abs(metrics["loss"] - math.log(10)) < 0.5, metrics
+    assert metrics["grad_norm"] > 0
 
 
 def test_readme_extension_example_registers_a_model(tmp_path):

@@ -18,11 +18,28 @@ def _script(name: str):
     return module
 
 
+def _classes(**shapes) -> int:
+    from craft.data import ShapesConfig
+
+    return len(ShapesConfig(**shapes).classes)
+
+
+def _is_count_of(fraction: float, total: int) -> bool:
+    return abs(fraction * total - round(fraction * total)) < 1e-9
+
+
 def test_ensemble_reports_the_ensemble_and_every_member(capsys):
     results = _script("ensemble").main(["--tiny", "--members", "3"])
+    lines = capsys.readouterr().out.splitlines()
     assert len(results["members"]) == 3
-    assert all(0 <= a <= 1 for a in [*results["members"], results["ensemble"]])
-    assert "ensemble accuracy" in capsys.readouterr().out
+    # --tiny validates on 16 images: every accuracy is a count of them, and the printed lines report these figures
+    assert all(_is_count_of(a, 16) for a in [*results["members"], results["ensemble"]])
+    assert lines[-2] == "member accuracy   " + " ".join(f"{a:.1%}" for a in results["members"])
+    assert lines[-1] == f"ensemble accuracy {results['ensemble']:.1%} (best member {max(results['members']):.1%})"
+    # three steps are too few to beat chance on 16 images, but every member's training loss is
+    # already below the untrained cross-entropy log(classes)
+    losses = [float(v) for v in lines[-3].split("member losses ")[1].split()]
+    assert len(losses) == 3 and all(math.isfinite(v) and v < math.log(_classes()) for v in losses), lines
 
 
 def test_lr_sweep_reports_a_loss_per_learning_rate(capsys):
@@ -30,13 +47,29 @@ def test_lr_sweep_reports_a_loss_per_learning_rate(capsys):
     results = module.main(["--tiny"])
     assert list(results) == module.LEARNING_RATES
     assert all(math.isfinite(v) for v in results.values())
-    assert "<- best" in capsys.readouterr().out
+    best = min(results, key=results.get)
+    assert [line for line in capsys.readouterr().out.splitlines() if "<- best" in line] == [
+        f"lr {best:7.0e}  val loss {results[best]:.4f}  <- best"
+    ]
+    # every member starts from the same weights: the best rate lowered the val loss below what
+    # the smallest rate (1e-4, three steps: all but untrained) reaches
+    assert best != module.LEARNING_RATES[0] and results[best] < results[module.LEARNING_RATES[0]]
 
 
-def test_dp_sgd_trains_with_and_without_noise():
-    results = _script("dp_sgd").main(["--tiny"])
+def test_dp_sgd_trains_with_and_without_noise(capsys):
+    from craft.data import ShapesConfig
+
+    module = _script("dp_sgd")
+    results = module.main(["--tiny"])
     assert set(results) == {"private", "no noise"}
-    assert all(0 <= a <= 1 for a in results.values())
+    assert all(_is_count_of(a, 16) for a in results.values())  # --tiny validates on 16 images
+    assert capsys.readouterr().out.splitlines() == [f"{n:12s}  val accuracy {a:.1%}" for n, a in results.items()]
+    # long enough to learn (40 steps, 128 held-out images), with and without noise it beats chance
+    data = ShapesConfig(num_train=256, num_val=128, batch_size=64, image_size=16, channels=1)
+    chance = 1 / len(data.classes)
+    for noise in (0.0, 1.0):
+        accuracy = module.train(data, 40, clip=1.0, noise=noise, compile=False)
+        assert _is_count_of(accuracy, 128) and accuracy > chance + 0.05, (noise, accuracy)
 
 
 def test_hypergradient_descent_raises_a_too_small_learning_rate_and_lowers_the_loss():

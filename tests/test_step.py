@@ -129,6 +129,7 @@ def _snapshot(state):
 @pytest.mark.parametrize("compile", [False, {"backend": "aot_eager"}])
 def test_step_is_pure_and_reproducible(compile):
     """Same state in, same state out; the input state (BN stats too) is untouched."""
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["bn_dropout"]()
     tx = adamw(1e-2)
     step = make_train_step(model, cross_entropy, tx, compile=compile)
@@ -146,6 +147,7 @@ def test_step_is_pure_and_reproducible(compile):
 
 
 def test_dropout_masks_follow_the_state_rng():
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["bn_dropout"]()
     tx = sgd(0.1)
     step = make_train_step(model, cross_entropy, tx, compile=False)
@@ -157,6 +159,7 @@ def test_dropout_masks_follow_the_state_rng():
 
 @pytest.mark.parametrize("compile", [False, {"backend": "aot_eager"}])
 def test_donated_step_matches_and_reuses_buffers(compile):
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["bn_dropout"](p=0.0)
     tx = adamw(1e-2, clip_norm=1.0)
     batches = _batches("bn_dropout", 3, dtype=torch.float32)
@@ -174,6 +177,7 @@ def test_donated_step_matches_and_reuses_buffers(compile):
 
 @pytest.mark.parametrize("compile", [False, {"backend": "aot_eager"}])
 def test_gradient_accumulation_equals_one_large_batch(compile):
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["mlp"]()
     tx = adamw(1e-2, clip_norm=1.0)
     big = make_train_step(model, cross_entropy, tx, compile=compile)
@@ -188,6 +192,7 @@ def test_gradient_accumulation_equals_one_large_batch(compile):
 
 
 def test_accumulation_needs_a_divisible_batch():
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["mlp"]()
     tx = sgd(0.1)
     step = make_train_step(model, cross_entropy, tx, compile=False, accum_steps=3)
@@ -206,6 +211,7 @@ def test_metrics_are_device_tensors_and_the_step_never_reads_them():
                 self.reads.append((args[0].dtype, args[0].device.type, args[0].ndim))
             return func(*args, **(kwargs or {}))
 
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["cnn"]()
     tx = adamw(1e-3, clip_norm=1.0)
     step = make_train_step(model, cross_entropy, tx, compile=False)
@@ -218,6 +224,7 @@ def test_metrics_are_device_tensors_and_the_step_never_reads_them():
 
 
 def test_eval_step_uses_running_statistics_and_changes_nothing():
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["bn_dropout"]()
     tx = sgd(0.1)
     state = init_state(model, tx)
@@ -235,6 +242,7 @@ def test_eval_step_uses_running_statistics_and_changes_nothing():
 
 
 def test_bf16_autocast_keeps_float32_state():
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["cnn"]()
     tx = adamw(1e-3)
     state = init_state(model, tx)
@@ -247,6 +255,7 @@ def test_bf16_autocast_keeps_float32_state():
 
 
 def test_frozen_parameters_are_not_trained():
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["mlp"]()
     model[0].weight.requires_grad_(False)
     tx = sgd(0.1)
@@ -257,6 +266,7 @@ def test_frozen_parameters_are_not_trained():
 
 
 def test_bad_arguments_are_clear_errors():
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["mlp"]()
     tx = sgd(0.1)
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
@@ -300,6 +310,7 @@ def test_a_compiled_step_that_saw_another_batch_size_gives_bitwise_what_a_fresh_
 
 
 def test_a_step_refuses_to_compile_where_dynamo_would_hide_errors():
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["mlp"]()
     with torch._dynamo.config.patch(suppress_errors=True), pytest.raises(RuntimeError, match="suppress_errors"):
         make_train_step(model, cross_entropy, sgd(0.1))
@@ -308,6 +319,7 @@ def test_a_step_refuses_to_compile_where_dynamo_would_hide_errors():
 def test_make_loss_is_the_steps_loss_and_leaves_buffers_alone():
     from craft.step import make_loss
 
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["bn_dropout"](p=0.0)
     state, batch = init_state(model, sgd(0.1)), batch_for("bn_dropout", size=8)
     before = {k: v.clone() for k, v in state.buffers.items()}
@@ -328,6 +340,7 @@ def test_make_loss_is_the_steps_loss_and_leaves_buffers_alone():
 def test_torch_save_and_weights_only_load_round_trip_a_state(tmp_path, opt):
     from craft.optim import OPTIMIZERS, chain, ema
 
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["mlp"]()
     tx = chain(OPTIMIZERS[opt](1e-2, clip_norm=1.0), ema(0.9))
     state = init_state(model, tx)
@@ -344,6 +357,7 @@ def test_freeze_and_unfreeze_keep_the_rest_of_the_optimizer_state():
     from craft.optim import AdamState, find_state
     from craft.step import freeze, unfreeze
 
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model, tx = MODELS["mlp"](), adamw(1e-2)
     step = make_train_step(model, cross_entropy, tx, compile=False)
     state, _ = step(init_state(model, tx), batch_for("mlp"))

@@ -128,9 +128,18 @@ def test_cli_sweep_reports_the_best_member(tmp_path, capsys):
     path = tmp_path / "exp.toml"
     path.write_text(TINY.format(out=tmp_path / "runs"))
     main([str(path), "--sweep.optim.lr=[1e-3,1e-2]", "--train.steps=2"])
-    out = capsys.readouterr().out
-    assert "sweep: 2 members" in out
-    assert "best member" in out and "optim.lr=" in out
+    out = capsys.readouterr().out.splitlines()
+    assert "sweep: 2 members, one vmapped step" in out
+    # the best member is the one with the lowest final val loss in the run's metrics.jsonl
+    run_dir = tmp_path / "runs" / "sweep"
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = {e["member"]: e for e in events if e["split"] == "val"}  # in step order: the last one wins
+    assert sorted(last) == [0, 1] and all(e["step"] == 2 for e in last.values())
+    best = min(last, key=lambda m: last[m]["metrics"]["loss"])
+    said = next(line for line in out if line.startswith("best member "))
+    assert said.startswith(f"best member {best} (optim.lr={last[best]['hparams']['optim.lr']}, seed=0): ")
+    assert f"val loss {last[best]['metrics']['loss']:.4f}" in said
+    assert f"its run folder: {run_dir / 'members' / f'{best:03d}'}" in out
     with pytest.raises(SystemExit) as exit_:
         main([str(path), "--sweep.model.num_classes=[3,4]", "--overwrite"])
     assert exit_.value.code == 2

@@ -74,7 +74,12 @@ def test_each_epoch_is_a_fresh_permutation_of_all_but_the_remainder():
     for indices in seen:
         assert len(indices.unique()) == PER_EPOCH * 4
     assert not torch.equal(seen[0], seen[1])
-    assert torch.equal(epoch_order(30, 0, 2), epoch_order(30, 0, 2))
+    # the order is a permutation, fixed by (seed, epoch) alone, and another epoch or seed reorders it
+    order = epoch_order(30, 0, 2)
+    assert order.dtype == torch.int64 and sorted(order.tolist()) == list(range(30))
+    assert order.tolist() != list(range(30))
+    assert torch.equal(epoch_order(30, 0, 2), order.clone())
+    assert not torch.equal(epoch_order(30, 0, 3), order) and not torch.equal(epoch_order(30, 1, 2), order)
     labels = torch.cat([b["label"] for b in reference()[:PER_EPOCH]])
     assert sorted(labels.tolist()) == sorted((seen[0] % 3).tolist())
 

@@ -90,6 +90,7 @@ def test_noise_has_the_configured_scale_and_follows_the_seed():
 
 
 def test_dp_sgd_is_a_transform_in_a_chain():
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = mlp()
     params = {k: p.detach() for k, p in model.named_parameters()}
     tx = chain(dp_aggregate(clip_norm=1.0, noise_multiplier=0.0), scale_by_learning_rate(0.1))

@@ -50,8 +50,23 @@ def test_every_schedule_gives_0d_float(name):
         value = _at(sched, step)
         assert math.isfinite(value)
         assert 0.0 <= value <= 0.1 * (1 + 1e-6)
-    # pure: same step, same value
-    assert _at(sched, 42) == _at(sched, 42)
+    # the documented closed form at the factory defaults (no warmup, step_size 1000), computed apart
+    for step in (0, 1, 7, 42, 50, 99, 100, 101, 10_000):
+        assert _at(sched, step) == pytest.approx(_DEFAULTS_CLOSED_FORM[name](step), rel=1e-12, abs=1e-15), step
+
+
+def _half_cosine(step: int, total: int = 100) -> float:
+    return 0.1 * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
+
+
+# SCHEDULES[name](0.1, total_steps=100) written out by hand: a wrong formula fails above.
+_DEFAULTS_CLOSED_FORM = {
+    "constant": lambda step: 0.1,
+    "linear_warmup": lambda step: 0.1,  # no warmup asked for: lr from step 0
+    "cosine": _half_cosine,
+    "warmup_cosine": _half_cosine,  # no warmup asked for: the plain cosine
+    "step": lambda step: 0.1 * 0.1 ** (step // 1000),
+}
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
