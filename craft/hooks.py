@@ -78,6 +78,21 @@ def accumulate(progress: Progress, metrics: Metrics) -> Progress:
     return progress._replace(window_sums=new_sums, window_counts=new_counts)
 
 
+def window_state(progress: Progress) -> dict[str, list[float]]:
+    """The log window's sums and counts as checkpoint data: ``{name: [sum, count]}``."""
+    sums, counts = progress.window_sums or {}, progress.window_counts or {}
+    return {k: [float(sums[k]), float(counts[k])] for k in sums}
+
+
+def restore_window(progress: Progress, saved: dict[str, list[float]] | None, device) -> Progress:
+    """``progress`` with the log window a checkpoint saved (``window_state``); unchanged without one."""
+    if not saved:
+        return progress
+    sums = {k: torch.tensor(v[0], dtype=torch.float32, device=device) for k, v in saved.items()}
+    counts = {k: torch.tensor(v[1], dtype=torch.float32, device=device) for k, v in saved.items()}
+    return progress._replace(window_sums=sums, window_counts=counts)
+
+
 def window_means(progress: Progress, metrics: Metrics) -> dict[str, float]:
     """Each metric's mean over the log window's finite steps (the one host sync of a log); this step's
     value where the window holds none (every step non-finite, or no ``accumulate`` hook)."""

@@ -218,6 +218,7 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
         skipped=skipped, last_good=start.path, window=time.perf_counter(),
         nonfinite=torch.tensor(skipped, device=parts.device),
     )
+    progress = hooks.restore_window(progress, start.progress.get("window"), parts.device)
 
     run_eval = lambda state: evaluate_batches(eval_step, state, val_data, parts.device, parts.task, cfg.eval_batches, replicas)  # noqa: E731
     flag = hooks.SignalFlag()
@@ -258,7 +259,10 @@ def saver(exp: Experiment, run_dir: Path, train_data, elapsed, main: bool, *, be
     def save(p: Progress) -> Path:
         path = folder / "best.pt" if best else checkpoint.step_path(folder, p.step)
         if main:
-            progress = {"elapsed": elapsed(), "best": p.best, "bad_evals": p.bad_evals, "skipped": hooks.nonfinite_count(p)}
+            progress = {
+                "elapsed": elapsed(), "best": p.best, "bad_evals": p.bad_evals, "skipped": hooks.nonfinite_count(p),
+                "window": hooks.window_state(p),  # a resumed run's first log averages the same steps
+            }
             save_checkpoint(path, checkpoint_payload(p.state, train_data.state_dict(), progress, to_dict(exp)))
             if not best:
                 checkpoint.prune(folder, exp.train.keep_checkpoints)

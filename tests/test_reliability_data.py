@@ -25,8 +25,9 @@ def craft(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.Comp
     [
         ("shapes", ["--image_size=0", "--num_train=-1", "--num_val=-3"],
          ["--image_size: must be >= 1, got 0", "--num_train: must be >= 1, got -1", "--num_val: must be >= 0, got -3"]),
-        ("captions", ["--image_size=0", "--num_train=many"],
-         ["--image_size: must be >= 1, got 0", "--num_train: must be a whole number, got 'many'"]),
+        ("captions", ["--image_size=0", "--num_train=-1"],
+         ["--image_size: must be >= 1, got 0", "--num_train: must be >= 1, got -1"]),
+        ("captions", ["--num_train=many"], ["--num_train: expected an integer, got 'many'"]),
     ],
 )  # fmt: skip
 def test_prepare_rejects_bad_sizes_with_exit_2_and_writes_nothing(tmp_path, what, options, lines):

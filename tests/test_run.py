@@ -119,9 +119,9 @@ def test_train_writes_the_run_folder(experiment):
 def test_resume_continues_the_step_count(experiment, tmp_path):
     half = craft(str(experiment), "--name=resumed", "--train.steps=6")
     assert half.returncode == 0, half.stderr
-    # A shorter run has a different schedule; resuming with the full length
-    # changes train.steps only, which a resume may do.
-    resumed = craft(str(experiment), "--name=resumed", "--resume")
+    # A resume continues the run as it was (6 steps): training on is asked for
+    # with train.steps, which a resume may change.
+    resumed = craft(str(experiment), "--name=resumed", "--resume", "--train.steps=12")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout and "(step 6)" in resumed.stdout
     runs = tmp_path / "runs"

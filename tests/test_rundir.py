@@ -160,7 +160,7 @@ def test_a_renamed_run_folder_resumes(tmp_path, shapes):
     path = toml(tmp_path, shapes)
     assert craft(str(path), "--train.steps=2").returncode == 0
     (tmp_path / "runs" / "cnn").rename(tmp_path / "moved")
-    process = craft(str(path), f"--out_dir={tmp_path}", "--name=moved", "--resume")
+    process = craft(str(path), f"--out_dir={tmp_path}", "--name=moved", "--resume", "--train.steps=4")
     assert process.returncode == 0, process.stderr
     assert (tmp_path / "moved" / "checkpoints" / "step_00000004.pt").exists()
 

@@ -27,7 +27,9 @@ def test_the_schedule_fits_a_shortened_run(path, steps):
 
 def test_a_warmup_shorter_than_the_run_is_kept():
     exp = load(EXPERIMENTS[0].parent / "gpt_char.toml", {"train.steps": 500})
-    assert fit_schedule(exp) == (exp, [])
+    fitted, notes = fit_schedule(exp)
+    assert notes == [] and fitted.schedule.config.warmup_steps == exp.schedule.config.warmup_steps == 100
+    assert fitted.schedule.config.total_steps == 500  # the schedule's length, recorded
 
 
 def test_a_shortened_gpt_run_trains_from_the_cli(tmp_path):
