@@ -21,7 +21,7 @@ import torch
 from craft import checkpoint, distributed, hooks
 from craft.config import Experiment, dumps, to_dict
 from craft.distributed import Replicas
-from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_metrics, progress_bar
+from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_metrics, progress_bar, read_metrics
 from craft.loop import Progress, chain, due, every, fit, when
 from craft.parts import (
     Parts, build_data, build_parts, check_components, check_early_stopping, evaluate_batches, fit_schedule, fit_to_data,
@@ -222,7 +222,7 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
 
     run_eval = lambda state: evaluate_batches(eval_step, state, val_data, parts.device, parts.task, cfg.eval_batches, replicas)  # noqa: E731
     flag = hooks.SignalFlag()
-    hook = run_hooks(
+    hook, evaluate_due = run_hooks(
         exp, summarize=parts.task.summarize, log=log, bar=bar, say=say, elapsed=elapsed, replicas=replicas, flag=flag,
         save=saver(exp, run_dir, train_data, elapsed, main, best=False), save_best=saver(exp, run_dir, train_data, elapsed, main, best=True),
         run_eval=run_eval,
@@ -230,6 +230,8 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     )
     try:
         with flag.installed():
+            if start.payload is not None and due(progress, cfg.eval_every) and unevaluated(run_dir, step, main, replicas):
+                progress = evaluate_due(progress, {})  # killed between that step's checkpoint and its evaluation
             progress = fit(progress, train_data, lambda state, batch: train_step(state, to_device(batch, parts.device)), hook)
     finally:
         bar.close()
@@ -287,6 +289,10 @@ def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: R
     if cfg.early_stopping is not None:  # then save again: the checkpoint holds this evaluation's best and count
         evaluation += [hooks.early_stopping(cfg.early_stopping, save_best), hooks.checkpoint(save)]
     every_step = [hooks.advance(bar), hooks.count_nonfinite, hooks.accumulate]
+    evaluate_due = chain(
+        every(cfg.eval_every, chain(stop_nonfinite, *evaluation)),
+        every(cfg.eval_every * cfg.sample.every, hooks.sample(make_text, log, say, elapsed)) if make_text else (lambda p, m: p),
+    )
     return chain(
         *every_step,
         every(cfg.log_every, chain(
@@ -295,6 +301,15 @@ def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: R
         )),
         every(cfg.log_every, signal_hook) if replicas.active else signal_hook,
         when(checkpoint_due, chain(stop_nonfinite, hooks.checkpoint(save))),
-        every(cfg.eval_every, chain(stop_nonfinite, *evaluation)),
-        every(cfg.eval_every * cfg.sample.every, hooks.sample(make_text, log, say, elapsed)) if make_text else (lambda p, m: p),
-    )
+        evaluate_due,
+    ), evaluate_due
+
+
+def unevaluated(run_dir: Path, step: int, main: bool, replicas: Replicas) -> bool:
+    """Whether the run's log lacks the evaluation of ``step`` (rank 0 reads it; every rank gets its answer).
+
+    The checkpoint of an evaluation step is written before the evaluation, so
+    a run killed in between resumes from that step without its figures.
+    """
+    missing = main and not any(e["step"] == step and e["split"] == "val" for e in read_metrics(run_dir))
+    return replicas.any(missing) if replicas.active else missing

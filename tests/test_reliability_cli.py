@@ -305,7 +305,7 @@ def test_every_command_has_its_own_help(command):
         (["trian"], "unknown command 'trian' (did you mean 'train'?)"),
         (["info", "cnnn"], "nothing registered as 'cnnn' (did you mean 'cnn'?)"),
         (["exp.yaml"], "craft reads TOML experiments: 'exp.yaml' is not a .toml file"),
-        (["evaluate", "runs/x", "--data.val_path=v.txt"], "craft evaluate: unknown option --data.val_path"),
+        (["export", "runs/x"], "craft export: missing OUT"),
         (["generate", "runs/x", "--tempreature=0"], "(did you mean 'temperature'?)"),
         (["generate", "runs/x", "--cache=no"], "--cache: expected true or false, got 'no'"),
         (["generate", "runs/x", "--num_samples=0"], "--num_samples: must be >= 1"),

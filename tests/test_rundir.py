@@ -153,6 +153,23 @@ def test_the_checkpoint_of_an_evaluation_step_is_written_before_evaluating(tmp_p
     assert [p.name for p in checkpoint.step_files(tmp_path / "runs" / "cnn" / "checkpoints")] == ["step_00000002.pt"]
 
 
+def test_a_run_killed_between_a_checkpoint_and_its_evaluation_evaluates_that_step_on_resume(tmp_path, shapes, monkeypatch):
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES)))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("killed here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(run, "evaluate_batches", broken)
+        with pytest.raises(RuntimeError, match="killed here"):
+            run.train(exp, echo=quiet)
+    run.train(exp, resume=True, echo=quiet)
+    from craft.logging import read_metrics
+
+    val = [e["step"] for e in read_metrics(tmp_path / "runs" / "cnn") if e["split"] == "val"]
+    assert val == [2, 4]  # step 2's evaluation, done on resume, then step 4's: each once
+
+
 # -- 8. a moved run resumes ----------------------------------------------------
 
 
