@@ -1,0 +1,230 @@
+"""Reading and writing experiments: TOML text and files, command-line overrides, resolved dumps.
+
+``load``/``loads`` read TOML (after importing the experiment's ``imports``),
+apply dotted-path overrides (``{"optim.lr": 3e-4}``) and command-line values
+as typed (``texts``), and raise one ``ConfigError`` listing every problem.
+``dumps``/``save``/``to_dict`` write every resolved value, so
+``loads(dumps(exp)) == exp``.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime
+import importlib
+import sys
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_args
+
+import attrs
+import tomli_w
+
+from craft.config.entries import SCALARS, config_class
+from craft.config.problems import ConfigError, flatten, show
+from craft.config.records import Experiment
+from craft.config.sections import CONVERTER, SECTIONS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def parse_override(text: str) -> Any:
+    """A command-line value: a TOML literal, else a Python literal, else the text itself.
+
+    ``"false"`` -> False, ``"3e-4"`` -> 0.0003, ``"[1, 2]"`` -> [1, 2],
+    ``"'abc'"`` -> "abc", ``"cnn"`` -> "cnn", ``"True"`` -> True; TOML dates stay
+    text. No code runs: Python literals go through ``ast.literal_eval``.
+    """
+    try:
+        parsed = tomllib.loads(f"v = {text}")
+        if parsed.keys() == {"v"}:  # text like "1\nw = 2" smuggles in more keys
+            # No config key takes a date: "2024-01-01" is meant as a name.
+            return text if isinstance(parsed["v"], (datetime.date, datetime.time)) else parsed["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+    if isinstance(value, tuple):
+        value = list(value)
+    return value if value is None or isinstance(value, (*SCALARS, list, dict)) else text
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``data`` with each dotted path in ``overrides`` set (``{"optim.lr": 3e-4}``).
+
+    Missing tables on the way are created; a path through a non-table is a
+    ``ConfigError``. ``data`` is not modified.
+    """
+    out = dict(data)
+    problems = []
+    for path, value in (overrides or {}).items():
+        keys = path.split(".") if isinstance(path, str) else []
+        if keys[:1] == ["sweep"] and len(keys) > 2:  # [sweep]'s keys are dotted paths: "optim.lr"
+            keys = ["sweep", ".".join(keys[1:])]
+        if not keys or not all(keys):
+            problems.append(f"{path}: not a dotted key path")
+            continue
+        table = out
+        for i, key in enumerate(keys[:-1]):
+            child = table.get(key, {})
+            if not isinstance(child, Mapping):
+                where = ".".join(keys[: i + 1])
+                problems.append(f"{path}: cannot set, {where} is {show(child)}, not a table")
+                break
+            table[key] = table = dict(child)  # copy on the way down: data stays untouched
+        else:
+            table[keys[-1]] = value
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _import_all(modules: Any) -> None:
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        return  # structuring reports the type problem
+    problems = []
+    # `python -m craft` finds modules in the current folder; the installed
+    # `craft` command should too.
+    try:
+        here = str(Path.cwd())
+    except FileNotFoundError:  # the current folder was deleted: nothing to find there
+        here = ""
+    if here and "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # a module may fail any way; the user needs the message
+            problems.append(f"imports: cannot import {module!r}: {e}")
+    if problems:
+        raise ConfigError(problems)
+
+
+def from_dict(data: Mapping[str, Any]) -> Experiment:
+    """The Experiment in a TOML-shaped dict, after importing its ``imports``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"config: expected a table, got {show(data)}"])
+    _import_all(data.get("imports", []))
+    try:
+        return CONVERTER.structure(data, Experiment)
+    except Exception as e:
+        raise ConfigError([f"{path or 'config'}: {msg}" for path, msg in flatten(e)]) from None
+
+
+def structure(data: Mapping[str, Any], cls: type) -> Any:
+    """``data`` as an instance of the attrs class ``cls``, checked as strictly as a config.
+
+    Problems raise one ``ConfigError`` whose lines are ``key: problem``.
+    """
+    try:
+        return CONVERTER.structure(data, cls)
+    except Exception as e:
+        raise ConfigError([f"{path or cls.__name__}: {msg}" for path, msg in flatten(e)]) from None
+
+
+def _field_type(data: Mapping[str, Any], keys: list[str]) -> Any:
+    """The type of the field at ``keys`` in the Experiment ``data`` describes, or None if there is none."""
+    cls, table, t = Experiment, data, None
+    for i, key in enumerate(keys):
+        if cls is Experiment and key in SECTIONS:
+            registry, default = SECTIONS[key]
+            table = table.get(key, {}) if isinstance(table, Mapping) else {}
+            kind = table.get("kind", default) if isinstance(table, Mapping) else None
+            if keys[i + 1 :] in (["kind"], ["lr"]):
+                return str if keys[i + 1] == "kind" else float
+            if not isinstance(kind, str) or kind not in registry:
+                return None
+            cls = config_class(registry[kind])
+            continue
+        if cls is None or not attrs.has(cls) or key not in attrs.fields_dict(cls):
+            return None
+        t = typing.get_type_hints(cls)[key]
+        cls = next((a for a in (get_args(t) or (t,)) if attrs.has(a)), None)
+        table = table.get(key, {}) if isinstance(table, Mapping) else {}
+    return t
+
+
+def _read_texts(data: Mapping[str, Any], texts: Mapping[str, str]) -> dict[str, Any]:
+    """Command-line values: each read by ``parse_override``, but a text field takes the text as typed.
+
+    ``--name=2024`` names the run "2024"; ``--optim.lr=3e-4`` is the number.
+    """
+    parsed = {path: parse_override(text) for path, text in texts.items()}
+    merged = apply_overrides(data, parsed)  # the kinds the values pick decide the fields' types
+    out = {}
+    for path, value in parsed.items():
+        t = _field_type(merged, path.split(".")) if isinstance(path, str) else None
+        takes_text = t is str or (str in get_args(t) and not isinstance(value, (list, dict)))
+        out[path] = texts[path] if takes_text else value
+    return out
+
+
+def loads(
+    text: str, overrides: Mapping[str, Any] | None = None, source: str = "<string>", *, texts: Mapping[str, str] | None = None
+) -> Experiment:
+    """The Experiment in TOML ``text``, with ``overrides`` applied (see ``apply_overrides``).
+
+    ``texts`` are command-line values as typed (``{"optim.lr": "3e-4"}``),
+    applied after ``overrides``: each is read by ``parse_override``, except
+    that a text field (``name``, ``train.device``...) takes the text as typed.
+    """
+    try:
+        data = tomllib.loads(text.removeprefix("\ufeff"))  # a byte-order mark some editors write
+        data = apply_overrides(data, overrides)
+        return from_dict(apply_overrides(data, _read_texts(data, texts or {})))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{source}: invalid TOML: {e}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: nested too deeply to read; an experiment needs a few levels of tables"]) from None
+
+
+def load(path: str | Path, overrides: Mapping[str, Any] | None = None, *, texts: Mapping[str, str] | None = None) -> Experiment:
+    """The Experiment in the TOML file at ``path``, with ``overrides`` and ``texts`` applied (see ``loads``)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError([f"{printable(path)}: cannot read config: {reason}"]) from None
+    return loads(text, overrides, source=printable(path), texts=texts)
+
+
+def printable(name: str | Path) -> str:
+    """``name`` as typed when that shows on one line, else its ``repr`` (a newline in a file name)."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)
+
+
+# --- Writing ------------------------------------------------------------------
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def to_dict(exp: Experiment) -> dict[str, Any]:
+    """Every value of ``exp``, defaults included, as TOML-shaped data.
+
+    Sections become ``{"kind": ..., **fields}``; None values are left out
+    (TOML has no null), which loading reads back as the same defaults.
+    """
+    return _drop_none(CONVERTER.unstructure(exp))
+
+
+def dumps(exp: Experiment) -> str:
+    """``exp`` as TOML; ``loads(dumps(exp)) == exp``."""
+    return tomli_w.dumps(to_dict(exp))
+
+
+def save(exp: Experiment, path: str | Path) -> None:
+    """Write ``dumps(exp)`` to ``path``."""
+    Path(path).write_text(dumps(exp), encoding="utf-8")

@@ -1,0 +1,182 @@
+"""The experiment's sections: each picks its registry entry by ``kind`` and is read into its record.
+
+``[model]``, ``[data]``, ``[task]`` and ``[schedule]`` become a ``Component``,
+``[optim]`` an ``Optim`` (its ``lr`` and ``[[optim.groups]]`` beside the
+optimizer's own keys), ``[sweep]`` a ``Sweep`` of the few values members may
+differ in. ``CONVERTER`` reads and writes a whole ``Experiment`` this way;
+a section without ``kind`` takes its default one (``SECTIONS``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.gen import override
+
+from craft.config.convert import is_finite_number, make_converter
+from craft.config.entries import config_class
+from craft.config.problems import Invalid, Problems, flatten, join, show, unknown_key
+from craft.config.records import SWEEPABLE, Component, Experiment, Optim, OptimGroup, Sweep
+from craft.data import DATASETS
+from craft.models import MODELS
+from craft.optim import OPTIMIZERS, SCHEDULES
+from craft.registry import Registry
+from craft.tasks import TASKS
+from craft.validators import at_least
+
+SECTIONS = {
+    "model": (MODELS, None), "data": (DATASETS, None), "task": (TASKS, "classification"),
+    "optim": (OPTIMIZERS, "adamw"), "schedule": (SCHEDULES, "constant"),
+}
+"""The sections that pick a registry entry by ``kind``: registry and default kind."""
+
+
+def _entry_config(
+    c: cattrs.Converter, table: Any, registry: Registry, default: str | None, extra: tuple[str, ...]
+) -> tuple[str, Any, list[tuple[str, str]]]:
+    """``(kind, config, problems)`` of a section; ``extra`` keys are the caller's."""
+    if not isinstance(table, Mapping):
+        raise Invalid(f"expected a table, got {show(table)}")
+    kind = table.get("kind", default)
+    if kind is None:
+        raise Problems([("kind", f"required; known: {', '.join(sorted(registry)) or 'none'}")])
+    if not isinstance(kind, str):
+        raise Problems([("kind", f"expected str, got {show(kind)}")])
+    if kind not in registry:
+        raise Problems([("kind", registry.unknown_message(kind))])
+    fields = {k: v for k, v in table.items() if k not in ("kind", *extra)}
+    try:
+        return kind, c.structure(fields, config_class(registry[kind])), []
+    except Exception as e:
+        problems = flatten(e, known=("kind", *extra))
+        if "kind" not in table:
+            problems = [(p, m + _kind_hint(registry, kind, p, m)) for p, m in problems]
+        return kind, None, problems
+
+
+def _kind_hint(registry: Registry, kind: str, key: str, message: str) -> str:
+    """For an unknown key under a defaulted kind: the kinds that do have it."""
+    if not message.startswith("unknown key"):
+        return ""
+    owners = []
+    for name, entry in registry.items():
+        try:
+            if key in attrs.fields_dict(config_class(entry)):
+                owners.append(name)
+        except TypeError:  # a malformed entry; it is reported when picked
+            pass
+    return f" (kind defaults to {kind!r}; {key!r} is a key of {', '.join(sorted(owners))})" if owners else ""
+
+
+def _component_hook(c: cattrs.Converter, section: str) -> Callable[[Any, Any], Component]:
+    registry, default = SECTIONS[section]
+
+    def structure(table: Any, _: Any) -> Component:
+        kind, config, problems = _entry_config(c, table, registry, default, ())
+        if problems:
+            raise Problems(problems)
+        return Component(kind, config)
+
+    return structure
+
+
+def _optim_hook(c: cattrs.Converter) -> Callable[[Any, Any], Optim]:
+    registry, default = SECTIONS["optim"]
+
+    def structure(table: Any, _: Any) -> Optim:
+        kind, config, problems = _entry_config(c, table, registry, default, ("lr", "groups"))
+        lr, groups = 1e-3, []
+        try:
+            lr = c.structure(table.get("lr", lr), float)
+        except Exception as e:
+            problems = [(join("lr", rel), msg) for rel, msg in flatten(e)] + problems
+        try:
+            groups = c.structure(table.get("groups", groups), list[OptimGroup])
+        except Exception as e:
+            problems += [(join("groups", rel), msg) for rel, msg in flatten(e)]
+        has_decay = config is not None and "weight_decay" in attrs.fields_dict(type(config))
+        problems += [
+            (f"groups[{i}].weight_decay", f"optimizer {kind!r} has no weight_decay option")
+            for i, g in enumerate(groups) if g.weight_decay is not None and not has_decay
+        ]
+        if problems:
+            raise Problems(problems)
+        return Optim(kind, lr, config, groups)
+
+    return structure
+
+
+def _sweep_keys(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": [...]}}`` (``[sweep.optim]``, ``--sweep.optim.lr``) -> ``{"optim.lr": [...]}``."""
+    out = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        out.update(_sweep_keys(value, f"{path}.") if isinstance(value, Mapping) else {path: value})
+    return out
+
+
+def _sweep_problem(key: str) -> str:
+    allowed = f"sweep only {', '.join(SWEEPABLE)} or seeds = N"
+    section = key.partition(".")[0]
+    if key == "seed":
+        return "use seeds = N to train N seeds"
+    if section in ("model", "data"):
+        return f"cannot differ between members: it changes shapes, so they could not share one vmapped step; {allowed}"
+    if difflib.get_close_matches(key, SWEEPABLE, n=1):
+        return unknown_key(key, list(SWEEPABLE))
+    if section in {a.name for a in attrs.fields(Experiment)}:
+        return f"cannot differ between members of one vmapped step; {allowed}"
+    return unknown_key(key, [*SWEEPABLE, "seeds"])
+
+
+def _sweep_hook(c: cattrs.Converter) -> Callable[[Any, Any], Sweep]:
+    def structure(table: Any, _: Any) -> Sweep:
+        if not isinstance(table, Mapping):
+            raise Invalid(f"expected a table, got {show(table)}")
+        flat = _sweep_keys(table)
+        problems, values = [], {}
+        seeds = flat.pop("seeds", 1)
+        try:
+            seeds = c.structure(seeds, int)
+            at_least(1)(None, attrs.fields(Sweep).seeds, seeds)
+        except Exception as e:
+            problems += [("seeds", msg) for _, msg in flatten(e)]
+        for key, value in flat.items():
+            if key not in SWEEPABLE:
+                problems.append((key, _sweep_problem(key)))
+            elif not isinstance(value, list) or not value or not all(map(is_finite_number, value)):
+                problems.append((key, f"expected a non-empty list of numbers, none nan or inf, got {show(value)}"))
+            else:
+                values[key] = [float(v) for v in value]
+        if problems:
+            raise Problems(problems)
+        return Sweep(values, seeds)
+
+    return structure
+
+
+def _experiment_fields(c: cattrs.Converter) -> dict[type, dict[str, Any]]:
+    """Experiment's sections each dispatch on their own registry."""
+    sections = {name: override(struct_hook=_component_hook(c, name)) for name in SECTIONS if name != "optim"}
+    return {Experiment: {
+        **sections, "optim": override(struct_hook=_optim_hook(c)), "sweep": override(struct_hook=_sweep_hook(c)),
+    }}
+
+
+def experiment_converter() -> cattrs.Converter:
+    """The converter that reads an ``Experiment`` from TOML-shaped data and writes it back."""
+    c = make_converter(_experiment_fields)
+    c.register_unstructure_hook(Component, lambda s: {"kind": s.kind, **c.unstructure(s.config)})
+    c.register_unstructure_hook(Optim, lambda s: {
+        "kind": s.kind, "lr": s.lr, **c.unstructure(s.config), **({"groups": c.unstructure(s.groups)} if s.groups else {}),
+    })
+    c.register_unstructure_hook(Sweep, lambda sweep: {**sweep.values, "seeds": sweep.seeds})
+    return c
+
+
+CONVERTER = experiment_converter()
+"""Reads (``CONVERTER.structure(data, Experiment)``) and writes (``unstructure``) experiments."""
