@@ -15,9 +15,7 @@ never waits on the device; the loop decides when to read metrics.
 
 from __future__ import annotations
 
-import contextlib
-import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -25,15 +23,21 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 from torch.utils import _pytree as pytree
 
+from craft.accumulate import Batch, Metrics, accumulate
+from craft.compiling import (
+    PRECISIONS, autocast_for, compile_options, device_type, maybe_compile, set_mode, uses_cuda_graphs,
+)
 from craft.optim import STATE_TYPES, Transform, apply_updates, foreach
 from craft.tree import Params, global_norm
 
-Batch = Any  # a pytree of tensors, usually a dict; dim 0 is the batch
-Metrics = dict[str, Tensor]
+__all__ = [
+    "PRECISIONS", "Batch", "LossFn", "Metrics", "TrainState", "compile_options", "default_inputs", "init_state", "make_eval_step", "make_loss", "make_pure_step", "make_train_step", "maybe_compile",
+    "next_seed", "register_state_types", "set_mode", "with_rng",
+]
+
 LossFn = Callable[[Any, Batch], "Tensor | tuple[Tensor, Metrics]"]
 """``loss_fn(outputs, batch) -> loss`` or ``(loss, metrics)``; loss is a 0-d mean."""
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 _MASK63 = (1 << 63) - 1
 
 
@@ -133,8 +137,14 @@ def make_train_step(
         donate=donate,
         skip_nonfinite=skip_nonfinite, cross_replica_mean=cross_replica_mean,
     )
-    compiled = maybe_compile(step, compile)
-    cuda_graphs = _uses_cuda_graphs(compile)
+    return with_rng(model, maybe_compile(step, compile), cuda_graphs=uses_cuda_graphs(compile), donate=donate)
+
+
+def with_rng(
+    model: nn.Module, step: Callable, *, cuda_graphs: bool = False, donate: bool = False
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """``state, batch -> state, metrics`` around a pure ``step`` (see ``make_pure_step``): torch's
+    generator seeded from ``state.rng`` (dropout), ``model`` in train mode, the next ``rng``."""
     if cuda_graphs and donate:
         raise ValueError("CUDA graphs (mode='reduce-overhead') cannot replay a donated step; use donate=False")
 
@@ -144,7 +154,7 @@ def make_train_step(
         set_mode(model, training=True)
         if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        out = compiled(state.params, state.buffers, state.opt_state, state.step, batch)
+        out = step(state.params, state.buffers, state.opt_state, state.step, batch)
         if cuda_graphs:
             # A replay overwrites the memory of the last replay's outputs, which
             # are this state: keep a copy the next replay cannot touch.
@@ -188,19 +198,7 @@ def make_pure_step(
         # step needs the old statistics back).
         old_buffers = buffers
         buffers = buffers if donate and not skip_nonfinite else {k: b.clone() for k, b in buffers.items()}
-        micros = _split(batch, accum_steps)
-        shares = _shares(micros, weight, count.device)
-        grads, logged = None, []
-        for micro, share in zip(micros, shares):
-            g, (loss, aux) = grad_fn(params, buffers, micro)
-            metrics, buffers = aux["metrics"], aux["buffers"]
-            g = list(g.values()) if share is None else foreach.mul(list(g.values()), share)
-            grads = g if grads is None else foreach.add(grads, g)
-            logged.append({"loss": loss, **metrics})
-        if shares[0] is None and accum_steps > 1:
-            grads = foreach.div(grads, float(accum_steps))
-        grads = dict(zip(params, grads))
-        metrics = _mean_metrics(logged, shares)
+        grads, metrics, buffers = accumulate(grad_fn, params, buffers, batch, accum_steps, weight, count.device)
         if cross_replica_mean is not None:  # one update for all replicas; metrics of the global batch
             grads, metrics = cross_replica_mean(grads), cross_replica_mean(metrics)
             buffers = cross_replica_mean(buffers) if buffers else buffers
@@ -238,12 +236,12 @@ def make_loss(
     runs the model on copies of ``buffers``, so the in-place statistics updates
     of BatchNorm never touch the caller's tensors.
     """
-    autocast = _autocast_for(precision)
+    autocast = autocast_for(precision)
 
     def loss(params: Params, buffers: Params, batch: Batch) -> tuple[Tensor, dict[str, Any]]:
         if copy_buffers:
             buffers = {k: b.clone() for k, b in buffers.items()}
-        with autocast(_device_type(params)):
+        with autocast(device_type(params)):
             value, metrics = _loss_and_metrics(loss_fn, functional_call(model, (params, buffers), inputs(batch)), batch)
         return value, {"metrics": metrics, "buffers": buffers}
 
@@ -262,10 +260,10 @@ def make_eval_step(
 
     Metrics: ``loss`` and whatever ``loss_fn`` returns, 0-d float32 tensors.
     """
-    autocast = _autocast_for(precision)
+    autocast = autocast_for(precision)
 
     def evaluate(params: Params, buffers: Params, batch: Batch) -> Metrics:
-        with torch.no_grad(), autocast(_device_type(params)):
+        with torch.no_grad(), autocast(device_type(params)):
             outputs = functional_call(model, (params, buffers), inputs(batch))
             loss, metrics = _loss_and_metrics(loss_fn, outputs, batch)
         return {k: v.float() for k, v in {"loss": loss, **metrics}.items()}
@@ -293,138 +291,9 @@ def _loss_and_metrics(loss_fn: LossFn, outputs: Any, batch: Batch) -> tuple[Tens
     return loss, {k: v.detach() for k, v in metrics.items()}
 
 
-def _shares(micros: list[Batch], weight: Callable[[Batch], Tensor | int] | None, device: torch.device) -> list:
-    """Each micro-batch's share of the whole batch's mean: ``w_i / sum(w)``, 0-d float32 tensors.
-
-    ``[None] * n`` for equal shares (no ``weight``, or a single batch).
-    """
-    if weight is None or len(micros) == 1:
-        return [None] * len(micros)
-    w = torch.stack([torch.as_tensor(weight(m), device=device) for m in micros]).float()
-    return list((w / w.sum().clamp(min=1)).unbind())
-
-
-def _mean_metrics(logged: list[Metrics], shares: list) -> Metrics:
-    """Per-micro-batch metrics averaged with the same shares as the gradients."""
-    if shares[0] is None:
-        return {k: torch.stack([m[k] for m in logged]).float().mean() for k in logged[0]}
-    w = torch.stack(shares)
-    return {k: (torch.stack([m[k] for m in logged]).float() * w).sum() for k in logged[0]}
-
-
-def _split(batch: Batch, n: int) -> list[Batch]:
-    """``n`` equal micro-batches along dim 0 of every leaf."""
-    if n == 1:
-        return [batch]
-    leaves, spec = pytree.tree_flatten(batch)
-    size = leaves[0].shape[0]
-    if size % n:
-        raise ValueError(f"batch size {size} is not divisible by accum_steps={n}; pick sizes that divide")
-    chunks = [leaf.chunk(n) for leaf in leaves]
-    return [pytree.tree_unflatten([c[i] for c in chunks], spec) for i in range(n)]
-
-
-def _autocast_for(precision: str) -> Callable[[str], contextlib.AbstractContextManager]:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return lambda device_type: contextlib.nullcontext()
-    return lambda device_type: torch.autocast(device_type, dtype=dtype)
-
-
-def _device_type(params: Params) -> str:
-    return next(iter(params.values())).device.type if params else "cpu"
-
-
-def maybe_compile(fn: Callable, compile: bool | Mapping[str, Any]) -> Callable:
-    """``torch.compile(fn)`` with craft's defaults, or ``fn`` itself for ``compile=False``.
-
-    ``compile`` is ``True`` or a dict of ``torch.compile`` options that
-    override the defaults. Shapes are static by default (``dynamic=False``):
-    one graph per batch shape. A dynamic-shape recompile of a step with
-    dropout under ``grad`` fails fake-tensor tracing, and dynamo then runs
-    the step eager without a warning, with other numerics. For the same
-    reason, ``torch._dynamo.config.suppress_errors`` must be False.
-    """
-    if compile is False:
-        return fn
-    if torch._dynamo.config.suppress_errors:
-        raise RuntimeError(
-            "torch._dynamo.config.suppress_errors is True: a craft step that failed to compile would silently "
-            "run eager; set it to False, or build the step with compile=False"
-        )
-    options = compile_options(compile)
-    # Dynamo caches compiled code per code object, at most `recompile_limit`
-    # variants. Every step built here gets its own code object, so a process
-    # that builds many steps (tests, sweeps) never falls back to eager.
-    own_code = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    return torch.compile(own_code, **options)
-
-
-def compile_options(compile: bool | Mapping[str, Any]) -> dict[str, Any]:
-    """The ``torch.compile`` keyword arguments for ``compile`` (``True`` or a dict): static shapes unless overridden."""
-    return {"dynamic": False, **({} if compile is True else dict(compile))}
-
-
-def _uses_cuda_graphs(compile: bool | Mapping[str, Any]) -> bool:
-    return isinstance(compile, Mapping) and compile.get("mode") in ("reduce-overhead", "max-autotune")
-
-
-def set_mode(model: nn.Module, training: bool) -> None:
-    """``model.train(training)``, only when the mode changes."""
-    # Compiled code guards on each module's `training` flag; switching only
-    # when needed keeps eager overhead off the hot path.
-    if model.training != training:
-        model.train(training)
-
-
 def next_seed(seed: int) -> int:
     """SplitMix64: the next 63-bit seed, a pure function of the last."""
     z = (seed + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
     return (z ^ (z >> 31)) & _MASK63
-
-
-# --- Freezing parts of a model ---------------------------------------------------------
-
-
-def freeze(state: TrainState, transform: Transform, names: Iterable[str]) -> TrainState:
-    """Move the named params to ``state.buffers``: they stop training and lose their optimizer state.
-
-    ``transform`` is the one the state was built with; the other params keep
-    their optimizer state (moments, counters), matched by their place in it.
-    """
-    names = _known(names, state.params, "trainable parameter")
-    params = {k: v for k, v in state.params.items() if k not in names}
-    buffers = {**state.buffers, **{k: state.params[k] for k in names}}
-    return state._replace(params=params, buffers=buffers, opt_state=carry_opt_state(transform, state.opt_state, params))
-
-
-def unfreeze(state: TrainState, transform: Transform, names: Iterable[str]) -> TrainState:
-    """Move the named buffers back to ``state.params``, with fresh optimizer state; the rest keep theirs."""
-    names = _known(names, state.buffers, "frozen parameter or buffer")
-    params = {**state.params, **{k: state.buffers[k] for k in names}}
-    buffers = {k: v for k, v in state.buffers.items() if k not in names}
-    return state._replace(params=params, buffers=buffers, opt_state=carry_opt_state(transform, state.opt_state, params))
-
-
-def carry_opt_state(transform: Transform, old: Any, params: Params) -> Any:
-    """``transform.init(params)``, with every leaf that ``old`` holds at the same place (and shape) taken from it."""
-    found = {pytree.keystr(path): leaf for path, leaf in pytree.tree_flatten_with_path(old)[0]}
-    fresh, spec = pytree.tree_flatten_with_path(transform.init(params))
-    kept = []
-    for path, leaf in fresh:
-        previous = found.get(pytree.keystr(path))
-        same = isinstance(previous, Tensor) and isinstance(leaf, Tensor) and previous.shape == leaf.shape
-        kept.append(previous if same else leaf)
-    return pytree.tree_unflatten(kept, spec)
-
-
-def _known(names: Iterable[str], tree: Params, what: str) -> list[str]:
-    names = list(names)
-    for name in names:
-        if name not in tree:
-            raise ValueError(f"{name!r} is not a {what} of this state (some that are: {sorted(tree)[:5]})")
-    return names

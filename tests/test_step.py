@@ -355,7 +355,7 @@ def test_torch_save_and_weights_only_load_round_trip_a_state(tmp_path, opt):
 
 def test_freeze_and_unfreeze_keep_the_rest_of_the_optimizer_state():
     from craft.optim import AdamState, find_state
-    from craft.step import freeze, unfreeze
+    from craft.freezing import freeze, unfreeze
 
     torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model, tx = MODELS["mlp"](), adamw(1e-2)
