@@ -50,19 +50,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from craft.optim import Transform, foreach, set_hyperparams
-from craft.step import (
-    Batch,
-    LossFn,
-    Metrics,
-    TrainState,
-    compile_options,
-    default_inputs,
-    init_state,
-    make_pure_step,
-    maybe_compile,
-    next_seed,
-    set_mode,
-)
+from craft.compiling import compile_options, maybe_compile, set_mode
+from craft.step import Batch, LossFn, Metrics, TrainState, default_inputs, init_state, make_pure_step, next_seed
 from craft.tree import Params
 
 STRATEGIES = ("auto", "vmap", "sequential", "side_by_side")

@@ -24,15 +24,13 @@ from torch.func import functional_call, grad_and_value
 from torch.utils import _pytree as pytree
 
 from craft.accumulate import Batch, Metrics, accumulate
-from craft.compiling import (
-    PRECISIONS, autocast_for, compile_options, device_type, maybe_compile, set_mode, uses_cuda_graphs,
-)
+from craft.compiling import autocast_for, device_type, maybe_compile, set_mode, uses_cuda_graphs
 from craft.optim import STATE_TYPES, Transform, apply_updates, foreach
 from craft.tree import Params, global_norm
 
 __all__ = [
-    "PRECISIONS", "Batch", "LossFn", "Metrics", "TrainState", "compile_options", "default_inputs", "init_state", "make_eval_step", "make_loss", "make_pure_step", "make_train_step", "maybe_compile",
-    "next_seed", "register_state_types", "set_mode", "with_rng",
+    "Batch", "LossFn", "Metrics", "TrainState", "default_inputs", "init_state", "make_eval_step", "make_loss",
+    "make_pure_step", "make_train_step", "next_seed", "register_state_types", "with_rng",
 ]
 
 LossFn = Callable[[Any, Batch], "Tensor | tuple[Tensor, Metrics]"]

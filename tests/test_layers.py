@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LOOP = {"craft.parts", "craft.rundir", "craft.loop", "craft.hooks", "craft.checkpoint", "craft.logging", "craft.distributed"}
+LOOP = {"craft.parts", "craft.runfolder", "craft.rundir", "craft.loop", "craft.hooks", "craft.checkpoint", "craft.logging", "craft.distributed"}
 COMPOSED = {"craft.run", "craft.sweep", "craft.trained", "craft.cli"}
 
 

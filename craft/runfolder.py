@@ -1,0 +1,189 @@
+"""The run folder's layout and safety: its files, a fresh name, the marker and lock craft
+keeps in it, the ``--resume``/``--overwrite`` checks, and atomic writes.
+
+::
+
+    runs/NAME/.craft-run           marker: craft made this folder (only such a folder is --overwrite'n)
+    runs/NAME/.lock                held (flock) by the run using the folder; holds its PID
+    runs/NAME/config.toml          the resolved experiment (load() reproduces it)
+    runs/NAME/metrics.jsonl        one JSON object per log event
+    runs/NAME/checkpoints/         step_XXXXXXXX.pt (the last K), best.pt
+    runs/NAME/loss.png             train / val curves
+    runs/NAME/tokenizer.json       text and caption data: what ``craft generate`` decodes with
+
+A folder from before the marker existed (``config.toml`` with ``checkpoints/``
+or ``metrics.jsonl``) is accepted as a run folder, so old runs can still be replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+CONFIG_FILE = "config.toml"
+TOKENIZER_FILE = "tokenizer.json"
+MARKER_FILE = ".craft-run"
+LOCK_FILE = ".lock"
+CHECKPOINTS = "checkpoints"
+_OWN = {MARKER_FILE, LOCK_FILE}  # files that alone do not make a folder "used"
+
+
+class RunError(Exception):
+    """A run that cannot start or go on, for a reason the user can fix."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: the current step finished and a checkpoint was written."""
+
+    def __init__(self, step: int, path: Path | None) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint saved to {path}")
+        self.step, self.path = step, path
+
+
+def is_used(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds anything besides craft's own marker and lock."""
+    return run_dir.is_dir() and any(p.name not in _OWN for p in run_dir.iterdir())
+
+
+def is_run_folder(run_dir: Path) -> bool:
+    """Whether craft made ``run_dir``: its marker, or (runs from before the marker) a config with logs or checkpoints."""
+    if (run_dir / MARKER_FILE).is_file():
+        return True
+    return (run_dir / CONFIG_FILE).is_file() and ((run_dir / CHECKPOINTS).is_dir() or (run_dir / "metrics.jsonl").is_file())
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def fresh_name(exp: Any, *, resume: bool, overwrite: bool) -> tuple[Any, str | None]:
+    """A new run's own folder: ``exp`` unchanged when its folder is free or a flag names it (``--resume``
+    continues it, ``--overwrite`` replaces it); else ``exp`` named ``NAME-2``, ``NAME-3``... (the first
+    free one, as Lightning numbers versions) and a line saying so. A folder another run holds is still
+    reported by ``check_run_dir``, naming that process."""
+    out, name = Path(exp.out_dir), exp.name
+    if resume or overwrite or not is_used(out / name):
+        return exp, None
+    check_free(out / name)
+    n = 2
+    while is_used(out / f"{name}-{n}") or (out / f"{name}-{n}" / LOCK_FILE).exists():
+        n += 1
+    new = attrs.evolve(exp, name=f"{name}-{n}")
+    return new, (
+        f"{str(out / name)!r} holds an earlier run: this one is {str(out / new.name)!r} "
+        f"(--resume continues {name!r}, --overwrite replaces it)"
+    )
+
+
+def check_run_dir(exp: Any, *, resume: bool, overwrite: bool) -> Path:
+    """The run folder, after checking the flags fit it; nothing is touched yet."""
+    run_dir = Path(exp.out_dir) / exp.name
+    if resume and overwrite:
+        raise RunError("choose one of --resume and --overwrite")
+    check_free(run_dir)
+    used = is_used(run_dir)
+    if used and not (resume or overwrite):
+        raise RunError(f"run folder {str(run_dir)!r} already exists; pass --resume to continue it or --overwrite to replace it")
+    if resume and not used:
+        raise RunError(f"nothing to resume: {str(run_dir)!r} does not exist; drop --resume to start the run")
+    if overwrite and used:
+        check_replaceable(run_dir, Path(exp.out_dir), data_paths(exp))
+    return run_dir
+
+
+def data_paths(exp: Any) -> list[Path]:
+    """The files and folders the experiment's data is read from (``data.path``, ``data.val_path``)."""
+    config = exp.data.config
+    return [Path(p) for p in (getattr(config, "path", None), getattr(config, "val_path", None)) if isinstance(p, (str, os.PathLike))]
+
+
+def check_replaceable(run_dir: Path, out_dir: Path, data: list[Path]) -> None:
+    """Raise unless ``--overwrite`` may delete ``run_dir``: a run folder craft made, not ``out_dir``, not holding the data."""
+    if _inside(out_dir, run_dir):
+        raise RunError(f"--overwrite: {str(run_dir)!r} is out_dir itself or holds it; choose a run name inside out_dir")
+    for path in data:
+        if _inside(path, run_dir):
+            raise RunError(f"--overwrite: {str(run_dir)!r} holds the data being read ({str(path)!r}); choose another name")
+    if not is_run_folder(run_dir):
+        raise RunError(
+            f"--overwrite: {str(run_dir)!r} was not made by craft (no {MARKER_FILE} marker); "
+            "remove it yourself or choose another name"
+        )
+
+
+def _take(fd: int, run_dir: Path) -> None:
+    """``flock`` ``fd`` exclusively, or raise the ``RunError`` naming the process that holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        raise RunError(
+            f"run folder {str(run_dir)!r} is in use by another craft run (PID {holder}); "
+            "wait for it to end, or choose another name"
+        ) from None
+
+
+def check_free(run_dir: Path) -> None:
+    """Raise if another run holds ``run_dir``'s lock (checked before anything else is said about the folder)."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        _take(fd, run_dir)
+    finally:
+        os.close(fd)  # closing releases the probe's lock
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (made if missing) for the block; a held lock is a ``RunError``.
+
+    The lock is ``flock`` on ``.lock`` inside the folder: the kernel releases
+    it when the process ends, crash or not. A folder this call made and the
+    run left empty is removed again.
+    """
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _take(fd, run_dir)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+        if made and not is_used(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def prepare_run_dir(run_dir: Path, *, overwrite: bool) -> Path:
+    """Empty ``run_dir`` when overwriting (its lock stays), make sure it exists, and mark it as craft's."""
+    if overwrite and run_dir.exists():
+        for path in run_dir.iterdir():
+            if path.name != LOCK_FILE:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / MARKER_FILE).exists():
+        write_atomic(run_dir / MARKER_FILE, "a run folder made by craft: craft train --overwrite may replace it\n")
+    return run_dir
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so a kill leaves the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
