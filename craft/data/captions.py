@@ -1,35 +1,20 @@
-"""Captioned images: folders of image files with a captions file, and synthetic scenes.
+"""Captioned images as datasets: ``caption_folder`` (image files with a captions
+file) and ``shape_captions`` (synthetic scenes), and writing scenes as a folder.
 
-An example is an (image, caption) pair; an image may have several captions.
-A caption is encoded as ``[BOUNDARY] + tokens + [BOUNDARY]`` and a batch is::
-
-    {"image": float32 (B, C, S, S), "input": int64 (B, T), "target": int64 (B, T)}
-
-``input`` is the sequence without its last token, ``target`` without its
-first; padding holds 0 in ``input`` and ``IGNORE_INDEX`` (-100) in
-``target``. ``T`` is ``max_length``, by default the longest caption (train
-and val) plus one. Images are decoded, converted, resized and normalized as
-``craft.data.images`` does; ``load_image`` does the same to one file at
-generation time.
-
-The captions file of a folder is ``captions.jsonl``, one JSON object a line::
-
-    {"image": "cat/001.png", "caption": "a cat on a mat"}
-
-or ``captions.tsv``, ``file<TAB>caption`` a line, no header. File names are
-relative to the folder holding the captions file.
+An example is an (image, caption) pair; batches are
+``{"image": float32 (B, C, S, S), "input": int64 (B, T), "target": int64 (B, T)}``
+(``craft.data.caption_batches``); a folder's captions file is read by
+``craft.data.caption_files``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
-import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import attrs
 import torch
@@ -37,219 +22,24 @@ from PIL import Image
 from torch import Tensor
 
 from craft.data import DATASETS, checks
-from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize, options_fingerprint
-from craft.data.files import MAX_PIXELS, files_fingerprint
-from craft.data.images import DecodedImages, images_under, load_images
-from craft.data.scenes import DEFAULT_IMAGE_SIZE, WORDS, describe_scene, render_scene
-from craft.data.shapes import (
-    COLOURS, SHAPES, RenderedImages, validate_shapes, check_folder_options, names_from, write_folder,
+from craft.data.batching import EvalBatches, TrainBatches, options_fingerprint
+from craft.data.caption_batches import (
+    Tokenizer, caption_batches, encode_captions, image_index, load_image, make_tokenizer, sequence_length,
 )
-from craft.data.text import IGNORE_INDEX
-from craft.data.tokenizers import BOUNDARY, CharTokenizer, WordTokenizer
+from craft.data.caption_files import (
+    CAPTION_FILES, JSONL_LINE, Captions, find_captions, read_captions, split_by_image,
+)
+from craft.data.files import MAX_PIXELS, files_fingerprint
+from craft.data.images import DecodedImages
+from craft.data.scenes import DEFAULT_IMAGE_SIZE, WORDS, describe_scene, render_scene
+from craft.data.drawing import RenderedImages
+from craft.data.shapes import COLOURS, SHAPES, check_folder_options, names_from, validate_shapes, write_folder
 
-CAPTION_FILES = ("captions.jsonl", "captions.tsv")
-"""The names a folder's captions file is looked for under, in this order."""
-
-JSONL_LINE = '{"image": "x.png", "caption": "..."}'
-"""What one line of a captions.jsonl file looks like, for messages."""
-
-Tokenizer = CharTokenizer | WordTokenizer
-
-
-# -- captions files --------------------------------------------------------
-
-
-class Captions(NamedTuple):
-    """The examples of one captions file: ``files[i]`` (a path) is captioned ``captions[i]``."""
-
-    source: Path  # the captions file
-    files: list[str]
-    captions: list[str]
-
-
-def find_captions(folder: str | Path, name: str | None = None) -> Path | None:
-    """``folder``'s captions file: ``name`` if given, else the first of ``CAPTION_FILES`` there (or None)."""
-    folder = Path(folder)
-    if name is not None:
-        return folder / name
-    return next((folder / n for n in CAPTION_FILES if (folder / n).is_file()), None)
-
-
-def _parse_line(line: str, where: str, suffix: str) -> tuple[str, str]:
-    """``(file name, caption)`` of one non-blank line of a captions file."""
-    if suffix == ".tsv":
-        name, tab, caption = line.partition("\t")
-        if not tab:
-            raise ValueError(f"{where}: no tab; a captions.tsv line is file<TAB>caption")
-    else:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not JSON ({e.msg}); a line is {JSONL_LINE}") from None
-        missing = [k for k in ("image", "caption") if not isinstance(record, dict) or k not in record]
-        if missing:
-            raise ValueError(f"{where}: no {' or '.join(map(repr, missing))} key; a line is {JSONL_LINE}")
-        name, caption = record["image"], record["caption"]
-        if not isinstance(name, str) or not isinstance(caption, str):
-            raise ValueError(f"{where}: \"image\" and \"caption\" must be strings, got {name!r} and {caption!r}")
-    if any(c in caption for c in "\n\r\t"):
-        raise ValueError(f"{where}: the caption holds a newline or a tab; a caption is one line: use spaces")
-    caption, name = caption.strip(), name.strip()
-    if not name:
-        raise ValueError(f"{where}: the image file name is empty; name the captioned file")
-    if not caption:
-        raise ValueError(f"{where}: the caption of {name} is empty; write one or remove the line")
-    return name, caption
-
-
-def read_captions(path: str | Path) -> Captions:
-    """The (image, caption) pairs of a ``.jsonl`` or ``.tsv`` captions file, in file order.
-
-    Every referenced image must exist; images in the file's folder that no
-    line names are left out with a warning that counts them.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".tsv"):
-        raise ValueError(f"{path}: a captions file is .jsonl or .tsv; rename it or convert it")
-    try:
-        text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such captions file; fix data.path or data.captions") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (at byte {e.start}); convert it to UTF-8") from None
-    folder = path.parent
-    files, captions, lines = [], [], []
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if not line.strip():
-            continue
-        name, caption = _parse_line(line, f"{path}, line {number}", suffix)
-        files.append(os.path.normpath(folder / name))
-        captions.append(caption)
-        lines.append(number)
-    if not files:
-        raise ValueError(f"{path} has no captions; add lines like {JSONL_LINE}")
-    absent = [(n, f) for n, f in zip(lines, files) if not os.path.isfile(f)]
-    if absent:
-        number, file = absent[0]
-        raise ValueError(
-            f"{path}: {len(absent)} captioned image{'s' if len(absent) > 1 else ''} not found, "
-            f"e.g. line {number}: {file}; file names are relative to {folder}: fix them or remove those lines"
-        )
-    named = set(files)
-    uncaptioned = [f for f in images_under(folder) if os.path.normpath(f) not in named]
-    if uncaptioned:
-        warnings.warn(
-            f"{len(uncaptioned)} image{'s' if len(uncaptioned) > 1 else ''} in {folder} "
-            f"{'have' if len(uncaptioned) > 1 else 'has'} no caption in {path.name} and "
-            f"{'are' if len(uncaptioned) > 1 else 'is'} left out, e.g. {uncaptioned[0]}",
-            stacklevel=2,
-        )
-    return Captions(path, files, captions)
-
-
-def split_by_image(files: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """``(train, val)`` example positions: a seeded ``round(fraction * images)`` of the distinct images go to val.
-
-    All captions of an image land in the same split; one image always stays in train.
-    """
-    images = sorted(set(files))
-    generator = torch.Generator().manual_seed(derive_seed("caption-split", seed))
-    order = torch.randperm(len(images), generator=generator).tolist()
-    take = min(round(fraction * len(images)), len(images) - 1)
-    held = {images[k] for k in order[:take]}
-    return [i for i, f in enumerate(files) if f not in held], [i for i, f in enumerate(files) if f in held]
-
-
-# -- encoding --------------------------------------------------------------
-
-
-def make_tokenizer(kind: str, captions: list[str]) -> Tokenizer:
-    """The ``kind`` ("word" or "char") tokenizer whose vocabulary is that of ``captions`` and ``BOUNDARY``."""
-    text = BOUNDARY + BOUNDARY.join(captions) + BOUNDARY
-    return WordTokenizer.from_text(text) if kind == "word" else CharTokenizer.from_text(text)
-
-
-def sequence_length(tokenizer: Tokenizer, captions: list[str], max_length: int | None) -> int:
-    """``T``: ``max_length``, or the longest ``[B] + caption + [B]`` less one; checks that every caption fits."""
-    longest = max(len(tokenizer.encode(c)) for c in captions) + 1  # + 2 boundaries - 1 shift
-    if max_length is not None and max_length < longest:
-        raise ValueError(
-            f"the longest caption has {longest - 1} tokens, so data.max_length must be >= {longest} "
-            f"(it + 1), got {max_length}; raise max_length or unset it to fit the captions"
-        )
-    return longest if max_length is None else max_length
-
-
-def encode_captions(tokenizer: Tokenizer, captions: list[str], length: int) -> tuple[Tensor, Tensor]:
-    """int64 ``(input, target)``, each ``(N, length)``: ``[B] + caption + [B]`` shifted, padded."""
-    # One tensor from padded lists: about twice as fast as a tensor write per row.
-    sequences = [tokenizer.encode(BOUNDARY + caption + BOUNDARY) for caption in captions]
-    inputs = [ids[:-1] + [0] * (length + 1 - len(ids)) for ids in sequences]
-    targets = [ids[1:] + [IGNORE_INDEX] * (length + 1 - len(ids)) for ids in sequences]
-    shape = (len(captions), length)
-    return torch.tensor(inputs, dtype=torch.int64).view(shape), torch.tensor(targets, dtype=torch.int64).view(shape)
-
-
-def load_image(
-    path: str | Path, *, image_size: int, channels: int, mean: list[float], std: list[float],
-    max_pixels: int = MAX_PIXELS,
-) -> Tensor:
-    """float32 ``(channels, image_size, image_size)``: the file as a batch holds it (converted, resized, normalized)."""
-    if not Path(path).is_file():
-        raise ValueError(f"{path}: no such image file; check the path")
-    images = load_images([str(path)], image_size=image_size, channels=channels, max_pixels=max_pixels)
-    return normalize(images, mean, std)[0]
-
-
-def caption_batches(
-    split: str,
-    images: Callable[[Tensor], Tensor],
-    image_of: Tensor,
-    captions: list[str],
-    tokenizer: Tokenizer,
-    length: int,
-    *,
-    config,
-    seed: int,
-    rank: int,
-    world_size: int,
-    executor: Executor | None,
-    prefetch: int,
-    examples: list | None = None,
-    fingerprint: str | Callable[[], str] | None = None,
-) -> TrainBatches | EvalBatches:
-    """The batches of ``split``'s examples: example ``i`` is image ``image_of[i]`` captioned ``captions[i]``.
-
-    ``images(indices) -> uint8 (b, C, S, S)`` gives images by index; ``config``
-    has ``mean``, ``std``, ``batch_size`` and ``eval_batch_size``. The
-    iterator carries ``tokenizer``, ``vocab_size`` and ``block_size`` (``T``).
-    """
-    inputs, targets = encode_captions(tokenizer, captions, length)
-    mean, std = config.mean, config.std
-
-    def load(indices: Tensor) -> Batch:
-        image = normalize(images(image_of[indices]), mean, std)
-        return {"image": image, "input": inputs[indices], "target": targets[indices]}
-
-    common = {
-        "classes": [], "rank": rank, "world_size": world_size, "executor": executor, "prefetch": prefetch,
-        "examples": examples, "fingerprint": fingerprint,
-    }
-    if split == "train":
-        batches = TrainBatches(len(captions), load, batch_size=config.batch_size, seed=seed, **common)
-    else:
-        batches = EvalBatches(len(captions), load, batch_size=config.eval_batch_size or config.batch_size, **common)
-    batches.tokenizer, batches.vocab_size, batches.block_size = tokenizer, tokenizer.vocab_size, length
-    return batches
-
-
-def _image_index(files: list[str]) -> tuple[list[str], Tensor]:
-    """``(distinct files in first-seen order, (N,) int64 position of each example's file among them)``."""
-    position: dict[str, int] = {}
-    index = [position.setdefault(f, len(position)) for f in files]
-    return list(position), torch.tensor(index, dtype=torch.int64)
+__all__ = [
+    "CAPTION_FILES", "PREPARED_CAPTIONS", "CaptionFolderConfig", "Captions", "ShapeCaptionsConfig", "Tokenizer",
+    "caption_batches", "encode_captions", "find_captions", "load_image", "make_tokenizer", "read_captions",
+    "scene_captions", "scene_tokenizer", "sequence_length", "split_by_image", "write_caption_folder",
+]
 
 
 # -- caption folders -------------------------------------------------------
@@ -333,7 +123,7 @@ class CaptionFolderConfig:
         everything = train.captions + val.captions
         tokenizer = make_tokenizer(self.tokenizer, everything)
         length = sequence_length(tokenizer, everything, self.max_length)
-        files, image_of = _image_index(chosen.files)
+        files, image_of = image_index(chosen.files)
         images = DecodedImages(
             files, image_size=self.image_size, channels=self.channels, cache=self.cache, max_pixels=self.max_pixels
         )

@@ -23,7 +23,8 @@ import attrs
 from PIL import Image
 
 from craft.data.batching import derive_seed
-from craft.data.shapes import BACKGROUND_MAX, COLOUR_JITTER, COLOURS, SHAPES, draw
+from craft.data.drawing import draw
+from craft.data.shapes import BACKGROUND_MAX, COLOUR_JITTER, COLOURS, SHAPES
 
 SIZES = {"small": (0.10, 0.12), "large": (0.16, 0.19)}
 """Size word -> range of the radius, as a fraction of the image side (a cell is 0.5 wide): no overlap."""

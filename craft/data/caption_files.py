@@ -1,0 +1,133 @@
+"""Captions files: finding, reading and checking a folder's ``captions.jsonl`` or
+``captions.tsv``, and splitting its examples by image.
+
+``captions.jsonl`` holds one JSON object a line::
+
+    {"image": "cat/001.png", "caption": "a cat on a mat"}
+
+``captions.tsv`` holds ``file<TAB>caption`` a line, no header. File names are
+relative to the folder holding the captions file; an image may have several captions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from craft.data.batching import derive_seed
+from craft.data.images import images_under
+
+CAPTION_FILES = ("captions.jsonl", "captions.tsv")
+"""The names a folder's captions file is looked for under, in this order."""
+
+JSONL_LINE = '{"image": "x.png", "caption": "..."}'
+"""What one line of a captions.jsonl file looks like, for messages."""
+
+
+class Captions(NamedTuple):
+    """The examples of one captions file: ``files[i]`` (a path) is captioned ``captions[i]``."""
+
+    source: Path  # the captions file
+    files: list[str]
+    captions: list[str]
+
+
+def find_captions(folder: str | Path, name: str | None = None) -> Path | None:
+    """``folder``'s captions file: ``name`` if given, else the first of ``CAPTION_FILES`` there (or None)."""
+    folder = Path(folder)
+    if name is not None:
+        return folder / name
+    return next((folder / n for n in CAPTION_FILES if (folder / n).is_file()), None)
+
+
+def _parse_line(line: str, where: str, suffix: str) -> tuple[str, str]:
+    """``(file name, caption)`` of one non-blank line of a captions file."""
+    if suffix == ".tsv":
+        name, tab, caption = line.partition("\t")
+        if not tab:
+            raise ValueError(f"{where}: no tab; a captions.tsv line is file<TAB>caption")
+    else:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not JSON ({e.msg}); a line is {JSONL_LINE}") from None
+        missing = [k for k in ("image", "caption") if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise ValueError(f"{where}: no {' or '.join(map(repr, missing))} key; a line is {JSONL_LINE}")
+        name, caption = record["image"], record["caption"]
+        if not isinstance(name, str) or not isinstance(caption, str):
+            raise ValueError(f"{where}: \"image\" and \"caption\" must be strings, got {name!r} and {caption!r}")
+    if any(c in caption for c in "\n\r\t"):
+        raise ValueError(f"{where}: the caption holds a newline or a tab; a caption is one line: use spaces")
+    caption, name = caption.strip(), name.strip()
+    if not name:
+        raise ValueError(f"{where}: the image file name is empty; name the captioned file")
+    if not caption:
+        raise ValueError(f"{where}: the caption of {name} is empty; write one or remove the line")
+    return name, caption
+
+
+def read_captions(path: str | Path) -> Captions:
+    """The (image, caption) pairs of a ``.jsonl`` or ``.tsv`` captions file, in file order.
+
+    Every referenced image must exist; images in the file's folder that no
+    line names are left out with a warning that counts them.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".tsv"):
+        raise ValueError(f"{path}: a captions file is .jsonl or .tsv; rename it or convert it")
+    try:
+        text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such captions file; fix data.path or data.captions") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (at byte {e.start}); convert it to UTF-8") from None
+    folder = path.parent
+    files, captions, lines = [], [], []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line.strip():
+            continue
+        name, caption = _parse_line(line, f"{path}, line {number}", suffix)
+        files.append(os.path.normpath(folder / name))
+        captions.append(caption)
+        lines.append(number)
+    if not files:
+        raise ValueError(f"{path} has no captions; add lines like {JSONL_LINE}")
+    absent = [(n, f) for n, f in zip(lines, files) if not os.path.isfile(f)]
+    if absent:
+        number, file = absent[0]
+        raise ValueError(
+            f"{path}: {len(absent)} captioned image{'s' if len(absent) > 1 else ''} not found, "
+            f"e.g. line {number}: {file}; file names are relative to {folder}: fix them or remove those lines"
+        )
+    named = set(files)
+    uncaptioned = [f for f in images_under(folder) if os.path.normpath(f) not in named]
+    if uncaptioned:
+        warnings.warn(
+            f"{len(uncaptioned)} image{'s' if len(uncaptioned) > 1 else ''} in {folder} "
+            f"{'have' if len(uncaptioned) > 1 else 'has'} no caption in {path.name} and "
+            f"{'are' if len(uncaptioned) > 1 else 'is'} left out, e.g. {uncaptioned[0]}",
+            stacklevel=2,
+        )
+    return Captions(path, files, captions)
+
+
+def split_by_image(files: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(train, val)`` example positions: a seeded ``round(fraction * images)`` of the distinct images go to val.
+
+    All captions of an image land in the same split; one image always stays in train.
+    """
+    images = sorted(set(files))
+    generator = torch.Generator().manual_seed(derive_seed("caption-split", seed))
+    order = torch.randperm(len(images), generator=generator).tolist()
+    take = min(round(fraction * len(images)), len(images) - 1)
+    held = {images[k] for k in order[:take]}
+    return [i for i, f in enumerate(files) if f not in held], [i for i, f in enumerate(files) if f in held]
+
