@@ -466,6 +466,24 @@ def test_derived_configs_of_optimizers_and_schedules():
     assert config_class(MODELS["cnn"]) is MODELS["cnn"]
 
 
+def test_every_registered_entry_has_a_config_of_the_one_protocol():
+    from craft.config import Config
+
+    for table in config.registries().values():
+        for name, entry in table.items():
+            if name.startswith("_test"):  # this module's toys, some without build
+                continue
+            cls = config_class(entry)
+            assert attrs.has(cls) and issubclass(cls, Config), f"{table.what} {name!r}"
+
+
+def test_a_section_builds_the_same_way_whichever_way_its_entry_is_written():
+    exp = loads(BASE.replace('"cnn"', '"cnn"\nnum_classes = 3') + '[schedule]\nkind = "cosine"\ntotal_steps = 9\n')
+    assert build(exp.model).fc.out_features == 3  # a class entry: its own build
+    schedule = build(exp.schedule, 2.0, total_steps=100)  # a function entry: called with its fields
+    assert float(schedule(torch.tensor(0))) == 2.0 and float(schedule(torch.tensor(9))) == 0.0  # the TOML's 9 wins
+
+
 def test_sgd_with_momentum_builds():
     exp = loads(BASE + '[optim]\nkind = "sgd"\nlr = 0.1\nmomentum = 0.9\nnesterov = true\n')
     assert (exp.optim.config.momentum, exp.optim.config.nesterov) == (0.9, True)
