@@ -118,12 +118,9 @@ def _structure_literal(value: Any, t: Any) -> Any:
     raise Invalid(f"expected one of {', '.join(map(repr, get_args(t)))}, got {show(value)}")
 
 
-
 def _attrs_hook(c: cattrs.Converter, cl: type, fields: dict[str, Any]) -> Callable[[Any, Any], Any]:
     """cattrs' strict dict hook, plus: a table check and all validator failures reported."""
-    inner = make_dict_structure_fn(
-        cl, c, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=True, **fields
-    )
+    inner = make_dict_structure_fn(cl, c, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=True, **fields)
 
     def structure(value: Any, _: Any) -> Any:
         if not isinstance(value, Mapping):
