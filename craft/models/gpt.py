@@ -199,17 +199,21 @@ class GPT(nn.Module):
 
 
 class Recompute(torch.autograd.Function):
-    """``fn(*args)`` whose backward runs ``fn`` again instead of keeping its activations.
+    """``fn(x, *params)`` whose backward runs ``fn`` again instead of keeping its activations.
 
     ``torch.utils.checkpoint`` relies on saved-tensor hooks, which
     ``torch.func.grad`` (craft's step) does not support; a custom Function with
     ``setup_context`` is supported by ``torch.func`` and ``torch.compile``.
-    The backward is ``torch.func.vjp`` of ``fn`` at the saved inputs.
+    The backward is ``torch.func.vjp`` of ``fn`` at the saved inputs;
+    ``call`` is the module itself, what the forward runs under ``torch.compile``.
     """
 
     @staticmethod
     def forward(call, fn, *args: Tensor) -> Tensor:
-        return call(args[0])
+        # Eager: fn on the unwrapped inputs records nothing for torch.func.grad.
+        # Traced: dynamo cannot speculate fn's nested functional_call, and the
+        # module call records the same graph, from which inductor keeps only x.
+        return call(args[0]) if torch.compiler.is_compiling() else fn(*args)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
