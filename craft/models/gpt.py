@@ -213,7 +213,10 @@ class Recompute(torch.autograd.Function):
         # Eager: fn on the unwrapped inputs records nothing for torch.func.grad.
         # Traced: dynamo cannot speculate fn's nested functional_call, and the
         # module call records the same graph, from which inductor keeps only x.
-        return call(args[0]) if torch.compiler.is_compiling() else fn(*args)
+        if torch.compiler.is_compiling():
+            return call(args[0])
+        with torch.no_grad():
+            return fn(*args)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
