@@ -59,10 +59,7 @@ def global_norm(tree: Params) -> Tensor:
 def _per_tensor(leaves: list[Tensor]) -> bool:
     # craft.optim.foreach.per_tensor_path, restated: trees sit below optim and cannot import it.
     if torch.compiler.is_compiling():
-        # Inductor lowers per-tensor norms on the CPU into fused reductions (and merges
-        # the clip's and the logged norm of the same gradients); _foreach_norm stays
-        # a fallback there: one kernel call per tensor, twice.
-        return leaves[0].device.type == "cpu"
+        return False
     if torch._C._functorch.maybe_current_level() is not None:
         return True
     return torch.is_grad_enabled() and any(x.requires_grad for x in leaves)
