@@ -22,6 +22,15 @@ utilisation. Then generation: tokens/s for new tokens with and without the
 KV cache.
 
     python benchmarks/gpt_speed.py [--steps 500] [--chunk 50] [--precision fp32|bf16] [--device cpu] [--peak_tflops 989]
+
+``--preset gpt2_small`` (for a GPU: ``--device cuda``) is GPT-2 small as
+nanoGPT trains it (12 layers, 12 heads, 768 wide, context 1024, vocabulary
+50,304, no biases, AdamW 6e-4 with betas 0.9/0.95, weight decay 0.1 on every
+matrix, clip 1.0, bf16, batch 16 x 1024 tokens, 200 steps) against
+nanoGPT's own loop written afresh (``nanogpt_reference.py``: its model under
+``torch.compile``, fused AdamW, bf16 autocast), on the same character batches
+of the default corpus: tokens/s, MFU, peak memory, loss after the steps.
+``--preset tiny`` is the same with toy sizes: it checks the script on a CPU.
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ from common import (
 )
 from torch.func import functional_call
 
+from nanogpt_reference import NanoGPT
+
+from craft import cuda, mfu
 from craft.data.text import TextConfig
 from craft.generate import generate
 from craft.models.gpt import GPTConfig
@@ -45,37 +57,55 @@ from craft.step import init_state, make_train_step
 from craft.tasks import language_model_loss, scored_tokens
 from craft.tree import nbytes
 
-BLOCK, BATCH, LR, B2, WEIGHT_DECAY, CLIP, WARMUP, MIN_LR = 64, 12, 1e-3, 0.99, 0.1, 1.0, 100, 1e-4
+CLIP = 1.0
 CRAFT = "craft step"
 REFERENCES = {
     "(b) imperative, eager": EAGER, "(c) imperative, compile(model)": COMPILED_MODEL,
     "(d) imperative, compile(step)": COMPILED_STEP,
 }
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks
+NANOGPT = "(n) nanoGPT: compile(model), fused AdamW"
+GPT2 = dict(block_size=1024, n_layer=12, n_head=12, n_embd=768, bias=False, vocab_size=50304)
+PRESETS = {
+    # experiments/gpt_char.toml: decay as craft's adamw (matrices, not embeddings)
+    "baby": dict(model=dict(block_size=64), batch=12, lr=1e-3, b2=0.99, wd=0.1, warmup=100, min_lr=1e-4,
+                 decay_embeddings=False, references=REFERENCES, precision="fp32", steps=500, chunk=50, val_batches=None),
+    # nanoGPT's GPT-2 small (train_gpt2 config), one micro-batch of 16 sequences per step
+    "gpt2_small": dict(model=GPT2, batch=16, lr=6e-4, b2=0.95, wd=0.1, warmup=20, min_lr=6e-5, decay_embeddings=True,
+                       references={NANOGPT: COMPILED_MODEL}, precision="bf16", steps=200, chunk=25, val_batches=20),
+    "tiny": dict(model=dict(GPT2, block_size=32, n_layer=2, n_head=2, n_embd=32, vocab_size=512), batch=4, lr=1e-3,
+                 b2=0.95, wd=0.1, warmup=2, min_lr=1e-4, decay_embeddings=True, references={NANOGPT: COMPILED_MODEL},
+                 precision="fp32", steps=6, chunk=3, val_batches=2),
+}
 
 
 def loss_fn(logits, batch):
     return language_model_loss(logits, batch)[0]
 
 
-def imperative(model: torch.nn.Module, schedule, mode: str, precision: str):
+def decay_mask(params: dict, preset: dict) -> dict:
+    """The matrices decayed: every 2-D tensor (nanoGPT), or craft's adamw default (not embeddings)."""
+    return {k: p.ndim >= 2 for k, p in params.items()} if preset["decay_embeddings"] else default_decay_mask(params)
+
+
+def imperative(model: torch.nn.Module, schedule, mode: str, precision: str, preset: dict):
     """The nanoGPT-style loop; returns (step(batch), bytes held between steps, params)."""
     params = dict(model.named_parameters())
-    mask = default_decay_mask(params)  # the same tensors decayed as craft's adamw
+    mask = decay_mask(params, preset)  # the same tensors decayed as craft's adamw
     groups = [
-        {"params": [p for k, p in params.items() if mask[k]], "weight_decay": WEIGHT_DECAY},
+        {"params": [p for k, p in params.items() if mask[k]], "weight_decay": preset["wd"]},
         {"params": [p for k, p in params.items() if not mask[k]], "weight_decay": 0.0},
     ]
     step, held = imperative_step(
         model, loss_fn, mode=mode, clip=CLIP, param_groups=groups, bf16=precision == "bf16",
-        schedule=lambda count: float(schedule(torch.tensor(count))), lr=LR, betas=(0.9, B2),
+        schedule=lambda count: float(schedule(torch.tensor(count))), lr=preset["lr"], betas=(0.9, preset["b2"]),
     )
     return step, held, lambda: dict(model.named_parameters())
 
 
-def functional(model: torch.nn.Module, schedule, precision: str):
+def functional(model: torch.nn.Module, schedule, precision: str, preset: dict):
     """craft's step as ``python -m craft`` builds it; returns (step(batch), bytes held, params)."""
-    tx = adamw(schedule, b2=B2, weight_decay=WEIGHT_DECAY, clip_norm=CLIP)
+    tx = adamw(schedule, b2=preset["b2"], weight_decay=preset["wd"], clip_norm=CLIP,
+               mask=lambda params: decay_mask(params, preset))
     # As the run: donated on the CPU only (see the CUDA note in craft/run.py).
     donate = next(model.parameters()).device.type == "cpu"
     train_step = make_train_step(model, loss_fn, tx, donate=donate, precision=precision)
@@ -88,11 +118,13 @@ def functional(model: torch.nn.Module, schedule, precision: str):
 
 
 @torch.no_grad()
-def val_loss(model: torch.nn.Module, params: dict, batches, device: torch.device) -> float:
-    """Mean next-token loss over every token of the validation split."""
+def val_loss(model: torch.nn.Module, params: dict, batches, device: torch.device, limit: int | None = None) -> float:
+    """Mean next-token loss over every token of the validation split (its first ``limit`` batches)."""
     model.eval()
     total = count = 0.0
-    for batch in batches:
+    for i, batch in enumerate(batches):
+        if limit is not None and i >= limit:
+            break
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = functional_call(model, params, (batch["input"],))
         loss, _ = language_model_loss(logits, batch)
@@ -145,81 +177,102 @@ def generation_speed(device: torch.device, new_tokens: int) -> list[list[str]]:
     return rows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=500, help="train steps per variant (gpt_char.toml runs 2000)")
-    parser.add_argument("--warmup", type=int, default=20, help="first steps left out of the timing")
-    parser.add_argument("--chunk", type=int, default=50, help="steps per variant before switching (one round)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="both sides")
-    parser.add_argument("--new_tokens", type=int, default=500)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="baby", help="model and optimizer sizes")
+    parser.add_argument("--steps", type=int, default=None, help="train steps per variant (default: the preset's)")
+    parser.add_argument("--warmup", type=int, default=None, help="first steps left out of the timing")
+    parser.add_argument("--chunk", type=int, default=None, help="steps per variant before switching (one round)")
+    parser.add_argument("--batch", type=int, default=None, help="sequences per step (default: the preset's)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="both sides (default: the preset's)")
+    parser.add_argument("--new_tokens", type=int, default=500, help="generation benchmark (baby preset; 0: skip)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU (default: by GPU name)")
+    parser.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU (default: craft.mfu's table)")
     parser.add_argument("--skip", default="", help="comma-separated variant letters to leave out, e.g. b")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    preset = PRESETS[args.preset]
+    for key in ("steps", "chunk", "batch", "precision"):
+        setattr(args, key, getattr(args, key) or preset[key])
+    args.warmup = min(20, args.steps // 4) if args.warmup is None else args.warmup
     if args.warmup >= args.steps:
         parser.error("--warmup must be smaller than --steps")
+    return args
 
-    data = TextConfig(block_size=BLOCK, batch_size=BATCH)
+
+def build_variants(args, preset: dict, device: torch.device):
+    """The batches, the template model and ``name -> (step, held, params)``, all from the same weights."""
+    block = preset["model"]["block_size"]
+    data = TextConfig(block_size=block, batch_size=args.batch)
     train = data.build("train", seed=0)
-    batches = [{k: v.to(device) for k, v in next(train).items()} for _ in range(args.steps)]
+    batches = [{k: v.to(device) for k, v in next(train).items()} for _ in range(args.steps + 1)]
     torch.manual_seed(0)
-    template = GPTConfig(vocab_size=train.vocab_size, block_size=BLOCK).build().to(device)
-    schedule = SCHEDULES["warmup_cosine"](LR, total_steps=args.steps, warmup_steps=min(WARMUP, args.steps // 5), min_lr=MIN_LR)
-    makers = {CRAFT: lambda m: functional(m, schedule, args.precision)}
-    for name, mode in REFERENCES.items():
-        makers[name] = lambda m, mode=mode: imperative(m, schedule, mode, args.precision)
+    vocab = max(preset["model"].get("vocab_size", 0), train.vocab_size)
+    template = GPTConfig(**{**preset["model"], "vocab_size": vocab}).build().to(device)
+    schedule = SCHEDULES["warmup_cosine"](preset["lr"], total_steps=args.steps,
+                                          warmup_steps=min(preset["warmup"], args.steps // 5), min_lr=preset["min_lr"])
     skip = {f"({c.strip()})" for c in args.skip.split(",") if c.strip()}
-    makers = {k: v for k, v in makers.items() if not any(k.startswith(s) for s in skip)}
-    models = {name: copy.deepcopy(template) for name in makers}  # the same initial weights
-    built = {name: make(models[name]) for name, make in makers.items()}
+    names = [n for n in [CRAFT, *preset["references"]] if not any(n.startswith(s) for s in skip)]
+    built, models = {}, {}
+    for name in names:
+        if name == CRAFT:
+            models[name] = copy.deepcopy(template)
+            built[name] = functional(models[name], schedule, args.precision, preset)
+            continue
+        if name == NANOGPT:
+            config = {k: v for k, v in {**preset["model"], "vocab_size": vocab}.items() if k != "dropout"}
+            models[name] = NanoGPT(**config).to(device)
+            models[name].load_state_dict(template.state_dict())
+        else:
+            models[name] = copy.deepcopy(template)
+        built[name] = imperative(models[name], schedule, preset["references"][name], args.precision, preset)
+    return data, batches, template, models, built
 
-    rounds, first = train_all({name: b[0] for name, b in built.items()}, batches, device, args.chunk, args.warmup)
+
+def main() -> None:
+    args = parse_args()
+    preset, device = PRESETS[args.preset], torch.device(args.device)
+    cuda.fast_matmuls(device)  # TF32 on CUDA for both sides, as a craft run sets it
+    data, batches, template, models, built = build_variants(args, preset, device)
+    block = preset["model"]["block_size"]
+    rounds, first = train_all({name: b[0] for name, b in built.items()}, batches[:-1], device, args.chunk, args.warmup)
     median = {name: statistics.median(r) for name, r in rounds.items()}
-    # Peak memory of one more step on a spare copy (the trained variants are done).
-    peak = {}
-    for name, make in makers.items():
-        step, held, _ = make(copy.deepcopy(template))
-        step(batches[0]), step(batches[1])
-        peak[name] = held() + peak_bytes_during(lambda: step(batches[2]), device)
+    # Peak memory of one more step of each trained variant (no second compile).
+    peak = {name: b[1]() + peak_bytes_during(lambda b=b: b[0](batches[-1]), device) for name, b in built.items()}
     val = data.build("val", seed=0)
-    losses = {name: val_loss(models[name], built[name][2](), val, device) for name in makers}
+    losses = {name: val_loss(models[name], built[name][2](), val, device, preset["val_batches"]) for name in built}
 
-    tokens = BATCH * BLOCK
-    flops = template.flops_per_token(BLOCK) * tokens
+    tokens = args.batch * block
+    flops = template.flops_per_token(block) * tokens
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    peak_tflops = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    references = [n for n in makers if n != CRAFT]
+    peak_flops = mfu.peak_flops(device, args.peak_tflops * 1e12 if args.peak_tflops else None)
+    references = [n for n in built if n != CRAFT]
     print(
-        f"\nGPT {template.n_layer}L {template.n_head}H {template.n_embd}E, block {BLOCK}, batch {BATCH}, "
+        f"\nGPT {template.n_layer}L {template.n_head}H {template.n_embd}E ({args.preset}), block {block}, batch {args.batch}, "
         f"{template.num_params() / 1e6:.2f}M params, {args.precision}, {name}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}; {args.steps} steps each in alternating chunks of {args.chunk}; "
         f"cells: median (min-max) over {len(rounds[CRAFT if CRAFT in rounds else references[0]])} chunks, "
-        f"first {args.warmup} steps left out"
+        f"first {args.warmup} steps left out; loss after {args.steps + 1} steps"
     )
-    header = ["variant", "ms/iter", "first step s", "peak MiB", "tokens/s", "val loss"]
-    header += [f"craft vs {n[:3]}" for n in references] if CRAFT in makers else []
-    if peak_tflops:
-        header.insert(5, "MFU")
+    header = ["variant", "ms/iter", "first step s", "peak MiB", "tokens/s", "MFU", "val loss"]
+    header += [f"craft vs {n[:3]}" for n in references] if CRAFT in built else []
     rows = []
-    for n in makers:
+    for n in built:
+        share = mfu.mfu(1 / median[n], flops, peak_flops)
         row = [n, spread(rounds[n], 1e3), f"{first[n]:.1f}", f"{peak[n] / 2**20:.1f}",
-               f"{tokens / median[n]:,.0f}", f"{losses[n]:.4f}"]
-        if CRAFT in makers:
+               f"{tokens / median[n]:,.0f}", "n/a" if share is None else f"{share:.1%}", f"{losses[n]:.4f}"]
+        if CRAFT in built:
             row += [ratio(rounds[r], rounds[CRAFT]) if n == CRAFT else "" for r in references]
-        if peak_tflops:
-            row.insert(5, f"{flops / median[n] / (peak_tflops * 1e12):.1%}")
         rows.append(row)
     print_table(header, rows)
-    if references and CRAFT in makers:
+    if references and CRAFT in built:
         best = min(references, key=median.get)
         print(
             f"\ncraft vs best reference ({best}): {ratio(rounds[best], rounds[CRAFT])} per iteration; "
-            f"val loss difference {losses[CRAFT] - losses[best]:+.4f} (target within 0.03)"
+            f"val loss difference {losses[CRAFT] - losses[best]:+.4f}; peak memory {peak[CRAFT] / peak[best]:.2f}x"
         )
-
-    print(f"\ngeneration: GPT defaults with block_size 256, {args.new_tokens} new tokens, sampled, {name}")
-    print_table(["variant", "tokens/s", "vs without cache"], generation_speed(device, args.new_tokens))
+    if args.preset == "baby" and args.new_tokens:
+        print(f"\ngeneration: GPT defaults with block_size 256, {args.new_tokens} new tokens, sampled, {name}")
+        print_table(["variant", "tokens/s", "vs without cache"], generation_speed(device, args.new_tokens))
 
 
 if __name__ == "__main__":

@@ -107,10 +107,11 @@ def window_means(progress: Progress, metrics: Metrics) -> dict[str, float]:
 
 def log_train(
     log, summarize: Callable[[dict], dict], bar, say: Say, elapsed: Callable[[], float], *, skip: bool,
-    learning_rate: Callable[[int], float] | None = None,
+    learning_rate: Callable[[int], float] | None = None, utilisation: Callable[[float], float | None] | None = None,
 ) -> Hook:
     """Write the log window's mean metrics and samples/s (and the learning rate of the step just taken,
-    ``learning_rate(step - 1)``); with ``skip``, report skipped steps."""
+    ``learning_rate(step - 1)``); with ``skip``, report skipped steps. ``utilisation(samples/s)``
+    gives the model FLOPs utilisation (``craft.mfu``), logged as ``mfu`` when it is not None."""
 
     def hook(progress: Progress, metrics: Metrics) -> Progress:
         values = summarize(window_means(progress, metrics))
@@ -123,8 +124,11 @@ def log_train(
                 say(f"step {progress.step}: skipped {skipped - progress.skipped} non-finite update(s), {skipped} in all")
         now = time.perf_counter()
         rate = progress.samples / max(now - progress.window, 1e-9)
-        log.write(progress.step, "train", values, elapsed(), samples_per_s=round(rate, 1))
-        bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
+        share = utilisation(rate) if utilisation is not None else None
+        extra = {"samples_per_s": round(rate, 1), **({"mfu": round(share, 4)} if share is not None else {})}
+        log.write(progress.step, "train", values, elapsed(), **extra)
+        shown = {"mfu": f"{share:.1%}"} if share is not None else {}
+        bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:,.0f}", **shown, refresh=False)
         return progress._replace(samples=0, window=now, skipped=skipped, window_sums=None, window_counts=None)
 
     return hook

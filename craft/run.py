@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import torch
 
-from craft import checkpoint, distributed, hooks
+from craft import checkpoint, cuda, distributed, hooks, mfu
 from craft.config import Experiment, dumps, to_dict
 from craft.distributed import Replicas
 from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_metrics, progress_bar, read_metrics
@@ -197,20 +197,22 @@ def summary(exp: Experiment, parts: Parts, start, run_dir: Path, val_data, repli
 def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, replicas: Replicas) -> Path:
     """Compile the steps, run ``fit`` with the run's hooks, and turn its stop reason into the outcome."""
     cfg, (train_data, val_data), main = exp.train, data, replicas.is_main
+    cuda.fast_matmuls(parts.device)
     common = dict(inputs=parts.task.inputs, precision=cfg.precision, compile=cfg.compile)
+    eval_step = make_eval_step(parts.model, parts.task.loss, **common)
+    log = MetricsLog(run_dir, trackers=open_trackers(exp, run_dir)) if main else NullLog()
+    step = int(start.state.step)
+    bar = progress_bar(cfg.steps, step, disable=not main)
+    say = bar.write if main else _quiet
+    compile = cuda.step_compile(cfg.compile, cfg.cuda_graphs, parts.device, say)
     # Donation keeps one copy of the state. On CUDA it is off: with torch 2.11's
     # inductor, a donated GPT step measured wrong parameters from its first step
     # (tests/test_step_cuda.py checks it on a GPU machine).
     train_step = make_train_step(
         parts.model, parts.task.loss, parts.optimizer, accum_steps=cfg.accum_steps, weight=parts.task.weight,
         donate=parts.device.type == "cpu", skip_nonfinite=cfg.on_nonfinite == "skip",
-        cross_replica_mean=replicas.mean(), **common
+        cross_replica_mean=replicas.mean(), **{**common, "compile": compile}
     )
-    eval_step = make_eval_step(parts.model, parts.task.loss, **common)
-    log = MetricsLog(run_dir, trackers=open_trackers(exp, run_dir)) if main else NullLog()
-    step = int(start.state.step)
-    bar = progress_bar(cfg.steps, step, disable=not main)
-    say = bar.write if main else _quiet
     elapsed = hooks.clock(start.progress["elapsed"])
     skipped = start.progress.get("skipped", 0)
     progress = Progress(
@@ -225,7 +227,7 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     hook, evaluate_due = run_hooks(
         exp, summarize=parts.task.summarize, log=log, bar=bar, say=say, elapsed=elapsed, replicas=replicas, flag=flag,
         save=saver(exp, run_dir, train_data, elapsed, main, best=False), save_best=saver(exp, run_dir, train_data, elapsed, main, best=True),
-        run_eval=run_eval,
+        run_eval=run_eval, utilisation=utilisation(exp, parts),
         make_text=(lambda state: sample_text(parts.model, state, tokenizer, cfg.sample)) if main and cfg.sample else None,
     )
     try:
@@ -273,7 +275,15 @@ def saver(exp: Experiment, run_dir: Path, train_data, elapsed, main: bool, *, be
     return save
 
 
-def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: Replicas, flag, save, save_best, run_eval, make_text):
+def utilisation(exp: Experiment, parts: Parts):
+    """``samples/s -> mfu`` (``craft.mfu``): None where the model's FLOPs or the device's peak are unknown."""
+    per_example = mfu.flops_per_example(parts.model, getattr(exp.data.config, "block_size", None))
+    peak = mfu.peak_flops(parts.device, exp.train.peak_flops)
+    return lambda rate: mfu.mfu(rate, per_example, peak)
+
+
+def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: Replicas, flag, save, save_best, run_eval, make_text,
+              utilisation=None):
     """The hooks of one run, in the order they act on a step.
 
     The checkpoint comes before evaluation and sampling, so a failure there
@@ -297,7 +307,8 @@ def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: R
         *every_step,
         every(cfg.log_every, chain(
             stop_nonfinite, hooks.check_replicas(replicas),
-            hooks.log_train(log, summarize, bar, say, elapsed, skip=cfg.on_nonfinite == "skip", learning_rate=learning_rate(exp)),
+            hooks.log_train(log, summarize, bar, say, elapsed, skip=cfg.on_nonfinite == "skip", learning_rate=learning_rate(exp),
+                            utilisation=utilisation),
         )),
         every(cfg.log_every, signal_hook) if replicas.active else signal_hook,
         when(checkpoint_due, chain(stop_nonfinite, hooks.checkpoint(save))),

@@ -18,7 +18,7 @@ def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_info_lists_the_registries():
     result = _run("-m", "craft", "info")
     assert result.returncode == 0, result.stderr
-    assert "optimizers: adagrad, adam, adamw, lion, rmsprop, sgd" in result.stdout
+    assert "optimizers: adagrad, adam, adamw, lion, muon, rmsprop, sgd" in result.stdout
     assert "schedules: constant, cosine, linear_warmup, step, warmup_cosine" in result.stdout
     # every registry, with exactly its registered kinds, sorted: a kind left out or made up fails
     from craft.config import registries

@@ -117,3 +117,35 @@ def test_compiled_gpt_step_matches_eager_on_cuda(donate):
         expected, _ = eager(expected, batch)
     for k, v in expected.params.items():
         torch.testing.assert_close(state.params[k], v, atol=1e-4, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("donate", [False, pytest.param(True, marks=DONATION_BROKEN)])
+def test_gpt2_shaped_step_matches_eager_on_cuda(donate):
+    """GPT-2 small's widths (768 wide, 12 heads, context 1024, vocabulary 50,304, no biases), 2 layers,
+    fp32 with TF32 off: two compiled AdamW steps against the eager step.
+
+    ``benchmarks/cuda_donation_repro.py`` is the same question in plain torch (no craft).
+    """
+    from craft.models.gpt import GPT
+    from craft.tasks import language_model_loss
+
+    torch.backends.cuda.matmul.allow_tf32, was = False, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.manual_seed(0)
+        model = GPT(vocab_size=50304, block_size=1024, n_layer=2, n_head=12, n_embd=768, bias=False).to(DEVICE)
+        reference = copy.deepcopy(model)
+        tx = adamw(6e-4, b2=0.95, weight_decay=0.1, clip_norm=1.0)
+        loss = lambda logits, batch: language_model_loss(logits, batch)[0]  # noqa: E731
+        compiled = make_train_step(model, loss, tx, donate=donate)
+        eager = make_train_step(reference, loss, tx, compile=False)
+        state, expected = init_state(model, tx), init_state(reference, tx)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(2):
+            tokens = torch.randint(0, 50304, (4, 1025), generator=g).to(DEVICE)
+            batch = {"input": tokens[:, :-1], "target": tokens[:, 1:]}
+            state, _ = compiled(state, batch)
+            expected, _ = eager(expected, batch)
+        for k, v in expected.params.items():
+            torch.testing.assert_close(state.params[k], v, atol=1e-4, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was

@@ -113,6 +113,11 @@ class Train:
     # A NaN/Inf loss or gradient norm: "stop" the run (no checkpoint is written
     # past the last good one), or "skip" the update and count it in the log.
     on_nonfinite: Literal["stop", "skip"] = attrs.field(default="stop", validator=one_of("stop", "skip"))
+    # Replay the compiled step as a CUDA graph (torch.compile mode "reduce-overhead"):
+    # no per-kernel launch cost. Ignored, with a warning, off CUDA or without compile.
+    cuda_graphs: bool = False
+    # The device's peak FLOP/s for the logged `mfu`, where craft.mfu.PEAK_FLOPS lacks it.
+    peak_flops: float | None = attrs.field(default=None, validator=at_least(1.0))
 
 
 SWEEPABLE = {"optim.lr": "learning_rate", "optim.weight_decay": "weight_decay"}

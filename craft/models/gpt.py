@@ -109,9 +109,13 @@ class GPT(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         tie_weights: bool = True,
+        checkpoint_activations: bool = False,
     ) -> None:
         super().__init__()
+        if checkpoint_activations and dropout:
+            raise ValueError("checkpoint_activations needs dropout = 0: the recomputed forward would draw other dropout masks")
         self.block_size = block_size
+        self.checkpoint_activations = checkpoint_activations
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.wpe = nn.Embedding(block_size, n_embd)
@@ -154,8 +158,11 @@ class GPT(nn.Module):
         (the captioner's image tokens) calls ``embed`` and ``trunk`` itself.
         """
         x = self.drop(x)
+        recompute = self.checkpoint_activations and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            if cache is None:
+            if recompute:
+                x = checkpointed(block, x)  # (B, T, C); only x is kept for the backward
+            elif cache is None:
                 x = block(x)
             else:
                 x = block(x, cache[f"k.{i}"], cache[f"v.{i}"], pos)  # (B, T, C)
@@ -191,6 +198,51 @@ class GPT(nn.Module):
         return 6 * self.num_params() + 12 * L * H * Q * T
 
 
+class Recompute(torch.autograd.Function):
+    """``fn(x, *params)`` whose backward runs ``fn`` again instead of keeping its activations.
+
+    ``torch.utils.checkpoint`` relies on saved-tensor hooks, which
+    ``torch.func.grad`` (craft's step) does not support; a custom Function with
+    ``setup_context`` is supported by ``torch.func`` and ``torch.compile``.
+    The backward is ``torch.func.vjp`` of ``fn`` at the saved inputs;
+    ``call`` is the module itself, what the forward runs under ``torch.compile``.
+    """
+
+    @staticmethod
+    def forward(call, fn, *args: Tensor) -> Tensor:
+        # Eager: fn on the unwrapped inputs records nothing for torch.func.grad.
+        # Traced: dynamo cannot speculate fn's nested functional_call, and the
+        # module call records the same graph, from which inductor keeps only x.
+        if torch.compiler.is_compiling():
+            return call(args[0])
+        with torch.no_grad():
+            return fn(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.fn = inputs[1]
+        ctx.save_for_backward(*inputs[2:])
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        _, vjp_fn = torch.func.vjp(ctx.fn, *ctx.saved_tensors)
+        return (None, None, *vjp_fn(grad_out))
+
+
+def checkpointed(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)``, activation-checkpointed: the backward recomputes it from ``x`` and the parameters.
+
+    The parameters are passed explicitly (the ones in use, also under
+    ``functional_call``), so their gradients flow through ``Recompute``.
+    """
+    params = dict(module.named_parameters())
+
+    def run(x: Tensor, *tensors: Tensor) -> Tensor:
+        return torch.func.functional_call(module, dict(zip(params, tensors)), (x,))
+
+    return Recompute.apply(module, run, x, *params.values())
+
+
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -201,6 +253,11 @@ def _init_weights(module: nn.Module) -> None:
 def _divides_n_embd(instance: GPTConfig, attribute, n_head: int) -> None:
     if n_head >= 1 and instance.n_embd % n_head:
         raise ValueError(f"must divide n_embd={instance.n_embd}, got {n_head}; pick n_embd a multiple of n_head")
+
+
+def _no_dropout(instance: GPTConfig, attribute, value: bool) -> None:
+    if value and instance.dropout:
+        raise ValueError(f"needs dropout = 0 (got {instance.dropout}): the recomputed forward would draw other dropout masks")
 
 
 @MODELS.register("gpt")
@@ -216,6 +273,9 @@ class GPTConfig:
     dropout: float = attrs.field(default=0.0, validator=between(0, 1, high_open=True))
     bias: bool = True
     tie_weights: bool = True
+    # Recompute each block's activations in the backward instead of keeping them:
+    # memory for about a third more compute. Needs dropout = 0.
+    checkpoint_activations: bool = attrs.field(default=False, validator=_no_dropout)
 
     def build(self) -> GPT:
         need_vocab_size(self)

@@ -53,7 +53,7 @@ COMBINED = {
     # adam with an injected learning rate of -1 emits +direction; the outer learning rate descends.
     "inject_hyperparams": lambda lr: chain(inject_hyperparams(adam, learning_rate=-1.0), scale_by_learning_rate(lr)),
 }
-BASE_LR = {"adagrad": 0.5, "sign": 0.02}
+BASE_LR = {"adagrad": 0.5, "sign": 0.02, "muon": 0.2}  # muon: its updates are about 0.2 * lr in RMS
 FACTORIES = {**{name: functools.partial(OPTIMIZERS[name], clip_norm=10.0) for name in OPTIMIZERS}, **COMBINED}
 NAMES = sorted(FACTORIES)
 

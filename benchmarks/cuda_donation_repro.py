@@ -1,0 +1,129 @@
+"""Does a compiled train step that writes its result into its inputs ("donated") match eager? Plain torch, no craft.
+
+The pattern of craft's donated step, reduced: ``functional_call`` + ``torch.func.grad``
+of a small GPT-like model, an AdamW update with ``_foreach`` ops, then
+``torch._foreach_copy_`` of the new params and moments into the input tensors,
+all in one ``torch.compile``. Each variant runs 2 steps from the same weights
+on the same batch and prints its largest parameter difference from the same
+function run eagerly. Variants separate the suspects:
+
+- ``donated, aliased``: the params are the module's own parameter tensors
+  (``p.detach()``, as craft's ``init_state`` makes them), updated in place;
+- ``donated, own copies``: the same, on cloned tensors the module does not hold;
+- ``not donated``: returns new tensors.
+
+    python benchmarks/cuda_donation_repro.py [--device cuda] [--width 768 --heads 12 --layers 2 --seq 1024]
+
+Prints ``MATCH`` or ``MISMATCH`` per variant (an exception is printed in one line,
+e.g. an inductor crash). fp32 with TF32 off, so the tolerance can be tight.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad
+
+
+class Block(nn.Module):
+    def __init__(self, c: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.ln1, self.ln2 = heads, nn.LayerNorm(c), nn.LayerNorm(c)
+        self.qkv, self.proj = nn.Linear(c, 3 * c, bias=False), nn.Linear(c, c, bias=False)
+        self.fc, self.out = nn.Linear(c, 4 * c, bias=False), nn.Linear(4 * c, c, bias=False)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = (z.view(b, t, self.heads, -1).transpose(1, 2) for z in self.qkv(self.ln1(x)).split(c, 2))
+        x = x + self.proj(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, c))
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class TinyGPT(nn.Module):
+    def __init__(self, vocab: int, seq: int, c: int, heads: int, layers: int) -> None:
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, c), nn.Embedding(seq, c)
+        self.blocks = nn.ModuleList(Block(c, heads) for _ in range(layers))
+        self.ln = nn.LayerNorm(c)
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.ln(x) @ self.wte.weight.T  # tied head
+
+
+def make_step(model: nn.Module, donate: bool, lr=1e-3, b1=0.9, b2=0.95, eps=1e-8):
+    def loss(params, idx, target):
+        logits = functional_call(model, params, (idx,))
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+    def step(params, m, v, count, idx, target):
+        g = grad(loss)(params, idx, target)
+        names, p, g = list(params), list(params.values()), list(g.values())
+        t = count + 1
+        m_new = torch._foreach_lerp(list(m.values()), g, 1 - b1)
+        v_new = torch._foreach_addcmul(torch._foreach_mul(list(v.values()), b2), g, g, value=1 - b2)
+        denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(v_new), torch.sqrt(1 - b2**t)), eps)
+        upd = torch._foreach_div(torch._foreach_div(m_new, denom), 1 - b1**t)
+        p_new = torch._foreach_add(p, torch._foreach_mul(upd, -lr))
+        if donate:  # write the new state into the inputs
+            torch._foreach_copy_(p + list(m.values()) + list(v.values()), p_new + m_new + v_new)
+            return params, m, v, t
+        return dict(zip(names, p_new)), dict(zip(names, m_new)), dict(zip(names, v_new)), t
+
+    return step
+
+
+def run(step, params, idx, target, steps=2):
+    m = {k: torch.zeros_like(p) for k, p in params.items()}
+    v = {k: torch.zeros_like(p) for k, p in params.items()}
+    count = torch.zeros((), device=idx.device)
+    for _ in range(steps):
+        params, m, v, count = step(params, m, v, count, idx, target)
+    return {k: p.detach().clone() for k, p in params.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--width", type=int, default=768)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=50304)
+    ap.add_argument("--atol", type=float, default=1e-4)
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    template = TinyGPT(args.vocab, args.seq, args.width, args.heads, args.layers).to(device)
+    tokens = torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=device)
+    idx, target = tokens[:, :-1], tokens[:, 1:]
+    own = lambda m: {k: p.detach().clone() for k, p in m.named_parameters()}  # noqa: E731
+    expected = run(make_step(template, donate=False), own(template), idx, target)
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
+          f"{args.layers}L {args.heads}H {args.width}E seq {args.seq} batch {args.batch}, 2 AdamW steps vs eager")
+    variants = {
+        "donated, aliased": (True, lambda m: {k: p.detach() for k, p in m.named_parameters()}),
+        "donated, own copies": (True, own),
+        "not donated": (False, own),
+    }
+    for name, (donate, params_of) in variants.items():
+        model = TinyGPT(args.vocab, args.seq, args.width, args.heads, args.layers).to(device)
+        model.load_state_dict(template.state_dict())
+        try:
+            got = run(torch.compile(make_step(model, donate)), params_of(model), idx, target)
+        except Exception as e:  # noqa: BLE001 - an inductor crash is a result here
+            print(f"{name:22s} ERROR {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}")
+            continue
+        err = max(float((got[k] - expected[k]).abs().max()) for k in expected)
+        print(f"{name:22s} {'MATCH' if err <= args.atol else 'MISMATCH'} max |compiled - eager| = {err:.3g}")
+
+
+if __name__ == "__main__":
+    main()

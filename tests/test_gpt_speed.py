@@ -1,0 +1,24 @@
+"""benchmarks/gpt_speed.py starts and compares like with like: its tiny preset on the CPU."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_tiny_preset_runs_both_sides_from_the_same_weights():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpt_speed.py", "--preset", "tiny", "--device", "cpu", "--steps", "4", "--chunk", "2"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    rows = {line.split("  ")[0]: line for line in out.splitlines() if line.startswith(("craft step", "(n) nanoGPT"))}
+    assert set(rows) == {"craft step", "(n) nanoGPT: compile(model), fused AdamW"}, out
+    assert "n/a" in rows["craft step"]  # no MFU on a CPU: never a made-up peak
+    # Same weights, data and optimizer: the losses after the same steps agree.
+    diff = float(re.search(r"val loss difference ([+-][0-9.]+)", out).group(1))
+    assert abs(diff) < 1e-3, out
