@@ -30,6 +30,8 @@ from torchvision.transforms.v2 import functional as F
 Batch = dict[str, Tensor]
 Load = Callable[[Tensor], Batch]
 """``load(indices (b,) int64) -> batch`` whose tensors have ``b`` rows, in that order."""
+LoadInEpoch = Callable[[Tensor, int], Batch]
+"""``load(indices, epoch) -> batch``: a load whose batch depends on the epoch too (random augmentation)."""
 
 _MASK63 = (1 << 63) - 1
 
@@ -143,7 +145,8 @@ class TrainBatches(_Batches, Iterator[Batch]):
     """Infinite shuffled batches of ``load``; see the module docstring.
 
     Every batch has ``self.batch_size`` rows (this rank's share; see
-    ``_Batches``). ``examples[i]``, when given, says what index ``i`` is (a
+    ``_Batches``). With ``pass_epoch``, ``load`` is called as ``load(indices,
+    epoch)``. ``examples[i]``, when given, says what index ``i`` is (a
     file path, for image folders).
     """
 
@@ -161,11 +164,13 @@ class TrainBatches(_Batches, Iterator[Batch]):
         prefetch: int = 0,
         examples: Sequence[object] | None = None,
         fingerprint: str | Callable[[], str] | None = None,
+        pass_epoch: bool = False,
     ) -> None:
         super().__init__(
             load, batch_size=batch_size, classes=classes, rank=rank, world_size=world_size,
             executor=executor, prefetch=prefetch, examples=examples, fingerprint=fingerprint,
         )
+        self._pass_epoch = pass_epoch  # ``load`` is a ``LoadInEpoch``
         if num_examples < batch_size:
             raise ValueError(
                 f"the train split has {num_examples} examples, fewer than one batch "
@@ -214,7 +219,7 @@ class TrainBatches(_Batches, Iterator[Batch]):
 
     def __next__(self) -> Batch:
         if self._executor is None:
-            batch = self._load(self.indices(self.epoch, self.index))
+            batch = self._load_in(self.epoch, self.indices(self.epoch, self.index))
         else:
             self._fill()
             batch = self._pending[0][1].result()  # peek, then pop: a failed load raises again next time
@@ -228,7 +233,12 @@ class TrainBatches(_Batches, Iterator[Batch]):
         position = self._pending[-1][0] if self._pending else None
         while len(self._pending) < self._prefetch:
             position = (self.epoch, self.index) if position is None else self._normal(position[0], position[1] + 1)
-            self._pending.append((position, self._executor.submit(self._load, self.indices(*position))))
+            # The indices are found here, in the caller's thread: ``indices`` caches the epochs' orders.
+            indices = self.indices(*position)
+            self._pending.append((position, self._executor.submit(self._load_in, position[0], indices)))
+
+    def _load_in(self, epoch: int, indices: Tensor) -> Batch:
+        return self._load(indices, epoch) if self._pass_epoch else self._load(indices)
 
     def _drop_pending(self) -> None:
         for _, future in self._pending:
