@@ -115,7 +115,8 @@ class ImageFolderConfig:
     Splits: ``val_path`` if set; else ``path/train`` and ``path/val`` if both
     exist; else a per-class ``val_fraction`` of the files (fixed by
     ``data_seed``, not by the run's seed). ``prepare = "shapes"`` writes the
-    synthetic shapes there first when ``path`` is missing or empty.
+    synthetic shapes there first when ``path`` is missing or empty;
+    ``prepare = "photos"``, the photo-like JPEGs (``craft.data.photos``).
     ``num_threads`` threads decode up to ``prefetch`` batches ahead
     (``num_threads = 0``: decode in the caller). ``cache`` keeps decoded,
     resized images in memory (``N * C * S * S`` bytes) after their first read.
@@ -136,7 +137,7 @@ class ImageFolderConfig:
     labels: str = attrs.field(default="folders", validator=checks.one_of("folders", "prefix"))
     val_path: str | None = None
     val_fraction: float = attrs.field(default=0.1, validator=checks.fraction)
-    prepare: str | None = attrs.field(default=None, validator=checks.one_of(None, "shapes"))
+    prepare: str | None = attrs.field(default=None, validator=checks.one_of(None, "shapes", "photos"))
     mean: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
     std: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
     num_threads: int = attrs.field(default=2, validator=checks.at_least(0))
@@ -202,8 +203,8 @@ class ImageFolderConfig:
     def listing(self, split: str) -> tuple[Listing, Listing]:
         """``(train listing, split's listing)``: the train one fixes the classes."""
         root = Path(self.path)
-        if self.prepare == "shapes":
-            prepare_shapes(root, image_size=self.image_size, seed=self.data_seed)
+        if self.prepare is not None:
+            prepare_shapes(root, image_size=self.image_size, seed=self.data_seed, what=self.prepare)
         if not root.exists():
             raise FileNotFoundError(
                 f"data.path {root} does not exist; create it with `craft prepare shapes {root}`, "
@@ -226,23 +227,29 @@ class ImageFolderConfig:
         return train, train if split == "train" else list_images(val_root, self.labels)
 
 
-def prepare_shapes(root: Path, *, image_size: int, seed: int) -> None:
-    """Write the synthetic shapes folder at ``root`` unless it already has something in it.
+def prepare_shapes(root: Path, *, image_size: int, seed: int, what: str = "shapes") -> None:
+    """Write the synthetic ``what`` folder (shapes or photos) at ``root`` unless it already has something in it.
 
     Under torchrun, local rank 0 of each node writes while the other ranks
     wait (``once_per_node``); a folder another writer finished first is reused.
     """
-    once_per_node(lambda: _write_shapes_unless_present(root, image_size=image_size, seed=seed))
+    once_per_node(lambda: _write_unless_present(root, image_size=image_size, seed=seed, what=what))
 
 
-def _write_shapes_unless_present(root: Path, *, image_size: int, seed: int) -> None:
+def _write_unless_present(root: Path, *, image_size: int, seed: int, what: str) -> None:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         return
-    count = PREPARED_SHAPES["num_train"] + PREPARED_SHAPES["num_val"]
+    if what == "photos":
+        from craft.data.photos import PHOTO_SIZE, PREPARED_PHOTOS, write_photos_folder
+
+        counts, size, write = PREPARED_PHOTOS, max(image_size, PHOTO_SIZE), write_photos_folder
+    else:
+        counts, size, write = PREPARED_SHAPES, image_size, write_shapes_folder
     # A one-time pause of seconds: say why, as a dataset download would.
-    print(f"craft: writing {count} synthetic shapes images to {root} (once; later runs reuse them)", file=sys.stderr)
+    count = counts["num_train"] + counts["num_val"]
+    print(f"craft: writing {count} synthetic {what} images to {root} (once; later runs reuse them)", file=sys.stderr)
     try:
-        write_shapes_folder(root, image_size=image_size, seed=seed, **PREPARED_SHAPES)
+        write(root, image_size=size, seed=seed, **counts)
     except FileExistsError:
         if not (root.is_dir() and any(root.iterdir())):
             raise
