@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from craft.data.batching import derive_seed
 from craft.data.shapes import check_folder_options, write_folder
 
-PHOTO_CLASSES = ("circle", "cross", "crescent", "diamond", "hexagon", "ring", "square", "star", "triangle", "arrow")
+PHOTO_CLASSES = ("circle", "crescent", "cross", "diamond", "ring", "star", "triangle")
 PREPARED_PHOTOS = {"num_train": 5000, "num_val": 1000}
 """How many images ``craft prepare photos`` writes by default (at ``image_size = 96``)."""
 PHOTO_SIZE = 96
@@ -38,22 +38,15 @@ def _outline(name: str, cx: float, cy: float, r: float, turn: float) -> list[tup
 
     if name in ("circle", "ring", "crescent"):
         return ring(48, [1.0])
-    if name == "square":
-        return ring(4, [1.0], math.pi / 4)
     if name == "diamond":
         return ring(4, [1.0, 0.55])
     if name == "triangle":
         return ring(3, [1.0], -math.pi / 2)
-    if name == "hexagon":
-        return ring(6, [1.0])
     if name == "star":
         return ring(10, [1.0, 0.42], -math.pi / 2)
-    if name == "cross":
-        w = 0.33
-        pts = [(w, 1), (w, w), (1, w), (1, -w), (w, -w), (w, -1)]
-        pts += [(-x, -y) for x, y in pts]
-    else:  # arrow
-        pts = [(-1, -0.3), (0.2, -0.3), (0.2, -0.75), (1, 0), (0.2, 0.75), (0.2, 0.3), (-1, 0.3)]
+    w = 0.33  # the cross
+    pts = [(w, 1), (w, w), (1, w), (1, -w), (w, -w), (w, -1)]
+    pts += [(-x, -y) for x, y in pts]
     c, s = math.cos(turn), math.sin(turn)
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
 
