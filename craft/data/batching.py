@@ -30,8 +30,6 @@ from torchvision.transforms.v2 import functional as F
 Batch = dict[str, Tensor]
 Load = Callable[[Tensor], Batch]
 """``load(indices (b,) int64) -> batch`` whose tensors have ``b`` rows, in that order."""
-LoadInEpoch = Callable[[Tensor, int], Batch]
-"""``load(indices, epoch) -> batch``: a load whose batch depends on the epoch too (random augmentation)."""
 
 _MASK63 = (1 << 63) - 1
 
@@ -145,9 +143,8 @@ class TrainBatches(_Batches, Iterator[Batch]):
     """Infinite shuffled batches of ``load``; see the module docstring.
 
     Every batch has ``self.batch_size`` rows (this rank's share; see
-    ``_Batches``). With ``pass_epoch``, ``load`` is called as ``load(indices,
-    epoch)``. ``examples[i]``, when given, says what index ``i`` is (a
-    file path, for image folders).
+    ``_Batches``). With ``pass_epoch``, it calls ``load(indices, epoch)`` (random
+    augmentation). ``examples[i]`` says what index ``i`` is (a file path).
     """
 
     def __init__(
@@ -170,7 +167,7 @@ class TrainBatches(_Batches, Iterator[Batch]):
             load, batch_size=batch_size, classes=classes, rank=rank, world_size=world_size,
             executor=executor, prefetch=prefetch, examples=examples, fingerprint=fingerprint,
         )
-        self._pass_epoch = pass_epoch  # ``load`` is a ``LoadInEpoch``
+        self._pass_epoch = pass_epoch
         if num_examples < batch_size:
             raise ValueError(
                 f"the train split has {num_examples} examples, fewer than one batch "
@@ -233,8 +230,7 @@ class TrainBatches(_Batches, Iterator[Batch]):
         position = self._pending[-1][0] if self._pending else None
         while len(self._pending) < self._prefetch:
             position = (self.epoch, self.index) if position is None else self._normal(position[0], position[1] + 1)
-            # The indices are found here, in the caller's thread: ``indices`` caches the epochs' orders.
-            indices = self.indices(*position)
+            indices = self.indices(*position)  # in the caller's thread: ``indices`` caches the orders
             self._pending.append((position, self._executor.submit(self._load_in, position[0], indices)))
 
     def _load_in(self, epoch: int, indices: Tensor) -> Batch:
