@@ -48,7 +48,7 @@ def loss_fn(logits, batch):
 def resnet18(device: torch.device, width: int = 64) -> torch.nn.Module:
     torch.manual_seed(0)
     widths = (width, 2 * width, 4 * width, 8 * width)
-    return ResNet(CLASSES, 3, widths, blocks=2, stem="imagenet", channels_last=True).to(device)
+    return ResNet(CLASSES, 3, widths, blocks=2, imagenet_stem=True, channels_last=True).to(device)
 
 
 def craft_step(model: torch.nn.Module, precision: str, **options):
@@ -86,7 +86,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--width", type=int, default=None, help="the first stage's width (ResNet-18, the CUDA default: 64; CPU: 8)")
+    parser.add_argument(
+        "--width", type=int, default=None, help="the first stage's width (ResNet-18: 64, the CUDA default; CPU: 8)"
+    )
     parser.add_argument("--eager_only", action="store_true", help="craft uncompiled against the eager loop only")
     parser.add_argument("--precision", default=None, help="fp32 or bf16 (default: bf16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -131,7 +133,8 @@ def main() -> None:
          *(f"vs {r.split(',')[0]}" for r in refs)],
         [
             [n, f"{args.batch / statistics.median(seconds[n]):,.0f}", spread(seconds[n], 1e3), f"{first[n]:.1f}",
-             f"{peak[n] / 2**20:,.0f}", f"{loss[n]:.4f}", *("" if n in refs else ratio(seconds[r], seconds[n]) for r in refs)]
+             f"{peak[n] / 2**20:,.0f}", f"{loss[n]:.4f}",
+             *("" if n in refs else ratio(seconds[r], seconds[n]) for r in refs)]
             for n in steps
         ],
     )

@@ -91,7 +91,8 @@ def column(table, name: str, role: str, known_key: str):
     """The column ``name`` of ``table``; a ValueError naming the known columns when it is missing."""
     if name not in table.column_names:
         raise ValueError(
-            f"data.{known_key} = {name!r} is not a column of the dataset; its columns: {', '.join(table.column_names)}; "
+            f"data.{known_key} = {name!r} is not a column of the dataset; "
+            f"its columns: {', '.join(table.column_names)}; "
             f"set data.{known_key} to the {role} column"
         )
     return table.column(name).combine_chunks()

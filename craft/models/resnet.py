@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from craft.models import MODELS
-from craft.validators import at_least, channel_widths, one_of
+from craft.validators import at_least, channel_widths
 
 
 class BasicBlock(nn.Module):
@@ -40,19 +40,19 @@ class ResNet(nn.Module):
     then gives the pooled features ``(B, out_channels)`` and ``features`` the
     map, for a model that reuses the trunk as its image encoder.
 
-    ``stem="imagenet"``: a 7x7 stride-2 conv and a 3x3 stride-2 max pool (H and
+    ``imagenet_stem``: a 7x7 stride-2 conv and a 3x3 stride-2 max pool (H and
     W / 4 before the first stage), as torchvision's ResNet-18 for photos;
-    ``"small"`` (default): one 3x3 conv at full resolution. ``channels_last``
+    else (default) one 3x3 conv at full resolution. ``channels_last``
     keeps the weights and the input in channels-last memory (faster
     convolutions on GPUs with tensor cores, and under bf16).
     """
 
     def __init__(
         self, num_classes: int | None = 10, in_channels: int = 3, widths=(16, 32, 64), blocks: int = 1,
-        stem: str = "small", channels_last: bool = False,
+        imagenet_stem: bool = False, channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if stem == "imagenet":
+        if imagenet_stem:
             self.stem = nn.Sequential(
                 nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(widths[0]),
                 nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1),
@@ -74,7 +74,7 @@ class ResNet(nn.Module):
             self.to(memory_format=torch.channels_last)
 
     def features(self, x: Tensor) -> Tensor:
-        """The trunk's feature map ``(B, out_channels, H / 2**(len(widths)-1), W / ...)`` (/ 4 more: imagenet stem)."""
+        """The trunk's feature map ``(B, out_channels, H / 2**(len(widths)-1), W / ...)``; ImageNet stem: / 4 more."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.stages(self.stem(x))
@@ -90,17 +90,17 @@ class ResNetConfig:
     """``[model] kind = "resnet"``: a ResNet with BatchNorm.
 
     ResNet-18 sized: ``widths = [64, 128, 256, 512]``, ``blocks = 2``,
-    ``stem = "imagenet"`` (11.7M parameters with 1000 classes, as torchvision's).
+    ``imagenet_stem = true`` (11.7M parameters with 1000 classes, as torchvision's).
     """
 
     num_classes: int = attrs.field(default=10, validator=at_least(1))
     in_channels: int = attrs.field(default=3, validator=at_least(1))
     widths: list[int] = attrs.field(factory=lambda: [16, 32, 64], validator=channel_widths)
     blocks: int = attrs.field(default=1, validator=at_least(1))
-    stem: str = attrs.field(default="small", validator=one_of("small", "imagenet"))
+    imagenet_stem: bool = False
     channels_last: bool = False
 
     def build(self) -> ResNet:
         return ResNet(
-            self.num_classes, self.in_channels, tuple(self.widths), self.blocks, self.stem, self.channels_last
+            self.num_classes, self.in_channels, tuple(self.widths), self.blocks, self.imagenet_stem, self.channels_last
         )

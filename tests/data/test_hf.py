@@ -26,7 +26,8 @@ def png(level: int) -> bytes:
 
 
 def image_rows(count: int, start: int = 0) -> dict:
-    return {"img": [{"bytes": png(3 * (start + k)), "path": None} for k in range(count)], "y": [k % 3 for k in range(count)]}
+    images = [{"bytes": png(3 * (start + k)), "path": None} for k in range(count)]
+    return {"img": images, "y": [k % 3 for k in range(count)]}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,8 @@ def test_an_image_dataset_trains_from_the_cli(tmp_path, saved_images):
 
 
 def test_a_text_dataset_trains_a_language_model_from_the_cli(tmp_path, parquet_text):
-    data = f'[data]\nkind = "hf_dataset"\npath = "{parquet_text}"\ntext_column = "text"\nblock_size = 16\nbatch_size = 4\n'
+    data = f'[data]\nkind = "hf_dataset"\npath = "{parquet_text}"\ntext_column = "text"\n'
+    data += "block_size = 16\nbatch_size = 4\n"
     model = '[model]\nkind = "gpt"\nblock_size = 16\nn_layer = 1\nn_head = 2\nn_embd = 16'
     result = run_cli(str(experiment(tmp_path, data, model, '[task]\nkind = "language_model"')))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -116,7 +118,8 @@ def test_a_text_dataset_trains_a_language_model_from_the_cli(tmp_path, parquet_t
 
 def test_without_the_datasets_package_the_run_says_which_extra_to_install(tmp_path, saved_images):
     toml = experiment(tmp_path, f'[data]\nkind = "hf_dataset"\npath = "{saved_images}"', '[model]\nkind = "resnet"')
-    code = f"import sys; sys.modules['datasets'] = None; sys.argv = ['craft', {str(toml)!r}]; from craft.cli import main; main()"
+    code = (f"import sys; sys.modules['datasets'] = None; sys.argv = ['craft', {str(toml)!r}]; "
+            "from craft.cli import main; main()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 1
     assert "pip install 'craft[hf]'" in result.stderr and "Traceback" not in result.stderr

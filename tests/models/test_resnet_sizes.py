@@ -7,7 +7,7 @@ import torchvision
 
 from craft.models.resnet import ResNetConfig
 
-RESNET18 = {"widths": [64, 128, 256, 512], "blocks": 2, "stem": "imagenet"}
+RESNET18 = {"widths": [64, 128, 256, 512], "blocks": 2, "imagenet_stem": True}
 
 
 def test_the_resnet18_layout_has_torchvisions_parameter_count():
@@ -17,14 +17,14 @@ def test_the_resnet18_layout_has_torchvisions_parameter_count():
 
 
 def test_the_imagenet_stem_quarters_the_image_before_the_first_stage():
-    model = ResNetConfig(num_classes=5, widths=[8, 16], stem="imagenet").build()
+    model = ResNetConfig(num_classes=5, widths=[8, 16], imagenet_stem=True).build()
     assert model.features(torch.randn(2, 3, 64, 64)).shape == (2, 16, 8, 8)  # 64 / 4 / 2
 
 
 def test_channels_last_changes_the_memory_not_the_function():
     torch.manual_seed(0)
-    plain = ResNetConfig(num_classes=5, widths=[8, 16], stem="imagenet").build().eval()
-    last = ResNetConfig(num_classes=5, widths=[8, 16], stem="imagenet", channels_last=True).build().eval()
+    plain = ResNetConfig(num_classes=5, widths=[8, 16], imagenet_stem=True).build().eval()
+    last = ResNetConfig(num_classes=5, widths=[8, 16], imagenet_stem=True, channels_last=True).build().eval()
     last.load_state_dict(plain.state_dict())
     assert last.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 32, 32)
