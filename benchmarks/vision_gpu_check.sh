@@ -18,13 +18,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'bf16', torch.cuda.is_bf16_supported())"
 
 echo "== 1. ResNet-18 step, 224 px, batch 256, bf16, channels-last (data on the device)"
-timeout 210 python benchmarks/vision_speed.py --device cuda --image_size 224 --batch 256 \
-    --rounds 5 --steps 10 --warmup 3 --check_steps 5 || echo "vision_speed.py stopped: exit $?"
+timeout 180 python benchmarks/vision_speed.py --device cuda --image_size 224 --batch 256 \
+    --rounds 4 --steps 10 --warmup 3 --check_steps 5 || echo "vision_speed.py stopped: exit $?"
 
 echo "== 2. end to end: decoding + augmentation + step, experiments/resnet_folder.toml"
 timeout 60 python -m craft prepare photos "$WORK/photos" --num_train=4096 --num_val=256 --image_size=128 \
     || echo "prepare stopped: exit $?"
-timeout 150 python -m craft experiments/resnet_folder.toml --out_dir="$WORK/runs" --data.path="$WORK/photos" \
+timeout 120 python -m craft experiments/resnet_folder.toml --out_dir="$WORK/runs" --data.path="$WORK/photos" \
     --data.image_size=128 --data.augment.random_resized_crop.size=112 --data.batch_size=256 \
     --data.num_threads=12 --data.prefetch=8 --data.cache=false --train.steps=120 --train.log_every=20 \
     --train.eval_every=120 --train.eval_batches=1 || echo "train stopped: exit $?"
