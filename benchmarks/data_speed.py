@@ -11,6 +11,13 @@ labelled row decodes with ImageFolder's default PIL loader. craft: the
 default config (2 decoding threads, 4 batches prefetched), cache off on both
 sides.
 
+A third case reads 128x128 photo-like JPEGs (``write_photos_folder``) and
+augments them for training: resize to 128, a random resized crop to 112
+(scale 0.35-1), a horizontal flip (p 0.5) and colour jitter (0.2), then
+normalize. craft draws each image's parameters in its decoding threads
+(``[data.augment]``); the reference is the same ``transforms.v2`` pipeline
+per image in ``DataLoader(num_workers=2)`` (per-image randomness on both sides).
+
 Each round times one epoch of each contender, the order reversed every
 other round, each started cold (craft: ``load_state_dict`` drops the
 prefetched batches; DataLoader: a new epoch iterator). Prints images/s as
@@ -36,16 +43,22 @@ from torchvision.datasets import ImageFolder
 from torchvision.io import ImageReadMode, decode_image
 
 from craft.data import ImageFolderConfig, write_shapes_folder
+from craft.data.augment import AugmentConfig, ColorJitter, RandomResizedCrop
+from craft.data.photos import write_photos_folder
 
 BATCH, SIZE, OURS = 128, 32, "craft image_folder"
+PHOTO, CROP, SCALE, JITTER = 128, 112, (0.35, 1.0), 0.2
+AUGMENT = AugmentConfig(
+    random_resized_crop=RandomResizedCrop(size=CROP, scale=list(SCALE)), horizontal_flip=0.5,
+    color_jitter=ColorJitter(brightness=JITTER, contrast=JITTER, saturation=JITTER),
+)
 REFERENCES = {"ImageFolder + DataLoader, decode_image": "decode_image", "ImageFolder + DataLoader, PIL": "pil"}
 
 
-def ours(root: Path, threads: int):
+def ours(root: Path, threads: int, augmented: bool = False):
     """One epoch of craft's train iterator, started cold."""
-    ds = ImageFolderConfig(path=str(root), batch_size=BATCH, image_size=SIZE, num_threads=threads).build(
-        "train", seed=0
-    )
+    options = {"image_size": PHOTO, "augment": AUGMENT} if augmented else {"image_size": SIZE}
+    ds = ImageFolderConfig(path=str(root), batch_size=BATCH, num_threads=threads, **options).build("train", seed=0)
     epoch = [0]
 
     def run() -> int:
@@ -61,12 +74,18 @@ def decode_rgb(path: str) -> torch.Tensor:
     return decode_image(path, mode=ImageReadMode.RGB)
 
 
-def theirs(root: Path, workers: int, decoder: str):
+def theirs(root: Path, workers: int, decoder: str, augmented: bool = False):
     """One epoch of the usual torchvision pipeline; ``decoder``: ``decode_image`` or ``pil``."""
+    augment = [
+        T.RandomResizedCrop(CROP, scale=SCALE, antialias=True), T.RandomHorizontalFlip(0.5),
+        T.ColorJitter(brightness=JITTER, contrast=JITTER, saturation=JITTER),
+    ]
+    size = PHOTO if augmented else SIZE
     transform = T.Compose(
         [
             T.ToImage(),  # PIL image -> tensor; a tensor passes through
-            T.Resize((SIZE, SIZE), antialias=True),
+            T.Resize((size, size), antialias=True),
+            *(augment if augmented else []),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize([0.5], [0.5]),
         ]
@@ -95,6 +114,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="craft's decoding threads")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    parser.add_argument("--photos", type=int, default=2000, help="train JPEGs of the augmented case (0: skip it)")
     parser.add_argument("--dir", help="where to write the folders (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -108,10 +128,21 @@ def main() -> None:
                 write_shapes_folder(root, num_train=args.images, num_val=0, image_size=source, seed=0)
                 seconds = time.perf_counter() - start
                 print(f"wrote {args.images} PNGs of {source}x{source} in {seconds:.1f} s", flush=True)
-            contenders[source] = {OURS: ours(root, args.threads)}
+            case = f"{source}x{source} PNG"
+            contenders[case] = {OURS: ours(root, args.threads)}
             for name, decoder in REFERENCES.items():
-                contenders[source][name] = theirs(root, args.workers, decoder)
-            for run in contenders[source].values():
+                contenders[case][name] = theirs(root, args.workers, decoder)
+        if args.photos:
+            root = base / f"photos{PHOTO}"
+            if not root.exists():
+                write_photos_folder(root, num_train=args.photos, num_val=0, image_size=PHOTO, seed=0)
+                print(f"wrote {args.photos} JPEGs of {PHOTO}x{PHOTO}", flush=True)
+            case = f"{PHOTO}x{PHOTO} JPEG, augmented to {CROP}"
+            contenders[case] = {OURS: ours(root, args.threads, augmented=True)}
+            name = next(iter(REFERENCES))
+            contenders[case][name] = theirs(root, args.workers, REFERENCES[name], augmented=True)
+        for runs in contenders.values():
+            for run in runs.values():
                 run()  # warm-up: page cache, worker start-up
 
         seconds = {(source, name): [] for source in contenders for name in contenders[source]}
@@ -121,7 +152,7 @@ def main() -> None:
                     seconds[source, name].append(seconds_per_image(runs[name]))
 
     print(
-        f"\nimages/s to 32x32 float batches of {BATCH}, {args.rounds} alternating epochs of {args.images} images; "
+        f"\nimages/s to float batches of {BATCH} (32x32; augmented: {CROP}x{CROP}), {args.rounds} alternating epochs; "
         f"cells: median (min-max) over rounds; {torch.get_num_threads()} torch threads, craft {args.threads} "
         f"decoding threads, DataLoader {args.workers} workers, torch {torch.__version__}"
     )
@@ -129,7 +160,7 @@ def main() -> None:
         ["source images", "contender", "images/s", "craft vs this"],
         [
             [
-                f"{source}x{source} PNG", name, spread([1 / s for s in seconds[source, name]], fmt=",.0f"),
+                source, name, spread([1 / s for s in seconds[source, name]], fmt=",.0f"),
                 "" if name == OURS else ratio(seconds[source, name], seconds[source, OURS]),
             ]
             for source in contenders

@@ -7,7 +7,7 @@
     craft generate RUN_DIR [--prompt=TEXT --max_new_tokens=N --num_samples=N --temperature=T --top_k=K --top_p=P ...]
     craft generate RUN_DIR --image=PATH [--temperature=T ...]     (a captioning run)
     craft plot RUN_DIR
-    craft prepare shapes|captions DIR [--num_train=N --num_val=N --image_size=32 --seed=0]
+    craft prepare shapes|captions|photos DIR [--num_train=N --num_val=N --image_size=32 --seed=0]
     craft info [NAME]
 
 `craft COMMAND --help` explains a command. craft reads the arguments itself
@@ -187,7 +187,7 @@ def plot(run_dir: str) -> None:
     print(trained.plot(Path(run_dir)))
 
 
-def prepare(what: str, directory: str, *, image_size: int = 32, seed: int = 0, **counts: int) -> None:
+def prepare(what: str, directory: str, *, image_size: int | None = None, seed: int = 0, **counts: int) -> None:
     """Write a built-in dataset to disk.
 
     `craft prepare shapes DIR [--num_train=N --num_val=N --image_size=32 --seed=0]`
@@ -195,16 +195,25 @@ def prepare(what: str, directory: str, *, image_size: int = 32, seed: int = 0, *
     folder `prepare = "shapes"` writes for an image_folder experiment.
     `craft prepare captions DIR [same options]` writes the captioned scenes as
     DIR/{train,val}/*.png + captions.jsonl, for a caption_folder experiment.
+    `craft prepare photos DIR [same options; --image_size=96]` writes
+    photo-like JPEGs (textured objects on cluttered backgrounds) as
+    DIR/{train,val}/<class>/*.jpg, for experiments/resnet_folder.toml.
     """
-    if what not in ("shapes", "captions"):
-        raise UsageError(f"unknown dataset {what!r} to prepare; available: captions, shapes")
-    if what == "captions":
+    if what not in ("shapes", "captions", "photos"):
+        raise UsageError(f"unknown dataset {what!r} to prepare; available: captions, photos, shapes")
+    if what == "photos":
+        from craft.data.photos import PHOTO_SIZE, PREPARED_PHOTOS as defaults
+        from craft.data.photos import write_photos_folder as write
+
+        image_size = PHOTO_SIZE if image_size is None else image_size
+    elif what == "captions":
         from craft.data.captions import PREPARED_CAPTIONS as defaults
         from craft.data.captions import write_caption_folder as write
     else:
         from craft.data.images import PREPARED_SHAPES as defaults
         from craft.data.shapes import write_shapes_folder as write
 
+    image_size = 32 if image_size is None else image_size
     unknown = sorted(set(counts) - set(defaults))
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r} for `craft prepare {what}`; known: {sorted(defaults)}")
@@ -271,7 +280,7 @@ USAGE = {
     "generate": "craft generate RUN_DIR [--prompt=TEXT --max_new_tokens=N --num_samples=N --temperature=T "
     "--top_k=K --top_p=P --seed=S --stop=TEXT --cache=true|false --checkpoint=NAME | --image=PATH]",
     "plot": "craft plot RUN_DIR",
-    "prepare": "craft prepare shapes|captions DIR [--num_train=N --num_val=N --image_size=32 --seed=0]",
+    "prepare": "craft prepare shapes|captions|photos DIR [--num_train=N --num_val=N --image_size=32 --seed=0]",
     "info": "craft info [NAME]",
 }
 

@@ -195,7 +195,9 @@ def fit_to_data(exp: Experiment, data) -> Experiment:
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    finish = getattr(batch, "on_device", None)  # data.augment_on = "device": the batch finishes there
+    return moved if finish is None else finish(moved)
 
 
 def evaluate_batches(

@@ -25,6 +25,8 @@ from craft.data.tokenizers import (  # noqa: E402
     WordTokenizer,
     load_tokenizer,
 )
+# Importing registers "hf_dataset" (the datasets package is imported only when one is built).
+from craft.data.hf_dataset import HFDatasetConfig  # noqa: E402
 # Importing registers "caption_folder" and "shape_captions".
 from craft.data.captions import CaptionFolderConfig, ShapeCaptionsConfig, write_caption_folder  # noqa: E402
 
@@ -34,6 +36,7 @@ __all__ = [
     "CharTokenizer",
     "DATASETS",
     "EvalBatches",
+    "HFDatasetConfig",
     "ImageFolderConfig",
     "ShapeCaptionsConfig",
     "ShapeSpec",

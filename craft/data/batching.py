@@ -143,8 +143,8 @@ class TrainBatches(_Batches, Iterator[Batch]):
     """Infinite shuffled batches of ``load``; see the module docstring.
 
     Every batch has ``self.batch_size`` rows (this rank's share; see
-    ``_Batches``). ``examples[i]``, when given, says what index ``i`` is (a
-    file path, for image folders).
+    ``_Batches``). With ``pass_epoch``, it calls ``load(indices, epoch)`` (random
+    augmentation). ``examples[i]`` says what index ``i`` is (a file path).
     """
 
     def __init__(
@@ -161,11 +161,13 @@ class TrainBatches(_Batches, Iterator[Batch]):
         prefetch: int = 0,
         examples: Sequence[object] | None = None,
         fingerprint: str | Callable[[], str] | None = None,
+        pass_epoch: bool = False,
     ) -> None:
         super().__init__(
             load, batch_size=batch_size, classes=classes, rank=rank, world_size=world_size,
             executor=executor, prefetch=prefetch, examples=examples, fingerprint=fingerprint,
         )
+        self._pass_epoch = pass_epoch
         if num_examples < batch_size:
             raise ValueError(
                 f"the train split has {num_examples} examples, fewer than one batch "
@@ -214,7 +216,7 @@ class TrainBatches(_Batches, Iterator[Batch]):
 
     def __next__(self) -> Batch:
         if self._executor is None:
-            batch = self._load(self.indices(self.epoch, self.index))
+            batch = self._load_in(self.epoch, self.indices(self.epoch, self.index))
         else:
             self._fill()
             batch = self._pending[0][1].result()  # peek, then pop: a failed load raises again next time
@@ -228,7 +230,11 @@ class TrainBatches(_Batches, Iterator[Batch]):
         position = self._pending[-1][0] if self._pending else None
         while len(self._pending) < self._prefetch:
             position = (self.epoch, self.index) if position is None else self._normal(position[0], position[1] + 1)
-            self._pending.append((position, self._executor.submit(self._load, self.indices(*position))))
+            indices = self.indices(*position)  # in the caller's thread: ``indices`` caches the orders
+            self._pending.append((position, self._executor.submit(self._load_in, position[0], indices)))
+
+    def _load_in(self, epoch: int, indices: Tensor) -> Batch:
+        return self._load(indices, epoch) if self._pass_epoch else self._load(indices)
 
     def _drop_pending(self) -> None:
         for _, future in self._pending:

@@ -1,304 +1,41 @@
 """Image folders: JPEG, PNG, WebP, BMP, GIF and TIFF files decoded in background threads.
 
 Labels come from class folders (``root/cat/x.jpg``) or from file-name
-prefixes (``root/cat_001.jpg``). Classes are sorted by name; a label is the
-class's position in that list, the same for train and val. Every image is
-converted to the configured channels, resized to ``image_size`` square and
-normalized; a batch is ``{"image": float32 (B, C, S, S), "label": int64 (B,)}``.
+prefixes (``root/cat_001.jpg``) (``craft.data.listing``). Every image is
+decoded (``craft.data.decode``), converted to the configured channels,
+resized to ``image_size`` square and, for training with ``[data.augment]``,
+augmented per image (``craft.data.augment``); then normalized. A batch is
+``{"image": float32 (B, C, S, S), "label": int64 (B,)}`` with ``S`` the crop
+size (``image_size`` without a crop).
 """
 
 from __future__ import annotations
 
-import io
-import os
-import re
 import sys
-import warnings
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
 
 import attrs
 import torch
-import torchvision.io  # noqa: F401  (registers the torch.ops.image decoders)
-from PIL import Image
 from torch import Tensor
-from torchvision.io import ImageReadMode
-from torchvision.transforms.v2 import functional as F
 
 from craft.data import DATASETS
 from craft.data import checks
-from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize, options_fingerprint
-from craft.data.files import (
-    IMAGE_SUFFIXES, KINDS, MAX_PIXELS, dimensions, files_fingerprint, find_files, inside, read_file, shown, sniff,
+from craft.data.augment import AugmentConfig, DeviceBatch, augment_batch, batch_params, crop_size, eval_view
+from craft.data.batching import Batch, EvalBatches, Load, TrainBatches, normalize, options_fingerprint
+from craft.data.decode import decode_bytes, drop_unreadable, load_images, read_image, resize_stack  # noqa: F401
+from craft.data.files import MAX_PIXELS, files_fingerprint
+from craft.data.listing import (  # noqa: F401  (re-exported: they lived here)
+    Listing, describe_left_out, images_under, list_images, split_files,
 )
 from craft.data.once import once_per_node
-from craft.data.pngcheck import png_problem
-from craft.data.shapes import ShapesConfig, image_tensor, write_shapes_folder
-
-_COMMON = (".jpg", ".jpeg", ".png")
-_SUFFIXES = ", ".join(_COMMON)  # messages name these first: the common kinds
-_MORE_SUFFIXES = ", ".join(s for s in IMAGE_SUFFIXES if s not in _COMMON)
-_MODES = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}
-
-# The op behind torchvision.io.decode_image. The Python wrapper issues a
-# DeprecationWarning on every call (torchvision 0.29 points to TorchCodec);
-# per image, that costs more than decoding a 32x32 PNG and serializes the
-# decoding threads on the warnings machinery.
-_decode = torch.ops.image.decode_image
+from craft.data.shapes import ShapesConfig, write_shapes_folder
 
 PREPARED_SHAPES = {
     "num_train": attrs.fields(ShapesConfig).num_train.default,
     "num_val": attrs.fields(ShapesConfig).num_val.default,
 }
 """How many images ``prepare = "shapes"`` writes: as many as ``kind = "shapes"`` renders."""
-
-
-# -- listing ---------------------------------------------------------------
-
-
-class Listing(NamedTuple):
-    """Image files found under ``folder``, the class name of each, and what was left out (reason -> count)."""
-
-    folder: Path
-    files: list[str]
-    names: list[str]
-    left_out: Counter[str] = Counter()
-
-    def subset(self, positions: list[int]) -> Listing:
-        files, names = [self.files[i] for i in positions], [self.names[i] for i in positions]
-        return Listing(self.folder, files, names, self.left_out)
-
-    def summary(self) -> str:
-        """One line: how many files of which kinds were found, and what was left out."""
-        kinds = Counter(KINDS[os.path.splitext(f)[1].lower()] for f in self.files)
-        found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
-        line = f"{len(self.files)} images in {shown(self.folder)}" + (f" ({found})" if found else "")
-        return line + (f"; left out {describe_left_out(self.left_out)}" if self.left_out else "")
-
-
-def describe_left_out(left_out: Counter[str]) -> str:
-    """``"3 .txt files, 1 links out of the folder"``: the most frequent reasons first."""
-    return ", ".join(f"{n} {reason}" for reason, n in left_out.most_common())
-
-
-def images_under(folder: str | Path) -> list[str]:
-    """Image files anywhere under ``folder``, sorted; see ``craft.data.files.find_files`` for what is left out."""
-    return find_files(folder).files
-
-
-def _no_images(folder: Path, left_out: Counter[str]) -> ValueError:
-    found = f"; found only {describe_left_out(left_out)}" if left_out else ""
-    return ValueError(
-        f"no images ({_SUFFIXES}) in {folder}, nor {_MORE_SUFFIXES}{found}; "
-        f"add or convert some, or set prepare = \"shapes\""
-    )
-
-
-def list_images(folder: str | Path, labels: str = "folders") -> Listing:
-    """The images under ``folder`` and their classes, in a stable (sorted) order.
-
-    ``labels="folders"``: the class is the sub-folder of ``folder`` holding the
-    file (at any depth below it). ``labels="prefix"``: the class is the file
-    name up to its first ``_`` (``cat_001.jpg`` -> ``cat``). Hidden files and
-    folders are skipped, and so are loose images beside class folders. Links
-    are followed only within the walked folder (a class folder, with
-    ``"folders"``), and each real folder is read once, so a link never moves
-    an image into another class (``craft.data.files.find_files``).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist or is not a folder")
-    if labels == "prefix":
-        files, left_out = find_files(folder)
-        if not files:
-            raise _no_images(folder, left_out)
-        names = [os.path.basename(f).partition("_") for f in files]
-        names = [prefix if sep and prefix else "" for prefix, sep, _ in names]
-        missing = [f for f, name in zip(files, names) if not name]
-        if len(missing) == len(files):
-            raise ValueError(
-                f"no image in {folder} has a class prefix; labels = \"prefix\" needs names like cat_001.jpg "
-                f"(class 'cat'): rename the files, or use labels = \"folders\" for {folder}/<class>/<image>"
-            )
-        if missing:
-            raise ValueError(
-                f"{len(missing)} of {len(files)} images in {folder} have no class prefix, e.g. {shown(missing[0])}; "
-                f"labels = \"prefix\" needs names like cat_001.jpg: rename or remove them"
-            )
-        return Listing(folder, files, names, left_out)
-    if labels != "folders":
-        raise ValueError(f"data.labels must be 'folders' or 'prefix', got {labels!r}")
-    return _list_class_folders(folder)
-
-
-def _list_class_folders(folder: Path) -> Listing:
-    """``labels="folders"``: every class folder's images; one walk shares the set of folders seen."""
-    root = os.path.realpath(folder)
-    class_dirs, left_out = [], Counter()
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        if entry.is_symlink() and not inside(os.path.realpath(entry.path), root):
-            left_out["links out of the folder"] += 1
-        else:
-            class_dirs.append(entry.name)
-    if not class_dirs:
-        loose = find_files(folder)
-        if loose.files:
-            raise ValueError(
-                f"{folder} has images but no class folders; labels = \"folders\" expects {folder}/<class>/<image>: "
-                f"move the images into class folders, or set labels = \"prefix\" for names like cat_001.jpg"
-            )
-        raise _no_images(folder, loose.left_out + left_out)
-    seen = {(os.stat(folder).st_dev, os.stat(folder).st_ino)}  # a link back to the root is never followed
-    files, names = [], []
-    for name in class_dirs:
-        found, skipped = find_files(folder / name, seen=seen)
-        left_out += skipped
-        if not found:
-            what = f" ({describe_left_out(skipped)})" if skipped else ""
-            raise ValueError(
-                f"class folder {folder / name} has no images ({_SUFFIXES}, {_MORE_SUFFIXES}){what}; "
-                f"add images or remove the folder"
-            )
-        files += found
-        names += [name] * len(found)
-    return Listing(folder, files, names, left_out)
-
-
-def split_files(names: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """``(train, val)`` positions: per class, a seeded ``round(fraction * n)`` go to val.
-
-    Per class, so every class is in both splits where it can be (one file
-    stays in train); a function of ``(names, fraction, seed)`` only, so the
-    same sorted listing always splits the same way.
-    """
-    by_class: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        by_class.setdefault(name, []).append(i)
-    val = []
-    for name, positions in by_class.items():
-        generator = torch.Generator().manual_seed(derive_seed("split", seed, name))
-        order = torch.randperm(len(positions), generator=generator).tolist()
-        take = min(round(fraction * len(positions)), len(positions) - 1)
-        val += [positions[k] for k in order[:take]]
-    held = set(val)
-    return [i for i in range(len(names)) if i not in held], sorted(val)
-
-
-# -- decoding --------------------------------------------------------------
-
-
-def read_image(path: str, channels: int = 3, max_pixels: int = MAX_PIXELS) -> Tensor:
-    """uint8 ``(channels, H, W)`` of a JPEG, PNG, WebP, BMP, GIF (first frame) or TIFF (first page) file.
-
-    Gray, RGBA and palette images are converted. Raises ValueError naming the
-    file when it cannot be decoded: not a regular file, content of another
-    kind than its suffix says (a GIF named ``.png``), a header claiming more
-    than ``max_pixels`` pixels (checked before anything is inflated), damage.
-    """
-    data = read_file(path)
-    if not data:
-        raise ValueError(f"cannot decode image {shown(path)} (empty file); replace or delete it")
-    kind, named = sniff(data), KINDS.get(os.path.splitext(path)[1].lower())
-    if kind is None:
-        raise ValueError(f"cannot decode image {shown(path)} (not a {', '.join(sorted(set(KINDS.values())))} file); "
-                         f"replace or delete it")  # fmt: skip
-    if named is not None and kind != named:
-        raise ValueError(
-            f"cannot decode image {shown(path)}: it holds a {kind} image but its name says {named}; "
-            f"rename it to .{kind.lower()}, convert it, or delete it"
-        )
-    size = dimensions(data, kind)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise ValueError(
-            f"cannot decode image {shown(path)}: its header claims {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
-            f"over data.max_pixels = {max_pixels:,}; raise data.max_pixels to read it, or shrink or delete it"
-        )
-    image = _decode_pillow(data, channels) if kind in ("BMP", "TIFF") else _decode_torchvision(data, channels, kind)
-    if isinstance(image, str):
-        raise ValueError(f"cannot decode image {shown(path)} ({image}); replace or delete it")
-    if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
-        image = F.to_dtype(image, torch.uint8, scale=True)
-    if image.ndim != 3 or image.shape[0] != channels:  # never let an odd file reach torch.stack
-        raise ValueError(
-            f"cannot decode image {shown(path)}: it decodes to shape {tuple(image.shape)}, not ({channels}, H, W); "
-            f"convert it or delete it"
-        )
-    return image
-
-
-def _decode_torchvision(data: bytes, channels: int, kind: str) -> Tensor | str:
-    """The decoded image, or why it failed.
-
-    GIF: the first frame. GIF and WebP come out RGB whatever the mode asks
-    (WebP warns), so gray is converted here.
-    """
-    if kind == "PNG":
-        problem = png_problem(data)  # torchvision would crash on these: check first
-        if problem is not None:
-            return problem
-    mode = _MODES[3 if kind in ("GIF", "WebP") else channels]
-    try:
-        image = _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode.value, True)
-    except RuntimeError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return re.sub(r"^.*\.cpp:\d+,\s*", "", reason)  # the decoder's source location says nothing to a user
-    image = image[0] if kind == "GIF" and image.ndim == 4 else image  # (frames, 3, H, W) when animated
-    return F.rgb_to_grayscale(image) if channels == 1 and image.ndim == 3 and image.shape[0] == 3 else image
-
-
-def _decode_pillow(data: bytes, channels: int) -> Tensor | str:
-    """BMP and TIFF (torchvision has no decoder for them): the first frame, as Pillow converts it."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image_tensor(image.convert("L" if channels == 1 else "RGB"))
-    except Exception as e:  # Pillow raises many kinds (OSError, SyntaxError, struct.error ...) on damage
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def load_images(paths: list[str], *, image_size: int, channels: int = 3, max_pixels: int = MAX_PIXELS) -> Tensor:
-    """uint8 ``(len(paths), channels, image_size, image_size)``: decoded (``read_image``), converted, resized."""
-    images = [read_image(p, channels, max_pixels) for p in paths]
-    size = [image_size, image_size]
-    if all(im.shape == images[0].shape for im in images):
-        # The common case (a folder of equal-sized images): one resize call for the batch.
-        batch = torch.stack(images)
-        return batch if batch.shape[-2:] == (image_size, image_size) else F.resize(batch, size, antialias=True)
-    return torch.stack([F.resize(im, size, antialias=True) if im.shape[-2:] != tuple(size) else im for im in images])
-
-
-def drop_unreadable(listing: Listing, channels: int, num_threads: int = 0, max_pixels: int = MAX_PIXELS) -> Listing:
-    """``listing`` without the files ``read_image`` cannot decode; a warning counts them.
-
-    Decodes every file once (in ``num_threads`` threads), so it costs one pass over the data.
-    """
-
-    def problem(path: str) -> str | None:
-        try:
-            read_image(path, channels, max_pixels)
-        except (ValueError, OSError) as e:
-            return str(e)
-        return None
-
-    if num_threads:
-        with ThreadPoolExecutor(num_threads) as pool:
-            problems = list(pool.map(problem, listing.files))
-    else:
-        problems = [problem(p) for p in listing.files]
-    bad = [m for m in problems if m is not None]
-    if not bad:
-        return listing
-    if len(bad) == len(listing.files):
-        raise ValueError(f"none of the {len(bad)} images in {listing.folder} can be decoded, e.g. {bad[0]}")
-    warnings.warn(
-        f"skipped {len(bad)} unreadable of {len(listing.files)} images in {listing.folder} (data.skip_unreadable), "
-        f"e.g. {bad[0]}",
-        stacklevel=2,
-    )
-    return listing.subset([i for i, m in enumerate(problems) if m is None])
 
 
 class DecodedImages:
@@ -329,6 +66,44 @@ class DecodedImages:
         return load_images(paths, image_size=self.image_size, channels=self.channels, max_pixels=self.max_pixels)
 
 
+def image_load(
+    decoded, labels: Tensor, *, train: bool, seed: int, augment: AugmentConfig | None, augment_on: str,
+    image_size: int, mean: list[float], std: list[float],
+) -> tuple[Load, bool]:
+    """``(load, pass_epoch)``: batches ``{"image", "label"}`` of ``decoded(indices) -> uint8 (b, C, S, S)``.
+
+    Training with ``augment``: ``load(indices, epoch)`` augments each image with
+    its own parameters (``craft.data.augment``), here or, with ``augment_on =
+    "device"``, after the batch reaches the device (a ``DeviceBatch``).
+    Otherwise ``load(indices)``: the centre crop to the crop size, nothing random.
+    """
+    size = crop_size(augment, image_size)
+    if not train or augment is None:
+
+        def plain(indices: Tensor) -> Batch:
+            return {"image": normalize(eval_view(decoded(indices), size), mean, std), "label": labels[indices]}
+
+        return plain, False
+
+    def augmented(indices: Tensor, epoch: int) -> Batch:
+        params = batch_params(augment, image_size, seed, epoch, indices)
+        batch = {"image": decoded(indices), "label": labels[indices]}
+        if augment_on == "device":
+            return DeviceBatch(batch, params, size, mean, std)
+        return {**batch, "image": normalize(augment_batch(batch["image"], params, size), mean, std)}
+
+    return augmented, True
+
+
+def fits_image(instance, attribute, augment: AugmentConfig | None) -> None:
+    """Validator: the crop is no larger than the decoded image (``data.image_size``)."""
+    if augment is not None and crop_size(augment, instance.image_size) > instance.image_size:
+        raise ValueError(
+            f"random_resized_crop.size = {crop_size(augment, instance.image_size)} is larger than "
+            f"data.image_size = {instance.image_size}; raise image_size (what is decoded) or lower the crop size"
+        )
+
+
 # -- config ----------------------------------------------------------------
 
 
@@ -340,7 +115,8 @@ class ImageFolderConfig:
     Splits: ``val_path`` if set; else ``path/train`` and ``path/val`` if both
     exist; else a per-class ``val_fraction`` of the files (fixed by
     ``data_seed``, not by the run's seed). ``prepare = "shapes"`` writes the
-    synthetic shapes there first when ``path`` is missing or empty.
+    synthetic shapes there first when ``path`` is missing or empty;
+    ``prepare = "photos"``, the photo-like JPEGs (``craft.data.photos``).
     ``num_threads`` threads decode up to ``prefetch`` batches ahead
     (``num_threads = 0``: decode in the caller). ``cache`` keeps decoded,
     resized images in memory (``N * C * S * S`` bytes) after their first read.
@@ -349,6 +125,9 @@ class ImageFolderConfig:
     once when the data is built). A file whose header claims more than
     ``max_pixels`` pixels is unreadable (refused before it is decoded).
     Formats: JPEG, PNG, WebP, BMP, GIF (first frame), TIFF (first page).
+    ``augment`` (``[data.augment]``): training images are augmented per image
+    (``craft.data.augment``), in the decoding threads (``augment_on =
+    "host"``) or on the device; val images are centre-cropped to the crop size.
     """
 
     path: str
@@ -358,7 +137,7 @@ class ImageFolderConfig:
     labels: str = attrs.field(default="folders", validator=checks.one_of("folders", "prefix"))
     val_path: str | None = None
     val_fraction: float = attrs.field(default=0.1, validator=checks.fraction)
-    prepare: str | None = attrs.field(default=None, validator=checks.one_of(None, "shapes"))
+    prepare: str | None = attrs.field(default=None, validator=checks.one_of(None, "shapes", "photos"))
     mean: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
     std: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
     num_threads: int = attrs.field(default=2, validator=checks.at_least(0))
@@ -367,6 +146,8 @@ class ImageFolderConfig:
     data_seed: int = 0
     skip_unreadable: bool = False
     max_pixels: int = attrs.field(default=MAX_PIXELS, validator=checks.at_least(1))
+    augment: AugmentConfig | None = attrs.field(default=None, validator=fits_image)
+    augment_on: str = attrs.field(default="host", validator=checks.one_of("host", "device"))
 
     def build(self, split: str, *, seed: int, rank: int = 0, world_size: int = 1) -> TrainBatches | EvalBatches:
         """Batches ``{"image": float32 (B, C, S, S), "label": int64 (B,)}`` of ``split``."""
@@ -393,11 +174,10 @@ class ImageFolderConfig:
         images = DecodedImages(
             files, image_size=self.image_size, channels=self.channels, cache=self.cache, max_pixels=self.max_pixels
         )
-        mean, std = self.mean, self.std
-
-        def load(indices: Tensor) -> Batch:
-            return {"image": normalize(images(indices), mean, std), "label": labels[indices]}
-
+        load, pass_epoch = image_load(
+            images, labels, train=split == "train", seed=seed, augment=self.augment, augment_on=self.augment_on,
+            image_size=self.image_size, mean=self.mean, std=self.std,
+        )
         executor = (
             ThreadPoolExecutor(self.num_threads, thread_name_prefix=f"craft-data-{split}") if self.num_threads else None
         )
@@ -413,17 +193,18 @@ class ImageFolderConfig:
         common["fingerprint"] = lambda: options_fingerprint(
             self, split, classes, chosen.names, files_fingerprint(files, chosen.folder)
         )
-        batches = TrainBatches(len(files), load, seed=seed, **common) if split == "train" else EvalBatches(
-            len(files), load, **common
-        )
+        if split == "train":
+            batches = TrainBatches(len(files), load, seed=seed, pass_epoch=pass_epoch, **common)
+        else:
+            batches = EvalBatches(len(files), load, **common)
         batches.summary = chosen.summary()
         return batches
 
     def listing(self, split: str) -> tuple[Listing, Listing]:
         """``(train listing, split's listing)``: the train one fixes the classes."""
         root = Path(self.path)
-        if self.prepare == "shapes":
-            prepare_shapes(root, image_size=self.image_size, seed=self.data_seed)
+        if self.prepare is not None:
+            prepare_shapes(root, image_size=self.image_size, seed=self.data_seed, what=self.prepare)
         if not root.exists():
             raise FileNotFoundError(
                 f"data.path {root} does not exist; create it with `craft prepare shapes {root}`, "
@@ -446,23 +227,29 @@ class ImageFolderConfig:
         return train, train if split == "train" else list_images(val_root, self.labels)
 
 
-def prepare_shapes(root: Path, *, image_size: int, seed: int) -> None:
-    """Write the synthetic shapes folder at ``root`` unless it already has something in it.
+def prepare_shapes(root: Path, *, image_size: int, seed: int, what: str = "shapes") -> None:
+    """Write the synthetic ``what`` folder (shapes or photos) at ``root`` unless it already has something in it.
 
     Under torchrun, local rank 0 of each node writes while the other ranks
     wait (``once_per_node``); a folder another writer finished first is reused.
     """
-    once_per_node(lambda: _write_shapes_unless_present(root, image_size=image_size, seed=seed))
+    once_per_node(lambda: _write_unless_present(root, image_size=image_size, seed=seed, what=what))
 
 
-def _write_shapes_unless_present(root: Path, *, image_size: int, seed: int) -> None:
+def _write_unless_present(root: Path, *, image_size: int, seed: int, what: str) -> None:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         return
-    count = PREPARED_SHAPES["num_train"] + PREPARED_SHAPES["num_val"]
+    if what == "photos":
+        from craft.data.photos import PHOTO_SIZE, PREPARED_PHOTOS, write_photos_folder
+
+        counts, size, write = PREPARED_PHOTOS, max(image_size, PHOTO_SIZE), write_photos_folder
+    else:
+        counts, size, write = PREPARED_SHAPES, image_size, write_shapes_folder
     # A one-time pause of seconds: say why, as a dataset download would.
-    print(f"craft: writing {count} synthetic shapes images to {root} (once; later runs reuse them)", file=sys.stderr)
+    count = counts["num_train"] + counts["num_val"]
+    print(f"craft: writing {count} synthetic {what} images to {root} (once; later runs reuse them)", file=sys.stderr)
     try:
-        write_shapes_folder(root, image_size=image_size, seed=seed, **PREPARED_SHAPES)
+        write(root, image_size=size, seed=seed, **counts)
     except FileExistsError:
         if not (root.is_dir() and any(root.iterdir())):
             raise

@@ -15,6 +15,7 @@ from PIL import Image
 
 from craft.data import DATASETS, ImageFolderConfig, ShapesConfig
 from craft.data import images as images_module
+from craft.data.augment import AugmentConfig
 
 SIZE = 6
 
@@ -333,6 +334,7 @@ def test_decoding_runs_in_background_threads(splits, monkeypatch):
 
 @pytest.mark.parametrize("cls", [ImageFolderConfig, ShapesConfig])
 def test_config_fields_are_plain_toml_types(cls):
-    allowed = {bool, int, float, str, list[str], list[float], str | None}
+    # [data.augment] is a table (an attrs record) whose own keys are plain TOML types.
+    allowed = {bool, int, float, str, list[str], list[float], str | None, AugmentConfig | None}
     types = attrs.resolve_types(cls)
     assert {f.name: f.type for f in attrs.fields(types) if f.type not in allowed} == {}

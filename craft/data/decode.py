@@ -1,0 +1,159 @@
+"""Decoding image files: JPEG, PNG, WebP, BMP, GIF and TIFF to uint8 tensors of one size.
+
+torchvision's decoder where it has one (JPEG, PNG, WebP, GIF), Pillow
+otherwise (BMP, TIFF). The kind is read from the content, not trusted from the
+name, and a header's pixel count is checked before anything is inflated.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import torchvision.io  # noqa: F401  (registers the torch.ops.image decoders)
+from PIL import Image
+from torch import Tensor
+from torchvision.io import ImageReadMode
+from torchvision.transforms.v2 import functional as F
+
+from craft.data.files import KINDS, MAX_PIXELS, dimensions, read_file, shown, sniff
+from craft.data.listing import Listing
+from craft.data.pngcheck import png_problem
+from craft.data.shapes import image_tensor
+
+_MODES = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}
+
+# The op behind torchvision.io.decode_image. The Python wrapper issues a
+# DeprecationWarning on every call (torchvision 0.29 points to TorchCodec);
+# per image, that costs more than decoding a 32x32 PNG and serializes the
+# decoding threads on the warnings machinery.
+_decode = torch.ops.image.decode_image
+
+
+
+def read_image(path: str, channels: int = 3, max_pixels: int = MAX_PIXELS) -> Tensor:
+    """uint8 ``(channels, H, W)`` of a JPEG, PNG, WebP, BMP, GIF (first frame) or TIFF (first page) file.
+
+    Gray, RGBA and palette images are converted. Raises ValueError naming the
+    file when it cannot be decoded: not a regular file, content of another
+    kind than its suffix says (a GIF named ``.png``), a header claiming more
+    than ``max_pixels`` pixels (checked before anything is inflated), damage.
+    """
+    named = KINDS.get(os.path.splitext(path)[1].lower())
+    return decode_bytes(read_file(path), shown(path), channels, max_pixels, named=named)
+
+
+def decode_bytes(
+    data: bytes, name: str, channels: int = 3, max_pixels: int = MAX_PIXELS, *, named: str | None = None
+) -> Tensor:
+    """uint8 ``(channels, H, W)`` of the encoded image ``data``; ``name`` says where it came from in messages.
+
+    ``named``: the kind the file's name claims (a value of ``KINDS``), checked against its content.
+    """
+    if not data:
+        raise ValueError(f"cannot decode image {name} (empty file); replace or delete it")
+    kind = sniff(data)
+    if kind is None:
+        raise ValueError(f"cannot decode image {name} (not a {', '.join(sorted(set(KINDS.values())))} file); "
+                         f"replace or delete it")  # fmt: skip
+    if named is not None and kind != named:
+        raise ValueError(
+            f"cannot decode image {name}: it holds a {kind} image but its name says {named}; "
+            f"rename it to .{kind.lower()}, convert it, or delete it"
+        )
+    size = dimensions(data, kind)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ValueError(
+            f"cannot decode image {name}: its header claims {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
+            f"over data.max_pixels = {max_pixels:,}; raise data.max_pixels to read it, or shrink or delete it"
+        )
+    image = _decode_pillow(data, channels) if kind in ("BMP", "TIFF") else _decode_torchvision(data, channels, kind)
+    if isinstance(image, str):
+        raise ValueError(f"cannot decode image {name} ({image}); replace or delete it")
+    if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
+        image = F.to_dtype(image, torch.uint8, scale=True)
+    if image.ndim != 3 or image.shape[0] != channels:  # never let an odd file reach torch.stack
+        raise ValueError(
+            f"cannot decode image {name}: it decodes to shape {tuple(image.shape)}, not ({channels}, H, W); "
+            f"convert it or delete it"
+        )
+    return image
+
+
+def _decode_torchvision(data: bytes, channels: int, kind: str) -> Tensor | str:
+    """The decoded image, or why it failed.
+
+    GIF: the first frame. GIF and WebP come out RGB whatever the mode asks
+    (WebP warns), so gray is converted here.
+    """
+    if kind == "PNG":
+        problem = png_problem(data)  # torchvision would crash on these: check first
+        if problem is not None:
+            return problem
+    mode = _MODES[3 if kind in ("GIF", "WebP") else channels]
+    try:
+        image = _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode.value, True)
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return re.sub(r"^.*\.cpp:\d+,\s*", "", reason)  # the decoder's source location says nothing to a user
+    image = image[0] if kind == "GIF" and image.ndim == 4 else image  # (frames, 3, H, W) when animated
+    return F.rgb_to_grayscale(image) if channels == 1 and image.ndim == 3 and image.shape[0] == 3 else image
+
+
+def _decode_pillow(data: bytes, channels: int) -> Tensor | str:
+    """BMP and TIFF (torchvision has no decoder for them): the first frame, as Pillow converts it."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image_tensor(image.convert("L" if channels == 1 else "RGB"))
+    except Exception as e:  # Pillow raises many kinds (OSError, SyntaxError, struct.error ...) on damage
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def load_images(paths: list[str], *, image_size: int, channels: int = 3, max_pixels: int = MAX_PIXELS) -> Tensor:
+    """uint8 ``(len(paths), channels, image_size, image_size)``: decoded (``read_image``), converted, resized."""
+    return resize_stack([read_image(p, channels, max_pixels) for p in paths], image_size)
+
+
+def resize_stack(images: list[Tensor], image_size: int) -> Tensor:
+    """uint8 ``(len(images), C, image_size, image_size)``: each ``(C, H, W)`` resized (antialiased) and stacked."""
+    size = [image_size, image_size]
+    if all(im.shape == images[0].shape for im in images):
+        # The common case (a folder of equal-sized images): one resize call for the batch.
+        batch = torch.stack(images)
+        return batch if batch.shape[-2:] == (image_size, image_size) else F.resize(batch, size, antialias=True)
+    return torch.stack([F.resize(im, size, antialias=True) if im.shape[-2:] != tuple(size) else im for im in images])
+
+
+def drop_unreadable(listing: Listing, channels: int, num_threads: int = 0, max_pixels: int = MAX_PIXELS) -> Listing:
+    """``listing`` without the files ``read_image`` cannot decode; a warning counts them.
+
+    Decodes every file once (in ``num_threads`` threads), so it costs one pass over the data.
+    """
+
+    def problem(path: str) -> str | None:
+        try:
+            read_image(path, channels, max_pixels)
+        except (ValueError, OSError) as e:
+            return str(e)
+        return None
+
+    if num_threads:
+        with ThreadPoolExecutor(num_threads) as pool:
+            problems = list(pool.map(problem, listing.files))
+    else:
+        problems = [problem(p) for p in listing.files]
+    bad = [m for m in problems if m is not None]
+    if not bad:
+        return listing
+    if len(bad) == len(listing.files):
+        raise ValueError(f"none of the {len(bad)} images in {listing.folder} can be decoded, e.g. {bad[0]}")
+    warnings.warn(
+        f"skipped {len(bad)} unreadable of {len(listing.files)} images in {listing.folder} (data.skip_unreadable), "
+        f"e.g. {bad[0]}",
+        stacklevel=2,
+    )
+    return listing.subset([i for i, m in enumerate(problems) if m is None])

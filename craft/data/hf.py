@@ -1,0 +1,162 @@
+"""Hugging Face datasets on disk, offline: images and labels, or text, from Arrow tables.
+
+``path`` is a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``,
+a Parquet or Arrow file, or a folder of them (files whose names start with
+``train``, ``validation``/``val`` or ``test`` are those splits; other names are
+train). Nothing is downloaded and nothing is written to the Hugging Face
+cache: the tables are read (memory-mapped) with ``datasets`` and ``pyarrow``.
+
+Images are read from the column's raw bytes (an ``Image`` feature stores
+``{"bytes", "path"}``) and decoded by craft's decoder (``craft.data.decode``),
+so they go through the same resize, augmentation and normalization as an
+image folder. Text rows are joined with newlines and cut into windows of
+``block_size`` characters, as ``kind = "text"`` does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from craft.data.files import files_fingerprint, read_file
+
+SPLIT_PREFIXES = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
+TABLE_SUFFIXES = (".parquet", ".arrow")
+EXTRA = "pip install 'craft[hf]' (or: pip install datasets)"
+
+
+def require_datasets():
+    """The ``datasets`` module; a ValueError naming the extra when it is not installed."""
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(f"data.kind = 'hf_dataset' needs the Hugging Face datasets package: {EXTRA}") from None
+    return datasets
+
+
+def split_of(name: str) -> str:
+    """The split a table file belongs to by its name (``train-00000-of-00002.parquet`` -> ``train``)."""
+    lower = name.lower()
+    for prefix, split in SPLIT_PREFIXES.items():
+        if lower.startswith(prefix):
+            return split
+    return "train"
+
+
+def _read_table_file(path: Path):
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".parquet":
+        return pq.read_table(path)
+    return require_datasets().Dataset.from_file(str(path)).data.table
+
+
+def read_tables(path: str | Path) -> tuple[dict[str, object], list[str]]:
+    """``({split: pyarrow.Table}, files)`` of the dataset at ``path``, and the files read (for a fingerprint)."""
+    datasets = require_datasets()
+    import pyarrow as pa
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data.path {path} does not exist; point it at a save_to_disk folder or Parquet files")
+    if path.is_dir() and any((path / marker).exists() for marker in ("dataset_dict.json", "state.json")):
+        loaded = datasets.load_from_disk(str(path), keep_in_memory=False)
+        parts = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+        tables = {name: part.with_format("arrow")[:] for name, part in parts.items()}  # this split's rows only
+        files = sorted(str(p) for p in path.rglob("*") if p.is_file())
+        return tables, files
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in TABLE_SUFFIXES)
+    files = [p for p in files if p.suffix in TABLE_SUFFIXES]
+    if not files:
+        raise ValueError(
+            f"no Parquet or Arrow files in {path}, and no save_to_disk dataset (dataset_dict.json or state.json); "
+            f"point data.path at one"
+        )
+    grouped: dict[str, list] = {}
+    for file in files:
+        grouped.setdefault(split_of(file.name), []).append(_read_table_file(file))
+    return {split: pa.concat_tables(parts) for split, parts in grouped.items()}, [str(f) for f in files]
+
+
+def dataset_fingerprint(files: list[str], path: str | Path) -> str:
+    """The files' names and sizes, relative to ``path`` (a file: its folder)."""
+    root = Path(path) if Path(path).is_dir() else Path(path).parent
+    return files_fingerprint(files, root)
+
+
+def column(table, name: str, role: str, known_key: str):
+    """The column ``name`` of ``table``; a ValueError naming the known columns when it is missing."""
+    if name not in table.column_names:
+        raise ValueError(
+            f"data.{known_key} = {name!r} is not a column of the dataset; "
+            f"its columns: {', '.join(table.column_names)}; "
+            f"set data.{known_key} to the {role} column"
+        )
+    return table.column(name).combine_chunks()
+
+
+def image_reader(array, base: Path) -> Callable[[int], bytes]:
+    """``read(row) -> bytes`` of an image column: binary, or ``{"bytes", "path"}`` structs (an ``Image`` feature).
+
+    A struct whose ``bytes`` is empty is read from its ``path`` (relative to ``base``).
+    """
+    import pyarrow as pa
+
+    if pa.types.is_struct(array.type):
+        data = array.field("bytes") if array.type.get_field_index("bytes") >= 0 else None
+        paths = array.field("path") if array.type.get_field_index("path") >= 0 else None
+
+        def read(row: int) -> bytes:
+            raw = data[row].as_py() if data is not None else None
+            if raw:
+                return raw
+            where = paths[row].as_py() if paths is not None else None
+            if not where:
+                raise ValueError(f"row {row} of the image column holds neither bytes nor a path")
+            return read_file(where if os.path.isabs(where) else str(base / where))
+
+        return read
+    if pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
+        return lambda row: array[row].as_py() or b""
+    raise ValueError(f"the image column holds {array.type}, not encoded images (bytes); set data.image_column")
+
+
+def labels_of(array, names: list[str] | None) -> tuple[torch.Tensor, list[str]]:
+    """``(int64 labels (N,), class names)``: integer labels as they are (named by ``names`` when the
+    feature gives them), text labels numbered in sorted order."""
+    values = array.to_pylist()
+    if any(v is None for v in values):
+        raise ValueError("the label column has empty rows; fill or drop them")
+    if all(isinstance(v, str) for v in values):
+        classes = sorted(set(values))
+        position = {c: k for k, c in enumerate(classes)}
+        return torch.tensor([position[v] for v in values], dtype=torch.int64), classes
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ValueError("the label column must hold class numbers (0, 1, ...) or class names")
+    count = max(values) + 1
+    classes = list(names) if names is not None and len(names) >= count else [str(k) for k in range(count)]
+    return torch.tensor(values, dtype=torch.int64), classes
+
+
+def class_names(path: str | Path, label_column: str) -> list[str] | None:
+    """The ``ClassLabel`` names of a save_to_disk dataset's label column, if it has them."""
+    datasets = require_datasets()
+    path = Path(path)
+    if not (path.is_dir() and any((path / m).exists() for m in ("dataset_dict.json", "state.json"))):
+        return None
+    loaded = datasets.load_from_disk(str(path))
+    part = next(iter(loaded.values())) if isinstance(loaded, datasets.DatasetDict) else loaded
+    feature = part.features.get(label_column)
+    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+
+def seeded_split(count: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train rows, val rows)``: a seeded ``round(fraction * count)`` rows (at least one) are val, sorted."""
+    from craft.data.batching import derive_seed
+
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(derive_seed("hf-split", seed)))
+    take = min(max(1, round(fraction * count)), count - 1)
+    return order[take:].sort().values, order[:take].sort().values

@@ -1,0 +1,171 @@
+"""``[data] kind = "hf_dataset"``: a Hugging Face dataset on disk, as images + labels or as text.
+
+Reading the tables is ``craft.data.hf``; batching, resuming and sharding across
+ranks are the shared ``TrainBatches``/``EvalBatches``, as for every dataset.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import attrs
+import torch
+from torch import Tensor
+
+from craft.data import DATASETS, checks
+from craft.data.augment import AugmentConfig
+from craft.data.batching import Batch, EvalBatches, TrainBatches, options_fingerprint
+from craft.data.decode import decode_bytes, resize_stack
+from craft.data.files import MAX_PIXELS
+from craft.data.hf import class_names, column, dataset_fingerprint, image_reader, labels_of, read_tables, seeded_split
+from craft.data.images import DecodedImages, fits_image, image_load
+from craft.data.listing import split_files
+from craft.data.text import train_windows, val_windows
+from craft.data.tokenizers import CharTokenizer
+
+
+class DecodedRows(DecodedImages):
+    """``DecodedImages`` whose images are the encoded bytes ``read(row)`` of a table's rows ``rows``."""
+
+    def __init__(self, read, rows: list[int], name: str, **options) -> None:
+        super().__init__([f"{name}[{r}]" for r in rows], **options)
+        self.read, self.rows = read, rows
+
+    def _load(self, indices: Tensor) -> Tensor:
+        images = [
+            decode_bytes(self.read(self.rows[i]), self.files[i], self.channels, self.max_pixels)
+            for i in indices.tolist()
+        ]
+        return resize_stack(images, self.image_size)
+
+
+@DATASETS.register("hf_dataset")
+@attrs.frozen
+class HFDatasetConfig:
+    """``[data] kind = "hf_dataset"``: a dataset saved with ``save_to_disk``, or Parquet/Arrow files, offline.
+
+    Images (``text_column`` unset): ``image_column`` holds encoded images,
+    ``label_column`` class numbers or names; batches as ``image_folder``'s
+    (``image_size``, ``channels``, ``mean``/``std``, ``augment``, threads,
+    ``cache``). Text (``text_column`` set): the rows joined by newlines are a
+    character corpus cut into ``block_size`` windows, as ``kind = "text"``.
+    Splits: the dataset's own ``train_split`` and ``val_split``; with
+    ``val_split`` unset or absent, a ``val_fraction`` of the train rows fixed
+    by ``data_seed`` (per class, for images). Needs ``pip install 'craft[hf]'``.
+    """
+
+    path: str
+    image_column: str = "image"
+    label_column: str = "label"
+    text_column: str | None = None
+    train_split: str = "train"
+    val_split: str | None = "validation"
+    val_fraction: float = attrs.field(default=0.1, validator=checks.fraction)
+    data_seed: int = 0
+    batch_size: int = attrs.field(default=128, validator=checks.at_least(1))
+    image_size: int = attrs.field(default=32, validator=checks.at_least(1))
+    channels: int = attrs.field(default=3, validator=checks.channels)
+    mean: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
+    std: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
+    num_threads: int = attrs.field(default=2, validator=checks.at_least(0))
+    prefetch: int = attrs.field(default=4, validator=checks.at_least(1))
+    cache: bool = False
+    max_pixels: int = attrs.field(default=MAX_PIXELS, validator=checks.at_least(1))
+    augment: AugmentConfig | None = attrs.field(default=None, validator=fits_image)
+    augment_on: str = attrs.field(default="host", validator=checks.one_of("host", "device"))
+    block_size: int = attrs.field(default=64, validator=checks.at_least(1))
+
+    def build(self, split: str, *, seed: int, rank: int = 0, world_size: int = 1) -> TrainBatches | EvalBatches:
+        """Images: ``{"image": float32 (B, C, S, S), "label": int64 (B,)}``; text: ``{"input", "target": (B, T)}``."""
+        checks.check_split(split)
+        tables, files = read_tables(self.path)
+        if self.train_split not in tables:
+            raise ValueError(
+                f"data.train_split = {self.train_split!r} is not a split of {self.path}; "
+                f"its splits: {', '.join(sorted(tables))}"
+            )
+        common = {"rank": rank, "world_size": world_size, "fingerprint": None}
+        digest = dataset_fingerprint(files, self.path)
+        if self.text_column is not None:
+            return self._text(split, tables, seed, digest, common)
+        return self._images(split, tables, seed, digest, common)
+
+    def _rows(self, tables: dict, split: str, names: list[str] | None) -> tuple[object, list[int]]:
+        """``(table, rows)`` of ``split``: the dataset's own split, or the seeded fraction of train."""
+        if self.val_split is not None and self.val_split in tables:
+            table = tables[self.train_split if split == "train" else self.val_split]
+            return table, list(range(table.num_rows))
+        table = tables[self.train_split]
+        if table.num_rows < 2:
+            raise ValueError(f"the train split of {self.path} has {table.num_rows} rows: too few to hold some out")
+        if names is not None:  # per class, as an image folder splits
+            train, val = split_files(names, self.val_fraction, self.data_seed)
+        else:
+            train, val = (t.tolist() for t in seeded_split(table.num_rows, self.val_fraction, self.data_seed))
+        return table, train if split == "train" else val
+
+    def _images(self, split: str, tables: dict, seed: int, digest: str, common: dict) -> TrainBatches | EvalBatches:
+        named = class_names(self.path, self.label_column)
+        train_table = tables[self.train_split]
+        train_labels, classes = labels_of(column(train_table, self.label_column, "label", "label_column"), named)
+        table, rows = self._rows(tables, split, [classes[k] for k in train_labels.tolist()])
+        all_labels, split_classes = labels_of(column(table, self.label_column, "label", "label_column"), named)
+        if not set(split_classes) <= set(classes):
+            unknown = sorted(set(split_classes) - set(classes))[:5]
+            raise ValueError(f"the val split has classes unknown to the train split: {unknown}; fix the labels")
+        position = {c: k for k, c in enumerate(classes)}
+        labels = torch.tensor([position[split_classes[k]] for k in all_labels[rows].tolist()], dtype=torch.int64)
+        read = image_reader(column(table, self.image_column, "image", "image_column"), Path(self.path))
+        images = DecodedRows(
+            read, rows, f"{self.path}:{split}", image_size=self.image_size, channels=self.channels,
+            cache=self.cache, max_pixels=self.max_pixels,
+        )
+        load, pass_epoch = image_load(
+            images, labels, train=split == "train", seed=seed, augment=self.augment, augment_on=self.augment_on,
+            image_size=self.image_size, mean=self.mean, std=self.std,
+        )
+        threads = self.num_threads
+        executor = ThreadPoolExecutor(threads, thread_name_prefix=f"craft-data-{split}") if threads else None
+        common.update(
+            batch_size=self.batch_size, classes=classes, executor=executor, prefetch=self.prefetch,
+            fingerprint=options_fingerprint(self, split, classes, digest),
+        )
+        if split == "train":
+            batches = TrainBatches(len(rows), load, seed=seed, pass_epoch=pass_epoch, **common)
+        else:
+            batches = EvalBatches(len(rows), load, **common)
+        batches.summary = f"{len(rows)} images in {self.path} ({split}), {len(classes)} classes"
+        return batches
+
+    def _text(self, split: str, tables: dict, seed: int, digest: str, common: dict) -> TrainBatches | EvalBatches:
+        def text_of(table, rows: list[int]) -> str:
+            values = column(table, self.text_column, "text", "text_column").to_pylist()
+            return "".join(f"{values[r]}\n" for r in rows if values[r])
+
+        train_table, train_rows = self._rows(tables, "train", None)
+        val_table, val_rows = self._rows(tables, "val", None)
+        train_text, val_text = text_of(train_table, train_rows), text_of(val_table, val_rows)
+        tokenizer = CharTokenizer.from_text(train_text + val_text)  # the whole corpus, as kind = "text"
+        common.update(classes=[], fingerprint=options_fingerprint(self, split, digest))
+        if split == "train":
+            data = tokenizer.encode_tensor(train_text)
+            if len(data) < self.block_size + self.batch_size:
+                raise ValueError(
+                    f"the train text has {len(data)} characters, too few for data.batch_size = {self.batch_size} "
+                    f"windows of block_size + 1 = {self.block_size + 1}; lower them or add rows"
+                )
+            load, count = train_windows(data, self.block_size)
+            batches = TrainBatches(count, load, batch_size=self.batch_size, seed=seed, **common)
+        else:
+            context = tokenizer.encode_tensor(val_text)
+            if len(context) < 2:
+                raise ValueError(f"the val text of {self.path} is empty; raise data.val_fraction or add rows")
+            inputs, targets = val_windows(context, self.block_size)
+
+            def load(indices: Tensor) -> Batch:
+                return {"input": inputs[indices], "target": targets[indices]}
+
+            batches = EvalBatches(len(inputs), load, batch_size=self.batch_size, **common)
+        batches.tokenizer, batches.vocab_size, batches.block_size = tokenizer, tokenizer.vocab_size, self.block_size
+        return batches

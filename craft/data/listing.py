@@ -1,0 +1,153 @@
+"""Listing an image folder: its files, their classes, what was left out, and the train/val split.
+
+Labels come from class folders (``root/cat/x.jpg``) or from file-name
+prefixes (``root/cat_001.jpg``). Classes are sorted by name; a label is the
+class's position in that list, the same for train and val.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from craft.data.batching import derive_seed
+from craft.data.files import IMAGE_SUFFIXES, KINDS, find_files, inside, shown
+
+_COMMON = (".jpg", ".jpeg", ".png")
+_SUFFIXES = ", ".join(_COMMON)  # messages name these first: the common kinds
+_MORE_SUFFIXES = ", ".join(s for s in IMAGE_SUFFIXES if s not in _COMMON)
+
+
+
+class Listing(NamedTuple):
+    """Image files found under ``folder``, the class name of each, and what was left out (reason -> count)."""
+
+    folder: Path
+    files: list[str]
+    names: list[str]
+    left_out: Counter[str] = Counter()
+
+    def subset(self, positions: list[int]) -> Listing:
+        files, names = [self.files[i] for i in positions], [self.names[i] for i in positions]
+        return Listing(self.folder, files, names, self.left_out)
+
+    def summary(self) -> str:
+        """One line: how many files of which kinds were found, and what was left out."""
+        kinds = Counter(KINDS[os.path.splitext(f)[1].lower()] for f in self.files)
+        found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        line = f"{len(self.files)} images in {shown(self.folder)}" + (f" ({found})" if found else "")
+        return line + (f"; left out {describe_left_out(self.left_out)}" if self.left_out else "")
+
+
+def describe_left_out(left_out: Counter[str]) -> str:
+    """``"3 .txt files, 1 links out of the folder"``: the most frequent reasons first."""
+    return ", ".join(f"{n} {reason}" for reason, n in left_out.most_common())
+
+
+def images_under(folder: str | Path) -> list[str]:
+    """Image files anywhere under ``folder``, sorted; see ``craft.data.files.find_files`` for what is left out."""
+    return find_files(folder).files
+
+
+def _no_images(folder: Path, left_out: Counter[str]) -> ValueError:
+    found = f"; found only {describe_left_out(left_out)}" if left_out else ""
+    return ValueError(
+        f"no images ({_SUFFIXES}) in {folder}, nor {_MORE_SUFFIXES}{found}; "
+        f"add or convert some, or set prepare = \"shapes\""
+    )
+
+
+def list_images(folder: str | Path, labels: str = "folders") -> Listing:
+    """The images under ``folder`` and their classes, in a stable (sorted) order.
+
+    ``labels="folders"``: the class is the sub-folder of ``folder`` holding the
+    file (at any depth below it). ``labels="prefix"``: the class is the file
+    name up to its first ``_`` (``cat_001.jpg`` -> ``cat``). Hidden files and
+    folders are skipped, and so are loose images beside class folders. Links
+    are followed only within the walked folder (a class folder, with
+    ``"folders"``), and each real folder is read once, so a link never moves
+    an image into another class (``craft.data.files.find_files``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist or is not a folder")
+    if labels == "prefix":
+        files, left_out = find_files(folder)
+        if not files:
+            raise _no_images(folder, left_out)
+        names = [os.path.basename(f).partition("_") for f in files]
+        names = [prefix if sep and prefix else "" for prefix, sep, _ in names]
+        missing = [f for f, name in zip(files, names) if not name]
+        if len(missing) == len(files):
+            raise ValueError(
+                f"no image in {folder} has a class prefix; labels = \"prefix\" needs names like cat_001.jpg "
+                f"(class 'cat'): rename the files, or use labels = \"folders\" for {folder}/<class>/<image>"
+            )
+        if missing:
+            raise ValueError(
+                f"{len(missing)} of {len(files)} images in {folder} have no class prefix, e.g. {shown(missing[0])}; "
+                f"labels = \"prefix\" needs names like cat_001.jpg: rename or remove them"
+            )
+        return Listing(folder, files, names, left_out)
+    if labels != "folders":
+        raise ValueError(f"data.labels must be 'folders' or 'prefix', got {labels!r}")
+    return _list_class_folders(folder)
+
+
+def _list_class_folders(folder: Path) -> Listing:
+    """``labels="folders"``: every class folder's images; one walk shares the set of folders seen."""
+    root = os.path.realpath(folder)
+    class_dirs, left_out = [], Counter()
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        if entry.is_symlink() and not inside(os.path.realpath(entry.path), root):
+            left_out["links out of the folder"] += 1
+        else:
+            class_dirs.append(entry.name)
+    if not class_dirs:
+        loose = find_files(folder)
+        if loose.files:
+            raise ValueError(
+                f"{folder} has images but no class folders; labels = \"folders\" expects {folder}/<class>/<image>: "
+                f"move the images into class folders, or set labels = \"prefix\" for names like cat_001.jpg"
+            )
+        raise _no_images(folder, loose.left_out + left_out)
+    seen = {(os.stat(folder).st_dev, os.stat(folder).st_ino)}  # a link back to the root is never followed
+    files, names = [], []
+    for name in class_dirs:
+        found, skipped = find_files(folder / name, seen=seen)
+        left_out += skipped
+        if not found:
+            what = f" ({describe_left_out(skipped)})" if skipped else ""
+            raise ValueError(
+                f"class folder {folder / name} has no images ({_SUFFIXES}, {_MORE_SUFFIXES}){what}; "
+                f"add images or remove the folder"
+            )
+        files += found
+        names += [name] * len(found)
+    return Listing(folder, files, names, left_out)
+
+
+def split_files(names: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(train, val)`` positions: per class, a seeded ``round(fraction * n)`` go to val.
+
+    Per class, so every class is in both splits where it can be (one file
+    stays in train); a function of ``(names, fraction, seed)`` only, so the
+    same sorted listing always splits the same way.
+    """
+    by_class: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        by_class.setdefault(name, []).append(i)
+    val = []
+    for name, positions in by_class.items():
+        generator = torch.Generator().manual_seed(derive_seed("split", seed, name))
+        order = torch.randperm(len(positions), generator=generator).tolist()
+        take = min(round(fraction * len(positions)), len(positions) - 1)
+        val += [positions[k] for k in order[:take]]
+    held = set(val)
+    return [i for i in range(len(names)) if i not in held], sorted(val)

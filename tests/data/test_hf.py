@@ -1,0 +1,125 @@
+"""[data] kind = "hf_dataset": save_to_disk folders and Parquet files, images and text, offline."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, run_cli
+from craft.data import HFDatasetConfig
+
+datasets = pytest.importorskip("datasets")
+
+SIZE = 8
+
+
+def png(level: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (SIZE, SIZE), (level, 255 - level, level // 2)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_rows(count: int, start: int = 0) -> dict:
+    images = [{"bytes": png(3 * (start + k)), "path": None} for k in range(count)]
+    return {"img": images, "y": [k % 3 for k in range(count)]}
+
+
+@pytest.fixture(scope="module")
+def saved_images(tmp_path_factory) -> Path:
+    """A DatasetDict (train 24, validation 6) with an Image column and ClassLabel labels, save_to_disk."""
+    features = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["ant", "bee", "cow"])})
+    parts = {
+        "train": datasets.Dataset.from_dict(image_rows(24), features=features),
+        "validation": datasets.Dataset.from_dict(image_rows(6, start=40), features=features),
+    }
+    root = tmp_path_factory.mktemp("hf") / "images"
+    datasets.DatasetDict(parts).save_to_disk(str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def parquet_text(tmp_path_factory) -> Path:
+    """train-*.parquet with a text column, no val split (a seeded fraction is held out)."""
+    root = tmp_path_factory.mktemp("hf") / "text"
+    root.mkdir()
+    lines = [f"the cat sat on mat number {k}." for k in range(60)]
+    datasets.Dataset.from_dict({"text": lines}).to_parquet(str(root / "train-00000-of-00001.parquet"))
+    return root
+
+
+def test_images_use_the_datasets_own_splits_and_class_names(saved_images):
+    config = HFDatasetConfig(path=str(saved_images), image_column="img", label_column="y", batch_size=4,
+                             image_size=SIZE, num_threads=0)
+    train, val = config.build("train", seed=0), config.build("val", seed=0)
+    assert train.classes == ["ant", "bee", "cow"] and train.num_examples == 24 and val.num_examples == 6
+    batch = next(train)
+    assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["label"].dtype == torch.int64
+    levels = sorted(round(float(b["image"][i, 0, 0, 0]) * 127.5 + 127.5) for b in val for i in range(len(b["label"])))
+    assert levels == [3 * (40 + k) for k in range(6)]  # val rows, decoded to the pixels written
+
+
+def test_a_seeded_fraction_is_held_out_per_class_and_shards_split_the_batch(saved_images):
+    config = HFDatasetConfig(path=str(saved_images), image_column="img", label_column="y", batch_size=4,
+                             image_size=SIZE, num_threads=0, val_split=None, val_fraction=0.25)
+    train, val = config.build("train", seed=0), config.build("val", seed=0)
+    assert (train.num_examples, val.num_examples) == (18, 6)
+    whole = next(train)
+    halves = [next(config.build("train", seed=0, rank=r, world_size=2)) for r in range(2)]
+    assert torch.equal(torch.cat([h["image"] for h in halves]), whole["image"])
+
+
+def test_a_resumed_iterator_continues_where_it_stopped(saved_images):
+    config = HFDatasetConfig(path=str(saved_images), image_column="img", label_column="y", batch_size=4,
+                             image_size=SIZE, num_threads=2)
+    unbroken = config.build("train", seed=1)
+    expected = [next(unbroken)["label"] for _ in range(9)]
+    resumed = config.build("train", seed=1)
+    resumed.load_state_dict({"epoch": 1, "index": 2})
+    assert all(torch.equal(next(resumed)["label"], e) for e in expected[8:])
+    unbroken.close(), resumed.close()
+
+
+def test_a_missing_column_is_one_line_naming_the_columns(saved_images):
+    with pytest.raises(ValueError, match=r"data.image_column = 'image' is not a column .* its columns: img, y"):
+        HFDatasetConfig(path=str(saved_images), label_column="y").build("train", seed=0)
+
+
+def experiment(tmp_path: Path, data: str, model: str, task: str = "") -> Path:
+    toml = tmp_path / "hf.toml"
+    toml.write_text(
+        f'name = "hf"\nout_dir = "{tmp_path / "runs"}"\n{model}\n{data}\n{task}\n'
+        '[optim]\nkind = "adamw"\nlr = 0.01\n[train]\nsteps = 3\neval_every = 3\nlog_every = 1\ncompile = false\n'
+    )
+    return toml
+
+
+def test_an_image_dataset_trains_from_the_cli(tmp_path, saved_images):
+    data = (f'[data]\nkind = "hf_dataset"\npath = "{saved_images}"\nimage_column = "img"\nlabel_column = "y"\n'
+            f"image_size = {SIZE}\nbatch_size = 4\n[data.augment]\nhorizontal_flip = 0.5\n")
+    result = run_cli(str(experiment(tmp_path, data, '[model]\nkind = "resnet"\nnum_classes = 3\nwidths = [4]')))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "val accuracy" in result.stdout + result.stderr
+
+
+def test_a_text_dataset_trains_a_language_model_from_the_cli(tmp_path, parquet_text):
+    data = f'[data]\nkind = "hf_dataset"\npath = "{parquet_text}"\ntext_column = "text"\n'
+    data += "block_size = 16\nbatch_size = 4\n"
+    model = '[model]\nkind = "gpt"\nblock_size = 16\nn_layer = 1\nn_head = 2\nn_embd = 16'
+    result = run_cli(str(experiment(tmp_path, data, model, '[task]\nkind = "language_model"')))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "val loss" in result.stdout + result.stderr
+
+
+def test_without_the_datasets_package_the_run_says_which_extra_to_install(tmp_path, saved_images):
+    toml = experiment(tmp_path, f'[data]\nkind = "hf_dataset"\npath = "{saved_images}"', '[model]\nkind = "resnet"')
+    code = (f"import sys; sys.modules['datasets'] = None; sys.argv = ['craft', {str(toml)!r}]; "
+            "from craft.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 1
+    assert "pip install 'craft[hf]'" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,46 @@
+"""craft prepare photos and data.prepare = "photos": a seeded, photo-like JPEG folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import run_cli
+from craft.data import ImageFolderConfig
+from craft.data.photos import PHOTO_CLASSES, render_photo, write_photos_folder
+
+
+def test_prepare_photos_writes_a_balanced_jpeg_folder_from_the_cli(tmp_path):
+    result = run_cli("prepare", "photos", str(tmp_path / "p"), "--num_train=14", "--num_val=7", "--image_size=48")
+    assert result.returncode == 0, result.stderr[-2000:]
+    train = sorted((tmp_path / "p" / "train").rglob("*.jpg"))
+    assert len(train) == 14 and {f.parent.name for f in train} == set(PHOTO_CLASSES)
+    assert train[0].read_bytes()[:3] == b"\xff\xd8\xff"
+    batches = ImageFolderConfig(path=str(tmp_path / "p"), image_size=48, batch_size=7, num_threads=0)
+    assert next(batches.build("train", seed=0))["image"].shape == (7, 3, 48, 48)
+
+
+def test_photos_are_a_function_of_seed_split_and_index(tmp_path):
+    same = [render_photo(3, seed=1, split="train", size=32) for _ in range(2)]
+    assert same[0][0] == same[1][0] and same[0][1].tobytes() == same[1][1].tobytes()
+    assert render_photo(3, seed=2, split="train", size=32)[1].tobytes() != same[0][1].tobytes()
+    a, b = (write_photos_folder(tmp_path / n, num_train=7, num_val=0, image_size=32, seed=0) for n in "ab")
+    files = lambda root: {p.relative_to(root): p.read_bytes() for p in Path(root).rglob("*.jpg")}  # noqa: E731
+    assert files(a) == files(b)
+
+
+def test_an_unknown_prepare_option_is_one_line(tmp_path):
+    result = run_cli("prepare", "photos", str(tmp_path / "p"), "--num_trains=3")
+    assert result.returncode == 2 and "unknown option 'num_trains'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_data_prepare_photos_writes_the_folder_on_first_use(tmp_path, monkeypatch):
+    from craft.data import photos
+
+    monkeypatch.setitem(photos.PREPARED_PHOTOS, "num_train", 14)
+    monkeypatch.setitem(photos.PREPARED_PHOTOS, "num_val", 7)
+    config = ImageFolderConfig(path=str(tmp_path / "photos"), prepare="photos", image_size=32, batch_size=7)
+    ds = config.build("train", seed=0)
+    assert ds.num_examples == 14 and ds.classes == sorted(PHOTO_CLASSES)
+    assert len(list((tmp_path / "photos" / "val").rglob("*.jpg"))) == 7
+    ds.close()
