@@ -66,8 +66,9 @@ def checked_ids(ids: Iterable[int] | Tensor, vocab_size: int) -> list[int]:
 
 
 def train_bpe(texts: Iterator[str], vocab_size: int, *, length: int | None = None) -> BPETokenizer:
-    """A byte-level BPE of ``vocab_size`` tokens (``END_OF_TEXT`` is id 0) learned from ``texts``.
+    """A byte-level BPE of at most ``vocab_size`` tokens (``END_OF_TEXT`` is id 0) learned from ``texts``.
 
+    Fewer when the text has fewer distinct pairs to merge.
     ``texts`` is consumed once, piece by piece (``train_from_iterator``), so a
     corpus larger than memory trains; ``length`` (the number of pieces) only
     sizes the library's progress bar.

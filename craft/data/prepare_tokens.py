@@ -13,14 +13,15 @@ How the corpus is read:
   file once). ``@stdlib`` is the Python standard library's own source files
   (about 11 MB of ``.py``, offline everywhere). Files that are not UTF-8 are
   left out and counted.
-- Each file is read in pieces of about ``chunk_size`` bytes, cut only just
-  after a newline that a printable ASCII character follows (where a
-  byte-level BPE or tiktoken never joins the two sides), so its tokens are
-  those of the whole file encoded at once, and memory holds a few pieces,
-  never the corpus. (A stretch with no such place is read whole.)
+- Each file is read in pieces of about ``chunk_size`` bytes, cut only at a
+  newline with printable ASCII on both sides (where a byte-level BPE or
+  tiktoken never joins the two sides), so its tokens are those of the whole
+  file encoded at once, and memory holds a few pieces, never the corpus. (A
+  stretch of 64 chunks without such a place, e.g. ``\\r\\n`` line ends, is cut
+  at a newline anyway: its tokens there may differ from the whole file's.)
 - The val split is deterministic: the last ``val_fraction`` of each file's
-  bytes, starting at the first such line start at or after that point (a
-  small file may give none). Each file's train part and its val part end with
+  bytes, starting at the first such cut at or after that point (a small
+  file may give none). Each file's train part and its val part end with
   the end-of-text token.
 - ``--tokenizer=bpe`` trains a byte-level BPE of ``vocab_size`` tokens on the
   train parts (streamed); ``--tokenizer=tiktoken --encoding=gpt2`` uses a
@@ -52,7 +53,8 @@ STDLIB = "@stdlib"
 
 META_FILE, TOKENIZER_FILE = "meta.json", "tokenizer.json"
 CHUNK_SIZE = 1 << 20
-CUT = re.compile(rb"\n[\x21-\x7e]")  # see is_cut
+CUT = re.compile(rb"[\x21-\x7e]\n[\x21-\x7e]")  # see is_cut
+LONGEST = 64  # chunks held at most while looking for a cut
 BATCH_PIECES = 16  # pieces encoded together (on the tokenizer's threads)
 
 
@@ -109,8 +111,13 @@ def is_utf8(path: str, block: int = CHUNK_SIZE) -> bool:
 
 
 def is_cut(data: bytes, p: int) -> bool:
-    """Whether the text may be cut before ``data[p]``: just after a newline, before printable ASCII."""
-    return 0 < p < len(data) and data[p - 1] == 0x0A and 0x21 <= data[p] <= 0x7E
+    """Whether the text may be cut before ``data[p]``: a newline between printable ASCII characters.
+
+    Byte-level BPE and tiktoken never join the sides of such a newline, nor
+    read a different split of whitespace when the text ends there (a run of
+    newlines or spaces would: ``"\\n\\n\\ndef"`` splits as ``"\\n\\n", "\\n", "def"``).
+    """
+    return 1 < p < len(data) and data[p - 1] == 0x0A and 0x21 <= data[p - 2] <= 0x7E and 0x21 <= data[p] <= 0x7E
 
 
 def last_cut(data: bytes) -> int:
@@ -118,7 +125,7 @@ def last_cut(data: bytes) -> int:
     p = data.rfind(b"\n")
     while p >= 0 and not is_cut(data, p + 1):
         p = data.rfind(b"\n", 0, p)
-    return p + 1 if p >= 0 and is_cut(data, p + 1) else 0
+    return p + 1 if p >= 0 else 0
 
 
 def val_start(path: str, size: int, val_fraction: float, block: int = CHUNK_SIZE) -> int:
@@ -126,19 +133,25 @@ def val_start(path: str, size: int, val_fraction: float, block: int = CHUNK_SIZE
     start = int(size * (1 - val_fraction))
     if start == 0:
         return 0
+    offset = max(start - 2, 0)
     with open(path, "rb") as f:
-        f.seek(start - 1)
-        offset, data = start - 1, b""
+        f.seek(offset)
+        data = b""
         while chunk := f.read(block):
             data += chunk
-            if found := CUT.search(data):
-                return offset + found.start() + 1
-            offset, data = offset + len(data) - 1, data[-1:]
+            for found in CUT.finditer(data):
+                if offset + found.start() + 2 >= start:
+                    return offset + found.start() + 2
+            offset, data = offset + len(data) - 2, data[-2:]
     return size
 
 
 def pieces(path: str, start: int, end: int, chunk_size: int = CHUNK_SIZE) -> Iterator[str]:
-    """The text of bytes ``[start, end)`` of the file, in pieces of about ``chunk_size`` bytes, cut by ``is_cut``."""
+    """The text of bytes ``[start, end)`` of the file, in pieces of about ``chunk_size`` bytes, cut by ``is_cut``.
+
+    A stretch of ``LONGEST`` pieces' worth without a cut is cut at its last newline
+    (or, without one, its last whole character) rather than held in memory.
+    """
     with open(path, "rb") as f:
         f.seek(start)
         left, carry = end - start, b""
@@ -149,11 +162,21 @@ def pieces(path: str, start: int, end: int, chunk_size: int = CHUNK_SIZE) -> Ite
             left -= len(block)
             data = carry + block
             cut = last_cut(data) if left > 0 else len(data)
+            if not cut and len(data) > LONGEST * chunk_size:
+                cut = data.rfind(b"\n") + 1 or last_character(data)
             if cut:
                 yield data[:cut].decode("utf-8")
             carry = data[cut:]
         if carry:
             yield carry.decode("utf-8")
+
+
+def last_character(data: bytes) -> int:
+    """Where the last UTF-8 character of ``data`` starts (cutting there splits no character)."""
+    p = len(data) - 1
+    while p > 0 and data[p] & 0xC0 == 0x80:  # continuation bytes are 10xxxxxx
+        p -= 1
+    return max(p, 0)
 
 
 def parts(files: list[str], val_fraction: float) -> Iterator[tuple[str, str, int, int]]:
