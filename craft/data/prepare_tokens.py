@@ -20,8 +20,8 @@ How the corpus is read:
   stretch of 64 chunks without such a place, e.g. ``\\r\\n`` line ends, is cut
   at a newline anyway: its tokens there may differ from the whole file's.)
 - The val split is deterministic: the last ``val_fraction`` of each file's
-  bytes, starting at the first such cut at or after that point (a small
-  file may give none). Each file's train part and its val part end with
+  bytes, from the first line start at or after that point (a file whose
+  last line starts before it gives none). Each file's train part and its val part end with
   the end-of-text token.
 - ``--tokenizer=bpe`` trains a byte-level BPE of ``vocab_size`` tokens on the
   train parts (streamed); ``--tokenizer=tiktoken --encoding=gpt2`` uses a
@@ -33,7 +33,6 @@ from __future__ import annotations
 import codecs
 import json
 import os
-import re
 import sysconfig
 from collections import Counter
 from collections.abc import Iterator
@@ -53,7 +52,6 @@ STDLIB = "@stdlib"
 
 META_FILE, TOKENIZER_FILE = "meta.json", "tokenizer.json"
 CHUNK_SIZE = 1 << 20
-CUT = re.compile(rb"[\x21-\x7e]\n[\x21-\x7e]")  # see is_cut
 LONGEST = 64  # chunks held at most while looking for a cut
 BATCH_PIECES = 16  # pieces encoded together (on the tokenizer's threads)
 
@@ -129,20 +127,19 @@ def last_cut(data: bytes) -> int:
 
 
 def val_start(path: str, size: int, val_fraction: float, block: int = CHUNK_SIZE) -> int:
-    """Where the file's val part begins: the first cut at or after ``size * (1 - val_fraction)`` (else ``size``)."""
+    """Where the file's val part begins: the first line start at or after ``size * (1 - val_fraction)``
+    (``size`` when no line starts there). The parts are tokenized apart, so any line start will do."""
     start = int(size * (1 - val_fraction))
     if start == 0:
         return 0
-    offset = max(start - 2, 0)
     with open(path, "rb") as f:
-        f.seek(offset)
-        data = b""
+        f.seek(start - 1)
+        offset = start - 1
         while chunk := f.read(block):
-            data += chunk
-            for found in CUT.finditer(data):
-                if offset + found.start() + 2 >= start:
-                    return offset + found.start() + 2
-            offset, data = offset + len(data) - 2, data[-2:]
+            newline = chunk.find(b"\n")
+            if newline >= 0:
+                return min(offset + newline + 1, size)
+            offset += len(chunk)
     return size
 
 
