@@ -11,7 +11,7 @@ How the corpus is read:
 - SRC are text files or folders; a folder gives its ``TEXT_SUFFIXES`` files,
   walked safely (``craft.data.files.find_files``: no link out of it, each
   file once). ``@stdlib`` is the Python standard library's own source files
-  (about 11 MB of ``.py``, offline everywhere). Files that are not UTF-8 are
+  (about 30 MB of ``.py`` with its tests, offline everywhere). Files that are not UTF-8 are
   left out and counted.
 - Each file is read in pieces of about ``chunk_size`` bytes, cut only at a
   newline with printable ASCII on both sides (where a byte-level BPE or
