@@ -182,7 +182,8 @@ def parts(files: list[str], val_fraction: float) -> Iterator[tuple[str, str, int
         size = os.path.getsize(path)
         if not size:
             continue
-        bom = 3 if size >= 3 and open(path, "rb").read(3) == b"\xef\xbb\xbf" else 0
+        with open(path, "rb") as f:
+            bom = 3 if f.read(3) == b"\xef\xbb\xbf" else 0  # a byte-order mark is not text
         cut = max(val_start(path, size, val_fraction), bom)
         yield "train", path, bom, cut
         if cut < size:

@@ -247,3 +247,12 @@ def test_the_toml_must_agree_with_what_the_folder_states(prepared, tmp_path):
     (tmp_path / "odd" / "train.bin").write_bytes(b"abc")
     with pytest.raises(ValueError, match="3 bytes is not a whole number of uint16 tokens"):
         TokensConfig(path=str(tmp_path / "odd"), vocab_size=10).build("train", seed=0)
+
+
+def test_a_byte_order_mark_is_not_tokenized(tmp_path):
+    (tmp_path / "bom.txt").write_bytes("\ufeffx = 1\ny = 2\n".encode("utf-8"))
+    prepare_tokens([str(tmp_path / "bom.txt")], str(tmp_path / "out"), vocab_size=260, val_fraction=0.4)
+    tok = load_tokenizer(tmp_path / "out" / "tokenizer.json")
+    train = tok.decode(np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16).tolist())
+    val = tok.decode(np.fromfile(tmp_path / "out" / "val.bin", dtype=np.uint16).tolist())
+    assert (train, val) == ("x = 1\n<|endoftext|>", "y = 2\n<|endoftext|>")
