@@ -8,6 +8,7 @@
     craft generate RUN_DIR --image=PATH [--temperature=T ...]     (a captioning run)
     craft plot RUN_DIR
     craft prepare shapes|captions|photos DIR [--num_train=N --num_val=N --image_size=32 --seed=0]
+    craft prepare tokens SRC... OUT [--tokenizer=bpe|tiktoken --vocab_size=N --encoding=NAME --val_fraction=F]
     craft info [NAME]
 
 `craft COMMAND --help` explains a command. craft reads the arguments itself
@@ -187,8 +188,8 @@ def plot(run_dir: str) -> None:
     print(trained.plot(Path(run_dir)))
 
 
-def prepare(what: str, directory: str, *, image_size: int | None = None, seed: int = 0, **counts: int) -> None:
-    """Write a built-in dataset to disk.
+def prepare(what: str, *paths: str, image_size: int | None = None, seed: int = 0, **counts: int | str) -> None:
+    """Write a built-in dataset, or text files as token files, to disk.
 
     `craft prepare shapes DIR [--num_train=N --num_val=N --image_size=32 --seed=0]`
     renders the synthetic shapes as DIR/{train,val}/<class>/*.png, the same
@@ -198,9 +199,18 @@ def prepare(what: str, directory: str, *, image_size: int | None = None, seed: i
     `craft prepare photos DIR [same options; --image_size=96]` writes
     photo-like JPEGs (textured objects on cluttered backgrounds) as
     DIR/{train,val}/<class>/*.jpg, for experiments/resnet_folder.toml.
+    `craft prepare tokens SRC... OUT [--tokenizer=bpe|tiktoken --vocab_size=8192
+    --encoding=gpt2 --val_fraction=0.1 --overwrite]` streams text files and
+    folders (or @stdlib, Python's own sources) into OUT/train.bin, val.bin,
+    tokenizer.json and meta.json, for a tokens experiment.
     """
+    if what == "tokens":
+        return _prepare_tokens(paths, counts)
     if what not in ("shapes", "captions", "photos"):
-        raise UsageError(f"unknown dataset {what!r} to prepare; available: captions, photos, shapes")
+        raise UsageError(f"unknown dataset {what!r} to prepare; available: captions, photos, shapes, tokens")
+    if len(paths) != 1:
+        raise UsageError(f"craft prepare {what} takes one folder, DIR; usage: {USAGE['prepare']}")
+    directory, counts = paths[0], {k: _convert(k, str(v), int) for k, v in counts.items()}
     if what == "photos":
         from craft.data.photos import PHOTO_SIZE, PREPARED_PHOTOS as defaults
         from craft.data.photos import write_photos_folder as write
@@ -225,6 +235,26 @@ def prepare(what: str, directory: str, *, image_size: int | None = None, seed: i
     if problems:
         raise UsageError("\n".join(f"--{line}" for line in problems))
     print(write(Path(directory), image_size=image_size, seed=seed, **{**defaults, **counts}))
+
+
+def _prepare_tokens(paths: tuple[str, ...], options: dict[str, Any]) -> None:
+    """``craft prepare tokens SRC... OUT``: options typed by ``prepare_tokens``'s signature."""
+    from craft.data.prepare_tokens import prepare_tokens
+
+    if len(paths) < 2:
+        raise UsageError(f"craft prepare tokens needs SRC... and OUT; usage: {USAGE['prepare']}")
+    types = typing.get_type_hints(prepare_tokens)
+    known = [name for name in inspect.signature(prepare_tokens).parameters if name not in ("sources", "out")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UsageError(f"unknown option --{unknown[0]} for `craft prepare tokens`; known: {', '.join(known)}")
+    for key, value in options.items():  # numbers and true/false arrive parsed (TOML literals)
+        want = types[key]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            options[key] = value = float(value)
+        if not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
+            raise UsageError(f"--{key}: expected {'true or false' if want is bool else want.__name__}, got {value!r}")
+    print(prepare_tokens(list(paths[:-1]), paths[-1], **options))
 
 
 def info(name: str | None = None) -> str:
@@ -280,7 +310,8 @@ USAGE = {
     "generate": "craft generate RUN_DIR [--prompt=TEXT --max_new_tokens=N --num_samples=N --temperature=T "
     "--top_k=K --top_p=P --seed=S --stop=TEXT --cache=true|false --checkpoint=NAME | --image=PATH]",
     "plot": "craft plot RUN_DIR",
-    "prepare": "craft prepare shapes|captions|photos DIR [--num_train=N --num_val=N --image_size=32 --seed=0]",
+    "prepare": "craft prepare shapes|captions|photos DIR [--num_train=N --num_val=N --image_size=32 --seed=0] | "
+    "craft prepare tokens SRC... OUT [--tokenizer=bpe|tiktoken --vocab_size=N --encoding=NAME --val_fraction=F]",
     "info": "craft info [NAME]",
 }
 
@@ -372,7 +403,8 @@ def _positionals(name: str, words: list[str]) -> list[str]:
     if len(words) < len(needed):
         missing = " ".join(n.upper() for n in needed[len(words):])
         raise UsageError(f"craft {name}: missing {missing}; usage: {USAGE[name]}")
-    if len(words) > len(allowed):
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(COMMANDS[name]).parameters.values())
+    if len(words) > len(allowed) and not varargs:
         extra = words[len(allowed)]
         hint = f" (a true/false option is written --key={extra})" if extra in ("true", "false") else ""
         raise UsageError(f"craft {name}: unexpected argument {extra!r}{hint}; usage: {USAGE[name]}")

@@ -111,6 +111,8 @@ SMALL_DATA = {
     "shapes": {"data.num_train": 32, "data.num_val": 16, "data.batch_size": 8},
     "shape_captions": {"data.num_train": 32, "data.num_val": 16, "data.batch_size": 8},
     "text": {"data.batch_size": 4},  # data.path: a small corpus (the default one takes seconds to read)
+    # data.path: tokens prepared from a small corpus; a short context (the model's default is 64)
+    "tokens": {"data.batch_size": 4, "data.eval_batch_size": 4, "data.block_size": 32, "data.val_windows": 2},
 }
 
 
@@ -130,8 +132,18 @@ def shortened(name: str, tmp_path: Path, shapes: Path) -> dict:
         corpus = tmp_path / "corpus.txt"
         corpus.write_text("The cat sat on the mat. The dog sat on the log.\n" * 200)  # the shipped prompt is "The "
         overrides["data.path"] = str(corpus)
+    if raw["data"]["kind"] == "tokens":
+        pytest.importorskip("tokenizers")
+        from craft.data.prepare_tokens import prepare_tokens
+
+        corpus = tmp_path / "corpus.py"
+        corpus.write_text("def f(x):\n    return x + 1\nvalue = f(2)\n" * 200)  # the shipped prompt is "def "
+        prepare_tokens([str(corpus)], str(tmp_path / "tokens"), vocab_size=300)
+        overrides["data.path"] = str(tmp_path / "tokens")
+        if raw["train"].get("accum_steps", 1) > 1:
+            overrides["train.accum_steps"] = 2  # still accumulates, over the small batch
     if raw["model"].get("n_layer", 0) > 4:  # GPT-2 sized: the same recipe at a toy width
-        overrides.update({"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "train.accum_steps": 1})
+        overrides.update({"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32})
     if raw["model"]["kind"] == "char_lstm":
         overrides["model.hidden_dim"] = 32  # an LSTM's backward under torch.func is slow on the CPU
     if "sample" in raw.get("train", {}):

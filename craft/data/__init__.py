@@ -17,6 +17,8 @@ from craft.data.images import ImageFolderConfig  # noqa: E402
 from craft.data.shapes import ShapesConfig, ShapeSpec, describe, render, write_shapes_folder  # noqa: E402
 # Importing registers "text".
 from craft.data.text import TextConfig  # noqa: E402
+# Importing registers "tokens".
+from craft.data.tokens import TokensConfig  # noqa: E402
 from craft.data.tokenizers import (  # noqa: E402
     BOUNDARY,
     CharTokenizer,
@@ -42,6 +44,7 @@ __all__ = [
     "ShapeSpec",
     "ShapesConfig",
     "TextConfig",
+    "TokensConfig",
     "TrainBatches",
     "UnknownCharactersError",
     "UnknownWordsError",

@@ -117,6 +117,9 @@ class TrainBatches(_Batches, Iterator[Batch]):
     Every batch has ``self.batch_size`` rows (this rank's share; see
     ``_Batches``). With ``pass_epoch``, it calls ``load(indices, epoch)`` (random
     augmentation). ``examples[i]`` says what index ``i`` is (a file path).
+    ``order(epoch, positions (b,))``, when given, is the example indices at
+    ``positions`` of epoch ``epoch``'s permutation, computed without building it
+    (a token file has too many examples); by default a seeded ``randperm``.
     """
 
     def __init__(
@@ -134,12 +137,14 @@ class TrainBatches(_Batches, Iterator[Batch]):
         examples: Sequence[object] | None = None,
         fingerprint: str | Callable[[], str] | None = None,
         pass_epoch: bool = False,
+        order: Callable[[int, Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__(
             load, batch_size=batch_size, classes=classes, rank=rank, world_size=world_size,
             executor=executor, prefetch=prefetch, examples=examples, fingerprint=fingerprint,
         )
         self._pass_epoch = pass_epoch
+        self._order = order
         if num_examples < batch_size:
             raise ValueError(
                 f"the train split has {num_examples} examples, fewer than one batch "
@@ -171,11 +176,13 @@ class TrainBatches(_Batches, Iterator[Batch]):
 
     def indices(self, epoch: int, index: int) -> Tensor:
         """This rank's example indices ``(self.batch_size,)`` of batch ``index`` of ``epoch``."""
+        start = index * self.global_batch_size + self.rank * self.batch_size
+        if self._order is not None:
+            return self._order(epoch, torch.arange(start, start + self.batch_size))
         if epoch not in self._orders:
             if len(self._orders) >= 2:  # keep the current epoch and the next (prefetch crosses over)
                 del self._orders[min(self._orders)]
             self._orders[epoch] = epoch_order(self.num_examples, self.seed, epoch)
-        start = index * self.global_batch_size + self.rank * self.batch_size
         return self._orders[epoch][start : start + self.batch_size]
 
     def _normal(self, epoch: int, index: int) -> tuple[int, int]:

@@ -232,13 +232,24 @@ TOKENIZERS = {"char": CharTokenizer, "word": WordTokenizer}
 """``"kind"`` of a tokenizer file -> its class."""
 
 
-def load_tokenizer(path: str | Path) -> CharTokenizer | WordTokenizer:
-    """The tokenizer saved at ``path``, of whichever kind its ``"kind"`` names."""
+def load_tokenizer(path: str | Path):
+    """The tokenizer saved at ``path``, of whichever kind its ``"kind"`` names.
+
+    A Hugging Face ``tokenizer.json`` (no ``"kind"``) is a ``BPETokenizer``;
+    ``{"kind": "tiktoken", ...}`` a ``TiktokenTokenizer`` (see ``craft.data.bpe``).
+    """
+    from craft.data import bpe
+
     data = _read_json(path)
+    if bpe.is_hugging_face(data):
+        return bpe.BPETokenizer.load(path)
     kind = data.get("kind") if isinstance(data, dict) else None
+    if kind == "tiktoken":
+        return bpe.TiktokenTokenizer.from_json(path, data)
     if kind not in TOKENIZERS:
         raise ValueError(
-            f"{path}: not a tokenizer file (its \"kind\" is {kind!r}, expected one of {sorted(TOKENIZERS)}); "
+            f"{path}: not a tokenizer file (its \"kind\" is {kind!r}, expected one of "
+            f"{sorted(TOKENIZERS)}, 'tiktoken', or a Hugging Face tokenizer.json); "
             f"save it again with the tokenizer's save()"
         )
     return TOKENIZERS[kind]._from_json(path, data)

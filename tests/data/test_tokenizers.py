@@ -128,3 +128,86 @@ def test_load_errors_name_the_file_in_one_line(tmp_path, content, load, match):
     with pytest.raises(ValueError, match=match) as info:
         load(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+# -- subword tokenizers (craft.data.bpe) ------------------------------------
+
+BPE_CORPUS = ["def add(a, b):\n    return a + b\n", "class Point:\n    x: int = 0\n", "héllo wörld ☃ 😀\n"] * 20
+
+
+@pytest.fixture(scope="module")
+def bpe_tok():
+    pytest.importorskip("tokenizers")
+    from craft.data.bpe import train_bpe
+
+    return train_bpe(iter(BPE_CORPUS), 300)
+
+
+def test_bpe_trains_to_its_vocab_size_and_learns_merges(bpe_tok):
+    from craft.data.bpe import END_OF_TEXT
+
+    assert bpe_tok.vocab_size == 300 and bpe_tok.eot == 0 and bpe_tok.decode([0]) == END_OF_TEXT
+    text = "def add(a, b):\n    return a + b\n"
+    assert len(bpe_tok.encode(text)) < len(text.encode("utf-8")) / 2  # merges, not bytes
+
+
+@given(st.text(max_size=40))
+def test_bpe_round_trips_any_text_byte_level(bpe_tok, text):
+    ids = bpe_tok.encode(text)
+    assert all(0 <= i < bpe_tok.vocab_size for i in ids)
+    assert bpe_tok.decode(ids) == bpe_tok.decode(torch.tensor(ids)) == text
+
+
+def test_bpe_saves_the_libraries_own_tokenizer_json(tmp_path, bpe_tok):
+    import tokenizers
+
+    bpe_tok.save(tmp_path / "tokenizer.json")
+    assert load_tokenizer(tmp_path / "tokenizer.json") == bpe_tok
+    other = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))  # another tool reads it as is
+    assert other.encode("return a + b").ids == bpe_tok.encode("return a + b")
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        bpe_tok.decode([300])
+
+
+def test_a_missing_package_names_the_extra_to_install(monkeypatch):
+    import sys
+
+    from craft.data import bpe
+
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    with pytest.raises(ImportError, match=r"pip install 'craft\[bpe\]'") as caught:
+        bpe.train_bpe(iter(["a"]), 300)
+    assert isinstance(caught.value, ValueError) and "\n" not in str(caught.value)  # the CLI's one line
+
+
+def test_tiktoken_without_local_files_says_how_and_never_downloads(tmp_path, monkeypatch):
+    pytest.importorskip("tiktoken")
+    import socket
+
+    from craft.data.bpe import TiktokenTokenizer
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tiktoken reached for the network")
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    with pytest.raises(ValueError, match=r"'r50k_base' are not in its cache .* set TIKTOKEN_CACHE_DIR") as caught:
+        TiktokenTokenizer("r50k_base")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match="unknown tiktoken encoding 'gpt3'; known: .*gpt2"):
+        TiktokenTokenizer("gpt3")
+
+
+def test_tiktoken_from_local_files_round_trips(tmp_path):
+    pytest.importorskip("tiktoken")
+    from craft.data.bpe import TiktokenTokenizer
+
+    try:
+        tok = TiktokenTokenizer("gpt2")
+    except ValueError as e:
+        pytest.skip(f"no local tiktoken files: {e}")
+    assert tok.vocab_size == 50257 and tok.eot == 50256
+    assert tok.decode(tok.encode("hello world <|endoftext|>")) == "hello world <|endoftext|>"
+    tok.save(tmp_path / "tokenizer.json")
+    assert load_tokenizer(tmp_path / "tokenizer.json") == tok

@@ -1,0 +1,258 @@
+"""Token files: `prepare_tokens` streams text into nanoGPT's layout; `kind = "tokens"` reads it by memmap."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from craft.data import load_tokenizer
+from craft.data.prepare_tokens import pieces, prepare_tokens, token_dtype, val_start
+from craft.data.text import IGNORE_INDEX
+from craft.data.tokens import TokensConfig, permuted
+
+pytest.importorskip("tokenizers")
+
+CODE = '''"""A module."""
+
+import os
+import sys
+LIMIT = 3
+
+
+@staticmethod
+def walk(top, depth=0):
+    """Yield every file."""
+    for entry in os.scandir(top):
+        if entry.is_dir():
+            yield from walk(entry.path, depth + 1)
+        else:
+            yield entry.path  # café ☃ 😀
+
+
+class Node:
+    name: str = "x"
+
+'''
+
+
+def write(path, text: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A folder of tokens prepared from a ~30 KB file in 512-byte chunks, and that file."""
+    root = tmp_path_factory.mktemp("tokens")
+    source = write(root / "src" / "code.py", CODE * 60)
+    out = root / "out"
+    prepare_tokens([str(source)], str(out), vocab_size=400, val_fraction=0.2, chunk_size=512)
+    return out, source
+
+
+# -- prepare ---------------------------------------------------------------------
+
+
+def test_chunked_tokens_equal_the_whole_file_encoded_at_once(prepared):
+    out, source = prepared
+    meta = json.loads((out / "meta.json").read_text())
+    tok = load_tokenizer(out / "tokenizer.json")
+    data = source.read_bytes()
+    assert len(list(pieces(str(source), 0, len(data), 512))) > 20  # read in many pieces
+    cut = val_start(str(source), len(data), 0.2)
+    assert data[cut - 1 : cut] == b"\n" and 0.8 * len(data) <= cut < len(data)  # a line start, after 80% of the bytes
+    train = np.fromfile(out / "train.bin", dtype=np.uint16).tolist()
+    val = np.fromfile(out / "val.bin", dtype=np.uint16).tolist()
+    assert train == tok.encode(data[:cut].decode()) + [tok.eot]
+    assert val == tok.encode(data[cut:].decode()) + [tok.eot]
+    assert tok.vocab_size <= 400  # at most: a small text runs out of pairs to merge
+    assert meta == {
+        "dtype": "uint16", "vocab_size": tok.vocab_size, "tokenizer": "bpe", "tokenizer_file": "tokenizer.json", "eot": 0,
+        "train_tokens": len(train), "val_tokens": len(val), "files": 1, "left_out_not_utf8": 0, "val_fraction": 0.2,
+    }
+
+
+@given(
+    st.lists(st.sampled_from(["a", "b ", "\n", "    ", "x = 1", "é", "😀", "\t", "\r\n", "#"]), max_size=60),
+    st.integers(1, 20),
+)
+def test_pieces_rebuild_the_text_and_cut_only_at_line_starts(tmp_path_factory, parts, chunk):
+    text = "".join(parts)
+    path = tmp_path_factory.mktemp("p") / "t.txt"
+    path.write_bytes(text.encode())
+    got = list(pieces(str(path), 0, len(text.encode()), chunk))
+    assert "".join(got) == text
+    for a, b in zip(got, got[1:]):
+        assert a[-1] == "\n" and 0x21 <= ord(a[-2]) <= 0x7E and 0x21 <= ord(b[0]) <= 0x7E
+
+
+def test_folders_give_their_text_files_once_and_leave_out_what_is_not_utf8(tmp_path):
+    write(tmp_path / "corpus" / "a.py", "x = 1\n")
+    write(tmp_path / "corpus" / "sub" / "b.md", "# title\n")
+    write(tmp_path / "corpus" / "notes.bin", "ignored\n")
+    (tmp_path / "corpus" / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    write(tmp_path / "outside.txt", "secret\n")
+    os.symlink(tmp_path / "outside.txt", tmp_path / "corpus" / "link.txt")
+    line = prepare_tokens([str(tmp_path / "corpus")], str(tmp_path / "out"), vocab_size=260, val_fraction=0.5)
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert (meta["files"], meta["left_out_not_utf8"]) == (2, 1) and "1 not UTF-8, left out" in line
+    tok = load_tokenizer(tmp_path / "out" / "tokenizer.json")
+    text = tok.decode(np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16).tolist())
+    assert "x = 1" in text and "secret" not in text and "ignored" not in text
+
+
+def test_prepare_refuses_bad_options_and_an_already_prepared_folder(prepared, tmp_path):
+    out, source = prepared
+    with pytest.raises(ValueError, match="already holds prepared tokens"):
+        prepare_tokens([str(source)], str(out))
+    with pytest.raises(ValueError, match=r"--tokenizer='wordpiece': use bpe"):
+        prepare_tokens([str(source)], str(tmp_path / "o"), tokenizer="wordpiece")
+    with pytest.raises(ValueError, match="--val_fraction=1.0"):
+        prepare_tokens([str(source)], str(tmp_path / "o"), val_fraction=1.0)
+    with pytest.raises(ValueError, match="'nope': no such file or folder"):
+        prepare_tokens(["nope"], str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_ids_are_uint16_unless_the_vocabulary_needs_uint32():
+    assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
+
+
+# -- reading ---------------------------------------------------------------------
+
+
+@given(st.integers(1, 5000), st.integers(0, 2**40))
+def test_permuted_is_a_bijection_of_the_positions(n, key):
+    image = permuted(torch.arange(n), n, key)
+    assert torch.equal(image.sort().values, torch.arange(n))
+
+
+def test_train_windows_are_shifted_by_one_and_resume_bitwise(prepared):
+    out, _ = prepared
+    config = TokensConfig(path=str(out), block_size=16, batch_size=8)
+    train = np.fromfile(out / "train.bin", dtype=np.uint16).astype(np.int64)
+    unbroken = config.build("train", seed=3)
+    assert (unbroken.vocab_size, unbroken.block_size) == (unbroken.tokenizer.vocab_size, 16)
+    batches = [next(unbroken) for _ in range(6)]
+    for index, b in enumerate(batches):
+        windows = np.stack([train[s : s + 17] for s in unbroken.indices(0, index).tolist()])
+        assert torch.equal(b["input"], torch.from_numpy(windows[:, :-1]))
+        assert torch.equal(b["target"], torch.from_numpy(windows[:, 1:]))
+    half = config.build("train", seed=3)
+    for _ in range(3):
+        next(half)
+    resumed = config.build("train", seed=3)
+    resumed.load_state_dict(half.state_dict())
+    for b in batches[3:]:
+        got = next(resumed)
+        assert torch.equal(got["input"], b["input"]) and torch.equal(got["target"], b["target"])
+    other = next(config.build("train", seed=4))
+    assert not torch.equal(other["input"], batches[0]["input"])
+
+
+def test_ranks_get_disjoint_shares_of_each_global_batch(prepared):
+    out, _ = prepared
+    config = TokensConfig(path=str(out), block_size=16, batch_size=8)
+    whole = config.build("train", seed=0)
+    ranks = [config.build("train", seed=0, rank=r, world_size=2) for r in (0, 1)]
+    starts = [set(), set()]
+    for _ in range(5):
+        ours = [next(r) for r in ranks]
+        assert torch.equal(torch.cat([b["input"] for b in ours]), next(whole)["input"])
+    for r, it in enumerate(ranks):
+        for index in range(5):
+            starts[r] |= set(it.indices(0, index).tolist())
+    assert len(starts[0]) == len(starts[1]) == 20 and not starts[0] & starts[1]
+
+
+def test_an_epoch_visits_every_window_start_once(tmp_path):
+    ids = np.arange(40, dtype=np.uint16)
+    ids.tofile(tmp_path / "train.bin")
+    ids.tofile(tmp_path / "val.bin")
+    batches = TokensConfig(path=str(tmp_path), block_size=4, batch_size=4, vocab_size=64).build("train", seed=0)
+    firsts = [int(x) for _ in range(batches.batches_per_epoch) for x in next(batches)["input"][:, 0]]
+    assert sorted(firsts) == list(range(36))
+
+
+def test_val_is_every_target_once_or_evenly_spaced_windows(prepared):
+    out, _ = prepared
+    val = torch.from_numpy(np.fromfile(out / "val.bin", dtype=np.uint16).astype(np.int64))
+    every = TokensConfig(path=str(out), block_size=16, batch_size=8).build("val", seed=0)
+    batches = list(every)
+    targets = torch.cat([b["target"] for b in batches]).flatten()
+    inputs = torch.cat([b["input"] for b in batches]).flatten()
+    assert torch.equal(targets[targets != IGNORE_INDEX], val[1:])
+    assert torch.equal(inputs[: len(val) - 1], val[:-1])
+    assert every.evaluation == f"val: all {len(val) - 1:,} targets of val.bin, in {-(-(len(val) - 1) // 16)} windows of 16"
+    few = TokensConfig(path=str(out), block_size=16, batch_size=8, val_windows=5).build("val", seed=0)
+    windows = torch.cat([b["input"] for b in few])
+    assert windows.shape == (5, 16) and torch.equal(windows[0], val[:16]) and torch.equal(windows[-1], val[-17:-1])
+    assert few.evaluation.startswith("val: 5 evenly spaced windows of 16 tokens")
+
+
+# -- nanoGPT's folders -------------------------------------------------------------
+
+
+def nanogpt_folder(path, text: str, *, meta: bool):
+    """What nanoGPT's shakespeare_char/prepare.py writes: uint16 ids of sorted characters, meta.pkl."""
+    chars = sorted(set(text))
+    ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
+    path.mkdir(parents=True, exist_ok=True)
+    cut = int(len(ids) * 0.9)
+    ids[:cut].tofile(path / "train.bin")
+    ids[cut:].tofile(path / "val.bin")
+    if meta:
+        stoi = {c: i for i, c in enumerate(chars)}
+        with open(path / "meta.pkl", "wb") as f:
+            pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
+    return len(chars)
+
+
+def test_a_nanogpt_folder_reads_with_meta_pkl_or_toml_keys(tmp_path):
+    vocab = nanogpt_folder(tmp_path / "chars", "to be or not to be\n" * 50, meta=True)
+    batches = TokensConfig(path=str(tmp_path / "chars"), block_size=8, batch_size=4).build("train", seed=0)
+    assert batches.vocab_size == vocab and batches.tokenizer.decode(next(batches)["input"][0])
+    nanogpt_folder(tmp_path / "bare", "to be or not to be\n" * 50, meta=False)
+    with pytest.raises(ValueError, match="data.vocab_size: .* has no meta.json or meta.pkl"):
+        TokensConfig(path=str(tmp_path / "bare")).build("train", seed=0)
+    bare = TokensConfig(path=str(tmp_path / "bare"), block_size=8, vocab_size=vocab, dtype="uint16")
+    assert bare.build("train", seed=0).tokenizer is None
+    with pytest.raises(ValueError, match="token id .* >= vocab_size 3; check data.vocab_size and data.dtype"):
+        next(TokensConfig(path=str(tmp_path / "bare"), block_size=8, vocab_size=3).build("train", seed=0))
+
+
+def test_meta_pkl_holding_objects_is_refused(tmp_path):
+    nanogpt_folder(tmp_path, "ab" * 100, meta=False)
+    with open(tmp_path / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": 2, "evil": print}, f)
+    with pytest.raises(ValueError, match="only plain dicts, strings and numbers are read"):
+        TokensConfig(path=str(tmp_path)).build("train", seed=0)
+
+
+def test_the_toml_must_agree_with_what_the_folder_states(prepared, tmp_path):
+    out, _ = prepared
+    with pytest.raises(ValueError, match=r"data.vocab_size = 500 but .* says \d+; remove data.vocab_size"):
+        TokensConfig(path=str(out), vocab_size=500).build("train", seed=0)
+    with pytest.raises(ValueError, match="not a folder"):
+        TokensConfig(path=str(tmp_path / "missing")).build("train", seed=0)
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "train.bin").write_bytes(b"abc")
+    with pytest.raises(ValueError, match="3 bytes is not a whole number of uint16 tokens"):
+        TokensConfig(path=str(tmp_path / "odd"), vocab_size=10).build("train", seed=0)
+
+
+def test_a_byte_order_mark_is_not_tokenized(tmp_path):
+    (tmp_path / "bom.txt").write_bytes("\ufeffx = 1\ny = 2\n".encode("utf-8"))
+    prepare_tokens([str(tmp_path / "bom.txt")], str(tmp_path / "out"), vocab_size=260, val_fraction=0.4)
+    tok = load_tokenizer(tmp_path / "out" / "tokenizer.json")
+    train = tok.decode(np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16).tolist())
+    val = tok.decode(np.fromfile(tmp_path / "out" / "val.bin", dtype=np.uint16).tolist())
+    assert (train, val) == ("x = 1\n<|endoftext|>", "y = 2\n<|endoftext|>")

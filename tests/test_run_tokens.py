@@ -1,0 +1,101 @@
+"""Token files end to end through the CLI: prepare, train (the tiny GPT-2, a nanoGPT folder), generate."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from conftest import run_cli as craft
+
+pytest.importorskip("tokenizers")
+
+FAST = ["--train.compile=false", "--train.steps=4", "--train.eval_every=2", "--train.log_every=2"]
+
+
+@pytest.fixture(scope="module")
+def tokens_folder(tmp_path_factory) -> Path:
+    """craft's own sources (a folder of .py files) prepared as BPE tokens by the CLI."""
+    out = tmp_path_factory.mktemp("tokens") / "craft-bpe"
+    done = craft("prepare", "tokens", str(ROOT / "craft" / "data"), str(out), "--vocab_size=512", "--val_fraction=0.2")
+    assert done.returncode == 0, done.stderr
+    assert f"{out}: " in done.stdout and "train and" in done.stdout
+    return out
+
+
+def test_prepare_tokens_writes_nanogpts_layout_and_a_tokenizer_json(tokens_folder):
+    meta = json.loads((tokens_folder / "meta.json").read_text())
+    assert meta["dtype"] == "uint16" and meta["tokenizer"] == "bpe" and meta["vocab_size"] <= 512
+    for split in ("train", "val"):
+        ids = np.fromfile(tokens_folder / f"{split}.bin", dtype=np.uint16)
+        assert len(ids) == meta[f"{split}_tokens"] > 0 and ids.max() < meta["vocab_size"]
+    assert "model" in json.loads((tokens_folder / "tokenizer.json").read_text())  # Hugging Face's format
+
+
+def test_prepare_tokens_usage_mistakes_are_one_line(tmp_path):
+    missing = craft("prepare", "tokens", str(tmp_path / "out"))
+    assert missing.returncode == 2 and "needs SRC... and OUT" in missing.stderr
+    typo = craft("prepare", "tokens", str(ROOT / "README.md"), str(tmp_path / "out"), "--vocab=300")
+    assert typo.returncode == 2 and "unknown option --vocab" in typo.stderr
+    bad = craft("prepare", "tokens", str(ROOT / "README.md"), str(tmp_path / "out"), "--vocab_size=many")
+    assert bad.returncode == 2 and "--vocab_size: expected int, got 'many'" in bad.stderr
+    for done in (missing, typo, bad):
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_tiny_gpt2_trains_on_prepared_tokens_and_generates(tokens_folder, tmp_path):
+    done = craft(
+        str(ROOT / "experiments" / "gpt2_tiny.toml"), f"--out_dir={tmp_path}", f"--data.path={tokens_folder}",
+        "--data.batch_size=16", "--data.eval_batch_size=16", "--data.val_windows=8", "--train.sample.every=1",
+        "--train.sample.max_new_tokens=8", *FAST,
+    )
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "gpt2_tiny"
+    meta = json.loads((tokens_folder / "meta.json").read_text())
+    config = (run_dir / "config.toml").read_text()
+    assert f"vocab_size = {meta['vocab_size']}" in config  # the model's vocabulary came from the data
+    assert (run_dir / "tokenizer.json").read_text() == (tokens_folder / "tokenizer.json").read_text()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = [row["metrics"] for row in rows if row["split"] == "val"]
+    assert len(val) == 2 and all(np.isfinite(m["loss"]) for m in val)
+    sample = craft("generate", str(run_dir), "--prompt=def ", "--max_new_tokens=12", "--temperature=0")
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.startswith("def ") and len(sample.stdout.rstrip("\n")) > len("def ")  # 4 steps: often spaces
+
+
+@pytest.mark.slow
+def test_a_nanogpt_uint16_folder_trains(tmp_path):
+    """shakespeare_char's layout: uint16 train.bin/val.bin and meta.pkl with itos; then none, keys in TOML."""
+    text = "to be, or not to be: that is the question.\n" * 40
+    chars = sorted(set(text))
+    ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
+    for name, meta in (("with_meta", True), ("bare", False)):
+        folder = tmp_path / name
+        folder.mkdir()
+        ids[:1500].tofile(folder / "train.bin")
+        ids[1500:].tofile(folder / "val.bin")
+        if meta:
+            with open(folder / "meta.pkl", "wb") as f:
+                pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": {}}, f)
+    config = tmp_path / "nano.toml"
+    config.write_text(
+        f'name = "nano"\nout_dir = "{tmp_path}"\n[model]\nkind = "gpt"\nn_layer = 1\nn_head = 2\nn_embd = 16\n'
+        f'[data]\nkind = "tokens"\npath = "{tmp_path / "with_meta"}"\nblock_size = 16\nbatch_size = 8\n'
+        '[task]\nkind = "language_model"\n[optim]\nkind = "adamw"\nlr = 1e-2\n'
+    )
+    with_meta = craft(str(config), *FAST)
+    assert with_meta.returncode == 0, with_meta.stderr
+    sample = craft("generate", str(tmp_path / "nano"), "--prompt=to be", "--max_new_tokens=5")
+    assert sample.returncode == 0 and sample.stdout.startswith("to be"), sample.stderr
+    bare = [f"--data.path={tmp_path / 'bare'}", "--name=nano_bare"]
+    refused = craft(str(config), *bare, *FAST)
+    assert refused.returncode != 0 and "set data.vocab_size" in refused.stderr and "Traceback" not in refused.stderr
+    trained = craft(str(config), *bare, f"--data.vocab_size={len(chars)}", '--data.dtype="uint16"', *FAST)
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "nano_bare" / "checkpoints").is_dir()
