@@ -1,0 +1,48 @@
+"""The text files a ``craft prepare tokens SRC...`` reads: files, folders' text files, or ``@stdlib``."""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from pathlib import Path
+
+from craft.data.files import find_files
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".text", ".json", ".jsonl", ".csv", ".html", ".tex", ".c", ".h")
+"""Suffixes of the files taken from a SRC folder."""
+
+STDLIB = "@stdlib"
+"""The SRC name of the Python standard library's source files."""
+
+
+def stdlib_files() -> list[str]:
+    """The ``.py`` files of the standard library (not ``site-packages``), sorted."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "__pycache__"}
+    files, seen = [], set()
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name in skip or entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            files += find_files(entry.path, (".py",), seen=seen).files
+        elif entry.is_file(follow_symlinks=False) and entry.name.endswith(".py"):
+            files.append(entry.path)
+    return sorted(files)
+
+
+def source_files(sources: list[str]) -> list[str]:
+    """Every file SRC names, in order (a folder's text files sorted); ValueError for a missing one."""
+    files: list[str] = []
+    for source in sources:
+        if source == STDLIB:
+            files += stdlib_files()
+        elif os.path.isdir(source):
+            found = find_files(source, TEXT_SUFFIXES).files
+            if not found:
+                raise ValueError(f"{source!r}: no text files ({', '.join(TEXT_SUFFIXES)}) in this folder")
+            files += found
+        elif os.path.isfile(source):
+            files.append(source)
+        else:
+            raise ValueError(f"{source!r}: no such file or folder; give text files, folders or {STDLIB}")
+    return files
