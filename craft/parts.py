@@ -56,6 +56,7 @@ def resolve_device(name: str, replicas: Replicas = SINGLE) -> torch.device:
 def build_parts(exp: Experiment, replicas: Replicas = SINGLE) -> Parts:
     """Model (initialised from ``exp.seed``, on the device), task and optimizer."""
     device = resolve_device(exp.train.device, replicas)
+    need_data_keys(exp)
     torch.manual_seed(exp.seed)
     model = _built("model", lambda: build(exp.model)).to(device)
     schedule = _built("schedule", lambda: build(exp.schedule, exp.optim.lr, total_steps=exp.train.steps))
@@ -162,36 +163,71 @@ def fit_schedule(exp: Experiment) -> tuple[Experiment, list[str]]:
     return attrs.evolve(exp, schedule=Component(exp.schedule.kind, config)), notes
 
 
-def fit_to_data(exp: Experiment, data) -> Experiment:
-    """``exp`` with the model keys the data decides filled in, after checking the rest.
+FROM_DATA = {"num_classes": "classes", "vocab_size": "tokenizer", "block_size": "sequence length"}
+"""Model keys the data decides: left unset (``None``), a run fills each in from the train iterator's
+attribute of the same name (and the resolved ``config.toml`` records it)."""
 
-    A text model's ``vocab_size`` left unset is the tokenizer's size (the
-    resolved config then records it, so the run can be rebuilt without the
-    data). Mismatches that would surface as index errors mid-step are caught here.
+
+def fit_to_data(exp: Experiment, data) -> Experiment:
+    """``exp`` with the model keys the data decides filled in (``FROM_DATA``), after checking the rest.
+
+    ``num_classes``, ``vocab_size`` and ``block_size`` left unset are the
+    data's class count, tokenizer size and sequence length (the resolved
+    config then records them, so the run can be rebuilt without the data).
+    A ``num_classes`` that differs from the data's, a ``vocab_size`` below
+    the tokenizer's and a ``block_size`` below the data's length are errors:
+    they would surface as index errors mid-step.
     """
     config = exp.model.config
-    want, have = getattr(config, "num_classes", None), getattr(data, "num_classes", None)
-    if want is not None and have and want != have:  # text data has no classes
+    if not attrs.has(type(config)):
+        return exp
+    fields = attrs.fields_dict(type(config))
+    keys = [key for key in FROM_DATA if key in fields]
+    given = {key: getattr(data, key) for key in keys if getattr(data, key, None) is not None}
+    check_fit(config, data, given)
+    config = attrs.evolve(config, **{k: v for k, v in given.items() if getattr(config, k) is None})
+    unset = [key for key in keys if getattr(config, key) is None]
+    if unset:
+        key = unset[0]
+        raise ConfigError([
+            f"model.{key}: not set, and data.kind = {exp.data.kind!r} gives no {FROM_DATA[key]} to take it from; "
+            f"set model.{key}"
+        ])
+    return attrs.evolve(exp, model=Component(exp.model.kind, config))
+
+
+def check_fit(config: Any, data, given: dict[str, int]) -> None:
+    """Raise a ``RunError`` where an explicit model key disagrees with the data's ``given`` value."""
+    want, have = getattr(config, "num_classes", None), given.get("num_classes")
+    if want is not None and have is not None and want != have:
         raise RunError(
             f"model.num_classes = {want} but the data has {have} classes ({few(getattr(data, 'classes', []))}); "
-            f"set model.num_classes = {have}"
+            f"set model.num_classes = {have} or remove it to take it from the data"
         )
-    vocab = getattr(data, "vocab_size", None)
-    if vocab is not None and attrs.has(type(config)) and "vocab_size" in attrs.fields_dict(type(config)):
-        if config.vocab_size is None:
-            config = attrs.evolve(config, vocab_size=vocab)
-        elif config.vocab_size < vocab:
-            raise RunError(
-                f"model.vocab_size = {config.vocab_size} but the data's tokenizer has {vocab} tokens; "
-                "remove model.vocab_size to take it from the data"
-            )
-    context, needed = getattr(config, "block_size", None), getattr(data, "block_size", None)
-    if context is not None and needed is not None and needed > context:
+    want, have = getattr(config, "vocab_size", None), given.get("vocab_size")
+    if want is not None and have is not None and want < have:
         raise RunError(
-            f"the data's sequences have {needed} tokens but model.block_size = {context}; "
-            f"set model.block_size >= {needed} or lower the data's length"
+            f"model.vocab_size = {want} but the data's tokenizer has {have} tokens; "
+            "remove model.vocab_size to take it from the data"
         )
-    return attrs.evolve(exp, model=Component(exp.model.kind, config))
+    want, have = getattr(config, "block_size", None), given.get("block_size")
+    if want is not None and have is not None and have > want:
+        raise RunError(
+            f"the data's sequences have {have} tokens but model.block_size = {want}; "
+            f"remove model.block_size to take it from the data, or lower the data's length"
+        )
+
+
+def need_data_keys(exp: Experiment) -> None:
+    """Refuse to build a model whose data-decided keys (``FROM_DATA``) no run has filled in yet."""
+    config = exp.model.config
+    fields = attrs.fields_dict(type(config)) if attrs.has(type(config)) else {}
+    unset = [key for key in FROM_DATA if key in fields and getattr(config, key) is None]
+    if unset:
+        raise ConfigError([
+            f"model.{unset[0]}: not set; a run takes it from the data (craft.parts.fit_to_data(exp, train_data) "
+            f"fills it in), or set it"
+        ])
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
