@@ -280,8 +280,9 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def check_components(exp: Experiment, parts: Parts, batches: Iterable) -> None:
-    """Run the task's inputs, the model and the task's loss once on the first of ``batches``.
+def check_components(exp: Experiment, parts: Parts, batches: Iterable) -> dict[str, torch.Tensor] | None:
+    """Run the task's inputs, the model and the task's loss once on the first of ``batches``; return
+    that batch (``None`` for empty ``batches``), for whoever else wants to look at one.
 
     A mismatch between user components (a dataset without a key the task
     reads, a model whose outputs the task cannot score) is reported here,
@@ -291,7 +292,7 @@ def check_components(exp: Experiment, parts: Parts, batches: Iterable) -> None:
     """
     batch = next(iter(batches), None)
     if batch is None:
-        return
+        return None
     data, model, task = (f"{section}.kind = {getattr(exp, section).kind!r}" for section in ("data", "model", "task"))
     if not isinstance(batch, dict) or not all(isinstance(v, torch.Tensor) for v in batch.values()):
         raise RunError(f"{data} yields {type(batch).__name__} batches; a batch must be a dict of tensors")
@@ -330,6 +331,7 @@ def check_components(exp: Experiment, parts: Parts, batches: Iterable) -> None:
         raise RunError(
             f"{model} returned outputs that {task} cannot score (first batch of {data}): {_first_line(e)}"
         ) from None
+    return batch
 
 
 

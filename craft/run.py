@@ -143,7 +143,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
     parts = build_parts(exp, replicas)
     check_early_stopping(exp, parts.task)
     tokenizer = check_sample(exp, train_data)
-    check_components(exp, parts, val_data)
+    first_batch = check_components(exp, parts, val_data)
     with locked(run_dir) if replicas.is_main else contextlib.nullcontext():
         if replicas.is_main:
             prepare_run_dir(run_dir, overwrite=overwrite)
@@ -166,17 +166,17 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
                     tokenizer.save(run_dir / TOKENIZER_FILE)
                 except OSError as e:
                     raise RunError(f"cannot write {str(run_dir / TOKENIZER_FILE)!r}: {e.strerror or e}") from None
-        for line in summary(exp, parts, start, run_dir, val_data, replicas):
+        for line in summary(exp, parts, start, run_dir, first_batch, replicas):
             echo(line)
         return _fit(exp, parts, start, run_dir, (train_data, val_data), tokenizer, replicas)
 
 
-def summary(exp: Experiment, parts: Parts, start, run_dir: Path, val_data, replicas: Replicas) -> list[str]:
+def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas: Replicas) -> list[str]:
     """What a run says before its first step: where its config is, the device, the model's size,
-    what one step reads, and that the first (compiled) step takes a while."""
+    what one step reads (shapes from ``batch``, a validation batch or ``None``), and that the first
+    (compiled) step takes a while."""
     trainable = sum(p.numel() for p in start.state.params.values())
     total = sum(p.numel() for p in parts.model.parameters())
-    batch = next(iter(val_data), None)
     per_step = f"{exp.data.config.batch_size:,} examples" if hasattr(exp.data.config, "batch_size") else "one batch"
     if batch is not None and batch.get("input") is not None and batch["input"].ndim == 2:
         per_step = f"{exp.data.config.batch_size * batch['input'].shape[1]:,} tokens ({per_step} of {batch['input'].shape[1]})"
@@ -209,7 +209,7 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     eval_step = make_eval_step(parts.model, parts.task.loss, **common)
     log = MetricsLog(run_dir, trackers=open_trackers(exp, run_dir)) if main else NullLog()
     step = int(start.state.step)
-    bar = progress_bar(cfg.steps, step, disable=not main)
+    bar = progress_bar(cfg.steps, step, disable=not main, compiling=cfg.compile)
     say = bar.write if main else _quiet
     elapsed = hooks.clock(start.progress["elapsed"])
     skipped = start.progress.get("skipped", 0)
