@@ -321,5 +321,5 @@ def test_info_describes_one_entry():
     result = craft("info", "cnn")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        'cnn: in models; use it as [model] kind = "cnn"', "  num_classes: int = 10", "  in_channels: int = 3"
+        'cnn: in models; use it as [model] kind = "cnn"', "  num_classes: int | None = None", "  in_channels: int = 3"
     ]
