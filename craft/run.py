@@ -9,7 +9,6 @@ run is ``craft.trained``. The run folder's contents are listed in ``craft.rundir
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -23,10 +22,8 @@ from craft.config import Experiment, dumps, to_dict
 from craft.distributed import Replicas
 from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_metrics, progress_bar, read_metrics
 from craft.loop import Progress, chain, due, every, fit, when
-from craft.parts import (
-    Parts, build_data, build_parts, check_components, check_early_stopping, evaluate_batches, fit_schedule, fit_to_data,
-    learning_rate, to_device,
-)
+from craft.checks import check_components, check_early_stopping, check_same_data, check_sample
+from craft.parts import Parts, build_data, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
     prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
@@ -72,40 +69,6 @@ def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, ech
 
 def _quiet(*args: Any, **kwargs: Any) -> None:
     pass
-
-
-def check_sample(exp: Experiment, data) -> Any:
-    """The tokenizer ``train.sample`` decodes with (None without sampling); a run that cannot sample is refused."""
-    tokenizer = getattr(data, "tokenizer", None)
-    if exp.train.sample is None:
-        return tokenizer
-    if tokenizer is None:
-        raise RunError(f"train.sample needs text data with a tokenizer; data.kind = {exp.data.kind!r} has none")
-    if hasattr(exp.data.config, "load_image"):
-        raise RunError(
-            "train.sample continues a text prompt, and a captioning run reports exact_match instead; "
-            "remove [train.sample] (caption an image after training with craft generate RUN_DIR --image=PATH)"
-        )
-    try:  # found now, not at the first sample after an evaluation's worth of training
-        tokenizer.encode(exp.train.sample.prompt)
-    except ValueError as e:
-        raise RunError(f"train.sample.prompt = {exp.train.sample.prompt!r}: {e}") from None
-    return tokenizer
-
-
-def check_same_data(data, replicas: Replicas) -> None:
-    """Under torchrun, every rank must read the same dataset: compare ``data.fingerprint()`` across ranks."""
-    fingerprint = getattr(data, "fingerprint", None)
-    if not replicas.active or fingerprint is None:
-        return
-    digest = hashlib.sha256(str(fingerprint()).encode()).hexdigest()
-    chunks = [torch.tensor(float(int(digest[i : i + 6], 16)), dtype=torch.float64) for i in range(0, 24, 6)]
-    try:
-        replicas.check_same(chunks, "data")
-    except RuntimeError as e:
-        raise RunError(
-            f"rank {replicas.rank}: the ranks read different data ({e}); give every rank the same data.path and files"
-        ) from None
 
 
 def open_trackers(exp: Experiment, run_dir: Path) -> list:
