@@ -44,7 +44,7 @@ def model_and_batch(name: str, batch: int, device: torch.device):
         model = SmallCNN(num_classes=10)
         data = {"image": torch.randn(batch, 3, 32, 32, generator=g), "label": torch.randint(0, 10, (batch,), generator=g)}
         return model.to(device), data, lambda b: (b["image"],), classification_loss
-    model = GPTConfig(vocab_size=103).build()
+    model = GPTConfig(vocab_size=103, block_size=64).build()
     tokens = torch.randint(0, 103, (batch, 65), generator=g)
     data = {"input": tokens[:, :-1], "target": tokens[:, 1:]}
     return model.to(device), data, lambda b: (b["input"],), language_model_loss

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from craft.logging import FIRST_STEP_BAR, first_step_done
 from craft.loop import Hook, Metrics, Progress
 from craft.rundir import RunError
 
@@ -31,10 +32,12 @@ def clock(elapsed_before: float = 0.0) -> Callable[[], float]:
 
 
 def advance(bar) -> Hook:
-    """Move the progress bar one step."""
+    """Move the progress bar one step; after the first, show its rate and ETA (``logging.first_step_done``)."""
 
     def hook(progress: Progress, metrics: Metrics) -> Progress:
         bar.update(1)
+        if getattr(bar, "bar_format", None) == FIRST_STEP_BAR:  # a disabled bar has none
+            first_step_done(bar)
         return progress
 
     return hook

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -115,16 +116,46 @@ def truncate_metrics(run_dir: Path, after_step: int) -> None:
     os.replace(tmp, path)
 
 
-def progress_bar(total: int, initial: int, *, disable: bool = False):
+FIRST_STEP_BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+"""The bar until the first step is done: no rate or ETA, which that step's compile would make nonsense."""
+
+
+def bar_look(steps_done: int, compiling: bool) -> tuple[str | None, str]:
+    """``(bar_format, postfix)`` of the bar after ``steps_done`` steps of this process.
+
+    Before the first step is done (it compiles the train step, up to a minute,
+    or warms up), there is no rate to show: the bar says what it waits for.
+    After it, tqdm's own layout (``None``), whose rate and ETA count only the
+    steps after the first (``first_step_done``).
+    """
+    if steps_done > 0:
+        return None, ""
+    return FIRST_STEP_BAR, "compiling the train step" if compiling else "first step"
+
+
+def progress_bar(total: int, initial: int, *, disable: bool = False, compiling: bool = False):
     """A tqdm bar on stderr: step, ETA, and the postfix the loop sets (loss, samples/s).
 
     ``disable``: a bar that shows nothing (data-parallel ranks other than 0).
+    ``compiling``: the first step compiles (``bar_look``). The rate is the mean
+    over the steps since the first (no smoothing), so the ETA is steady.
     """
     from tqdm import tqdm
 
+    bar_format, postfix = bar_look(0, compiling)
     return tqdm(
-        total=total, initial=initial, unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.5, disable=disable
+        total=total, initial=initial, unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
+        disable=disable, smoothing=0, bar_format=bar_format, postfix=postfix or None,
     )
+
+
+def first_step_done(bar) -> None:
+    """Give ``bar`` its full layout, its rate and ETA counted from now: the first step (its compile) left out."""
+    bar.bar_format, postfix = bar_look(1, False)
+    bar.set_postfix_str(postfix, refresh=False)
+    now = time.time()  # tqdm's clock
+    bar.initial, bar.last_print_n, bar.start_t, bar.last_print_t = bar.n, bar.n, now, now
+    bar.refresh()
 
 
 def plot_metrics(run_dir: Path) -> Path:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from craft import distributed
+from craft.checks import FROM_DATA, check_fit, need_data_keys
 from craft.config import Component, ConfigError, Experiment, build
 from craft.distributed import Replicas
 from craft.optim import EmaState, Group, Transform, chain, clip_by_global_norm, ema, find_state, param_groups
@@ -56,6 +57,7 @@ def resolve_device(name: str, replicas: Replicas = SINGLE) -> torch.device:
 def build_parts(exp: Experiment, replicas: Replicas = SINGLE) -> Parts:
     """Model (initialised from ``exp.seed``, on the device), task and optimizer."""
     device = resolve_device(exp.train.device, replicas)
+    need_data_keys(exp)
     torch.manual_seed(exp.seed)
     model = _built("model", lambda: build(exp.model)).to(device)
     schedule = _built("schedule", lambda: build(exp.schedule, exp.optim.lr, total_steps=exp.train.steps))
@@ -163,34 +165,30 @@ def fit_schedule(exp: Experiment) -> tuple[Experiment, list[str]]:
 
 
 def fit_to_data(exp: Experiment, data) -> Experiment:
-    """``exp`` with the model keys the data decides filled in, after checking the rest.
+    """``exp`` with the model keys the data decides filled in (``FROM_DATA``), after checking the rest.
 
-    A text model's ``vocab_size`` left unset is the tokenizer's size (the
-    resolved config then records it, so the run can be rebuilt without the
-    data). Mismatches that would surface as index errors mid-step are caught here.
+    ``num_classes``, ``vocab_size`` and ``block_size`` left unset are the
+    data's class count, tokenizer size and sequence length (the resolved
+    config then records them, so the run can be rebuilt without the data).
+    A ``num_classes`` that differs from the data's, a ``vocab_size`` below
+    the tokenizer's and a ``block_size`` below the data's length are errors:
+    they would surface as index errors mid-step.
     """
     config = exp.model.config
-    want, have = getattr(config, "num_classes", None), getattr(data, "num_classes", None)
-    if want is not None and have and want != have:  # text data has no classes
-        raise RunError(
-            f"model.num_classes = {want} but the data has {have} classes ({few(getattr(data, 'classes', []))}); "
-            f"set model.num_classes = {have}"
-        )
-    vocab = getattr(data, "vocab_size", None)
-    if vocab is not None and attrs.has(type(config)) and "vocab_size" in attrs.fields_dict(type(config)):
-        if config.vocab_size is None:
-            config = attrs.evolve(config, vocab_size=vocab)
-        elif config.vocab_size < vocab:
-            raise RunError(
-                f"model.vocab_size = {config.vocab_size} but the data's tokenizer has {vocab} tokens; "
-                "remove model.vocab_size to take it from the data"
-            )
-    context, needed = getattr(config, "block_size", None), getattr(data, "block_size", None)
-    if context is not None and needed is not None and needed > context:
-        raise RunError(
-            f"the data's sequences have {needed} tokens but model.block_size = {context}; "
-            f"set model.block_size >= {needed} or lower the data's length"
-        )
+    if not attrs.has(type(config)):
+        return exp
+    fields = attrs.fields_dict(type(config))
+    keys = [key for key in FROM_DATA if key in fields]
+    given = {key: getattr(data, key) for key in keys if getattr(data, key, None) is not None}
+    check_fit(config, data, given)
+    config = attrs.evolve(config, **{k: v for k, v in given.items() if getattr(config, k) is None})
+    unset = [key for key in keys if getattr(config, key) is None]
+    if unset:
+        key = unset[0]
+        raise ConfigError([
+            f"model.{key}: not set, and data.kind = {exp.data.kind!r} gives no {FROM_DATA[key]} to take it from; "
+            f"set model.{key}"
+        ])
     return attrs.evolve(exp, model=Component(exp.model.kind, config))
 
 
@@ -226,91 +224,3 @@ def evaluate_batches(
     if not metrics:
         raise RunError("the validation split is empty: add validation data (data.val_path) or raise data.val_fraction")
     return task.summarize(mean_metrics(metrics, weights, replicas.sum if replicas.active else None))
-
-
-class _Reads(dict):
-    """A batch that records the keys read from it but missing."""
-
-    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
-        super().__init__(batch)
-        self.missing: list[str] = []
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self:
-            self.missing.append(key)
-        return super().__getitem__(key)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def check_components(exp: Experiment, parts: Parts, batches: Iterable) -> None:
-    """Run the task's inputs, the model and the task's loss once on the first of ``batches``.
-
-    A mismatch between user components (a dataset without a key the task
-    reads, a model whose outputs the task cannot score) is reported here,
-    naming each component by its config ``kind``, instead of surfacing as a
-    key or shape error from inside the step. Empty ``batches`` are left to
-    evaluation to report. The model runs in eval mode, without gradients.
-    """
-    batch = next(iter(batches), None)
-    if batch is None:
-        return
-    data, model, task = (f"{section}.kind = {getattr(exp, section).kind!r}" for section in ("data", "model", "task"))
-    if not isinstance(batch, dict) or not all(isinstance(v, torch.Tensor) for v in batch.values()):
-        raise RunError(f"{data} yields {type(batch).__name__} batches; a batch must be a dict of tensors")
-    reads = _Reads(to_device(batch, parts.device))
-
-    def missing() -> RunError:
-        return RunError(
-            f"{data} yields batches with keys {sorted(batch)}, but {task} reads "
-            f"{', '.join(map(repr, reads.missing))}; make the dataset yield the keys the task reads"
-        )
-
-    try:
-        args = parts.task.inputs(reads)
-    except KeyError:
-        if reads.missing:
-            raise missing() from None
-        raise
-    was_training = parts.model.training
-    parts.model.eval()
-    try:
-        with torch.no_grad():
-            outputs = parts.model(*args)
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items())
-        raise RunError(f"{model} failed on the first batch of {data} ({shapes}): {_first_line(e)}") from None
-    finally:
-        parts.model.train(was_training)
-    try:
-        with torch.no_grad():
-            parts.task.loss(outputs, reads)
-    except KeyError:
-        if reads.missing:
-            raise missing() from None
-        raise
-    except (ValueError, TypeError, AttributeError, IndexError) as e:
-        raise RunError(
-            f"{model} returned outputs that {task} cannot score (first batch of {data}): {_first_line(e)}"
-        ) from None
-
-
-
-def few(names: Iterable[str], shown: int = 5) -> str:
-    """At most ``shown`` of ``names`` quoted, then how many there are: a message stays one short line."""
-    names = list(names)
-    head = ", ".join(map(repr, names[:shown]))
-    return head if len(names) <= shown else f"{head}, ... {len(names)} in all"
-
-
-def check_early_stopping(exp: Experiment, task: Task) -> None:
-    """``train.early_stopping.metric`` must be one the task reports (a task that declares no names is not checked)."""
-    rule, names = exp.train.early_stopping, getattr(task, "metric_names", None)
-    if rule is None or not names or rule.metric in names:
-        return
-    raise ConfigError([
-        f"train.early_stopping.metric: task {exp.task.kind!r} reports no {rule.metric!r}; choose one of {', '.join(map(repr, names))}"
-    ])

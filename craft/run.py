@@ -9,7 +9,6 @@ run is ``craft.trained``. The run folder's contents are listed in ``craft.rundir
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -23,10 +22,8 @@ from craft.config import Experiment, dumps, to_dict
 from craft.distributed import Replicas
 from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_metrics, progress_bar, read_metrics
 from craft.loop import Progress, chain, due, every, fit, when
-from craft.parts import (
-    Parts, build_data, build_parts, check_components, check_early_stopping, evaluate_batches, fit_schedule, fit_to_data,
-    learning_rate, to_device,
-)
+from craft.checks import check_components, check_early_stopping, check_same_data, check_sample
+from craft.parts import Parts, build_data, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
     prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
@@ -74,40 +71,6 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
     pass
 
 
-def check_sample(exp: Experiment, data) -> Any:
-    """The tokenizer ``train.sample`` decodes with (None without sampling); a run that cannot sample is refused."""
-    tokenizer = getattr(data, "tokenizer", None)
-    if exp.train.sample is None:
-        return tokenizer
-    if tokenizer is None:
-        raise RunError(f"train.sample needs text data with a tokenizer; data.kind = {exp.data.kind!r} has none")
-    if hasattr(exp.data.config, "load_image"):
-        raise RunError(
-            "train.sample continues a text prompt, and a captioning run reports exact_match instead; "
-            "remove [train.sample] (caption an image after training with craft generate RUN_DIR --image=PATH)"
-        )
-    try:  # found now, not at the first sample after an evaluation's worth of training
-        tokenizer.encode(exp.train.sample.prompt)
-    except ValueError as e:
-        raise RunError(f"train.sample.prompt = {exp.train.sample.prompt!r}: {e}") from None
-    return tokenizer
-
-
-def check_same_data(data, replicas: Replicas) -> None:
-    """Under torchrun, every rank must read the same dataset: compare ``data.fingerprint()`` across ranks."""
-    fingerprint = getattr(data, "fingerprint", None)
-    if not replicas.active or fingerprint is None:
-        return
-    digest = hashlib.sha256(str(fingerprint()).encode()).hexdigest()
-    chunks = [torch.tensor(float(int(digest[i : i + 6], 16)), dtype=torch.float64) for i in range(0, 24, 6)]
-    try:
-        replicas.check_same(chunks, "data")
-    except RuntimeError as e:
-        raise RunError(
-            f"rank {replicas.rank}: the ranks read different data ({e}); give every rank the same data.path and files"
-        ) from None
-
-
 def open_trackers(exp: Experiment, run_dir: Path) -> list:
     """The trackers ``train.loggers`` (and ``train.tensorboard``) ask for, logging to ``run_dir`` (``craft.trackers``)."""
     names = list(dict.fromkeys([*(["tensorboard"] if exp.train.tensorboard else []), *exp.train.loggers]))
@@ -143,7 +106,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
     parts = build_parts(exp, replicas)
     check_early_stopping(exp, parts.task)
     tokenizer = check_sample(exp, train_data)
-    check_components(exp, parts, val_data)
+    first_batch = check_components(exp, parts, val_data)
     with locked(run_dir) if replicas.is_main else contextlib.nullcontext():
         if replicas.is_main:
             prepare_run_dir(run_dir, overwrite=overwrite)
@@ -166,17 +129,17 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
                     tokenizer.save(run_dir / TOKENIZER_FILE)
                 except OSError as e:
                     raise RunError(f"cannot write {str(run_dir / TOKENIZER_FILE)!r}: {e.strerror or e}") from None
-        for line in summary(exp, parts, start, run_dir, val_data, replicas):
+        for line in summary(exp, parts, start, run_dir, first_batch, replicas):
             echo(line)
         return _fit(exp, parts, start, run_dir, (train_data, val_data), tokenizer, replicas)
 
 
-def summary(exp: Experiment, parts: Parts, start, run_dir: Path, val_data, replicas: Replicas) -> list[str]:
+def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas: Replicas) -> list[str]:
     """What a run says before its first step: where its config is, the device, the model's size,
-    what one step reads, and that the first (compiled) step takes a while."""
+    what one step reads (shapes from ``batch``, a validation batch or ``None``), and that the first
+    (compiled) step takes a while."""
     trainable = sum(p.numel() for p in start.state.params.values())
     total = sum(p.numel() for p in parts.model.parameters())
-    batch = next(iter(val_data), None)
     per_step = f"{exp.data.config.batch_size:,} examples" if hasattr(exp.data.config, "batch_size") else "one batch"
     if batch is not None and batch.get("input") is not None and batch["input"].ndim == 2:
         per_step = f"{exp.data.config.batch_size * batch['input'].shape[1]:,} tokens ({per_step} of {batch['input'].shape[1]})"
@@ -202,7 +165,7 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     eval_step = make_eval_step(parts.model, parts.task.loss, **common)
     log = MetricsLog(run_dir, trackers=open_trackers(exp, run_dir)) if main else NullLog()
     step = int(start.state.step)
-    bar = progress_bar(cfg.steps, step, disable=not main)
+    bar = progress_bar(cfg.steps, step, disable=not main, compiling=cfg.compile)
     say = bar.write if main else _quiet
     compile = cuda.step_compile(cfg.compile, cfg.cuda_graphs, parts.device, say)
     # Donation keeps one copy of the state. On CUDA it is off: with torch 2.11's

@@ -226,7 +226,7 @@ def _fit_sweep(exp: Experiment, model, parts, tx: Transform, start, run_dir: Pat
     eval_step = make_eval_step(model, task.loss, **common)
     elapsed = hooks.clock(start.progress["elapsed"])
     first = int(start.state[0].step[0])
-    bar = progress_bar(cfg.steps, first)
+    bar = progress_bar(cfg.steps, first, compiling=cfg.compile)
 
     def save(p: Progress) -> Path:
         progress = {"elapsed": elapsed(), "best": None, "bad_evals": 0, "alive": p.state[1].tolist()}

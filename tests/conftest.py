@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from hypothesis import settings
 from torch import nn
 
+from craft.data.shapes import write_shapes_folder
 from craft.models import SmallCNN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,53 @@ def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
     """The params of the newest step checkpoint of ``run_dir``."""
     latest = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
     return torch.load(latest, weights_only=True)["state"]["params"]
+
+
+TINY_CNN = """
+name = "cnn"
+seed = 0
+out_dir = "{{out}}"
+
+[model]
+kind = "cnn"
+{model}
+[data]
+kind = "image_folder"
+path = "{{data}}"
+batch_size = 8
+num_threads = 0
+
+{rest}"""
+
+TINY_TRAIN = """
+[train]
+steps = 4
+eval_every = 2
+log_every = 2
+eval_batches = 1
+compile = false
+"""
+
+
+def tiny_cnn(rest: str = TINY_TRAIN, *, model: str = "") -> str:
+    """The TOML of the seed CNN on an image folder, batches of 8, then ``rest`` (its ``[optim]``,
+    ``[schedule]``, ``[train]`` sections; ``model``: more ``[model]`` keys). A template: fill in
+    ``{out}`` (the runs folder) and ``{data}`` (the image folder) with ``str.format``.
+
+    ``model.num_classes`` is left to the data, as the shipped experiments leave it.
+    """
+    return TINY_CNN.format(model=model, rest=rest)
+
+
+def shapes_folder(root: Path, num_train: int = 16, num_val: int = 8) -> Path:
+    """The synthetic shapes written as an image folder of 32x32 PNGs under ``root/shapes``."""
+    return write_shapes_folder(root / "shapes", num_train=num_train, num_val=num_val, image_size=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory) -> Path:
+    """A small shapes image folder (16 train, 8 val images), written once per test session."""
+    return shapes_folder(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture

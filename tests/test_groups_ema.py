@@ -10,29 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_cnn
 from craft import checkpoint, trained
 from craft.config import load
-from craft.data.shapes import SHAPES, write_shapes_folder
 from craft.optim import EmaState, find_state
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-CNN = """
-name = "cnn"
-seed = 0
-out_dir = "{out}"
-
-[model]
-kind = "cnn"
-num_classes = {classes}
-
-[data]
-kind = "image_folder"
-path = "{data}"
-batch_size = 8
-num_threads = 0
-
+CNN = tiny_cnn("""
 [optim]
 kind = "adamw"
 lr = 3e-3
@@ -46,17 +32,12 @@ log_every = 2
 eval_batches = 1
 compile = false
 {train}
-"""
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return write_shapes_folder(tmp_path_factory.mktemp("data") / "shapes", num_train=16, num_val=8, image_size=32, seed=0)
+""")
 
 
 def craft(tmp_path: Path, shapes: Path, *args: str, groups: str = "", train: str = "") -> subprocess.CompletedProcess:
     path = tmp_path / "e.toml"
-    path.write_text(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES), groups=groups, train=train))
+    path.write_text(CNN.format(out=tmp_path / "runs", data=shapes, groups=groups, train=train))
     return subprocess.run(
         [sys.executable, "-m", "craft", str(path), *args], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=ENV
     )

@@ -7,7 +7,10 @@ import sys
 import pytest
 from PIL import Image
 
-from craft.logging import MetricsLog, plot_metrics, read_metrics, truncate_metrics
+from craft.hooks import advance
+from craft.logging import (
+    FIRST_STEP_BAR, MetricsLog, bar_look, plot_metrics, progress_bar, read_metrics, truncate_metrics,
+)
 
 
 def _log(tmp_path, steps=(10, 20, 30)):
@@ -71,3 +74,26 @@ def test_check_tensorboard_names_this_projects_extra(monkeypatch):
         check_tensorboard()
     (line,) = info.value.problems
     assert 'python -m pip install -e ".[tensorboard]" in the craft checkout' in line
+
+
+def test_the_bar_shows_no_rate_or_eta_until_the_first_step_is_done():
+    assert bar_look(0, compiling=True) == (FIRST_STEP_BAR, "compiling the train step")
+    assert bar_look(0, compiling=False) == (FIRST_STEP_BAR, "first step")
+    assert bar_look(1, compiling=True) == (None, "")
+    assert "remaining" not in FIRST_STEP_BAR and "rate" not in FIRST_STEP_BAR
+
+
+def test_after_the_first_step_the_bar_counts_its_rate_from_the_second(monkeypatch):
+    import io
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    bar = progress_bar(100, 10, compiling=True)  # a run resumed at step 10
+    waiting = str(bar)
+    assert "compiling the train step" in waiting and "it/s" not in waiting and "<" not in waiting
+    advance(bar)(None, {})  # the first (compiled) step is done
+    assert bar.bar_format is None and bar.postfix == ""
+    assert bar.n == bar.initial == 11  # the rate is (n - initial) / elapsed: the first step is not in it
+    assert "compiling" not in str(bar) and "11/100" in str(bar)
+    advance(bar)(None, {})
+    assert bar.initial == 11 and bar.n == 12  # only once
+    bar.close()

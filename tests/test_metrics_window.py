@@ -11,20 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from craft.data.shapes import SHAPES, write_shapes_folder
+from conftest import shapes_folder, tiny_cnn
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-CNN = """
-name = "cnn"
-out_dir = "{out}"
-[model]
-kind = "cnn"
-num_classes = {classes}
-[data]
-kind = "image_folder"
-path = "{data}"
-batch_size = 8
-num_threads = 0
+CNN = tiny_cnn("""
 [optim]
 kind = "adamw"
 lr = 1e-2
@@ -36,17 +26,17 @@ steps = 8
 eval_every = 8
 eval_batches = 1
 compile = false
-"""
+""")
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
-    return write_shapes_folder(tmp_path_factory.mktemp("data") / "shapes", num_train=32, num_val=8, image_size=32, seed=0)
+    return shapes_folder(tmp_path_factory.mktemp("data"), num_train=32)
 
 
 def train_events(tmp_path: Path, shapes: Path, log_every: int) -> list[dict]:
     path = tmp_path / "e.toml"
-    path.write_text(CNN.format(out=tmp_path / f"runs{log_every}", data=shapes, classes=len(SHAPES)))
+    path.write_text(CNN.format(out=tmp_path / f"runs{log_every}", data=shapes))
     result = subprocess.run(
         [sys.executable, "-m", "craft", str(path), f"--train.log_every={log_every}"],
         capture_output=True, text=True, timeout=300, env=ENV,

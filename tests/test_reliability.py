@@ -20,30 +20,16 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import shapes_folder, tiny_cnn
 from craft import checkpoint, cli, run
 from craft.config import load, loads
-from craft.data.shapes import SHAPES, write_shapes_folder
 from craft.logging import read_metrics
 from craft.step import init_state, make_train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
-CNN = """
-name = "cnn"
-seed = 0
-out_dir = "{out}"
-
-[model]
-kind = "cnn"
-num_classes = {classes}
-
-[data]
-kind = "image_folder"
-path = "{data}"
-batch_size = 8
-num_threads = 0
-
+CNN = tiny_cnn("""
 [optim]
 kind = "adamw"
 lr = 3e-3
@@ -59,7 +45,7 @@ eval_every = 4
 log_every = 2
 eval_batches = 1
 compile = false
-"""
+""")
 
 # experiments/gpt_char.toml, shrunk: dropout on, eager (compiling would take
 # longer than the whole run), a sample at every evaluation.
@@ -74,11 +60,11 @@ GPT_OVERRIDES = {
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     # 48 train images, batch 8: an epoch is 6 steps, so an 8-step run crosses one.
-    return write_shapes_folder(tmp_path_factory.mktemp("data") / "shapes", num_train=48, num_val=16, image_size=32, seed=0)
+    return shapes_folder(tmp_path_factory.mktemp("data"), num_train=48, num_val=16)
 
 
 def cnn_experiment(tmp_path: Path, shapes: Path, name: str = "cnn", **overrides):
-    text = CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES))
+    text = CNN.format(out=tmp_path / "runs", data=shapes)
     return loads(text, {"name": name, **overrides})
 
 
@@ -340,7 +326,7 @@ def test_bad_image_folders_are_one_line(case, tmp_path, capsys):
     root = _image_folder(tmp_path / "images", files)
     root.mkdir(exist_ok=True)
     exp = tmp_path / "e.toml"
-    exp.write_text(CNN.format(out=tmp_path / "runs", data=root, classes=2) + "\n")
+    exp.write_text(CNN.format(out=tmp_path / "runs", data=root) + "\n")
     # val_path = path: the evaluation at step 2 reads every file, wherever the bad one sorts
     line = cli_error(
         capsys, str(exp), f"--data.val_path={root}", "--data.batch_size=2", "--train.steps=2", "--train.eval_batches=99"
@@ -351,7 +337,7 @@ def test_bad_image_folders_are_one_line(case, tmp_path, capsys):
 def test_skip_unreadable_trains_on_the_rest_and_counts_what_it_skipped(tmp_path):
     files = {**GOOD, "a/a_8.png": b"\x89PNG broken", "b/b_9.jpg": b"not a jpeg", "b/notes.txt": b"ignored"}
     root = _image_folder(tmp_path / "images", files)
-    exp = loads(CNN.format(out=tmp_path / "runs", data=root, classes=2), {
+    exp = loads(CNN.format(out=tmp_path / "runs", data=root), {
         "data.skip_unreadable": True, "data.val_fraction": 0.25, "data.batch_size": 2, "train.steps": 2,
     })
     with pytest.warns(UserWarning, match=r"skipped 1 unreadable of \d+ images .*data.skip_unreadable") as caught:
@@ -430,7 +416,7 @@ def test_ctrl_c_before_training_is_one_line(tmp_path, shapes, monkeypatch, capsy
 
     monkeypatch.setattr(run, "train", interrupted)
     exp = tmp_path / "e.toml"
-    exp.write_text(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES)))
+    exp.write_text(CNN.format(out=tmp_path / "runs", data=shapes))
     with pytest.raises(SystemExit) as exited:
         cli.main([str(exp)])
     assert exited.value.code == cli.EXIT_INTERRUPTED
@@ -450,7 +436,7 @@ def test_override_values_are_never_evaluated(text, tmp_path, monkeypatch, shapes
     monkeypatch.chdir(tmp_path)
     value = parse_override(text)
     assert value == text  # not a literal: kept as the text itself
-    base = CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES))
+    base = CNN.format(out=tmp_path / "runs", data=shapes)
     assert loads(base, {"name": value}).name == text
     with pytest.raises(ConfigError, match="optim.lr: expected float"):
         loads(base, {"optim.lr": value})
@@ -509,7 +495,7 @@ def kill_experiment(tmp_path, shapes, one_thread) -> tuple[Path, Path]:
     killed ones: another thread count may sum in another order) to compare with."""
     exp = tmp_path / "kill" / "cnn.toml"
     exp.parent.mkdir()
-    exp.write_text(CNN.format(out=exp.parent / "runs", data=shapes, classes=len(SHAPES)))
+    exp.write_text(CNN.format(out=exp.parent / "runs", data=shapes))
     overrides = {k.removeprefix("--"): int(v) for k, v in (a.split("=") for a in KILL_OVERRIDES)}
     straight = run.train(loads(exp.read_text(), {**overrides, "name": "straight", "out_dir": str(tmp_path)}), echo=quiet)
     return exp, straight

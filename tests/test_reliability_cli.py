@@ -15,32 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from craft.data.shapes import SHAPES, write_shapes_folder
+from conftest import shapes_folder, tiny_cnn
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-CNN = """
-name = "cnn"
-out_dir = "{out}"
-
-[model]
-kind = "cnn"
-num_classes = {classes}
-
-[data]
-kind = "image_folder"
-path = "{data}"
-batch_size = 8
-num_threads = 0
-
+CNN = tiny_cnn("""
 [train]
 steps = 4
 eval_every = 2
 log_every = 1
 eval_batches = 1
 compile = false
-"""
+""")
 
 GPT = """
 name = "gpt"
@@ -88,9 +75,9 @@ def one_error(result: subprocess.CompletedProcess, status: int = 2) -> str:
 @pytest.fixture(scope="module")
 def cnn_exp(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cnn")
-    shapes = write_shapes_folder(root / "shapes", num_train=16, num_val=8, image_size=32, seed=0)
+    shapes = shapes_folder(root)
     exp = root / "cnn.toml"
-    exp.write_text(CNN.format(out=root / "runs", data=shapes, classes=len(SHAPES)))
+    exp.write_text(CNN.format(out=root / "runs", data=shapes))
     return exp
 
 
@@ -321,5 +308,5 @@ def test_info_describes_one_entry():
     result = craft("info", "cnn")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        'cnn: in models; use it as [model] kind = "cnn"', "  num_classes: int = 10", "  in_channels: int = 3"
+        'cnn: in models; use it as [model] kind = "cnn"', "  num_classes: int | None = None", "  in_channels: int = 3"
     ]

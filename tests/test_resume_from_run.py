@@ -11,20 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from craft.data.shapes import SHAPES, write_shapes_folder
+from conftest import tiny_cnn
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-CNN = """
-name = "cnn"
-out_dir = "{out}"
-[model]
-kind = "cnn"
-num_classes = {classes}
-[data]
-kind = "image_folder"
-path = "{data}"
-batch_size = 8
-num_threads = 0
+CNN = tiny_cnn("""
 [optim]
 lr = 1e-2
 [schedule]
@@ -34,18 +24,13 @@ steps = 60
 log_every = 1
 eval_every = 1000
 eval_batches = 1
-"""
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return write_shapes_folder(tmp_path_factory.mktemp("data") / "shapes", num_train=16, num_val=8, image_size=32, seed=0)
+""")
 
 
 @pytest.fixture
 def toml(tmp_path, shapes) -> Path:
     path = tmp_path / "e.toml"
-    path.write_text(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES)))
+    path.write_text(CNN.format(out=tmp_path / "runs", data=shapes))
     return path
 
 

@@ -13,51 +13,26 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import TINY_TRAIN, tiny_cnn
 from craft import checkpoint, cli, rundir, run
 from craft.config import loads
-from craft.data.shapes import SHAPES, write_shapes_folder
 from craft.parts import fit_to_data
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CNN = """
-name = "cnn"
-seed = 0
-out_dir = "{out}"
-
-[model]
-kind = "cnn"
-num_classes = {classes}
-
-[data]
-kind = "image_folder"
-path = "{data}"
-batch_size = 8
-num_threads = 0
-
+ADAMW = """
 [optim]
 kind = "adamw"
 lr = 3e-3
-
-[train]
-steps = 4
-eval_every = 2
-log_every = 2
-eval_batches = 1
-compile = false
 """
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return write_shapes_folder(tmp_path_factory.mktemp("data") / "shapes", num_train=16, num_val=8, image_size=32, seed=0)
+CNN = tiny_cnn(ADAMW + TINY_TRAIN)
 
 
 def toml(tmp_path: Path, shapes: Path) -> Path:
     path = tmp_path / "e.toml"
-    path.write_text(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES)))
+    path.write_text(CNN.format(out=tmp_path / "runs", data=shapes))
     return path
 
 
@@ -87,7 +62,7 @@ def test_overwrite_never_deletes_the_data_being_read(tmp_path, shapes):
 
 
 def test_overwrite_refuses_a_folder_craft_did_not_make_and_out_dir_itself(tmp_path, shapes):
-    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES)))
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes))
     mine = tmp_path / "runs" / "cnn"
     mine.mkdir(parents=True)
     (mine / "thesis.tex").write_text("years of work")
@@ -99,7 +74,7 @@ def test_overwrite_refuses_a_folder_craft_did_not_make_and_out_dir_itself(tmp_pa
 
 
 def test_overwrite_replaces_a_run_craft_made_and_one_from_before_the_marker(tmp_path, shapes):
-    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES)), {"train.steps": 2})
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes), {"train.steps": 2})
     run_dir = run.train(exp, echo=quiet)
     assert (run_dir / rundir.MARKER_FILE).exists()
     (run_dir / rundir.MARKER_FILE).unlink()  # as today's main leaves it: config.toml, metrics.jsonl, checkpoints/
@@ -121,7 +96,7 @@ def test_a_second_run_on_a_held_folder_exits_naming_the_holder(tmp_path, shapes)
         assert process.returncode == 1 and error_lines(process) == held
         (run_dir / "metrics.jsonl").write_text("")  # a run under way: without a flag, the lock is what is reported
         with pytest.raises(run.RunError) as error:
-            run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES))), echo=quiet)
+            run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes)), echo=quiet)
         assert f"error: {error.value}" == held[0]
         (run_dir / "metrics.jsonl").unlink()
     assert not run_dir.exists(), "the lock's own folder is removed again"
@@ -149,12 +124,12 @@ def test_the_checkpoint_of_an_evaluation_step_is_written_before_evaluating(tmp_p
 
     monkeypatch.setattr(run, "evaluate_batches", broken)
     with pytest.raises(RuntimeError, match="evaluation failed"):
-        run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES))), echo=quiet)
+        run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes)), echo=quiet)
     assert [p.name for p in checkpoint.step_files(tmp_path / "runs" / "cnn" / "checkpoints")] == ["step_00000002.pt"]
 
 
 def test_a_run_killed_between_a_checkpoint_and_its_evaluation_evaluates_that_step_on_resume(tmp_path, shapes, monkeypatch):
-    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES)))
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes))
 
     def broken(*args, **kwargs):
         raise RuntimeError("killed here")
@@ -190,7 +165,7 @@ def test_a_renamed_run_folder_resumes(tmp_path, shapes):
     lambda p: p["state"].update(params=[1, 2]),
 ])
 def test_a_checkpoint_holding_the_wrong_things_is_skipped_on_resume(tmp_path, shapes, damage):
-    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES)), {"train.checkpoint_every": 1})
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes), {"train.checkpoint_every": 1})
     run_dir = run.train(exp, echo=quiet)
     newest = checkpoint.step_files(run_dir / "checkpoints")[-1]
     payload = checkpoint.load(newest)
@@ -203,7 +178,7 @@ def test_a_checkpoint_holding_the_wrong_things_is_skipped_on_resume(tmp_path, sh
 
 
 def test_a_num_classes_mismatch_with_many_classes_is_a_short_line(tmp_path, shapes):
-    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=3))
+    exp = loads(tiny_cnn(ADAMW + TINY_TRAIN, model="num_classes = 3\n").format(out=tmp_path / "runs", data=shapes))
     data = SimpleNamespace(num_classes=10_000, classes=[f"class_{i:05d}" for i in range(10_000)])
     with pytest.raises(run.RunError) as error:
         fit_to_data(exp, data)
@@ -217,7 +192,7 @@ def test_a_full_disk_names_the_file(tmp_path, shapes, monkeypatch):
 
     monkeypatch.setattr(checkpoint.torch, "save", full)
     with pytest.raises(run.RunError, match=r"cannot write checkpoint '.*step_00000002.pt': No space left on device"):
-        run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES))), echo=quiet)
+        run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes)), echo=quiet)
     with pytest.raises(rundir.RunError, match=r"cannot write '.*config.toml': No space left"):
         monkeypatch.setattr(Path, "write_text", full)
         rundir.write_atomic(tmp_path / "config.toml", "x")

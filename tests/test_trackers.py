@@ -10,23 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_cnn
 from craft import config, trackers
-from craft.data.shapes import SHAPES, write_shapes_folder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
 ENV.pop("WANDB_MODE", None)
 ENV.pop("MLFLOW_TRACKING_URI", None)
-CNN = """
-name = "cnn"
-out_dir = "{out}"
-[model]
-kind = "cnn"
-num_classes = {classes}
-[data]
-kind = "image_folder"
-path = "{data}"
-batch_size = 8
-num_threads = 0
+CNN = tiny_cnn("""
 [train]
 steps = 4
 log_every = 2
@@ -34,17 +24,12 @@ eval_every = 4
 eval_batches = 1
 compile = false
 loggers = {loggers}
-"""
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return write_shapes_folder(tmp_path_factory.mktemp("data") / "shapes", num_train=16, num_val=8, image_size=32, seed=0)
+""")
 
 
 def train(tmp_path: Path, shapes: Path, loggers: list[str], *prefix: str) -> subprocess.CompletedProcess:
     path = tmp_path / "e.toml"
-    path.write_text(CNN.format(out=tmp_path / "runs", data=shapes, classes=len(SHAPES), loggers=json.dumps(loggers)))
+    path.write_text(CNN.format(out=tmp_path / "runs", data=shapes, loggers=json.dumps(loggers)))
     return subprocess.run([sys.executable, *prefix, str(path)], capture_output=True, text=True, timeout=300, env=ENV)
 
 

@@ -18,11 +18,17 @@ MODELS: Registry = Registry("model")
 
 
 def need_vocab_size(config) -> None:
-    """Refuse to build a language model whose ``vocab_size`` the run has not filled in yet."""
+    """Refuse to build a language model whose ``vocab_size`` (or ``block_size``, where it has one) the run
+    has not filled in yet."""
     if config.vocab_size is None:
         raise ValueError(
             "model.vocab_size is not set: a run fills it from the data's tokenizer; "
             "in Python pass vocab_size=tokenizer.vocab_size"
+        )
+    if getattr(config, "block_size", 0) is None:
+        raise ValueError(
+            "model.block_size is not set: a run fills it from the data's sequence length; "
+            "in Python pass block_size=N"
         )
 
 from craft.models.cnn import CNNConfig, SmallCNN  # noqa: E402  (registers "cnn")

@@ -132,13 +132,14 @@ class Captioner(nn.Module):
 class CaptionerConfig:
     """``[model] kind = "captioner"``: image encoder + GPT decoder; ``vocab_size`` comes from the data.
 
-    ``block_size`` counts text positions; the image adds ``prefix_grid**2``
+    ``block_size`` counts text positions (left unset: the data's caption length, ``data.max_length``
+    or the longest caption); the image adds ``prefix_grid**2``
     more. ``widths`` and ``blocks`` shape the ResNet encoder; ``encoder =
     "cnn"`` uses the seed CNN's two conv layers instead (and ignores them).
     """
 
     vocab_size: int | None = attrs.field(default=None, validator=at_least(1))
-    block_size: int = attrs.field(default=32, validator=at_least(1))
+    block_size: int | None = attrs.field(default=None, validator=at_least(1))
     encoder: str = attrs.field(default="resnet", validator=one_of("resnet", "cnn"))
     in_channels: int = attrs.field(default=3, validator=at_least(1))
     widths: list[int] = attrs.field(factory=lambda: [32, 64, 128], validator=channel_widths)

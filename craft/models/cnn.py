@@ -40,9 +40,10 @@ class SmallCNN(nn.Module):
 @MODELS.register("cnn")
 @attrs.frozen
 class CNNConfig:
-    """``[model] kind = "cnn"``: the seed CNN; images must be 32x32."""
+    """``[model] kind = "cnn"``: the seed CNN; images must be 32x32. ``num_classes`` left unset is the
+    data's class count (a run fills it in; in Python pass it)."""
 
-    num_classes: int = attrs.field(default=10, validator=at_least(1))
+    num_classes: int | None = attrs.field(default=None, validator=at_least(1))
     in_channels: int = attrs.field(default=3, validator=at_least(1))
 
     def build(self) -> SmallCNN:

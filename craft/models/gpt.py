@@ -263,10 +263,11 @@ def _no_dropout(instance: GPTConfig, attribute, value: bool) -> None:
 @MODELS.register("gpt")
 @attrs.frozen
 class GPTConfig:
-    """``[model] kind = "gpt"``: a GPT language model; ``vocab_size`` comes from the data's tokenizer."""
+    """``[model] kind = "gpt"``: a GPT language model; ``vocab_size`` comes from the data's tokenizer and
+    ``block_size`` left unset is the data's sequence length (``data.block_size``)."""
 
     vocab_size: int | None = attrs.field(default=None, validator=at_least(1))
-    block_size: int = attrs.field(default=64, validator=at_least(1))
+    block_size: int | None = attrs.field(default=None, validator=at_least(1))
     n_layer: int = attrs.field(default=4, validator=at_least(1))
     n_head: int = attrs.field(default=4, validator=[at_least(1), _divides_n_embd])
     n_embd: int = attrs.field(default=128, validator=at_least(1))

@@ -91,9 +91,11 @@ class ResNetConfig:
 
     ResNet-18 sized: ``widths = [64, 128, 256, 512]``, ``blocks = 2``,
     ``imagenet_stem = true`` (11.7M parameters with 1000 classes, as torchvision's).
+    ``num_classes`` left unset is the data's class count (a run fills it in; in
+    Python pass it).
     """
 
-    num_classes: int = attrs.field(default=10, validator=at_least(1))
+    num_classes: int | None = attrs.field(default=None, validator=at_least(1))
     in_channels: int = attrs.field(default=3, validator=at_least(1))
     widths: list[int] = attrs.field(factory=lambda: [16, 32, 64], validator=channel_widths)
     blocks: int = attrs.field(default=1, validator=at_least(1))

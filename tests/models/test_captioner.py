@@ -197,7 +197,9 @@ def test_config_defaults_build_a_captioner_once_the_vocab_size_is_known():
     assert isinstance(MODELS["captioner"], type) and MODELS["captioner"] is CaptionerConfig
     with pytest.raises(ValueError, match="model.vocab_size is not set"):
         CaptionerConfig().build()
-    model = CaptionerConfig(vocab_size=V).build()
+    with pytest.raises(ValueError, match="model.block_size is not set"):
+        CaptionerConfig(vocab_size=V).build()  # a run takes it from the data
+    model = CaptionerConfig(vocab_size=V, block_size=32).build()
     assert model.block_size == 32 and model.prefix_len == 16 and isinstance(model, Captioner)
 
 

@@ -1,0 +1,183 @@
+"""Checks that an experiment's pieces fit each other, before anything is trained or written.
+
+Each raises one clear error naming the config key and the fix: a model key
+that disagrees with the data, a first batch the model or the task cannot
+take, an early-stopping metric the task does not report, a sample prompt
+outside the vocabulary, ranks that read different data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import torch
+
+from craft.config import ConfigError, Experiment
+from craft.distributed import Replicas
+from craft.rundir import RunError
+from craft.tasks import Task
+
+
+FROM_DATA = {"num_classes": "classes", "vocab_size": "tokenizer", "block_size": "sequence length"}
+"""Model keys the data decides: left unset (``None``), a run fills each in from the train iterator's
+attribute of the same name (and the resolved ``config.toml`` records it)."""
+
+
+def check_fit(config: Any, data, given: dict[str, int]) -> None:
+    """Raise a ``RunError`` where an explicit model key disagrees with the data's ``given`` value."""
+    want, have = getattr(config, "num_classes", None), given.get("num_classes")
+    if want is not None and have is not None and want != have:
+        raise RunError(
+            f"model.num_classes = {want} but the data has {have} classes ({few(getattr(data, 'classes', []))}); "
+            f"set model.num_classes = {have} or remove it to take it from the data"
+        )
+    want, have = getattr(config, "vocab_size", None), given.get("vocab_size")
+    if want is not None and have is not None and want < have:
+        raise RunError(
+            f"model.vocab_size = {want} but the data's tokenizer has {have} tokens; "
+            "remove model.vocab_size to take it from the data"
+        )
+    want, have = getattr(config, "block_size", None), given.get("block_size")
+    if want is not None and have is not None and have > want:
+        raise RunError(
+            f"the data's sequences have {have} tokens but model.block_size = {want}; "
+            f"remove model.block_size to take it from the data, or lower the data's length"
+        )
+
+
+def need_data_keys(exp: Experiment) -> None:
+    """Refuse to build a model whose data-decided keys (``FROM_DATA``) no run has filled in yet."""
+    config = exp.model.config
+    fields = attrs.fields_dict(type(config)) if attrs.has(type(config)) else {}
+    unset = [key for key in FROM_DATA if key in fields and getattr(config, key) is None]
+    if unset:
+        raise ConfigError([
+            f"model.{unset[0]}: not set; a run takes it from the data (craft.parts.fit_to_data(exp, train_data) "
+            f"fills it in), or set it"
+        ])
+
+
+def check_sample(exp: Experiment, data) -> Any:
+    """The tokenizer ``train.sample`` decodes with (None without sampling); a run that cannot sample is refused."""
+    tokenizer = getattr(data, "tokenizer", None)
+    if exp.train.sample is None:
+        return tokenizer
+    if tokenizer is None:
+        raise RunError(f"train.sample needs text data with a tokenizer; data.kind = {exp.data.kind!r} has none")
+    if hasattr(exp.data.config, "load_image"):
+        raise RunError(
+            "train.sample continues a text prompt, and a captioning run reports exact_match instead; "
+            "remove [train.sample] (caption an image after training with craft generate RUN_DIR --image=PATH)"
+        )
+    try:  # found now, not at the first sample after an evaluation's worth of training
+        tokenizer.encode(exp.train.sample.prompt)
+    except ValueError as e:
+        raise RunError(f"train.sample.prompt = {exp.train.sample.prompt!r}: {e}") from None
+    return tokenizer
+
+
+def check_same_data(data, replicas: Replicas) -> None:
+    """Under torchrun, every rank must read the same dataset: compare ``data.fingerprint()`` across ranks."""
+    fingerprint = getattr(data, "fingerprint", None)
+    if not replicas.active or fingerprint is None:
+        return
+    digest = hashlib.sha256(str(fingerprint()).encode()).hexdigest()
+    chunks = [torch.tensor(float(int(digest[i : i + 6], 16)), dtype=torch.float64) for i in range(0, 24, 6)]
+    try:
+        replicas.check_same(chunks, "data")
+    except RuntimeError as e:
+        raise RunError(
+            f"rank {replicas.rank}: the ranks read different data ({e}); give every rank the same data.path and files"
+        ) from None
+
+
+class Reads(dict):
+    """A batch that records the keys read from it but missing."""
+
+    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
+        super().__init__(batch)
+        self.missing: list[str] = []
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self:
+            self.missing.append(key)
+        return super().__getitem__(key)
+
+
+def first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_components(exp: Experiment, parts, batches: Iterable) -> dict[str, torch.Tensor] | None:
+    """Run the task's inputs, the model and the task's loss once on the first of ``batches``; return
+    that batch (``None`` for empty ``batches``), for whoever else wants to look at one.
+
+    A mismatch between user components (a dataset without a key the task
+    reads, a model whose outputs the task cannot score) is reported here,
+    naming each component by its config ``kind``, instead of surfacing as a
+    key or shape error from inside the step. Empty ``batches`` are left to
+    evaluation to report. The model runs in eval mode, without gradients.
+    """
+    batch = next(iter(batches), None)
+    if batch is None:
+        return None
+    data, model, task = (f"{section}.kind = {getattr(exp, section).kind!r}" for section in ("data", "model", "task"))
+    if not isinstance(batch, dict) or not all(isinstance(v, torch.Tensor) for v in batch.values()):
+        raise RunError(f"{data} yields {type(batch).__name__} batches; a batch must be a dict of tensors")
+    reads = Reads({k: v.to(parts.device, non_blocking=True) for k, v in batch.items()})
+
+    def missing() -> RunError:
+        return RunError(
+            f"{data} yields batches with keys {sorted(batch)}, but {task} reads "
+            f"{', '.join(map(repr, reads.missing))}; make the dataset yield the keys the task reads"
+        )
+
+    try:
+        args = parts.task.inputs(reads)
+    except KeyError:
+        if reads.missing:
+            raise missing() from None
+        raise
+    was_training = parts.model.training
+    parts.model.eval()
+    try:
+        with torch.no_grad():
+            outputs = parts.model(*args)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items())
+        raise RunError(f"{model} failed on the first batch of {data} ({shapes}): {first_line(e)}") from None
+    finally:
+        parts.model.train(was_training)
+    try:
+        with torch.no_grad():
+            parts.task.loss(outputs, reads)
+    except KeyError:
+        if reads.missing:
+            raise missing() from None
+        raise
+    except (ValueError, TypeError, AttributeError, IndexError) as e:
+        raise RunError(
+            f"{model} returned outputs that {task} cannot score (first batch of {data}): {first_line(e)}"
+        ) from None
+    return batch
+
+
+def few(names: Iterable[str], shown: int = 5) -> str:
+    """At most ``shown`` of ``names`` quoted, then how many there are: a message stays one short line."""
+    names = list(names)
+    head = ", ".join(map(repr, names[:shown]))
+    return head if len(names) <= shown else f"{head}, ... {len(names)} in all"
+
+
+def check_early_stopping(exp: Experiment, task: Task) -> None:
+    """``train.early_stopping.metric`` must be one the task reports (a task that declares no names is not checked)."""
+    rule, names = exp.train.early_stopping, getattr(task, "metric_names", None)
+    if rule is None or not names or rule.metric in names:
+        return
+    raise ConfigError([
+        f"train.early_stopping.metric: task {exp.task.kind!r} reports no {rule.metric!r}; choose one of {', '.join(map(repr, names))}"
+    ])

@@ -1,0 +1,194 @@
+"""The commands of the command line, each a plain function whose parameters are its words and options
+(``craft.commandline`` reads them; ``craft.cli`` is the table). Imports are lazy: ``craft --help`` and
+``craft info`` stay fast."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+import craft
+from craft.commandline import UsageError, did_you_mean
+
+
+def train(config: str, *, resume: bool = False, overwrite: bool = False, print_config: bool = False, **overrides: str) -> None:
+    """Train the experiment in the TOML file CONFIG.
+
+    Any --section.key=value overrides a key of the file (values are TOML
+    literals: --train.compile=false, --optim.lr=3e-4, --model.widths=[8,16];
+    a text key takes the text as typed: --name=2024). --resume continues the
+    run folder from its last checkpoint, as the run's own config.toml says,
+    with only the overrides given now on top (CONFIG may be the run folder:
+    craft train runs/NAME --resume); --overwrite replaces it. Without either,
+    a name already taken gets a folder of its own (NAME-2, NAME-3, ...).
+    --print_config prints the resolved experiment (every default filled in)
+    and exits; a run writes it to its folder's config.toml.
+    """
+    from craft import run
+    from craft.config import load
+    from craft.logging import check_tensorboard
+    from craft.rundir import resume_target
+
+    if Path(config).suffix.lower() != ".toml" and not Path(config).is_dir():
+        raise UsageError(
+            f"craft reads TOML experiments: {config!r} is not a .toml file; "
+            "write the experiment as TOML (see experiments/*.toml)"
+        )
+    # --resume continues the run as it was, with only this command line's overrides on top.
+    exp = resume_target(config, overrides) if resume else load(config, texts=overrides)
+    if print_config:
+        from craft.config import dumps
+
+        print(dumps(exp), end="")
+        return
+    if exp.train.tensorboard:
+        check_tensorboard()  # before the run folder is touched
+    run_dir = run.train(exp, resume=resume, overwrite=overwrite)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole job
+        print(f"run folder: {run_dir}")
+
+
+def evaluate(run_dir: str, *, checkpoint: str = "latest", **data: str) -> None:
+    """Re-evaluate RUN_DIR's checkpoint (latest, best, or a file name) on its validation split.
+
+    [data] options evaluate on other data (a test set), read as the run read
+    its own: craft evaluate runs/NAME --data.val_path=data/test (image and
+    caption folders), or --data.path=FILE for text in the run's vocabulary.
+    """
+    from craft import trained
+
+    metrics = trained.evaluate(Path(run_dir), checkpoint, data or None)
+    print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+
+
+def generate(
+    run_dir: str,
+    *,
+    prompt: str | None = None,
+    max_new_tokens: int = 300,
+    num_samples: int = 1,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    stop: str | None = None,
+    checkpoint: str = "latest",
+    cache: bool = True,
+    image: str | None = None,
+) -> None:
+    """Print PROMPT and its continuation sampled from RUN_DIR's model; with --image=PATH, the image's caption.
+
+    The text is printed as it is generated; Ctrl-C stops it and keeps what
+    was printed. --temperature=0 is greedy (the default for captions; 0.8 for
+    text; a tiny one such as 1e-45 samples among the tied likeliest tokens,
+    i.e. is greedy too); --top_k keeps the K likeliest tokens, --top_p the smallest set
+    whose probability reaches P. The same --seed gives the same text;
+    --num_samples=N prints N samples (seeds SEED, SEED+1, ...) separated by a
+    blank line. --stop=TEXT ends a sample before TEXT. --cache=false
+    recomputes the whole context for every token (slower, same tokens). A
+    caption ends at its end marker; --prompt then gives its first words.
+    """
+    import attrs
+
+    from craft import trained
+    from craft.config import ConfigError, Sample, structure
+    from craft.data.tokenizers import BOUNDARY
+
+    if image is not None:  # the prompt of a caption is the begin marker, then its first words if given
+        prompt, temperature = BOUNDARY + (prompt or ""), 0.0 if temperature is None else temperature
+        if stop is not None:
+            raise UsageError("--stop: a caption stops at its end marker; drop --stop")
+    if num_samples < 1:
+        raise UsageError(f"--num_samples: must be >= 1, got {num_samples}")
+    given = dict(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    try:
+        options = structure({k: v for k, v in given.items() if v is not None}, Sample)
+        samples = [attrs.evolve(options, seed=options.seed + i) for i in range(num_samples)]
+    except (ConfigError, ValueError) as e:
+        problems = e.problems if isinstance(e, ConfigError) else [f"seed: {e}"]
+        raise UsageError("\n".join(f"--{line}" for line in problems)) from None
+    for i, sample in enumerate(samples):
+        if i:
+            print(flush=True)  # a blank line between samples
+        if image is not None:
+            print(trained.sample_run(Path(run_dir), sample, checkpoint_name=checkpoint, use_cache=cache, image=image))
+            continue
+        echo = Echo(sample.prompt)
+        trained.sample_run(Path(run_dir), sample, checkpoint_name=checkpoint, stop=stop, use_cache=cache, on_text=echo)
+        echo("")  # the prompt, if no token came
+        print(flush=True)
+
+
+class Echo:
+    """Prints ``prefix`` with the first piece of text, then each piece as it comes (flushed)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __call__(self, piece: str) -> None:
+        print(self.prefix + piece, end="", flush=True)
+        self.prefix = ""
+
+
+def export(run_dir: str, out: str, *, checkpoint: str = "latest") -> None:
+    """Write RUN_DIR's weights as OUT/model.safetensors and its model config as OUT/config.json.
+
+    The weights load into the plain nn.Module with load_state_dict(strict=True)
+    (tied weights under both names); text runs also get OUT/tokenizer.json.
+    In Python, craft.load_model(RUN_DIR) returns the trained module directly.
+    """
+    from craft import trained
+
+    print(trained.export(Path(run_dir), Path(out), checkpoint))
+
+
+def plot(run_dir: str) -> None:
+    """Redraw RUN_DIR/loss.png from its metrics.jsonl."""
+    from craft import trained
+
+    print(trained.plot(Path(run_dir)))
+
+
+def info(name: str | None = None) -> str:
+    """Versions, devices and the registered components; with NAME, that entry's table and options."""
+    from craft.config import registries
+
+    if name is not None:
+        return describe(name)
+    cuda = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA"
+    lines = [
+        f"craft {craft.__version__}, torch {torch.__version__}, Python {platform.python_version()}",
+        f"devices: cpu ({torch.get_num_threads()} threads), {cuda}",
+    ]
+    lines += [f"{section}: {', '.join(sorted(table))}" for section, table in registries().items()]
+    return "\n".join(lines)
+
+
+SECTIONS = {"models": "model", "datasets": "data", "tasks": "task", "optimizers": "optim", "schedules": "schedule"}
+"""Each registry table's TOML section."""
+
+
+def describe(name: str) -> str:
+    """Every registry entry called ``name``: its table, section and TOML options with defaults."""
+    import attrs
+
+    from craft.config import config_class, registries
+
+    tables = registries()
+    lines = []
+    for table_name, table in tables.items():
+        if name in table:
+            section = SECTIONS.get(table_name, table_name)
+            lines.append(f'{name}: in {table_name}; use it as [{section}] kind = "{name}"')
+            for field in attrs.fields(config_class(table[name])):
+                default = field.default.factory() if isinstance(field.default, attrs.Factory) else field.default
+                shown = "(required)" if default is attrs.NOTHING else f"= {default!r}"
+                kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+                lines.append(f"  {field.name}: {kind} {shown}")
+    if not lines:
+        known = sorted({entry for table in tables.values() for entry in table})
+        raise UsageError(f"craft info: nothing registered as {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
+    return "\n".join(lines)

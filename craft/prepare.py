@@ -1,0 +1,103 @@
+"""``craft prepare WHAT ...``: write a dataset to disk, one preparer per WHAT.
+
+A preparer is a plain function whose parameters are its words and options
+(as every command's: ``craft.commandline``), registered in ``PREPARERS``
+with its usage line; ``craft prepare WHAT --help`` prints that line and the
+function's docstring. A preparer may take several words (``*sources: str``)::
+
+    PREPARERS["tokens"] = Command(tokens, "craft prepare tokens SRC... OUT [--tokenizer=NAME]")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from craft.commandline import Command, UsageError
+
+
+def shapes(directory: str, *, image_size: int = 32, seed: int = 0, **counts: int) -> None:
+    """Render the synthetic shapes as DIR/{train,val}/<class>/*.png.
+
+    The same folder `prepare = "shapes"` writes for an image_folder
+    experiment; --num_train and --num_val are images per class.
+    """
+    from craft.data.images import PREPARED_SHAPES
+    from craft.data.shapes import write_shapes_folder
+
+    write_folder("shapes", write_shapes_folder, PREPARED_SHAPES, directory, image_size, seed, counts)
+
+
+def captions(directory: str, *, image_size: int = 32, seed: int = 0, **counts: int) -> None:
+    """Render captioned scenes as DIR/{train,val}/*.png plus captions.jsonl, for a caption_folder experiment."""
+    from craft.data.captions import PREPARED_CAPTIONS, write_caption_folder
+
+    write_folder("captions", write_caption_folder, PREPARED_CAPTIONS, directory, image_size, seed, counts)
+
+
+def write_folder(what: str, write, defaults: dict, directory: str, image_size: int, seed: int, counts: dict) -> None:
+    """Check the sizes (every problem, one line each), then ``write`` the folder and print where."""
+    from craft.data.shapes import folder_problems
+
+    unknown = sorted(set(counts) - set(defaults))
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]!r} for `craft prepare {what}`; known: {sorted(defaults)}")
+    problems = folder_problems(image_size=image_size, **{**defaults, **counts})
+    if not -(2**63) <= seed < 2**64:
+        problems.append(f"seed: must fit in 64 bits (-2**63 <= seed < 2**64), got {seed}")
+    if problems:
+        raise UsageError("\n".join(f"--{line}" for line in problems))
+    print(write(Path(directory), image_size=image_size, seed=seed, **{**defaults, **counts}))
+
+
+def photos(directory: str, *, image_size: int = 96, seed: int = 0, **counts: int) -> None:
+    """Write photo-like JPEGs (textured objects on cluttered backgrounds) as DIR/{train,val}/<class>/*.jpg.
+
+    For experiments/resnet_folder.toml (``data.prepare = "photos"`` writes the
+    same folder); --num_train and --num_val are images per class.
+    """
+    from craft.data.photos import PREPARED_PHOTOS, write_photos_folder
+
+    write_folder("photos", write_photos_folder, PREPARED_PHOTOS, directory, image_size, seed, counts)
+
+
+def tokens(
+    *paths: str, tokenizer: str = "bpe", vocab_size: int = 8192, encoding: str = "gpt2",
+    val_fraction: float = 0.1, chunk_size: int = 1 << 20, overwrite: bool = False,
+) -> None:
+    """Stream text files and folders (or @stdlib, Python's own sources) into OUT's token files.
+
+    OUT gets train.bin and val.bin (nanoGPT's layout: flat uint16, or uint32
+    for a vocabulary over 65,536), tokenizer.json and meta.json, for a
+    ``[data] kind = "tokens"`` experiment. --tokenizer=bpe trains a byte-level
+    BPE of --vocab_size tokens on the train text; --tokenizer=tiktoken uses
+    --encoding from tiktoken's local cache. The val split is the last
+    --val_fraction of each file (from a line start).
+    """
+    from craft.data.prepare_tokens import prepare_tokens
+
+    if len(paths) < 2:
+        raise UsageError(f"craft prepare tokens needs SRC... and OUT; usage: {TOKENS_USAGE}")
+    options = dict(tokenizer=tokenizer, vocab_size=vocab_size, encoding=encoding, val_fraction=val_fraction)
+    print(prepare_tokens(list(paths[:-1]), paths[-1], **options, chunk_size=chunk_size, overwrite=overwrite))
+
+
+SIZES = "[--num_train=N --num_val=N --image_size=32 --seed=0]"
+TOKENS_USAGE = "craft prepare tokens SRC... OUT [--tokenizer=bpe|tiktoken --vocab_size=N --encoding=NAME --val_fraction=F --overwrite]"
+PREPARERS: dict[str, Command] = {
+    "shapes": Command(shapes, f"craft prepare shapes DIR {SIZES}"),
+    "captions": Command(captions, f"craft prepare captions DIR {SIZES}"),
+    "photos": Command(photos, f"craft prepare photos DIR {SIZES.replace('32', '96')}"),
+    "tokens": Command(tokens, TOKENS_USAGE),
+}
+"""What ``craft prepare`` writes: WHAT -> its preparer and usage line."""
+
+
+def prepare(what: str, *args: str, **options) -> None:
+    """Write a dataset to disk: `craft prepare WHAT --help` explains each."""
+    if what not in PREPARERS:
+        raise UsageError(f"unknown dataset {what!r} to prepare; available: {', '.join(sorted(PREPARERS))}")
+    PREPARERS[what].run(*args, **options)
+
+
+PREPARE = Command(prepare, "craft prepare WHAT ...", table=PREPARERS)
+"""The ``prepare`` command: its first word picks the preparer."""
