@@ -42,7 +42,7 @@ def test_prepare_tokens_usage_mistakes_are_one_line(tmp_path):
     typo = craft("prepare", "tokens", str(ROOT / "README.md"), str(tmp_path / "out"), "--vocab=300")
     assert typo.returncode == 2 and "unknown option --vocab" in typo.stderr
     bad = craft("prepare", "tokens", str(ROOT / "README.md"), str(tmp_path / "out"), "--vocab_size=many")
-    assert bad.returncode == 2 and "--vocab_size: expected int, got 'many'" in bad.stderr
+    assert bad.returncode == 2 and "--vocab_size: expected an integer, got 'many'" in bad.stderr
     for done in (missing, typo, bad):
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
