@@ -112,7 +112,7 @@ def fits_image(instance, attribute, augment: AugmentConfig | None) -> None:
 class ImageFolderConfig:
     """``[data] kind = "image_folder"``: image files under ``path``.
 
-    Splits: ``val_path`` if set; else ``path/train`` and ``path/val`` if both
+    Splits: ``val_path`` if set (training from ``path/train`` when it exists, else ``path``); else ``path/train`` and ``path/val`` if both
     exist; else a per-class ``val_fraction`` of the files (fixed by
     ``data_seed``, not by the run's seed). ``prepare = "shapes"`` writes the
     synthetic shapes there first when ``path`` is missing or empty;
@@ -212,8 +212,8 @@ class ImageFolderConfig:
             )
         if not root.is_dir():
             raise FileNotFoundError(f"data.path {root} is not a folder; point it at a folder of images")
-        if self.val_path is not None:
-            train_root, val_root = root, Path(self.val_path)
+        if self.val_path is not None:  # a prepared folder's train/ stays its train split
+            train_root, val_root = root / "train" if (root / "train").is_dir() else root, Path(self.val_path)
         elif (root / "train").is_dir() and (root / "val").is_dir():
             train_root, val_root = root / "train", root / "val"
         else:  # one folder: hold out a seeded fraction of it

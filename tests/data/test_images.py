@@ -143,6 +143,17 @@ def test_val_path_and_val_iteration_covers_every_file_once(tmp_path):
     assert sorted(all_values(shards[0]) + all_values(shards[1])) == sorted(val)
 
 
+def test_val_path_beside_a_folder_with_train_and_val_trains_on_its_train(tmp_path):
+    """`craft evaluate RUN --data.val_path=X` on a run whose data.path holds train/ and val/."""
+    train = folder_tree(tmp_path / "d" / "train", {"x": 3, "y": 3})
+    folder_tree(tmp_path / "d" / "val", {"x": 2, "y": 2}, start=50)
+    test = folder_tree(tmp_path / "test", {"x": 2, "y": 1}, start=100)
+    cfg = config(tmp_path / "d", val_path=str(tmp_path / "test"), batch_size=2)
+    assert sorted(all_values(cfg.build("val", seed=0))) == sorted(test)
+    built = cfg.build("train", seed=0)
+    assert built.classes == ["x", "y"] and set(all_values(take(built, built.batches_per_epoch))) <= set(train)
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_mixed_modes_and_sizes_become_the_configured_channels(tmp_path, channels):
     modes = {"gray.png": "L", "rgba.png": "RGBA", "palette.png": "P", "rgb.png": "RGB", "gray.jpg": "L", "la.png": "LA"}
