@@ -73,6 +73,30 @@ def tiny_cnn(rest: str = TINY_TRAIN, *, model: str = "") -> str:
     return TINY_CNN.format(model=model, rest=rest)
 
 
+def tiny_gpt(tmp_path: Path, rest: str, *, batch_size: int = 8, text: str = "the cat sat on the mat\n" * 50) -> Path:
+    """A one-block GPT (width 32, context 16) on ``text`` written to ``tmp_path``, then ``rest`` (its
+    ``[optim]``, ``[train]`` sections): the config file's path; the run is ``tmp_path/runs/gpt``."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    config = tmp_path / "gpt.toml"
+    config.write_text(f"""name = "gpt"
+out_dir = "{tmp_path / 'runs'}"
+[model]
+kind = "gpt"
+n_layer = 1
+n_head = 2
+n_embd = 32
+[data]
+kind = "text"
+path = "{corpus}"
+block_size = 16
+batch_size = {batch_size}
+[task]
+kind = "language_model"
+{rest}""")
+    return config
+
+
 def shapes_folder(root: Path, num_train: int = 16, num_val: int = 8) -> Path:
     """The synthetic shapes written as an image folder of 32x32 PNGs under ``root/shapes``."""
     return write_shapes_folder(root / "shapes", num_train=num_train, num_val=num_val, image_size=32, seed=0)

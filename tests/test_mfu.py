@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import run_cli as craft
+from conftest import tiny_gpt
 from craft import cuda, mfu
 from craft.models.gpt import GPTConfig
 from craft.models.lstm import CharLSTMConfig
@@ -48,32 +49,14 @@ def test_cuda_graphs_are_ignored_with_a_warning_off_cuda():
 
 
 def test_a_run_logs_mfu_with_a_given_peak_and_runs_with_cuda_graphs_on_the_cpu(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("the cat sat on the mat\n" * 40, encoding="utf-8")
-    config = tmp_path / "gpt.toml"
-    config.write_text(f"""
-name = "gpt"
-out_dir = "{tmp_path / 'runs'}"
-[model]
-kind = "gpt"
-block_size = 16
-n_layer = 1
-n_head = 2
-n_embd = 32
-[data]
-kind = "text"
-path = "{corpus}"
-block_size = 16
-batch_size = 4
-[task]
-kind = "language_model"
+    config = tiny_gpt(tmp_path, """
 [train]
 steps = 10
 eval_every = 10
 log_every = 5
 compile = false
 cuda_graphs = true
-""")
+""", batch_size=4, text="the cat sat on the mat\n" * 40)
     result = craft(str(config), "--train.peak_flops=1e9")
     assert result.returncode == 0, result.stderr
     assert "train.cuda_graphs = true is ignored" in result.stdout + result.stderr

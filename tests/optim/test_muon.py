@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import run_cli as craft
+from conftest import tiny_gpt
 from craft.models.gpt import GPTConfig
 from craft.optim import OPTIMIZERS, apply_updates, muon, newton_schulz, orthogonalize, scale_by_muon
 from craft.optim.muon import muon_labels
@@ -126,25 +127,7 @@ def test_trains_a_tiny_gpt_compiled():
 
 
 def test_muon_from_toml_trains_through_the_cli(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("the cat sat on the mat\n" * 50, encoding="utf-8")
-    config = tmp_path / "muon.toml"
-    config.write_text(f"""
-name = "muon"
-out_dir = "{tmp_path / 'runs'}"
-[model]
-kind = "gpt"
-block_size = 16
-n_layer = 1
-n_head = 2
-n_embd = 32
-[data]
-kind = "text"
-path = "{corpus}"
-block_size = 16
-batch_size = 8
-[task]
-kind = "language_model"
+    config = tiny_gpt(tmp_path, """
 [optim]
 kind = "muon"
 lr = 3e-3
