@@ -10,7 +10,15 @@ function run eagerly. Variants separate the suspects:
 - ``donated, aliased``: the params are the module's own parameter tensors
   (``p.detach()``, as craft's ``init_state`` makes them), updated in place;
 - ``donated, own copies``: the same, on cloned tensors the module does not hold;
-- ``not donated``: returns new tensors.
+- ``not donated``: returns new tensors;
+- each again with inductor's loop ordering after fusion off
+  (``loop_ordering_after_fusion=False``): the suspect. That pass runs on GPUs
+  only (the CPU, where craft's donated steps match eager, never reorders),
+  the undonated crash was in it (``reorder_loops_by_dep_pair``), and
+  pytorch/pytorch#198280 (open, torch 2.14 on CUDA) is a copy into an input
+  fused with a read of that input at another index once a write-after-read
+  dependency is pruned before loop reordering; that issue's workaround is
+  this flag. ``--minimal`` first runs that issue's three-line case.
 
     python benchmarks/cuda_donation_repro.py [--device cuda] [--width 768 --heads 12 --layers 2 --seq 1024]
 
@@ -21,6 +29,7 @@ e.g. an inductor crash). fp32 with TF32 off, so the tolerance can be tight.
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +96,21 @@ def run(step, params, idx, target, steps=2):
     return {k: p.detach().clone() for k, p in params.items()}
 
 
+def minimal(device: torch.device) -> None:
+    """pytorch/pytorch#198280: an input overwritten with its own transpose, with and without loop ordering."""
+
+    def f(x):
+        x.copy_(x.transpose(-1, -2) * 1.0)
+        return x
+
+    for options in ({}, {"loop_ordering_after_fusion": False}):
+        torch._dynamo.reset()
+        compiled = torch.compile(f, options=options)
+        x = torch.rand(80000, 5, 5, device=device)
+        wrong = [int((compiled(x.clone()) != f(x.clone())).sum()) for _ in range(3)]
+        print(f"x.copy_(x.mT * 1.0), {options or 'defaults'}: elements wrong in 3 calls {wrong}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -97,7 +121,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=50304)
     ap.add_argument("--atol", type=float, default=1e-4)
+    ap.add_argument("--minimal", action="store_true", help="first, pytorch/pytorch#198280's case")
     args = ap.parse_args()
+    if args.minimal:
+        minimal(torch.device(args.device))
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -113,16 +140,19 @@ def main() -> None:
         "donated, own copies": (True, own),
         "not donated": (False, own),
     }
-    for name, (donate, params_of) in variants.items():
+    loaf = {"loop ordering on": {}, "loop ordering off": {"loop_ordering_after_fusion": False}}
+    for (name, (donate, params_of)), (flag, options) in itertools.product(variants.items(), loaf.items()):
+        name = f"{name}, {flag}"
         model = TinyGPT(args.vocab, args.seq, args.width, args.heads, args.layers).to(device)
         model.load_state_dict(template.state_dict())
+        torch._dynamo.reset()
         try:
-            got = run(torch.compile(make_step(model, donate)), params_of(model), idx, target)
+            got = run(torch.compile(make_step(model, donate), options=options), params_of(model), idx, target)
         except Exception as e:  # noqa: BLE001 - an inductor crash is a result here
-            print(f"{name:22s} ERROR {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}")
+            print(f"{name:42s} ERROR {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}")
             continue
         err = max(float((got[k] - expected[k]).abs().max()) for k in expected)
-        print(f"{name:22s} {'MATCH' if err <= args.atol else 'MISMATCH'} max |compiled - eager| = {err:.3g}")
+        print(f"{name:42s} {'MATCH' if err <= args.atol else 'MISMATCH'} max |compiled - eager| = {err:.3g}")
 
 
 if __name__ == "__main__":

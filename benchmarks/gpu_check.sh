@@ -20,9 +20,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 
 section "1. donation reproduction, plain torch (GPT-2 widths, 2 layers)"
-timeout 150 python benchmarks/cuda_donation_repro.py --layers 2 || echo "exit status $?"
+timeout 200 python benchmarks/cuda_donation_repro.py --layers 2 --minimal || echo "exit status $?"
 section "1b. the same at the baby GPT's size (the H200 note: wrong by 0.03 after one step)"
-timeout 90 python benchmarks/cuda_donation_repro.py --width 128 --heads 4 --layers 4 --seq 64 --batch 12 --vocab 65 || echo "exit status $?"
+timeout 120 python benchmarks/cuda_donation_repro.py --width 128 --heads 4 --layers 4 --seq 64 --batch 12 --vocab 65 || echo "exit status $?"
 
 section "2. tests/test_step_cuda.py"
 timeout 200 python -m pytest tests/test_step_cuda.py -q -p no:randomly -rxXs || echo "exit status $?"
