@@ -18,6 +18,14 @@ from craft.models import SmallCNN
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# pytest-xdist workers share the cores: each worker's torch, and the craft
+# processes its tests start, get a share of the threads instead of all of them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS)
+    torch.set_num_threads(THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
 settings.register_profile("craft", deadline=None, print_blob=True)
 # CI (and a local `bash .ci/run`, which sets CI): the same examples every run, so a red build replays.
 settings.register_profile("ci", deadline=None, print_blob=True, derandomize=True)
