@@ -11,6 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import ROOT
 from craft.data import BOUNDARY, CharTokenizer, UnknownWordsError, WordTokenizer, load_tokenizer
 from craft.data import text as text_module
 from craft.data import tokenizers as tokenizers_module
@@ -220,7 +221,8 @@ def test_tiktoken_from_local_files_round_trips(local_tiktoken, tmp_path):
     fixture), in a fresh Python with the network cut off: encode, decode, save and load the json."""
     saved = tmp_path / "tokenizer.json"
     done = subprocess.run(
-        [sys.executable, "-c", ROUND_TRIP, local_tiktoken, str(saved)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", ROUND_TRIP, local_tiktoken, str(saved)], capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
