@@ -140,6 +140,7 @@ def local_tiktoken(tmp_path, monkeypatch) -> str:
     offline only: a ``tiktoken_ext`` plugin on ``PYTHONPATH`` whose ranks blob sits in
     ``TIKTOKEN_CACHE_DIR`` under tiktoken's own name for it (sha1 of its URL), with its sha256
     checked, as gpt2's would be; a ``sitecustomize`` there makes any socket use an AssertionError."""
+    pytest.importorskip("tiktoken")
     ranks = tiktoken_ranks([" the", " def", " return", " self", "    ", "import", " in", " for", "\n\n"])
     cache, site = tmp_path / "tiktoken-cache", tmp_path / "site"
     (site / "tiktoken_ext").mkdir(parents=True)
