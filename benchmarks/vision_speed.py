@@ -6,14 +6,18 @@ classes), channels-last, the same initial weights and the same batch (data
 already on the device) for every contender. AdamW with global-norm clipping.
 craft: ``make_train_step`` compiled (and ``donate=True``). The reference,
 ``common.imperative_step``: ``zero_grad``, forward, backward,
-``clip_grad_norm_(foreach=True)``, ``AdamW(fused=True)``, (b) eager and (c)
-with ``torch.compile(model)``. Every row runs under the same precision
-(bf16 autocast by default on CUDA, fp32 on the CPU). Contenders alternate in
-one process over ``--rounds`` rounds; prints images/s as median (min-max) over
-rounds, first-call seconds (compilation included), peak memory of one step
-(tensors held between steps + the step's own peak), the loss after the same
-``--check_steps`` steps from the same weights on the same batch, and craft's
-speed-up over each reference (median (min-max) of per-round ratios).
+``clip_grad_norm_(foreach=True)``, ``AdamW(fused=True)``, (b) eager, (c)
+with ``torch.compile(model)``, and (d) the whole step (forward, backward,
+clip, the optimizer update) under one ``torch.compile`` (foreach AdamW with a
+tensor learning rate, the compiled-optimizer recipe). Every row runs under the
+same precision (bf16 autocast by default on CUDA, fp32 on the CPU).
+Contenders alternate in one process over ``--rounds`` rounds; prints images/s
+as median (min-max) over rounds, first-call seconds (compilation included),
+peak memory of one step (tensors held between steps + the step's own peak),
+the loss after the same ``--check_steps`` steps from the same weights on the
+same batch, and each craft row's speed-up over each reference and over the
+best (fastest median) one (median (min-max) of per-round ratios); last, the
+best craft row against the best reference: speed-up, loss difference, memory.
 
     python benchmarks/vision_speed.py                       # CPU, tiny: 32 px, batch 8, widths 8-64
     python benchmarks/vision_speed.py --eager_only --rounds 1 --steps 1   # seconds: craft uncompiled vs eager
@@ -29,7 +33,8 @@ import statistics
 import torch
 import torch.nn.functional as F
 from common import (
-    COMPILED_MODEL, EAGER, imperative_step, interleaved_rounds, peak_bytes_during, print_table, ratio, spread, timed,
+    COMPILED_MODEL, COMPILED_STEP, EAGER, imperative_step, interleaved_rounds, peak_bytes_during, print_table, ratio,
+    spread, timed,
 )
 
 from craft.models.resnet import ResNet
@@ -38,7 +43,7 @@ from craft.step import init_state, make_train_step
 from craft.tree import nbytes
 
 LR, WEIGHT_DECAY, CLIP, CLASSES = 1e-3, 0.01, 1.0, 1000
-LETTER = {EAGER: "(b)", COMPILED_MODEL: "(c)"}
+LETTER = {EAGER: "(b)", COMPILED_MODEL: "(c)", COMPILED_STEP: "(d)"}
 
 
 def loss_fn(logits, batch):
@@ -74,7 +79,7 @@ def contenders(precision: str, eager_only: bool = False) -> dict:
             "craft step": lambda m: craft_step(m, precision),
             "craft step, donate=True": lambda m: craft_step(m, precision, donate=True),
         }
-    for mode in (EAGER,) if eager_only else (EAGER, COMPILED_MODEL):
+    for mode in (EAGER,) if eager_only else (EAGER, COMPILED_MODEL, COMPILED_STEP):
         out[f"{LETTER[mode]} imperative, {mode}"] = lambda m, mo=mode: imperative_step(
             m, loss_fn, mode=mo, clip=CLIP, bf16=bf16, lr=LR, weight_decay=WEIGHT_DECAY
         )
@@ -120,6 +125,12 @@ def main() -> None:
               flush=True)
     seconds = interleaved_rounds(steps, device, warmup=args.warmup, rounds=args.rounds, steps=args.steps)
 
+    report(args, template, precision, device, seconds, first, peak, loss)
+
+
+def report(args, template, precision: str, device: torch.device, seconds: dict, first: dict, peak: dict, loss: dict):
+    """The table (a row per contender; each craft row's speed-up over every reference and the best one)
+    and the best craft row against the best reference."""
     params = sum(p.numel() for p in template.parameters())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(
@@ -127,21 +138,23 @@ def main() -> None:
         f"{precision}, AdamW + clip_norm; {name}; torch {torch.__version__}; per round the median of {args.steps} "
         f"steps, {args.rounds} interleaved rounds; cells: median (min-max) over rounds"
     )
-    refs = [n for n in steps if not n.startswith("craft")]
+    median = {n: statistics.median(s) for n, s in seconds.items()}
+    refs = [n for n in seconds if not n.startswith("craft")]
+    best = min(refs, key=median.get)
     print_table(
         ["contender", "images/s", "ms/step", "first call s", "peak MiB", f"loss@{args.check_steps}",
-         *(f"vs {r.split(',')[0]}" for r in refs)],
+         *(f"vs {r.split(',')[0]}" for r in refs), f"vs best {best.split(' ')[0]}"],
         [
-            [n, f"{args.batch / statistics.median(seconds[n]):,.0f}", spread(seconds[n], 1e3), f"{first[n]:.1f}",
+            [n, f"{args.batch / median[n]:,.0f}", spread(seconds[n], 1e3), f"{first[n]:.1f}",
              f"{peak[n] / 2**20:,.0f}", f"{loss[n]:.4f}",
-             *("" if n in refs else ratio(seconds[r], seconds[n]) for r in refs)]
-            for n in steps
+             *("" if n in refs else ratio(seconds[r], seconds[n]) for r in [*refs, best])]
+            for n in seconds
         ],
     )
-    best = min(refs, key=lambda r: statistics.median(seconds[r]))
-    craft = min((n for n in steps if n.startswith("craft")), key=lambda n: statistics.median(seconds[n]))
+    craft = min((n for n in seconds if n.startswith("craft")), key=median.get)
     print(f"\nbest craft ({craft}) vs best reference ({best}): {ratio(seconds[best], seconds[craft])}, "
-          f"{args.batch / statistics.median(seconds[craft]):,.0f} images/s")
+          f"{args.batch / median[craft]:,.0f} images/s; loss@{args.check_steps} difference "
+          f"{loss[craft] - loss[best]:+.4f}; peak memory {peak[craft] / peak[best]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,18 @@ def one_of(*choices: object) -> Validator:
     return check
 
 
+def divides(field: str) -> Validator:
+    """``value`` divides the instance's ``field`` (e.g. ``n_head`` divides ``n_embd``); ``None`` and
+    values under 1 pass (``at_least`` reports those)."""
+
+    def check(instance, attribute, value) -> None:
+        total = getattr(instance, field)
+        if value is not None and value >= 1 and total is not None and total % value:
+            raise ValueError(f"must divide {field}={total}, got {value}; pick {field} a multiple of {attribute.name}")
+
+    return check
+
+
 def not_empty(instance, attribute, value: str) -> None:
     if not value:
         raise ValueError("must not be empty")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import subprocess
 import sys
@@ -103,6 +105,61 @@ batch_size = {batch_size}
 kind = "language_model"
 {rest}""")
     return config
+
+
+# -- a tiktoken encoding that exists only in a local cache ------------------------------------------
+
+TIKTOKEN_URL = "https://craft.invalid/tests/craft_test.tiktoken"  # never fetched: its blob is in the cache
+TIKTOKEN_PLUGIN = """from tiktoken.load import load_tiktoken_bpe
+from tiktoken_ext.openai_public import r50k_pat_str
+
+
+def craft_test():
+    ranks = load_tiktoken_bpe({url!r}, expected_hash={sha256!r})
+    return {{"name": "craft_test", "pat_str": r50k_pat_str, "mergeable_ranks": ranks,
+            "special_tokens": {{"<|endoftext|>": len(ranks)}}}}
+
+
+ENCODING_CONSTRUCTORS = {{"craft_test": craft_test}}
+"""
+NO_NETWORK = """import socket
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("the network was touched")
+
+
+socket.socket.connect = socket.socket.connect_ex = socket.create_connection = socket.getaddrinfo = refuse
+"""
+
+
+def tiktoken_ranks(words: list[str]) -> bytes:
+    """A tiktoken ranks file (``base64(token) rank`` a line): the 256 bytes, then each prefix of
+    each word as a merge, so every token is reachable from two of lower rank."""
+    tokens = [bytes([b]) for b in range(256)]
+    for word in map(str.encode, words):
+        tokens += [word[:end] for end in range(2, len(word) + 1) if word[:end] not in tokens]
+    return b"".join(base64.b64encode(token) + b" %d\n" % rank for rank, token in enumerate(tokens))
+
+
+@pytest.fixture
+def local_tiktoken(tmp_path, monkeypatch) -> str:
+    """The name of a tiktoken encoding (``"craft_test"``) that Pythons started from the test can use
+    offline only: a ``tiktoken_ext`` plugin on ``PYTHONPATH`` whose ranks blob sits in
+    ``TIKTOKEN_CACHE_DIR`` under tiktoken's own name for it (sha1 of its URL), with its sha256
+    checked, as gpt2's would be; a ``sitecustomize`` there makes any socket use an AssertionError."""
+    pytest.importorskip("tiktoken")
+    ranks = tiktoken_ranks([" the", " def", " return", " self", "    ", "import", " in", " for", "\n\n"])
+    cache, site = tmp_path / "tiktoken-cache", tmp_path / "site"
+    (site / "tiktoken_ext").mkdir(parents=True)
+    cache.mkdir()
+    (cache / hashlib.sha1(TIKTOKEN_URL.encode()).hexdigest()).write_bytes(ranks)
+    plugin = TIKTOKEN_PLUGIN.format(url=TIKTOKEN_URL, sha256=hashlib.sha256(ranks).hexdigest())
+    (site / "tiktoken_ext" / "craft_test.py").write_text(plugin)
+    (site / "sitecustomize.py").write_text(NO_NETWORK)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    return "craft_test"
 
 
 def shapes_folder(root: Path, num_train: int = 16, num_val: int = 8) -> Path:

@@ -101,9 +101,8 @@ LONG_FUNCTIONS: dict[str, str] = {
 UNDOCUMENTED = {"craft.__main__": "the three-line `python -m craft` entry point (cli's, issue 17)"}
 """Modules without a docstring stating their one job."""
 
-PRIVATE_IMPORTS = {
-    ("craft.models.captioner", "craft.models.gpt._init_weights"): "gpt.py is another helper's this session: make it public there",
-    ("craft.models.captioner", "craft.models.gpt._divides_n_embd"): "as _init_weights",
+PRIVATE_IMPORTS: dict[tuple[str, str], str] = {
+    # A shrinking list, as LONG_MODULES; (importer, "module._name").
 }
 """``_private`` names imported across modules today, each with why; what another module needs should be public."""
 

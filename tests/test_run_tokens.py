@@ -1,4 +1,4 @@
-"""Token files end to end through the CLI: prepare, train (the tiny GPT-2, a nanoGPT folder), generate."""
+"""Token files end to end through the CLI: prepare (BPE, tiktoken), train (tiny GPT-2, a nanoGPT folder), generate."""
 
 from __future__ import annotations
 
@@ -99,3 +99,30 @@ def test_a_nanogpt_uint16_folder_trains(tmp_path):
     trained = craft(str(config), *bare, f"--data.vocab_size={len(chars)}", '--data.dtype="uint16"', *FAST)
     assert trained.returncode == 0, trained.stderr
     assert (tmp_path / "nano_bare" / "checkpoints").is_dir()
+
+
+@pytest.mark.slow
+def test_tiktoken_tokens_prepare_train_and_generate_offline(local_tiktoken, tmp_path):
+    """--tokenizer=tiktoken through the CLI with the encoding's files only in the local cache and the
+    network cut off (see the fixture): prepare, a few steps of the tiny GPT-2, generate decodes with it."""
+    out = tmp_path / "tiktoken-tokens"
+    source = str(ROOT / "craft" / "data" / "bpe.py")
+    done = craft("prepare", "tokens", source, str(out), "--tokenizer=tiktoken", f"--encoding={local_tiktoken}")
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["tokenizer"] == "tiktoken" and meta["encoding"] == local_tiktoken and meta["dtype"] == "uint16"
+    assert json.loads((out / "tokenizer.json").read_text()) == {"kind": "tiktoken", "encoding": local_tiktoken}
+    train = np.fromfile(out / "train.bin", dtype=np.uint16)
+    assert len(train) == meta["train_tokens"] > 0 and train[-1] == meta["eot"] == meta["vocab_size"] - 1
+    assert len(train) < len(Path(source).read_bytes())  # the merges were used
+    trained = craft(
+        str(ROOT / "experiments" / "gpt2_tiny.toml"), f"--out_dir={tmp_path}", f"--data.path={out}",
+        "--data.batch_size=8", "--data.eval_batch_size=8", "--data.val_windows=4", "--train.accum_steps=1",
+        "--train.sample.every=1", "--train.sample.max_new_tokens=4", "--train.compile=false", "--train.steps=2",
+        "--train.eval_every=2",
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "gpt2_tiny" / "tokenizer.json").read_text() == (out / "tokenizer.json").read_text()
+    sample = craft("generate", str(tmp_path / "gpt2_tiny"), "--prompt=def ", "--max_new_tokens=8", "--temperature=0")
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.startswith("def ") and len(sample.stdout.rstrip("\n")) > len("def ")

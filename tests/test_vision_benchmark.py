@@ -22,4 +22,15 @@ def test_vision_speed_runs_and_craft_matches_the_imperative_loss():
     assert result.returncode == 0, result.stderr[-2000:]
     losses = [float(x) for x in re.findall(r"loss after 2 steps (\S+)", result.stdout)]
     assert len(losses) == 2 and abs(losses[0] - losses[1]) < 1e-3 * abs(losses[1])
-    assert "images/s" in result.stdout and "vs (b) imperative" in result.stdout
+    assert "images/s" in result.stdout and "vs (b) imperative" in result.stdout and "vs best (b)" in result.stdout
+
+
+def test_vision_speed_has_the_three_imperative_references(monkeypatch):
+    """(b) eager, (c) compile(model) and (d) the whole step compiled, beside craft's two steps."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import vision_speed
+
+    assert list(vision_speed.contenders("fp32")) == [
+        "craft step", "craft step, donate=True", "(b) imperative, eager", "(c) imperative, compile(model)",
+        "(d) imperative, compile(step)",
+    ]

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from craft.models import MODELS, need_vocab_size
 from craft.models.cnn import SmallCNN
-from craft.models.gpt import GPT, Cache, _divides_n_embd, _init_weights
+from craft.models.gpt import GPT, Cache, init_gpt_weights
 from craft.models.resnet import ResNet
-from craft.validators import at_least, between, one_of, channel_widths
+from craft.validators import at_least, between, channel_widths, divides, one_of
 
 
 class Captioner(nn.Module):
@@ -67,7 +67,7 @@ class Captioner(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool2d(prefix_grid)
         self.project = nn.Linear(self.encoder.out_channels, n_embd, bias=bias)
-        _init_weights(self.project)
+        init_gpt_weights(self.project)
         # The decoder's positions 0 .. P-1 are the image's, P .. P+block_size-1 the text's.
         P = self.prefix_len
         self.decoder = GPT(vocab_size, P + block_size, n_layer, n_head, n_embd, dropout, bias, tie_weights)
@@ -146,7 +146,7 @@ class CaptionerConfig:
     blocks: int = attrs.field(default=1, validator=at_least(1))
     prefix_grid: int = attrs.field(default=4, validator=at_least(1))
     n_layer: int = attrs.field(default=2, validator=at_least(1))
-    n_head: int = attrs.field(default=4, validator=[at_least(1), _divides_n_embd])
+    n_head: int = attrs.field(default=4, validator=[at_least(1), divides("n_embd")])
     n_embd: int = attrs.field(default=128, validator=at_least(1))
     dropout: float = attrs.field(default=0.0, validator=between(0, 1, high_open=True))
     bias: bool = True

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from craft.models import MODELS, need_vocab_size
-from craft.validators import at_least, between
+from craft.validators import at_least, between, divides
 
 Cache = dict[str, Tensor]
 
@@ -126,7 +126,7 @@ class GPT(nn.Module):
         if tie_weights:
             # One tensor for both: named_parameters() lists it once, as wte.weight.
             self.lm_head.weight = self.wte.weight
-        self.apply(_init_weights)
+        self.apply(init_gpt_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 # GPT-2: each block adds two residual branches; scale so the
@@ -243,16 +243,13 @@ def checkpointed(module: nn.Module, x: Tensor) -> Tensor:
     return Recompute.apply(module, run, x, *params.values())
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_gpt_weights(module: nn.Module) -> None:
+    """GPT-2's initialisation, for ``module.apply``: weights of ``Linear`` and ``Embedding`` from
+    N(0, 0.02), ``Linear`` biases zero; other modules are left as they are."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
-
-
-def _divides_n_embd(instance: GPTConfig, attribute, n_head: int) -> None:
-    if n_head >= 1 and instance.n_embd % n_head:
-        raise ValueError(f"must divide n_embd={instance.n_embd}, got {n_head}; pick n_embd a multiple of n_head")
 
 
 def _no_dropout(instance: GPTConfig, attribute, value: bool) -> None:
@@ -269,7 +266,7 @@ class GPTConfig:
     vocab_size: int | None = attrs.field(default=None, validator=at_least(1))
     block_size: int | None = attrs.field(default=None, validator=at_least(1))
     n_layer: int = attrs.field(default=4, validator=at_least(1))
-    n_head: int = attrs.field(default=4, validator=[at_least(1), _divides_n_embd])
+    n_head: int = attrs.field(default=4, validator=[at_least(1), divides("n_embd")])
     n_embd: int = attrs.field(default=128, validator=at_least(1))
     dropout: float = attrs.field(default=0.0, validator=between(0, 1, high_open=True))
     bias: bool = True

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import ROOT
 from craft.data import BOUNDARY, CharTokenizer, UnknownWordsError, WordTokenizer, load_tokenizer
 from craft.data import text as text_module
 from craft.data import tokenizers as tokenizers_module
@@ -199,15 +202,32 @@ def test_tiktoken_without_local_files_says_how_and_never_downloads(tmp_path, mon
         TiktokenTokenizer("gpt3")
 
 
-def test_tiktoken_from_local_files_round_trips(tmp_path):
-    pytest.importorskip("tiktoken")
-    from craft.data.bpe import TiktokenTokenizer
+ROUND_TRIP = """
+import json, sys
+from craft.data import load_tokenizer
+from craft.data.bpe import TiktokenTokenizer
 
-    try:
-        tok = TiktokenTokenizer("gpt2")
-    except ValueError as e:
-        pytest.skip(f"no local tiktoken files: {e}")
-    assert tok.vocab_size == 50257 and tok.eot == 50256
-    assert tok.decode(tok.encode("hello world <|endoftext|>")) == "hello world <|endoftext|>"
-    tok.save(tmp_path / "tokenizer.json")
-    assert load_tokenizer(tmp_path / "tokenizer.json") == tok
+tok = TiktokenTokenizer(sys.argv[1])
+texts = ["def the(self):\\n    return self.x", "héllo ☃ 😀 <|endoftext|>", ""]
+ids = [tok.encode(text) for text in texts]
+tok.save(sys.argv[2])
+print(json.dumps({"vocab_size": tok.vocab_size, "eot": tok.eot, "ids": ids, "the": tok.encode(" the"),
+                  "decoded": [tok.decode(i) for i in ids], "loaded": load_tokenizer(sys.argv[2]) == tok}))
+"""
+
+
+def test_tiktoken_from_local_files_round_trips(local_tiktoken, tmp_path):
+    """craft's tiktoken loading on an encoding whose files are only in the local cache (written by the
+    fixture), in a fresh Python with the network cut off: encode, decode, save and load the json."""
+    saved = tmp_path / "tokenizer.json"
+    done = subprocess.run(
+        [sys.executable, "-c", ROUND_TRIP, local_tiktoken, str(saved)], capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["decoded"] == ["def the(self):\n    return self.x", "héllo ☃ 😀 <|endoftext|>", ""]
+    assert out["loaded"] and json.loads(saved.read_text()) == {"kind": "tiktoken", "encoding": "craft_test"}
+    assert out["eot"] == out["vocab_size"] - 1 > 256 and out["the"] == [258]  # " t", " th", " the": merges 256-258
+    assert out["eot"] not in out["ids"][1]  # the text "<|endoftext|>" is ordinary text, not the special token
+    assert len(out["ids"][0]) < len("def the(self):\n    return self.x")
