@@ -63,7 +63,25 @@ def _columns(args: tuple) -> Any:
 def _dispatch(fast: Callable, slow: Callable, *args: Any, **kwargs: Any) -> list[Tensor]:
     if per_tensor_path(*args):
         return [slow(*xs, **kwargs) for xs in _columns(args)]
+    if torch.compiler.is_compiling():
+        args = tuple(computed_once(a) for a in args)
     return list(fast(*args, **kwargs))
+
+
+def computed_once(x: Any) -> Any:
+    """A 0-d floating-point tensor as a buffer that compiled kernels read, else ``x`` itself.
+
+    Inductor inlines the computation of a 0-d operand into the loop of every
+    tensor it scales: the schedule's cosine, Adam's bias corrections in
+    float64 and the clipping factor were recomputed for every 16 elements of
+    every parameter on the CPU (a 2M-element ``_foreach_mul`` by a cosine:
+    2.05 ms inlined, 0.24 ms read). A reduction is always computed into a
+    buffer first, and adding a zero is exact, so ``[x, 0].sum()`` is ``x``
+    computed once.
+    """
+    if isinstance(x, Tensor) and x.ndim == 0 and x.is_floating_point():
+        return torch.stack([x, torch.zeros_like(x)]).sum(0)
+    return x
 
 
 def add(xs: Tensors, other: Any, *, alpha: float = 1) -> list[Tensor]:
