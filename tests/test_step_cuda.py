@@ -101,6 +101,28 @@ DONATION_VARIANTS = [
 ]
 
 
+def assert_gpt_steps_match_eager(gpt: dict, tx, steps: int, *, donate: bool, compile) -> None:
+    """``steps`` compiled steps of ``GPT(**gpt)`` on random tokens end with the eager step's params."""
+    from craft.models.gpt import GPT
+    from craft.tasks import language_model_loss
+
+    torch.manual_seed(0)
+    model = GPT(**gpt).to(DEVICE)
+    reference = copy.deepcopy(model)
+    loss = lambda logits, batch: language_model_loss(logits, batch)[0]  # noqa: E731
+    compiled = make_train_step(model, loss, tx, donate=donate, compile=compile)
+    eager = make_train_step(reference, loss, tx, compile=False)
+    state, expected = init_state(model, tx), init_state(reference, tx)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        tokens = torch.randint(0, gpt["vocab_size"], (4, gpt["block_size"] + 1), generator=g).to(DEVICE)
+        batch = {"input": tokens[:, :-1], "target": tokens[:, 1:]}
+        state, _ = compiled(state, batch)
+        expected, _ = eager(expected, batch)
+    for k, v in expected.params.items():
+        torch.testing.assert_close(state.params[k], v, atol=1e-4, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
+
+
 @pytest.mark.parametrize(("donate", "compile"), DONATION_VARIANTS)
 def test_compiled_gpt_step_matches_eager_on_cuda(donate, compile):
     """The GPT (tied embeddings, SDPA) through the compiled step, against the eager step.
@@ -109,25 +131,8 @@ def test_compiled_gpt_step_matches_eager_on_cuda(donate, compile):
     0.03 after one step (4.4 after two), while the CPU matched; `python -m craft`
     therefore donates only on the CPU. This test tells when that can change.
     """
-    from craft.models.gpt import GPT
-    from craft.tasks import language_model_loss
-
-    torch.manual_seed(0)
-    model = GPT(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=32).to(DEVICE)
-    reference = copy.deepcopy(model)
-    tx = adamw(1e-3, weight_decay=0.1, clip_norm=1.0)
-    loss = lambda logits, batch: language_model_loss(logits, batch)[0]  # noqa: E731
-    compiled = make_train_step(model, loss, tx, donate=donate, compile=compile)
-    eager = make_train_step(reference, loss, tx, compile=False)
-    state, expected = init_state(model, tx), init_state(reference, tx)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        tokens = torch.randint(0, 50, (4, 33), generator=g).to(DEVICE)
-        batch = {"input": tokens[:, :-1], "target": tokens[:, 1:]}
-        state, _ = compiled(state, batch)
-        expected, _ = eager(expected, batch)
-    for k, v in expected.params.items():
-        torch.testing.assert_close(state.params[k], v, atol=1e-4, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
+    gpt = dict(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=32)
+    assert_gpt_steps_match_eager(gpt, adamw(1e-3, weight_decay=0.1, clip_norm=1.0), 3, donate=donate, compile=compile)
 
 
 @pytest.mark.parametrize(("donate", "compile"), DONATION_VARIANTS)
@@ -137,26 +142,10 @@ def test_gpt2_shaped_step_matches_eager_on_cuda(donate, compile):
 
     ``benchmarks/cuda_donation_repro.py`` is the same question in plain torch (no craft).
     """
-    from craft.models.gpt import GPT
-    from craft.tasks import language_model_loss
-
+    gpt = dict(vocab_size=50304, block_size=1024, n_layer=2, n_head=12, n_embd=768, bias=False)
+    tx = adamw(6e-4, b2=0.95, weight_decay=0.1, clip_norm=1.0)
     torch.backends.cuda.matmul.allow_tf32, was = False, torch.backends.cuda.matmul.allow_tf32
     try:
-        torch.manual_seed(0)
-        model = GPT(vocab_size=50304, block_size=1024, n_layer=2, n_head=12, n_embd=768, bias=False).to(DEVICE)
-        reference = copy.deepcopy(model)
-        tx = adamw(6e-4, b2=0.95, weight_decay=0.1, clip_norm=1.0)
-        loss = lambda logits, batch: language_model_loss(logits, batch)[0]  # noqa: E731
-        compiled = make_train_step(model, loss, tx, donate=donate, compile=compile)
-        eager = make_train_step(reference, loss, tx, compile=False)
-        state, expected = init_state(model, tx), init_state(reference, tx)
-        g = torch.Generator().manual_seed(0)
-        for _ in range(2):
-            tokens = torch.randint(0, 50304, (4, 1025), generator=g).to(DEVICE)
-            batch = {"input": tokens[:, :-1], "target": tokens[:, 1:]}
-            state, _ = compiled(state, batch)
-            expected, _ = eager(expected, batch)
-        for k, v in expected.params.items():
-            torch.testing.assert_close(state.params[k], v, atol=1e-4, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
+        assert_gpt_steps_match_eager(gpt, tx, 2, donate=donate, compile=compile)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = was
