@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +34,7 @@ from craft.data.images import DecodedImages
 from craft.data.scenes import DEFAULT_IMAGE_SIZE, WORDS, describe_scene, render_scene
 from craft.data.drawing import RenderedImages
 from craft.data.shapes import COLOURS, SHAPES, check_folder_options, names_from, validate_shapes, write_folder
+from craft.data.threads import data_threads
 
 __all__ = [
     "CAPTION_FILES", "PREPARED_CAPTIONS", "CaptionFolderConfig", "Captions", "ShapeCaptionsConfig", "Tokenizer",
@@ -128,7 +129,7 @@ class CaptionFolderConfig:
             files, image_size=self.image_size, channels=self.channels, cache=self.cache, max_pixels=self.max_pixels
         )
         threads = self.num_threads
-        executor = ThreadPoolExecutor(threads, thread_name_prefix=f"craft-captions-{split}") if threads else None
+        executor = data_threads(threads, f"craft-captions-{split}")
         return caption_batches(
             split, images, image_of, chosen.captions, tokenizer, length, config=self, seed=seed, rank=rank,
             world_size=world_size, executor=executor, prefetch=self.prefetch,
@@ -213,7 +214,7 @@ class ShapeCaptionsConfig:
         length = sequence_length(tokenizer, [*self.captions("train"), *self.captions("val")], self.max_length)
         images = RenderedImages(num, self.picture(split), image_size=self.image_size, channels=self.channels)
         # One thread renders ahead while the caller trains; one, so renders never race.
-        executor = ThreadPoolExecutor(1, thread_name_prefix=f"craft-scenes-{split}")
+        executor = data_threads(1, f"craft-scenes-{split}")
         return caption_batches(
             split, images, torch.arange(num), list(self.captions(split)), tokenizer, length, config=self, seed=seed,
             rank=rank, world_size=world_size, executor=executor, prefetch=2,

@@ -11,7 +11,6 @@ import io
 import os
 import re
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torchvision.io  # noqa: F401  (registers the torch.ops.image decoders)
@@ -24,6 +23,7 @@ from craft.data.files import KINDS, MAX_PIXELS, dimensions, read_file, shown, sn
 from craft.data.listing import Listing
 from craft.data.pngcheck import png_problem
 from craft.data.shapes import image_tensor
+from craft.data.threads import data_threads
 
 _MODES = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}
 
@@ -142,7 +142,7 @@ def drop_unreadable(listing: Listing, channels: int, num_threads: int = 0, max_p
         return None
 
     if num_threads:
-        with ThreadPoolExecutor(num_threads) as pool:
+        with data_threads(num_threads, "craft-check") as pool:
             problems = list(pool.map(problem, listing.files))
     else:
         problems = [problem(p) for p in listing.files]

@@ -6,7 +6,6 @@ ranks are the shared ``TrainBatches``/``EvalBatches``, as for every dataset.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import attrs
@@ -22,6 +21,7 @@ from craft.data.hf import class_names, column, dataset_fingerprint, image_reader
 from craft.data.images import DecodedImages, fits_image, image_load
 from craft.data.listing import split_files
 from craft.data.text import train_windows, val_windows
+from craft.data.threads import data_threads
 from craft.data.tokenizers import CharTokenizer
 
 
@@ -126,7 +126,7 @@ class HFDatasetConfig:
             image_size=self.image_size, mean=self.mean, std=self.std,
         )
         threads = self.num_threads
-        executor = ThreadPoolExecutor(threads, thread_name_prefix=f"craft-data-{split}") if threads else None
+        executor = data_threads(threads, f"craft-data-{split}")
         common.update(
             batch_size=self.batch_size, classes=classes, executor=executor, prefetch=self.prefetch,
             fingerprint=options_fingerprint(self, split, classes, digest),

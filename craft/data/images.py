@@ -12,7 +12,6 @@ size (``image_size`` without a crop).
 from __future__ import annotations
 
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import attrs
@@ -30,6 +29,7 @@ from craft.data.listing import (  # noqa: F401  (re-exported: they lived here)
 )
 from craft.data.once import once_per_node
 from craft.data.shapes import ShapesConfig, write_shapes_folder
+from craft.data.threads import data_threads
 
 PREPARED_SHAPES = {
     "num_train": attrs.fields(ShapesConfig).num_train.default,
@@ -178,9 +178,7 @@ class ImageFolderConfig:
             images, labels, train=split == "train", seed=seed, augment=self.augment, augment_on=self.augment_on,
             image_size=self.image_size, mean=self.mean, std=self.std,
         )
-        executor = (
-            ThreadPoolExecutor(self.num_threads, thread_name_prefix=f"craft-data-{split}") if self.num_threads else None
-        )
+        executor = data_threads(self.num_threads, f"craft-data-{split}")
         common = dict(
             batch_size=self.batch_size,
             classes=classes,

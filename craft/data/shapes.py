@@ -30,6 +30,7 @@ from craft.data import DATASETS
 from craft.data import checks
 from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, normalize, options_fingerprint
 from craft.data.drawing import RenderedImages, Stroke, draw, image_tensor  # image_tensor: re-exported
+from craft.data.threads import data_threads
 
 SHAPES = ("arrow", "circle", "cross", "ring", "square", "star", "triangle")
 """Every shape class, sorted by name (class ``k`` of a config is its ``k``-th sorted name)."""
@@ -175,7 +176,7 @@ class ShapesConfig:
             return {"image": normalize(images(indices), mean, std), "label": labels[indices]}
 
         # One thread renders ahead while the caller trains; one, so renders never race.
-        executor = ThreadPoolExecutor(1, thread_name_prefix=f"craft-shapes-{split}")
+        executor = data_threads(1, f"craft-shapes-{split}")
         common = dict(
             batch_size=self.batch_size, classes=classes, rank=rank, world_size=world_size, executor=executor,
             prefetch=2, fingerprint=options_fingerprint(self, split),
