@@ -83,9 +83,12 @@ def tiny_cnn(rest: str = TINY_TRAIN, *, model: str = "") -> str:
     return TINY_CNN.format(model=model, rest=rest)
 
 
-def tiny_gpt(tmp_path: Path, rest: str, *, batch_size: int = 8, text: str = "the cat sat on the mat\n" * 50) -> Path:
+def tiny_gpt(
+    tmp_path: Path, rest: str, *, batch_size: int = 8, text: str = "the cat sat on the mat\n" * 50, model: str = ""
+) -> Path:
     """A one-block GPT (width 32, context 16) on ``text`` written to ``tmp_path``, then ``rest`` (its
-    ``[optim]``, ``[train]`` sections): the config file's path; the run is ``tmp_path/runs/gpt``."""
+    ``[optim]``, ``[train]`` sections; ``model``: more ``[model]`` keys): the config file's path; the
+    run is ``tmp_path/runs/gpt``. ``model.block_size`` is left to the data unless ``model`` sets it."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(text, encoding="utf-8")
     config = tmp_path / "gpt.toml"
@@ -96,6 +99,7 @@ kind = "gpt"
 n_layer = 1
 n_head = 2
 n_embd = 32
+{model}
 [data]
 kind = "text"
 path = "{corpus}"

@@ -12,37 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import tiny_cnn
+from conftest import TINY_TRAIN, tiny_cnn, tiny_gpt
 from craft import trained
 from craft.config import ConfigError, load, loads
 from craft.data.shapes import SHAPES
 from craft.parts import build_parts, fit_to_data
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-GPT = """
-name = "gpt"
-out_dir = "{out}"
-[model]
-kind = "gpt"
-n_layer = 1
-n_head = 2
-n_embd = 16
-{model}
-[data]
-kind = "text"
-path = "{corpus}"
-block_size = 16
-batch_size = 4
-[task]
-kind = "language_model"
-[train]
-steps = 2
-eval_every = 2
-eval_batches = 1
-compile = false
-"""
-
 
 def craft(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "craft", *args], capture_output=True, text=True, timeout=300, env=ENV, cwd=cwd)
@@ -91,10 +67,8 @@ def test_an_explicit_num_classes_that_differs_from_the_folders_is_an_error(tmp_p
 
 
 def test_block_size_set_once_in_data_is_the_models(tmp_path):
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("hello world, the quick brown fox.\n" * 20)
-    toml = tmp_path / "g.toml"
-    toml.write_text(GPT.format(out=tmp_path / "runs", corpus=corpus, model=""))
+    text = "hello world, the quick brown fox.\n" * 20
+    toml = tiny_gpt(tmp_path, TINY_TRAIN, batch_size=4, text=text)
     result = craft(str(toml), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "runs" / "gpt"
@@ -103,10 +77,10 @@ def test_block_size_set_once_in_data_is_the_models(tmp_path):
     assert generated.returncode == 0 and generated.stdout.startswith("he"), generated.stderr
     assert trained.load_model(run_dir).block_size == 16
     # A longer model context is allowed; a shorter one is refused before training.
-    toml.write_text(GPT.format(out=tmp_path / "runs", corpus=corpus, model="block_size = 32"))
+    toml = tiny_gpt(tmp_path, TINY_TRAIN, batch_size=4, text=text, model="block_size = 32")
     assert craft(str(toml), "--name=longer", cwd=tmp_path).returncode == 0
     assert load(tmp_path / "runs" / "longer" / "config.toml").model.config.block_size == 32
-    toml.write_text(GPT.format(out=tmp_path / "runs", corpus=corpus, model="block_size = 8"))
+    toml = tiny_gpt(tmp_path, TINY_TRAIN, batch_size=4, text=text, model="block_size = 8")
     short = craft(str(toml), "--name=short", cwd=tmp_path)
     assert short.returncode == 1
     assert "the data's sequences have 16 tokens but model.block_size = 8" in short.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_cnn
+from conftest import TINY_TRAIN, tiny_cnn
 from craft import checkpoint, trained
 from craft.config import load
 from craft.optim import EmaState, find_state
@@ -25,14 +25,7 @@ lr = 3e-3
 clip_norm = 1.0
 {groups}
 
-[train]
-steps = 4
-eval_every = 2
-log_every = 2
-eval_batches = 1
-compile = false
-{train}
-""")
+""" + TINY_TRAIN + "{train}\n")
 
 
 def craft(tmp_path: Path, shapes: Path, *args: str, groups: str = "", train: str = "") -> subprocess.CompletedProcess:

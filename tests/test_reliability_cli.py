@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shapes_folder, tiny_cnn
+from conftest import TINY_TRAIN, shapes_folder, tiny_cnn, tiny_gpt
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -28,34 +28,6 @@ log_every = 1
 eval_batches = 1
 compile = false
 """)
-
-GPT = """
-name = "gpt"
-out_dir = "{out}"
-
-[model]
-kind = "gpt"
-block_size = 16
-n_layer = 1
-n_head = 2
-n_embd = 16
-
-[data]
-kind = "text"
-path = "{corpus}"
-block_size = 16
-batch_size = 4
-
-[task]
-kind = "language_model"
-
-[train]
-steps = 2
-eval_every = 2
-eval_batches = 1
-compile = false
-"""
-
 
 def craft(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -91,10 +63,7 @@ def cnn_run(cnn_exp) -> Path:
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("text")
-    corpus = root / "corpus.txt"
-    corpus.write_text("the cat sat on the mat\n" * 40)
-    exp = root / "gpt.toml"
-    exp.write_text(GPT.format(out=root / "runs", corpus=corpus))
+    exp = tiny_gpt(root, TINY_TRAIN, batch_size=4, text="the cat sat on the mat\n" * 40)
     result = craft(str(exp))
     assert result.returncode == 0, result.stderr
     return root / "runs" / "gpt"

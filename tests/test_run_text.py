@@ -11,30 +11,10 @@ import pytest
 from craft import run, trained
 from craft.config import load, loads
 from craft.data.text import CharTokenizer
-from conftest import ROOT
+from conftest import ROOT, tiny_gpt
 from conftest import run_cli as craft
 
-TINY_GPT = """
-name = "tiny_gpt"
-seed = 0
-out_dir = "{out}"
-
-[model]
-kind = "gpt"
-block_size = 16
-n_layer = 1
-n_head = 2
-n_embd = 32
-
-[data]
-kind = "text"
-path = "{corpus}"
-block_size = 16
-batch_size = 8
-
-[task]
-kind = "language_model"
-
+TRAIN = """
 [optim]
 kind = "adamw"
 lr = 1e-2
@@ -57,13 +37,10 @@ LINES = ["the cat sat on the mat", "the dog sat on the log", "a bird sat on the 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("text")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(LINES * 40) + "\n", encoding="utf-8")
-    config = root / "tiny_gpt.toml"
-    config.write_text(TINY_GPT.format(out=root / "runs", corpus=corpus))
+    config = tiny_gpt(root, TRAIN, text="\n".join(LINES * 40) + "\n")
     result = craft(str(config))
     assert result.returncode == 0, result.stderr
-    return root / "runs" / "tiny_gpt"
+    return root / "runs" / "gpt"
 
 
 def _events(run_dir: Path) -> list[dict]:
