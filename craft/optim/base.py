@@ -40,16 +40,22 @@ class Transform(NamedTuple):
 
 
 def chain(*transforms: Transform) -> Transform:
-    """Apply ``transforms`` one after another; the state is a tuple of their states."""
+    """Apply ``transforms`` one after another; the state is a tuple of their states.
+
+    Under ``torch.func`` transforms, raw ``torch._foreach_*`` calls in ``transforms`` run one
+    tensor at a time (``craft.optim.foreach.per_tensor``), as craft's own ops do.
+    """
 
     def init(params: Params) -> OptState:
         return tuple(tx.init(params) for tx in transforms)
 
     def update(updates: Updates, state: OptState, params: Params | None = None):
         new_state = []
-        for tx, s in zip(transforms, state, strict=True):
-            updates, s = tx.update(updates, s, params)
-            new_state.append(s)
+        # A user's transform may call torch._foreach_* directly: under vmap/grad those run per tensor too.
+        with foreach.per_tensor_when_needed(updates, params):
+            for tx, s in zip(transforms, state, strict=True):
+                updates, s = tx.update(updates, s, params)
+                new_state.append(s)
         return updates, tuple(new_state)
 
     return Transform(init, update)

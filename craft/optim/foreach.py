@@ -21,13 +21,16 @@ differentiates an optimizer by tracing it with ``make_fx`` first, as
 
 A transform written with raw ``torch._foreach_*`` calls gets the same
 treatment inside ``per_tensor()``, a context manager that reroutes those
-calls one tensor at a time; craft applies it around its own vmapped
-ensemble step. Without it, torch's own error names the op
-(``Batching rule not implemented for aten::_foreach_norm.Scalar``).
+calls one tensor at a time. ``chain`` enters it by itself on the per-tensor
+path (``per_tensor_when_needed``), so a user's transform inside a chain
+needs nothing; called on its own under ``vmap``, torch's error names the op
+(``Batching rule not implemented for aten::_foreach_norm.Scalar``) and
+``with per_tensor():`` around the call is the fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -53,6 +56,13 @@ def per_tensor_path(*args: Any) -> bool:
         if isinstance(a, (list, tuple)) and any(isinstance(x, Tensor) and x.requires_grad for x in a):
             return True
     return False
+
+
+def per_tensor_when_needed(*trees: Any) -> contextlib.AbstractContextManager:
+    """``per_tensor()`` when ops on the leaves of ``trees`` (dicts or lists of tensors) must run
+    one tensor at a time, else a no-op context: what ``chain`` wraps its transforms in."""
+    leaves = [x for t in trees if t is not None for x in (t.values() if isinstance(t, dict) else t)]
+    return per_tensor() if per_tensor_path(leaves) else contextlib.nullcontext()
 
 
 def _columns(args: tuple) -> Any:

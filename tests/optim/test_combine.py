@@ -10,6 +10,7 @@ from craft.optim import (
     EmaState,
     LookaheadState,
     PartitionState,
+    Transform,
     adagrad,
     adamw,
     add_noise,
@@ -206,6 +207,31 @@ def test_a_users_raw_foreach_transform_vmaps_inside_per_tensor():
     torch.testing.assert_close(out["head.w"][0], update(_grads(0))["head.w"])
     with pytest.raises(NotImplementedError, match="_foreach_log1p"), foreach.per_tensor():
         torch._foreach_log1p([torch.ones(2)])
+
+
+def _raw_foreach_scale(factor):
+    """A user's transform written with raw torch._foreach_* ops (no craft.optim.foreach)."""
+    def update(u, state, params=None):
+        scaled = torch._foreach_mul(torch._foreach_reciprocal(torch._foreach_add(list(u.values()), 2.0)), factor)
+        return dict(zip(u, scaled)), state
+    return Transform(lambda params: (), update)
+
+
+def test_a_users_raw_foreach_transform_in_a_chain_vmaps_and_differentiates_with_no_context_manager():
+    stacked = {k: torch.stack([v, 2 * v]) for k, v in _grads(0).items()}
+    tx = chain(_raw_foreach_scale(0.5), sgd(0.1))
+    out, _ = torch.func.vmap(tx.update)(stacked, torch.func.vmap(tx.init)(stacked), stacked)
+    alone, _ = tx.update(_grads(0), tx.init(_params()), _params())
+    torch.testing.assert_close(out["head.w"][0], alone["head.w"])
+
+    def moved(factor):  # d/d(factor) through the raw _foreach_mul by a 0-d tensor (pytorch#144580)
+        tx = chain(_raw_foreach_scale(factor), sgd(1.0))
+        u, _ = tx.update(_grads(0), tx.init(_params()), _params())
+        return sum(x.sum() for x in u.values())
+
+    f, eps = torch.tensor(0.5, dtype=torch.float64), 1e-6
+    expected = (moved(f + eps) - moved(f - eps)) / (2 * eps)
+    torch.testing.assert_close(torch.func.grad(moved)(f), expected, rtol=1e-6, atol=0)
 
 
 def test_jvp_and_jacrev_through_an_optimizer_agree():
