@@ -1,24 +1,26 @@
 """Does a compiled train step that writes its result into its inputs ("donated") match eager? Plain torch, no craft.
 
 The pattern of craft's donated step, reduced: ``functional_call`` + ``torch.func.grad``
-of a small GPT-like model, an AdamW update with ``_foreach`` ops, then
-``torch._foreach_copy_`` of the new params and moments into the input tensors,
-all in one ``torch.compile``. Each variant runs 2 steps from the same weights
-on the same batch and prints its largest parameter difference from the same
-function run eagerly. Variants separate the suspects:
+of a small GPT-like model, an AdamW update, then a copy of the new params and
+moments into the input tensors, all in one ``torch.compile``. Each variant runs
+2 steps from the same weights on the same batch and prints its largest
+parameter difference from the same function run eagerly:
 
-- ``donated, aliased``: the params are the module's own parameter tensors
-  (``p.detach()``, as craft's ``init_state`` makes them), updated in place;
-- ``donated, own copies``: the same, on cloned tensors the module does not hold;
-- ``not donated``: returns new tensors;
-- each again with inductor's loop ordering after fusion off
-  (``loop_ordering_after_fusion=False``): the suspect. That pass runs on GPUs
-  only (the CPU, where craft's donated steps match eager, never reorders),
-  the undonated crash was in it (``reorder_loops_by_dep_pair``), and
-  pytorch/pytorch#198280 (open, torch 2.14 on CUDA) is a copy into an input
-  fused with a read of that input at another index once a write-after-read
-  dependency is pruned before loop reordering; that issue's workaround is
-  this flag. ``--minimal`` first runs that issue's three-line case.
+- ``donated, _foreach_copy_``: the new params and moments copied into the
+  inputs with one ``torch._foreach_copy_`` (params aliasing the module's own
+  tensors, as craft's ``init_state`` makes them);
+- the same with inductor's loop ordering after fusion off, the first suspect
+  (pytorch/pytorch#198280's workaround);
+- ``donated, copy_ per tensor``: one ``copy_`` per tensor, as craft copies;
+- ``not donated``: returns new tensors.
+
+``benchmarks/cuda_codegen_check.py`` reads the CUDA code inductor writes for
+these steps (on a CPU): with ``_foreach_copy_`` it launches a multi-tensor
+kernel in which one sub-kernel stores a new moment into its input while
+another sub-kernel, run by other thread blocks at the same time, still loads
+the old one (loop ordering on or off); copied per tensor, no kernel does.
+Expected on a GPU: the two ``_foreach_copy_`` variants MISMATCH, the others
+MATCH. ``--minimal`` first runs #198280's three-line case.
 
     python benchmarks/cuda_donation_repro.py [--device cuda] [--width 768 --heads 12 --layers 2 --seq 1024]
 
@@ -29,7 +31,6 @@ e.g. an inductor crash). fp32 with TF32 off, so the tolerance can be tight.
 from __future__ import annotations
 
 import argparse
-import itertools
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,9 @@ class TinyGPT(nn.Module):
         return self.ln(x) @ self.wte.weight.T  # tied head
 
 
-def make_step(model: nn.Module, donate: bool, lr=1e-3, b1=0.9, b2=0.95, eps=1e-8):
+def make_step(model: nn.Module, donate: bool, copy_back: str = "foreach", lr=1e-3, b1=0.9, b2=0.95, eps=1e-8):
+    """One AdamW step with ``_foreach`` ops; donated, the new state is copied into the inputs with one
+    ``torch._foreach_copy_`` (``copy_back="foreach"``) or one ``copy_`` per tensor (``"per_tensor"``)."""
     def loss(params, idx, target):
         logits = functional_call(model, params, (idx,))
         return F.cross_entropy(logits.flatten(0, 1), target.flatten())
@@ -80,7 +83,12 @@ def make_step(model: nn.Module, donate: bool, lr=1e-3, b1=0.9, b2=0.95, eps=1e-8
         upd = torch._foreach_div(torch._foreach_div(m_new, denom), 1 - b1**t)
         p_new = torch._foreach_add(p, torch._foreach_mul(upd, -lr))
         if donate:  # write the new state into the inputs
-            torch._foreach_copy_(p + list(m.values()) + list(v.values()), p_new + m_new + v_new)
+            old, new = p + list(m.values()) + list(v.values()), p_new + m_new + v_new
+            if copy_back == "foreach":
+                torch._foreach_copy_(old, new)
+            else:
+                for dst, src in zip(old, new):
+                    dst.copy_(src)
             return params, m, v, t
         return dict(zip(names, p_new)), dict(zip(names, m_new)), dict(zip(names, v_new)), t
 
@@ -135,19 +143,21 @@ def main() -> None:
     expected = run(make_step(template, donate=False), own(template), idx, target)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
           f"{args.layers}L {args.heads}H {args.width}E seq {args.seq} batch {args.batch}, 2 AdamW steps vs eager")
-    variants = {
-        "donated, aliased": (True, lambda m: {k: p.detach() for k, p in m.named_parameters()}),
-        "donated, own copies": (True, own),
-        "not donated": (False, own),
+    aliased = lambda m: {k: p.detach() for k, p in m.named_parameters()}  # noqa: E731 - as craft's init_state
+    no_loaf = {"loop_ordering_after_fusion": False}
+    variants = {  # name: donate, copy back, params, inductor options
+        "donated, _foreach_copy_": (True, "foreach", aliased, {}),
+        "donated, _foreach_copy_, loop ordering off": (True, "foreach", aliased, no_loaf),
+        "donated, copy_ per tensor (craft)": (True, "per_tensor", aliased, {}),
+        "not donated": (False, "foreach", own, {}),
     }
-    loaf = {"loop ordering on": {}, "loop ordering off": {"loop_ordering_after_fusion": False}}
-    for (name, (donate, params_of)), (flag, options) in itertools.product(variants.items(), loaf.items()):
-        name = f"{name}, {flag}"
+    for name, (donate, copy_back, params_of, options) in variants.items():
         model = TinyGPT(args.vocab, args.seq, args.width, args.heads, args.layers).to(device)
         model.load_state_dict(template.state_dict())
         torch._dynamo.reset()
         try:
-            got = run(torch.compile(make_step(model, donate), options=options), params_of(model), idx, target)
+            step = torch.compile(make_step(model, donate, copy_back), options=options)
+            got = run(step, params_of(model), idx, target)
         except Exception as e:  # noqa: BLE001 - an inductor crash is a result here
             print(f"{name:42s} ERROR {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}")
             continue

@@ -1,0 +1,259 @@
+"""Does inductor compile a donated step into CUDA kernels that race? Answered on a machine without a GPU.
+
+Inductor writes its CUDA (Triton) code without running it: here every device
+query it makes is answered with an H200's properties, and the wrapper module
+is taken as text just before it would be loaded. Nothing is compiled by
+Triton and nothing runs. Each kernel launch is then read for a buffer passed
+as both an input and an output that one thread block may read after another
+wrote it: stored in one sub-kernel of a multi-tensor ("combo") kernel and
+loaded in another (their blocks run at the same time), or loaded and stored
+at different elements in one kernel (pytorch/pytorch#198280's transposed
+copy). A CPU compile runs a combo kernel's sub-kernels one after another,
+which is why the CPU never showed the bug.
+
+    python benchmarks/cuda_codegen_check.py ["craft step" ...]
+
+Prints, per step: kernel launches and the races found (the first in full).
+Relies on inductor internals (checked with torch 2.14): a torch that moved
+them raises ``FakeCudaUnavailable``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.utils._pytree as pytree
+from torch.fx.experimental.proxy_tensor import make_fx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cuda_donation_repro import TinyGPT, make_step  # noqa: E402
+
+from craft.optim import adamw  # noqa: E402
+from craft.step import make_pure_step  # noqa: E402
+from craft.tasks import language_model_loss  # noqa: E402
+
+
+class FakeCudaUnavailable(RuntimeError):
+    """This torch's inductor cannot be made to write CUDA code without a GPU (see the module doc)."""
+
+
+class _Written(Exception):
+    pass
+
+
+def fake_cuda() -> None:
+    """Answer inductor's device queries as an H200 would, and stop it before it loads its module."""
+    try:
+        import torch._inductor.codegen.triton  # noqa: F401 - imported before patching what it reads
+        import torch._inductor.scheduler as scheduler
+        import torch.utils._triton as triton_utils
+        from torch._inductor import codecache
+        from torch._inductor.runtime import hints
+    except ImportError as e:
+        raise FakeCudaUnavailable(str(e)) from e
+    props = collections.namedtuple("Props", "name major minor multi_processor_count total_memory warp_size "
+                                   "max_threads_per_multi_processor regs_per_multiprocessor max_threads_per_block "
+                                   "shared_memory_per_block_optin L2_cache_size gcnArchName uuid")(
+        "NVIDIA H200", 9, 0, 132, 140 << 30, 32, 2048, 65536, 1024, 232448, 50 << 20, "", "fake")
+    device = hints.DeviceProperties(type="cuda", index=0, multi_processor_count=132, cc=90, major=9,
+                                    regs_per_multiprocessor=65536, max_threads_per_multi_processor=2048,
+                                    max_threads_per_block=1024, warp_size=32)
+    torch.cuda.get_device_properties = lambda *a, **k: props
+    torch.cuda.get_device_capability = lambda *a, **k: (9, 0)
+    scheduler.has_triton = triton_utils.has_triton = lambda: True
+    triton_utils.triton_hash_with_backend = lambda: "fake"
+    hints.DeviceProperties.create = classmethod(lambda cls, d: device)
+
+    def written(cls, *args, **kwargs):
+        path = args[1] if len(args) > 1 else kwargs.get("path")
+        raise _Written(Path(path).read_text())
+
+    codecache.PyCodeCache.load_by_key_path = classmethod(written)
+
+
+def _to_cuda(gm: torch.fx.GraphModule) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    swap = lambda a: cuda if a == cpu else a  # noqa: E731
+    for node in gm.graph.nodes:
+        node.args, node.kwargs = torch.fx.node.map_aggregate(node.args, swap), torch.fx.node.map_aggregate(node.kwargs, swap)
+    gm.recompile()
+
+
+def cuda_code(fn: Callable, make_args: Callable[[str], tuple], **options) -> str:
+    """The module inductor writes for ``fn(*make_args("cuda"))``, with inductor config ``options``.
+
+    Traced on the CPU (autograd's engine wants a real CUDA context), with
+    inductor's decompositions, then moved to CUDA and compiled on fake tensors.
+    """
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.decomposition import select_decomp_table
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    gm = make_fx(lambda *a: tuple(pytree.tree_leaves(fn(*a))), tracing_mode="fake",
+                 decomposition_table=select_decomp_table())(*make_args("cpu"))
+    _to_cuda(gm)
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake:
+        args = pytree.tree_leaves(make_args("cuda"))
+    # constant folding would run ops on the (absent) device
+    with torch._inductor.config.patch({"joint_graph_constant_folding": False, **options}), fake:
+        try:
+            compile_fx(gm, args)
+        except Exception as e:  # noqa: BLE001 - the module text rides on the exception chain
+            while e is not None and not isinstance(e, _Written):
+                e = e.__cause__ or e.__context__
+            if e is None:
+                raise
+            return e.args[0]
+    raise FakeCudaUnavailable("inductor compiled without writing a module")
+
+
+KERNEL = re.compile(r"(\w+) = async_compile\.triton\('\w+', '''(.*?)''', device_str", re.S)
+LAUNCH = re.compile(r"(\w+)\.run\((.*?), stream=")
+ACCESS = re.compile(r"tl\.(load|store)\((\w+) \+ \((.*?)\)(?:, |\))")
+INDEX_VAR = re.compile(r"\b(?:x|y|z|r0_)\d+\b")
+ASSIGN = re.compile(r"^\s*((?:x|y|z|r0_)\d+) = (.+)$", re.M)
+SUB_KERNEL = re.compile(r"^\s*(?:if|elif) pid < num_\w+:\s*$", re.M)
+BROADCAST_ZERO = re.compile(r"tl\.full\(\[\w+\], 0, tl\.int32\)\.broadcast_to\(.*")
+
+
+def _accesses(source: str) -> dict[str, set[tuple[int, str, str]]]:
+    """Kernel pointer -> {(sub-kernel, "load"|"store", element index with index variables expanded)}."""
+    out = collections.defaultdict(set)
+    for part_no, part in enumerate(SUB_KERNEL.split(source[source.index("def "):])):
+        names = dict(ASSIGN.findall(part))
+        for kind, pointer, index in ACCESS.findall(part):
+            index = "0" if BROADCAST_ZERO.fullmatch(index) else index
+            for _ in range(5):
+                index = INDEX_VAR.sub(lambda m: f"({names[m.group(0)]})" if m.group(0) in names else m.group(0), index)
+            out[pointer].add((part_no, kind, index))
+    return out
+
+
+def races(code: str) -> list[str]:
+    """Each kernel launch in ``code`` that may read a buffer after another thread block wrote it."""
+    kernels = {}
+    for name, source in KERNEL.findall(code):
+        params = re.search(r"def \w+\((.*?)\):", source).group(1)
+        kernels[name] = ([p.split(":")[0].strip() for p in params.split(",")], _accesses(source))
+    found = []
+    for name, arguments in LAUNCH.findall(code):
+        if name not in kernels:
+            continue
+        pointers, accesses = kernels[name]
+        by_buffer = collections.defaultdict(set)
+        for pointer, buffer in zip(pointers, (a.strip() for a in arguments.split(","))):
+            by_buffer[buffer] |= accesses.get(pointer, set())
+        for buffer, seen in by_buffer.items():
+            loads = {(part, i) for part, kind, i in seen if kind == "load"}
+            stores = {(part, i) for part, kind, i in seen if kind == "store"}
+            clash = next(((lp, li, sp, si) for lp, li in loads for sp, si in stores if (lp, li) != (sp, si)), None)
+            if clash:
+                lp, li, sp, si = clash
+                found.append(f"{name}: {buffer} loaded by sub-kernel {lp} at [{li}], stored by sub-kernel {sp} at [{si}]")
+    return found
+
+
+# --- the steps checked ------------------------------------------------------------------------
+
+T, V, B = 32, 512, 2
+
+
+def transposed_copy():
+    """pytorch/pytorch#198280: an input overwritten with its own transpose."""
+    def f(x):
+        x.copy_(x.transpose(-1, -2) * 1.0)
+        return x
+    return f, lambda device: (torch.empty(80000, 5, 5, device=device),)
+
+
+def _tokens(device: str) -> torch.Tensor:
+    return torch.randint(0, V, (B, T + 1), device=device)
+
+
+def plain_adamw(donate: bool, copy_back: str = "foreach"):
+    """cuda_donation_repro.py's AdamW step in plain torch; donated, copied back with ``copy_back``."""
+    model = TinyGPT(V, T, 64, 2, 1)
+
+    def make_args(device):
+        params = {k: torch.empty_like(p, device=device) for k, p in model.named_parameters()}
+        tokens = _tokens(device)
+        zeros = lambda: {k: torch.zeros_like(p) for k, p in params.items()}  # noqa: E731
+        return params, zeros(), zeros(), torch.zeros((), device=device), tokens[:, :-1], tokens[:, 1:]
+
+    return make_step(model, donate, copy_back), make_args
+
+
+def craft_step(copy_back: str | None):
+    """craft's GPT step (AdamW, weight decay, clipping) as ``make_pure_step`` builds it.
+
+    ``copy_back``: None (not donated), ``"craft"`` (donated: craft's own copy,
+    one ``copy_`` per tensor) or ``"foreach"`` (craft's new state copied into
+    the inputs with one ``torch._foreach_copy_``, as craft did before).
+    """
+    from craft.models.gpt import GPTConfig
+
+    model = GPTConfig(block_size=T, vocab_size=V, n_layer=1, n_head=2, n_embd=64).build().train()
+    tx = adamw(1e-3, weight_decay=0.1, clip_norm=1.0)
+    pure = make_pure_step(model, language_model_loss, tx, donate=copy_back == "craft")
+
+    def step(*state_and_batch):
+        new, metrics = pure(*state_and_batch)
+        if copy_back == "foreach":
+            old = state_and_batch[:4]
+            torch._foreach_copy_(pytree.tree_leaves(old), pytree.tree_leaves(new))
+            new = old
+        return new, metrics
+
+    def make_args(device):
+        params = {k: torch.empty_like(p, device=device) for k, p in model.named_parameters()}
+        opt_state = pytree.tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, tx.init(params))
+        tokens = _tokens(device)
+        batch = {"input": tokens[:, :-1], "target": tokens[:, 1:]}
+        return params, {}, opt_state, torch.zeros((), dtype=torch.int64, device=device), batch
+
+    return step, make_args
+
+
+NO_LOAF = {"loop_ordering_after_fusion": False}
+CHECKS = {
+    "#198280 x.copy_(x.mT * 1.0)": (transposed_copy, {}),
+    "#198280, loop ordering after fusion off": (transposed_copy, NO_LOAF),
+    "plain AdamW, not donated": (lambda: plain_adamw(False), {}),
+    "plain AdamW, donated, _foreach_copy_": (lambda: plain_adamw(True, "foreach"), {}),
+    "plain AdamW, donated, _foreach_copy_, loop ordering off": (lambda: plain_adamw(True, "foreach"), NO_LOAF),
+    "plain AdamW, donated, copy_ per tensor": (lambda: plain_adamw(True, "per_tensor"), {}),
+    "craft step, not donated": (lambda: craft_step(None), {}),
+    "craft step, donated, _foreach_copy_": (lambda: craft_step("foreach"), {}),
+    "craft step, donated (craft: copy_ per tensor)": (lambda: craft_step("craft"), {}),
+}
+
+
+def check(name: str) -> tuple[int, list[str]]:
+    """(kernel launches, races) of one entry of ``CHECKS``."""
+    build, options = CHECKS[name]
+    torch.manual_seed(0)
+    code = cuda_code(*build(), **options)
+    return len(LAUNCH.findall(code)), races(code)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("only", nargs="*", help="check only the steps whose names contain one of these")
+    only = parser.parse_args().only
+    fake_cuda()
+    print(f"torch {torch.__version__}: inductor's CUDA code for an H200, written on the CPU, never run\n")
+    print(f"{'step':<57} {'launches':>8} {'races':>6}  first race")
+    for name in (n for n in CHECKS if not only or any(o in n for o in only)):
+        launches, found = check(name)
+        print(f"{name:<57} {launches:>8} {len(found):>6}  {found[0] if found else ''}")
+
+
+if __name__ == "__main__":
+    main()
