@@ -7,7 +7,7 @@
 # 1. benchmarks/gpt_speed.py --preset gpt2_small: craft vs nanoGPT's loop: tokens/s, MFU, peak memory, loss
 #    (first: the figure the issue asks for comes out even if a later part is cut short)
 # 2. the plain-torch donation reproduction (no craft): does a donated compiled step match eager,
-#    with and without inductor's loop ordering after fusion (the suspect, docs/gpu.md)?
+#    copied back with one _foreach_copy_ (races, docs/gpu.md) or one copy_ per tensor (as craft)?
 # 3. tests/test_step_cuda.py: craft's CUDA step (parity, no host sync, CUDA graphs, donated GPT steps)
 # Each part has its own time limit; a part that fails or times out does not stop the next.
 set -u

@@ -18,6 +18,7 @@ import attrs
 import torch
 
 from craft import checkpoint, cuda, distributed, hooks, mfu
+from craft.compiling import uses_cuda_graphs
 from craft.config import Experiment, dumps, to_dict
 from craft.distributed import Replicas
 from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_metrics, progress_bar, read_metrics
@@ -168,12 +169,10 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     bar = progress_bar(cfg.steps, step, disable=not main, compiling=cfg.compile)
     say = bar.write if main else _quiet
     compile = cuda.step_compile(cfg.compile, cfg.cuda_graphs, parts.device, say)
-    # Donation keeps one copy of the state. On CUDA it is off: with torch 2.11's
-    # inductor, a donated GPT step measured wrong parameters from its first step
-    # (tests/test_step_cuda.py checks it on a GPU machine).
+    # Donation keeps one copy of the state; a CUDA graph replay cannot take it.
     train_step = make_train_step(
         parts.model, parts.task.loss, parts.optimizer, accum_steps=cfg.accum_steps, weight=parts.task.weight,
-        donate=parts.device.type == "cpu", skip_nonfinite=cfg.on_nonfinite == "skip",
+        donate=not uses_cuda_graphs(compile), skip_nonfinite=cfg.on_nonfinite == "skip",
         cross_replica_mean=replicas.mean(), **{**common, "compile": compile}
     )
     elapsed = hooks.clock(start.progress["elapsed"])
