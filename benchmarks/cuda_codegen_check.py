@@ -34,9 +34,9 @@ from torch.fx.experimental.proxy_tensor import make_fx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cuda_donation_repro import TinyGPT, make_step  # noqa: E402
 
-from craft.optim import adamw  # noqa: E402
-from craft.step import make_pure_step  # noqa: E402
-from craft.tasks import language_model_loss  # noqa: E402
+from craft.optim import adamw, muon  # noqa: E402
+from craft.step import default_inputs, make_pure_step  # noqa: E402
+from craft.tasks import classification_loss, image_inputs, language_model_loss  # noqa: E402
 
 
 class FakeCudaUnavailable(RuntimeError):
@@ -101,8 +101,8 @@ def cuda_code(fn: Callable, make_args: Callable[[str], tuple], **options) -> str
     fake = FakeTensorMode(allow_non_fake_inputs=True)
     with fake:
         args = pytree.tree_leaves(make_args("cuda"))
-    # constant folding would run ops on the (absent) device
-    with torch._inductor.config.patch({"joint_graph_constant_folding": False, **options}), fake:
+    # constant folding, and timing a padded matmul against an unpadded one, would run on the (absent) device
+    with torch._inductor.config.patch({"joint_graph_constant_folding": False, "shape_padding": False, **options}), fake:
         try:
             compile_fx(gm, args)
         except Exception as e:  # noqa: BLE001 - the module text rides on the exception chain
@@ -190,18 +190,38 @@ def plain_adamw(donate: bool, copy_back: str = "foreach"):
     return make_step(model, donate, copy_back), make_args
 
 
-def craft_step(copy_back: str | None):
-    """craft's GPT step (AdamW, weight decay, clipping) as ``make_pure_step`` builds it.
+def _gpt():
+    from craft.models.gpt import GPTConfig
+
+    def batch(device):
+        tokens = _tokens(device)
+        return {"input": tokens[:, :-1], "target": tokens[:, 1:]}
+
+    model = GPTConfig(block_size=T, vocab_size=V, n_layer=1, n_head=2, n_embd=64).build()
+    return model, language_model_loss, default_inputs, batch
+
+
+def _resnet():
+    from craft.models.resnet import ResNet
+
+    def batch(device):
+        return {"image": torch.randn(8, 3, 32, 32, device=device), "label": torch.randint(0, 10, (8,), device=device)}
+
+    return ResNet(10, widths=(16, 32), blocks=1), classification_loss, image_inputs, batch
+
+
+def craft_step(copy_back: str | None, model=_gpt, tx=lambda: adamw(1e-3, weight_decay=0.1, clip_norm=1.0),
+               **options):
+    """A craft step as ``make_pure_step`` builds it (``options``: its keyword arguments).
 
     ``copy_back``: None (not donated), ``"craft"`` (donated: craft's own copy,
     one ``copy_`` per tensor) or ``"foreach"`` (craft's new state copied into
     the inputs with one ``torch._foreach_copy_``, as craft did before).
     """
-    from craft.models.gpt import GPTConfig
-
-    model = GPTConfig(block_size=T, vocab_size=V, n_layer=1, n_head=2, n_embd=64).build().train()
-    tx = adamw(1e-3, weight_decay=0.1, clip_norm=1.0)
-    pure = make_pure_step(model, language_model_loss, tx, donate=copy_back == "craft")
+    model, loss, inputs, make_batch = model()
+    model.train()
+    tx = tx()
+    pure = make_pure_step(model, loss, tx, inputs=inputs, donate=copy_back == "craft", **options)
 
     def step(*state_and_batch):
         new, metrics = pure(*state_and_batch)
@@ -212,11 +232,11 @@ def craft_step(copy_back: str | None):
         return new, metrics
 
     def make_args(device):
+        on = lambda x: x.to(device) if isinstance(x, torch.Tensor) else x  # noqa: E731
         params = {k: torch.empty_like(p, device=device) for k, p in model.named_parameters()}
-        opt_state = pytree.tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, tx.init(params))
-        tokens = _tokens(device)
-        batch = {"input": tokens[:, :-1], "target": tokens[:, 1:]}
-        return params, {}, opt_state, torch.zeros((), dtype=torch.int64, device=device), batch
+        buffers = {k: on(b) for k, b in model.named_buffers()}
+        opt_state = pytree.tree_map(on, tx.init(params))
+        return params, buffers, opt_state, torch.zeros((), dtype=torch.int64, device=device), make_batch(device)
 
     return step, make_args
 
@@ -232,6 +252,10 @@ CHECKS = {
     "craft step, not donated": (lambda: craft_step(None), {}),
     "craft step, donated, _foreach_copy_": (lambda: craft_step("foreach"), {}),
     "craft step, donated (craft: copy_ per tensor)": (lambda: craft_step("craft"), {}),
+    "craft step, donated, skip non-finite": (lambda: craft_step("craft", skip_nonfinite=True), {}),
+    "craft step, donated, 2 micro-batches, bf16": (lambda: craft_step("craft", accum_steps=2, precision="bf16"), {}),
+    "craft step, donated, Muon": (lambda: craft_step("craft", tx=lambda: muon(0.02, weight_decay=0.1)), {}),
+    "craft ResNet step (BatchNorm), donated": (lambda: craft_step("craft", model=_resnet), {}),
 }
 
 
