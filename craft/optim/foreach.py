@@ -185,7 +185,12 @@ def norm(xs: Tensors, ord: float = 2) -> list[Tensor]:  # noqa: A002 - torch's n
 
 
 def copy_(dst: Tensors, src: Tensors) -> None:
-    """Copy ``src`` into ``dst`` in place, tensor by tensor."""
+    """Copy ``src`` into ``dst`` in place, tensor by tensor.
+
+    Not for writing a compiled CUDA step's result into its own inputs: inductor
+    fuses ``torch._foreach_copy_`` into kernels that still read them, a race
+    (docs/gpu.md); ``craft.step`` copies those with one ``copy_`` per tensor.
+    """
     if per_tensor_path(dst, src):
         for d, s in zip(dst, src, strict=True):
             d.copy_(s)
