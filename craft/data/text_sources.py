@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import sysconfig
 from pathlib import Path
@@ -31,18 +32,30 @@ def stdlib_files() -> list[str]:
 
 
 def source_files(sources: list[str]) -> list[str]:
-    """Every file SRC names, in order (a folder's text files sorted); ValueError for a missing one."""
+    """Every file SRC names, in order (a folder's text files sorted; a glob pattern such as
+    ``'texts/**/*.txt'`` that names no file itself, its matches sorted); ValueError for a missing one."""
     files: list[str] = []
     for source in sources:
         if source == STDLIB:
             files += stdlib_files()
-        elif os.path.isdir(source):
-            found = find_files(source, TEXT_SUFFIXES).files
-            if not found:
-                raise ValueError(f"{source!r}: no text files ({', '.join(TEXT_SUFFIXES)}) in this folder")
-            files += found
-        elif os.path.isfile(source):
-            files.append(source)
+        elif os.path.exists(source) or not glob.has_magic(source):
+            files += named_files(source)
         else:
-            raise ValueError(f"{source!r}: no such file or folder; give text files, folders or {STDLIB}")
-    return files
+            matches = sorted(glob.glob(source, recursive=True))
+            if not matches:
+                raise ValueError(f"{source!r}: the pattern matches no file or folder")
+            for match in matches:
+                files += named_files(match, pattern=True)
+    return list(dict.fromkeys(files))  # a file named twice (a folder and a file in it) is read once
+
+
+def named_files(source: str, *, pattern: bool = False) -> list[str]:
+    """The file ``source``, or a folder's text files (a folder a pattern matched may hold none)."""
+    if os.path.isdir(source):
+        found = find_files(source, TEXT_SUFFIXES).files
+        if not found and not pattern:
+            raise ValueError(f"{source!r}: no text files ({', '.join(TEXT_SUFFIXES)}) in this folder")
+        return found
+    if os.path.isfile(source):
+        return [source]
+    raise ValueError(f"{source!r}: no such file or folder; give text files, folders, glob patterns or {STDLIB}")

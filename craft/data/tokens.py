@@ -122,7 +122,10 @@ def open_tokens(file: Path, dtype: str) -> np.memmap:
     if not file.is_file():
         raise ValueError(f"{file}: no such file; data.path must be a folder with train.bin and val.bin")
     size, item = file.stat().st_size, np.dtype(dtype).itemsize
-    if size == 0 or size % item:
+    if size == 0:
+        raise ValueError(f"{file}: empty, no tokens; put text in it (prepare the folder again with more text, "
+                         "or a larger --val_fraction for val.bin)")
+    if size % item:
         raise ValueError(f"{file}: {size} bytes is not a whole number of {dtype} tokens; check data.dtype")
     return np.memmap(file, dtype=dtype, mode="r")
 
