@@ -181,3 +181,17 @@ def check_early_stopping(exp: Experiment, task: Task) -> None:
     raise ConfigError([
         f"train.early_stopping.metric: task {exp.task.kind!r} reports no {rule.metric!r}; choose one of {', '.join(map(repr, names))}"
     ])
+
+
+def check_accumulation(exp: Experiment, data) -> None:
+    """``train.accum_steps`` must split each batch this rank reads into equal micro-batches: found when
+    the data is built, before a run folder is written, not at the first step."""
+    n, size = exp.train.accum_steps, getattr(data, "batch_size", None)
+    if n == 1 or not isinstance(size, int) or size % n == 0:
+        return
+    given = getattr(exp.data.config, "batch_size", size)
+    batch = f"data.batch_size = {size}" if size == given else f"a batch of {size} (this rank's share of data.batch_size = {given})"
+    raise ConfigError([
+        f"train.accum_steps: {n} does not split {batch} into equal micro-batches; "
+        f"make data.batch_size a multiple of {n * (given // size)} or change train.accum_steps"
+    ])

@@ -22,7 +22,7 @@ from craft.config import Experiment, dumps, to_dict
 from craft.distributed import Replicas
 from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_metrics, progress_bar, read_metrics
 from craft.loop import Progress, chain, due, every, fit, when
-from craft.checks import check_components, check_early_stopping, check_same_data, check_sample
+from craft.checks import check_accumulation, check_components, check_early_stopping, check_same_data, check_sample
 from craft.parts import Parts, build_data, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
@@ -100,6 +100,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
     # Everything that can fail on the config is built before an old run is replaced.
     train_data, val_data = build_data(exp, "train", replicas), build_data(exp, "val", replicas)
     check_same_data(train_data, replicas)
+    check_accumulation(exp, train_data)
     exp, notes = fit_schedule(fit_to_data(exp, train_data))
     for note in notes:
         echo(note)
