@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -165,7 +166,10 @@ class TokensConfig:
         """``(vocab_size, dtype, tokenizer or None)`` of the folder, its own statements checked against the TOML."""
         folder = Path(self.path)
         if not folder.is_dir():
-            raise ValueError(f"data.path = {self.path!r}: not a folder; give the folder holding train.bin and val.bin")
+            raise ValueError(
+                f"data.path = {self.path!r}: not a folder; give the folder holding train.bin and val.bin "
+                f"(`craft prepare tokens SRC... {shlex.quote(self.path)}` writes one from text files)"
+            )
         meta, tokenizer = folder_meta(folder)
         if tokenizer is None and self.tokenizer is not None:
             from craft.data.bpe import TiktokenTokenizer

@@ -311,3 +311,8 @@ def test_an_empty_token_file_says_so(tmp_path):
     (tmp_path / "val.bin").write_bytes(b"")
     with pytest.raises(ValueError, match="val.bin: empty, no tokens"):
         TokensConfig(path=str(tmp_path), block_size=4, batch_size=2).build("val", seed=0)
+
+
+def test_a_missing_token_folder_says_how_to_write_one(tmp_path):
+    with pytest.raises(ValueError, match=r"not a folder; .*`craft prepare tokens SRC\.\.\. .*data/stdlib` writes one"):
+        TokensConfig(path=str(tmp_path / "data" / "stdlib")).build("train", seed=0)
