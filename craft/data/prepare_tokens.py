@@ -264,8 +264,14 @@ def prepare_tokens(
         print(f"left out, not UTF-8: {shown}", file=sys.stderr)
     tok = make_tokenizer(tokenizer, good, val_fraction, vocab_size, encoding, chunk_size)
     folder.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=sum(os.path.getsize(f) for f in good), unit="B", unit_scale=True, desc="tokenizing") as bar:
-        counts = write_parts(tok, good, folder, val_fraction, chunk_size, bar)
+    try:
+        with tqdm(total=sum(os.path.getsize(f) for f in good), unit="B", unit_scale=True, desc="tokenizing") as bar:
+            counts = write_parts(tok, good, folder, val_fraction, chunk_size, bar)
+    except BaseException:  # Ctrl-C, a full disk: no half-written .tmp files (as large as the corpus) left behind
+        for split in ("train", "val"):
+            (folder / f"{split}.bin.tmp").unlink(missing_ok=True)
+        raise
+    (folder / META_FILE).unlink(missing_ok=True)  # written last: a folder stopped mid-way reads as unprepared
     for split in ("train", "val"):
         os.replace(folder / f"{split}.bin.tmp", folder / f"{split}.bin")
     tok.save(folder / TOKENIZER_FILE)

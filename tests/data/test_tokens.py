@@ -316,3 +316,17 @@ def test_an_empty_token_file_says_so(tmp_path):
 def test_a_missing_token_folder_says_how_to_write_one(tmp_path):
     with pytest.raises(ValueError, match=r"not a folder; .*`craft prepare tokens SRC\.\.\. .*data/stdlib` writes one"):
         TokensConfig(path=str(tmp_path / "data" / "stdlib")).build("train", seed=0)
+
+
+def test_an_interrupted_prepare_leaves_no_partial_files(tmp_path, monkeypatch):
+    import craft.data.prepare_tokens as prep
+
+    write(tmp_path / "a.txt", CODE * 20)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep, "flush", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_tokens([str(tmp_path / "a.txt")], str(tmp_path / "out"), vocab_size=300, chunk_size=256)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
