@@ -298,3 +298,15 @@ def test_accum_steps_that_do_not_split_the_batch_are_a_config_error_before_the_r
     line = one_error(craft(str(exp)))
     assert "train.accum_steps: 3 does not split data.batch_size = 8 into equal micro-batches" in line
     assert not (tmp_path / "runs").exists()  # no run folder left behind for a run that never started
+
+
+def test_resume_on_text_with_another_vocabulary_is_refused(tmp_path):
+    """The run's token ids would mean other characters: the corpus edited (or token files prepared
+    again) between the run and its resume is one line, and the run's tokenizer.json is kept."""
+    exp = tiny_gpt(tmp_path, TINY_TRAIN, batch_size=4, text="the cat sat on the mat\n" * 40)
+    assert craft(str(exp)).returncode == 0
+    saved = (tmp_path / "runs" / "gpt" / "tokenizer.json").read_bytes()
+    (tmp_path / "corpus.txt").write_text("THE CAT SAT ON THE MAT\n" * 40, encoding="utf-8")  # as many characters
+    line = one_error(craft(str(exp), "--resume", "--train.steps=6"), status=1)
+    assert "cannot resume: the data's tokenizer differs from" in line
+    assert (tmp_path / "runs" / "gpt" / "tokenizer.json").read_bytes() == saved
