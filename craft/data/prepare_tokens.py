@@ -31,10 +31,8 @@ How the corpus is read:
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,25 +41,12 @@ import numpy as np
 from tqdm import tqdm
 
 from craft.data import bpe
-from craft.data.text_sources import STDLIB, TEXT_SUFFIXES, source_files, stdlib_files  # noqa: F401 (re-exported)
+from craft.data.text_sources import STDLIB, TEXT_SUFFIXES, is_utf8, source_files, stdlib_files, utf8_files  # noqa: F401
 
 META_FILE, TOKENIZER_FILE = "meta.json", "tokenizer.json"
 CHUNK_SIZE = 1 << 20
 LONGEST = 64  # chunks held at most while looking for a cut
 BATCH_PIECES = 16  # pieces encoded together (on the tokenizer's threads)
-
-
-def is_utf8(path: str, block: int = CHUNK_SIZE) -> bool:
-    """Whether the file is UTF-8 text (checked block by block)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        with open(path, "rb") as f:
-            while data := f.read(block):
-                decoder.decode(data)
-            decoder.decode(b"", final=True)
-    except (UnicodeDecodeError, OSError):
-        return False
-    return True
 
 
 # -- pieces --------------------------------------------------------------------
@@ -255,13 +240,9 @@ def prepare_tokens(
     check_out(folder, overwrite)
     inside = folder.resolve()  # OUT's own files (a tokenizer.json, a meta.json) are not text to read
     files = [f for f in source_files(list(sources)) if inside not in Path(f).resolve().parents]
-    good = [f for f in files if is_utf8(f)]
+    good = utf8_files(files)
     if not good:
         raise ValueError(f"no UTF-8 text in {', '.join(map(repr, sources))}; convert the files to UTF-8")
-    left_out = [f for f in files if f not in set(good)]
-    if left_out:  # named, so a file read as the wrong encoding is noticed
-        shown = ", ".join(map(repr, left_out[:5])) + (f", ... {len(left_out)} in all" if len(left_out) > 5 else "")
-        print(f"left out, not UTF-8: {shown}", file=sys.stderr)
     tok = make_tokenizer(tokenizer, good, val_fraction, vocab_size, encoding, chunk_size)
     folder.mkdir(parents=True, exist_ok=True)
     try:

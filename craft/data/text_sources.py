@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import glob
 import os
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -59,3 +61,27 @@ def named_files(source: str, *, pattern: bool = False) -> list[str]:
     if os.path.isfile(source):
         return [source]
     raise ValueError(f"{source!r}: no such file or folder; give text files, folders, glob patterns or {STDLIB}")
+
+
+def is_utf8(path: str, block: int = 1 << 20) -> bool:
+    """Whether the file is UTF-8 text (checked block by block)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            while data := f.read(block):
+                decoder.decode(data)
+            decoder.decode(b"", final=True)
+    except (UnicodeDecodeError, OSError):
+        return False
+    return True
+
+
+def utf8_files(files: list[str]) -> list[str]:
+    """The files that are UTF-8 text; the others are named on stderr (a file in another encoding is noticed)."""
+    good = [f for f in files if is_utf8(f)]
+    readable = set(good)
+    left_out = [f for f in files if f not in readable]
+    if left_out:
+        shown = ", ".join(map(repr, left_out[:5])) + (f", ... {len(left_out)} in all" if len(left_out) > 5 else "")
+        print(f"left out, not UTF-8: {shown}", file=sys.stderr)
+    return good
