@@ -9,7 +9,9 @@ outside the vocabulary, ranks that read different data.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -17,7 +19,7 @@ import torch
 
 from craft.config import ConfigError, Experiment
 from craft.distributed import Replicas
-from craft.rundir import RunError
+from craft.rundir import TOKENIZER_FILE, RunError
 from craft.tasks import Task
 
 
@@ -181,3 +183,33 @@ def check_early_stopping(exp: Experiment, task: Task) -> None:
     raise ConfigError([
         f"train.early_stopping.metric: task {exp.task.kind!r} reports no {rule.metric!r}; choose one of {', '.join(map(repr, names))}"
     ])
+
+
+def check_accumulation(exp: Experiment, data) -> None:
+    """``train.accum_steps`` must split each batch this rank reads into equal micro-batches: found when
+    the data is built, before a run folder is written, not at the first step."""
+    n, size = exp.train.accum_steps, getattr(data, "batch_size", None)
+    if n == 1 or not isinstance(size, int) or size % n == 0:
+        return
+    given = getattr(exp.data.config, "batch_size", size)
+    batch = f"data.batch_size = {size}" if size == given else f"a batch of {size} (this rank's share of data.batch_size = {given})"
+    raise ConfigError([
+        f"train.accum_steps: {n} does not split {batch} into equal micro-batches; "
+        f"make data.batch_size a multiple of {n * (given // size)} or change train.accum_steps"
+    ])
+
+
+def check_same_tokenizer(run_dir: Path, tokenizer: Any) -> None:
+    """A resumed run's data must have the tokenizer the run trained with (its ``tokenizer.json``): token
+    files prepared again, or an edited character corpus, give ids that mean other text."""
+    saved = run_dir / TOKENIZER_FILE
+    if tokenizer is None or not saved.is_file():
+        return
+    with tempfile.TemporaryDirectory() as tmp:  # compared as each kind writes itself: any tokenizer kind works
+        tokenizer.save(Path(tmp) / TOKENIZER_FILE)
+        same = (Path(tmp) / TOKENIZER_FILE).read_bytes() == saved.read_bytes()
+    if not same:
+        raise RunError(
+            f"cannot resume: the data's tokenizer differs from {str(saved)!r} (was data.path prepared again, or the "
+            "text edited?), so its token ids mean other text; resume on the data the run trained on, or start a new run"
+        )

@@ -58,12 +58,21 @@ a text option takes the text as typed; numbers and lists are TOML literals (--op
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # stdout's reader left (craft info | head): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        sys.exit(EXIT_ERROR)
+
+
+def _main(argv: list[str]) -> None:
     try:
         name, args, options = parse_command_line(argv)
         fire.Fire(functools.partial(COMMANDS[name].run, *args, **options), command=[], name=f"craft {name}")
     except ShowHelp as text:
         print(text)
+    except BrokenPipeError:
+        raise
     except KeyboardInterrupt:  # Ctrl-C before training started, a second one, or during generation
         sys.stdout.flush()  # what was printed stays
         print("interrupted", file=sys.stderr)

@@ -103,6 +103,8 @@ def generate(
             raise UsageError("--stop: a caption stops at its end marker; drop --stop")
     if num_samples < 1:
         raise UsageError(f"--num_samples: must be >= 1, got {num_samples}")
+    if stop == "":
+        raise UsageError("--stop: empty; give the text to end a sample before, or leave --stop out")
     given = dict(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     try:
         options = structure({k: v for k, v in given.items() if v is not None}, Sample)

@@ -23,7 +23,9 @@ from craft.config import Experiment, dumps, to_dict
 from craft.distributed import Replicas
 from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_metrics, progress_bar, read_metrics
 from craft.loop import Progress, chain, due, every, fit, when
-from craft.checks import check_components, check_early_stopping, check_same_data, check_sample
+from craft.checks import (
+    check_accumulation, check_components, check_early_stopping, check_same_data, check_same_tokenizer, check_sample,
+)
 from craft.parts import Parts, build_data, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
@@ -101,12 +103,15 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
     # Everything that can fail on the config is built before an old run is replaced.
     train_data, val_data = build_data(exp, "train", replicas), build_data(exp, "val", replicas)
     check_same_data(train_data, replicas)
+    check_accumulation(exp, train_data)
     exp, notes = fit_schedule(fit_to_data(exp, train_data))
     for note in notes:
         echo(note)
     parts = build_parts(exp, replicas)
     check_early_stopping(exp, parts.task)
     tokenizer = check_sample(exp, train_data)
+    if resume:
+        check_same_tokenizer(run_dir, tokenizer)
     first_batch = check_components(exp, parts, val_data)
     with locked(run_dir) if replicas.is_main else contextlib.nullcontext():
         if replicas.is_main:

@@ -42,6 +42,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from craft import checkpoint, hooks
+from craft.checks import check_accumulation
 from craft.config import SWEEPABLE, Experiment, build, dumps, to_dict
 from craft.ensemble import make_ensemble_step, stack_states, unstack_state
 from craft.logging import MetricsLog, plot_metrics, progress_bar, truncate_metrics
@@ -190,6 +191,7 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
         echo(note)
     run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite)
     train_data, val_data = build_data(exp, "train"), build_data(exp, "val")
+    check_accumulation(exp, train_data)
     exp, notes = fit_schedule(fit_to_data(exp, train_data))
     for note in notes:
         echo(note)

@@ -266,6 +266,7 @@ def test_every_command_has_its_own_help(command):
         (["generate", "runs/x", "--cache=no"], "--cache: expected true or false, got 'no'"),
         (["generate", "runs/x", "--num_samples=0"], "--num_samples: must be >= 1"),
         (["generate", "runs/x", "--seed=18446744073709551616"], "--seed: must fit in 64 bits"),
+        (["generate", "runs/x", "--stop="], "--stop: empty; give the text to end a sample before"),
         ([], "give a command"),
     ],
 )
@@ -279,3 +280,33 @@ def test_info_describes_one_entry():
     assert result.stdout.splitlines() == [
         'cnn: in models; use it as [model] kind = "cnn"', "  num_classes: int | None = None", "  in_channels: int = 3"
     ]
+
+
+def test_output_piped_into_a_reader_that_leaves_is_no_traceback():
+    """`craft --help | head -1`: the pipe closes before craft writes; craft stops quietly."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "craft", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=ENV
+    )
+    proc.stdout.close()  # the reader is gone before the first line
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
+    assert proc.returncode == 1
+
+
+def test_accum_steps_that_do_not_split_the_batch_are_a_config_error_before_the_run(tmp_path):
+    exp = tiny_gpt(tmp_path, TINY_TRAIN + "accum_steps = 3\n", batch_size=8)
+    line = one_error(craft(str(exp)))
+    assert "train.accum_steps: 3 does not split data.batch_size = 8 into equal micro-batches" in line
+    assert not (tmp_path / "runs").exists()  # no run folder left behind for a run that never started
+
+
+def test_resume_on_text_with_another_vocabulary_is_refused(tmp_path):
+    """The run's token ids would mean other characters: the corpus edited (or token files prepared
+    again) between the run and its resume is one line, and the run's tokenizer.json is kept."""
+    exp = tiny_gpt(tmp_path, TINY_TRAIN, batch_size=4, text="the cat sat on the mat\n" * 40)
+    assert craft(str(exp)).returncode == 0
+    saved = (tmp_path / "runs" / "gpt" / "tokenizer.json").read_bytes()
+    (tmp_path / "corpus.txt").write_text("THE CAT SAT ON THE MAT\n" * 40, encoding="utf-8")  # as many characters
+    line = one_error(craft(str(exp), "--resume", "--train.steps=6"), status=1)
+    assert "cannot resume: the data's tokenizer differs from" in line
+    assert (tmp_path / "runs" / "gpt" / "tokenizer.json").read_bytes() == saved

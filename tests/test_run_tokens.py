@@ -48,6 +48,24 @@ def test_prepare_tokens_usage_mistakes_are_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_prepare_tokens_keeps_an_existing_token_folder_and_names_what_it_leaves_out(tmp_path):
+    """A nanoGPT folder (train.bin, val.bin, no meta.json) as OUT is refused, untouched; files that
+    are not UTF-8 are named."""
+    (tmp_path / "ng").mkdir()
+    np.arange(100, dtype=np.uint16).tofile(tmp_path / "ng" / "train.bin")
+    np.arange(10, dtype=np.uint16).tofile(tmp_path / "ng" / "val.bin")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_text("x = 1\ny = 2\n" * 20, encoding="utf-8")
+    (tmp_path / "src" / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    refused = craft("prepare", "tokens", str(tmp_path / "src"), str(tmp_path / "ng"), "--vocab_size=260")
+    assert refused.returncode == 1 and "already holds prepared tokens (train.bin, val.bin)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert np.fromfile(tmp_path / "ng" / "train.bin", dtype=np.uint16).tolist() == list(range(100))
+    done = craft("prepare", "tokens", str(tmp_path / "src"), str(tmp_path / "out"), "--vocab_size=260")
+    assert done.returncode == 0, done.stderr
+    assert "left out, not UTF-8: " in done.stderr and "latin1.txt" in done.stderr
+
+
 @pytest.mark.slow
 def test_the_tiny_gpt2_trains_on_prepared_tokens_and_generates(tokens_folder, tmp_path):
     done = craft(

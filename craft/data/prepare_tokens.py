@@ -17,11 +17,12 @@ How the corpus is read:
   newline with printable ASCII on both sides (where a byte-level BPE or
   tiktoken never joins the two sides), so its tokens are those of the whole
   file encoded at once, and memory holds a few pieces, never the corpus. (A
-  stretch of 64 chunks without such a place, e.g. ``\\r\\n`` line ends, is cut
-  at a newline anyway: its tokens there may differ from the whole file's.)
+  stretch of 64 chunks without such a place, e.g. one long line or ``\\r\\n`` line ends, is
+  cut before a space between printable characters, exact too; without one, at a newline anyway:
+  its tokens there may differ from the whole file's.)
 - The val split is deterministic: the last ``val_fraction`` of each file's
-  bytes, from the first line start at or after that point (a file whose
-  last line starts before it gives none). Each file's train part and its val part end with
+  bytes, from the first line start at or after that point (in a file of
+  one long line, the first space or character there). Each file's train part and its val part end with
   the end-of-text token.
 - ``--tokenizer=bpe`` trains a byte-level BPE of ``vocab_size`` tokens on the
   train parts (streamed); ``--tokenizer=tiktoken --encoding=gpt2`` uses a
@@ -30,7 +31,6 @@ How the corpus is read:
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
 from collections import Counter
@@ -41,25 +41,12 @@ import numpy as np
 from tqdm import tqdm
 
 from craft.data import bpe
-from craft.data.text_sources import STDLIB, TEXT_SUFFIXES, source_files, stdlib_files  # noqa: F401 (re-exported)
+from craft.data.text_sources import STDLIB, TEXT_SUFFIXES, is_utf8, source_files, stdlib_files, utf8_files  # noqa: F401
 
 META_FILE, TOKENIZER_FILE = "meta.json", "tokenizer.json"
 CHUNK_SIZE = 1 << 20
 LONGEST = 64  # chunks held at most while looking for a cut
 BATCH_PIECES = 16  # pieces encoded together (on the tokenizer's threads)
-
-
-def is_utf8(path: str, block: int = CHUNK_SIZE) -> bool:
-    """Whether the file is UTF-8 text (checked block by block)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        with open(path, "rb") as f:
-            while data := f.read(block):
-                decoder.decode(data)
-            decoder.decode(b"", final=True)
-    except (UnicodeDecodeError, OSError):
-        return False
-    return True
 
 
 # -- pieces --------------------------------------------------------------------
@@ -84,27 +71,39 @@ def last_cut(data: bytes) -> int:
 
 
 def val_start(path: str, size: int, val_fraction: float, block: int = CHUNK_SIZE) -> int:
-    """Where the file's val part begins: the first line start at or after ``size * (1 - val_fraction)``
-    (``size`` when no line starts there). The parts are tokenized apart, so any line start will do."""
+    """Where the file's val part begins: the first line start at or after ``size * (1 - val_fraction)``;
+    in a file with no line start there (one long line, as text8), the first space, else the first whole
+    character. The parts are tokenized apart, so any character boundary will do."""
     start = int(size * (1 - val_fraction))
     if start == 0:
         return 0
     with open(path, "rb") as f:
         f.seek(start - 1)
         offset = start - 1
-        while chunk := f.read(block):
+        first = chunk = f.read(block)
+        while chunk:
             newline = chunk.find(b"\n")
             if newline >= 0:
                 return min(offset + newline + 1, size)
             offset += len(chunk)
-    return size
+            chunk = f.read(block)
+    return start - 1 + next_boundary(first)
+
+
+def next_boundary(data: bytes) -> int:
+    """The first space in ``data[1:]``, else the first character start there, else ``len(data)``."""
+    space = data.find(b" ", 1)
+    if space >= 1:
+        return space
+    return next((i for i in range(1, len(data)) if data[i] & 0xC0 != 0x80), len(data))
 
 
 def pieces(path: str, start: int, end: int, chunk_size: int = CHUNK_SIZE) -> Iterator[str]:
     """The text of bytes ``[start, end)`` of the file, in pieces of about ``chunk_size`` bytes, cut by ``is_cut``.
 
-    A stretch of ``LONGEST`` pieces' worth without a cut is cut at its last newline
-    (or, without one, its last whole character) rather than held in memory.
+    A stretch of ``LONGEST`` pieces' worth without a cut is cut at its last space between printable
+    characters (``last_space_cut``, exact too), else its last newline, else its last whole character,
+    rather than held in memory.
     """
     with open(path, "rb") as f:
         f.seek(start)
@@ -117,12 +116,25 @@ def pieces(path: str, start: int, end: int, chunk_size: int = CHUNK_SIZE) -> Ite
             data = carry + block
             cut = last_cut(data) if left > 0 else len(data)
             if not cut and len(data) > LONGEST * chunk_size:
-                cut = data.rfind(b"\n") + 1 or last_character(data)
+                cut = last_space_cut(data) or data.rfind(b"\n") + 1 or last_character(data)
             if cut:
                 yield data[:cut].decode("utf-8")
             carry = data[cut:]
         if carry:
             yield carry.decode("utf-8")
+
+
+def last_space_cut(data: bytes) -> int:
+    """The last position ``p`` of a space between printable ASCII characters (``"x| y"``), or 0.
+
+    No token of a byte-level BPE or tiktoken holds a character and the space after it, so cutting
+    there keeps the whole text's tokens: the fallback for text without such a newline (one long
+    line, ``\\r\\n`` line ends).
+    """
+    p = data.rfind(b" ")
+    while p > 0 and not (0x21 <= data[p - 1] <= 0x7E and p + 1 < len(data) and 0x21 <= data[p + 1] <= 0x7E):
+        p = data.rfind(b" ", 0, p)
+    return max(p, 0)
 
 
 def last_character(data: bytes) -> int:
@@ -225,16 +237,22 @@ def prepare_tokens(
     """
     check_options(tokenizer, vocab_size, val_fraction, chunk_size)
     folder = Path(out)
-    if (folder / META_FILE).exists() and not overwrite:
-        raise ValueError(f"{str(folder)!r} already holds prepared tokens ({META_FILE}); pick another OUT or add --overwrite")
-    files = source_files(list(sources))
-    good = [f for f in files if is_utf8(f)]
+    check_out(folder, overwrite)
+    inside = folder.resolve()  # OUT's own files (a tokenizer.json, a meta.json) are not text to read
+    files = [f for f in source_files(list(sources)) if inside not in Path(f).resolve().parents]
+    good = utf8_files(files)
     if not good:
         raise ValueError(f"no UTF-8 text in {', '.join(map(repr, sources))}; convert the files to UTF-8")
     tok = make_tokenizer(tokenizer, good, val_fraction, vocab_size, encoding, chunk_size)
     folder.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=sum(os.path.getsize(f) for f in good), unit="B", unit_scale=True, desc="tokenizing") as bar:
-        counts = write_parts(tok, good, folder, val_fraction, chunk_size, bar)
+    try:
+        with tqdm(total=sum(os.path.getsize(f) for f in good), unit="B", unit_scale=True, desc="tokenizing") as bar:
+            counts = write_parts(tok, good, folder, val_fraction, chunk_size, bar)
+    except BaseException:  # Ctrl-C, a full disk: no half-written .tmp files (as large as the corpus) left behind
+        for split in ("train", "val"):
+            (folder / f"{split}.bin.tmp").unlink(missing_ok=True)
+        raise
+    (folder / META_FILE).unlink(missing_ok=True)  # written last: a folder stopped mid-way reads as unprepared
     for split in ("train", "val"):
         os.replace(folder / f"{split}.bin.tmp", folder / f"{split}.bin")
     tok.save(folder / TOKENIZER_FILE)
@@ -250,6 +268,22 @@ def prepare_tokens(
         f"{folder}: {counts['train']:,} train and {counts['val']:,} val tokens ({meta['dtype']}, "
         f"vocab_size {tok.vocab_size:,}) from {len(good):,} files{skipped}"
     )
+
+
+WRITTEN = ("train.bin", "val.bin", META_FILE, TOKENIZER_FILE, "meta.pkl")
+"""Files that mark OUT as holding tokens already (``meta.pkl``: nanoGPT's; left in place, meta.json takes precedence)."""
+
+
+def check_out(folder: Path, overwrite: bool) -> None:
+    """OUT must be a folder (or not exist) and, without ``overwrite``, hold none of ``WRITTEN``:
+    token files there may be someone's data (nanoGPT's folder has no meta.json)."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is a file; OUT must be a folder (new, or one to --overwrite)")
+    held = [name for name in WRITTEN if (folder / name).exists()]
+    if held and not overwrite:
+        raise ValueError(
+            f"{str(folder)!r} already holds prepared tokens ({', '.join(held)}); pick another OUT or add --overwrite"
+        )
 
 
 def check_options(tokenizer: str, vocab_size: int, val_fraction: float, chunk_size: int) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,7 +123,10 @@ def open_tokens(file: Path, dtype: str) -> np.memmap:
     if not file.is_file():
         raise ValueError(f"{file}: no such file; data.path must be a folder with train.bin and val.bin")
     size, item = file.stat().st_size, np.dtype(dtype).itemsize
-    if size == 0 or size % item:
+    if size == 0:
+        raise ValueError(f"{file}: empty, no tokens; put text in it (prepare the folder again with more text, "
+                         "or a larger --val_fraction for val.bin)")
+    if size % item:
         raise ValueError(f"{file}: {size} bytes is not a whole number of {dtype} tokens; check data.dtype")
     return np.memmap(file, dtype=dtype, mode="r")
 
@@ -162,7 +166,10 @@ class TokensConfig:
         """``(vocab_size, dtype, tokenizer or None)`` of the folder, its own statements checked against the TOML."""
         folder = Path(self.path)
         if not folder.is_dir():
-            raise ValueError(f"data.path = {self.path!r}: not a folder; give the folder holding train.bin and val.bin")
+            raise ValueError(
+                f"data.path = {self.path!r}: not a folder; give the folder holding train.bin and val.bin "
+                f"(`craft prepare tokens SRC... {shlex.quote(self.path)}` writes one from text files)"
+            )
         meta, tokenizer = folder_meta(folder)
         if tokenizer is None and self.tokenizer is not None:
             from craft.data.bpe import TiktokenTokenizer

@@ -256,3 +256,77 @@ def test_a_byte_order_mark_is_not_tokenized(tmp_path):
     train = tok.decode(np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16).tolist())
     val = tok.decode(np.fromfile(tmp_path / "out" / "val.bin", dtype=np.uint16).tolist())
     assert (train, val) == ("x = 1\n<|endoftext|>", "y = 2\n<|endoftext|>")
+
+
+def test_a_file_of_one_long_line_is_split_and_cut_exactly(tmp_path):
+    """text8's layout: no newline at all. The val split still gets the file's end, and pieces cut
+    (after LONGEST chunks without a newline) before a space give the whole file's tokens."""
+    words = ["anarchism", "originated", "as", "a", "term", "of", "abuse", "1793", "(first)", "café"]
+    text = " ".join(words[(i * 7) % len(words)] for i in range(3000))
+    source = tmp_path / "text8.txt"
+    source.write_text(text, encoding="utf-8")
+    size = len(text.encode())
+    cut = val_start(str(source), size, 0.1)
+    assert int(0.9 * size) <= cut < size and text.encode()[cut : cut + 1] == b" "
+    got = list(pieces(str(source), 0, cut, chunk_size=16))
+    assert len(got) > 1 and "".join(got) == text.encode()[:cut].decode()
+    out = tmp_path / "out"
+    prepare_tokens([str(source)], str(out), vocab_size=300, val_fraction=0.1, chunk_size=16)
+    tok = load_tokenizer(out / "tokenizer.json")
+    train = np.fromfile(out / "train.bin", dtype=np.uint16).tolist()
+    val = np.fromfile(out / "val.bin", dtype=np.uint16).tolist()
+    assert train == tok.encode(text.encode()[:cut].decode()) + [tok.eot]
+    assert val == tok.encode(text.encode()[cut:].decode()) + [tok.eot] and len(val) > 100
+
+
+def test_an_existing_token_folder_is_not_overwritten_without_the_flag(tmp_path):
+    """nanoGPT's folder has train.bin and val.bin but no meta.json: still someone's data."""
+    nanogpt_folder(tmp_path / "ng", "to be or not to be\n" * 50, meta=False)
+    before = (tmp_path / "ng" / "train.bin").read_bytes()
+    write(tmp_path / "a.txt", CODE)
+    with pytest.raises(ValueError, match=r"already holds prepared tokens \(train.bin, val.bin\).*--overwrite"):
+        prepare_tokens([str(tmp_path / "a.txt")], str(tmp_path / "ng"), vocab_size=300)
+    assert (tmp_path / "ng" / "train.bin").read_bytes() == before
+    prepare_tokens([str(tmp_path / "a.txt")], str(tmp_path / "ng"), vocab_size=300, overwrite=True)
+    assert (tmp_path / "ng" / "meta.json").is_file()
+    with pytest.raises(ValueError, match="is a file; OUT must be a folder"):
+        prepare_tokens([str(tmp_path / "a.txt")], str(tmp_path / "a.txt"), vocab_size=300)
+
+
+def test_glob_patterns_name_files_and_out_inside_a_source_is_not_read(tmp_path):
+    write(tmp_path / "texts" / "one.txt", "x = 1\n")
+    write(tmp_path / "texts" / "deep" / "two.txt", "y = 2\n")
+    write(tmp_path / "texts" / "skip.md", "# not matched\n")
+    out = tmp_path / "texts" / "tokens"
+    prepare_tokens([str(tmp_path / "texts" / "**" / "*.txt")], str(out), vocab_size=260, val_fraction=0.5)
+    assert json.loads((out / "meta.json").read_text())["files"] == 2
+    prepare_tokens([str(tmp_path / "texts")], str(out), vocab_size=260, val_fraction=0.5, overwrite=True)
+    assert json.loads((out / "meta.json").read_text())["files"] == 3  # not its own tokenizer.json and meta.json
+    with pytest.raises(ValueError, match="'.*nomatch/\\*.txt': the pattern matches no file or folder"):
+        prepare_tokens([str(tmp_path / "nomatch" / "*.txt")], str(tmp_path / "o"))
+
+
+def test_an_empty_token_file_says_so(tmp_path):
+    nanogpt_folder(tmp_path, "ab" * 100, meta=True)
+    (tmp_path / "val.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match="val.bin: empty, no tokens"):
+        TokensConfig(path=str(tmp_path), block_size=4, batch_size=2).build("val", seed=0)
+
+
+def test_a_missing_token_folder_says_how_to_write_one(tmp_path):
+    with pytest.raises(ValueError, match=r"not a folder; .*`craft prepare tokens SRC\.\.\. .*data/stdlib` writes one"):
+        TokensConfig(path=str(tmp_path / "data" / "stdlib")).build("train", seed=0)
+
+
+def test_an_interrupted_prepare_leaves_no_partial_files(tmp_path, monkeypatch):
+    import craft.data.prepare_tokens as prep
+
+    write(tmp_path / "a.txt", CODE * 20)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep, "flush", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_tokens([str(tmp_path / "a.txt")], str(tmp_path / "out"), vocab_size=300, chunk_size=256)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
