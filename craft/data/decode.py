@@ -12,6 +12,7 @@ import os
 import re
 import warnings
 
+import numpy as np
 import torch
 import torchvision.io  # noqa: F401  (registers the torch.ops.image decoders)
 from PIL import Image
@@ -74,7 +75,7 @@ def decode_bytes(
     image = _decode_pillow(data, channels) if kind in ("BMP", "TIFF") else _decode_torchvision(data, channels, kind)
     if isinstance(image, str):
         raise ValueError(f"cannot decode image {name} ({image}); replace or delete it")
-    if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
+    if image.dtype != torch.uint8:  # 16-bit PNGs and TIFFs decode to uint16
         image = F.to_dtype(image, torch.uint8, scale=True)
     if image.ndim != 3 or image.shape[0] != channels:  # never let an odd file reach torch.stack
         raise ValueError(
@@ -105,9 +106,20 @@ def _decode_torchvision(data: bytes, channels: int, kind: str) -> Tensor | str:
 
 
 def _decode_pillow(data: bytes, channels: int) -> Tensor | str:
-    """BMP and TIFF (torchvision has no decoder for them): the first frame, as Pillow converts it."""
+    """BMP and TIFF (torchvision has no decoder for them): the first frame, as Pillow converts it.
+
+    16-bit gray comes back uint16 ``(channels, H, W)`` (scaled to 8 bits by the
+    caller, as a 16-bit PNG is): Pillow's own conversion clips it at 255.
+    32-bit integer and float pixels have no one scale to 8 bits: refused.
+    """
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.mode.startswith("I;16"):
+                gray = torch.from_numpy(np.asarray(image).astype(np.uint16))[None]  # (1, H, W)
+                return gray.expand(channels, -1, -1).contiguous()
+            if image.mode in ("I", "F") or image.mode.startswith("I;32"):
+                kind = "float" if image.mode == "F" else "32-bit integer"
+                return f"{kind} pixels (mode {image.mode!r}) have no one scale to 8 bits: convert to 8 or 16 bits"
             return image_tensor(image.convert("L" if channels == 1 else "RGB"))
     except Exception as e:  # Pillow raises many kinds (OSError, SyntaxError, struct.error ...) on damage
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
