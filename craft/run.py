@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
                     tokenizer.save(run_dir / TOKENIZER_FILE)
                 except OSError as e:
                     raise RunError(f"cannot write {str(run_dir / TOKENIZER_FILE)!r}: {e.strerror or e}") from None
-        for line in summary(exp, parts, start, run_dir, first_batch, replicas):
+        for line in summary(exp, parts, start, run_dir, first_batch, replicas) + data_summary(train_data, val_data):
             echo(line)
         return _fit(exp, parts, start, run_dir, (train_data, val_data), tokenizer, replicas)
 
@@ -154,6 +155,17 @@ def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas
     ]
     if exp.train.compile:
         lines.append("compiling the train step (the first step takes a while)")
+    return lines
+
+
+def data_summary(train_data, val_data) -> list[str]:
+    """What each split's data says it read, where it says (a ``summary`` line: an image folder's files by
+    kind and what it left out), so that files left out of a folder are never left out silently."""
+    lines = []
+    for split, data in (("train", train_data), ("val", val_data)):
+        said = getattr(data, "summary", None)
+        if isinstance(said, str) and said:
+            lines.append(f"{split} data: {said}")
     return lines
 
 
@@ -193,11 +205,17 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
         run_eval=run_eval, utilisation=utilisation(exp, parts),
         make_text=(lambda state: sample_text(parts.model, state, tokenizer, cfg.sample)) if main and cfg.sample else None,
     )
+    latest = [progress]  # the last finished step's progress: saved if the next batch cannot be read
+    hook = chain(hook, lambda p, m: latest.__setitem__(0, p) or p)
     try:
         with flag.installed():
             if start.payload is not None and due(progress, cfg.eval_every) and unevaluated(run_dir, step, main, replicas):
                 progress = evaluate_due(progress, {})  # killed between that step's checkpoint and its evaluation
-            progress = fit(progress, train_data, lambda state, batch: train_step(state, to_device(batch, parts.device)), hook)
+            batches = read_or_raise(train_data)
+            progress = fit(progress, batches, lambda state, batch: train_step(state, to_device(batch, parts.device)), hook)
+    except UnreadableBatch as e:
+        save = saver(exp, run_dir, train_data, elapsed, main, best=False)
+        raise saved_after_unreadable(e.__cause__, latest[0], exp, run_dir, save) from None
     finally:
         bar.close()
         log.close()
@@ -209,6 +227,41 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
         rule = cfg.early_stopping
         say(f"early stopping at step {progress.step}: no better {rule.metric} in {rule.patience} evaluations")
     return run_dir
+
+
+class UnreadableBatch(Exception):
+    """The next training batch could not be read (an image that does not decode); its error is the cause."""
+
+
+def read_or_raise(batches):
+    """``batches``, with an error reading one raised as ``UnreadableBatch`` (the step's own errors stay as they are)."""
+    while True:
+        try:
+            batch = next(batches)
+        except (ValueError, OSError) as e:
+            raise UnreadableBatch() from e
+        yield batch
+
+
+def saved_after_unreadable(error: Exception, progress: Progress, exp: Experiment, run_dir: Path, save) -> RunError:
+    """The one-line error for a training batch that cannot be read mid-run, after saving the last finished
+    step (unless it is saved already, or its state is non-finite), so that fixing the data loses no step.
+
+    The data's position is the unread batch's (a failed read does not advance it): the resumed run reads it again.
+    """
+    skips = getattr(exp.data.config, "skip_unreadable", None) is False
+    hint = " (a new run with data.skip_unreadable = true leaves such files out)" if skips else ""
+    saved = progress.last_good
+    if progress.step > 0 and not checkpoint.step_path(run_dir / CHECKPOINTS, progress.step).exists():
+        try:
+            hooks.stop_on_nonfinite(progress, {})  # a non-finite state is never saved
+            saved = save(progress)
+        except RunError:
+            pass
+    if saved is None:
+        return RunError(f"{error}; no checkpoint was written: after fixing the data, start the run again{hint}")
+    resume = shlex.join(["craft", "train", str(run_dir), "--resume"])
+    return RunError(f"{error}; the run is saved in {saved}: after fixing the data, resume with: {resume}{hint}")
 
 
 def plot_quietly(run_dir: Path, say) -> None:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from craft import checkpoint
+from craft.checks import check_components
 from craft.config import Experiment, Sample
 from craft.config import load as load_config
 from craft.logging import plot_metrics
@@ -69,7 +70,8 @@ def evaluate(run_dir: Path, checkpoint_name: str = "latest", data: dict[str, str
     eval_step = make_eval_step(
         parts.model, parts.task.loss, inputs=parts.task.inputs, precision=exp.train.precision, compile=False
     )
-    batches = build_data(_other_data(Path(run_dir), exp, data) if data else exp, "val")
+    used = _other_data(Path(run_dir), exp, data) if data else exp
+    batches = build_data(used, "val")
     saved = Path(run_dir) / TOKENIZER_FILE
     tokenizer = getattr(batches, "tokenizer", None)
     if data and tokenizer is not None and saved.exists() and tokenizer != load_tokenizer(saved):
@@ -77,6 +79,7 @@ def evaluate(run_dir: Path, checkpoint_name: str = "latest", data: dict[str, str
             "the other data's vocabulary differs from the run's tokenizer.json (its tokens would mean other "
             "characters or words): evaluate on text made of the run's vocabulary"
         )
+    check_components(used, parts, batches)  # other data the model cannot take (--data.image_size) is one line
     metrics = evaluate_batches(eval_step, state, batches, parts.device, parts.task)
     return {"step": int(state.step), **metrics}
 
