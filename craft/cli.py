@@ -26,6 +26,7 @@ import functools
 import os
 import shlex
 import sys
+import warnings
 from typing import Any
 
 import fire
@@ -58,6 +59,16 @@ a text option takes the text as typed; numbers and lists are TOML literals (--op
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``craft`` command; craft's warnings print as one line while it runs."""
+    shown = warnings.showwarning
+    warnings.showwarning = one_line_warnings(shown)
+    try:
+        _main(argv)
+    finally:
+        warnings.showwarning = shown
+
+
+def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         name, args, options = parse_command_line(argv)
@@ -70,6 +81,22 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_INTERRUPTED)
     except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
         sys.exit(_report(e))
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def one_line_warnings(others):
+    """A ``warnings.showwarning`` that prints craft's own warnings (``skipped 3 unreadable of 98 images
+    ...``) as one ``warning:`` line, without the line of craft that raised them, and hands the rest to ``others``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if os.path.abspath(filename).startswith(_PACKAGE + os.sep):
+            print(f"warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            others(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def parse_command_line(argv: list[str]) -> tuple[str, list[str], dict[str, Any]]:

@@ -82,3 +82,15 @@ def test_evaluate_with_an_image_size_the_model_cannot_take_is_one_line(tmp_path)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "failed on the first batch" in errors[0], result.stderr
     assert errors[0].endswith("check data.image_size and data.channels against what the model takes"), errors[0]
+
+
+def test_skipped_unreadable_images_are_one_warning_line_each_split(tmp_path):
+    data = folder(tmp_path / "photos", per_class=6)
+    (data / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (data / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    result = run_cli(str(experiment(tmp_path, data, 1)), "--data.val_path=" + str(data), "--data.batch_size=2",
+                     "--data.skip_unreadable=true")
+    assert result.returncode == 0, result.stderr[-2000:]
+    warned = [line for line in result.stderr.splitlines() if "unreadable" in line]
+    assert warned and all(w.startswith("warning: skipped 2 unreadable of 14 images in ") for w in warned), warned
+    assert "UserWarning" not in result.stderr and "drop_unreadable(" not in result.stderr, result.stderr
