@@ -1,8 +1,9 @@
 """Decoding image files: JPEG, PNG, WebP, BMP, GIF and TIFF to uint8 tensors of one size.
 
 torchvision's decoder where it has one (JPEG, PNG, WebP, GIF), Pillow
-otherwise (BMP, TIFF). The kind is read from the content, not trusted from the
-name, and a header's pixel count is checked before anything is inflated.
+otherwise (BMP, TIFF, animated WebP: its first frame, as for a GIF). The kind
+is read from the content, not trusted from the name, and a header's pixel
+count is checked before anything is inflated.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def decode_bytes(
             f"cannot decode image {name}: its header claims {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
             f"over data.max_pixels = {max_pixels:,}; raise data.max_pixels to read it, or shrink or delete it"
         )
-    image = _decode_pillow(data, channels) if kind in ("BMP", "TIFF") else _decode_torchvision(data, channels, kind)
+    by_pillow = kind in ("BMP", "TIFF") or (kind == "WebP" and animated_webp(data))
+    image = _decode_pillow(data, channels) if by_pillow else _decode_torchvision(data, channels, kind)
     if isinstance(image, str):
         raise ValueError(f"cannot decode image {name} ({image}); replace or delete it")
     if image.dtype != torch.uint8:  # 16-bit PNGs and TIFFs decode to uint16
@@ -83,6 +85,11 @@ def decode_bytes(
             f"convert it or delete it"
         )
     return image
+
+
+def animated_webp(data: bytes) -> bool:
+    """Whether WebP ``data`` is animated (its VP8X header's animation flag): torchvision refuses those."""
+    return data[12:16] == b"VP8X" and len(data) > 20 and bool(data[20] & 0x02)
 
 
 def _decode_torchvision(data: bytes, channels: int, kind: str) -> Tensor | str:
@@ -106,7 +113,7 @@ def _decode_torchvision(data: bytes, channels: int, kind: str) -> Tensor | str:
 
 
 def _decode_pillow(data: bytes, channels: int) -> Tensor | str:
-    """BMP and TIFF (torchvision has no decoder for them): the first frame, as Pillow converts it.
+    """BMP, TIFF and animated WebP (torchvision decodes none of them): the first frame, as Pillow converts it.
 
     16-bit gray comes back uint16 ``(channels, H, W)`` (scaled to 8 bits by the
     caller, as a 16-bit PNG is): Pillow's own conversion clips it at 255.

@@ -303,3 +303,10 @@ def test_a_float_tiff_is_refused_by_name_not_decoded_to_black(tmp_path):
     Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "depth.tiff")
     with pytest.raises(ValueError, match=r"depth\.tiff \(float pixels \(mode 'F'\) .*convert to 8 or 16 bits"):
         read_image(str(tmp_path / "depth.tiff"))
+
+
+def test_an_animated_webp_gives_its_first_frame_as_a_gif_does(tmp_path):
+    frames = [noise((16, 12), seed=k) for k in range(3)]
+    frames[0].save(tmp_path / "moving.webp", save_all=True, append_images=frames[1:], lossless=True, duration=50)
+    assert torch.equal(read_image(str(tmp_path / "moving.webp")), pillow_pixels(tmp_path / "moving.webp", "RGB"))
+    assert read_image(str(tmp_path / "moving.webp"), channels=1).shape == (1, 12, 16)
