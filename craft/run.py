@@ -130,7 +130,8 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
                     tokenizer.save(run_dir / TOKENIZER_FILE)
                 except OSError as e:
                     raise RunError(f"cannot write {str(run_dir / TOKENIZER_FILE)!r}: {e.strerror or e}") from None
-        for line in summary(exp, parts, start, run_dir, first_batch, replicas) + data_summary(train_data, val_data):
+        said = summary(exp, parts, start, run_dir, first_batch, replicas) + data_summary(train_data, val_data)
+        for line in said + one_class_warning(exp, train_data):
             echo(line)
         return _fit(exp, parts, start, run_dir, (train_data, val_data), tokenizer, replicas)
 
@@ -167,6 +168,18 @@ def data_summary(train_data, val_data) -> list[str]:
         if isinstance(said, str) and said:
             lines.append(f"{split} data: {said}")
     return lines
+
+
+def one_class_warning(exp: Experiment, train_data) -> list[str]:
+    """A warning when a classifier's training data has one class: every prediction is right, nothing is
+    learned (most often ``data.path`` names one class folder instead of the folder holding them)."""
+    classes = getattr(train_data, "classes", None)
+    if exp.task.kind != "classification" or not classes or len(classes) != 1:
+        return []
+    return [
+        f"warning: the train data has one class ({classes[0]!r}): a classifier learns nothing from it; "
+        "point data.path at the folder that holds the class folders"
+    ]
 
 
 def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, replicas: Replicas) -> Path:

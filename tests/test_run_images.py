@@ -94,3 +94,12 @@ def test_skipped_unreadable_images_are_one_warning_line_each_split(tmp_path):
     warned = [line for line in result.stderr.splitlines() if "unreadable" in line]
     assert warned and all(w.startswith("warning: skipped 2 unreadable of 14 images in ") for w in warned), warned
     assert "UserWarning" not in result.stderr and "drop_unreadable(" not in result.stderr, result.stderr
+
+
+def test_a_classifier_on_one_class_folder_is_warned(tmp_path):
+    data = tmp_path / "photos"
+    for k in range(4):
+        noise_image(data / "cat" / f"{k}.png", k)
+    result = run_cli(str(experiment(tmp_path, data, 1)), f"--data.val_path={data}", "--data.batch_size=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "warning: the train data has one class ('cat'): a classifier learns nothing" in result.stdout, result.stdout

@@ -192,7 +192,12 @@ class ImageFolderConfig:
             self, split, classes, chosen.names, files_fingerprint(files, chosen.folder)
         )
         if split == "train":
-            batches = TrainBatches(len(files), load, seed=seed, pass_epoch=pass_epoch, **common)
+            try:
+                batches = TrainBatches(len(files), load, seed=seed, pass_epoch=pass_epoch, **common)
+            except ValueError as e:  # too few images: say what the folder held
+                if executor is not None:
+                    executor.shutdown(wait=False)
+                raise ValueError(f"{e} ({chosen.summary()})") from None
         else:
             batches = EvalBatches(len(files), load, **common)
         batches.summary = chosen.summary()

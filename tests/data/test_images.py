@@ -16,6 +16,7 @@ from PIL import Image
 from craft.data import DATASETS, ImageFolderConfig, ShapesConfig
 from craft.data import images as images_module
 from craft.data.augment import AugmentConfig
+from craft.data.listing import list_images
 
 SIZE = 6
 
@@ -349,3 +350,17 @@ def test_config_fields_are_plain_toml_types(cls):
     allowed = {bool, int, float, str, list[str], list[float], str | None, AugmentConfig | None}
     types = attrs.resolve_types(cls)
     assert {f.name: f.type for f in attrs.fields(types) if f.type not in allowed} == {}
+
+
+def test_images_beside_the_class_folders_are_counted_and_named_when_too_few_remain(tmp_path):
+    for k in range(5):
+        Image.new("RGB", (4, 4), (k, k, k)).save(tmp_path / f"loose_{k}.png")
+    (tmp_path / "only").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "only" / "x.png")
+    (tmp_path / "README.md").write_text("not counted: not an image")
+    listing = list_images(tmp_path)
+    assert listing.files == [str(tmp_path / "only" / "x.png")]
+    assert listing.left_out == {"images beside the class folders": 5}
+    config = ImageFolderConfig(path=str(tmp_path), batch_size=4, image_size=4, val_fraction=0.0)
+    with pytest.raises(ValueError, match=r"fewer than one batch .*\(1 images in .*; left out 5 images beside the class"):
+        config.build("train", seed=0)
