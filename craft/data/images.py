@@ -112,8 +112,8 @@ def fits_image(instance, attribute, augment: AugmentConfig | None) -> None:
 class ImageFolderConfig:
     """``[data] kind = "image_folder"``: image files under ``path``.
 
-    Splits: ``val_path`` if set (training from ``path/train`` when it exists, else ``path``); else ``path/train`` and ``path/val`` if both
-    exist; else a per-class ``val_fraction`` of the files (fixed by
+    Splits: ``val_path`` if set (training from ``path/train`` when it exists, else ``path``); else ``path/train`` and ``path/val``
+    (or ``validation``, ``valid``) if both exist; else a per-class ``val_fraction`` of the files (fixed by
     ``data_seed``, not by the run's seed). ``prepare = "shapes"`` writes the
     synthetic shapes there first when ``path`` is missing or empty;
     ``prepare = "photos"``, the photo-like JPEGs (``craft.data.photos``).
@@ -217,8 +217,8 @@ class ImageFolderConfig:
             raise FileNotFoundError(f"data.path {root} is not a folder; point it at a folder of images")
         if self.val_path is not None:  # a prepared folder's train/ stays its train split
             train_root, val_root = root / "train" if (root / "train").is_dir() else root, Path(self.val_path)
-        elif (root / "train").is_dir() and (root / "val").is_dir():
-            train_root, val_root = root / "train", root / "val"
+        elif (root / "train").is_dir() and val_folder(root) is not None:
+            train_root, val_root = root / "train", val_folder(root)
         else:  # one folder: hold out a seeded fraction of it
             listing = list_images(root / "train" if (root / "train").is_dir() else root, self.labels)
             train_pos, val_pos = split_files(listing.names, self.val_fraction, self.data_seed)
@@ -228,6 +228,15 @@ class ImageFolderConfig:
             raise FileNotFoundError(f"data.val_path {val_root} does not exist; fix the path or unset it")
         train = list_images(train_root, self.labels)
         return train, train if split == "train" else list_images(val_root, self.labels)
+
+
+VAL_FOLDERS = ("val", "validation", "valid")
+"""Names a val folder beside ``train`` may have (``valid``: as Roboflow and Kaggle exports name it)."""
+
+
+def val_folder(root: Path) -> Path | None:
+    """The first of ``root/val``, ``root/validation``, ``root/valid`` that is a folder, or None."""
+    return next((root / name for name in VAL_FOLDERS if (root / name).is_dir()), None)
 
 
 def prepare_shapes(root: Path, *, image_size: int, seed: int, what: str = "shapes") -> None:

@@ -364,3 +364,15 @@ def test_images_beside_the_class_folders_are_counted_and_named_when_too_few_rema
     config = ImageFolderConfig(path=str(tmp_path), batch_size=4, image_size=4, val_fraction=0.0)
     with pytest.raises(ValueError, match=r"fewer than one batch .*\(1 images in .*; left out 5 images beside the class"):
         config.build("train", seed=0)
+
+
+@pytest.mark.parametrize("name", ["validation", "valid"])
+def test_a_val_folder_named_validation_or_valid_is_the_val_split(tmp_path, name):
+    for split, count in (("train", 3), (name, 2)):
+        for k in range(count):
+            solid(tmp_path / split / "cat" / f"{k}.png", k)
+            solid(tmp_path / split / "dog" / f"{k}.png", 100 + k)
+    config = ImageFolderConfig(path=str(tmp_path), batch_size=2, image_size=SIZE, num_threads=0)
+    train, val = config.build("train", seed=0), config.build("val", seed=0)
+    assert (train.num_examples, val.num_examples) == (6, 4)
+    assert val.summary.startswith(f"4 images in {tmp_path / name} ")
