@@ -9,6 +9,7 @@ run is ``craft.trained``. The run folder's contents are listed in ``craft.rundir
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import time
@@ -26,7 +27,7 @@ from craft.loop import Progress, chain, due, every, fit, when
 from craft.checks import check_components, check_early_stopping, check_same_data, check_sample
 from craft.parts import Parts, build_data, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
-    CHECKPOINTS, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
+    CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
     prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
 )
 from craft.step import init_state, make_eval_step, make_train_step
@@ -130,6 +131,9 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
                     tokenizer.save(run_dir / TOKENIZER_FILE)
                 except OSError as e:
                     raise RunError(f"cannot write {str(run_dir / TOKENIZER_FILE)!r}: {e.strerror or e}") from None
+            classes = getattr(train_data, "classes", None)
+            if classes:  # which output is which class: nowhere else once the data is gone
+                write_atomic(run_dir / CLASSES_FILE, json.dumps(list(classes), ensure_ascii=False, indent=1) + "\n")
         said = summary(exp, parts, start, run_dir, first_batch, replicas) + data_summary(train_data, val_data)
         for line in said + one_class_warning(exp, train_data):
             echo(line)

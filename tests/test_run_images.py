@@ -3,6 +3,7 @@ stops decoding mid-run, and evaluating with image options the model cannot take.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -103,3 +104,22 @@ def test_a_classifier_on_one_class_folder_is_warned(tmp_path):
     result = run_cli(str(experiment(tmp_path, data, 1)), f"--data.val_path={data}", "--data.batch_size=2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "warning: the train data has one class ('cat'): a classifier learns nothing" in result.stdout, result.stdout
+
+
+def test_the_class_names_are_kept_exported_and_checked_when_evaluating_other_data(tmp_path):
+    data = folder(tmp_path / "photos")
+    (data / "dog").rename(data / "big dög")
+    result = run_cli(str(experiment(tmp_path, data, 1)), "--data.val_fraction=0.25", "--data.batch_size=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = tmp_path / "runs" / "cnn"
+    assert json.loads((run_dir / "classes.json").read_text(encoding="utf-8")) == ["big dög", "cat"]  # output order
+    assert run_cli("export", str(run_dir), str(tmp_path / "out")).returncode == 0
+    assert (tmp_path / "out" / "classes.json").read_bytes() == (run_dir / "classes.json").read_bytes()
+    test = tmp_path / "test"
+    for k in range(2):
+        noise_image(test / "cat" / f"{k}.png", 50 + k)
+    same = run_cli("evaluate", str(run_dir), f"--data.val_path={test}")  # classes from the run's data.path
+    assert same.returncode == 0, same.stderr[-2000:]
+    other = run_cli("evaluate", str(run_dir), f"--data.path={test}", f"--data.val_path={test}")
+    assert other.returncode == 1 and "Traceback" not in other.stderr, other.stderr[-2000:]
+    assert "error: the data's classes differ from the run's (classes.json: 2 classes): it lacks ['big dög']" in other.stderr
