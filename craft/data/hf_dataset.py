@@ -18,7 +18,7 @@ from craft.data.batching import Batch, EvalBatches, TrainBatches, options_finger
 from craft.data.decode import decode_bytes, resize_stack
 from craft.data.files import MAX_PIXELS
 from craft.data.hf import class_names, column, dataset_fingerprint, image_reader, labels_of, read_tables, seeded_split
-from craft.data.images import DecodedImages, fits_image, image_load
+from craft.data.images import DecodedImages, fits_image, image_load, image_side
 from craft.data.listing import split_files
 from craft.data.text import train_windows, val_windows
 from craft.data.threads import data_threads
@@ -64,7 +64,7 @@ class HFDatasetConfig:
     val_fraction: float = attrs.field(default=0.1, validator=checks.fraction)
     data_seed: int = 0
     batch_size: int = attrs.field(default=128, validator=checks.at_least(1))
-    image_size: int = attrs.field(default=32, validator=checks.at_least(1))
+    image_size: int = attrs.field(default=32, validator=image_side)
     channels: int = attrs.field(default=3, validator=checks.channels)
     mean: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
     std: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)

@@ -38,6 +38,19 @@ PREPARED_SHAPES = {
 """How many images ``prepare = "shapes"`` writes: as many as ``kind = "shapes"`` renders."""
 
 
+def cache_store(count: int, channels: int, image_size: int) -> Tensor:
+    """uint8 ``(count, channels, image_size, image_size)``, uninitialised: the ``data.cache``; a ValueError
+    saying how much it needs when the memory is not there."""
+    try:
+        return torch.empty(count, channels, image_size, image_size, dtype=torch.uint8)
+    except RuntimeError:  # "DefaultCPUAllocator: can't allocate memory"
+        need = count * channels * image_size * image_size
+        raise ValueError(
+            f"data.cache = true needs {need / 2**30:,.1f} GiB for {count:,} images of {channels}x{image_size}x{image_size}, "
+            f"more than this machine can allocate; set data.cache = false or lower data.image_size"
+        ) from None
+
+
 class DecodedImages:
     """``indices -> uint8 (b, C, S, S)`` of ``files``; with ``cache``, each file is decoded once.
 
@@ -49,7 +62,7 @@ class DecodedImages:
         self, files: list[str], *, image_size: int, channels: int, cache: bool, max_pixels: int = MAX_PIXELS
     ) -> None:
         self.files, self.image_size, self.channels, self.max_pixels = files, image_size, channels, max_pixels
-        self.store = torch.empty(len(files), channels, image_size, image_size, dtype=torch.uint8) if cache else None
+        self.store = cache_store(len(files), channels, image_size) if cache else None
         self.done = torch.zeros(len(files), dtype=torch.bool) if cache else None
 
     def __call__(self, indices: Tensor) -> Tensor:
@@ -95,6 +108,18 @@ def image_load(
     return augmented, True
 
 
+def image_side(instance, attribute, size: int) -> None:
+    """Validator of ``data.image_size``: at least 2 (torchvision's antialiased resize fails on a 1-pixel
+    colour image), and a square no larger than ``data.max_pixels`` (a batch of it would not fit in memory)."""
+    if size < 2:
+        raise ValueError(f"must be >= 2, got {size}")
+    if size * size > instance.max_pixels:
+        raise ValueError(
+            f"{size} x {size} = {size * size:,} pixels is over data.max_pixels = {instance.max_pixels:,}; "
+            f"lower image_size (what every image is resized to)"
+        )
+
+
 def fits_image(instance, attribute, augment: AugmentConfig | None) -> None:
     """Validator: the crop is no larger than the decoded image (``data.image_size``)."""
     if augment is not None and crop_size(augment, instance.image_size) > instance.image_size:
@@ -132,7 +157,7 @@ class ImageFolderConfig:
 
     path: str
     batch_size: int = attrs.field(default=128, validator=checks.at_least(1))
-    image_size: int = attrs.field(default=32, validator=checks.at_least(1))
+    image_size: int = attrs.field(default=32, validator=image_side)
     channels: int = attrs.field(default=3, validator=checks.channels)
     labels: str = attrs.field(default="folders", validator=checks.one_of("folders", "prefix"))
     val_path: str | None = None

@@ -289,6 +289,9 @@ def test_missing_val_path_and_empty_val_split(tmp_path):
         ({"channels": 4}, "must be 1 \\(grayscale\\) or 3"),
         ({"num_threads": -1}, "must be >= 0"),
         ({"channels": 1, "mean": [0.4, 0.5, 0.6]}, r"needs 1 or 1 \(channels\) values"),
+        ({"image_size": 1}, "must be >= 2, got 1"),  # torchvision's antialiased resize to 1 pixel fails
+        ({"image_size": 100_000}, r"100000 x 100000 = 10,000,000,000 pixels is over data\.max_pixels"),
+        ({"image_size": 64, "max_pixels": 4000}, r"64 x 64 = 4,096 pixels is over data\.max_pixels = 4,000"),
     ],
 )
 def test_config_errors(tmp_path, changes, match):
@@ -376,3 +379,10 @@ def test_a_val_folder_named_validation_or_valid_is_the_val_split(tmp_path, name)
     train, val = config.build("train", seed=0), config.build("val", seed=0)
     assert (train.num_examples, val.num_examples) == (6, 4)
     assert val.summary.startswith(f"4 images in {tmp_path / name} ")
+
+
+def test_a_cache_larger_than_memory_can_hold_is_one_line():
+    from craft.data.images import cache_store
+
+    with pytest.raises(ValueError, match=r"data\.cache = true needs [\d,.]+ GiB for 10,000,000 images .*set data\.cache = false"):
+        cache_store(10_000_000, 3, 100_000)  # 3e17 bytes: more than any address space
