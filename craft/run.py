@@ -27,8 +27,8 @@ from craft.loop import Progress, chain, due, every, fit, when
 from craft.checks import check_components, check_early_stopping, check_same_data, check_sample
 from craft.parts import Parts, build_data, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
-    CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
-    prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
+    CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload,
+    fresh_name, locked, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
 )
 from craft.step import init_state, make_eval_step, make_train_step
 from craft.trackers import check as check_trackers
@@ -223,7 +223,12 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
         make_text=(lambda state: sample_text(parts.model, state, tokenizer, cfg.sample)) if main and cfg.sample else None,
     )
     latest = [progress]  # the last finished step's progress: saved if the next batch cannot be read
-    hook = chain(hook, lambda p, m: latest.__setitem__(0, p) or p)
+
+    def remember(p: Progress, metrics) -> Progress:
+        latest[0] = p
+        return p
+
+    hook = chain(hook, remember)
     try:
         with flag.installed():
             if start.payload is not None and due(progress, cfg.eval_every) and unevaluated(run_dir, step, main, replicas):

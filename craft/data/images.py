@@ -110,12 +110,13 @@ def image_load(
 
 def image_side(instance, attribute, size: int) -> None:
     """Validator of ``data.image_size``: at least 2 (torchvision's antialiased resize fails on a 1-pixel
-    colour image), and a square no larger than ``data.max_pixels`` (a batch of it would not fit in memory)."""
+    colour image), and a square of at most ``MAX_PIXELS`` pixels (Pillow's limit: a batch of larger
+    images would not fit in memory)."""
     if size < 2:
         raise ValueError(f"must be >= 2, got {size}")
-    if size * size > instance.max_pixels:
+    if size * size > MAX_PIXELS:
         raise ValueError(
-            f"{size} x {size} = {size * size:,} pixels is over data.max_pixels = {instance.max_pixels:,}; "
+            f"{size} x {size} = {size * size:,} pixels is over {MAX_PIXELS:,} (Pillow's limit); "
             f"lower image_size (what every image is resized to)"
         )
 
