@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ from craft.step import init_state, make_eval_step, make_train_step
 from craft.trackers import check as check_trackers
 from craft.trackers import open_tracker
 from craft.trained import sample_text
+from craft.unreadable import UnreadableBatch, data_summary, one_class_warning, read_or_raise
+from craft.unreadable import remember_in, saved_after_unreadable
 
 __all__ = ["Interrupted", "RunError", "train"]
 
@@ -131,8 +132,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
                     tokenizer.save(run_dir / TOKENIZER_FILE)
                 except OSError as e:
                     raise RunError(f"cannot write {str(run_dir / TOKENIZER_FILE)!r}: {e.strerror or e}") from None
-            classes = getattr(train_data, "classes", None)
-            if classes:  # which output is which class: nowhere else once the data is gone
+            if classes := getattr(train_data, "classes", None):  # which output is which class, kept past the data
                 write_atomic(run_dir / CLASSES_FILE, json.dumps(list(classes), ensure_ascii=False, indent=1) + "\n")
         said = summary(exp, parts, start, run_dir, first_batch, replicas) + data_summary(train_data, val_data)
         for line in said + one_class_warning(exp, train_data):
@@ -161,29 +161,6 @@ def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas
     if exp.train.compile:
         lines.append("compiling the train step (the first step takes a while)")
     return lines
-
-
-def data_summary(train_data, val_data) -> list[str]:
-    """What each split's data says it read, where it says (a ``summary`` line: an image folder's files by
-    kind and what it left out), so that files left out of a folder are never left out silently."""
-    lines = []
-    for split, data in (("train", train_data), ("val", val_data)):
-        said = getattr(data, "summary", None)
-        if isinstance(said, str) and said:
-            lines.append(f"{split} data: {said}")
-    return lines
-
-
-def one_class_warning(exp: Experiment, train_data) -> list[str]:
-    """A warning when a classifier's training data has one class: every prediction is right, nothing is
-    learned (most often ``data.path`` names one class folder instead of the folder holding them)."""
-    classes = getattr(train_data, "classes", None)
-    if exp.task.kind != "classification" or not classes or len(classes) != 1:
-        return []
-    return [
-        f"warning: the train data has one class ({classes[0]!r}): a classifier learns nothing from it; "
-        "point data.path at the folder that holds the class folders"
-    ]
 
 
 def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, replicas: Replicas) -> Path:
@@ -222,13 +199,7 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
         run_eval=run_eval, utilisation=utilisation(exp, parts),
         make_text=(lambda state: sample_text(parts.model, state, tokenizer, cfg.sample)) if main and cfg.sample else None,
     )
-    latest = [progress]  # the last finished step's progress: saved if the next batch cannot be read
-
-    def remember(p: Progress, metrics) -> Progress:
-        latest[0] = p
-        return p
-
-    hook = chain(hook, remember)
+    hook = chain(hook, remember_in(latest := [progress]))  # the last finished step: saved if a batch cannot be read
     try:
         with flag.installed():
             if start.payload is not None and due(progress, cfg.eval_every) and unevaluated(run_dir, step, main, replicas):
@@ -249,41 +220,6 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
         rule = cfg.early_stopping
         say(f"early stopping at step {progress.step}: no better {rule.metric} in {rule.patience} evaluations")
     return run_dir
-
-
-class UnreadableBatch(Exception):
-    """The next training batch could not be read (an image that does not decode); its error is the cause."""
-
-
-def read_or_raise(batches):
-    """``batches``, with an error reading one raised as ``UnreadableBatch`` (the step's own errors stay as they are)."""
-    while True:
-        try:
-            batch = next(batches)
-        except (ValueError, OSError) as e:
-            raise UnreadableBatch() from e
-        yield batch
-
-
-def saved_after_unreadable(error: Exception, progress: Progress, exp: Experiment, run_dir: Path, save) -> RunError:
-    """The one-line error for a training batch that cannot be read mid-run, after saving the last finished
-    step (unless it is saved already, or its state is non-finite), so that fixing the data loses no step.
-
-    The data's position is the unread batch's (a failed read does not advance it): the resumed run reads it again.
-    """
-    skips = getattr(exp.data.config, "skip_unreadable", None) is False
-    hint = " (a new run with data.skip_unreadable = true leaves such files out)" if skips else ""
-    saved = progress.last_good
-    if progress.step > 0 and not checkpoint.step_path(run_dir / CHECKPOINTS, progress.step).exists():
-        try:
-            hooks.stop_on_nonfinite(progress, {})  # a non-finite state is never saved
-            saved = save(progress)
-        except RunError:
-            pass
-    if saved is None:
-        return RunError(f"{error}; no checkpoint was written: after fixing the data, start the run again{hint}")
-    resume = shlex.join(["craft", "train", str(run_dir), "--resume"])
-    return RunError(f"{error}; the run is saved in {saved}: after fixing the data, resume with: {resume}{hint}")
 
 
 def plot_quietly(run_dir: Path, say) -> None:
