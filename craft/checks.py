@@ -151,7 +151,9 @@ def check_components(exp: Experiment, parts, batches: Iterable) -> dict[str, tor
             outputs = parts.model(*args)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items())
-        raise RunError(f"{model} failed on the first batch of {data} ({shapes}): {first_line(e)}") from None
+        keys = [f"data.{k}" for k in ("image_size", "channels") if "image" in batch and hasattr(exp.data.config, k)]
+        hint = f"; check {' and '.join(keys)} against what the model takes" if keys else ""
+        raise RunError(f"{model} failed on the first batch of {data} ({shapes}): {first_line(e)}{hint}") from None
     finally:
         parts.model.train(was_training)
     try:

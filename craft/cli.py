@@ -26,6 +26,7 @@ import functools
 import os
 import shlex
 import sys
+import warnings
 from typing import Any
 
 import fire
@@ -58,11 +59,16 @@ a text option takes the text as typed; numbers and lists are TOML literals (--op
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``craft`` command; craft's warnings print as one line while it runs."""
+    shown = warnings.showwarning
+    warnings.showwarning = one_line_warnings(shown)
     try:
         _main(list(sys.argv[1:] if argv is None else argv))
     except BrokenPipeError:  # stdout's reader left (craft info | head): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         sys.exit(EXIT_ERROR)
+    finally:
+        warnings.showwarning = shown
 
 
 def _main(argv: list[str]) -> None:
@@ -79,6 +85,22 @@ def _main(argv: list[str]) -> None:
         sys.exit(EXIT_INTERRUPTED)
     except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
         sys.exit(_report(e))
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def one_line_warnings(others):
+    """A ``warnings.showwarning`` that prints craft's own warnings (``skipped 3 unreadable of 98 images
+    ...``) as one ``warning:`` line, without the line of craft that raised them, and hands the rest to ``others``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if os.path.abspath(filename).startswith(_PACKAGE + os.sep):
+            print(f"warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            others(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def parse_command_line(argv: list[str]) -> tuple[str, list[str], dict[str, Any]]:

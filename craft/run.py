@@ -9,6 +9,7 @@ run is ``craft.trained``. The run folder's contents are listed in ``craft.rundir
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from pathlib import Path
@@ -28,13 +29,15 @@ from craft.checks import (
 )
 from craft.parts import Parts, build_data, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
-    CHECKPOINTS, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
-    prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
+    CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload,
+    fresh_name, locked, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
 )
 from craft.step import init_state, make_eval_step, make_train_step
 from craft.trackers import check as check_trackers
 from craft.trackers import open_tracker
 from craft.trained import sample_text
+from craft.unreadable import UnreadableBatch, data_summary, one_class_warning, read_or_raise
+from craft.unreadable import remember_in, saved_after_unreadable
 
 __all__ = ["Interrupted", "RunError", "train"]
 
@@ -135,7 +138,10 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
                     tokenizer.save(run_dir / TOKENIZER_FILE)
                 except OSError as e:
                     raise RunError(f"cannot write {str(run_dir / TOKENIZER_FILE)!r}: {e.strerror or e}") from None
-        for line in summary(exp, parts, start, run_dir, first_batch, replicas):
+            if classes := getattr(train_data, "classes", None):  # which output is which class, kept past the data
+                write_atomic(run_dir / CLASSES_FILE, json.dumps(list(classes), ensure_ascii=False, indent=1) + "\n")
+        said = summary(exp, parts, start, run_dir, first_batch, replicas) + data_summary(train_data, val_data)
+        for line in said + one_class_warning(exp, train_data):
             echo(line)
         return _fit(exp, parts, start, run_dir, (train_data, val_data), tokenizer, replicas)
 
@@ -197,11 +203,16 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
         run_eval=run_eval, utilisation=utilisation(exp, parts),
         make_text=(lambda state: sample_text(parts.model, state, tokenizer, cfg.sample)) if main and cfg.sample else None,
     )
+    hook = chain(hook, remember_in(latest := [progress]))  # the last finished step: saved if a batch cannot be read
     try:
         with flag.installed():
             if start.payload is not None and due(progress, cfg.eval_every) and unevaluated(run_dir, step, main, replicas):
                 progress = evaluate_due(progress, {})  # killed between that step's checkpoint and its evaluation
-            progress = fit(progress, train_data, lambda state, batch: train_step(state, to_device(batch, parts.device)), hook)
+            batches = read_or_raise(train_data)
+            progress = fit(progress, batches, lambda state, batch: train_step(state, to_device(batch, parts.device)), hook)
+    except UnreadableBatch as e:
+        save = saver(exp, run_dir, train_data, elapsed, main, best=False)
+        raise saved_after_unreadable(e.__cause__, latest[0], exp, run_dir, save) from None
     finally:
         bar.close()
         log.close()

@@ -10,6 +10,7 @@ keeps in it, the ``--resume``/``--overwrite`` checks, and atomic writes.
     runs/NAME/checkpoints/         step_XXXXXXXX.pt (the last K), best.pt
     runs/NAME/loss.png             train / val curves
     runs/NAME/tokenizer.json       text and caption data: what ``craft generate`` decodes with
+    runs/NAME/classes.json         a classifier's class names, in the order of its outputs
 
 A folder from before the marker existed (``config.toml`` with ``checkpoints/``
 or ``metrics.jsonl``) is accepted as a run folder, so old runs can still be replaced.
@@ -28,6 +29,7 @@ import attrs
 
 CONFIG_FILE = "config.toml"
 TOKENIZER_FILE = "tokenizer.json"
+CLASSES_FILE = "classes.json"
 MARKER_FILE = ".craft-run"
 LOCK_FILE = ".lock"
 CHECKPOINTS = "checkpoints"

@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from craft import checkpoint
+from craft.checks import check_components
 from craft.config import Experiment, Sample
 from craft.config import load as load_config
 from craft.logging import plot_metrics
 from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches
 from craft.data.tokenizers import load_tokenizer
-from craft.rundir import CHECKPOINTS, CONFIG_FILE, TOKENIZER_FILE, RunError
+from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError
 from craft.step import TrainState, init_state, make_eval_step
 
 
@@ -69,7 +70,8 @@ def evaluate(run_dir: Path, checkpoint_name: str = "latest", data: dict[str, str
     eval_step = make_eval_step(
         parts.model, parts.task.loss, inputs=parts.task.inputs, precision=exp.train.precision, compile=False
     )
-    batches = build_data(_other_data(Path(run_dir), exp, data) if data else exp, "val")
+    used = _other_data(Path(run_dir), exp, data) if data else exp
+    batches = build_data(used, "val")
     saved = Path(run_dir) / TOKENIZER_FILE
     tokenizer = getattr(batches, "tokenizer", None)
     if data and tokenizer is not None and saved.exists() and tokenizer != load_tokenizer(saved):
@@ -77,8 +79,28 @@ def evaluate(run_dir: Path, checkpoint_name: str = "latest", data: dict[str, str
             "the other data's vocabulary differs from the run's tokenizer.json (its tokens would mean other "
             "characters or words): evaluate on text made of the run's vocabulary"
         )
+    check_components(used, parts, batches)  # other data the model cannot take (--data.image_size) is one line
+    check_classes(Path(run_dir), getattr(batches, "classes", None))
     metrics = evaluate_batches(eval_step, state, batches, parts.device, parts.task)
     return {"step": int(state.step), **metrics}
+
+
+def check_classes(run_dir: Path, classes: list[str] | None) -> None:
+    """Other data must name the run's classes in the run's order (``classes.json``): a label is a position
+    in that list, so another list would score every prediction against the wrong class."""
+    saved = run_dir / CLASSES_FILE
+    if not classes or not saved.exists():  # text data, or a run from before classes.json
+        return
+    import json
+
+    expected = json.loads(saved.read_text(encoding="utf-8"))
+    if list(classes) != expected:
+        missing, extra = [c for c in expected if c not in classes], [c for c in classes if c not in expected]
+        differ = f"lacks {missing[:5]}" if missing else f"adds {extra[:5]}" if extra else "orders them otherwise"
+        raise RunError(
+            f"the data's classes differ from the run's ({CLASSES_FILE}: {len(expected)} classes): it {differ}; "
+            f"evaluate with the run's data.path and the other images as --data.val_path"
+        )
 
 
 def _other_data(run_dir: Path, exp: Experiment, data: dict[str, str]) -> Experiment:
@@ -187,7 +209,7 @@ def load_model(run_dir: Path, checkpoint_name: str = "latest") -> nn.Module:
 
 def export(run_dir: Path, out: Path, checkpoint_name: str = "latest") -> Path:
     """Write the run's weights as ``OUT/model.safetensors`` and the model's config as ``OUT/config.json``
-    (plus ``tokenizer.json`` for text runs); returns ``out``.
+    (plus ``tokenizer.json`` for text runs, ``classes.json`` for classifiers); returns ``out``.
 
     The weights are the module's whole ``state_dict()``, tied weights under
     each of their names, so ``model.load_state_dict(load_file(...), strict=True)``
@@ -210,6 +232,7 @@ def export(run_dir: Path, out: Path, checkpoint_name: str = "latest") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt", "kind": exp.model.kind})
     (out / "config.json").write_text(json.dumps(to_dict(exp)["model"], indent=2) + "\n", encoding="utf-8")
-    if (run_dir / TOKENIZER_FILE).exists():
-        shutil.copyfile(run_dir / TOKENIZER_FILE, out / TOKENIZER_FILE)
+    for name in (TOKENIZER_FILE, CLASSES_FILE):
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, out / name)
     return out

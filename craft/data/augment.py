@@ -46,7 +46,7 @@ class RandomResizedCrop:
     size the model sees, and evaluation centre-crops to it (resize, then crop).
     """
 
-    size: int | None = attrs.field(default=None, validator=attrs.validators.optional(at_least(1)))
+    size: int | None = attrs.field(default=None, validator=attrs.validators.optional(at_least(2)))  # see image_side
     scale: list[float] = attrs.field(factory=lambda: [0.08, 1.0], validator=_range(0, 1))
     ratio: list[float] = attrs.field(factory=lambda: [3 / 4, 4 / 3], validator=_range(0))
 

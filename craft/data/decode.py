@@ -1,8 +1,9 @@
 """Decoding image files: JPEG, PNG, WebP, BMP, GIF and TIFF to uint8 tensors of one size.
 
 torchvision's decoder where it has one (JPEG, PNG, WebP, GIF), Pillow
-otherwise (BMP, TIFF). The kind is read from the content, not trusted from the
-name, and a header's pixel count is checked before anything is inflated.
+otherwise (BMP, TIFF, animated WebP: its first frame, as for a GIF). The kind
+is read from the content, not trusted from the name, and a header's pixel
+count is checked before anything is inflated.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import re
 import warnings
 
+import numpy as np
 import torch
 import torchvision.io  # noqa: F401  (registers the torch.ops.image decoders)
 from PIL import Image
@@ -71,10 +73,11 @@ def decode_bytes(
             f"cannot decode image {name}: its header claims {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
             f"over data.max_pixels = {max_pixels:,}; raise data.max_pixels to read it, or shrink or delete it"
         )
-    image = _decode_pillow(data, channels) if kind in ("BMP", "TIFF") else _decode_torchvision(data, channels, kind)
+    by_pillow = kind in ("BMP", "TIFF") or (kind == "WebP" and animated_webp(data))
+    image = _decode_pillow(data, channels) if by_pillow else _decode_torchvision(data, channels, kind)
     if isinstance(image, str):
         raise ValueError(f"cannot decode image {name} ({image}); replace or delete it")
-    if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
+    if image.dtype != torch.uint8:  # 16-bit PNGs and TIFFs decode to uint16
         image = F.to_dtype(image, torch.uint8, scale=True)
     if image.ndim != 3 or image.shape[0] != channels:  # never let an odd file reach torch.stack
         raise ValueError(
@@ -82,6 +85,11 @@ def decode_bytes(
             f"convert it or delete it"
         )
     return image
+
+
+def animated_webp(data: bytes) -> bool:
+    """Whether WebP ``data`` is animated (its VP8X header's animation flag): torchvision refuses those."""
+    return data[12:16] == b"VP8X" and len(data) > 20 and bool(data[20] & 0x02)
 
 
 def _decode_torchvision(data: bytes, channels: int, kind: str) -> Tensor | str:
@@ -105,9 +113,20 @@ def _decode_torchvision(data: bytes, channels: int, kind: str) -> Tensor | str:
 
 
 def _decode_pillow(data: bytes, channels: int) -> Tensor | str:
-    """BMP and TIFF (torchvision has no decoder for them): the first frame, as Pillow converts it."""
+    """BMP, TIFF and animated WebP (torchvision decodes none of them): the first frame, as Pillow converts it.
+
+    16-bit gray comes back uint16 ``(channels, H, W)`` (scaled to 8 bits by the
+    caller, as a 16-bit PNG is): Pillow's own conversion clips it at 255.
+    32-bit integer and float pixels have no one scale to 8 bits: refused.
+    """
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.mode.startswith("I;16"):
+                gray = torch.from_numpy(np.asarray(image).astype(np.uint16))[None]  # (1, H, W)
+                return gray.expand(channels, -1, -1).contiguous()
+            if image.mode in ("I", "F") or image.mode.startswith("I;32"):
+                kind = "float" if image.mode == "F" else "32-bit integer"
+                return f"{kind} pixels (mode {image.mode!r}) have no one scale to 8 bits: convert to 8 or 16 bits"
             return image_tensor(image.convert("L" if channels == 1 else "RGB"))
     except Exception as e:  # Pillow raises many kinds (OSError, SyntaxError, struct.error ...) on damage
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

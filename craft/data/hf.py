@@ -90,21 +90,31 @@ def dataset_fingerprint(files: list[str], path: str | Path) -> str:
 def column(table, name: str, role: str, known_key: str):
     """The column ``name`` of ``table``; a ValueError naming the known columns when it is missing."""
     if name not in table.column_names:
+        text = ", or data.text_column for a text dataset" if role == "image" else ""
         raise ValueError(
             f"data.{known_key} = {name!r} is not a column of the dataset; "
             f"its columns: {', '.join(table.column_names)}; "
-            f"set data.{known_key} to the {role} column"
+            f"set data.{known_key} to the {role} column{text}"
         )
     return table.column(name).combine_chunks()
 
 
 def image_reader(array, base: Path) -> Callable[[int], bytes]:
-    """``read(row) -> bytes`` of an image column: binary, or ``{"bytes", "path"}`` structs (an ``Image`` feature).
+    """``read(row) -> bytes`` of an image column: binary, ``{"bytes", "path"}`` structs (an ``Image``
+    feature), or file paths (strings).
 
-    A struct whose ``bytes`` is empty is read from its ``path`` (relative to ``base``).
+    A struct whose ``bytes`` is empty is read from its ``path``; a relative path is relative to
+    ``base`` (the dataset's folder; for a single Parquet or Arrow file, its folder).
     """
     import pyarrow as pa
 
+    base = base if base.is_dir() else base.parent
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+
+        def from_path(row: int) -> bytes:
+            return read_file(file_of(array[row].as_py(), row, base))
+
+        return from_path
     if pa.types.is_struct(array.type):
         data = array.field("bytes") if array.type.get_field_index("bytes") >= 0 else None
         paths = array.field("path") if array.type.get_field_index("path") >= 0 else None
@@ -116,12 +126,29 @@ def image_reader(array, base: Path) -> Callable[[int], bytes]:
             where = paths[row].as_py() if paths is not None else None
             if not where:
                 raise ValueError(f"row {row} of the image column holds neither bytes nor a path")
-            return read_file(where if os.path.isabs(where) else str(base / where))
+            return read_file(file_of(where, row, base))
 
         return read
     if pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
         return lambda row: array[row].as_py() or b""
-    raise ValueError(f"the image column holds {array.type}, not encoded images (bytes); set data.image_column")
+    raise ValueError(
+        f"the image column holds {array.type}, not encoded images (bytes) or file paths; set data.image_column"
+    )
+
+
+def file_of(where: str | None, row: int, base: Path) -> str:
+    """The image file a row names: absolute, else under ``base``, else (where only that exists) from the
+    working directory; a ValueError naming the row when it is none of these."""
+    if not where:
+        raise ValueError(f"row {row} of the image column holds no file path")
+    candidates = [where] if os.path.isabs(where) else [str(base / where), where]
+    found = next((c for c in candidates if os.path.isfile(c)), None)
+    if found is None:
+        raise ValueError(
+            f"row {row} of the image column names {where!r}, which is not a file (relative paths are read from "
+            f"{str(base)!r}); fix the path or the data"
+        )
+    return found
 
 
 def labels_of(array, names: list[str] | None) -> tuple[torch.Tensor, list[str]]:
@@ -134,8 +161,14 @@ def labels_of(array, names: list[str] | None) -> tuple[torch.Tensor, list[str]]:
         classes = sorted(set(values))
         position = {c: k for k, c in enumerate(classes)}
         return torch.tensor([position[v] for v in values], dtype=torch.int64), classes
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-        raise ValueError("the label column must hold class numbers (0, 1, ...) or class names")
+    if all(isinstance(v, float) and v.is_integer() for v in values):  # 0.0, 1.0, ...: a pandas round trip
+        values = [int(v) for v in values]
+    bad = next((v for v in values if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0)), None)
+    if bad is not None:
+        raise ValueError(
+            f"the label column must hold class numbers (0, 1, ...) or class names, not {bad!r} "
+            f"({type(bad).__name__}); set data.label_column to the column of classes"
+        )
     count = max(values) + 1
     classes = list(names) if names is not None and len(names) >= count else [str(k) for k in range(count)]
     return torch.tensor(values, dtype=torch.int64), classes

@@ -18,7 +18,7 @@ from craft.data.batching import Batch, EvalBatches, TrainBatches, options_finger
 from craft.data.decode import decode_bytes, resize_stack
 from craft.data.files import MAX_PIXELS
 from craft.data.hf import class_names, column, dataset_fingerprint, image_reader, labels_of, read_tables, seeded_split
-from craft.data.images import DecodedImages, fits_image, image_load
+from craft.data.images import DecodedImages, fits_image, image_load, image_side
 from craft.data.listing import split_files
 from craft.data.text import train_windows, val_windows
 from craft.data.threads import data_threads
@@ -64,7 +64,7 @@ class HFDatasetConfig:
     val_fraction: float = attrs.field(default=0.1, validator=checks.fraction)
     data_seed: int = 0
     batch_size: int = attrs.field(default=128, validator=checks.at_least(1))
-    image_size: int = attrs.field(default=32, validator=checks.at_least(1))
+    image_size: int = attrs.field(default=32, validator=image_side)
     channels: int = attrs.field(default=3, validator=checks.channels)
     mean: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
     std: list[float] = attrs.field(factory=lambda: [0.5], validator=checks.per_channel)
@@ -93,7 +93,7 @@ class HFDatasetConfig:
 
     def _rows(self, tables: dict, split: str, names: list[str] | None) -> tuple[object, list[int]]:
         """``(table, rows)`` of ``split``: the dataset's own split, or the seeded fraction of train."""
-        if self.val_split is not None and self.val_split in tables:
+        if self._own_val(tables):
             table = tables[self.train_split if split == "train" else self.val_split]
             return table, list(range(table.num_rows))
         table = tables[self.train_split]
@@ -105,9 +105,33 @@ class HFDatasetConfig:
             train, val = (t.tolist() for t in seeded_split(table.num_rows, self.val_fraction, self.data_seed))
         return table, train if split == "train" else val
 
+    def _own_val(self, tables: dict) -> bool:
+        """Whether val is the dataset's own split; a ``val_split`` set to another name than the default
+        that the dataset lacks is an error (a typo must not silently become a fraction of train)."""
+        if self.val_split is None:
+            return False
+        if self.val_split in tables:
+            return True
+        if self.val_split != attrs.fields(HFDatasetConfig).val_split.default:
+            raise ValueError(
+                f"data.val_split = {self.val_split!r} is not a split of {self.path}; its splits: "
+                f"{', '.join(sorted(tables))}; name one of them, or leave it out to hold out data.val_fraction of train"
+            )
+        return False
+
+    def _split_said(self, tables: dict, split: str) -> str:
+        """Where ``split``'s rows come from, for the summary line."""
+        if self._own_val(tables):
+            return f"split {(self.train_split if split == 'train' else self.val_split)!r}"
+        if split == "train":
+            return f"split {self.train_split!r} less the rows held out for val"
+        absent = f"no {self.val_split!r} split" if self.val_split is not None else "data.val_split unset"
+        return f"{self.val_fraction:g} of {self.train_split!r} held out by data_seed = {self.data_seed}; {absent}"
+
     def _images(self, split: str, tables: dict, seed: int, digest: str, common: dict) -> TrainBatches | EvalBatches:
         named = class_names(self.path, self.label_column)
         train_table = tables[self.train_split]
+        column(train_table, self.image_column, "image", "image_column")  # named first: a text dataset lacks it
         train_labels, classes = labels_of(column(train_table, self.label_column, "label", "label_column"), named)
         table, rows = self._rows(tables, split, [classes[k] for k in train_labels.tolist()])
         all_labels, split_classes = labels_of(column(table, self.label_column, "label", "label_column"), named)
@@ -135,7 +159,9 @@ class HFDatasetConfig:
             batches = TrainBatches(len(rows), load, seed=seed, pass_epoch=pass_epoch, **common)
         else:
             batches = EvalBatches(len(rows), load, **common)
-        batches.summary = f"{len(rows)} images in {self.path} ({split}), {len(classes)} classes"
+        batches.summary = (
+            f"{len(rows)} images in {self.path} ({self._split_said(tables, split)}), {len(classes)} classes"
+        )
         return batches
 
     def _text(self, split: str, tables: dict, seed: int, digest: str, common: dict) -> TrainBatches | EvalBatches:
@@ -168,4 +194,6 @@ class HFDatasetConfig:
 
             batches = EvalBatches(len(inputs), load, batch_size=self.batch_size, **common)
         batches.tokenizer, batches.vocab_size, batches.block_size = tokenizer, tokenizer.vocab_size, self.block_size
+        count = len(train_text if split == "train" else val_text)
+        batches.summary = f"{count:,} characters in {self.path} ({self._split_said(tables, split)})"
         return batches

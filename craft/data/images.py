@@ -38,6 +38,19 @@ PREPARED_SHAPES = {
 """How many images ``prepare = "shapes"`` writes: as many as ``kind = "shapes"`` renders."""
 
 
+def cache_store(count: int, channels: int, image_size: int) -> Tensor:
+    """uint8 ``(count, channels, image_size, image_size)``, uninitialised: the ``data.cache``; a ValueError
+    saying how much it needs when the memory is not there."""
+    try:
+        return torch.empty(count, channels, image_size, image_size, dtype=torch.uint8)
+    except RuntimeError:  # "DefaultCPUAllocator: can't allocate memory"
+        need = count * channels * image_size * image_size
+        raise ValueError(
+            f"data.cache = true needs {need / 2**30:,.1f} GiB for {count:,} images of {channels}x{image_size}x{image_size}, "
+            f"more than this machine can allocate; set data.cache = false or lower data.image_size"
+        ) from None
+
+
 class DecodedImages:
     """``indices -> uint8 (b, C, S, S)`` of ``files``; with ``cache``, each file is decoded once.
 
@@ -49,7 +62,7 @@ class DecodedImages:
         self, files: list[str], *, image_size: int, channels: int, cache: bool, max_pixels: int = MAX_PIXELS
     ) -> None:
         self.files, self.image_size, self.channels, self.max_pixels = files, image_size, channels, max_pixels
-        self.store = torch.empty(len(files), channels, image_size, image_size, dtype=torch.uint8) if cache else None
+        self.store = cache_store(len(files), channels, image_size) if cache else None
         self.done = torch.zeros(len(files), dtype=torch.bool) if cache else None
 
     def __call__(self, indices: Tensor) -> Tensor:
@@ -95,6 +108,19 @@ def image_load(
     return augmented, True
 
 
+def image_side(instance, attribute, size: int) -> None:
+    """Validator of ``data.image_size``: at least 2 (torchvision's antialiased resize fails on a 1-pixel
+    colour image), and a square of at most ``MAX_PIXELS`` pixels (Pillow's limit: a batch of larger
+    images would not fit in memory)."""
+    if size < 2:
+        raise ValueError(f"must be >= 2, got {size}")
+    if size * size > MAX_PIXELS:
+        raise ValueError(
+            f"{size} x {size} = {size * size:,} pixels is over {MAX_PIXELS:,} (Pillow's limit); "
+            f"lower image_size (what every image is resized to)"
+        )
+
+
 def fits_image(instance, attribute, augment: AugmentConfig | None) -> None:
     """Validator: the crop is no larger than the decoded image (``data.image_size``)."""
     if augment is not None and crop_size(augment, instance.image_size) > instance.image_size:
@@ -112,8 +138,8 @@ def fits_image(instance, attribute, augment: AugmentConfig | None) -> None:
 class ImageFolderConfig:
     """``[data] kind = "image_folder"``: image files under ``path``.
 
-    Splits: ``val_path`` if set (training from ``path/train`` when it exists, else ``path``); else ``path/train`` and ``path/val`` if both
-    exist; else a per-class ``val_fraction`` of the files (fixed by
+    Splits: ``val_path`` if set (training from ``path/train`` when it exists, else ``path``); else ``path/train`` and ``path/val``
+    (or ``validation``, ``valid``) if both exist; else a per-class ``val_fraction`` of the files (fixed by
     ``data_seed``, not by the run's seed). ``prepare = "shapes"`` writes the
     synthetic shapes there first when ``path`` is missing or empty;
     ``prepare = "photos"``, the photo-like JPEGs (``craft.data.photos``).
@@ -132,7 +158,7 @@ class ImageFolderConfig:
 
     path: str
     batch_size: int = attrs.field(default=128, validator=checks.at_least(1))
-    image_size: int = attrs.field(default=32, validator=checks.at_least(1))
+    image_size: int = attrs.field(default=32, validator=image_side)
     channels: int = attrs.field(default=3, validator=checks.channels)
     labels: str = attrs.field(default="folders", validator=checks.one_of("folders", "prefix"))
     val_path: str | None = None
@@ -192,7 +218,12 @@ class ImageFolderConfig:
             self, split, classes, chosen.names, files_fingerprint(files, chosen.folder)
         )
         if split == "train":
-            batches = TrainBatches(len(files), load, seed=seed, pass_epoch=pass_epoch, **common)
+            try:
+                batches = TrainBatches(len(files), load, seed=seed, pass_epoch=pass_epoch, **common)
+            except ValueError as e:  # too few images: say what the folder held
+                if executor is not None:
+                    executor.shutdown(wait=False)
+                raise ValueError(f"{e} ({chosen.summary()})") from None
         else:
             batches = EvalBatches(len(files), load, **common)
         batches.summary = chosen.summary()
@@ -212,8 +243,8 @@ class ImageFolderConfig:
             raise FileNotFoundError(f"data.path {root} is not a folder; point it at a folder of images")
         if self.val_path is not None:  # a prepared folder's train/ stays its train split
             train_root, val_root = root / "train" if (root / "train").is_dir() else root, Path(self.val_path)
-        elif (root / "train").is_dir() and (root / "val").is_dir():
-            train_root, val_root = root / "train", root / "val"
+        elif (root / "train").is_dir() and val_folder(root) is not None:
+            train_root, val_root = root / "train", val_folder(root)
         else:  # one folder: hold out a seeded fraction of it
             listing = list_images(root / "train" if (root / "train").is_dir() else root, self.labels)
             train_pos, val_pos = split_files(listing.names, self.val_fraction, self.data_seed)
@@ -223,6 +254,15 @@ class ImageFolderConfig:
             raise FileNotFoundError(f"data.val_path {val_root} does not exist; fix the path or unset it")
         train = list_images(train_root, self.labels)
         return train, train if split == "train" else list_images(val_root, self.labels)
+
+
+VAL_FOLDERS = ("val", "validation", "valid")
+"""Names a val folder beside ``train`` may have (``valid``: as Roboflow and Kaggle exports name it)."""
+
+
+def val_folder(root: Path) -> Path | None:
+    """The first of ``root/val``, ``root/validation``, ``root/valid`` that is a folder, or None."""
+    return next((root / name for name in VAL_FOLDERS if (root / name).is_dir()), None)
 
 
 def prepare_shapes(root: Path, *, image_size: int, seed: int, what: str = "shapes") -> None:

@@ -67,7 +67,8 @@ def list_images(folder: str | Path, labels: str = "folders") -> Listing:
     ``labels="folders"``: the class is the sub-folder of ``folder`` holding the
     file (at any depth below it). ``labels="prefix"``: the class is the file
     name up to its first ``_`` (``cat_001.jpg`` -> ``cat``). Hidden files and
-    folders are skipped, and so are loose images beside class folders. Links
+    folders are skipped, and so are loose images beside class folders (counted in
+    ``left_out``). Links
     are followed only within the walked folder (a class folder, with
     ``"folders"``), and each real folder is read once, so a link never moves
     an image into another class (``craft.data.files.find_files``).
@@ -103,7 +104,11 @@ def _list_class_folders(folder: Path) -> Listing:
     root = os.path.realpath(folder)
     class_dirs, left_out = [], Counter()
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_dir():
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                left_out["images beside the class folders"] += 1  # said, so a folder of one class shows why
             continue
         if entry.is_symlink() and not inside(os.path.realpath(entry.path), root):
             left_out["links out of the folder"] += 1

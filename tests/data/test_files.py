@@ -282,3 +282,31 @@ def test_every_format_is_checked_against_max_pixels_from_its_header(tmp_path, su
     assert read_image(str(path), max_pixels=53 * 37).shape == (3, 37, 53)
     with pytest.raises(ValueError, match=r"53x37 = 1,961 pixels, over data\.max_pixels = 1,960"):
         read_image(str(path), max_pixels=53 * 37 - 1)
+
+
+@pytest.mark.parametrize("dtype", ["<u2", ">u2"])
+def test_a_16_bit_tiff_decodes_as_the_same_16_bit_png_does(tmp_path, dtype):
+    import numpy as np
+
+    levels = np.arange(0, 65536, 4099, dtype=np.uint16).reshape(4, 4)  # 0 ... 61485: Pillow's convert clips them at 255
+    Image.fromarray(levels.astype(dtype)).save(tmp_path / "wide.tiff")
+    Image.fromarray(levels).save(tmp_path / "wide.png")
+    for channels in (1, 3):
+        tiff, png = read_image(str(tmp_path / "wide.tiff"), channels), read_image(str(tmp_path / "wide.png"), channels)
+        assert tiff.shape == (channels, 4, 4) and torch.equal(tiff, png)
+    assert read_image(str(tmp_path / "wide.tiff"), 1)[0, 0].tolist() == [0, 16, 32, 48]  # scaled, not clipped
+
+
+def test_a_float_tiff_is_refused_by_name_not_decoded_to_black(tmp_path):
+    import numpy as np
+
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "depth.tiff")
+    with pytest.raises(ValueError, match=r"depth\.tiff \(float pixels \(mode 'F'\) .*convert to 8 or 16 bits"):
+        read_image(str(tmp_path / "depth.tiff"))
+
+
+def test_an_animated_webp_gives_its_first_frame_as_a_gif_does(tmp_path):
+    frames = [noise((16, 12), seed=k) for k in range(3)]
+    frames[0].save(tmp_path / "moving.webp", save_all=True, append_images=frames[1:], lossless=True, duration=50)
+    assert torch.equal(read_image(str(tmp_path / "moving.webp")), pillow_pixels(tmp_path / "moving.webp", "RGB"))
+    assert read_image(str(tmp_path / "moving.webp"), channels=1).shape == (1, 12, 16)

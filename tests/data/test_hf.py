@@ -123,3 +123,66 @@ def test_without_the_datasets_package_the_run_says_which_extra_to_install(tmp_pa
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 1
     assert "pip install 'craft[hf]'" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def parquet_of_paths(tmp_path_factory) -> Path:
+    """train.parquet whose image column holds file paths relative to its folder, and labels 0.0, 1.0, 2.0
+    (floats, as a pandas round trip leaves them)."""
+    root = tmp_path_factory.mktemp("hf") / "paths"
+    (root / "pics").mkdir(parents=True)
+    for k in range(12):
+        (root / "pics" / f"{k}.png").write_bytes(png(10 * k))
+    rows = {"file": [f"pics/{k}.png" for k in range(12)], "y": [float(k % 3) for k in range(12)]}
+    datasets.Dataset.from_dict(rows).to_parquet(str(root / "train.parquet"))
+    return root
+
+
+@pytest.mark.parametrize("where", ["folder", "file"])
+def test_an_image_column_of_relative_file_paths_and_float_labels_is_read(parquet_of_paths, where):
+    path = parquet_of_paths if where == "folder" else parquet_of_paths / "train.parquet"
+    config = HFDatasetConfig(path=str(path), image_column="file", label_column="y", batch_size=12,
+                             image_size=SIZE, num_threads=0, val_fraction=0.0)
+    train = config.build("train", seed=0)
+    assert train.classes == ["0", "1", "2"]
+    batch = next(train)
+    levels = sorted(round(float(v) * 127.5 + 127.5) for v in batch["image"][:, 0, 0, 0])
+    assert levels == [10 * k for k in range(12)] and sorted(batch["label"].tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_a_path_that_is_not_a_file_names_its_row(tmp_path):
+    datasets.Dataset.from_dict({"image": ["gone.png", "gone.png"], "label": [0, 1]}).to_parquet(str(tmp_path / "t.parquet"))
+    config = HFDatasetConfig(path=str(tmp_path), batch_size=1, image_size=SIZE, num_threads=0)
+    with pytest.raises(ValueError, match=r"row \d of the image column names 'gone.png', which is not a file"):
+        next(config.build("train", seed=0))
+
+
+def test_labels_that_are_not_classes_are_named(tmp_path):
+    rows = {"image": [{"bytes": png(k), "path": None} for k in range(2)], "label": [0.5, 1.0]}
+    datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / "t.parquet"))
+    with pytest.raises(ValueError, match=r"class numbers .* or class names, not 0\.5 \(float\)"):
+        HFDatasetConfig(path=str(tmp_path), batch_size=1, image_size=SIZE).build("train", seed=0)
+
+
+def test_a_val_split_the_dataset_lacks_is_an_error_unless_it_is_the_default(saved_images):
+    options = dict(path=str(saved_images), image_column="img", label_column="y", batch_size=4, image_size=SIZE,
+                   num_threads=0)
+    with pytest.raises(ValueError, match=r"data.val_split = 'valid' is not a split of .*; its splits: train, validation"):
+        HFDatasetConfig(**options, val_split="valid").build("val", seed=0)
+    with pytest.raises(ValueError, match=r"data.train_split = 'training' is not a split"):
+        HFDatasetConfig(**options, train_split="training").build("train", seed=0)
+    own = HFDatasetConfig(**options).build("val", seed=0)
+    assert own.summary == f"6 images in {saved_images} (split 'validation'), 3 classes"
+
+
+def test_without_its_val_split_the_summary_says_a_fraction_of_train_is_held_out(parquet_of_paths):
+    config = HFDatasetConfig(path=str(parquet_of_paths), image_column="file", label_column="y", batch_size=4,
+                             image_size=SIZE, num_threads=0, val_fraction=0.25)
+    train, val = config.build("train", seed=0), config.build("val", seed=0)
+    assert train.summary.endswith("(split 'train' less the rows held out for val), 3 classes")
+    assert val.summary.endswith("(0.25 of 'train' held out by data_seed = 0; no 'validation' split), 3 classes")
+
+
+def test_a_text_dataset_read_as_images_points_to_text_column(parquet_text):
+    with pytest.raises(ValueError, match=r"data.image_column = 'image' .* its columns: text; .*or data.text_column"):
+        HFDatasetConfig(path=str(parquet_text)).build("train", seed=0)

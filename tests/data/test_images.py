@@ -16,6 +16,7 @@ from PIL import Image
 from craft.data import DATASETS, ImageFolderConfig, ShapesConfig
 from craft.data import images as images_module
 from craft.data.augment import AugmentConfig
+from craft.data.listing import list_images
 
 SIZE = 6
 
@@ -288,6 +289,8 @@ def test_missing_val_path_and_empty_val_split(tmp_path):
         ({"channels": 4}, "must be 1 \\(grayscale\\) or 3"),
         ({"num_threads": -1}, "must be >= 0"),
         ({"channels": 1, "mean": [0.4, 0.5, 0.6]}, r"needs 1 or 1 \(channels\) values"),
+        ({"image_size": 1}, "must be >= 2, got 1"),  # torchvision's antialiased resize to 1 pixel fails
+        ({"image_size": 100_000}, r"100000 x 100000 = 10,000,000,000 pixels is over 89,478,485 \(Pillow's limit\)"),
     ],
 )
 def test_config_errors(tmp_path, changes, match):
@@ -349,3 +352,36 @@ def test_config_fields_are_plain_toml_types(cls):
     allowed = {bool, int, float, str, list[str], list[float], str | None, AugmentConfig | None}
     types = attrs.resolve_types(cls)
     assert {f.name: f.type for f in attrs.fields(types) if f.type not in allowed} == {}
+
+
+def test_images_beside_the_class_folders_are_counted_and_named_when_too_few_remain(tmp_path):
+    for k in range(5):
+        Image.new("RGB", (4, 4), (k, k, k)).save(tmp_path / f"loose_{k}.png")
+    (tmp_path / "only").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "only" / "x.png")
+    (tmp_path / "README.md").write_text("not counted: not an image")
+    listing = list_images(tmp_path)
+    assert listing.files == [str(tmp_path / "only" / "x.png")]
+    assert listing.left_out == {"images beside the class folders": 5}
+    config = ImageFolderConfig(path=str(tmp_path), batch_size=4, image_size=4, val_fraction=0.0)
+    with pytest.raises(ValueError, match=r"fewer than one batch .*\(1 images in .*; left out 5 images beside the class"):
+        config.build("train", seed=0)
+
+
+@pytest.mark.parametrize("name", ["validation", "valid"])
+def test_a_val_folder_named_validation_or_valid_is_the_val_split(tmp_path, name):
+    for split, count in (("train", 3), (name, 2)):
+        for k in range(count):
+            solid(tmp_path / split / "cat" / f"{k}.png", k)
+            solid(tmp_path / split / "dog" / f"{k}.png", 100 + k)
+    config = ImageFolderConfig(path=str(tmp_path), batch_size=2, image_size=SIZE, num_threads=0)
+    train, val = config.build("train", seed=0), config.build("val", seed=0)
+    assert (train.num_examples, val.num_examples) == (6, 4)
+    assert val.summary.startswith(f"4 images in {tmp_path / name} ")
+
+
+def test_a_cache_larger_than_memory_can_hold_is_one_line():
+    from craft.data.images import cache_store
+
+    with pytest.raises(ValueError, match=r"data\.cache = true needs [\d,.]+ GiB for 10,000,000 images .*set data\.cache = false"):
+        cache_store(10_000_000, 3, 100_000)  # 3e17 bytes: more than any address space
