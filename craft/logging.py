@@ -195,6 +195,14 @@ def plot_metrics(run_dir: Path) -> Path:
     return path
 
 
+def plot_quietly(run_dir: Path, say) -> None:
+    """Draw ``loss.png``; a plot that fails (a damaged log) is a warning, never the run's error."""
+    try:
+        plot_metrics(run_dir)
+    except Exception as e:  # noqa: BLE001 - whatever went wrong, the run's own outcome matters more
+        say(f"warning: could not draw {run_dir / 'loss.png'}: {e}")
+
+
 def check_tensorboard() -> None:
     """Raise a one-line ``ConfigError`` if ``train.tensorboard = true`` cannot work: tensorboard is not installed."""
     from craft.config import ConfigError

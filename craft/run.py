@@ -18,11 +18,10 @@ from typing import Any
 import attrs
 import torch
 
-from craft import checkpoint, cuda, distributed, hooks, mfu
-from craft.compiling import uses_cuda_graphs
+from craft import checkpoint, compiling, cuda, distributed, hooks, mfu
 from craft.config import Experiment, dumps, to_dict
 from craft.distributed import Replicas
-from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_metrics, progress_bar, read_metrics
+from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_quietly, progress_bar, read_metrics
 from craft.loop import Progress, chain, due, every, fit, when
 from craft.checks import (
     check_accumulation, check_components, check_early_stopping, check_same_data, check_same_tokenizer, check_sample,
@@ -36,8 +35,7 @@ from craft.step import init_state, make_eval_step, make_train_step
 from craft.trackers import check as check_trackers
 from craft.trackers import open_tracker
 from craft.trained import sample_text
-from craft.unreadable import UnreadableBatch, data_summary, one_class_warning, read_or_raise
-from craft.unreadable import remember_in, saved_after_unreadable
+from craft.unreadable import UnreadableBatch, data_summary, one_class_warning, read_or_raise, remember_in, saved_after_unreadable
 
 __all__ = ["Interrupted", "RunError", "train"]
 
@@ -180,11 +178,10 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     bar = progress_bar(cfg.steps, step, disable=not main, compiling=cfg.compile)
     say = bar.write if main else _quiet
     compile = cuda.step_compile(cfg.compile, cfg.cuda_graphs, parts.device, say)
-    # Donation keeps one copy of the state; a CUDA graph replay cannot take it.
     train_step = make_train_step(
         parts.model, parts.task.loss, parts.optimizer, accum_steps=cfg.accum_steps, weight=parts.task.weight,
-        donate=not uses_cuda_graphs(compile), skip_nonfinite=cfg.on_nonfinite == "skip",
-        cross_replica_mean=replicas.mean(), **{**common, "compile": compile}
+        donate=not compiling.uses_cuda_graphs(compile),  # a CUDA graph replay cannot donate
+        skip_nonfinite=cfg.on_nonfinite == "skip", cross_replica_mean=replicas.mean(), **{**common, "compile": compile}
     )
     elapsed = hooks.clock(start.progress["elapsed"])
     skipped = start.progress.get("skipped", 0)
@@ -224,14 +221,6 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
         rule = cfg.early_stopping
         say(f"early stopping at step {progress.step}: no better {rule.metric} in {rule.patience} evaluations")
     return run_dir
-
-
-def plot_quietly(run_dir: Path, say) -> None:
-    """Draw ``loss.png``; a plot that fails (a damaged log) is a warning, never the run's error."""
-    try:
-        plot_metrics(run_dir)
-    except Exception as e:  # noqa: BLE001 - whatever went wrong, the run's own outcome matters more
-        say(f"warning: could not draw {run_dir / 'loss.png'}: {e}")
 
 
 def saver(exp: Experiment, run_dir: Path, train_data, elapsed, main: bool, *, best: bool):

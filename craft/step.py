@@ -118,8 +118,7 @@ def make_train_step(
       ``torch.compile`` keyword arguments overriding those defaults.
     - ``donate=True`` writes the new state into the input state's tensors
       (like JAX's buffer donation): one copy of params and optimizer state
-      instead of two, but the input state must not be used afterwards.
-      Not with CUDA graphs (a replay overwrites its own outputs).
+      instead of two, but the input state must not be used afterwards; not with CUDA graphs.
     - ``skip_nonfinite=True``: when the loss or the gradient norm is NaN or
       Inf, the step keeps the old params, buffers and optimizer state (only
       the step count advances). Chosen on device with ``torch.where``: no sync.
@@ -210,8 +209,7 @@ def make_pure_step(
             new = (*kept, count + 1)
         if donate:
             old = (params, old_buffers, opt_state, count)
-            # One copy_ per tensor, not torch._foreach_copy_: compiled for CUDA, inductor fuses a
-            # multi-tensor copy into its inputs with kernels that still read them, a race (docs/gpu.md).
+            # per tensor: inductor fuses one _foreach_copy_ into CUDA kernels that still read it (docs/gpu.md)
             for dst, src in zip(pytree.tree_leaves(old), pytree.tree_leaves(new), strict=True):
                 dst.copy_(src)
             new = old
