@@ -193,10 +193,10 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     progress = hooks.restore_window(progress, start.progress.get("window"), parts.device)
 
     run_eval = lambda state: evaluate_batches(eval_step, state, val_data, parts.device, parts.task, cfg.eval_batches, replicas)  # noqa: E731
-    flag = hooks.SignalFlag()
+    flag, save = hooks.SignalFlag(), saver(exp, run_dir, train_data, elapsed, main, best=False)
     hook, evaluate_due = run_hooks(
         exp, summarize=parts.task.summarize, log=log, bar=bar, say=say, elapsed=elapsed, replicas=replicas, flag=flag,
-        save=saver(exp, run_dir, train_data, elapsed, main, best=False), save_best=saver(exp, run_dir, train_data, elapsed, main, best=True),
+        save=save, save_best=saver(exp, run_dir, train_data, elapsed, main, best=True),
         run_eval=run_eval, utilisation=utilisation(exp, parts),
         make_text=(lambda state: sample_text(parts.model, state, tokenizer, cfg.sample)) if main and cfg.sample else None,
     )
@@ -208,7 +208,6 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
             batches = read_or_raise(train_data)
             progress = fit(progress, batches, lambda state, batch: train_step(state, to_device(batch, parts.device)), hook)
     except UnreadableBatch as e:
-        save = saver(exp, run_dir, train_data, elapsed, main, best=False)
         raise saved_after_unreadable(e.__cause__, latest[0], exp, run_dir, save) from None
     finally:
         bar.close()
