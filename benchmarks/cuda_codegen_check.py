@@ -210,15 +210,16 @@ def _resnet():
     return ResNet(10, widths=(16, 32), blocks=1), classification_loss, image_inputs, batch
 
 
-def craft_step(copy_back: str | None, model=_gpt, tx=lambda: adamw(1e-3, weight_decay=0.1, clip_norm=1.0),
+def craft_step(copy_back: str | None, parts=_gpt, tx=lambda: adamw(1e-3, weight_decay=0.1, clip_norm=1.0),
                **options):
-    """A craft step as ``make_pure_step`` builds it (``options``: its keyword arguments).
+    """A craft step as ``make_pure_step`` builds it: ``parts()`` gives model, loss, inputs and
+    ``batch(device)``; ``options`` are ``make_pure_step``'s keyword arguments.
 
     ``copy_back``: None (not donated), ``"craft"`` (donated: craft's own copy,
     one ``copy_`` per tensor) or ``"foreach"`` (craft's new state copied into
     the inputs with one ``torch._foreach_copy_``, as craft did before).
     """
-    model, loss, inputs, make_batch = model()
+    model, loss, inputs, make_batch = parts()
     model.train()
     tx = tx()
     pure = make_pure_step(model, loss, tx, inputs=inputs, donate=copy_back == "craft", **options)
@@ -255,7 +256,7 @@ CHECKS = {
     "craft step, donated, skip non-finite": (lambda: craft_step("craft", skip_nonfinite=True), {}),
     "craft step, donated, 2 micro-batches, bf16": (lambda: craft_step("craft", accum_steps=2, precision="bf16"), {}),
     "craft step, donated, Muon": (lambda: craft_step("craft", tx=lambda: muon(0.02, weight_decay=0.1)), {}),
-    "craft ResNet step (BatchNorm), donated": (lambda: craft_step("craft", model=_resnet), {}),
+    "craft ResNet step (BatchNorm), donated": (lambda: craft_step("craft", parts=_resnet), {}),
 }
 
 
