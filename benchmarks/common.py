@@ -15,6 +15,12 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from craft.compiling import backport_inductor_fixes
+
+# The references' torch.compile gets the inductor fix craft's compile applies (torch < 2.12 crashes
+# on a compiled foreach optimizer step on CUDA without it), so every contender compiles the same way.
+backport_inductor_fixes()
+
 EAGER, COMPILED_MODEL, COMPILED_STEP = "eager", "compile(model)", "compile(step)"
 MODES = (EAGER, COMPILED_MODEL, COMPILED_STEP)
 

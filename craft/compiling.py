@@ -54,11 +54,44 @@ def maybe_compile(fn: Callable, compile: bool | Mapping[str, Any]) -> Callable:
             "run eager; set it to False, or build the step with compile=False"
         )
     options = compile_options(compile)
+    backport_inductor_fixes()
     # Dynamo caches compiled code per code object, at most `recompile_limit`
     # variants. Every step built here gets its own code object, so a process
     # that builds many steps (tests, sweeps) never falls back to eager.
     own_code = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     return torch.compile(own_code, **options)
+
+
+def backport_inductor_fixes() -> None:
+    """Give torch < 2.12's inductor the fix of pytorch/pytorch#176849; nothing on a newer torch.
+
+    Without it, inductor 2.11 fails a bare ``assert`` in
+    ``FusedSchedulerNode.reorder_loops_by_dep_pair`` on CUDA code that fuses
+    multi-tensor (foreach) ops with reductions over tensors of other shapes
+    (pytorch#176591): the compiled steps of experiments/gpt_char.toml and
+    gpt2_small.toml, with or without clipping, and Muon's. Idempotent.
+    """
+    if torch.torch_version.TorchVersion(torch.__version__) >= (2, 12):
+        return
+    from torch._inductor import scheduler
+
+    fused = scheduler.FusedSchedulerNode
+    original = getattr(fused, "reorder_loops_by_dep_pair", None)
+    if original is not None and not getattr(original, "craft_backport", False):
+        fused.reorder_loops_by_dep_pair = declining_multi_tensor_nodes(original, scheduler.SchedulerNode)
+
+
+def declining_multi_tensor_nodes(reorder: Callable, single: type) -> Callable:
+    """``reorder`` (a fused node's loop reordering) that declines, as torch 2.12 does, when the
+    fused node holds a node that is not a ``single`` one (a multi-tensor node has no loops to reorder)."""
+
+    def reorder_loops_by_dep_pair(self, *args, **kwargs):
+        if not all(isinstance(node, single) for node in self.snodes):
+            return False
+        return reorder(self, *args, **kwargs)
+
+    reorder_loops_by_dep_pair.craft_backport = True
+    return reorder_loops_by_dep_pair
 
 
 def compile_options(compile: bool | Mapping[str, Any]) -> dict[str, Any]:
