@@ -11,9 +11,12 @@ at different elements in one kernel (pytorch/pytorch#198280's transposed
 copy). A CPU compile runs a combo kernel's sub-kernels one after another,
 which is why the CPU never showed the bug.
 
-    python benchmarks/cuda_codegen_check.py ["craft step" ...]
+    python benchmarks/cuda_codegen_check.py ["craft step" ...] [--no-backport]
 
-Prints, per step: kernel launches and the races found (the first in full).
+Prints, per step: kernel launches and the races found (the first in full), or
+where inductor failed. ``--no-backport`` leaves out the fix craft gives torch
+< 2.12's inductor (``craft.compiling.backport_inductor_fixes``): under torch
+2.11 the gpt_char and GPT-2-width steps then crash as they did on the H200.
 Relies on inductor internals (checked with torch 2.14): a torch that moved
 them raises ``FakeCudaUnavailable``.
 """
@@ -22,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import re
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,8 +37,9 @@ import torch.utils._pytree as pytree
 from torch.fx.experimental.proxy_tensor import make_fx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cuda_donation_repro import TinyGPT, make_step  # noqa: E402
+from cuda_donation_repro import TinyGPT, foreach_after_reductions, make_step, reductions_args  # noqa: E402
 
+from craft.compiling import backport_inductor_fixes  # noqa: E402
 from craft.optim import adamw, muon  # noqa: E402
 from craft.step import default_inputs, make_pure_step  # noqa: E402
 from craft.tasks import classification_loss, image_inputs, language_model_loss  # noqa: E402
@@ -173,8 +179,8 @@ def transposed_copy():
     return f, lambda device: (torch.empty(80000, 5, 5, device=device),)
 
 
-def _tokens(device: str) -> torch.Tensor:
-    return torch.randint(0, V, (B, T + 1), device=device)
+def _tokens(device: str, vocab: int = V, block: int = T, batch: int = B) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, block + 1), device=device)
 
 
 def plain_adamw(donate: bool, copy_back: str = "foreach"):
@@ -190,15 +196,22 @@ def plain_adamw(donate: bool, copy_back: str = "foreach"):
     return make_step(model, donate, copy_back), make_args
 
 
-def _gpt():
+def _gpt(block: int = T, vocab: int = V, layers: int = 1, heads: int = 2, width: int = 64, batch: int = B,
+         bias: bool = True):
     from craft.models.gpt import GPTConfig
 
-    def batch(device):
-        tokens = _tokens(device)
+    def make_batch(device):
+        tokens = _tokens(device, vocab, block, batch)
         return {"input": tokens[:, :-1], "target": tokens[:, 1:]}
 
-    model = GPTConfig(block_size=T, vocab_size=V, n_layer=1, n_head=2, n_embd=64).build()
-    return model, language_model_loss, default_inputs, batch
+    model = GPTConfig(block_size=block, vocab_size=vocab, n_layer=layers, n_head=heads, n_embd=width,
+                      bias=bias).build()
+    return model, language_model_loss, default_inputs, make_batch
+
+
+# experiments/gpt_char.toml's GPT and batch; GPT-2 small's widths with 2 of its 12 layers, one sequence
+GPT_CHAR = functools.partial(_gpt, block=64, vocab=65, layers=4, heads=4, width=128, batch=12)
+GPT2_WIDE = functools.partial(_gpt, block=1024, vocab=50304, layers=2, heads=12, width=768, batch=1, bias=False)
 
 
 def _resnet():
@@ -246,6 +259,8 @@ NO_LOAF = {"loop_ordering_after_fusion": False}
 CHECKS = {
     "#198280 x.copy_(x.mT * 1.0)": (transposed_copy, {}),
     "#198280, loop ordering after fusion off": (transposed_copy, NO_LOAF),
+    "#176591 foreach updates after reductions (crashes < 2.12)": (
+        lambda: (foreach_after_reductions, functools.partial(reductions_args, fill=torch.empty)), {}),
     "plain AdamW, not donated": (lambda: plain_adamw(False), {}),
     "plain AdamW, donated, _foreach_copy_": (lambda: plain_adamw(True, "foreach"), {}),
     "plain AdamW, donated, _foreach_copy_, loop ordering off": (lambda: plain_adamw(True, "foreach"), NO_LOAF),
@@ -257,6 +272,12 @@ CHECKS = {
     "craft step, donated, 2 micro-batches, bf16": (lambda: craft_step("craft", accum_steps=2, precision="bf16"), {}),
     "craft step, donated, Muon": (lambda: craft_step("craft", tx=lambda: muon(0.02, weight_decay=0.1)), {}),
     "craft ResNet step (BatchNorm), donated": (lambda: craft_step("craft", parts=_resnet), {}),
+    "gpt_char's step, not donated": (lambda: craft_step(None, parts=GPT_CHAR), {}),
+    "gpt_char's step, donated": (lambda: craft_step("craft", parts=GPT_CHAR), {}),
+    "gpt_char's step, donated, no clipping": (lambda: craft_step("craft", parts=GPT_CHAR, tx=lambda: adamw(1e-3)), {}),
+    "GPT-2 widths, 2 layers, bf16, donated": (lambda: craft_step("craft", parts=GPT2_WIDE, precision="bf16"), {}),
+    "GPT-2 widths, 2 layers, bf16, donated, Muon": (
+        lambda: craft_step("craft", parts=GPT2_WIDE, precision="bf16", tx=lambda: muon(0.02, weight_decay=0.1)), {}),
 }
 
 
@@ -271,13 +292,31 @@ def check(name: str) -> tuple[int, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("only", nargs="*", help="check only the steps whose names contain one of these")
-    only = parser.parse_args().only
+    parser.add_argument("--no-backport", action="store_true",
+                        help="leave out the inductor fix craft's compile applies to torch < 2.12")
+    args = parser.parse_args()
     fake_cuda()
+    if not args.no_backport:
+        backport_inductor_fixes()  # as craft's own compile does
     print(f"torch {torch.__version__}: inductor's CUDA code for an H200, written on the CPU, never run\n")
     print(f"{'step':<57} {'launches':>8} {'races':>6}  first race")
-    for name in (n for n in CHECKS if not only or any(o in n for o in only)):
-        launches, found = check(name)
+    for name in (n for n in CHECKS if not args.only or any(o in n for o in args.only)):
+        try:
+            launches, found = check(name)
+        except Exception as e:  # noqa: BLE001 - an inductor crash is a row of the table, not the end of it
+            print(f"{name:<57} {'-':>8} {'-':>6}  inductor failed: {_innermost(e)}")
+            continue
         print(f"{name:<57} {launches:>8} {len(found):>6}  {found[0] if found else ''}")
+
+
+def _innermost(e: BaseException) -> str:
+    """The innermost cause of ``e`` and where it was raised: ``AssertionError at scheduler.py:123 in f``."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno} in {frame.name}" if frame else ""
+    message = str(e).strip().splitlines()[0].rstrip(": ") if str(e).strip() else ""
+    return f"{type(e).__name__}{': ' + message if message else ''}{where}"
 
 
 if __name__ == "__main__":

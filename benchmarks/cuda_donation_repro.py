@@ -20,7 +20,9 @@ kernel in which one sub-kernel stores a new moment into its input while
 another sub-kernel, run by other thread blocks at the same time, still loads
 the old one (loop ordering on or off); copied per tensor, no kernel does.
 Expected on a GPU: the two ``_foreach_copy_`` variants MISMATCH, the others
-MATCH. ``--minimal`` first runs #198280's three-line case.
+MATCH. ``--minimal`` first runs #198280's three-line case, then
+``foreach_after_reductions``, the few lines on which inductor before torch 2.12
+crashes (pytorch/pytorch#176591; craft patches it, ``craft.compiling``).
 
     python benchmarks/cuda_donation_repro.py [--device cuda] [--width 768 --heads 12 --layers 2 --seq 1024]
 
@@ -119,6 +121,40 @@ def minimal(device: torch.device) -> None:
         print(f"x.copy_(x.mT * 1.0), {options or 'defaults'}: elements wrong in 3 calls {wrong}")
 
 
+def foreach_after_reductions(params: list, moments: list, grads_t: list):
+    """pytorch/pytorch#176591's pattern, the core of every AdamW step with clipping: gradients that
+    arrive transposed (as a linear layer's weight gradient does) scaled by a reduction of their own,
+    then two chained multi-tensor updates. Inductor before torch 2.12 fails a bare ``assert`` in
+    ``FusedSchedulerNode.reorder_loops_by_dep_pair`` compiling it for CUDA (the H200's crash)."""
+    grads = [g.t() * g.sum() for g in grads_t]
+    torch._foreach_mul_(moments, 0.9)
+    torch._foreach_add_(moments, grads, alpha=0.1)
+    torch._foreach_add_(params, moments, alpha=-0.01)
+    return params, moments
+
+
+def reductions_args(device, fill=torch.randn) -> tuple[list, list, list]:
+    """Arguments of ``foreach_after_reductions``: params, moments, transposed gradients, made by ``fill``."""
+    shapes = [(64, 96), (128, 32)]
+    like = lambda transposed: [fill(s[::-1] if transposed else s, device=device) for s in shapes]  # noqa: E731
+    return like(False), like(False), like(True)
+
+
+def minimal_crash(device: torch.device) -> None:
+    """``foreach_after_reductions`` compiled against eager, or the one line inductor failed with."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    args = reductions_args(device)
+    copy = lambda: [[t.clone() for t in ts] for ts in args]  # noqa: E731
+    try:
+        got = torch.compile(foreach_after_reductions)(*copy())
+    except Exception as e:  # noqa: BLE001 - the crash is the result
+        print(f"pytorch#176591's pattern: inductor fails: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}")
+        return
+    err = max(float((a - b).abs().max()) for a, b in zip(got[0], foreach_after_reductions(*copy())[0]))
+    print(f"pytorch#176591's pattern: compiles; max |compiled - eager| = {err:.3g}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -129,10 +165,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=50304)
     ap.add_argument("--atol", type=float, default=1e-4)
-    ap.add_argument("--minimal", action="store_true", help="first, pytorch/pytorch#198280's case")
+    ap.add_argument("--minimal", action="store_true", help="first, pytorch/pytorch#198280's and #176591's cases")
     args = ap.parse_args()
     if args.minimal:
         minimal(torch.device(args.device))
+        minimal_crash(torch.device(args.device))
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     device = torch.device(args.device)
     torch.manual_seed(0)
