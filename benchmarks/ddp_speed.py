@@ -62,7 +62,7 @@ def worker(rank: int, world: int, port: int, args, results) -> None:
     model, batch, inputs, loss = model_and_batch(args.model, args.batch, device)
     shard = {k: v[rank * args.batch // world : (rank + 1) * args.batch // world].to(device) for k, v in batch.items()}
     tx = adamw(1e-3, clip_norm=1.0)
-    step = make_train_step(model, loss, tx, inputs=inputs, donate=device.type == "cpu", cross_replica_mean=replicas.mean())
+    step = make_train_step(model, loss, tx, inputs=inputs, donate=True, cross_replica_mean=replicas.mean())
     state = init_state(model, tx)
     replicas.broadcast(state)
 

@@ -5,7 +5,7 @@ The model, data and optimizer of ``experiments/gpt_char.toml`` (4 layers,
 0.1 on matrices, clip 1.0, warmup + cosine), on the default corpus. Variants,
 all from the same initial weights, on the same batches:
 
-- craft: the compiled step ``python -m craft`` runs (donated on the CPU);
+- craft: the compiled, donated step ``python -m craft`` runs;
 - the strongest imperative loop (``common.imperative_step``): ``zero_grad``,
   forward, ``cross_entropy``, ``backward``, ``clip_grad_norm_(foreach=True)``,
   the learning rate set through ``param_groups``, ``AdamW(fused=True)``, run
@@ -106,9 +106,7 @@ def functional(model: torch.nn.Module, schedule, precision: str, preset: dict):
     """craft's step as ``python -m craft`` builds it; returns (step(batch), bytes held, params)."""
     tx = adamw(schedule, b2=preset["b2"], weight_decay=preset["wd"], clip_norm=CLIP,
                mask=lambda params: decay_mask(params, preset))
-    # As the run: donated on the CPU only (see the CUDA note in craft/run.py).
-    donate = next(model.parameters()).device.type == "cpu"
-    train_step = make_train_step(model, loss_fn, tx, donate=donate, precision=precision)
+    train_step = make_train_step(model, loss_fn, tx, donate=True, precision=precision)  # as the run (craft/run.py)
     box = [init_state(model, tx)]
 
     def step(batch):

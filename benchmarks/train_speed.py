@@ -9,7 +9,7 @@ train split decoded up front into one tensor), normalized per batch, in the
 same shuffled order (``epoch_order(n, seed, epoch)``, one permutation per epoch).
 
 craft: the experiment's own parts (``image_folder`` iterator and the compiled
-step, donated on the CPU, as ``python -m craft`` runs them). The reference
+step, donated, as ``python -m craft`` runs them). The reference
 (``common.imperative_step``): ``AdamW(fused=True)``, ``clip_grad_norm_(foreach=
 True)``, run (b) eager, (c) with ``torch.compile(model)``, (d) as one compiled
 step. Every contender first trains one whole epoch (compilation, craft's cache
@@ -53,7 +53,7 @@ def ours(exp, parts):
     data = build_data(exp, "train")
     step = make_train_step(
         parts.model, parts.task.loss, parts.optimizer, inputs=parts.task.inputs, compile=exp.train.compile,
-        donate=parts.device.type == "cpu",
+        donate=True,  # as the run (craft/run.py; no CUDA graphs here)
     )
     box = [init_state(parts.model, parts.optimizer, seed=exp.seed)]
 
