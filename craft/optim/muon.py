@@ -120,11 +120,20 @@ def scale_by_muon(
     return Transform(init, update)
 
 
-def muon_labels(tree: Params, adamw_match: list[str]) -> dict[str, str]:
-    """``{name: "muon" | "adamw"}``: Muon for 2-D leaves whose name matches no glob of ``adamw_match``."""
-    # One regex, not fnmatch: dynamo traces re.Pattern.match, but warns on fnmatch's lru_cache.
-    adamw_names = re.compile("|".join(fnmatch.translate(m) for m in adamw_match) or "(?!)")
+def muon_labels(tree: Params, adamw_match: list[str] | re.Pattern) -> dict[str, str]:
+    """``{name: "muon" | "adamw"}``: Muon for 2-D leaves whose name matches no glob of ``adamw_match``
+    (or the ``globs_pattern`` of them)."""
+    adamw_names = adamw_match if isinstance(adamw_match, re.Pattern) else globs_pattern(adamw_match)
     return {name: "muon" if t.ndim == 2 and not adamw_names.match(name) else "adamw" for name, t in tree.items()}
+
+
+def globs_pattern(globs: list[str]) -> re.Pattern:
+    """One regex matching a name that any of the fnmatch ``globs`` matches (none: no name).
+
+    Built once, outside the compiled step: dynamo traces ``re.Pattern.match``,
+    but not ``fnmatch.translate`` (torch 2.11) nor fnmatch's ``lru_cache``.
+    """
+    return re.compile("|".join(fnmatch.translate(m) for m in globs) or "(?!)")
 
 
 def _scaled(learning_rate: float | Tensor | Schedule, factor: float):
@@ -164,10 +173,10 @@ def muon(
     )
     adamw_tx = adamw(_scaled(learning_rate, adamw_lr_scale), b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
     txs = {"muon": muon_tx, "adamw": adamw_tx}
-    patterns = list(adamw_match)
+    adamw_names = globs_pattern(list(adamw_match))
 
     def split(tree: Params) -> Transform:  # only the halves that have leaves: foreach ops reject empty lists
-        labels = muon_labels(tree, patterns)
+        labels = muon_labels(tree, adamw_names)
         return partition({k: tx for k, tx in txs.items() if k in labels.values()}, labels)
 
     def init(params: Params):
