@@ -53,11 +53,12 @@ class RandomResizedCrop:
 
 @attrs.frozen
 class ColorJitter:
-    """Brightness, contrast, saturation factors in ``[1 - x, 1 + x]``, hue shift in ``[-hue, hue]``; random order."""
+    """Brightness, contrast, saturation factors in ``[max(0, 1 - x), 1 + x]`` (any ``x >= 0``, as
+    torchvision's ``ColorJitter``), hue shift in ``[-hue, hue]``; random order."""
 
-    brightness: float = attrs.field(default=0.0, validator=between(0, 1))
-    contrast: float = attrs.field(default=0.0, validator=between(0, 1))
-    saturation: float = attrs.field(default=0.0, validator=between(0, 1))
+    brightness: float = attrs.field(default=0.0, validator=at_least(0))
+    contrast: float = attrs.field(default=0.0, validator=at_least(0))
+    saturation: float = attrs.field(default=0.0, validator=at_least(0))
     hue: float = attrs.field(default=0.0, validator=between(0, 0.5))
 
 

@@ -52,6 +52,16 @@ def test_every_image_of_a_batch_draws_its_own_crop(folder):
     assert len(boxes) > 1
 
 
+def test_jitter_amounts_above_one_reach_factors_above_two_as_torchvision_allows():
+    strong = AugmentConfig(color_jitter=ColorJitter(brightness=1.5, contrast=3.0))
+    factors = [dict(draw_params(strong, SIZE, image_generator(0, 0, i)).jitter) for i in range(200)]
+    brightness, contrast = [f["brightness"] for f in factors], [f["contrast"] for f in factors]
+    assert 0 <= min(brightness) < 0.3 and 2.2 < max(brightness) <= 2.5  # [max(0, 1 - 1.5), 1 + 1.5]
+    assert 0 <= min(contrast) and 3.5 < max(contrast) <= 4.0
+    with pytest.raises(ValueError, match="must be >= 0"):
+        ColorJitter(saturation=-0.1)
+
+
 def test_parameters_are_a_function_of_seed_epoch_and_index():
     draw = lambda *key: draw_params(AUGMENT, SIZE, image_generator(*key))  # noqa: E731
     assert draw(0, 1, 5) == draw(0, 1, 5)
