@@ -45,7 +45,7 @@ from craft import checkpoint, hooks
 from craft.checks import check_accumulation
 from craft.config import SWEEPABLE, Experiment, build, dumps, to_dict
 from craft.ensemble import make_ensemble_step, stack_states, unstack_state
-from craft.logging import MetricsLog, plot_metrics, progress_bar, truncate_metrics
+from craft.logging import MetricsLog, plot_quietly, progress_bar, truncate_metrics
 from craft.loop import Progress, chain, due, every, fit, when
 from craft.optim import Transform, inject_hyperparams, set_hyperparams
 from craft.parts import (
@@ -273,7 +273,7 @@ def _finish(exp: Experiment, team: list[Member], member_dirs: list[Path], progre
             continue
         alone = attrs.evolve(member_experiment(exp, m), name=folder.name, out_dir=str(folder.parent))  # resumable there
         _save_member(folder, alone, member, data_state)
-        plot_metrics(folder)
+        plot_quietly(folder, echo)  # a damaged member log warns, as a run does; the checkpoints are written
     last_val = progress.val or [{} for _ in team]
     best = min(range(len(team)), key=lambda i: _loss_key(last_val[i]))
     echo(f"best member {best} ({team[best].describe()}): " + "  ".join(f"val {k} {v:.4f}" for k, v in last_val[best].items()))

@@ -200,3 +200,21 @@ def test_a_diverging_member_leaves_no_nan_checkpoint_and_the_others_go_on(tmp_pa
     for file in files:
         for leaf in torch.load(file, weights_only=True)["state"]["params"].values():
             assert torch.isfinite(leaf).all(), file
+
+
+def test_a_member_plot_that_fails_is_a_warning_and_every_member_is_saved(tmp_path, capsys, monkeypatch):
+    from craft import logging
+
+    def broken(run_dir):
+        raise ValueError("metrics.jsonl line 3 is not JSON")
+
+    monkeypatch.setattr(logging, "plot_metrics", broken)
+    path = tmp_path / "exp.toml"
+    path.write_text(TINY.format(out=tmp_path / "runs"))
+    main([str(path), "--sweep.optim.lr=[1e-3,1e-2]", "--train.steps=2"])
+    out = capsys.readouterr().out
+    members_dir = tmp_path / "runs" / "sweep" / "members"
+    for m in ("000", "001"):
+        assert f"warning: could not draw {members_dir / m / 'loss.png'}: metrics.jsonl line 3 is not JSON" in out
+        assert list((members_dir / m / "checkpoints").glob("*.pt"))
+    assert "best member " in out
