@@ -198,7 +198,8 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
         exp, summarize=parts.task.summarize, log=log, bar=bar, say=say, elapsed=elapsed, replicas=replicas, flag=flag,
         save=save, save_best=saver(exp, run_dir, train_data, elapsed, main, best=True),
         run_eval=run_eval, utilisation=utilisation(exp, parts),
-        make_text=(lambda state: sample_text(parts.model, state, tokenizer, cfg.sample)) if main and cfg.sample else None,
+        make_text=(lambda state: cfg.sample.prompt + sample_text(parts.model, state, tokenizer, cfg.sample))  # as generate prints
+        if main and cfg.sample else None,
     )
     hook = chain(hook, remember_in(latest := [progress]))  # the last finished step: saved if a batch cannot be read
     try:

@@ -61,6 +61,13 @@ def test_training_leaves_tokenizer_resolved_vocab_and_text_metrics(tiny_run):
     assert [e["step"] for e in samples] == [20, 40] and all(isinstance(e["text"], str) for e in samples)
 
 
+def test_a_training_sample_is_the_prompt_and_its_continuation_as_generate_prints_it(tiny_run):
+    last = [e for e in _events(tiny_run) if e["split"] == "sample"][-1]
+    generated = craft("generate", str(tiny_run), "--prompt=the ", "--max_new_tokens=24", "--temperature=0")
+    assert generated.returncode == 0, generated.stderr
+    assert last["text"].startswith("the ") and last["text"] + "\n" == generated.stdout
+
+
 def test_generate_prints_text_from_the_run_folder(tiny_run):
     result = craft("generate", str(tiny_run), "--prompt=the ", "--max_new_tokens=40", "--temperature=0")
     assert result.returncode == 0, result.stderr
