@@ -9,7 +9,6 @@ outside the vocabulary, ranks that read different data.
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import attrs
 import torch
 
 from craft.config import ConfigError, Experiment
+from craft.data.tokenizers import saved_as
 from craft.distributed import Replicas
 from craft.rundir import TOKENIZER_FILE, RunError
 from craft.tasks import Task
@@ -207,10 +207,7 @@ def check_same_tokenizer(run_dir: Path, tokenizer: Any) -> None:
     saved = run_dir / TOKENIZER_FILE
     if tokenizer is None or not saved.is_file():
         return
-    with tempfile.TemporaryDirectory() as tmp:  # compared as each kind writes itself: any tokenizer kind works
-        tokenizer.save(Path(tmp) / TOKENIZER_FILE)
-        same = (Path(tmp) / TOKENIZER_FILE).read_bytes() == saved.read_bytes()
-    if not same:
+    if not saved_as(tokenizer, saved):
         raise RunError(
             f"cannot resume: the data's tokenizer differs from {str(saved)!r} (was data.path prepared again, or the "
             "text edited?), so its token ids mean other text; resume on the data the run trained on, or start a new run"

@@ -21,7 +21,7 @@ from craft.config import Experiment, Sample
 from craft.config import load as load_config
 from craft.logging import plot_metrics
 from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches
-from craft.data.tokenizers import load_tokenizer
+from craft.data.tokenizers import saved_as
 from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError
 from craft.step import TrainState, init_state, make_eval_step
 
@@ -74,7 +74,7 @@ def evaluate(run_dir: Path, checkpoint_name: str = "latest", data: dict[str, str
     batches = build_data(used, "val")
     saved = Path(run_dir) / TOKENIZER_FILE
     tokenizer = getattr(batches, "tokenizer", None)
-    if data and tokenizer is not None and saved.exists() and tokenizer != load_tokenizer(saved):
+    if data and tokenizer is not None and saved.exists() and not saved_as(tokenizer, saved):
         raise RunError(
             "the other data's vocabulary differs from the run's tokenizer.json (its tokens would mean other "
             "characters or words): evaluate on text made of the run's vocabulary"

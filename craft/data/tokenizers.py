@@ -253,3 +253,14 @@ def load_tokenizer(path: str | Path):
             f"save it again with the tokenizer's save()"
         )
     return TOKENIZERS[kind]._from_json(path, data)
+
+
+def saved_as(tokenizer: Any, path: str | Path) -> bool:
+    """Whether ``tokenizer`` saves exactly the file at ``path``: the same vocabulary, so the same ids
+    mean the same text. Compared as each kind writes itself, so a user-registered kind works too."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mine = Path(tmp) / Path(path).name
+        tokenizer.save(mine)
+        return mine.read_bytes() == Path(path).read_bytes()

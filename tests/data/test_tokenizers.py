@@ -172,6 +172,19 @@ def test_bpe_saves_the_libraries_own_tokenizer_json(tmp_path, bpe_tok):
         bpe_tok.decode([300])
 
 
+def test_a_tokenizer_is_saved_as_a_file_when_loading_that_file_gives_it_back(tmp_path, bpe_tok):
+    from craft.data.bpe import train_bpe
+    from craft.data.tokenizers import saved_as
+
+    other_bpe = train_bpe(iter(BPE_CORPUS[1:]), 280)
+    for tok, other in [*zip(TOKENIZERS, TOKENIZERS[::-1]), (CharTokenizer.from_text("ab"), CharTokenizer.from_text("ba!")),
+                       (bpe_tok, other_bpe)]:
+        tok.save(tmp_path / "tokenizer.json")
+        assert saved_as(tok, tmp_path / "tokenizer.json")
+        assert saved_as(load_tokenizer(tmp_path / "tokenizer.json"), tmp_path / "tokenizer.json")  # a resumed run's
+        assert not saved_as(other, tmp_path / "tokenizer.json")
+
+
 def test_a_missing_package_names_the_extra_to_install(monkeypatch):
     import sys
 
