@@ -58,6 +58,7 @@ from craft.rundir import (
     save_checkpoint, start_or_resume, write_atomic,
 )
 from craft.step import TrainState, init_state, make_eval_step
+from craft.unreadable import data_summary, one_class_warning
 
 MEMBERS_DIR = "members"
 
@@ -209,7 +210,9 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
         text = dumps(exp)
         write_atomic(run_dir / CONFIG_FILE, text)
         echo(text)
-        echo(f"sweep: {len(team)} members, one vmapped step")
+        for line in [f"sweep: {len(team)} members, one vmapped step", *data_summary(train_data, val_data),
+                     *one_class_warning(exp, train_data)]:  # what the data read and left out, as a run says
+            echo(line)
         member_dirs = [run_dir / MEMBERS_DIR / f"{m.index:03d}" for m in team]
         for folder in member_dirs:
             prepare_run_dir(folder, overwrite=False)

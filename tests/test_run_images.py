@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 import torch
 from PIL import Image
 
@@ -40,11 +42,12 @@ def experiment(tmp_path: Path, data: Path, steps: int) -> Path:
     return toml
 
 
-def test_the_run_says_what_each_split_read_and_what_it_left_out(tmp_path):
+@pytest.mark.parametrize("sweep", [[], ["--sweep.optim.lr=[0.001,0.01]"]], ids=["run", "sweep"])
+def test_the_run_says_what_each_split_read_and_what_it_left_out(tmp_path, sweep):
     data = folder(tmp_path / "photos", per_class=8, suffixes=(".png", ".JPG", ".webp", ".bmp"))
     (data / "cat" / "notes.txt").write_text("not an image")
     (data / "dog" / "Thumbs.db").write_bytes(b"\0")
-    result = run_cli(str(experiment(tmp_path, data, 2)), "--data.val_fraction=0.25", "--data.batch_size=4")
+    result = run_cli(str(experiment(tmp_path, data, 2)), "--data.val_fraction=0.25", "--data.batch_size=4", *sweep)
     assert result.returncode == 0, result.stderr[-2000:]
     said = [line for line in result.stdout.splitlines() if line.startswith(("train data:", "val data:"))]
     assert [line.split(":")[0] for line in said] == ["train data", "val data"], result.stdout
