@@ -9,6 +9,7 @@ is a token of both: it marks where a line or a caption begins and ends.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -258,8 +259,6 @@ def load_tokenizer(path: str | Path):
 def saved_as(tokenizer: Any, path: str | Path) -> bool:
     """Whether ``tokenizer`` saves exactly the file at ``path``: the same vocabulary, so the same ids
     mean the same text. Compared as each kind writes itself, so a user-registered kind works too."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         mine = Path(tmp) / Path(path).name
         tokenizer.save(mine)
