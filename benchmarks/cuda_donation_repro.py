@@ -122,9 +122,9 @@ def minimal(device: torch.device) -> None:
 
 
 def foreach_after_reductions(params: list, moments: list, grads_t: list):
-    """pytorch/pytorch#176591's pattern, the core of every AdamW step with clipping: gradients that
-    arrive transposed (as a linear layer's weight gradient does) scaled by a reduction of their own,
-    then two chained multi-tensor updates. Inductor before torch 2.12 fails a bare ``assert`` in
+    """pytorch/pytorch#176591's pattern, which a compiled GPT step holds with or without clipping:
+    gradients that arrive transposed (as a linear layer's weight gradient does), scaled by a
+    reduction, then chained multi-tensor updates. Inductor before torch 2.12 fails a bare ``assert`` in
     ``FusedSchedulerNode.reorder_loops_by_dep_pair`` compiling it for CUDA (the H200's crash)."""
     grads = [g.t() * g.sum() for g in grads_t]
     torch._foreach_mul_(moments, 0.9)
