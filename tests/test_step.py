@@ -20,6 +20,11 @@ STEPS = 20
 # so a tight tolerance tests the arithmetic itself.
 TOL = dict(atol=1e-10, rtol=1e-9)
 FLOAT32_TOL = dict(atol=1e-6, rtol=1e-5)  # one float32 step
+# One float32 AdamW step moves each weight by lr * g / (|g| + eps), so for a tiny gradient element the
+# last-bit differences of float32 sums (kernels for AVX2 and AVX-512 sum in other orders) become a visible
+# share of lr (1e-3). On an AVX2 machine one weight of the CNN's 4,608 came out 1.2e-6 off; an error in
+# the step is of the order of lr.
+ADAMW_FLOAT32_TOL = dict(atol=3e-6, rtol=1e-5)
 
 OPTIMIZERS = {
     "sgd": (
@@ -118,7 +123,7 @@ def test_compiled_float32_step_matches_reference(model_name):
     batches = _batches(model_name, n=1, dtype=torch.float32)
     compiled, seeds, norms = _functional(model, make_tx(), batches, compile=True)
     reference, ref_norms = _reference(reference_model, make_opt, batches, seeds)
-    _assert_state_matches(compiled, reference, FLOAT32_TOL)
+    _assert_state_matches(compiled, reference, ADAMW_FLOAT32_TOL)
     torch.testing.assert_close(norms[0], ref_norms[0], **FLOAT32_TOL)
 
 
