@@ -149,10 +149,16 @@ def minimal_crash(device: torch.device) -> None:
     try:
         got = torch.compile(foreach_after_reductions)(*copy())
     except Exception as e:  # noqa: BLE001 - the crash is the result
-        print(f"pytorch#176591's pattern: inductor fails: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}")
+        print(f"pytorch#176591's pattern: inductor fails: {one_line(e)}")
         return
     err = max(float((a - b).abs().max()) for a, b in zip(got[0], foreach_after_reductions(*copy())[0]))
     print(f"pytorch#176591's pattern: compiles; max |compiled - eager| = {err:.3g}")
+
+
+def one_line(e: Exception) -> str:
+    """``e`` as its type and the first line of its message (an inductor crash prints pages)."""
+    message = str(e).strip()
+    return f"{type(e).__name__}: {message.splitlines()[0][:200] if message else ''}"
 
 
 def main() -> None:
@@ -196,7 +202,7 @@ def main() -> None:
             step = torch.compile(make_step(model, donate, copy_back), options=options)
             got = run(step, params_of(model), idx, target)
         except Exception as e:  # noqa: BLE001 - an inductor crash is a result here
-            print(f"{name:42s} ERROR {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}")
+            print(f"{name:42s} ERROR {one_line(e)}")
             continue
         err = max(float((got[k] - expected[k]).abs().max()) for k in expected)
         print(f"{name:42s} {'MATCH' if err <= args.atol else 'MISMATCH'} max |compiled - eager| = {err:.3g}")

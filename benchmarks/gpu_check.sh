@@ -9,7 +9,7 @@
 # 2. tests/test_step_cuda.py: craft's CUDA step (parity with eager, donated GPT steps, no host sync, CUDA graphs)
 # 3. benchmarks/vision_speed.py: the ResNet-18 step at 224 px, bf16, channels-last, craft vs the imperative loop
 # 4. the plain-torch donation reproduction (no craft): one _foreach_copy_ back into the inputs (races,
-#    docs/gpu.md) against one copy_ per tensor (as craft), and pytorch#198280's case
+#    docs/gpu.md) against one copy_ per tensor (as craft), and pytorch#198280's and #176591's cases
 # Each part has its own cap, cut to what is left of BUDGET; a part that fails or times out does not
 # stop the next. The log also goes to $OUT/gpu_check.log when $OUT is set (the device runner's folder).
 set -u
@@ -41,6 +41,6 @@ part 130 "2. tests/test_step_cuda.py (one process: the suite's xdist options are
 part 150 "3. vision_speed: ResNet-18, 224 px, batch 256, bf16, channels-last, data on the device" \
     python3 benchmarks/vision_speed.py --device cuda --image_size 224 --batch 256 --rounds 4 --steps 10 \
     --warmup 3 --check_steps 5
-part 60 "4. donation reproduction, plain torch (GPT-2 widths, 1 layer), and pytorch#198280's case" \
+part 60 "4. donation reproduction, plain torch (GPT-2 widths, 1 layer), and pytorch#198280's and #176591's cases" \
     python3 benchmarks/cuda_donation_repro.py --layers 1 --minimal
 section "done in ${SECONDS}s"
