@@ -209,7 +209,8 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
             batches = read_or_raise(train_data)
             progress = fit(progress, batches, lambda state, batch: train_step(state, to_device(batch, parts.device)), hook)
     except UnreadableBatch as e:
-        raise saved_after_unreadable(e.__cause__, latest[0], exp, run_dir, save) from None
+        never_nonfinite = lambda p: save(hooks.stop_on_nonfinite(p, {}))  # noqa: E731
+        raise saved_after_unreadable(e.__cause__, latest[0], exp, run_dir, never_nonfinite) from None
     finally:
         bar.close()
         log.close()

@@ -54,11 +54,10 @@ from craft.parts import (
 )
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
-    prepare_run_dir,
-    save_checkpoint, start_or_resume, write_atomic,
+    prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
 )
 from craft.step import TrainState, init_state, make_eval_step
-from craft.unreadable import data_summary, one_class_warning
+from craft.unreadable import UnreadableBatch, data_summary, one_class_warning, read_or_raise, remember_in, saved_after_unreadable
 
 MEMBERS_DIR = "members"
 
@@ -107,7 +106,6 @@ def sweep_transform(exp: Experiment, names: list[str]) -> Transform:
         return build_optimizer(exp, schedule, names, **options)
 
     return inject_hyperparams(factory, **swept)
-
 
 
 def stacked_start(exp: Experiment, team: list[Member], tx: Transform):
@@ -249,11 +247,14 @@ def _fit_sweep(exp: Experiment, model, parts, tx: Transform, start, run_dir: Pat
         hooks.stop_on_signal(flag),
         when(lambda p: due(p, cfg.checkpoint_every or cfg.eval_every) or due(p, cfg.eval_every) or p.stop is not None, hooks.checkpoint(save)),
         every(cfg.eval_every, evaluate_members(run_eval, logs, elapsed)),
+        remember_in(latest := [None]),  # the last finished step: saved if a batch cannot be read
     )
-    progress = Progress(start.state, first, cfg.steps, last_good=start.path, window=time.perf_counter())
+    progress = latest[0] = Progress(start.state, first, cfg.steps, last_good=start.path, window=time.perf_counter())
     try:
         with flag.installed():
-            progress = fit(progress, train_data, lambda carry, batch: step(carry, to_device(batch, device)), hook)
+            progress = fit(progress, read_or_raise(train_data), lambda carry, batch: step(carry, to_device(batch, device)), hook)
+    except UnreadableBatch as e:  # a frozen or skipping member keeps a finite state: the sweep's state always saves
+        raise saved_after_unreadable(e.__cause__, latest[0], exp, run_dir, save) from None
     finally:
         bar.close()
         logs.close()

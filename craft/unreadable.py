@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from craft import checkpoint, hooks
+from craft import checkpoint
 from craft.config import Experiment
 from craft.loop import Hook, Progress
 from craft.rundir import CHECKPOINTS, RunError
@@ -67,7 +67,8 @@ def read_or_raise(batches):
 
 def saved_after_unreadable(error: Exception, progress: Progress, exp: Experiment, run_dir: Path, save) -> RunError:
     """The one-line error for a training batch that cannot be read mid-run, after saving the last finished
-    step (unless it is saved already, or its state is non-finite), so that fixing the data loses no step.
+    step (unless it is saved already, or ``save`` refuses it with a ``RunError``: a non-finite state), so
+    that fixing the data loses no step. A run and a sweep both end this way; ``--resume`` continues either.
 
     The data's position is the unread batch's (a failed read does not advance it): the resumed run reads it again.
     """
@@ -76,7 +77,6 @@ def saved_after_unreadable(error: Exception, progress: Progress, exp: Experiment
     saved = progress.last_good
     if progress.step > 0 and not checkpoint.step_path(run_dir / CHECKPOINTS, progress.step).exists():
         try:
-            hooks.stop_on_nonfinite(progress, {})  # a non-finite state is never saved
             saved = save(progress)
         except RunError:
             pass

@@ -56,14 +56,15 @@ def test_the_run_says_what_each_split_read_and_what_it_left_out(tmp_path, sweep)
         assert line.endswith(("left out 1 .txt files, 1 .db files", "left out 1 .db files, 1 .txt files")), line
 
 
-def test_an_image_that_does_not_decode_mid_run_saves_the_last_step_and_the_run_resumes(tmp_path):
+@pytest.mark.parametrize("sweep", [[], ["--sweep.optim.lr=[0.001,0.01]"]], ids=["run", "sweep"])
+def test_an_image_that_does_not_decode_mid_run_saves_the_last_step_and_the_run_resumes(tmp_path, sweep):
     data = folder(tmp_path / "photos", per_class=8)
     val = folder(tmp_path / "val", per_class=1)
     bad = data / "dog" / "9.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     config = experiment(tmp_path, data, 30)
     config.write_text(config.read_text().replace("[data]\n", f'[data]\nval_path = "{val}"\n'))  # val never reads it
-    result = run_cli(str(config), "--data.batch_size=2")
+    result = run_cli(str(config), "--data.batch_size=2", *sweep)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     error = next(line for line in result.stderr.splitlines() if line.startswith("error: "))
     match = re.search(r"9\.png \(.*\); replace or delete it; the run is saved in (\S+step_(\d+)\.pt): after fixing the "
@@ -74,7 +75,7 @@ def test_an_image_that_does_not_decode_mid_run_saves_the_last_step_and_the_run_r
     bad.unlink()
     result = run_cli(str(run_dir), "--resume")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"from step {step}" in result.stdout and (run_dir / "checkpoints" / "step_00000030.pt").exists()
+    assert f"from {saved.name} (step {step})" in result.stdout and (run_dir / "checkpoints" / "step_00000030.pt").exists()
 
 
 def test_evaluate_with_an_image_size_the_model_cannot_take_is_one_line(tmp_path):
