@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import batch_for, cross_entropy
+from conftest import batch_for, cross_entropy, run_cli
 
 from craft import distributed
 from craft.models import SmallCNN
@@ -185,7 +185,7 @@ def _torchrun(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedP
 
 
 def _craft(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "craft", *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return run_cli(*args, timeout=300)
 
 
 def _params(run_dir: Path) -> dict[str, torch.Tensor]:

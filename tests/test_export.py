@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import run_cli
+
 import craft
 from craft import run, trained
 from craft.config import load
@@ -62,16 +64,10 @@ def test_best_without_early_stopping_says_what_exists(gpt_run):
 
 
 def test_craft_export_and_print_config_from_the_cli(gpt_run, tmp_path):
-    import subprocess
-    import sys
-
-    def craft_cli(*args):
-        return subprocess.run([sys.executable, "-m", "craft", *args], capture_output=True, text=True, timeout=300)
-
-    exported = craft_cli("export", str(gpt_run), str(tmp_path / "out"))
+    exported = run_cli("export", str(gpt_run), str(tmp_path / "out"))
     assert exported.returncode == 0, exported.stderr
     assert (tmp_path / "out" / "model.safetensors").stat().st_size > 0
-    printed = craft_cli(str(ROOT / "experiments" / "gpt_char.toml"), "--print_config", "--optim.lr=3e-4")
+    printed = run_cli(str(ROOT / "experiments" / "gpt_char.toml"), "--print_config", "--optim.lr=3e-4")
     assert printed.returncode == 0, printed.stderr
     assert "lr = 0.0003" in printed.stdout and "[schedule]" in printed.stdout
     assert not (Path.cwd() / "runs" / "gpt_char").exists() or "run folder" not in printed.stdout

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import TINY_TRAIN, tiny_cnn, tiny_gpt
+from conftest import TINY_TRAIN, run_cli, tiny_cnn, tiny_gpt
 from craft import trained
 from craft.config import ConfigError, load, loads
 from craft.data.shapes import SHAPES
@@ -21,7 +20,7 @@ from craft.parts import build_parts, fit_to_data
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def craft(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "craft", *args], capture_output=True, text=True, timeout=300, env=ENV, cwd=cwd)
+    return run_cli(*args, cwd=cwd, env=ENV, timeout=300)
 
 
 def cnn_toml(tmp_path: Path, shapes: Path, model: str = "") -> Path:

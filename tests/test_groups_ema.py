@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, tiny_cnn
+from conftest import TINY_TRAIN, run_cli, tiny_cnn
 from craft import checkpoint, trained
 from craft.config import load
 from craft.optim import EmaState, find_state
@@ -31,9 +30,7 @@ clip_norm = 1.0
 def craft(tmp_path: Path, shapes: Path, *args: str, groups: str = "", train: str = "") -> subprocess.CompletedProcess:
     path = tmp_path / "e.toml"
     path.write_text(CNN.format(out=tmp_path / "runs", data=shapes, groups=groups, train=train))
-    return subprocess.run(
-        [sys.executable, "-m", "craft", str(path), *args], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=ENV
-    )
+    return run_cli(str(path), *args, cwd=tmp_path, env=ENV, timeout=300)
 
 
 def last_state(run_dir: Path):

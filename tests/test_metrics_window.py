@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import shapes_folder, tiny_cnn
+from conftest import run_cli, shapes_folder, tiny_cnn
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CNN = tiny_cnn("""
@@ -37,10 +35,7 @@ def shapes(tmp_path_factory) -> Path:
 def train_events(tmp_path: Path, shapes: Path, log_every: int) -> list[dict]:
     path = tmp_path / "e.toml"
     path.write_text(CNN.format(out=tmp_path / f"runs{log_every}", data=shapes))
-    result = subprocess.run(
-        [sys.executable, "-m", "craft", str(path), f"--train.log_every={log_every}"],
-        capture_output=True, text=True, timeout=300, env=ENV,
-    )
+    result = run_cli(str(path), f"--train.log_every={log_every}", env=ENV, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = (tmp_path / f"runs{log_every}" / "cnn" / "metrics.jsonl").read_text().splitlines()
     return [e for e in map(json.loads, lines) if e["split"] == "train"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_TRAIN, shapes_folder, tiny_cnn, tiny_gpt
+from conftest import TINY_TRAIN, run_cli, shapes_folder, tiny_cnn, tiny_gpt
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -30,9 +30,7 @@ compile = false
 """)
 
 def craft(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "craft", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=ENV
-    )
+    return run_cli(*args, cwd=cwd, env=ENV, timeout=timeout)
 
 
 def one_error(result: subprocess.CompletedProcess, status: int = 2) -> str:

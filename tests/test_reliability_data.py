@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def craft(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "craft", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
-    )
+    return run_cli(*args, cwd=cwd, timeout=timeout)
 
 
 @pytest.mark.parametrize(

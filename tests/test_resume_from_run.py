@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import tiny_cnn
+from conftest import run_cli, tiny_cnn
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CNN = tiny_cnn("""
@@ -35,7 +33,7 @@ def toml(tmp_path, shapes) -> Path:
 
 
 def craft(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "craft", *args], capture_output=True, text=True, timeout=300, env=ENV, cwd=cwd)
+    return run_cli(*args, cwd=cwd, env=ENV, timeout=300)
 
 
 def lrs(run_dir: Path) -> dict[int, float]:

@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import run_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = """
@@ -50,9 +52,7 @@ compile = false
 
 
 def craft(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "craft", *args], capture_output=True, text=True, timeout=600, cwd=cwd
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, tiny_cnn
+from conftest import TINY_TRAIN, run_cli, tiny_cnn
 from craft import checkpoint, cli, rundir, run
 from craft.config import loads
 from craft.parts import fit_to_data
@@ -37,7 +37,7 @@ def toml(tmp_path: Path, shapes: Path) -> Path:
 
 
 def craft(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "craft", *argv], cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
+    return run_cli(*argv, env=ENV)
 
 
 def error_lines(process: subprocess.CompletedProcess) -> list[str]:

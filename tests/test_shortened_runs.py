@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_cli
 from craft.config import build, load
 from craft.parts import fit_schedule
 
@@ -33,14 +34,8 @@ def test_a_warmup_shorter_than_the_run_is_kept():
 
 
 def test_a_shortened_gpt_run_trains_from_the_cli(tmp_path):
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "craft", str(EXPERIMENTS[0].parent / "gpt_char.toml"), "--train.steps=3",
-         "--train.compile=false", "--train.eval_batches=1", f"--out_dir={tmp_path}"],
-        capture_output=True, text=True, timeout=300,
-    )
+    result = run_cli(str(EXPERIMENTS[0].parent / "gpt_char.toml"), "--train.steps=3", "--train.compile=false",
+                     "--train.eval_batches=1", f"--out_dir={tmp_path}", timeout=300)
     assert result.returncode == 0, result.stderr
     assert "schedule.warmup_steps = 100 is not shorter than the run (3 steps); shortened to 0" in result.stdout + result.stderr
     assert (tmp_path / "gpt_char" / "checkpoints").is_dir()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_cnn
+from conftest import run_cli, tiny_cnn
 from craft import config, trackers
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
@@ -27,10 +27,13 @@ loggers = {loggers}
 """)
 
 
-def train(tmp_path: Path, shapes: Path, loggers: list[str], *prefix: str) -> subprocess.CompletedProcess:
+def train(tmp_path: Path, shapes: Path, loggers: list[str], hide: str | None = None) -> subprocess.CompletedProcess:
+    """``craft`` on a tiny CNN run with ``loggers``; with ``hide``, Python code that runs the CLI instead."""
     path = tmp_path / "e.toml"
     path.write_text(CNN.format(out=tmp_path / "runs", data=shapes, loggers=json.dumps(loggers)))
-    return subprocess.run([sys.executable, *prefix, str(path)], capture_output=True, text=True, timeout=300, env=ENV)
+    if hide is None:
+        return run_cli(str(path), env=ENV, timeout=300)
+    return subprocess.run([sys.executable, "-c", hide, str(path)], capture_output=True, text=True, timeout=300, env=ENV)
 
 
 def test_the_config_and_the_tracker_table_agree():
@@ -38,14 +41,14 @@ def test_the_config_and_the_tracker_table_agree():
 
 
 def test_an_unknown_logger_is_a_config_error(tmp_path, shapes):
-    result = train(tmp_path, shapes, ["wandb", "comet"], "-m", "craft")
+    result = train(tmp_path, shapes, ["wandb", "comet"])
     assert result.returncode == 2
     assert "train.loggers: unknown 'comet'; choose from 'tensorboard', 'wandb', 'mlflow'" in result.stderr
 
 
 def test_a_missing_tracker_package_names_this_projects_extra(tmp_path, shapes):
     hide = "import sys; sys.modules['wandb'] = None; from craft.cli import main; sys.argv[0] = 'craft'; main()"
-    result = train(tmp_path, shapes, ["wandb"], "-c", hide)
+    result = train(tmp_path, shapes, ["wandb"], hide)
     assert result.returncode == 2, result.stderr
     (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert "'wandb' needs the wandb package" in line and 'python -m pip install -e ".[wandb]"' in line
@@ -56,7 +59,7 @@ def test_mlflow_gets_every_event_in_a_local_store(tmp_path, shapes):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    result = train(tmp_path, shapes, ["mlflow"], "-m", "craft")
+    result = train(tmp_path, shapes, ["mlflow"])
     assert result.returncode == 0, result.stderr
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     client = MlflowClient(tracking_uri=(tmp_path / "runs" / "cnn" / "mlruns").resolve().as_uri())
@@ -68,7 +71,7 @@ def test_mlflow_gets_every_event_in_a_local_store(tmp_path, shapes):
 
 def test_wandb_writes_an_offline_run(tmp_path, shapes):
     pytest.importorskip("wandb")
-    result = train(tmp_path, shapes, ["wandb"], "-m", "craft")
+    result = train(tmp_path, shapes, ["wandb"])
     assert result.returncode == 0, result.stderr
     (run_file,) = (tmp_path / "runs" / "cnn" / "wandb").glob("offline-run-*/*.wandb")
     # The run file is wandb's binary log (its reader is not public): the logged keys and config are in it.
