@@ -30,7 +30,6 @@ the per-round ratios.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path

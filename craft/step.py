@@ -25,7 +25,7 @@ from torch.utils import _pytree as pytree
 
 from craft.accumulate import Batch, Metrics, accumulate
 from craft.compiling import autocast_for, device_type, maybe_compile, set_mode, uses_cuda_graphs
-from craft.optim import STATE_TYPES, Transform, apply_updates, foreach
+from craft.optim import STATE_TYPES, Transform, apply_updates
 from craft.tree import Params, global_norm
 
 __all__ = [
