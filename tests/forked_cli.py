@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import traceback
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +53,9 @@ def serve() -> None:
 
     for line in sys.stdin:
         request = json.loads(line)
-        pid = os.fork()
+        with warnings.catch_warnings():  # Python 3.12+ warns of forking beside torch's idle thread; both sides leave this
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:
             run_command(request)  # never returns: the child ends as the command's interpreter would
         print(json.dumps({"pid": pid}), flush=True)
@@ -113,8 +116,9 @@ class Server:
     """One server per test process, started on first use; its requests one at a time."""
 
     def __init__(self) -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="forked_cli-", suffix=".log")  # the server's own errors
         self.proc = subprocess.Popen(
-            [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, cwd=ROOT,
+            [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, bufsize=0, cwd=ROOT,
         )
         self.env = dict(os.environ)
         self.lock = threading.Lock()
@@ -126,7 +130,8 @@ class Server:
             return None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the forked CLI server ended (status {self.proc.wait()})")
+            said = Path(self.log.name).read_text()[-2000:]
+            raise RuntimeError(f"the forked CLI server ended (status {self.proc.wait()}): {said}")
         return json.loads(line)
 
     def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
