@@ -202,7 +202,11 @@ def test_generate_streams_and_ctrl_c_keeps_the_text(text_run):
         first = proc.stdout.read(24)  # arrives while generation goes on
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
-        rest, err = proc.communicate(timeout=60)
+        try:
+            rest, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # seen once in CI, not reproduced: say how the process held the signal
+            held = [line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if line.startswith(("Sig", "Shd"))]
+            pytest.fail(f"generate went on 60 s after SIGINT; its signal masks: {held}")
     finally:
         proc.kill()
     assert first.startswith(b"the ")
