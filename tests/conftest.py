@@ -36,7 +36,7 @@ settings.load_profile("ci" if os.environ.get("CI") else "craft")
 
 def run_cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python -m craft ARGS`` as a process of its own, output captured (``subprocess.run``'s result),
-    forked from one that has imported craft already (``forked_cli``: the same process, without 6 s of imports)."""
+    forked from one that has imported craft already (``forked_cli``: the same command, without 6 s of imports)."""
     return forked_cli.run(list(args), cwd=cwd, env=env, timeout=timeout)
 
 
