@@ -240,6 +240,7 @@ def _fit_sweep(exp: Experiment, model, parts, tx: Transform, start, run_dir: Pat
 
     run_eval = lambda state: evaluate_batches(eval_step, state, val_data, device, task, cfg.eval_batches)  # noqa: E731
     flag = hooks.SignalFlag()
+    progress = Progress(start.state, first, cfg.steps, last_good=start.path, window=time.perf_counter())
     hook = chain(
         hooks.advance(bar),
         hooks.count_nonfinite,
@@ -247,9 +248,8 @@ def _fit_sweep(exp: Experiment, model, parts, tx: Transform, start, run_dir: Pat
         hooks.stop_on_signal(flag),
         when(lambda p: due(p, cfg.checkpoint_every or cfg.eval_every) or due(p, cfg.eval_every) or p.stop is not None, hooks.checkpoint(save)),
         every(cfg.eval_every, evaluate_members(run_eval, logs, elapsed)),
-        remember_in(latest := [None]),  # the last finished step: saved if a batch cannot be read
+        remember_in(latest := [progress]),  # the last finished step: saved if a batch cannot be read
     )
-    progress = latest[0] = Progress(start.state, first, cfg.steps, last_good=start.path, window=time.perf_counter())
     try:
         with flag.installed():
             progress = fit(progress, read_or_raise(train_data), lambda carry, batch: step(carry, to_device(batch, device)), hook)
