@@ -68,7 +68,11 @@ def check_sample(exp: Experiment, data) -> Any:
     if exp.train.sample is None:
         return tokenizer
     if tokenizer is None:
-        raise RunError(f"train.sample needs text data with a tokenizer; data.kind = {exp.data.kind!r} has none")
+        fix = "set data.tokenizer (a tiktoken encoding, e.g. 'gpt2'), or " if exp.data.kind == "tokens" else ""
+        raise RunError(
+            f"train.sample needs text data with a tokenizer; data.kind = {exp.data.kind!r} has none: "
+            f"{fix}turn sampling off with --train.sample=None (or remove [train.sample])"
+        )
     if hasattr(exp.data.config, "load_image"):
         raise RunError(
             "train.sample continues a text prompt, and a captioning run reports exact_match instead; "

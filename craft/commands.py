@@ -19,7 +19,8 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
 
     Any --section.key=value overrides a key of the file (values are TOML
     literals: --train.compile=false, --optim.lr=3e-4, --model.widths=[8,16];
-    a text key takes the text as typed: --name=2024). --resume continues the
+    a text key takes the text as typed: --name=2024; None leaves out an
+    optional table: --train.sample=None). --resume continues the
     run folder from its last checkpoint, as the run's own config.toml says,
     with only the overrides given now on top (CONFIG may be the run folder:
     craft train runs/NAME --resume); --overwrite replaces it. Without either,
@@ -33,6 +34,8 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
     from craft.rundir import resume_target
 
     if Path(config).suffix.lower() != ".toml" and not Path(config).is_dir():
+        if resume:
+            raise UsageError(f"no run folder {config!r} to resume; give the run folder (runs/NAME) or the experiment's .toml")
         raise UsageError(
             f"craft reads TOML experiments: {config!r} is not a .toml file; "
             "write the experiment as TOML (see experiments/*.toml)"

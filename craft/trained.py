@@ -161,9 +161,11 @@ def sample_run(
 
     run_dir = Path(run_dir)
     path = run_dir / TOKENIZER_FILE
-    if (run_dir / CONFIG_FILE).exists() and not path.exists():
-        raise RunError(f"{run_dir} has no {TOKENIZER_FILE}: generation needs a run trained on text or captions")
     exp = load_config(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
+    if exp is not None and not path.exists():
+        why = ("its token files came without a tokenizer (set data.tokenizer, or prepare them with craft prepare "
+               "tokens)") if exp.data.kind == "tokens" else "generation needs a run trained on text or captions"
+        raise RunError(f"{run_dir} has no {TOKENIZER_FILE} to decode samples with: {why}")
     read_image = getattr(exp.data.config, "load_image", None) if exp is not None else None
     if image is None and read_image is not None:
         raise RunError(f"{run_dir} is a captioning run: give the image to caption, --image=PATH")

@@ -274,7 +274,13 @@ def test_wrong_types_name_the_path():
     assert problems_of(BASE + "[train]\nsteps = 0.5\n") == ["train.steps: expected int, got 0.5"]
     assert problems_of("seed = 'cnn'\n" + BASE) == ["seed: expected int, got 'cnn'"]
     assert problems_of('name = "x"\nmodel = "cnn"\n[data]\nkind = "t"\n')[0] == "model: expected a table, got 'cnn'"
-    assert problems_of(BASE + "[train]\nearly_stopping = 3\n") == ["train.early_stopping: expected a table, got 3"]
+    assert problems_of(BASE + "[train]\nearly_stopping = 3\n") == [
+        "train.early_stopping: expected a table, got 3; to leave this optional table out, "
+        "remove it from the TOML or give None on the command line"
+    ]
+    with_sample = BASE + "[train.sample]\nevery = 2\n"
+    assert loads(with_sample).train.sample.every == 2
+    assert loads(with_sample, {"train.sample": None}).train.sample is None  # --train.sample=None
     assert problems_of(BASE + "[train.early_stopping]\nmode = 'mn'\n") == [
         "train.early_stopping.mode: expected one of 'min', 'max', got 'mn'"
     ]

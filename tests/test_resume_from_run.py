@@ -60,6 +60,11 @@ def test_the_run_folder_itself_resumes_after_a_move(toml, tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(lrs(moved)) == [1, 2, 3, 4, 5]
     assert not (tmp_path / "runs" / "cnn").exists()
+    before = (moved / "metrics.jsonl").read_text()
+    done = craft("train", str(moved), "--resume", cwd=tmp_path)  # finished: says so, trains nothing
+    assert done.returncode == 0, done.stderr
+    assert "already finished its 5 steps; to train it further, raise --train.steps" in done.stdout
+    assert (moved / "metrics.jsonl").read_text() == before
 
 
 def test_a_longer_resumed_run_keeps_its_schedule_unless_asked(toml, tmp_path):

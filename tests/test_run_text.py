@@ -104,7 +104,7 @@ def test_a_prompt_that_looks_like_a_number_stays_text(tiny_run, tmp_path):
 
 def test_generate_on_an_image_run_says_it_needs_text(tmp_path):
     (tmp_path / "config.toml").write_text("")
-    with pytest.raises(run.RunError, match="no tokenizer.json: generation needs a run trained on text or captions"):
+    with pytest.raises(run.RunError, match="no tokenizer.json to decode samples with: generation needs a run trained on text or captions"):
         trained.sample_run(tmp_path, options=None)
 
 

@@ -114,9 +114,15 @@ def test_a_nanogpt_uint16_folder_trains(tmp_path):
     bare = [f"--data.path={tmp_path / 'bare'}", "--name=nano_bare"]
     refused = craft(str(config), *bare, *FAST)
     assert refused.returncode != 0 and "set data.vocab_size" in refused.stderr and "Traceback" not in refused.stderr
-    trained = craft(str(config), *bare, f"--data.vocab_size={len(chars)}", '--data.dtype="uint16"', *FAST)
+    ids_only = [*bare, f"--data.vocab_size={len(chars)}", '--data.dtype="uint16"', *FAST]
+    no_sampler = craft(str(config), *ids_only, "--train.sample.every=1")  # ids without a tokenizer: nothing decodes
+    assert no_sampler.returncode == 1 and "set data.tokenizer" in no_sampler.stderr
+    assert "turn sampling off with --train.sample=None" in no_sampler.stderr
+    trained = craft(str(config), *ids_only, "--train.sample=None")
     assert trained.returncode == 0, trained.stderr
     assert (tmp_path / "nano_bare" / "checkpoints").is_dir()
+    undecodable = craft("generate", str(tmp_path / "nano_bare"))
+    assert undecodable.returncode == 1 and "its token files came without a tokenizer" in undecodable.stderr
 
 
 @pytest.mark.slow

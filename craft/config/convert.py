@@ -83,6 +83,27 @@ def _is_wide_union(t: Any) -> bool:
     return get_origin(t) in (Union, types.UnionType) and len([a for a in get_args(t) if a is not type(None)]) > 1
 
 
+def _is_optional_record(t: Any) -> bool:
+    """``Record | None``: an optional table (``[train.sample]``)."""
+    args = get_args(t)
+    return get_origin(t) in (Union, types.UnionType) and len(args) == 2 and type(None) in args and any(map(attrs.has, args))
+
+
+def _optional_record_hook(c: cattrs.Converter, t: Any) -> Callable[[Any, Any], Any]:
+    """None leaves the table out (``--train.sample=None``: TOML has no null); a table is the record."""
+    (record,) = [a for a in get_args(t) if a is not type(None)]
+
+    def structure(value: Any, _: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise Invalid(f"expected a table, got {show(value)}; to leave this optional table out, "
+                          f"remove it from the TOML or give None on the command line")
+        return c.structure(value, record)
+
+    return structure
+
+
 def _type_name(t: Any) -> str:
     if is_list_type(t) and get_args(t):
         return f"a list of {_type_name(get_args(t)[0])}"
@@ -155,6 +176,7 @@ def make_converter(field_hooks: FieldHooks = lambda c: {}) -> cattrs.Converter:
     c.register_structure_hook(str, _scalar_hook("str", lambda v: isinstance(v, str)))
     c.register_structure_hook_func(lambda t: get_origin(t) is Literal, _structure_literal)
     c.register_structure_hook_factory(is_list_type, lambda t: _list_hook(c, t))
+    c.register_structure_hook_factory(_is_optional_record, lambda t: _optional_record_hook(c, t))
     c.register_structure_hook_factory(_is_wide_union, lambda t: _union_hook(c, t))
     # Looked up when a record is first structured, so the hooks below may use `c` themselves.
     c.register_structure_hook_factory(attrs.has, lambda cl: _attrs_hook(c, cl, fields.get(cl, {})))
