@@ -61,7 +61,7 @@ def photos(directory: str, *, image_size: int = 96, seed: int = 0, **counts: int
 
 
 def tokens(
-    *paths: str, tokenizer: str = "bpe", vocab_size: int = 8192, encoding: str = "gpt2",
+    *paths: str, tokenizer: str = "bpe", vocab_size: int | None = None, encoding: str | None = None,
     val_fraction: float = 0.1, chunk_size: int = 1 << 20, overwrite: bool = False,
 ) -> None:
     """Stream text files and folders (or @stdlib, Python's own sources) into OUT's token files.
@@ -69,20 +69,28 @@ def tokens(
     OUT gets train.bin and val.bin (nanoGPT's layout: flat uint16, or uint32
     for a vocabulary over 65,536), tokenizer.json and meta.json, for a
     ``[data] kind = "tokens"`` experiment. --tokenizer=bpe trains a byte-level
-    BPE of --vocab_size tokens on the train text; --tokenizer=tiktoken uses
-    --encoding from tiktoken's local cache. The val split is the last
-    --val_fraction of each file (from a line start).
+    BPE of --vocab_size tokens (default 8192) on the train text;
+    --tokenizer=tiktoken uses --encoding (default gpt2) from tiktoken's local
+    cache. The val split is the last --val_fraction of each file (from a line
+    start). Files are read --chunk_size bytes at a time (default 1 MiB).
+    --overwrite replaces the token files of an earlier prepare.
     """
     from craft.data.prepare_tokens import prepare_tokens
+    from craft.runfolder import is_run_folder
 
     if len(paths) < 2:
         raise UsageError(f"craft prepare tokens needs SRC... and OUT; usage: {TOKENS_USAGE}")
+    if is_run_folder(Path(paths[-1])):  # its tokenizer.json decodes its checkpoints: never replaced
+        raise ValueError(f"{paths[-1]!r} is a training run's folder; write the tokens to a folder of their own")
     options = dict(tokenizer=tokenizer, vocab_size=vocab_size, encoding=encoding, val_fraction=val_fraction)
     print(prepare_tokens(list(paths[:-1]), paths[-1], **options, chunk_size=chunk_size, overwrite=overwrite))
 
 
 SIZES = "[--num_train=N --num_val=N --image_size=32 --seed=0]"
-TOKENS_USAGE = "craft prepare tokens SRC... OUT [--tokenizer=bpe|tiktoken --vocab_size=N --encoding=NAME --val_fraction=F --overwrite]"
+TOKENS_USAGE = (
+    "craft prepare tokens SRC... OUT [--tokenizer=bpe|tiktoken --vocab_size=N --encoding=NAME --val_fraction=F "
+    "--chunk_size=BYTES --overwrite]"
+)
 PREPARERS: dict[str, Command] = {
     "shapes": Command(shapes, f"craft prepare shapes DIR {SIZES}"),
     "captions": Command(captions, f"craft prepare captions DIR {SIZES}"),

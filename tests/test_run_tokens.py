@@ -85,6 +85,9 @@ def test_the_tiny_gpt2_trains_on_prepared_tokens_and_generates(tokens_folder, tm
     sample = craft("generate", str(run_dir), "--prompt=def ", "--max_new_tokens=12", "--temperature=0")
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout.startswith("def ") and len(sample.stdout.rstrip("\n")) > len("def ")  # 4 steps: often spaces
+    replaced = craft("prepare", "tokens", str(ROOT / "README.md"), str(run_dir), "--vocab_size=300", "--overwrite")
+    assert replaced.returncode == 1 and "is a training run's folder; write the tokens to a folder of their own" in replaced.stderr
+    assert (run_dir / "tokenizer.json").read_text() == (tokens_folder / "tokenizer.json").read_text()
 
 
 @pytest.mark.slow

@@ -89,7 +89,10 @@ def train_bpe(texts: Iterator[str], vocab_size: int, *, length: int | None = Non
 
 @attrs.frozen
 class BPETokenizer:
-    """A Hugging Face ``tokenizers`` tokenizer, held as its JSON text (equal JSON, equal tokenizers)."""
+    """A Hugging Face ``tokenizers`` tokenizer, held as its JSON text (equal JSON, equal tokenizers).
+
+    ``encode`` reads special tokens written in the text as ordinary text, as tiktoken's ``encode_ordinary``.
+    """
 
     json: str = attrs.field(repr=False)
     _tokenizer: Any = attrs.field(init=False, repr=False, eq=False)
@@ -97,9 +100,13 @@ class BPETokenizer:
     def __attrs_post_init__(self) -> None:
         tk = require("tokenizers", "bpe")
         try:
-            object.__setattr__(self, "_tokenizer", tk.Tokenizer.from_str(self.json))
+            tokenizer = tk.Tokenizer.from_str(self.json)
         except Exception as e:  # noqa: BLE001 - the library raises its own exception types
             raise ValueError(f"not a Hugging Face tokenizer ({e})") from None
+        # Text is ordinary text: "<|endoftext|>" written in a file is 13 characters, not a document's
+        # end (tiktoken's encode_ordinary). Not saved in the JSON: other tools keep their own default.
+        tokenizer.encode_special_tokens = True
+        object.__setattr__(self, "_tokenizer", tokenizer)
 
     @property
     def vocab_size(self) -> int:

@@ -13,7 +13,7 @@ How the corpus is read:
   file once). ``@stdlib`` is the Python standard library's own source files
   (about 30 MB of ``.py`` with its tests, offline everywhere). Files that are not UTF-8 are
   left out and counted.
-- Each file is read in pieces of about ``chunk_size`` bytes, cut only at a
+- Each file is read in pieces (``craft.data.text_pieces``) of about ``chunk_size`` bytes, cut only at a
   newline with printable ASCII on both sides (where a byte-level BPE or
   tiktoken never joins the two sides), so its tokens are those of the whole
   file encoded at once, and memory holds a few pieces, never the corpus. (A
@@ -21,8 +21,8 @@ How the corpus is read:
   cut before a space between printable characters, exact too; without one, at a newline anyway:
   its tokens there may differ from the whole file's.)
 - The val split is deterministic: the last ``val_fraction`` of each file's
-  bytes, from the first line start at or after that point (in a file of
-  one long line, the first space or character there). Each file's train part and its val part end with
+  bytes, from the first line start at or after that point (when no line
+  starts there, the first space or character there). Each file's train part and its val part end with
   the end-of-text token.
 - ``--tokenizer=bpe`` trains a byte-level BPE of ``vocab_size`` tokens on the
   train parts (streamed); ``--tokenizer=tiktoken --encoding=gpt2`` uses a
@@ -41,122 +41,11 @@ import numpy as np
 from tqdm import tqdm
 
 from craft.data import bpe
+from craft.data.text_pieces import CHUNK_SIZE, parts, pieces
 from craft.data.text_sources import STDLIB, TEXT_SUFFIXES, is_utf8, source_files, stdlib_files, utf8_files  # noqa: F401
 
 META_FILE, TOKENIZER_FILE = "meta.json", "tokenizer.json"
-CHUNK_SIZE = 1 << 20
-LONGEST = 64  # chunks held at most while looking for a cut
 BATCH_PIECES = 16  # pieces encoded together (on the tokenizer's threads)
-
-
-# -- pieces --------------------------------------------------------------------
-
-
-def is_cut(data: bytes, p: int) -> bool:
-    """Whether the text may be cut before ``data[p]``: a newline between printable ASCII characters.
-
-    Byte-level BPE and tiktoken never join the sides of such a newline, nor
-    read a different split of whitespace when the text ends there (a run of
-    newlines or spaces would: ``"\\n\\n\\ndef"`` splits as ``"\\n\\n", "\\n", "def"``).
-    """
-    return 1 < p < len(data) and data[p - 1] == 0x0A and 0x21 <= data[p - 2] <= 0x7E and 0x21 <= data[p] <= 0x7E
-
-
-def last_cut(data: bytes) -> int:
-    """The last position ``p`` with ``is_cut(data, p)``, or 0."""
-    p = data.rfind(b"\n")
-    while p >= 0 and not is_cut(data, p + 1):
-        p = data.rfind(b"\n", 0, p)
-    return p + 1 if p >= 0 else 0
-
-
-def val_start(path: str, size: int, val_fraction: float, block: int = CHUNK_SIZE) -> int:
-    """Where the file's val part begins: the first line start at or after ``size * (1 - val_fraction)``;
-    in a file with no line start there (one long line, as text8), the first space, else the first whole
-    character. The parts are tokenized apart, so any character boundary will do."""
-    start = int(size * (1 - val_fraction))
-    if start == 0:
-        return 0
-    with open(path, "rb") as f:
-        f.seek(start - 1)
-        offset = start - 1
-        first = chunk = f.read(block)
-        while chunk:
-            newline = chunk.find(b"\n")
-            if newline >= 0:
-                return min(offset + newline + 1, size)
-            offset += len(chunk)
-            chunk = f.read(block)
-    return start - 1 + next_boundary(first)
-
-
-def next_boundary(data: bytes) -> int:
-    """The first space in ``data[1:]``, else the first character start there, else ``len(data)``."""
-    space = data.find(b" ", 1)
-    if space >= 1:
-        return space
-    return next((i for i in range(1, len(data)) if data[i] & 0xC0 != 0x80), len(data))
-
-
-def pieces(path: str, start: int, end: int, chunk_size: int = CHUNK_SIZE) -> Iterator[str]:
-    """The text of bytes ``[start, end)`` of the file, in pieces of about ``chunk_size`` bytes, cut by ``is_cut``.
-
-    A stretch of ``LONGEST`` pieces' worth without a cut is cut at its last space between printable
-    characters (``last_space_cut``, exact too), else its last newline, else its last whole character,
-    rather than held in memory.
-    """
-    with open(path, "rb") as f:
-        f.seek(start)
-        left, carry = end - start, b""
-        while left > 0:
-            block = f.read(min(chunk_size, left))
-            if not block:  # the file shrank while read
-                break
-            left -= len(block)
-            data = carry + block
-            cut = last_cut(data) if left > 0 else len(data)
-            if not cut and len(data) > LONGEST * chunk_size:
-                cut = last_space_cut(data) or data.rfind(b"\n") + 1 or last_character(data)
-            if cut:
-                yield data[:cut].decode("utf-8")
-            carry = data[cut:]
-        if carry:
-            yield carry.decode("utf-8")
-
-
-def last_space_cut(data: bytes) -> int:
-    """The last position ``p`` of a space between printable ASCII characters (``"x| y"``), or 0.
-
-    No token of a byte-level BPE or tiktoken holds a character and the space after it, so cutting
-    there keeps the whole text's tokens: the fallback for text without such a newline (one long
-    line, ``\\r\\n`` line ends).
-    """
-    p = data.rfind(b" ")
-    while p > 0 and not (0x21 <= data[p - 1] <= 0x7E and p + 1 < len(data) and 0x21 <= data[p + 1] <= 0x7E):
-        p = data.rfind(b" ", 0, p)
-    return max(p, 0)
-
-
-def last_character(data: bytes) -> int:
-    """Where the last UTF-8 character of ``data`` starts (cutting there splits no character)."""
-    p = len(data) - 1
-    while p > 0 and data[p] & 0xC0 == 0x80:  # continuation bytes are 10xxxxxx
-        p -= 1
-    return max(p, 0)
-
-
-def parts(files: list[str], val_fraction: float) -> Iterator[tuple[str, str, int, int]]:
-    """``(split, path, start, end)``: each file's train part, then its val part (when not empty)."""
-    for path in files:
-        size = os.path.getsize(path)
-        if not size:
-            continue
-        with open(path, "rb") as f:
-            bom = 3 if f.read(3) == b"\xef\xbb\xbf" else 0  # a byte-order mark is not text
-        cut = max(val_start(path, size, val_fraction), bom)
-        yield "train", path, bom, cut
-        if cut < size:
-            yield "val", path, cut, size
 
 
 # -- writing -------------------------------------------------------------------
@@ -223,26 +112,25 @@ def prepare_tokens(
     out: str,
     *,
     tokenizer: str = "bpe",
-    vocab_size: int = 8192,
-    encoding: str = "gpt2",
+    vocab_size: int | None = None,
+    encoding: str | None = None,
     val_fraction: float = 0.1,
     chunk_size: int = CHUNK_SIZE,
     overwrite: bool = False,
 ) -> str:
     """Write OUT/{train,val}.bin, OUT/tokenizer.json and OUT/meta.json from SRC...; returns a summary line.
 
-    ``tokenizer``: ``"bpe"`` (trained here, ``vocab_size`` tokens) or
-    ``"tiktoken"`` (``encoding``, from tiktoken's local cache). Options are
-    checked before anything is read; the .bin files appear only when complete.
+    ``tokenizer``: ``"bpe"`` (trained here, ``vocab_size`` tokens, default
+    8192) or ``"tiktoken"`` (``encoding``, default gpt2, from tiktoken's local
+    cache). Options are checked before anything is read; the .bin files
+    appear only when complete, and only when both splits hold text.
     """
-    check_options(tokenizer, vocab_size, val_fraction, chunk_size)
+    check_options(tokenizer, vocab_size, encoding, val_fraction, chunk_size)
+    vocab_size, encoding = vocab_size or 8192, encoding or "gpt2"
     folder = Path(out)
     check_out(folder, overwrite)
-    inside = folder.resolve()  # OUT's own files (a tokenizer.json, a meta.json) are not text to read
-    files = [f for f in source_files(list(sources)) if inside not in Path(f).resolve().parents]
-    good = utf8_files(files)
-    if not good:
-        raise ValueError(f"no UTF-8 text in {', '.join(map(repr, sources))}; convert the files to UTF-8")
+    good, left_out = readable_sources(sources, folder)
+    check_splits(good, val_fraction)
     tok = make_tokenizer(tokenizer, good, val_fraction, vocab_size, encoding, chunk_size)
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -259,15 +147,49 @@ def prepare_tokens(
     meta = {
         "dtype": token_dtype(tok.vocab_size).name, "vocab_size": tok.vocab_size, "tokenizer": tokenizer,
         "tokenizer_file": TOKENIZER_FILE, "eot": tok.eot, "train_tokens": counts["train"], "val_tokens": counts["val"],
-        "files": len(good), "left_out_not_utf8": len(files) - len(good), "val_fraction": val_fraction,
+        "files": len(good), "left_out_not_utf8": left_out, "val_fraction": val_fraction,
         **({"encoding": encoding} if tokenizer == "tiktoken" else {}),
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    skipped = f" ({len(files) - len(good)} not UTF-8, left out)" if len(files) > len(good) else ""
+    skipped = f" ({left_out} not UTF-8, left out)" if left_out else ""
+    fewer = (f": the text has too few distinct pairs to merge for the {vocab_size:,} asked"
+             if tokenizer == "bpe" and tok.vocab_size < vocab_size else "")
     return (
         f"{folder}: {counts['train']:,} train and {counts['val']:,} val tokens ({meta['dtype']}, "
-        f"vocab_size {tok.vocab_size:,}) from {len(good):,} files{skipped}"
+        f"vocab_size {tok.vocab_size:,}{fewer}) from {plural(len(good), 'file')}{skipped}"
     )
+
+
+def plural(n: int, noun: str) -> str:
+    """``"1 file"``, ``"2 files"``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def readable_sources(sources: list[str], folder: Path) -> tuple[list[str], int]:
+    """The UTF-8 files SRC... names, leaving out those inside OUT; and how many were left out as not UTF-8."""
+    files = source_files(list(sources))
+    inside = folder.resolve()  # OUT's own files (a tokenizer.json, a meta.json) are not text to read
+    outside = [f for f in files if inside not in Path(f).resolve().parents]
+    if files and not outside:
+        raise ValueError(f"every source file is inside OUT {str(folder)!r}; write the tokens to a folder of their own")
+    good = utf8_files(outside)
+    if not good:
+        raise ValueError(f"no UTF-8 text in {', '.join(map(repr, sources))}; convert the files to UTF-8")
+    return good, len(outside) - len(good)
+
+
+def check_splits(files: list[str], val_fraction: float) -> None:
+    """Both splits must hold text, or the folder could not train: said before anything is written."""
+    sizes = Counter()
+    for split, _, start, end in parts(files, val_fraction):
+        sizes[split] += end - start
+    if not sizes["train"]:
+        raise ValueError(f"no text to tokenize: the {plural(len(files), 'file')} given {'is' if len(files) == 1 else 'are'} empty")
+    if not sizes["val"]:
+        raise ValueError(
+            f"no val text: the last --val_fraction={val_fraction} of each file, from a line start, is empty "
+            f"({sizes['train']:,} bytes in all); add text, or raise --val_fraction"
+        )
 
 
 WRITTEN = ("train.bin", "val.bin", META_FILE, TOKENIZER_FILE, "meta.pkl")
@@ -286,11 +208,15 @@ def check_out(folder: Path, overwrite: bool) -> None:
         )
 
 
-def check_options(tokenizer: str, vocab_size: int, val_fraction: float, chunk_size: int) -> None:
-    """One line naming the option and the fix, for the first bad one."""
+def check_options(tokenizer: str, vocab_size: int | None, encoding: str | None, val_fraction: float, chunk_size: int) -> None:
+    """One line naming the option and the fix, for the first bad one (an option the tokenizer would ignore too)."""
     if tokenizer not in ("bpe", "tiktoken"):
         raise ValueError(f"--tokenizer={tokenizer!r}: use bpe (trained here) or tiktoken (with --encoding=NAME)")
-    if tokenizer == "bpe" and not 257 <= vocab_size <= 1 << 32:
+    if tokenizer == "bpe" and encoding is not None:
+        raise ValueError(f"--encoding={encoding}: only for --tokenizer=tiktoken; a BPE is trained here (--vocab_size=N)")
+    if tokenizer == "tiktoken" and vocab_size is not None:
+        raise ValueError(f"--vocab_size={vocab_size}: only for --tokenizer=bpe; tiktoken's {encoding or 'gpt2'} has its own")
+    if tokenizer == "bpe" and vocab_size is not None and not 257 <= vocab_size <= 1 << 32:
         raise ValueError(f"--vocab_size={vocab_size}: a byte-level BPE needs at least 257 tokens (256 bytes + end of text)")
     if not 0 < val_fraction < 1:
         raise ValueError(f"--val_fraction={val_fraction}: must be between 0 and 1 (e.g. 0.1)")

@@ -161,6 +161,13 @@ def test_bpe_round_trips_any_text_byte_level(bpe_tok, text):
     assert bpe_tok.decode(ids) == bpe_tok.decode(torch.tensor(ids)) == text
 
 
+def test_bpe_reads_a_special_token_in_the_text_as_ordinary_text(bpe_tok):
+    """As tiktoken's encode_ordinary: "<|endoftext|>" written in a file does not end a document."""
+    ids = bpe_tok.encode("docs mention <|endoftext|> here")
+    assert bpe_tok.eot not in ids and bpe_tok.decode(ids) == "docs mention <|endoftext|> here"
+    assert bpe_tok.eot not in bpe_tok.encode_batch(["a <|endoftext|>", "b"])[0]
+
+
 def test_bpe_saves_the_libraries_own_tokenizer_json(tmp_path, bpe_tok):
     import tokenizers
 

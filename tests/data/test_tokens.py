@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from craft.data import load_tokenizer
-from craft.data.prepare_tokens import pieces, prepare_tokens, token_dtype, val_start
+from craft.data.prepare_tokens import prepare_tokens, token_dtype
+from craft.data.text_pieces import pieces, val_start
 from craft.data.text import IGNORE_INDEX
 from craft.data.tokens import TokensConfig, permuted
 
@@ -105,8 +106,9 @@ def test_folders_give_their_text_files_once_and_leave_out_what_is_not_utf8(tmp_p
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert (meta["files"], meta["left_out_not_utf8"]) == (2, 1) and "1 not UTF-8, left out" in line
     tok = load_tokenizer(tmp_path / "out" / "tokenizer.json")
-    text = tok.decode(np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16).tolist())
-    assert "x = 1" in text and "secret" not in text and "ignored" not in text
+    text = "".join(tok.decode(np.fromfile(tmp_path / "out" / f"{s}.bin", dtype=np.uint16).tolist()) for s in ("train", "val"))
+    assert "x =" in text and "# ti" in text and "secret" not in text and "ignored" not in text
+    assert text.count("<|endoftext|>") == 4  # one-line files: their val part starts at a space
 
 
 def test_prepare_refuses_bad_options_and_an_already_prepared_folder(prepared, tmp_path):
@@ -119,7 +121,27 @@ def test_prepare_refuses_bad_options_and_an_already_prepared_folder(prepared, tm
         prepare_tokens([str(source)], str(tmp_path / "o"), val_fraction=1.0)
     with pytest.raises(ValueError, match="'nope': no such file or folder"):
         prepare_tokens(["nope"], str(tmp_path / "o"))
+    with pytest.raises(ValueError, match="--encoding=gpt2: only for --tokenizer=tiktoken"):
+        prepare_tokens([str(source)], str(tmp_path / "o"), encoding="gpt2")  # would be ignored by a BPE
+    with pytest.raises(ValueError, match="--vocab_size=500: only for --tokenizer=bpe"):
+        prepare_tokens([str(source)], str(tmp_path / "o"), tokenizer="tiktoken", vocab_size=500)
     assert not (tmp_path / "o").exists()
+
+
+def test_text_that_cannot_fill_both_splits_is_refused_before_anything_is_written(tmp_path):
+    write(tmp_path / "empty.txt", "")
+    with pytest.raises(ValueError, match="no text to tokenize: the 1 file given is empty"):
+        prepare_tokens([str(tmp_path / "empty.txt")], str(tmp_path / "o"), vocab_size=260)
+    write(tmp_path / "short" / "e.txt", "é")  # one character: nothing left to cut off for val
+    with pytest.raises(ValueError, match=r"no val text: .*--val_fraction=0.1.*raise --val_fraction"):
+        prepare_tokens([str(tmp_path / "short")], str(tmp_path / "o"), vocab_size=260)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_vocabulary_smaller_than_asked_is_said(tmp_path):
+    write(tmp_path / "a.txt", "x = 1\ny = 2\n" * 20)
+    line = prepare_tokens([str(tmp_path / "a.txt")], str(tmp_path / "o"), vocab_size=5000, val_fraction=0.5)
+    assert "too few distinct pairs to merge for the 5,000 asked) from 1 file" in line
 
 
 def test_ids_are_uint16_unless_the_vocabulary_needs_uint32():
@@ -304,6 +326,8 @@ def test_glob_patterns_name_files_and_out_inside_a_source_is_not_read(tmp_path):
     assert json.loads((out / "meta.json").read_text())["files"] == 3  # not its own tokenizer.json and meta.json
     with pytest.raises(ValueError, match="'.*nomatch/\\*.txt': the pattern matches no file or folder"):
         prepare_tokens([str(tmp_path / "nomatch" / "*.txt")], str(tmp_path / "o"))
+    with pytest.raises(ValueError, match="every source file is inside OUT .*; write the tokens to a folder of their own"):
+        prepare_tokens([str(tmp_path / "texts" / "one.txt")], str(tmp_path / "texts"), overwrite=True)
 
 
 def test_an_empty_token_file_says_so(tmp_path):
