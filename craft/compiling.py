@@ -8,6 +8,7 @@ Shared by the single step (``craft.step``) and the ensemble step
 from __future__ import annotations
 
 import contextlib
+import logging
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -55,11 +56,18 @@ def maybe_compile(fn: Callable, compile: bool | Mapping[str, Any]) -> Callable:
         )
     options = compile_options(compile)
     backport_inductor_fixes()
+    logging.getLogger("torch.utils.cpp_extension").addFilter(_no_cuda_runtime_note)
     # Dynamo caches compiled code per code object, at most `recompile_limit`
     # variants. Every step built here gets its own code object, so a process
     # that builds many steps (tests, sweeps) never falls back to eager.
     own_code = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     return torch.compile(own_code, **options)
+
+
+def _no_cuda_runtime_note(record: logging.LogRecord) -> bool:
+    """Drops "No CUDA runtime is found": a CUDA build of torch on a machine without a GPU says it when
+    inductor first loads its C++ builder, into the middle of a CPU run's progress bar."""
+    return not record.getMessage().startswith("No CUDA runtime is found")
 
 
 def backport_inductor_fixes() -> None:

@@ -10,6 +10,7 @@ The one exception is ``SignalFlag``: the operating system sets it.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -198,10 +199,14 @@ def checkpoint(save: Callable[[Progress], Path]) -> Hook:
 
 
 class SignalFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop reads between steps; a second signal stops at once."""
+    """Turns SIGINT/SIGTERM into a flag the loop reads between steps; a second signal stops at once.
 
-    def __init__(self) -> None:
+    The first signal is acknowledged on stderr at once (``say``): a step being compiled can take a minute.
+    """
+
+    def __init__(self, say: bool = True) -> None:
         self.raised: int | None = None
+        self.say = say
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -209,6 +214,8 @@ class SignalFlag:
             if self.raised is not None:
                 raise KeyboardInterrupt
             self.raised = signum
+            if self.say:  # os.write: a print here could land inside another write to stderr (reentrant)
+                os.write(2, b"\nstopping: a checkpoint is saved after the current step (again to stop at once, unsaved)\n")
 
         try:
             old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

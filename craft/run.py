@@ -196,7 +196,7 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     progress = hooks.restore_window(progress, start.progress.get("window"), parts.device)
 
     run_eval = lambda state: evaluate_batches(eval_step, state, val_data, parts.device, parts.task, cfg.eval_batches, replicas)  # noqa: E731
-    flag, save = hooks.SignalFlag(), saver(exp, run_dir, train_data, elapsed, main, best=False)
+    flag, save = hooks.SignalFlag(say=main), saver(exp, run_dir, train_data, elapsed, main, best=False)
     hook, evaluate_due = run_hooks(
         exp, summarize=parts.task.summarize, log=log, bar=bar, say=say, elapsed=elapsed, replicas=replicas, flag=flag,
         save=save, save_best=saver(exp, run_dir, train_data, elapsed, main, best=True),

@@ -58,3 +58,20 @@ def test_the_backport_leaves_a_fixed_torch_alone():
     compiling.backport_inductor_fixes()
     assert scheduler.FusedSchedulerNode.reorder_loops_by_dep_pair is original
     assert not getattr(original, "craft_backport", False)
+
+
+def test_a_cpu_run_is_not_told_that_no_cuda_runtime_is_found():
+    """A CUDA build of torch without a GPU logs this once inductor loads its C++ builder: noise in the progress bar."""
+    import logging
+
+    compiling.maybe_compile(lambda x: x + 1, True)
+    logger, seen = logging.getLogger("torch.utils.cpp_extension"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)  # torch's loggers do not propagate to the root (caplog)
+    try:
+        logger.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
+        logger.warning("another warning")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["another warning"]

@@ -161,6 +161,7 @@ def test_ctrl_c_finishes_the_step_saves_and_says_how_to_resume(experiment, tmp_p
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "interrupted at step" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    assert "stopping: a checkpoint is saved after the current step" in stderr  # said when the signal came
     assert list((tmp_path / "runs" / "tiny" / "checkpoints").glob("step_*.pt"))
     assert (tmp_path / "runs" / "tiny" / "loss.png").stat().st_size > 0  # drawn on every exit
 
