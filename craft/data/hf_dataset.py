@@ -138,9 +138,13 @@ class HFDatasetConfig:
         train_labels, classes = labels_of(column(train_table, self.label_column, "label", "label_column"), named)
         table, rows = self._rows(tables, split, [classes[k] for k in train_labels.tolist()])
         all_labels, split_classes = labels_of(column(table, self.label_column, "label", "label_column"), named)
-        if not set(split_classes) <= set(classes):
-            unknown = sorted(set(split_classes) - set(classes))[:5]
-            raise ValueError(f"the val split has classes unknown to the train split: {unknown}; fix the labels")
+        occurring = [split_classes[k] for k in sorted(set(all_labels[rows].tolist()))]  # in label order
+        unknown = [c for c in occurring if c not in set(classes)]
+        if unknown:
+            raise ValueError(
+                f"the val split has classes unknown to the train split: {unknown[:5]}"
+                f"{' ...' if len(unknown) > 5 else ''}; add them to train or remove them from val"
+            )
         position = {c: k for k, c in enumerate(classes)}
         labels = torch.tensor([position[split_classes[k]] for k in all_labels[rows].tolist()], dtype=torch.int64)
         read = image_reader(column(table, self.image_column, "image", "image_column"), Path(self.path))

@@ -203,3 +203,11 @@ def test_text_rows_that_are_missing_or_empty_are_skipped_and_no_other(tmp_path):
     config = HFDatasetConfig(path=str(tmp_path), text_column="text", block_size=2, batch_size=1, val_fraction=0.5)
     counts = [int(config.build(split, seed=0).summary.split()[0]) for split in ("train", "val")]
     assert sum(counts) == len("0\nFalse\n \nab\n") * 8  # the characters of both splits: "0", "False", " " kept
+
+
+def test_val_labels_unknown_to_train_are_the_ones_that_occur(tmp_path):
+    for split, labels in (("train", [0, 1] * 4), ("validation", [0, 1, 5, 5])):
+        rows = {"image": [{"bytes": png(k), "path": None} for k in range(len(labels))], "label": labels}
+        datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / f"{split}-0.parquet"))
+    with pytest.raises(ValueError, match=r"the val split has classes unknown to the train split: \['5'\];"):
+        HFDatasetConfig(path=str(tmp_path), batch_size=1, image_size=SIZE).build("val", seed=0)
