@@ -139,7 +139,7 @@ class HFDatasetConfig:
         table, rows = self._rows(tables, split, [classes[k] for k in train_labels.tolist()])
         all_labels, split_classes = labels_of(column(table, self.label_column, "label", "label_column"), named)
         occurring = [split_classes[k] for k in sorted(set(all_labels[rows].tolist()))]  # in label order
-        unknown = [c for c in occurring if c not in set(classes)]
+        unknown = [c for c in occurring if c not in classes]
         if unknown:
             raise ValueError(
                 f"the val split has classes unknown to the train split: {unknown[:5]}"
