@@ -15,6 +15,7 @@ image folder. Text rows are joined with newlines and cut into windows of
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -111,8 +112,8 @@ def column_type(table, name: str) -> str:
     (``Image``, ``ClassLabel``, ...) the table's metadata records, when it is more than a plain value."""
     kind = str(table.schema.field(name).type)
     try:
-        feature = type(require_datasets().Features.from_arrow_schema(table.schema)[name]).__name__
-    except Exception:  # a type datasets cannot name: the Arrow type says enough
+        feature = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"][name]["_type"]
+    except (KeyError, TypeError, ValueError):  # no datasets metadata: the Arrow type says it
         return kind
     return kind if feature == "Value" else f"{feature} ({kind})"
 

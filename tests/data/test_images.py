@@ -283,10 +283,10 @@ def test_missing_val_path_and_empty_val_split(tmp_path):
 @pytest.mark.parametrize(
     "counts, fraction, match",
     [
-        ({"a": 5, "b": 5}, 0.1, r"data.val_fraction = 0.1 of 5 images per class rounds to 0 images; "
-                                r"set data.val_fraction >= 0.11, add .*val, or set data.val_path"),
-        ({"a": 3, "b": 2}, 0.1, r"data.val_fraction = 0.1 of at most 3 images per class rounds to 0 images; "
-                                r"set data.val_fraction >= 0.17"),
+        ({"a": 5, "b": 5}, 0.1, (r"data.val_fraction = 0.1 of 5 images per class rounds to 0 images; "
+                                 r"set data.val_fraction >= 0.11, add .*val, or set data.val_path")),
+        ({"a": 3, "b": 2}, 0.1, (r"data.val_fraction = 0.1 of at most 3 images per class rounds to 0 images; "
+                                 r"set data.val_fraction >= 0.17")),
         ({"a": 1, "b": 1}, 0.5, r"each class has one image, which stays in train; add .*val, or set data.val_path"),
     ],
 )  # fmt: skip
