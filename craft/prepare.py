@@ -19,7 +19,8 @@ def shapes(directory: str, *, image_size: int = 32, seed: int = 0, **counts: int
     """Render the synthetic shapes as DIR/{train,val}/<class>/*.png.
 
     The same folder `prepare = "shapes"` writes for an image_folder
-    experiment; --num_train and --num_val are images per class.
+    experiment. --num_train and --num_val are each split's total number of
+    images, dealt in turn to the 7 classes (--num_train=210: 30 a class).
     """
     from craft.data.images import PREPARED_SHAPES
     from craft.data.shapes import write_shapes_folder
@@ -53,7 +54,8 @@ def photos(directory: str, *, image_size: int = 96, seed: int = 0, **counts: int
     """Write photo-like JPEGs (textured objects on cluttered backgrounds) as DIR/{train,val}/<class>/*.jpg.
 
     For experiments/resnet_folder.toml (``data.prepare = "photos"`` writes the
-    same folder); --num_train and --num_val are images per class.
+    same folder). --num_train and --num_val are each split's total number of
+    images, dealt in turn to the 7 classes (--num_train=210: 30 a class).
     """
     from craft.data.photos import PREPARED_PHOTOS, write_photos_folder
 

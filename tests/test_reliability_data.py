@@ -168,12 +168,26 @@ def animated_gif() -> bytes:
     return buffer.getvalue()
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """An intact PNG header (its IHDR checksum right) claiming ``width x height``, and an empty IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
         ({"a/a_4.png": animated_gif()}, r"a_4\.png: it holds a GIF image but its name says PNG; rename it to \.gif"),
-        ({"b/b_0.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\xea`\x00\x00\xea`\x08\x02\x00\x00\x00"},
+        ({"b/b_0.png": png_claiming(60000, 60000)},
          r"b_0\.png: its header claims 60000x60000 = 3,600,000,000 pixels, over data\.max_pixels"),
+        ({"b/b_0.png": b"\x89PNG\r\n\x1a\n" + b"garbage" * 10},  # no IHDR: its "size" is text
+         r"cannot decode image .*b_0\.png \(its header is damaged\); replace or delete it"),
     ],
 )  # fmt: skip
 def test_a_lying_or_oversized_image_is_one_line_naming_the_file(tmp_path, extra, message):

@@ -69,6 +69,8 @@ def decode_bytes(
         )
     size = dimensions(data, kind)
     if size is not None and size[0] * size[1] > max_pixels:
+        if header_damaged(data):  # garbage read as a size: damage, not an image too large
+            raise ValueError(f"cannot decode image {name} (its header is damaged); replace or delete it")
         raise ValueError(
             f"cannot decode image {name}: its header claims {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
             f"over data.max_pixels = {max_pixels:,}; raise data.max_pixels to read it, or shrink or delete it"
@@ -85,6 +87,20 @@ def decode_bytes(
             f"convert it or delete it"
         )
     return image
+
+
+def header_damaged(data: bytes) -> bool:
+    """Whether Pillow cannot read the header of ``data`` (it reads the header alone, and checks a PNG's
+    IHDR checksum): then the size ``dimensions`` read from it is garbage. Asked only of sizes over ``max_pixels``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.open(io.BytesIO(data)).close()
+    except Image.DecompressionBombError:  # read, and over Pillow's own limit too: a real size
+        return False
+    except Exception:  # Pillow raises many kinds (OSError, SyntaxError, struct.error ...) on damage
+        return True
+    return False
 
 
 def animated_webp(data: bytes) -> bool:

@@ -15,6 +15,7 @@ image folder. Text rows are joined with newlines and cut into windows of
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +100,42 @@ def column(table, name: str, role: str, known_key: str):
     return table.column(name).combine_chunks()
 
 
+def is_text(kind) -> bool:
+    """Whether the Arrow type ``kind`` holds strings."""
+    import pyarrow as pa
+
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def column_type(table, name: str) -> str:
+    """What column ``name`` holds, for a message: its Arrow type, after the ``datasets`` feature
+    (``Image``, ``ClassLabel``, ...) the table's metadata records, when it is more than a plain value."""
+    kind = str(table.schema.field(name).type)
+    try:
+        feature = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"][name]["_type"]
+    except (KeyError, TypeError, ValueError):  # no datasets metadata: the Arrow type says it
+        return kind
+    return kind if feature == "Value" else f"{feature} ({kind})"
+
+
+def text_values(table, name: str) -> list[str | None]:
+    """The rows of the text column ``name``; a ValueError naming its type when it holds anything but strings
+    (numbers, images, class labels: their printed form is no corpus)."""
+    array = column(table, name, "text", "text_column")
+    if is_text(array.type):
+        return array.to_pylist()
+    texts = [c for c in table.column_names if is_text(table.schema.field(c).type)]
+    images = "unset to read images (data.image_column) and labels"
+    fix = (f"set it to a column of strings ({', '.join(texts)}), or leave it {images}" if texts
+           else f"the dataset has no column of strings: leave data.text_column {images}")  # fmt: skip
+    raise ValueError(f"data.text_column = {name!r} holds {column_type(table, name)}, not text; {fix}")
+
+
+def joined_text(values: list[str | None], rows: list[int]) -> str:
+    """The text of ``rows``, each followed by a newline; missing (None) and empty rows are skipped."""
+    return "".join(f"{values[r]}\n" for r in rows if values[r] is not None and values[r] != "")
+
+
 def image_reader(array, base: Path) -> Callable[[int], bytes]:
     """``read(row) -> bytes`` of an image column: binary, ``{"bytes", "path"}`` structs (an ``Image``
     feature), or file paths (strings).
@@ -109,7 +146,7 @@ def image_reader(array, base: Path) -> Callable[[int], bytes]:
     import pyarrow as pa
 
     base = base if base.is_dir() else base.parent
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+    if is_text(array.type):
 
         def from_path(row: int) -> bytes:
             return read_file(file_of(array[row].as_py(), row, base))

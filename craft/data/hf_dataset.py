@@ -17,7 +17,10 @@ from craft.data.augment import AugmentConfig
 from craft.data.batching import Batch, EvalBatches, TrainBatches, options_fingerprint
 from craft.data.decode import decode_bytes, resize_stack
 from craft.data.files import MAX_PIXELS
-from craft.data.hf import class_names, column, dataset_fingerprint, image_reader, labels_of, read_tables, seeded_split
+from craft.data.hf import (
+    class_names, column, dataset_fingerprint, image_reader, joined_text, labels_of, read_tables, seeded_split,
+    text_values,
+)
 from craft.data.images import DecodedImages, fits_image, image_load, image_side
 from craft.data.listing import split_files
 from craft.data.text import train_windows, val_windows
@@ -48,8 +51,8 @@ class HFDatasetConfig:
     Images (``text_column`` unset): ``image_column`` holds encoded images,
     ``label_column`` class numbers or names; batches as ``image_folder``'s
     (``image_size``, ``channels``, ``mean``/``std``, ``augment``, threads,
-    ``cache``). Text (``text_column`` set): the rows joined by newlines are a
-    character corpus cut into ``block_size`` windows, as ``kind = "text"``.
+    ``cache``). Text (``text_column`` set, a column of strings): the rows joined by newlines, missing
+    and empty ones skipped, are a character corpus cut into ``block_size`` windows, as ``kind = "text"``.
     Splits: the dataset's own ``train_split`` and ``val_split``; with
     ``val_split`` unset or absent, a ``val_fraction`` of the train rows fixed
     by ``data_seed`` (per class, for images). Needs ``pip install 'craft[hf]'``.
@@ -135,9 +138,13 @@ class HFDatasetConfig:
         train_labels, classes = labels_of(column(train_table, self.label_column, "label", "label_column"), named)
         table, rows = self._rows(tables, split, [classes[k] for k in train_labels.tolist()])
         all_labels, split_classes = labels_of(column(table, self.label_column, "label", "label_column"), named)
-        if not set(split_classes) <= set(classes):
-            unknown = sorted(set(split_classes) - set(classes))[:5]
-            raise ValueError(f"the val split has classes unknown to the train split: {unknown}; fix the labels")
+        occurring = [split_classes[k] for k in sorted(set(all_labels[rows].tolist()))]  # in label order
+        unknown = [c for c in occurring if c not in classes]
+        if unknown:
+            raise ValueError(
+                f"the val split has classes unknown to the train split: {unknown[:5]}"
+                f"{' ...' if len(unknown) > 5 else ''}; add them to train or remove them from val"
+            )
         position = {c: k for k, c in enumerate(classes)}
         labels = torch.tensor([position[split_classes[k]] for k in all_labels[rows].tolist()], dtype=torch.int64)
         read = image_reader(column(table, self.image_column, "image", "image_column"), Path(self.path))
@@ -166,8 +173,7 @@ class HFDatasetConfig:
 
     def _text(self, split: str, tables: dict, seed: int, digest: str, common: dict) -> TrainBatches | EvalBatches:
         def text_of(table, rows: list[int]) -> str:
-            values = column(table, self.text_column, "text", "text_column").to_pylist()
-            return "".join(f"{values[r]}\n" for r in rows if values[r])
+            return joined_text(text_values(table, self.text_column), rows)
 
         train_table, train_rows = self._rows(tables, "train", None)
         val_table, val_rows = self._rows(tables, "val", None)

@@ -25,7 +25,7 @@ from craft.data.batching import Batch, EvalBatches, Load, TrainBatches, normaliz
 from craft.data.decode import decode_bytes, drop_unreadable, load_images, read_image, resize_stack  # noqa: F401
 from craft.data.files import MAX_PIXELS, files_fingerprint
 from craft.data.listing import (  # noqa: F401  (re-exported: they lived here)
-    Listing, describe_left_out, images_under, list_images, split_files,
+    Listing, describe_left_out, empty_val, images_under, list_images, split_files,
 )
 from craft.data.once import once_per_node
 from craft.data.shapes import ShapesConfig, write_shapes_folder
@@ -187,11 +187,8 @@ class ImageFolderConfig:
                     f"val images in {chosen.folder} have classes unknown to the train split: {unknown[:5]}"
                     f"{' ...' if len(unknown) > 5 else ''}; add them to train or remove them from val"
                 )
-            if not chosen.files:
-                raise ValueError(
-                    f"the val split of {self.path} is empty: set data.val_fraction > 0, "
-                    f"add {Path(self.path) / 'val'}, or set data.val_path"
-                )
+            if not chosen.files:  # only a val_fraction of train can be empty
+                raise empty_val(self.path, train.names, self.val_fraction)
         if self.skip_unreadable:
             chosen = drop_unreadable(chosen, self.channels, self.num_threads, self.max_pixels)
         files = chosen.files

@@ -156,3 +156,20 @@ def split_files(names: list[str], fraction: float, seed: int) -> tuple[list[int]
         val += [positions[k] for k in order[:take]]
     held = set(val)
     return [i for i in range(len(names)) if i not in held], sorted(val)
+
+
+def empty_val(folder: str | Path, names: list[str], fraction: float) -> ValueError:
+    """The error for a per-class ``fraction`` (``split_files``) that held out none of the images of classes
+    ``names``: why, and the least fraction (in hundredths) that holds one out, where one does."""
+    sizes = Counter(names).values()
+    largest, other = max(sizes, default=0), f"add {Path(folder) / 'val'}, or set data.val_path"
+    if fraction == 0:
+        return ValueError(f"the val split of {folder} is empty (data.val_fraction = 0); set data.val_fraction > 0, {other}")
+    if largest < 2:
+        return ValueError(f"the val split of {folder} is empty: each class has one image, which stays in train; {other}")
+    least = next(k / 100 for k in range(1, 101) if round(k / 100 * largest) >= 1)  # as split_files rounds
+    each = f"{'at most ' if min(sizes) < largest else ''}{largest} images per class"
+    return ValueError(
+        f"the val split of {folder} is empty: data.val_fraction = {fraction:g} of {each} rounds to 0 images; "
+        f"set data.val_fraction >= {least:g}, {other}"
+    )

@@ -145,6 +145,21 @@ def test_a_jpeg_claiming_65000_squared_pixels_is_refused(tmp_path):
     assert read_image(str(path)).shape == (3, 8, 8)
 
 
+@pytest.mark.parametrize("head", [b"\x89PNG\r\n\x1a\n", b"GIF89a"])
+def test_a_damaged_header_is_damage_not_a_size_over_max_pixels(tmp_path, head):
+    path = tmp_path / ("bad.png" if head[1:4] == b"PNG" else "bad.gif")
+    path.write_bytes(head + b"garbage" * 10)  # read as a size: 1634886241x1734698849 (PNG), 24935x25202 (GIF)
+    with pytest.raises(ValueError, match=r"bad\.(png|gif) \(its header is damaged\); replace or delete it") as raised:
+        read_image(str(path))
+    assert "max_pixels" not in str(raised.value)
+    two_classes(tmp_path / "folder")
+    (tmp_path / "folder" / "a" / f"a_9{path.suffix}").write_bytes(path.read_bytes())
+    cfg = ImageFolderConfig(path=str(tmp_path / "folder"), batch_size=4, image_size=4, val_fraction=0.0,
+                            skip_unreadable=True)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable.*a_9\.\w+ \(its header is damaged\)"):
+        assert cfg.build("train", seed=0).num_examples == 4
+
+
 def test_bombs_are_skipped_with_skip_unreadable_and_max_pixels_is_a_config_field(tmp_path):
     two_classes(tmp_path)
     (tmp_path / "a" / "a_9.png").write_bytes(png_bomb())

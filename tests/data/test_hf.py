@@ -186,3 +186,28 @@ def test_without_its_val_split_the_summary_says_a_fraction_of_train_is_held_out(
 def test_a_text_dataset_read_as_images_points_to_text_column(parquet_text):
     with pytest.raises(ValueError, match=r"data.image_column = 'image' .* its columns: text; .*or data.text_column"):
         HFDatasetConfig(path=str(parquet_text)).build("train", seed=0)
+
+
+@pytest.mark.parametrize("name, kind", [("n", "int64"), ("img", r"Image \(struct<bytes: binary"), ("y", r"ClassLabel \(int64\)")])
+def test_a_text_column_that_is_not_text_is_one_line_naming_its_type(tmp_path, saved_images, name, kind):
+    if name == "n":  # a column of numbers: its printed form is no corpus (0 was even dropped as empty)
+        datasets.Dataset.from_dict({"n": [0, 1, 2], "words": ["a", "b", "c"]}).to_parquet(str(tmp_path / "t.parquet"))
+    path, choices = (tmp_path, r"a column of strings \(words\), or") if name == "n" else (saved_images, "no column of strings:")
+    with pytest.raises(ValueError, match=rf"data.text_column = '{name}' holds {kind}.*, not text; .*{choices}"):
+        HFDatasetConfig(path=str(path), text_column=name, block_size=2, batch_size=1).build("train", seed=0)
+
+
+def test_text_rows_that_are_missing_or_empty_are_skipped_and_no_other(tmp_path):
+    rows = {"text": ["0", "", None, "False", " ", "ab"] * 8}
+    datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / "train.parquet"))
+    config = HFDatasetConfig(path=str(tmp_path), text_column="text", block_size=2, batch_size=1, val_fraction=0.5)
+    counts = [int(config.build(split, seed=0).summary.split()[0]) for split in ("train", "val")]
+    assert sum(counts) == len("0\nFalse\n \nab\n") * 8  # the characters of both splits: "0", "False", " " kept
+
+
+def test_val_labels_unknown_to_train_are_the_ones_that_occur(tmp_path):
+    for split, labels in (("train", [0, 1] * 4), ("validation", [0, 1, 5, 5])):
+        rows = {"image": [{"bytes": png(k), "path": None} for k in range(len(labels))], "label": labels}
+        datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / f"{split}-0.parquet"))
+    with pytest.raises(ValueError, match=r"the val split has classes unknown to the train split: \['5'\];"):
+        HFDatasetConfig(path=str(tmp_path), batch_size=1, image_size=SIZE).build("val", seed=0)

@@ -276,8 +276,27 @@ def test_missing_val_path_and_empty_val_split(tmp_path):
     folder_tree(tmp_path / "d", {"cat": 4})
     with pytest.raises(FileNotFoundError, match=r"val_path .*gone"):
         config(tmp_path / "d", val_path=str(tmp_path / "gone")).build("train", seed=0)
-    with pytest.raises(ValueError, match=r"val split .* is empty"):
+    with pytest.raises(ValueError, match=r"val split .* is empty \(data.val_fraction = 0\); set data.val_fraction > 0"):
         config(tmp_path / "d", val_fraction=0.0).build("val", seed=0)
+
+
+@pytest.mark.parametrize(
+    "counts, fraction, match",
+    [
+        ({"a": 5, "b": 5}, 0.1, (r"data.val_fraction = 0.1 of 5 images per class rounds to 0 images; "
+                                 r"set data.val_fraction >= 0.11, add .*val, or set data.val_path")),
+        ({"a": 3, "b": 2}, 0.1, (r"data.val_fraction = 0.1 of at most 3 images per class rounds to 0 images; "
+                                 r"set data.val_fraction >= 0.17")),
+        ({"a": 1, "b": 1}, 0.5, r"each class has one image, which stays in train; add .*val, or set data.val_path"),
+    ],
+)  # fmt: skip
+def test_a_val_fraction_that_rounds_to_no_image_names_the_least_that_holds_one_out(tmp_path, counts, fraction, match):
+    folder_tree(tmp_path / "d", counts)
+    with pytest.raises(ValueError, match=rf"the val split of .*d is empty: {match}"):
+        config(tmp_path / "d", val_fraction=fraction).build("val", seed=0)
+    if "images per class" in match:  # the fraction named holds one out
+        least = float(match.split(">= ")[1].split(",")[0])
+        assert config(tmp_path / "d", val_fraction=least).build("val", seed=0).num_examples >= 1
 
 
 @pytest.mark.parametrize(

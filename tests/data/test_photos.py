@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from conftest import run_cli
 from craft.data import ImageFolderConfig
@@ -13,7 +16,7 @@ def test_prepare_photos_writes_a_balanced_jpeg_folder_from_the_cli(tmp_path):
     result = run_cli("prepare", "photos", str(tmp_path / "p"), "--num_train=14", "--num_val=7", "--image_size=48")
     assert result.returncode == 0, result.stderr[-2000:]
     train = sorted((tmp_path / "p" / "train").rglob("*.jpg"))
-    assert len(train) == 14 and {f.parent.name for f in train} == set(PHOTO_CLASSES)
+    assert Counter(f.parent.name for f in train) == {name: 2 for name in PHOTO_CLASSES}  # 14 in all, not per class
     assert train[0].read_bytes()[:3] == b"\xff\xd8\xff"
     batches = ImageFolderConfig(path=str(tmp_path / "p"), image_size=48, batch_size=7, num_threads=0)
     assert next(batches.build("train", seed=0))["image"].shape == (7, 3, 48, 48)
@@ -44,3 +47,11 @@ def test_data_prepare_photos_writes_the_folder_on_first_use(tmp_path, monkeypatc
     assert ds.num_examples == 14 and ds.classes == sorted(PHOTO_CLASSES)
     assert len(list((tmp_path / "photos" / "val").rglob("*.jpg"))) == 7
     ds.close()
+
+
+@pytest.mark.parametrize("what", ["photos", "shapes"])
+def test_prepare_help_says_the_counts_are_totals_dealt_to_the_classes(what):
+    result = run_cli("prepare", what, "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "per class" not in text and "--num_train and --num_val are each split's total" in text
