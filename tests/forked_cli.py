@@ -37,6 +37,9 @@ STARTUP = ("PYTHON", "OMP_", "MKL_", "CUDA_", "TORCH", "LD_")
 
 def serve() -> None:
     """The server loop: fork a child per request line, report its pid and exit status."""
+    # The checkout's craft, as the tests' own process imports it (`python -m pytest` from the root), not
+    # whichever copy is installed: `python tests/forked_cli.py` puts only tests/ on the path.
+    sys.path.insert(0, str(ROOT))
     import matplotlib
 
     matplotlib.use("Agg")  # as craft.logging.plot_metrics selects it

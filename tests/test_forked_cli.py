@@ -36,6 +36,14 @@ def test_the_command_gets_its_working_directory_environment_and_modules_there(tm
     assert "CRAFT_TEST_MARK" not in os.environ  # the request's environment is the child's alone
 
 
+def test_the_command_runs_this_checkouts_craft(tmp_path):
+    """As the tests' own process and `python -m craft` from the root do, not whichever copy is installed."""
+    (tmp_path / "where.py").write_text("import craft\nprint('craft from', craft.__file__)\n")
+    (tmp_path / "exp.toml").write_text('name = "x"\nimports = ["where"]\n[model]\nkind = "cnn"\n[data]\nkind = "shapes"\n')
+    forked = forked_cli.run(["exp.toml", "--print_config"], cwd=tmp_path)
+    assert f"craft from {ROOT / 'craft' / '__init__.py'}" in forked.stdout, forked.stdout + forked.stderr
+
+
 def test_a_command_past_its_timeout_is_killed_as_subprocess_run_does():
     with pytest.raises(subprocess.TimeoutExpired):
         forked_cli.run(["generate", "x"], timeout=0.001)
