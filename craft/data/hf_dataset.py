@@ -97,8 +97,10 @@ class HFDatasetConfig:
     def _rows(self, tables: dict, split: str, names: list[str] | None) -> tuple[object, list[int]]:
         """``(table, rows)`` of ``split``: the dataset's own split, or the seeded fraction of train."""
         if self._own_val(tables):
-            table = tables[self.train_split if split == "train" else self.val_split]
-            return table, list(range(table.num_rows))
+            name = self.train_split if split == "train" else self.val_split
+            if not tables[name].num_rows:  # found now, not at the first evaluation
+                raise ValueError(f"the {name!r} split of {self.path} has no rows; give it rows, or name another split")
+            return tables[name], list(range(tables[name].num_rows))
         table = tables[self.train_split]
         if table.num_rows < 2:
             raise ValueError(f"the train split of {self.path} has {table.num_rows} rows: too few to hold some out")
@@ -106,6 +108,12 @@ class HFDatasetConfig:
             train, val = split_files(names, self.val_fraction, self.data_seed)
         else:
             train, val = (t.tolist() for t in seeded_split(table.num_rows, self.val_fraction, self.data_seed))
+        if split == "val" and not val:
+            each = " (per class)" if names is not None else ""
+            raise ValueError(
+                f"the val split of {self.path} is empty: data.val_fraction = {self.val_fraction:g} of "
+                f"{table.num_rows} rows{each} holds none out; raise data.val_fraction, or name a split as data.val_split"
+            )
         return table, train if split == "train" else val
 
     def _own_val(self, tables: dict) -> bool:

@@ -211,3 +211,15 @@ def test_val_labels_unknown_to_train_are_the_ones_that_occur(tmp_path):
         datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / f"{split}-0.parquet"))
     with pytest.raises(ValueError, match=r"the val split has classes unknown to the train split: \['5'\];"):
         HFDatasetConfig(path=str(tmp_path), batch_size=1, image_size=SIZE).build("val", seed=0)
+
+
+def test_an_empty_val_split_is_said_when_built_not_at_the_first_evaluation(parquet_of_paths, tmp_path):
+    config = HFDatasetConfig(path=str(parquet_of_paths), image_column="file", label_column="y", batch_size=12,
+                             image_size=SIZE, num_threads=0, val_fraction=0.0)
+    with pytest.raises(ValueError, match=r"val split of .* is empty: data.val_fraction = 0 of 12 rows \(per class\) holds none out"):
+        config.build("val", seed=0)
+    datasets.Dataset.from_dict({"text": ["ab"] * 4}).to_parquet(str(tmp_path / "train-0.parquet"))
+    datasets.Dataset.from_dict({"text": []}, features=datasets.Features({"text": datasets.Value("string")})).to_parquet(
+        str(tmp_path / "validation-0.parquet"))
+    with pytest.raises(ValueError, match="the 'validation' split of .* has no rows; give it rows, or name another split"):
+        HFDatasetConfig(path=str(tmp_path), text_column="text", block_size=2, batch_size=1).build("val", seed=0)
