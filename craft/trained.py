@@ -22,7 +22,7 @@ from craft.config import load as load_config
 from craft.logging import plot_metrics
 from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches
 from craft.data.tokenizers import saved_as
-from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError
+from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError, saved_config
 from craft.step import TrainState, init_state, make_eval_step
 
 
@@ -161,11 +161,13 @@ def sample_run(
 
     run_dir = Path(run_dir)
     path = run_dir / TOKENIZER_FILE
-    exp = load_config(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
-    if exp is not None and not path.exists():
-        why = ("its token files came without a tokenizer (set data.tokenizer, or prepare them with craft prepare "
-               "tokens)") if exp.data.kind == "tokens" else "generation needs a run trained on text or captions"
+    if (run_dir / CONFIG_FILE).exists() and not path.exists():
+        data = (saved_config(run_dir) or {}).get("data")
+        tokens = isinstance(data, dict) and data.get("kind") == "tokens"
+        why = ("its token files came without a tokenizer (set data.tokenizer, or prepare them with craft prepare tokens)"
+               if tokens else "generation needs a run trained on text or captions")
         raise RunError(f"{run_dir} has no {TOKENIZER_FILE} to decode samples with: {why}")
+    exp = load_config(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
     read_image = getattr(exp.data.config, "load_image", None) if exp is not None else None
     if image is None and read_image is not None:
         raise RunError(f"{run_dir} is a captioning run: give the image to caption, --image=PATH")
