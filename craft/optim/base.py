@@ -17,7 +17,8 @@ hyperparameter tensor).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -120,3 +121,23 @@ def map_scale(u: Updates, factor: float | Tensor) -> Updates:
 def device_of(params: Params) -> torch.device | None:
     """The device of the first leaf (``None`` for an empty tree): where a transform puts its counters."""
     return next(iter(params.values())).device if params else None
+
+
+def selection(mask: Any, params: Params, where: str) -> Any:
+    """``mask`` (``{name: bool}``, or a function of ``params`` giving one) as that mapping, checked.
+
+    A name missing from it is not selected. A mapping that names none of
+    ``params`` while it selects other names is a typo, not a choice: a
+    ValueError naming one, with the closest parameter names. (Names of other
+    parameters are allowed: inside ``partition`` a mask written for the whole
+    model sees one group.)
+    """
+    chosen = mask(params) if callable(mask) else mask
+    if not isinstance(chosen, Mapping):
+        raise TypeError(f"{where}: a mask is a {{name: bool}} mapping or a function giving one, got {type(chosen).__name__}")
+    unknown = [k for k, v in chosen.items() if v and k not in params]
+    if unknown and not any(k in params for k in chosen):
+        close = difflib.get_close_matches(str(unknown[0]), list(params), n=3)
+        hint = f"did you mean {', '.join(map(repr, close))}?" if close else f"parameters: {', '.join(list(params)[:6])}"
+        raise ValueError(f"{where}: the mask names no parameter; {unknown[0]!r} is not a parameter name ({hint})")
+    return chosen

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 from craft.optim import foreach
-from craft.optim.base import OptState, Transform, Updates, device_of, stateless
+from craft.optim.base import OptState, Transform, Updates, device_of, selection, stateless
 from craft.tree import Params, zeros_like
 
 Mask = Mapping[str, bool] | Callable[[Params], Mapping[str, bool]]
@@ -91,7 +91,7 @@ def masked(inner: Transform, mask: Mask) -> Transform:
     """
 
     def selected(tree: Params, params: Params) -> Params:
-        chosen = mask(params) if callable(mask) else mask
+        chosen = selection(mask, params, "masked")
         return {k: v for k, v in tree.items() if chosen.get(k, False)}
 
     def init(params: Params) -> MaskedState:
@@ -120,8 +120,8 @@ def multi_steps(inner: Transform, every_k: int) -> Transform:
     ``MultiSteps``). ``inner`` runs on every call and its result is selected
     with ``torch.where``: one graph, no branch.
     """
-    if every_k < 1:
-        raise ValueError(f"multi_steps: every_k must be >= 1, got {every_k}")
+    if isinstance(every_k, bool) or not isinstance(every_k, int) or every_k < 1:
+        raise ValueError(f"multi_steps: every_k must be a whole number >= 1, got {every_k!r}")
 
     def init(params: Params) -> MultiStepsState:
         return MultiStepsState(torch.zeros((), dtype=torch.int64, device=device_of(params)),

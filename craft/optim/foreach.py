@@ -71,6 +71,8 @@ def _columns(args: tuple) -> Any:
 
 
 def _dispatch(fast: Callable, slow: Callable, *args: Any, **kwargs: Any) -> list[Tensor]:
+    if not args[0]:  # an empty group (a label or mask that selects no leaf): torch's foreach ops refuse []
+        return []
     if per_tensor_path(*args):
         return [slow(*xs, **kwargs) for xs in _columns(args)]
     if torch.compiler.is_compiling():

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from craft.optim import foreach
-from craft.optim.base import Transform, Updates, device_of, map_scale, stateless
+from craft.optim.base import Transform, Updates, device_of, map_scale, selection, stateless
 from craft.tree import Params, global_norm, zeros_like
 
 
@@ -257,7 +257,7 @@ def add_decayed_weights(weight_decay: float | Tensor, mask: DecayMask | None = N
             raise ValueError("add_decayed_weights needs params: call update(grads, state, params)")
         if not isinstance(weight_decay, Tensor) and weight_decay == 0:
             return u
-        selected = mask_fn(params)
+        selected = selection(mask_fn, params, "weight decay")
         names = [k for k in u if selected.get(k, False)]
         if not names:
             return u

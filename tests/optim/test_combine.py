@@ -80,6 +80,31 @@ def test_masked_passes_unselected_leaves_through():
     assert set(find_state(state, AdamState).mu) == {"head.w"}
 
 
+def test_a_group_or_mask_that_selects_nothing_is_a_no_op_as_in_optax():
+    """torch's foreach ops refuse empty lists; an empty group must not reach them."""
+    for tx in (partition({"a": sgd(1.0), "b": adamw(1.0)}, lambda name: "a"), masked(adamw(1.0), {"head.w": False})):
+        (start, end), _ = _run(tx, 1)
+        assert set(end) == set(start)
+
+
+def test_a_mask_naming_no_parameter_is_a_typo_with_the_closest_names():
+    with pytest.raises(ValueError, match=r"weight decay: the mask names no parameter; 'head.ww' .*did you mean 'head.w'"):
+        _run(adamw(1.0, weight_decay=0.5, mask={"head.ww": True}), 1)
+    with pytest.raises(ValueError, match="masked: the mask names no parameter; 'hed.w'"):
+        _run(masked(sgd(1.0), {"hed.w": True}), 1)
+    with pytest.raises(TypeError, match=r"masked: a mask is a \{name: bool\} mapping or a function giving one, got list"):
+        _run(masked(sgd(1.0), ["head.w"]), 1)
+    # A mask written for the whole model, seen by one group of a partition: other groups' names are fine.
+    whole = {"head.w": True, "trunk.w": True, "trunk.b": False}
+    _run(partition({"head": adamw(1.0, mask=whole), "trunk": adamw(1.0, mask=whole)}, lambda name: name.split(".")[0]), 1)
+
+
+@pytest.mark.parametrize("every_k", [0, 2.5, True])
+def test_multi_steps_takes_a_whole_number_of_steps(every_k):
+    with pytest.raises(ValueError, match=f"every_k must be a whole number >= 1, got {every_k!r}"):
+        multi_steps(sgd(1.0), every_k=every_k)
+
+
 def test_multi_steps_over_four_micro_batches_equals_one_step_on_the_whole_batch():
     inner = adamw(1e-2, clip_norm=1.0)
     tx, params = multi_steps(inner, every_k=4), _params()
