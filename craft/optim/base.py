@@ -104,8 +104,21 @@ def scale_by_schedule(schedule: Schedule) -> Transform:
     return Transform(init, update)
 
 
+def in_range(where: str, name: str, value: Any, low: float = 0.0, below: float | None = None) -> None:
+    """``low <= value`` (``< below``), as torch.optim checks its options; else a ValueError naming it.
+
+    0-d tensors and schedules (values chosen at run time: ``inject_hyperparams``) are not checked.
+    """
+    if isinstance(value, Tensor) or callable(value):
+        return
+    if not (value >= low and (below is None or value < below)):  # NaN fails too
+        rule = f">= {low:g}" if below is None else f"in [{low:g}, {below:g})"
+        raise ValueError(f"{where}: {name} must be {rule}, got {value}")
+
+
 def scale_by_learning_rate(learning_rate: float | Tensor | Schedule) -> Transform:
     """Multiply updates by ``-learning_rate`` (a constant, a 0-d tensor or a schedule): descent."""
+    in_range("optimizer", "learning rate", learning_rate)
     if callable(learning_rate):
         return scale_by_schedule(lambda count: -learning_rate(count))
     if isinstance(learning_rate, Tensor):  # a hyperparameter held in the state (inject_hyperparams)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from craft.optim import foreach
-from craft.optim.base import Transform, Updates, device_of, map_scale, selection, stateless
+from craft.optim.base import Transform, Updates, device_of, in_range, map_scale, selection, stateless
 from craft.tree import Params, global_norm, zeros_like
 
 
@@ -60,6 +60,7 @@ def trace(momentum: float, nesterov: bool = False) -> Transform:
 
     Emits ``buf`` (or ``g + momentum * buf`` with ``nesterov``).
     """
+    in_range("trace", "momentum", momentum)
 
     def init(params: Params) -> TraceState:
         return TraceState(zeros_like(params))
@@ -85,6 +86,9 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_roo
     ``eps_root`` (optax's) keeps the square root differentiable where ``v_hat``
     is zero, e.g. when meta-learning through the update; 0 is torch's Adam.
     """
+    for name, beta in (("b1", b1), ("b2", b2)):
+        in_range("scale_by_adam", name, beta, below=1.0)
+    in_range("scale_by_adam", "eps", eps)
 
     def init(params: Params) -> AdamState:
         count = torch.zeros((), dtype=torch.int64, device=device_of(params))
@@ -116,6 +120,8 @@ def scale_by_rms(decay: float = 0.99, eps: float = 1e-8, initial_scale: float = 
     ``eps`` is added after the square root, as ``torch.optim.RMSprop`` does
     (optax adds it inside); ``initial_scale`` is ``nu``'s starting value.
     """
+    in_range("scale_by_rms", "decay", decay)
+    in_range("scale_by_rms", "eps", eps)
 
     def init(params: Params) -> RmsState:
         return RmsState({k: torch.full_like(p, initial_scale) for k, p in params.items()})
@@ -131,6 +137,8 @@ def scale_by_rms(decay: float = 0.99, eps: float = 1e-8, initial_scale: float = 
 
 def scale_by_rss(initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> Transform:
     """Adagrad's preconditioning: ``nu += g^2``, emits ``g / (sqrt(nu) + eps)`` (``torch.optim.Adagrad``)."""
+    in_range("scale_by_rss", "initial_accumulator_value", initial_accumulator_value)
+    in_range("scale_by_rss", "eps", eps)
 
     def init(params: Params) -> RmsState:
         return RmsState({k: torch.full_like(p, initial_accumulator_value) for k, p in params.items()})
@@ -250,6 +258,7 @@ def add_decayed_weights(weight_decay: float | Tensor, mask: DecayMask | None = N
     the default is ``default_decay_mask``. ``weight_decay`` may be a 0-d tensor
     (a hyperparameter held in the state, see ``inject_hyperparams``).
     """
+    in_range("add_decayed_weights", "weight_decay", weight_decay)
     mask_fn = mask if callable(mask) else (lambda params: mask) if mask is not None else default_decay_mask
 
     def decay(u: Updates, params: Params | None) -> Updates:

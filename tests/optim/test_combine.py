@@ -274,3 +274,19 @@ def test_jvp_and_jacrev_through_an_optimizer_agree():
     _, tangent = torch.func.jvp(moved, (lr,), (torch.ones_like(lr),))
     torch.testing.assert_close(torch.func.jacrev(moved)(lr), tangent, rtol=1e-10, atol=1e-14)
     assert torch.count_nonzero(tangent) > 0
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: sgd(-0.1), "learning rate must be >= 0, got -0.1"),
+        (lambda: sgd(0.1, momentum=-0.5), "momentum must be >= 0, got -0.5"),
+        (lambda: adamw(1e-3, b1=1.5), r"b1 must be in \[0, 1\), got 1.5"),
+        (lambda: adamw(1e-3, eps=-1.0), "eps must be >= 0, got -1.0"),
+        (lambda: adamw(1e-3, weight_decay=-0.1), "weight_decay must be >= 0, got -0.1"),
+        (lambda: rmsprop(1e-3, decay=float("nan")), "decay must be >= 0, got nan"),
+    ],
+)
+def test_options_out_of_range_are_refused_as_torch_optim_does(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
