@@ -205,6 +205,18 @@ def check_accumulation(exp: Experiment, data) -> None:
     ])
 
 
+def batchnorm_note(exp: Experiment, model: torch.nn.Module) -> list[str]:
+    """A note when ``train.accum_steps`` splits the batch of a model with BatchNorm: each micro-batch is
+    normalised by its own statistics, so the step is not the whole batch's (the README's equality)."""
+    if exp.train.accum_steps == 1 or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return []
+    micro = exp.data.config.batch_size // exp.train.accum_steps if hasattr(exp.data.config, "batch_size") else "its"
+    return [
+        f"note: train.accum_steps = {exp.train.accum_steps} with BatchNorm: each micro-batch of {micro} is normalised "
+        f"by its own statistics, so the step differs from one on the whole batch (GroupNorm or LayerNorm do not)"
+    ]
+
+
 def check_same_tokenizer(run_dir: Path, tokenizer: Any) -> None:
     """A resumed run's data must have the tokenizer the run trained with (its ``tokenizer.json``): token
     files prepared again, or an edited character corpus, give ids that mean other text."""

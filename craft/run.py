@@ -24,7 +24,7 @@ from craft.distributed import Replicas
 from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_quietly, progress_bar, read_metrics
 from craft.loop import Progress, chain, due, every, fit, when
 from craft.checks import (
-    check_accumulation, check_components, check_early_stopping, check_same_data, check_same_tokenizer, check_sample,
+    batchnorm_note, check_accumulation, check_components, check_early_stopping, check_same_data, check_same_tokenizer, check_sample,
 )
 from craft.parts import Parts, build_data, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
@@ -142,7 +142,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
             if classes := getattr(train_data, "classes", None):  # which output is which class, kept past the data
                 write_atomic(run_dir / CLASSES_FILE, json.dumps(list(classes), ensure_ascii=False, indent=1) + "\n")
         said = summary(exp, parts, start, run_dir, first_batch, replicas) + data_summary(train_data, val_data)
-        for line in said + one_class_warning(exp, train_data):
+        for line in said + one_class_warning(exp, train_data) + batchnorm_note(exp, parts.model):
             echo(line)
         return _fit(exp, parts, start, run_dir, (train_data, val_data), tokenizer, replicas)
 

@@ -73,3 +73,16 @@ def test_classification_weights_keep_equal_shares(accum_steps):
         out.append(step(init_state(model, tx), batch)[0].params)
     for name in out[0]:
         torch.testing.assert_close(out[0][name], out[1][name], atol=1e-7, rtol=1e-6)
+
+
+def test_a_run_accumulating_over_batchnorm_is_told_its_step_is_not_the_whole_batchs():
+    from conftest import ROOT
+
+    from craft.checks import batchnorm_note
+    from craft.config import load
+
+    exp = load(ROOT / "experiments" / "resnet_shapes.toml", {"train.accum_steps": 2, "data.batch_size": 16})
+    (note,) = batchnorm_note(exp, nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    assert note.startswith("note: train.accum_steps = 2 with BatchNorm: each micro-batch of 8 is normalised")
+    assert batchnorm_note(exp, nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4))) == []
+    assert batchnorm_note(load(ROOT / "experiments" / "resnet_shapes.toml"), nn.BatchNorm2d(4)) == []
