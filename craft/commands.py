@@ -40,6 +40,8 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
             f"craft reads TOML experiments: {config!r} is not a .toml file; "
             "write the experiment as TOML (see experiments/*.toml)"
         )
+    if Path(config).is_dir() and not resume:
+        raise UsageError(f"{config!r} is a folder: add --resume to continue the run there, or give the experiment's .toml")
     # --resume continues the run as it was, with only this command line's overrides on top.
     exp = resume_target(config, overrides) if resume else load(config, texts=overrides)
     if print_config:

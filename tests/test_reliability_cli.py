@@ -267,6 +267,7 @@ def test_every_command_has_its_own_help(command):
         (["info", "cnnn"], "nothing registered as 'cnnn' (did you mean 'cnn'?)"),
         (["exp.yaml"], "craft reads TOML experiments: 'exp.yaml' is not a .toml file"),
         (["train", "runs/nothere", "--resume"], "no run folder 'runs/nothere' to resume"),
+        (["train", "docs"], "'docs' is a folder: add --resume to continue the run there, or give the experiment's .toml"),
         (["export", "runs/x"], "craft export: missing OUT"),
         (["generate", "runs/x", "--tempreature=0"], "(did you mean 'temperature'?)"),
         (["generate", "runs/x", "--cache=no"], "--cache: expected true or false, got 'no'"),
