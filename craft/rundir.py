@@ -89,11 +89,26 @@ def check_resumable(now: dict[str, Any], saved: dict[str, Any]) -> list[str]:
         elif a != b:
             differ.append(section)
     if differ:
+        changes = [c for key in differ for c in _changes(key, _at(now, key), _at(saved, key))]
+        shown = "; ".join(changes[:3]) + (f"; ... {len(changes)} in all" if len(changes) > 3 else "")
         raise RunError(
-            f"cannot resume: the experiment differs from the saved run in {', '.join(differ)}; "
-            "restore those settings, or start a new run (--overwrite or another name)"
+            f"cannot resume: the experiment differs from the saved run: {shown or ', '.join(differ)}; "
+            "restore those settings, or train a new run under another --name"
         )
     return notes
+
+
+def _at(config: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        config = config.get(key) if isinstance(config, dict) else None
+    return config
+
+
+def _changes(path: str, now: Any, saved: Any) -> list[str]:
+    """``"path.key: saved A, now B"`` for each leaf that differs between two config tables."""
+    if isinstance(now, dict) and isinstance(saved, dict):
+        return [c for k in sorted(now.keys() | saved.keys()) for c in _changes(f"{path}.{k}", now.get(k), saved.get(k))]
+    return [] if now == saved else [f"{path}: saved {saved!r}, now {now!r}"]
 
 
 def _schedule_length(config: dict[str, Any]) -> Any:

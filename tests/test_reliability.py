@@ -395,7 +395,8 @@ def test_checkpoint_of_a_different_model_config_is_one_line(text_run, tmp_path, 
     exp = tmp_path / "exp.toml"
     exp.write_text(config.read_text().replace(f'out_dir = "{text_run.parent}"', f'out_dir = "{tmp_path}"'))
     line = cli_error(capsys, str(exp), "--name=other", "--resume")
-    assert "cannot resume: the experiment differs from the saved run in model" in line
+    assert "cannot resume: the experiment differs from the saved run: model.n_embd: saved 16, now 32;" in line
+    assert "train a new run under another --name" in line and "--overwrite" not in line  # it would delete the run
 
 
 def test_existing_run_folder_and_failing_imports_are_one_line(text_run, tmp_path, capsys):
