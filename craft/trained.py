@@ -24,6 +24,7 @@ from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_b
 from craft.data.tokenizers import saved_as
 from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError, saved_config
 from craft.step import TrainState, init_state, make_eval_step
+from craft.sweep import MEMBERS_DIR
 
 
 class LoadedRun(NamedTuple):
@@ -41,6 +42,9 @@ def load_run(run_dir: Path, checkpoint_name: str = "latest") -> LoadedRun:
     if not (run_dir / CONFIG_FILE).exists():
         raise RunError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
     exp = load_config(run_dir / CONFIG_FILE)
+    if exp.sweep and (run_dir / MEMBERS_DIR).is_dir():  # one checkpoint holds every member, stacked
+        first = min((p.name for p in (run_dir / MEMBERS_DIR).iterdir() if p.is_dir()), default="000")
+        raise RunError(f"{run_dir} is a sweep: give one member's run folder, e.g. {run_dir / MEMBERS_DIR / first}")
     ckpt_dir = run_dir / CHECKPOINTS
     if checkpoint_name == "latest":
         found = checkpoint.load_latest(ckpt_dir, check=checkpoint.check_run_payload)

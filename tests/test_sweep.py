@@ -140,6 +140,11 @@ def test_cli_sweep_reports_the_best_member(tmp_path, capsys):
     assert said.startswith(f"best member {best} (optim.lr={last[best]['hparams']['optim.lr']}, seed=0): ")
     assert f"val loss {last[best]['metrics']['loss']:.4f}" in said
     assert f"its run folder: {run_dir / 'members' / f'{best:03d}'}" in out
+    with pytest.raises(SystemExit):  # the sweep's own folder holds every member's params stacked
+        main(["evaluate", str(run_dir)])
+    assert f"is a sweep: give one member's run folder, e.g. {run_dir / 'members' / '000'}" in capsys.readouterr().err
+    main(["evaluate", str(run_dir / "members" / "001")])
+    assert capsys.readouterr().out.startswith("step 2  loss ")
     with pytest.raises(SystemExit) as exit_:
         main([str(path), "--sweep.model.num_classes=[3,4]", "--overwrite"])
     assert exit_.value.code == 2
