@@ -11,6 +11,7 @@ keeps in it, the ``--resume``/``--overwrite`` checks, and atomic writes.
     runs/NAME/loss.png             train / val curves
     runs/NAME/tokenizer.json       text and caption data: what ``craft generate`` decodes with
     runs/NAME/classes.json         a classifier's class names, in the order of its outputs
+    runs/NAME/members/003/         a sweep's member 3, a run folder of its own (craft.sweep)
 
 A folder from before the marker existed (``config.toml`` with ``checkpoints/``
 or ``metrics.jsonl``) is accepted as a run folder, so old runs can still be replaced.
@@ -33,6 +34,7 @@ CLASSES_FILE = "classes.json"
 MARKER_FILE = ".craft-run"
 LOCK_FILE = ".lock"
 CHECKPOINTS = "checkpoints"
+MEMBERS_DIR = "members"  # a sweep's members, each an ordinary run folder: runs/NAME/members/003
 _OWN = {MARKER_FILE, LOCK_FILE}  # files that alone do not make a folder "used"
 
 

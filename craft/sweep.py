@@ -56,10 +56,10 @@ from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
     prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
 )
+from craft.runfolder import MEMBERS_DIR
 from craft.step import TrainState, init_state, make_eval_step
 from craft.unreadable import UnreadableBatch, data_summary, one_class_warning, read_or_raise, remember_in, saved_after_unreadable
 
-MEMBERS_DIR = "members"
 
 
 class Member(NamedTuple):

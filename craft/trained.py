@@ -23,8 +23,8 @@ from craft.logging import plot_metrics
 from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches
 from craft.data.tokenizers import saved_as
 from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError, saved_config
+from craft.runfolder import MEMBERS_DIR
 from craft.step import TrainState, init_state, make_eval_step
-from craft.sweep import MEMBERS_DIR
 
 
 class LoadedRun(NamedTuple):
