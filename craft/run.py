@@ -122,9 +122,8 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
             run_dir, to_dict(exp), init_state(parts.model, parts.optimizer, seed=exp.seed),
             resume=resume, main=replicas.is_main, echo=echo,
         )
-        if resume and int(start.state.step) >= exp.train.steps:
+        if resume and int(start.state.step) >= exp.train.steps:  # the loop still ends it as a run ends (metrics, plot)
             echo(f"{run_dir} already finished its {exp.train.steps:,} steps; to train it further, raise --train.steps")
-            return run_dir
         if start.payload is not None:
             train_data.load_state_dict(start.payload["data"])
         # Replicas start equal: every rank built the same state from the same seed;
