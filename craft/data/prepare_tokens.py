@@ -56,15 +56,17 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def write_parts(
-    tokenizer, files: list[str], out: Path, val_fraction: float, chunk_size: int, bar: tqdm
-) -> dict[str, int]:
+Part = tuple[str, str, int, int]
+"""``(split, path, start, end)``: a file's train or val bytes (``craft.data.text_pieces.parts``)."""
+
+
+def write_parts(tokenizer, split_parts: list[Part], out: Path, chunk_size: int, bar: tqdm) -> dict[str, int]:
     """Encode every part into ``out/{split}.bin.tmp``; returns each split's token count."""
     dtype, eot = token_dtype(tokenizer.vocab_size), tokenizer.eot
     handles = {split: open(out / f"{split}.bin.tmp", "wb") for split in ("train", "val")}
     counts = Counter({"train": 0, "val": 0})
     try:
-        for split, path, start, end in parts(files, val_fraction):
+        for split, path, start, end in split_parts:
             batch: list[str] = []
             for piece in pieces(path, start, end, chunk_size):
                 batch.append(piece)
@@ -90,11 +92,11 @@ def flush(tokenizer, batch: list[str], handle, dtype: np.dtype, bar: tqdm) -> in
     return written
 
 
-def make_tokenizer(kind: str, files: list[str], val_fraction: float, vocab_size: int, encoding: str, chunk_size: int):
+def make_tokenizer(kind: str, split_parts: list[Part], vocab_size: int, encoding: str, chunk_size: int):
     """The tokenizer ``kind`` names: a BPE trained on the train parts, or a local tiktoken encoding."""
     if kind == "tiktoken":
         return bpe.TiktokenTokenizer(encoding)
-    train = [(path, start, end) for split, path, start, end in parts(files, val_fraction) if split == "train"]
+    train = [(path, start, end) for split, path, start, end in split_parts if split == "train"]
     total = sum(end - start for _, start, end in train)
     with tqdm(total=total, unit="B", unit_scale=True, desc="training the BPE") as bar:
 
@@ -130,12 +132,13 @@ def prepare_tokens(
     folder = Path(out)
     check_out(folder, overwrite)
     good, left_out = readable_sources(sources, folder)
-    check_splits(good, val_fraction)
-    tok = make_tokenizer(tokenizer, good, val_fraction, vocab_size, encoding, chunk_size)
+    split_parts = list(parts(good, val_fraction))  # where each file's val part begins: found once, read thrice
+    check_splits(split_parts, len(good), val_fraction)
+    tok = make_tokenizer(tokenizer, split_parts, vocab_size, encoding, chunk_size)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with tqdm(total=sum(os.path.getsize(f) for f in good), unit="B", unit_scale=True, desc="tokenizing") as bar:
-            counts = write_parts(tok, good, folder, val_fraction, chunk_size, bar)
+            counts = write_parts(tok, split_parts, folder, chunk_size, bar)
     except BaseException:  # Ctrl-C, a full disk: no half-written .tmp files (as large as the corpus) left behind
         for split in ("train", "val"):
             (folder / f"{split}.bin.tmp").unlink(missing_ok=True)
@@ -178,13 +181,13 @@ def readable_sources(sources: list[str], folder: Path) -> tuple[list[str], int]:
     return good, len(outside) - len(good)
 
 
-def check_splits(files: list[str], val_fraction: float) -> None:
+def check_splits(split_parts: list[Part], files: int, val_fraction: float) -> None:
     """Both splits must hold text, or the folder could not train: said before anything is written."""
     sizes = Counter()
-    for split, _, start, end in parts(files, val_fraction):
+    for split, _, start, end in split_parts:
         sizes[split] += end - start
     if not sizes["train"]:
-        raise ValueError(f"no text to tokenize: the {plural(len(files), 'file')} given {'is' if len(files) == 1 else 'are'} empty")
+        raise ValueError(f"no text to tokenize: the {plural(files, 'file')} given {'is' if files == 1 else 'are'} empty")
     if not sizes["val"]:
         raise ValueError(
             f"no val text: the last --val_fraction={val_fraction} of each file, from a line start, is empty "
