@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from craft.contracts import check_compile
 from craft.tree import Params
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -104,6 +105,7 @@ def declining_multi_tensor_nodes(reorder: Callable, single: type) -> Callable:
 
 def compile_options(compile: bool | Mapping[str, Any]) -> dict[str, Any]:
     """The ``torch.compile`` keyword arguments for ``compile`` (``True`` or a dict): static shapes unless overridden."""
+    check_compile(compile)
     return {"dynamic": False, **({} if compile is True else dict(compile))}
 
 

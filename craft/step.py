@@ -25,6 +25,7 @@ from torch.utils import _pytree as pytree
 
 from craft.accumulate import Batch, Metrics, accumulate
 from craft.compiling import autocast_for, device_type, maybe_compile, set_mode, uses_cuda_graphs
+from craft.contracts import batch_input, loss_and_metrics, state_checker
 from craft.optim import STATE_TYPES, Transform, apply_updates
 from craft.tree import Params, global_norm
 
@@ -84,7 +85,7 @@ def init_state(model: nn.Module, transform: Transform, *, seed: int = 0) -> Trai
 
 def default_inputs(batch: Batch) -> tuple:
     """The model's positional inputs from a batch: ``(batch["input"],)``."""
-    return (batch["input"],)
+    return (batch_input(batch),)
 
 
 def make_train_step(
@@ -145,8 +146,10 @@ def with_rng(
     generator seeded from ``state.rng`` (dropout), ``model`` in train mode, the next ``rng``."""
     if cuda_graphs and donate:
         raise ValueError("CUDA graphs (mode='reduce-overhead') cannot replay a donated step; use donate=False")
+    check = state_checker(model)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        check(state.params, state.buffers)
         seed = int(state.rng)
         torch.manual_seed(seed)  # dropout masks are a function of state.rng
         set_mode(model, training=True)
@@ -269,8 +272,10 @@ def make_eval_step(
         return {k: v.float() for k, v in {"loss": loss, **metrics}.items()}
 
     compiled = maybe_compile(evaluate, compile)
+    check = state_checker(model)
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
+        check(state.params, state.buffers)
         set_mode(model, training=False)
         return compiled(state.params, state.buffers, batch)
 
@@ -283,12 +288,7 @@ def _where(condition: Tensor, new: Any, old: Any) -> Any:
 
 
 def _loss_and_metrics(loss_fn: LossFn, outputs: Any, batch: Batch) -> tuple[Tensor, Metrics]:
-    out = loss_fn(outputs, batch)
-    loss, metrics = (out, {}) if isinstance(out, Tensor) else out
-    if not isinstance(loss, Tensor) or loss.ndim != 0:
-        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-        raise ValueError(f"loss_fn must return a 0-d loss tensor (a mean), got {shape}")
-    return loss, {k: v.detach() for k, v in metrics.items()}
+    return loss_and_metrics(loss_fn(outputs, batch))
 
 
 def next_seed(seed: int) -> int:

@@ -283,7 +283,7 @@ def test_bad_arguments_are_clear_errors():
     per_example = make_train_step(
         model, lambda out, b: torch.nn.functional.cross_entropy(out, b["target"], reduction="none"), tx, compile=False
     )
-    with pytest.raises(ValueError, match=r"0-d loss tensor \(a mean\), got \(32,\)"):
+    with pytest.raises(ValueError, match=r"0-d loss tensor \(a mean\) or \(loss, metrics\), got \(32,\)"):
         per_example(init_state(model, tx), batch_for("mlp"))
 
 
