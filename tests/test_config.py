@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import sys
 import textwrap
+import warnings
 from typing import Any, get_args, get_origin
 
 import attrs
@@ -683,3 +684,37 @@ def test_command_line_text_for_a_number_is_still_checked():
     with pytest.raises(ConfigError) as info:
         loads(BASE, texts={"optim.lr": "fast", "name": "x"})
     assert info.value.problems == ["optim.lr: expected float, got 'fast'"]
+
+
+SCHEDULED = BASE + "[optim]\nkind = 'adamw'\nb1 = 0.8\nweight_decay = 0.1\n[schedule]\nkind = 'warmup_cosine'\nwarmup_ratio = 0.1\nmin_lr = 1e-5\n"
+
+
+def test_a_kind_changed_over_the_file_leaves_out_the_old_kinds_keys_saying_which():
+    with pytest.warns(UserWarning) as said:
+        exp = loads(SCHEDULED, texts={"schedule.kind": "cosine", "optim.kind": "sgd"})
+    assert exp.schedule.kind == "cosine" and exp.schedule.config.min_lr == 1e-5  # a key both kinds take stays
+    assert exp.optim.kind == "sgd" and exp.optim.config.weight_decay == 0.1
+    assert sorted(str(w.message) for w in said) == [
+        "optim.kind = 'sgd' replaces the file's 'adamw': left out optim.b1, which 'sgd' does not take",
+        "schedule.kind = 'cosine' replaces the file's 'warmup_cosine': left out schedule.warmup_ratio, "
+        "which 'cosine' does not take",
+    ]
+    with pytest.warns(UserWarning, match="left out schedule.warmup_ratio and schedule.min_lr, which 'constant'"):
+        assert loads(SCHEDULED, {"schedule.kind": "constant"}).schedule.kind == "constant"
+
+
+def test_a_key_given_with_the_new_kind_or_of_no_kind_is_still_an_error():
+    # Given now, warmup_ratio is the user's: not dropped, and the error names the kinds that take it.
+    with pytest.warns(UserWarning, match="left out schedule.min_lr,"):
+        assert problems_of(SCHEDULED, {"schedule.kind": "constant", "schedule.warmup_ratio": 0.2}) == [
+            "schedule.warmup_ratio: unknown key (kind is 'constant'; 'warmup_ratio' is a key of linear_warmup, warmup_cosine)"
+        ]
+    # A typo in the file is no key of the old kind either: still reported under the new one.
+    typo = SCHEDULED.replace("warmup_ratio", "warmup_ration")
+    with pytest.warns(UserWarning, match="left out schedule.min_lr,"):
+        assert problems_of(typo, {"schedule.kind": "constant"}) == ["schedule.warmup_ration: unknown key"]
+    # Replacing the whole table, or naming the same kind, drops nothing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert loads(SCHEDULED, {"schedule": {"kind": "constant"}}).schedule.kind == "constant"
+        assert loads(SCHEDULED, texts={"schedule.kind": "warmup_cosine"}).schedule.config.warmup_ratio == 0.1

@@ -53,13 +53,12 @@ def _entry_config(
         return kind, c.structure(fields, config_class(registry[kind])), []
     except Exception as e:
         problems = flatten(e, known=("kind", *extra))
-        if "kind" not in table:
-            problems = [(p, m + _kind_hint(registry, kind, p, m)) for p, m in problems]
-        return kind, None, problems
+        given = "kind" in table
+        return kind, None, [(p, m + _kind_hint(registry, kind, given, p, m)) for p, m in problems]
 
 
-def _kind_hint(registry: Registry, kind: str, key: str, message: str) -> str:
-    """For an unknown key under a defaulted kind: the kinds that do have it."""
+def _kind_hint(registry: Registry, kind: str, given: bool, key: str, message: str) -> str:
+    """For an unknown key: the kinds that do have it."""
     if not message.startswith("unknown key"):
         return ""
     owners = []
@@ -69,7 +68,9 @@ def _kind_hint(registry: Registry, kind: str, key: str, message: str) -> str:
                 owners.append(name)
         except TypeError:  # a malformed entry; it is reported when picked
             pass
-    return f" (kind defaults to {kind!r}; {key!r} is a key of {', '.join(sorted(owners))})" if owners else ""
+    if not owners:
+        return ""
+    return f" (kind {'is' if given else 'defaults to'} {kind!r}; {key!r} is a key of {', '.join(sorted(owners))})"
 
 
 def _component_hook(c: cattrs.Converter, section: str) -> Callable[[Any, Any], Component]:
