@@ -9,9 +9,9 @@ a section without ``kind`` takes its default one (``SECTIONS``).
 
 from __future__ import annotations
 
-import difflib
+import typing
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, get_args
 
 import attrs
 import cattrs
@@ -120,6 +120,26 @@ def _sweep_keys(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _is_key(key: str) -> bool:
+    """Whether the dotted ``key`` names a config key: a key of some kind of its section, or of another table."""
+    section, _, rest = key.partition(".")
+    if section not in SECTIONS:
+        t = typing.get_type_hints(Experiment).get(section)
+        record = next((a for a in (t, *get_args(t)) if attrs.has(a)), None)
+        return t is not None and (record is None or rest.partition(".")[0] in attrs.fields_dict(record))
+    if rest in ("kind", *(("lr", "groups") if section == "optim" else ())):
+        return True
+    registry = SECTIONS[section][0]
+    return any(rest in attrs.fields_dict(config_class(entry)) for entry in registry.values() if _has_fields(entry))
+
+
+def _has_fields(entry: Any) -> bool:
+    try:
+        return bool(attrs.fields_dict(config_class(entry)))
+    except TypeError:  # a malformed entry; it is reported when picked
+        return False
+
+
 def _sweep_problem(key: str) -> str:
     allowed = f"sweep only {', '.join(SWEEPABLE)} or seeds = N"
     section = key.partition(".")[0]
@@ -127,11 +147,10 @@ def _sweep_problem(key: str) -> str:
         return "use seeds = N to train N seeds"
     if section in ("model", "data"):
         return f"cannot differ between members: it changes shapes, so they could not share one vmapped step; {allowed}"
-    if difflib.get_close_matches(key, SWEEPABLE, n=1):
-        return unknown_key(key, list(SWEEPABLE))
-    if section in {a.name for a in attrs.fields(Experiment)}:
-        return f"cannot differ between members of one vmapped step; {allowed}"
-    return unknown_key(key, [*SWEEPABLE, "seeds"])
+    if _is_key(key):
+        return f"cannot differ between members of one vmapped step; {allowed} (train one run per value of {key})"
+    suffixed = [k for k in SWEEPABLE if k.endswith(f".{key}")]  # --sweep.lr=[...]
+    return unknown_key(key, list(SWEEPABLE)) if not suffixed else f"unknown key; did you mean {suffixed[0]!r}?"
 
 
 def _sweep_hook(c: cattrs.Converter) -> Callable[[Any, Any], Sweep]:
