@@ -20,7 +20,7 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
     Any --section.key=value overrides a key of the file (values are TOML
     literals: --train.compile=false, --optim.lr=3e-4, --model.widths=[8,16];
     a text key takes the text as typed: --name=2024; None leaves out an
-    optional table: --train.sample=None; --schedule.kind=constant leaves
+    optional table or key: --train.sample=None; --schedule.kind=constant leaves
     out the file's keys only its old kind takes, with a warning). --resume
     continues the run folder from its last checkpoint, as the run's own config.toml says,
     with only the overrides given now on top (CONFIG may be the run folder:

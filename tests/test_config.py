@@ -674,10 +674,18 @@ def test_a_file_name_that_does_not_print_on_one_line_is_quoted(tmp_path):
         ({"seed": "7"}, lambda e: e.seed, 7),
         ({"model.kind": "resnet", "model.widths": "[4, 8]"}, lambda e: e.model.config.widths, [4, 8]),
         ({"train.compile": "false"}, lambda e: e.train.compile, False),
+        ({"name": "None"}, lambda e: e.name, "None"),
     ],
 )
 def test_command_line_text_is_kept_as_typed_for_text_fields_only(texts, field, value):
     assert field(loads(BASE, texts=texts)) == value
+
+
+def test_none_on_the_command_line_unsets_an_optional_text_key():
+    # As None leaves out an optional table; it was the text "None" (a val folder named None, a refused prepare).
+    folder = BASE.replace(f'kind = "{TOY}"', 'kind = "image_folder"\nprepare = "shapes"\nval_path = "data/v"')
+    data = loads(folder, texts={"data.prepare": "None", "data.val_path": "None"}).data.config
+    assert (data.prepare, data.val_path) == (None, None)
 
 
 def test_command_line_text_for_a_number_is_still_checked():

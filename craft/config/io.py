@@ -154,7 +154,8 @@ def _field_type(data: Mapping[str, Any], keys: list[str]) -> Any:
 def _read_texts(data: Mapping[str, Any], texts: Mapping[str, str]) -> dict[str, Any]:
     """Command-line values: each read by ``parse_override``, but a text field takes the text as typed.
 
-    ``--name=2024`` names the run "2024"; ``--optim.lr=3e-4`` is the number.
+    ``--name=2024`` names the run "2024"; ``--optim.lr=3e-4`` is the number;
+    ``None`` unsets an optional text field (``--data.prepare=None``).
     """
     parsed = {path: parse_override(text) for path, text in texts.items()}
     merged = apply_overrides(data, parsed)  # the kinds the values pick decide the fields' types
@@ -162,7 +163,8 @@ def _read_texts(data: Mapping[str, Any], texts: Mapping[str, str]) -> dict[str, 
     for path, value in parsed.items():
         t = _field_type(merged, path.split(".")) if isinstance(path, str) else None
         takes_text = t is str or (str in get_args(t) and not isinstance(value, (list, dict)))
-        out[path] = texts[path] if takes_text else value
+        unset = value is None and type(None) in get_args(t)  # --data.val_path=None: unset, not the text "None"
+        out[path] = texts[path] if takes_text and not unset else value
     return out
 
 
