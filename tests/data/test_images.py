@@ -391,7 +391,7 @@ def test_images_beside_the_class_folders_are_counted_and_named_when_too_few_rema
     assert listing.files == [str(tmp_path / "only" / "x.png")]
     assert listing.left_out == {"images beside the class folders": 5}
     config = ImageFolderConfig(path=str(tmp_path), batch_size=4, image_size=4, val_fraction=0.0)
-    with pytest.raises(ValueError, match=r"fewer than one batch .*\(1 images in .*; left out 5 images beside the class"):
+    with pytest.raises(ValueError, match=r"has 1 example, fewer than one batch .*\(1 image in .*; left out 5 images beside the class"):
         config.build("train", seed=0)
 
 
