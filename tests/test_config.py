@@ -274,7 +274,9 @@ def test_unknown_kind_lists_known_kinds():
 def test_wrong_types_name_the_path():
     assert problems_of(BASE + "[train]\nsteps = 0.5\n") == ["train.steps: expected int, got 0.5"]
     assert problems_of("seed = 'cnn'\n" + BASE) == ["seed: expected int, got 'cnn'"]
-    assert problems_of('name = "x"\nmodel = "cnn"\n[data]\nkind = "t"\n')[0] == "model: expected a table, got 'cnn'"
+    assert problems_of('name = "x"\nmodel = "cnn"\n[data]\nkind = "t"\n')[0] == (
+        "model: expected a table, got 'cnn'; to pick that kind, set model.kind (--model.kind=cnn)"
+    )
     assert problems_of(BASE + "[train]\nearly_stopping = 3\n") == [
         "train.early_stopping: expected a table, got 3; to leave this optional table out, "
         "remove it from the TOML or give None on the command line"
@@ -726,3 +728,10 @@ def test_a_key_given_with_the_new_kind_or_of_no_kind_is_still_an_error():
         warnings.simplefilter("error")
         assert loads(SCHEDULED, {"schedule": {"kind": "constant"}}).schedule.kind == "constant"
         assert loads(SCHEDULED, texts={"schedule.kind": "warmup_cosine"}).schedule.config.warmup_ratio == 0.1
+
+
+def test_a_section_given_as_a_kind_name_says_to_set_its_kind():
+    assert problems_of(BASE, {"optim": "adam"}) == [
+        "optim: expected a table, got 'adam'; to pick that kind, set optim.kind (--optim.kind=adam)"
+    ]
+    assert problems_of(BASE, {"schedule": "nope"}) == ["schedule: expected a table, got 'nope'"]

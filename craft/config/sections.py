@@ -35,10 +35,11 @@ SECTIONS = {
 """The sections that pick a registry entry by ``kind``: registry and default kind."""
 
 
-def _entry_config(
-    c: cattrs.Converter, table: Any, registry: Registry, default: str | None, extra: tuple[str, ...]
-) -> tuple[str, Any, list[tuple[str, str]]]:
+def _entry_config(c: cattrs.Converter, table: Any, section: str, extra: tuple[str, ...]) -> tuple[str, Any, list[tuple[str, str]]]:
     """``(kind, config, problems)`` of a section; ``extra`` keys are the caller's."""
+    registry, default = SECTIONS[section]
+    if isinstance(table, str) and table in registry:  # --optim=adam
+        raise Invalid(f"expected a table, got {show(table)}; to pick that kind, set {section}.kind (--{section}.kind={table})")
     if not isinstance(table, Mapping):
         raise Invalid(f"expected a table, got {show(table)}")
     kind = table.get("kind", default)
@@ -74,10 +75,8 @@ def _kind_hint(registry: Registry, kind: str, given: bool, key: str, message: st
 
 
 def _component_hook(c: cattrs.Converter, section: str) -> Callable[[Any, Any], Component]:
-    registry, default = SECTIONS[section]
-
     def structure(table: Any, _: Any) -> Component:
-        kind, config, problems = _entry_config(c, table, registry, default, ())
+        kind, config, problems = _entry_config(c, table, section, ())
         if problems:
             raise Problems(problems)
         return Component(kind, config)
@@ -86,10 +85,8 @@ def _component_hook(c: cattrs.Converter, section: str) -> Callable[[Any, Any], C
 
 
 def _optim_hook(c: cattrs.Converter) -> Callable[[Any, Any], Optim]:
-    registry, default = SECTIONS["optim"]
-
     def structure(table: Any, _: Any) -> Optim:
-        kind, config, problems = _entry_config(c, table, registry, default, ("lr", "groups"))
+        kind, config, problems = _entry_config(c, table, "optim", ("lr", "groups"))
         lr, groups = 1e-3, []
         try:
             lr = c.structure(table.get("lr", lr), float)
