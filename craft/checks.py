@@ -21,6 +21,7 @@ from craft.data.tokenizers import saved_as
 from craft.distributed import Replicas
 from craft.rundir import TOKENIZER_FILE, RunError
 from craft.tasks import Task
+from craft.words import plural
 
 
 FROM_DATA = {"num_classes": "classes", "vocab_size": "tokenizer", "block_size": "sequence length"}
@@ -33,7 +34,7 @@ def check_fit(config: Any, data, given: dict[str, int]) -> None:
     want, have = getattr(config, "num_classes", None), given.get("num_classes")
     if want is not None and have is not None and want != have:
         raise RunError(
-            f"model.num_classes = {want} but the data has {have} classes ({few(getattr(data, 'classes', []))}); "
+            f"model.num_classes = {want} but the data has {plural(have, 'class', 'classes')} ({few(getattr(data, 'classes', []))}); "
             f"set model.num_classes = {have} or remove it to take it from the data"
         )
     want, have = getattr(config, "vocab_size", None), given.get("vocab_size")

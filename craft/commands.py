@@ -20,8 +20,9 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
     Any --section.key=value overrides a key of the file (values are TOML
     literals: --train.compile=false, --optim.lr=3e-4, --model.widths=[8,16];
     a text key takes the text as typed: --name=2024; None leaves out an
-    optional table: --train.sample=None). --resume continues the
-    run folder from its last checkpoint, as the run's own config.toml says,
+    optional table or key: --train.sample=None; --schedule.kind=constant leaves
+    out the file's keys only its old kind takes, with a warning). --resume
+    continues the run folder from its last checkpoint, as the run's own config.toml says,
     with only the overrides given now on top (CONFIG may be the run folder:
     craft train runs/NAME --resume); --overwrite replaces it. Without either,
     a name already taken gets a folder of its own (NAME-2, NAME-3, ...).

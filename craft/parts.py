@@ -24,6 +24,7 @@ from craft.optim import EmaState, Group, Transform, chain, clip_by_global_norm, 
 from craft.rundir import RunError
 from craft.step import TrainState
 from craft.tasks import Task, mean_metrics
+from craft.words import plural
 
 SINGLE = distributed.single()
 
@@ -155,7 +156,7 @@ def fit_schedule(exp: Experiment) -> tuple[Experiment, list[str]]:
     if warmup is not None and warmup >= total:
         short = total // 10  # a tenth of the run, and shorter than it (warmup_cosine needs a decay)
         notes.append(
-            f"warning: schedule.warmup_steps = {warmup} is not shorter than the run ({total} steps); "
+            f"warning: schedule.warmup_steps = {warmup} is not shorter than the run ({plural(total, 'step')}); "
             f"shortened to {short} (set schedule.warmup_ratio to scale the warmup with train.steps)"
         )
         config = attrs.evolve(config, warmup_steps=short)

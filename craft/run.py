@@ -36,6 +36,7 @@ from craft.trackers import check as check_trackers
 from craft.trackers import open_tracker
 from craft.trained import sample_text
 from craft.unreadable import UnreadableBatch, data_summary, one_class_warning, read_or_raise, remember_in, saved_after_unreadable
+from craft.words import plural
 
 __all__ = ["Interrupted", "RunError", "train"]
 
@@ -123,7 +124,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
             resume=resume, main=replicas.is_main, echo=echo,
         )
         if resume and int(start.state.step) >= exp.train.steps:  # the loop still ends it as a run ends (metrics, plot)
-            echo(f"{run_dir} already finished its {exp.train.steps:,} steps; to train it further, raise --train.steps")
+            echo(f"{run_dir} already finished its {plural(exp.train.steps, 'step')}; to train it further, raise --train.steps")
         if start.payload is not None:
             train_data.load_state_dict(start.payload["data"])
         # Replicas start equal: every rank built the same state from the same seed;
@@ -152,17 +153,18 @@ def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas
     (compiled) step takes a while."""
     trainable = sum(p.numel() for p in start.state.params.values())
     total = sum(p.numel() for p in parts.model.parameters())
-    per_step = f"{exp.data.config.batch_size:,} examples" if hasattr(exp.data.config, "batch_size") else "one batch"
+    size = getattr(exp.data.config, "batch_size", None)
+    per_step = plural(size, "example") if size is not None else "one batch"
     if batch is not None and batch.get("input") is not None and batch["input"].ndim == 2:
-        per_step = f"{exp.data.config.batch_size * batch['input'].shape[1]:,} tokens ({per_step} of {batch['input'].shape[1]})"
-    elif batch is not None and "image" in batch:
-        per_step = f"{per_step.replace('examples', 'images')} of {'x'.join(map(str, batch['image'].shape[1:]))}"
+        per_step = f"{plural(size * batch['input'].shape[1], 'token')} ({per_step} of {batch['input'].shape[1]})"
+    elif batch is not None and "image" in batch and size is not None:
+        per_step = f"{plural(size, 'image')} of {'x'.join(map(str, batch['image'].shape[1:]))}"
     threads = f" ({torch.get_num_threads()} threads)" if parts.device.type == "cpu" else ""
     ranks = f" x {replicas.world_size} processes" if replicas.active else ""
     lines = [
         f"run folder {run_dir} (the resolved config: {run_dir / CONFIG_FILE}; --print_config prints it)",
         f"device {parts.device}{threads}{ranks}; model {exp.model.kind!r}: {total:,} parameters, {trainable:,} trainable",
-        f"{exp.train.steps:,} steps of {per_step}, from step {int(start.state.step)}",
+        f"{plural(exp.train.steps, 'step')} of {per_step}, from step {int(start.state.step)}",
     ]
     if exp.train.compile:
         lines.append("compiling the train step (the first step takes a while)")
@@ -222,7 +224,7 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
         raise Interrupted(progress.step, progress.last_good)
     if progress.stop == "early_stopping":
         rule = cfg.early_stopping
-        say(f"early stopping at step {progress.step}: no better {rule.metric} in {rule.patience} evaluations")
+        say(f"early stopping at step {progress.step}: no better {rule.metric} in {plural(rule.patience, 'evaluation')}")
     return run_dir
 
 

@@ -59,6 +59,7 @@ from craft.rundir import (
 from craft.runfolder import MEMBERS_DIR
 from craft.step import TrainState, init_state, make_eval_step
 from craft.unreadable import UnreadableBatch, data_summary, one_class_warning, read_or_raise, remember_in, saved_after_unreadable
+from craft.words import plural
 
 
 
@@ -208,7 +209,7 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
         text = dumps(exp)
         write_atomic(run_dir / CONFIG_FILE, text)
         echo(text)
-        for line in [f"sweep: {len(team)} members, one vmapped step", *data_summary(train_data, val_data),
+        for line in [f"sweep: {plural(len(team), 'member')}, one vmapped step", *data_summary(train_data, val_data),
                      *one_class_warning(exp, train_data)]:  # what the data read and left out, as a run says
             echo(line)
         member_dirs = [run_dir / MEMBERS_DIR / f"{m.index:03d}" for m in team]

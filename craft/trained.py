@@ -25,6 +25,7 @@ from craft.data.tokenizers import saved_as
 from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError, saved_config
 from craft.runfolder import MEMBERS_DIR
 from craft.step import TrainState, init_state, make_eval_step
+from craft.words import plural
 
 
 class LoadedRun(NamedTuple):
@@ -102,7 +103,7 @@ def check_classes(run_dir: Path, classes: list[str] | None) -> None:
         missing, extra = [c for c in expected if c not in classes], [c for c in classes if c not in expected]
         differ = f"lacks {missing[:5]}" if missing else f"adds {extra[:5]}" if extra else "orders them otherwise"
         raise RunError(
-            f"the data's classes differ from the run's ({CLASSES_FILE}: {len(expected)} classes): it {differ}; "
+            f"the data's classes differ from the run's ({CLASSES_FILE}: {plural(len(expected), 'class', 'classes')}): it {differ}; "
             f"evaluate with the run's data.path and the other images as --data.val_path"
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import sys
 import textwrap
+import warnings
 from typing import Any, get_args, get_origin
 
 import attrs
@@ -273,7 +274,9 @@ def test_unknown_kind_lists_known_kinds():
 def test_wrong_types_name_the_path():
     assert problems_of(BASE + "[train]\nsteps = 0.5\n") == ["train.steps: expected int, got 0.5"]
     assert problems_of("seed = 'cnn'\n" + BASE) == ["seed: expected int, got 'cnn'"]
-    assert problems_of('name = "x"\nmodel = "cnn"\n[data]\nkind = "t"\n')[0] == "model: expected a table, got 'cnn'"
+    assert problems_of('name = "x"\nmodel = "cnn"\n[data]\nkind = "t"\n')[0] == (
+        "model: expected a table, got 'cnn'; to pick that kind, set model.kind (--model.kind=cnn)"
+    )
     assert problems_of(BASE + "[train]\nearly_stopping = 3\n") == [
         "train.early_stopping: expected a table, got 3; to leave this optional table out, "
         "remove it from the TOML or give None on the command line"
@@ -673,13 +676,62 @@ def test_a_file_name_that_does_not_print_on_one_line_is_quoted(tmp_path):
         ({"seed": "7"}, lambda e: e.seed, 7),
         ({"model.kind": "resnet", "model.widths": "[4, 8]"}, lambda e: e.model.config.widths, [4, 8]),
         ({"train.compile": "false"}, lambda e: e.train.compile, False),
+        ({"name": "None"}, lambda e: e.name, "None"),
     ],
 )
 def test_command_line_text_is_kept_as_typed_for_text_fields_only(texts, field, value):
     assert field(loads(BASE, texts=texts)) == value
 
 
+def test_none_on_the_command_line_unsets_an_optional_text_key():
+    # As None leaves out an optional table; it was the text "None" (a val folder named None, a refused prepare).
+    folder = BASE.replace(f'kind = "{TOY}"', 'kind = "image_folder"\nprepare = "shapes"\nval_path = "data/v"')
+    data = loads(folder, texts={"data.prepare": "None", "data.val_path": "None"}).data.config
+    assert (data.prepare, data.val_path) == (None, None)
+
+
 def test_command_line_text_for_a_number_is_still_checked():
     with pytest.raises(ConfigError) as info:
         loads(BASE, texts={"optim.lr": "fast", "name": "x"})
     assert info.value.problems == ["optim.lr: expected float, got 'fast'"]
+
+
+SCHEDULED = BASE + "[optim]\nkind = 'adamw'\nb1 = 0.8\nweight_decay = 0.1\n[schedule]\nkind = 'warmup_cosine'\nwarmup_ratio = 0.1\nmin_lr = 1e-5\n"
+
+
+def test_a_kind_changed_over_the_file_leaves_out_the_old_kinds_keys_saying_which():
+    with pytest.warns(UserWarning) as said:
+        exp = loads(SCHEDULED, texts={"schedule.kind": "cosine", "optim.kind": "sgd"})
+    assert exp.schedule.kind == "cosine" and exp.schedule.config.min_lr == 1e-5  # a key both kinds take stays
+    assert exp.optim.kind == "sgd" and exp.optim.config.weight_decay == 0.1
+    assert sorted(str(w.message) for w in said) == [
+        "optim.kind = 'sgd' replaces the file's 'adamw': left out optim.b1, which 'sgd' does not take",
+        "schedule.kind = 'cosine' replaces the file's 'warmup_cosine': left out schedule.warmup_ratio, "
+        "which 'cosine' does not take",
+    ]
+    with pytest.warns(UserWarning, match="left out schedule.warmup_ratio and schedule.min_lr, which 'constant'"):
+        assert loads(SCHEDULED, {"schedule.kind": "constant"}).schedule.kind == "constant"
+
+
+def test_a_key_given_with_the_new_kind_or_of_no_kind_is_still_an_error():
+    # Given now, warmup_ratio is the user's: not dropped, and the error names the kinds that take it.
+    with pytest.warns(UserWarning, match="left out schedule.min_lr,"):
+        assert problems_of(SCHEDULED, {"schedule.kind": "constant", "schedule.warmup_ratio": 0.2}) == [
+            "schedule.warmup_ratio: unknown key (kind is 'constant'; 'warmup_ratio' is a key of linear_warmup, warmup_cosine)"
+        ]
+    # A typo in the file is no key of the old kind either: still reported under the new one.
+    typo = SCHEDULED.replace("warmup_ratio", "warmup_ration")
+    with pytest.warns(UserWarning, match="left out schedule.min_lr,"):
+        assert problems_of(typo, {"schedule.kind": "constant"}) == ["schedule.warmup_ration: unknown key"]
+    # Replacing the whole table, or naming the same kind, drops nothing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert loads(SCHEDULED, {"schedule": {"kind": "constant"}}).schedule.kind == "constant"
+        assert loads(SCHEDULED, texts={"schedule.kind": "warmup_cosine"}).schedule.config.warmup_ratio == 0.1
+
+
+def test_a_section_given_as_a_kind_name_says_to_set_its_kind():
+    assert problems_of(BASE, {"optim": "adam"}) == [
+        "optim: expected a table, got 'adam'; to pick that kind, set optim.kind (--optim.kind=adam)"
+    ]
+    assert problems_of(BASE, {"schedule": "nope"}) == ["schedule: expected a table, got 'nope'"]

@@ -130,6 +130,18 @@ def test_bad_config_values_are_one_line_naming_the_key(override, message, cnn_ex
     assert not list(tmp_path.iterdir())
 
 
+def test_a_kind_changed_on_the_command_line_leaves_out_the_files_keys_of_the_old_kind_in_one_line(cnn_exp, tmp_path):
+    exp = tmp_path / "cosine.toml"
+    exp.write_text(cnn_exp.read_text() + "[schedule]\nkind = 'warmup_cosine'\nwarmup_ratio = 0.1\n")
+    result = craft(str(exp), "--schedule.kind=constant", "--print_config")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: schedule.kind = 'constant' replaces the file's 'warmup_cosine': left out schedule.warmup_ratio, "
+        "which 'constant' does not take"
+    ]
+    assert "warmup_ratio" not in result.stdout
+
+
 def test_a_text_key_takes_the_value_as_typed(cnn_exp, tmp_path):
     # --name=2024 is the name "2024", not a wrong-typed number: only the device is reported.
     line = one_error(craft(str(cnn_exp), "--name=2024", "--train.device=banana"))

@@ -70,6 +70,12 @@ def test_sweep_section_round_trips_and_takes_dotted_overrides(tmp_path):
         ('"data.batch_size" = [8, 16]', "sweep.data.batch_size: cannot differ between members: it changes shapes"),
         ('"train.steps" = [4, 8]', "sweep.train.steps: cannot differ between members of one vmapped step"),
         ('"optim.lrr" = [1e-3]', "sweep.optim.lrr: unknown key; did you mean 'optim.lr'?"),
+        # A key of the config that members cannot differ in is named as such, not as unknown.
+        ('"optim.b1" = [0.9, 0.95]', "sweep.optim.b1: cannot differ between members of one vmapped step; sweep only "
+         "optim.lr, optim.weight_decay or seeds = N (train one run per value of optim.b1)"),
+        ('"schedule.min_lr" = [0, 1e-5]', "sweep.schedule.min_lr: cannot differ between members of one vmapped step"),
+        ('"lr" = [1e-3]', "sweep.lr: unknown key; did you mean 'optim.lr'?"),
+        ('"train.stpes" = [4, 8]', "sweep.train.stpes: unknown key"),
         ('"optim.lr" = []', "sweep.optim.lr: expected a non-empty list of numbers"),
         ("seeds = 0", "sweep.seeds: must be >= 1, got 0"),
     ],

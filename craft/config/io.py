@@ -14,6 +14,7 @@ import datetime
 import importlib
 import sys
 import typing
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_args
@@ -153,7 +154,8 @@ def _field_type(data: Mapping[str, Any], keys: list[str]) -> Any:
 def _read_texts(data: Mapping[str, Any], texts: Mapping[str, str]) -> dict[str, Any]:
     """Command-line values: each read by ``parse_override``, but a text field takes the text as typed.
 
-    ``--name=2024`` names the run "2024"; ``--optim.lr=3e-4`` is the number.
+    ``--name=2024`` names the run "2024"; ``--optim.lr=3e-4`` is the number;
+    ``None`` unsets an optional text field (``--data.prepare=None``).
     """
     parsed = {path: parse_override(text) for path, text in texts.items()}
     merged = apply_overrides(data, parsed)  # the kinds the values pick decide the fields' types
@@ -161,7 +163,36 @@ def _read_texts(data: Mapping[str, Any], texts: Mapping[str, str]) -> dict[str, 
     for path, value in parsed.items():
         t = _field_type(merged, path.split(".")) if isinstance(path, str) else None
         takes_text = t is str or (str in get_args(t) and not isinstance(value, (list, dict)))
-        out[path] = texts[path] if takes_text else value
+        unset = value is None and type(None) in get_args(t)  # --data.val_path=None: unset, not the text "None"
+        out[path] = texts[path] if takes_text and not unset else value
+    return out
+
+
+def _without_old_kind_keys(data: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` without the keys of a section's kind that ``changes`` (overrides) replaced by another kind.
+
+    ``--schedule.kind=constant`` over a file's ``warmup_cosine`` with
+    ``warmup_ratio``: that key is a setting of the kind the user replaced, so
+    it is left out, with a warning naming it. Only keys the file's own kind
+    has and the new kind lacks go; a key the overrides set themselves, or one
+    the old kind does not have either, stays and is reported as before.
+    """
+    out = dict(data)
+    for section, (registry, default) in SECTIONS.items():
+        table, new = data.get(section, {}), changes.get(f"{section}.kind")
+        old = table.get("kind", default) if isinstance(table, Mapping) else None
+        if section in changes or not all(isinstance(k, str) and k in registry for k in (old, new)) or old == new:
+            continue
+        keep = {*attrs.fields_dict(config_class(registry[new])), "kind", "lr", "groups"}
+        given = {p.split(".")[1] for p in changes if isinstance(p, str) and p.startswith(f"{section}.")}
+        old_keys = attrs.fields_dict(config_class(registry[old]))
+        dropped = [k for k in table if k in old_keys and k not in keep and k not in given]
+        if dropped:
+            out[section] = {k: v for k, v in table.items() if k not in dropped}
+            keys = [f"{section}.{k}" for k in dropped]
+            keys = " and ".join([", ".join(keys[:-1]), keys[-1]] if len(keys) > 1 else keys)
+            warnings.warn(f"{section}.kind = {new!r} replaces the file's {old!r}: left out {keys}, "
+                          f"which {new!r} does not take", stacklevel=2)
     return out
 
 
@@ -176,6 +207,7 @@ def loads(
     """
     try:
         data = tomllib.loads(text.removeprefix("\ufeff"))  # a byte-order mark some editors write
+        data = _without_old_kind_keys(data, {**(overrides or {}), **(texts or {})})
         data = apply_overrides(data, overrides)
         return from_dict(apply_overrides(data, _read_texts(data, texts or {})))
     except tomllib.TOMLDecodeError as e:

@@ -9,9 +9,9 @@ a section without ``kind`` takes its default one (``SECTIONS``).
 
 from __future__ import annotations
 
-import difflib
+import typing
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, get_args
 
 import attrs
 import cattrs
@@ -35,10 +35,11 @@ SECTIONS = {
 """The sections that pick a registry entry by ``kind``: registry and default kind."""
 
 
-def _entry_config(
-    c: cattrs.Converter, table: Any, registry: Registry, default: str | None, extra: tuple[str, ...]
-) -> tuple[str, Any, list[tuple[str, str]]]:
+def _entry_config(c: cattrs.Converter, table: Any, section: str, extra: tuple[str, ...]) -> tuple[str, Any, list[tuple[str, str]]]:
     """``(kind, config, problems)`` of a section; ``extra`` keys are the caller's."""
+    registry, default = SECTIONS[section]
+    if isinstance(table, str) and table in registry:  # --optim=adam
+        raise Invalid(f"expected a table, got {show(table)}; to pick that kind, set {section}.kind (--{section}.kind={table})")
     if not isinstance(table, Mapping):
         raise Invalid(f"expected a table, got {show(table)}")
     kind = table.get("kind", default)
@@ -53,13 +54,12 @@ def _entry_config(
         return kind, c.structure(fields, config_class(registry[kind])), []
     except Exception as e:
         problems = flatten(e, known=("kind", *extra))
-        if "kind" not in table:
-            problems = [(p, m + _kind_hint(registry, kind, p, m)) for p, m in problems]
-        return kind, None, problems
+        given = "kind" in table
+        return kind, None, [(p, m + _kind_hint(registry, kind, given, p, m)) for p, m in problems]
 
 
-def _kind_hint(registry: Registry, kind: str, key: str, message: str) -> str:
-    """For an unknown key under a defaulted kind: the kinds that do have it."""
+def _kind_hint(registry: Registry, kind: str, given: bool, key: str, message: str) -> str:
+    """For an unknown key: the kinds that do have it."""
     if not message.startswith("unknown key"):
         return ""
     owners = []
@@ -69,14 +69,14 @@ def _kind_hint(registry: Registry, kind: str, key: str, message: str) -> str:
                 owners.append(name)
         except TypeError:  # a malformed entry; it is reported when picked
             pass
-    return f" (kind defaults to {kind!r}; {key!r} is a key of {', '.join(sorted(owners))})" if owners else ""
+    if not owners:
+        return ""
+    return f" (kind {'is' if given else 'defaults to'} {kind!r}; {key!r} is a key of {', '.join(sorted(owners))})"
 
 
 def _component_hook(c: cattrs.Converter, section: str) -> Callable[[Any, Any], Component]:
-    registry, default = SECTIONS[section]
-
     def structure(table: Any, _: Any) -> Component:
-        kind, config, problems = _entry_config(c, table, registry, default, ())
+        kind, config, problems = _entry_config(c, table, section, ())
         if problems:
             raise Problems(problems)
         return Component(kind, config)
@@ -85,10 +85,8 @@ def _component_hook(c: cattrs.Converter, section: str) -> Callable[[Any, Any], C
 
 
 def _optim_hook(c: cattrs.Converter) -> Callable[[Any, Any], Optim]:
-    registry, default = SECTIONS["optim"]
-
     def structure(table: Any, _: Any) -> Optim:
-        kind, config, problems = _entry_config(c, table, registry, default, ("lr", "groups"))
+        kind, config, problems = _entry_config(c, table, "optim", ("lr", "groups"))
         lr, groups = 1e-3, []
         try:
             lr = c.structure(table.get("lr", lr), float)
@@ -119,6 +117,26 @@ def _sweep_keys(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _is_key(key: str) -> bool:
+    """Whether the dotted ``key`` names a config key: a key of some kind of its section, or of another table."""
+    section, _, rest = key.partition(".")
+    if section not in SECTIONS:
+        t = typing.get_type_hints(Experiment).get(section)
+        record = next((a for a in (t, *get_args(t)) if attrs.has(a)), None)
+        return t is not None and (record is None or rest.partition(".")[0] in attrs.fields_dict(record))
+    if rest in ("kind", *(("lr", "groups") if section == "optim" else ())):
+        return True
+    registry = SECTIONS[section][0]
+    return any(rest in attrs.fields_dict(config_class(entry)) for entry in registry.values() if _has_fields(entry))
+
+
+def _has_fields(entry: Any) -> bool:
+    try:
+        return bool(attrs.fields_dict(config_class(entry)))
+    except TypeError:  # a malformed entry; it is reported when picked
+        return False
+
+
 def _sweep_problem(key: str) -> str:
     allowed = f"sweep only {', '.join(SWEEPABLE)} or seeds = N"
     section = key.partition(".")[0]
@@ -126,11 +144,10 @@ def _sweep_problem(key: str) -> str:
         return "use seeds = N to train N seeds"
     if section in ("model", "data"):
         return f"cannot differ between members: it changes shapes, so they could not share one vmapped step; {allowed}"
-    if difflib.get_close_matches(key, SWEEPABLE, n=1):
-        return unknown_key(key, list(SWEEPABLE))
-    if section in {a.name for a in attrs.fields(Experiment)}:
-        return f"cannot differ between members of one vmapped step; {allowed}"
-    return unknown_key(key, [*SWEEPABLE, "seeds"])
+    if _is_key(key):
+        return f"cannot differ between members of one vmapped step; {allowed} (train one run per value of {key})"
+    suffixed = [k for k in SWEEPABLE if k.endswith(f".{key}")]  # --sweep.lr=[...]
+    return unknown_key(key, list(SWEEPABLE)) if not suffixed else f"unknown key; did you mean {suffixed[0]!r}?"
 
 
 def _sweep_hook(c: cattrs.Converter) -> Callable[[Any, Any], Sweep]:

@@ -26,6 +26,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
 from craft.data.seeds import NOT_CONTENT, derive_seed, fingerprint_of, options_fingerprint  # noqa: F401 (re-exported)
+from craft.words import plural
 
 Batch = dict[str, Tensor]
 Load = Callable[[Tensor], Batch]
@@ -147,7 +148,7 @@ class TrainBatches(_Batches, Iterator[Batch]):
         self._order = order
         if num_examples < batch_size:
             raise ValueError(
-                f"the train split has {num_examples} examples, fewer than one batch "
+                f"the train split has {plural(num_examples, 'example')}, fewer than one batch "
                 f"(data.batch_size={batch_size}); lower batch_size or add data"
             )
         self.num_examples = self.total_examples = num_examples

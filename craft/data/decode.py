@@ -26,6 +26,7 @@ from craft.data.listing import Listing
 from craft.data.pngcheck import png_problem
 from craft.data.shapes import image_tensor
 from craft.data.threads import data_threads
+from craft.words import plural
 
 _MODES = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}
 
@@ -185,7 +186,7 @@ def drop_unreadable(listing: Listing, channels: int, num_threads: int = 0, max_p
     if not bad:
         return listing
     if len(bad) == len(listing.files):
-        raise ValueError(f"none of the {len(bad)} images in {listing.folder} can be decoded, e.g. {bad[0]}")
+        raise ValueError(f"none of the images in {listing.folder} can be decoded ({plural(len(bad), 'file')}), e.g. {bad[0]}")
     warnings.warn(
         f"skipped {len(bad)} unreadable of {len(listing.files)} images in {listing.folder} (data.skip_unreadable), "
         f"e.g. {bad[0]}",

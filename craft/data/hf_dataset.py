@@ -26,6 +26,7 @@ from craft.data.listing import split_files
 from craft.data.text import train_windows, val_windows
 from craft.data.threads import data_threads
 from craft.data.tokenizers import CharTokenizer
+from craft.words import plural
 
 
 class DecodedRows(DecodedImages):
@@ -175,7 +176,8 @@ class HFDatasetConfig:
         else:
             batches = EvalBatches(len(rows), load, **common)
         batches.summary = (
-            f"{len(rows)} images in {self.path} ({self._split_said(tables, split)}), {len(classes)} classes"
+            f"{plural(len(rows), 'image')} in {self.path} ({self._split_said(tables, split)}), "
+            f"{plural(len(classes), 'class', 'classes')}"
         )
         return batches
 

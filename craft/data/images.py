@@ -233,8 +233,8 @@ class ImageFolderConfig:
             prepare_shapes(root, image_size=self.image_size, seed=self.data_seed, what=self.prepare)
         if not root.exists():
             raise FileNotFoundError(
-                f"data.path {root} does not exist; create it with `craft prepare shapes {root}`, "
-                f"set prepare = \"shapes\" in [data], or point data.path at an image folder"
+                f"data.path {root} does not exist; point it at a folder of images, or for craft's synthetic "
+                f"shapes there, run `craft prepare shapes {root}` or set prepare = \"shapes\" in [data]"
             )
         if not root.is_dir():
             raise FileNotFoundError(f"data.path {root} is not a folder; point it at a folder of images")
@@ -280,9 +280,12 @@ def _write_unless_present(root: Path, *, image_size: int, seed: int, what: str) 
         counts, size, write = PREPARED_PHOTOS, max(image_size, PHOTO_SIZE), write_photos_folder
     else:
         counts, size, write = PREPARED_SHAPES, image_size, write_shapes_folder
-    # A one-time pause of seconds: say why, as a dataset download would.
-    count = counts["num_train"] + counts["num_val"]
-    print(f"craft: writing {count} synthetic {what} images to {root} (once; later runs reuse them)", file=sys.stderr)
+    # A one-time pause of seconds: say why, as a dataset download would, and that a data.path
+    # mistyped for the user's own images gets synthetic ones (later runs reuse them without a word).
+    count, state = counts["num_train"] + counts["num_val"], "is an empty folder" if root.exists() else "does not exist"
+    print(f"craft: data.path {root} {state}: prepare = \"{what}\" writes {count} synthetic {what} images there (once; "
+          "later runs reuse them); to train on your own images, fix data.path and unset prepare (--data.prepare=None)",
+          file=sys.stderr)
     try:
         write(root, image_size=size, seed=seed, **counts)
     except FileExistsError:

@@ -16,6 +16,7 @@ import torch
 
 from craft.data.batching import derive_seed
 from craft.data.files import IMAGE_SUFFIXES, KINDS, find_files, inside, shown
+from craft.words import plural
 
 _COMMON = (".jpg", ".jpeg", ".png")
 _SUFFIXES = ", ".join(_COMMON)  # messages name these first: the common kinds
@@ -38,14 +39,23 @@ class Listing(NamedTuple):
     def summary(self) -> str:
         """One line: how many files of which kinds were found, and what was left out."""
         kinds = Counter(KINDS[os.path.splitext(f)[1].lower()] for f in self.files)
-        found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
-        line = f"{len(self.files)} images in {shown(self.folder)}" + (f" ({found})" if found else "")
+        found = ", ".join(f"{n:,} {kind}" for kind, n in sorted(kinds.items()))
+        line = f"{plural(len(self.files), 'image')} in {shown(self.folder)}" + (f" ({found})" if found else "")
         return line + (f"; left out {describe_left_out(self.left_out)}" if self.left_out else "")
 
 
 def describe_left_out(left_out: Counter[str]) -> str:
-    """``"3 .txt files, 1 links out of the folder"``: the most frequent reasons first."""
-    return ", ".join(f"{n} {reason}" for reason, n in left_out.most_common())
+    """``"3 .txt files, 1 link out of the folder"``: the most frequent reasons first."""
+    return ", ".join(f"{n:,} {reason if n != 1 else _one(reason)}" for reason, n in left_out.most_common())
+
+
+_ONE = {"not regular files": "file that is not regular", "images beside the class folders": "image beside the class folders",
+        "links out of the folder": "link out of the folder", "broken links": "broken link", "repeated folders": "repeated folder"}
+
+
+def _one(reason: str) -> str:
+    """A reason ``left_out`` counts (plural: ``".txt files"``) for one file: ``".txt file"``."""
+    return _ONE.get(reason) or reason.replace("files", "file", 1)
 
 
 def images_under(folder: str | Path) -> list[str]:
@@ -55,10 +65,9 @@ def images_under(folder: str | Path) -> list[str]:
 
 def _no_images(folder: Path, left_out: Counter[str]) -> ValueError:
     found = f"; found only {describe_left_out(left_out)}" if left_out else ""
-    return ValueError(
-        f"no images ({_SUFFIXES}) in {folder}, nor {_MORE_SUFFIXES}{found}; "
-        f"add or convert some, or set prepare = \"shapes\""
-    )
+    # prepare writes only into a missing or empty folder: for one holding anything, it would change nothing.
+    prepare = "" if any(folder.iterdir()) else ", or set prepare = \"shapes\""
+    return ValueError(f"no images ({_SUFFIXES}) in {folder}, nor {_MORE_SUFFIXES}{found}; add or convert some{prepare}")
 
 
 def list_images(folder: str | Path, labels: str = "folders") -> Listing:

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from craft.data import bpe
 from craft.data.text_pieces import CHUNK_SIZE, parts, pieces
 from craft.data.text_sources import STDLIB, TEXT_SUFFIXES, is_utf8, source_files, stdlib_files, utf8_files  # noqa: F401
+from craft.words import plural
 
 META_FILE, TOKENIZER_FILE = "meta.json", "tokenizer.json"
 BATCH_PIECES = 16  # pieces encoded together (on the tokenizer's threads)
@@ -161,11 +162,6 @@ def prepare_tokens(
         f"{folder}: {counts['train']:,} train and {counts['val']:,} val tokens ({meta['dtype']}, "
         f"vocab_size {tok.vocab_size:,}{fewer}) from {plural(len(good), 'file')}{skipped}"
     )
-
-
-def plural(n: int, noun: str) -> str:
-    """``"1 file"``, ``"2 files"``."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def readable_sources(sources: list[str], folder: Path) -> tuple[list[str], int]:

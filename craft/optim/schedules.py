@@ -17,6 +17,7 @@ from torch import Tensor
 
 from craft.optim.base import Schedule
 from craft.registry import Registry
+from craft.words import plural
 
 SCHEDULES: Registry = Registry("schedule")
 
@@ -95,7 +96,7 @@ def warmup_cosine(
     warm = warmup_length(total, warmup_steps, warmup_ratio)
     if warm >= total:
         raise ValueError(
-            f"warmup_cosine: warmup ({warm} steps) must be shorter than total_steps={total}; "
+            f"warmup_cosine: warmup ({plural(warm, 'step')}) must be shorter than total_steps={total}; "
             "use linear_warmup for a warmup with no decay"
         )
 

@@ -259,7 +259,7 @@ def test_a_folder_of_every_format_trains_and_its_listing_says_what_it_found(tmp_
     listing = list_images(tmp_path)
     assert listing.summary() == (
         f"7 images in {tmp_path} (1 BMP, 1 GIF, 1 JPEG, 1 PNG, 2 TIFF, 1 WebP); "
-        "left out 1 .svg files, 1 .txt files"
+        "left out 1 .svg file, 1 .txt file"
     )
     cfg = ImageFolderConfig(path=str(tmp_path), batch_size=7, image_size=8, val_fraction=0.0)
     train = cfg.build("train", seed=0)
@@ -272,11 +272,11 @@ def test_a_folder_of_only_unsupported_files_is_one_clear_line(tmp_path):
         (tmp_path / f"drawing_{k}.svg").write_text("<svg/>")
     (tmp_path / "clip.mp4").write_bytes(b"\0" * 8)
     for labels in ("prefix", "folders"):
-        with pytest.raises(ValueError, match=r"no images .* found only 3 \.svg files, 1 \.mp4 files; add or convert"):
+        with pytest.raises(ValueError, match=r"no images .* found only 3 \.svg files, 1 \.mp4 file; add or convert some$"):
             list_images(tmp_path, labels)
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "cat.svg").write_text("<svg/>")
-    with pytest.raises(ValueError, match=r"class folder .*cat has no images .*\(1 \.svg files\)"):
+    with pytest.raises(ValueError, match=r"class folder .*cat has no images .*\(1 \.svg file\)"):
         list_images(tmp_path)
 
 
@@ -325,3 +325,21 @@ def test_an_animated_webp_gives_its_first_frame_as_a_gif_does(tmp_path):
     frames[0].save(tmp_path / "moving.webp", save_all=True, append_images=frames[1:], lossless=True, duration=50)
     assert torch.equal(read_image(str(tmp_path / "moving.webp")), pillow_pixels(tmp_path / "moving.webp", "RGB"))
     assert read_image(str(tmp_path / "moving.webp"), channels=1).shape == (1, 12, 16)
+
+
+def test_counts_of_one_read_in_the_singular():
+    from collections import Counter
+
+    from craft.data.listing import describe_left_out
+    from craft.words import plural
+
+    assert (plural(1, "image"), plural(32000, "image"), plural(1, "class", "classes"), plural(0, "class", "classes")) == (
+        "1 image", "32,000 images", "1 class", "0 classes"
+    )
+    reasons = ["links out of the folder", "broken links", "not regular files", "files without a suffix", ".txt files",
+               "repeated files", "repeated folders", "images beside the class folders"]
+    assert describe_left_out(Counter({reason: 1 for reason in reasons})) == (
+        "1 link out of the folder, 1 broken link, 1 file that is not regular, 1 file without a suffix, 1 .txt file, "
+        "1 repeated file, 1 repeated folder, 1 image beside the class folders"
+    )
+    assert describe_left_out(Counter({".txt files": 2, "broken links": 3})) == "3 broken links, 2 .txt files"

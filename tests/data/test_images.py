@@ -218,7 +218,9 @@ def test_ranks_split_every_global_batch(splits):
 
 
 def test_missing_path_suggests_prepare(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nope.*craft prepare shapes .*nope.*prepare = \"shapes\""):
+    # Pointing at the user's own folder first: a mistyped path is likelier than wanting synthetic shapes.
+    with pytest.raises(FileNotFoundError, match=r"nope does not exist; point it at a folder of images, or for craft's "
+                       r"synthetic shapes there, run `craft prepare shapes .*nope` or set prepare = \"shapes\""):
         config(tmp_path / "nope").build("train", seed=0)
 
 
@@ -320,7 +322,7 @@ def test_config_errors(tmp_path, changes, match):
 # -- prepare = "shapes" -----------------------------------------------------------
 
 
-def test_prepare_shapes_writes_the_folder_once_then_reuses_it(tmp_path, monkeypatch):
+def test_prepare_shapes_writes_the_folder_once_then_reuses_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(images_module, "PREPARED_SHAPES", {"num_train": 20, "num_val": 10})
     writes = []
     real = images_module.write_shapes_folder
@@ -329,6 +331,11 @@ def test_prepare_shapes_writes_the_folder_once_then_reuses_it(tmp_path, monkeypa
     cfg = config(root, prepare="shapes", image_size=8, batch_size=5)
     train = cfg.build("train", seed=0)
     assert len(writes) == 1 and train.num_examples == 20 and train.num_classes == 7
+    # A mistyped data.path would get synthetic images: the line says the folder was missing, and what to do.
+    assert capsys.readouterr().err == (
+        f'craft: data.path {root} does not exist: prepare = "shapes" writes 30 synthetic shapes images there (once; '
+        "later runs reuse them); to train on your own images, fix data.path and unset prepare (--data.prepare=None)\n"
+    )
     assert next(train)["image"].shape == (5, 3, 8, 8)
     val = cfg.build("val", seed=0)
     assert len(writes) == 1 and val.num_examples == 10  # reused: the folder's own train/val split
@@ -338,6 +345,7 @@ def test_prepare_shapes_writes_the_folder_once_then_reuses_it(tmp_path, monkeypa
     (tmp_path / "empty").mkdir()
     config(tmp_path / "empty", prepare="shapes", image_size=8, batch_size=5).build("val", seed=0)
     assert len(writes) == 2 and len(list((tmp_path / "empty").rglob("*.png"))) == 30
+    assert f"data.path {tmp_path / 'empty'} is an empty folder: prepare" in capsys.readouterr().err
 
 
 def test_prepare_reuses_a_folder_another_process_finished_first(tmp_path, monkeypatch):
@@ -383,7 +391,7 @@ def test_images_beside_the_class_folders_are_counted_and_named_when_too_few_rema
     assert listing.files == [str(tmp_path / "only" / "x.png")]
     assert listing.left_out == {"images beside the class folders": 5}
     config = ImageFolderConfig(path=str(tmp_path), batch_size=4, image_size=4, val_fraction=0.0)
-    with pytest.raises(ValueError, match=r"fewer than one batch .*\(1 images in .*; left out 5 images beside the class"):
+    with pytest.raises(ValueError, match=r"has 1 example, fewer than one batch .*\(1 image in .*; left out 5 images beside the class"):
         config.build("train", seed=0)
 
 

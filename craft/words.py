@@ -1,0 +1,12 @@
+"""Counted nouns in messages: ``plural(1, "image")`` is ``"1 image"``, ``plural(3, "class", "classes")`` ``"3 classes"``.
+
+A folder of one image, a sweep of one member and a run of one step are
+ordinary; their messages should not read "1 images".
+"""
+
+from __future__ import annotations
+
+
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``n`` (thousands separated) and ``noun``, or its plural ``many`` (``noun + "s"`` if not given) unless ``n`` is 1."""
+    return f"{n:,} {noun if n == 1 else many or noun + 's'}"
