@@ -21,7 +21,7 @@ from craft.config import Experiment, Sample
 from craft.config import load as load_config
 from craft.logging import plot_metrics
 from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches
-from craft.data.tokenizers import saved_as
+from craft.data.tokenizers import load_tokenizer, saved_as
 from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError, saved_config
 from craft.runfolder import MEMBERS_DIR
 from craft.step import TrainState, init_state, make_eval_step
@@ -79,14 +79,54 @@ def evaluate(run_dir: Path, checkpoint_name: str = "latest", data: dict[str, str
     saved = Path(run_dir) / TOKENIZER_FILE
     tokenizer = getattr(batches, "tokenizer", None)
     if data and tokenizer is not None and saved.exists() and not saved_as(tokenizer, saved):
-        raise RunError(
-            "the other data's vocabulary differs from the run's tokenizer.json (its tokens would mean other "
-            "characters or words): evaluate on text made of the run's vocabulary"
-        )
+        batches = InRunVocabulary(batches, run_ids(tokenizer, load_tokenizer(saved)))
     check_components(used, parts, batches)  # other data the model cannot take (--data.image_size) is one line
     check_classes(Path(run_dir), getattr(batches, "classes", None))
     metrics = evaluate_batches(eval_step, state, batches, parts.device, parts.task)
     return {"step": int(state.step), **metrics}
+
+
+def run_ids(other, run) -> torch.Tensor:
+    """int64 ``(other.vocab_size,)``: the id in the run's tokenizer of each token of ``other``, the tokenizer
+    that other data built from its own text (a character tokenizer of a test file holds only its characters,
+    so its ids mean other characters than the run's: 'a' may be 3 there and 40 in the run)."""
+    ids, unknown = [], []
+    for i in range(other.vocab_size):
+        piece = other.decode([i])
+        try:
+            found = run.encode(piece)
+        except ValueError:  # UnknownCharactersError, UnknownWordsError
+            found = None
+        if found is None or len(found) != 1:
+            unknown.append(piece)
+            continue
+        ids.append(found[0])
+    if unknown:
+        listed = ", ".join(map(repr, unknown[:10])) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        raise RunError(
+            f"the other data has {len(unknown)} token(s) the run's {TOKENIZER_FILE} lacks: {listed}; the model has "
+            "no id for them, so evaluate on text made only of the run's characters or words"
+        )
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+class InRunVocabulary:
+    """``batches`` whose token ids (``input``, ``target``; padding targets stay) are mapped to the run's
+    tokenizer through ``ids`` (``run_ids``); every other attribute is ``batches``'s."""
+
+    def __init__(self, batches, ids: torch.Tensor) -> None:
+        self.batches, self.ids = batches, ids
+
+    def __getattr__(self, name: str):
+        return getattr(self.batches, name)
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield {k: self._mapped(v) if k in ("input", "target") else v for k, v in batch.items()}
+
+    def _mapped(self, tokens: torch.Tensor) -> torch.Tensor:
+        real = tokens >= 0  # a padding target (-100) stays as it is
+        return torch.where(real, self.ids[tokens.clamp(min=0)], tokens)
 
 
 def check_classes(run_dir: Path, classes: list[str] | None) -> None:
