@@ -225,7 +225,10 @@ def sample_run(
         return sample_text(parts.model, state, tokenizer, options, stop=stop, use_cache=use_cache, on_text=on_text)
     if not options.prompt.startswith(BOUNDARY):
         raise ValueError(f"a caption's prompt starts with the begin marker {BOUNDARY!r}, got {options.prompt!r}")
-    pixels = read_image(image).to(parts.device)[None]  # (1, C, S, S)
+    try:
+        pixels = read_image(image).to(parts.device)[None]  # (1, C, S, S)
+    except ValueError as e:  # the folder readers' advice ("replace or delete it") is not for a file to caption
+        raise RunError(f"--image: {str(e).partition('; replace or delete')[0]}; give an image file to caption") from None
     room = parts.model.block_size - len(tokenizer.encode(options.prompt))
     if room < 1:
         raise RunError(f"the prompt fills the model's block_size ({parts.model.block_size} tokens); shorten it")
