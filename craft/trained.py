@@ -17,7 +17,7 @@ from torch import nn
 
 from craft import checkpoint
 from craft.checks import check_components
-from craft.config import Experiment, Sample
+from craft.config import ConfigError, Experiment, Sample
 from craft.config import load as load_config
 from craft.logging import plot_metrics
 from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches
@@ -91,16 +91,15 @@ def run_ids(other, run) -> torch.Tensor:
     that other data built from its own text (a character tokenizer of a test file holds only its characters,
     so its ids mean other characters than the run's: 'a' may be 3 there and 40 in the run)."""
     ids, unknown = [], []
-    for i in range(other.vocab_size):
-        piece = other.decode([i])
+    for piece in (other.decode([i]) for i in range(other.vocab_size)):
         try:
             found = run.encode(piece)
         except ValueError:  # UnknownCharactersError, UnknownWordsError
-            found = None
-        if found is None or len(found) != 1:
+            found = []
+        if len(found) == 1:
+            ids += found
+        else:  # unknown, or several tokens of the run's (a subword tokenizer): no id to map it to
             unknown.append(piece)
-            continue
-        ids.append(found[0])
     if unknown:
         listed = ", ".join(map(repr, unknown[:10])) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
         raise RunError(
@@ -152,7 +151,19 @@ def _other_data(run_dir: Path, exp: Experiment, data: dict[str, str]) -> Experim
     others = sorted(k for k in data if not k.startswith("data."))
     if others:
         raise RunError(f"craft evaluate takes [data] options only (--data.path, --data.val_path, ...), not --{others[0]}")
-    other = load_config(run_dir / CONFIG_FILE, texts=data)
+    kind = data.get("data.kind", exp.data.kind).strip("'\"")
+    if kind != exp.data.kind:  # the saved [data] keys are the run's kind's: no other kind could take them
+        raise ConfigError([f"data.kind: craft evaluate reads other data with the run's own kind ({exp.data.kind!r}); "
+                           f"train a run on {kind!r} data to evaluate on it"])
+    try:
+        other = load_config(run_dir / CONFIG_FILE, texts=data)
+    except ConfigError as e:  # "did you mean" names keys of the run's kind, which may have none like it
+        given = {k.removeprefix("data.") for k in data}
+        raise ConfigError([
+            f"{line.split(':')[0]}: the run's data (kind {exp.data.kind!r}) has no such key; "
+            f"craft info {exp.data.kind} lists those it has" if line.split(":")[0].removeprefix("data.") in given and ": unknown key" in line else line
+            for line in e.problems
+        ]) from None
     return attrs.evolve(exp, data=other.data)
 
 

@@ -13,7 +13,7 @@ from conftest import run_cli
 
 import craft
 from craft import run, trained
-from craft.config import load
+from craft.config import ConfigError, load
 from craft.data.text import CharTokenizer
 from craft.models import MODELS
 from craft.rundir import RunError
@@ -98,3 +98,14 @@ def test_evaluate_on_text_with_characters_the_run_lacks_is_refused(gpt_run, tmp_
         trained.evaluate(gpt_run, data={"data.path": str(other)})
     with pytest.raises(RunError, match="takes \\[data\\] options only"):
         trained.evaluate(gpt_run, data={"optim.lr": "1"})
+
+
+def test_evaluate_with_a_key_the_runs_data_kind_lacks_names_the_kind(gpt_run):
+    # the config's "did you mean" named a key of the run's kind that is nothing like it ('eval_batch_size')
+    with pytest.raises(ConfigError, match=r"^data.val_path: the run's data \(kind 'text'\) has no such key; "
+                                          r"craft info text lists those it has$"):
+        trained.evaluate(gpt_run, data={"data.val_path": "test"})
+    # another kind would be refused for every key of the run's own kind it lacks; say what is wrong instead
+    with pytest.raises(ConfigError, match=r"^data.kind: craft evaluate reads other data with the run's own kind "
+                                          r"\('text'\); train a run on 'image_folder' data"):
+        trained.evaluate(gpt_run, data={"data.kind": "image_folder", "data.path": "images"})
