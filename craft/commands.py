@@ -62,7 +62,8 @@ def evaluate(run_dir: str, *, checkpoint: str = "latest", **data: str) -> None:
 
     [data] options evaluate on other data (a test set), read as the run read
     its own: craft evaluate runs/NAME --data.val_path=data/test (image and
-    caption folders), or --data.path=FILE for text in the run's vocabulary.
+    caption folders), or --data.path=FILE for text made of the run's characters
+    (or words), read with the run's tokenizer.json.
     """
     from craft import trained
 

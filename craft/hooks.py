@@ -33,12 +33,14 @@ def clock(elapsed_before: float = 0.0) -> Callable[[], float]:
 
 
 def advance(bar) -> Hook:
-    """Move the progress bar one step; after the first, show its rate and ETA (``logging.first_step_done``)."""
+    """Move the progress bar one step; after the first, show its rate and ETA (``logging.first_step_done``)
+    and restart the log's samples/s window, so that neither counts the first step's compile."""
 
     def hook(progress: Progress, metrics: Metrics) -> Progress:
         bar.update(1)
-        if getattr(bar, "bar_format", None) == FIRST_STEP_BAR:  # a disabled bar has none
+        if getattr(bar, "bar_format", None) == FIRST_STEP_BAR:  # a disabled bar has none (nor a log to write)
             first_step_done(bar)
+            return progress._replace(samples=0, window=time.perf_counter())
         return progress
 
     return hook
@@ -130,9 +132,11 @@ def log_train(
         rate = progress.samples / max(now - progress.window, 1e-9)
         share = utilisation(rate) if utilisation is not None else None
         extra = {"samples_per_s": round(rate, 1), **({"mfu": round(share, 4)} if share is not None else {})}
+        shown = {"samples_s": f"{rate:,.0f}", **({"mfu": f"{share:.1%}"} if share is not None else {})}
+        if not progress.samples:  # the window held only the first step, whose compile is no rate (``advance``)
+            extra, shown = {}, {}
         log.write(progress.step, "train", values, elapsed(), **extra)
-        shown = {"mfu": f"{share:.1%}"} if share is not None else {}
-        bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:,.0f}", **shown, refresh=False)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", **shown, refresh=False)
         return progress._replace(samples=0, window=now, skipped=skipped, window_sums=None, window_counts=None)
 
     return hook

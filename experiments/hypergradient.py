@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     start = loss(params, {}, val)[0].item()
     for r in range(rounds):
         hypergrad, (_, (params, opt_state)) = torch.func.grad_and_value(unrolled, has_aux=True)(log_lr, params, opt_state)
-        log_lr = log_lr - args.meta_lr * torch.sign(hypergrad)  # sign: robust to the hypergradient's scale
-        print(f"round {r:3d}  lr {log_lr.exp().item():.2e}  val loss {loss(params, {}, val)[0].item():.4f}")
+        used, log_lr = log_lr.exp().item(), log_lr - args.meta_lr * torch.sign(hypergrad)  # sign: robust to its scale
+        print(f"round {r:3d}  lr {used:.2e}  val loss {loss(params, {}, val)[0].item():.4f}")  # the loss this lr gave
     final = loss(params, {}, val)[0].item()
     return {"start_loss": start, "final_loss": final, "start_lr": 1e-3, "final_lr": log_lr.exp().item()}
 

@@ -13,7 +13,8 @@ from conftest import run_cli
 
 import craft
 from craft import run, trained
-from craft.config import load
+from craft.config import ConfigError, load
+from craft.data.text import CharTokenizer
 from craft.models import MODELS
 from craft.rundir import RunError
 
@@ -73,10 +74,38 @@ def test_craft_export_and_print_config_from_the_cli(gpt_run, tmp_path):
     assert not (Path.cwd() / "runs" / "gpt_char").exists() or "run folder" not in printed.stdout
 
 
-def test_evaluate_on_text_of_another_vocabulary_is_refused(gpt_run, tmp_path):
+def test_evaluate_on_text_of_fewer_characters_reads_them_with_the_run_tokenizer(gpt_run, tmp_path):
+    """A test file holds only some of the run's characters, so its own vocabulary numbers them otherwise
+    ('a' is 1 there): evaluate scores it with the run's ids, as the same text read with the run's vocabulary."""
+    text = "abc\n" * 250  # 1,000 characters; with val_fraction 0.5 the last 500 are val
+    alone = tmp_path / "alone.txt"
+    alone.write_text(text)
+    run_chars = CharTokenizer.load(gpt_run / "tokenizer.json").chars
+    # every run character first, so this file's vocabulary is the run's; val_fraction 0.25 of 2,000 makes
+    # its val split the same 500 characters (and the same last train character before them)
+    padding = ("".join(run_chars) * 1000)[:1000]
+    whole = tmp_path / "whole.txt"
+    whole.write_text(padding + text)
+    expected = trained.evaluate(gpt_run, data={"data.path": str(whole), "data.val_fraction": "0.25"})
+    got = trained.evaluate(gpt_run, data={"data.path": str(alone), "data.val_fraction": "0.5"})
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_evaluate_on_text_with_characters_the_run_lacks_is_refused(gpt_run, tmp_path):
     other = tmp_path / "other.txt"
-    other.write_text("abc\n" * 10)
-    with pytest.raises(RunError, match="vocabulary differs from the run's tokenizer.json"):
+    other.write_text("abc\u2603\n" * 10)
+    with pytest.raises(RunError, match="1 token.* the run's tokenizer.json lacks: '\u2603'"):
         trained.evaluate(gpt_run, data={"data.path": str(other)})
     with pytest.raises(RunError, match="takes \\[data\\] options only"):
         trained.evaluate(gpt_run, data={"optim.lr": "1"})
+
+
+def test_evaluate_with_a_key_the_runs_data_kind_lacks_names_the_kind(gpt_run):
+    # the config's "did you mean" named a key of the run's kind that is nothing like it ('eval_batch_size')
+    with pytest.raises(ConfigError, match=r"^data.val_path: the run's data \(kind 'text'\) has no such key; "
+                                          r"craft info text lists those it has$"):
+        trained.evaluate(gpt_run, data={"data.val_path": "test"})
+    # another kind would be refused for every key of the run's own kind it lacks; say what is wrong instead
+    with pytest.raises(ConfigError, match=r"^data.kind: craft evaluate reads other data with the run's own kind "
+                                          r"\('text'\); train a run on 'image_folder' data"):
+        trained.evaluate(gpt_run, data={"data.kind": "image_folder", "data.path": "images"})

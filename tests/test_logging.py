@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
+import torch
 from PIL import Image
 
-from craft.hooks import advance
+from craft.hooks import advance, log_train
 from craft.logging import (
     FIRST_STEP_BAR, MetricsLog, bar_look, plot_metrics, progress_bar, read_metrics, truncate_metrics,
 )
+from craft.loop import Progress
 
 
 def _log(tmp_path, steps=(10, 20, 30)):
@@ -90,10 +93,41 @@ def test_after_the_first_step_the_bar_counts_its_rate_from_the_second(monkeypatc
     bar = progress_bar(100, 10, compiling=True)  # a run resumed at step 10
     waiting = str(bar)
     assert "compiling the train step" in waiting and "it/s" not in waiting and "<" not in waiting
-    advance(bar)(None, {})  # the first (compiled) step is done
+    progress = Progress(None, 11, 100)
+    advance(bar)(progress, {})  # the first (compiled) step is done
     assert bar.bar_format is None and bar.postfix == ""
     assert bar.n == bar.initial == 11  # the rate is (n - initial) / elapsed: the first step is not in it
     assert "compiling" not in str(bar) and "11/100" in str(bar)
-    advance(bar)(None, {})
+    assert advance(bar)(progress, {}) is progress
     assert bar.initial == 11 and bar.n == 12  # only once
+    bar.close()
+
+
+def _log_train(tmp_path, bar):
+    return log_train(MetricsLog(tmp_path), lambda m: m, bar, print, lambda: 1.0, skip=False)
+
+
+def test_the_logged_samples_per_s_leaves_out_the_first_step_as_the_bar_does(monkeypatch, tmp_path):
+    import io
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    bar = progress_bar(100, 0, compiling=True)
+    compiled = Progress(None, 1, 100, samples=64, window=time.perf_counter() - 100)  # the first step compiled 100 s
+    progress = advance(bar)(compiled, {})
+    second = progress._replace(step=2, samples=progress.samples + 64)  # one more step of 64, as fit counts it
+    _log_train(tmp_path, bar)(second, {"loss": torch.tensor(1.0)})
+    (event,) = read_metrics(tmp_path)
+    assert event["samples_per_s"] > 100, event  # 64 samples in well under a second, not 128 in 100 s
+    bar.close()
+
+
+def test_a_log_at_the_first_step_has_no_samples_per_s(monkeypatch, tmp_path):
+    import io
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    bar = progress_bar(100, 0, compiling=True)
+    first = advance(bar)(Progress(None, 1, 100, samples=64, window=time.perf_counter() - 100), {})
+    _log_train(tmp_path, bar)(first, {"loss": torch.tensor(1.0)})  # log_every = 1: only the compiling step to time
+    (event,) = read_metrics(tmp_path)
+    assert "samples_per_s" not in event and event["metrics"] == {"loss": 1.0}
     bar.close()

@@ -72,8 +72,14 @@ def test_dp_sgd_trains_with_and_without_noise(capsys):
         assert _is_count_of(accuracy, 128) and accuracy > chance + 0.05, (noise, accuracy)
 
 
-def test_hypergradient_descent_raises_a_too_small_learning_rate_and_lowers_the_loss():
+def test_hypergradient_descent_raises_a_too_small_learning_rate_and_lowers_the_loss(capsys):
     results = _script("hypergradient").main(["--tiny"])
+    # each round prints the rate its unrolled steps used beside the loss they reached: the first is the start
+    rates = [float(line.split("lr ")[1].split()[0]) for line in capsys.readouterr().out.splitlines()]
+    assert rates[0] == results["start_lr"], rates
+    step = math.exp(0.05)  # the default meta learning rate on the log rate
+    ratio = results["final_lr"] / rates[-1]  # the last round's update is the only one not printed
+    assert ratio == pytest.approx(step, rel=1e-2) or ratio == pytest.approx(1 / step, rel=1e-2), rates
     assert results["final_lr"] > results["start_lr"]
     assert results["final_loss"] < results["start_loss"]
 

@@ -149,15 +149,18 @@ def test_a_prompt_starts_the_caption_and_sampling_is_seeded(tiny_run, folder, ca
         (["--image={image}", "--stop=x"], "--stop: a caption stops at its end marker; drop --stop"),
         (["--image={image}", "--prompt=a purple"], "1 word not in the vocabulary: 'purple'"),
         (["--image={bad}"], "cannot decode image"),
+        (["--image={captions}"], "captions.jsonl (not a BMP, GIF, JPEG, PNG, TIFF, WebP file); give an image file to caption"),
     ],
 )
 def test_generate_errors_are_one_line(tiny_run, folder, tmp_path, capsys, args, message):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     image = folder / "val" / _val_captions(folder)[0]["image"]
-    status, out, err = generate(capsys, tiny_run, *(a.format(image=image, bad=bad) for a in args))
+    captions = folder / "val" / "captions.jsonl"
+    status, out, err = generate(capsys, tiny_run, *(a.format(image=image, bad=bad, captions=captions) for a in args))
     assert status in (1, 2), out
     assert message in err.splitlines()[0] and "Traceback" not in err, err
+    assert "delete" not in err, err  # the user's image (or captions file) is not a folder's damaged file
 
 
 def test_image_on_a_text_run_is_refused(tmp_path):
