@@ -17,15 +17,14 @@ from torch import nn
 
 from craft import checkpoint
 from craft.checks import check_components
-from craft.config import ConfigError, Experiment, Sample
+from craft.config import Experiment, Sample
 from craft.config import load as load_config
 from craft.logging import plot_metrics
+from craft.other_data import check_classes, in_run_vocabulary, other_experiment
 from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches
-from craft.data.tokenizers import load_tokenizer, saved_as
 from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError, saved_config
 from craft.runfolder import MEMBERS_DIR
 from craft.step import TrainState, init_state, make_eval_step
-from craft.words import plural
 
 
 class LoadedRun(NamedTuple):
@@ -75,97 +74,14 @@ def evaluate(run_dir: Path, checkpoint_name: str = "latest", data: dict[str, str
     eval_step = make_eval_step(
         parts.model, parts.task.loss, inputs=parts.task.inputs, precision=exp.train.precision, compile=False
     )
-    used = _other_data(Path(run_dir), exp, data) if data else exp
+    used = other_experiment(Path(run_dir), exp, data) if data else exp
     batches = build_data(used, "val")
-    saved = Path(run_dir) / TOKENIZER_FILE
-    tokenizer = getattr(batches, "tokenizer", None)
-    if data and tokenizer is not None and saved.exists() and not saved_as(tokenizer, saved):
-        batches = InRunVocabulary(batches, run_ids(tokenizer, load_tokenizer(saved)))
+    if data:
+        batches = in_run_vocabulary(Path(run_dir), batches)
     check_components(used, parts, batches)  # other data the model cannot take (--data.image_size) is one line
     check_classes(Path(run_dir), getattr(batches, "classes", None))
     metrics = evaluate_batches(eval_step, state, batches, parts.device, parts.task)
     return {"step": int(state.step), **metrics}
-
-
-def run_ids(other, run) -> torch.Tensor:
-    """int64 ``(other.vocab_size,)``: the id in the run's tokenizer of each token of ``other``, the tokenizer
-    that other data built from its own text (a character tokenizer of a test file holds only its characters,
-    so its ids mean other characters than the run's: 'a' may be 3 there and 40 in the run)."""
-    ids, unknown = [], []
-    for piece in (other.decode([i]) for i in range(other.vocab_size)):
-        try:
-            found = run.encode(piece)
-        except ValueError:  # UnknownCharactersError, UnknownWordsError
-            found = []
-        if len(found) == 1:
-            ids += found
-        else:  # unknown, or several tokens of the run's (a subword tokenizer): no id to map it to
-            unknown.append(piece)
-    if unknown:
-        listed = ", ".join(map(repr, unknown[:10])) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
-        raise RunError(
-            f"the other data has {len(unknown)} token(s) the run's {TOKENIZER_FILE} lacks: {listed}; the model has "
-            "no id for them, so evaluate on text made only of the run's characters or words"
-        )
-    return torch.tensor(ids, dtype=torch.int64)
-
-
-class InRunVocabulary:
-    """``batches`` whose token ids (``input``, ``target``; padding targets stay) are mapped to the run's
-    tokenizer through ``ids`` (``run_ids``); every other attribute is ``batches``'s."""
-
-    def __init__(self, batches, ids: torch.Tensor) -> None:
-        self.batches, self.ids = batches, ids
-
-    def __getattr__(self, name: str):
-        return getattr(self.batches, name)
-
-    def __iter__(self):
-        for batch in self.batches:
-            yield {k: self._mapped(v) if k in ("input", "target") else v for k, v in batch.items()}
-
-    def _mapped(self, tokens: torch.Tensor) -> torch.Tensor:
-        real = tokens >= 0  # a padding target (-100) stays as it is
-        return torch.where(real, self.ids[tokens.clamp(min=0)], tokens)
-
-
-def check_classes(run_dir: Path, classes: list[str] | None) -> None:
-    """Other data must name the run's classes in the run's order (``classes.json``): a label is a position
-    in that list, so another list would score every prediction against the wrong class."""
-    saved = run_dir / CLASSES_FILE
-    if not classes or not saved.exists():  # text data, or a run from before classes.json
-        return
-    import json
-
-    expected = json.loads(saved.read_text(encoding="utf-8"))
-    if list(classes) != expected:
-        missing, extra = [c for c in expected if c not in classes], [c for c in classes if c not in expected]
-        differ = f"lacks {missing[:5]}" if missing else f"adds {extra[:5]}" if extra else "orders them otherwise"
-        raise RunError(
-            f"the data's classes differ from the run's ({CLASSES_FILE}: {plural(len(expected), 'class', 'classes')}): it {differ}; "
-            f"evaluate with the run's data.path and the other images as --data.val_path"
-        )
-
-
-def _other_data(run_dir: Path, exp: Experiment, data: dict[str, str]) -> Experiment:
-    """``exp`` with only ``[data]`` keys replaced, checked as strictly as a config."""
-    others = sorted(k for k in data if not k.startswith("data."))
-    if others:
-        raise RunError(f"craft evaluate takes [data] options only (--data.path, --data.val_path, ...), not --{others[0]}")
-    kind = data.get("data.kind", exp.data.kind).strip("'\"")
-    if kind != exp.data.kind:  # the saved [data] keys are the run's kind's: no other kind could take them
-        raise ConfigError([f"data.kind: craft evaluate reads other data with the run's own kind ({exp.data.kind!r}); "
-                           f"train a run on {kind!r} data to evaluate on it"])
-    try:
-        other = load_config(run_dir / CONFIG_FILE, texts=data)
-    except ConfigError as e:  # "did you mean" names keys of the run's kind, which may have none like it
-        given = {k.removeprefix("data.") for k in data}
-        raise ConfigError([
-            f"{line.split(':')[0]}: the run's data (kind {exp.data.kind!r}) has no such key; "
-            f"craft info {exp.data.kind} lists those it has" if line.split(":")[0].removeprefix("data.") in given and ": unknown key" in line else line
-            for line in e.problems
-        ]) from None
-    return attrs.evolve(exp, data=other.data)
 
 
 def sample_text(

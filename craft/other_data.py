@@ -1,0 +1,113 @@
+"""Evaluating a run on data other than its own (``craft evaluate RUN --data.val_path=...``).
+
+The other data is read the way the run read its own: the run's saved
+``[data]`` with only the keys given replaced (``other_experiment``), its
+tokens renumbered to the run's ``tokenizer.json`` (``in_run_vocabulary``: a
+character test file builds a vocabulary of its own characters only), and its
+class names checked against the run's ``classes.json`` (``check_classes``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attrs
+import torch
+
+from craft.config import ConfigError, Experiment
+from craft.config import load as load_config
+from craft.data.tokenizers import load_tokenizer, saved_as
+from craft.rundir import CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError
+from craft.words import plural
+
+
+def other_experiment(run_dir: Path, exp: Experiment, data: dict[str, str]) -> Experiment:
+    """``exp`` with only ``[data]`` keys replaced by ``data`` (as typed), checked as strictly as a config."""
+    others = sorted(k for k in data if not k.startswith("data."))
+    if others:
+        raise RunError(f"craft evaluate takes [data] options only (--data.path, --data.val_path, ...), not --{others[0]}")
+    kind = data.get("data.kind", exp.data.kind).strip("'\"")
+    if kind != exp.data.kind:
+        raise ConfigError([f"data.kind: craft evaluate reads other data with the run's own kind ({exp.data.kind!r}); "
+                           f"train a run on {kind!r} data to evaluate on it"])
+    try:
+        other = load_config(run_dir / CONFIG_FILE, texts=data)
+    except ConfigError as e:  # "did you mean" names keys of the run's kind, which may have none like it
+        given = {k.removeprefix("data.") for k in data}
+        raise ConfigError([_no_such_key(line, exp.data.kind, given) for line in e.problems]) from None
+    return attrs.evolve(exp, data=other.data)
+
+
+def _no_such_key(problem: str, kind: str, given: set[str]) -> str:
+    key = problem.split(":")[0]
+    if ": unknown key" not in problem or key.removeprefix("data.") not in given:
+        return problem
+    return f"{key}: the run's data (kind {kind!r}) has no such key; craft info {kind} lists those it has"
+
+
+def in_run_vocabulary(run_dir: Path, batches):
+    """``batches`` as they are, or, when their tokenizer is not the run's, with ids renumbered to the run's."""
+    saved, tokenizer = run_dir / TOKENIZER_FILE, getattr(batches, "tokenizer", None)
+    if tokenizer is None or not saved.exists() or saved_as(tokenizer, saved):
+        return batches
+    return InRunVocabulary(batches, run_ids(tokenizer, load_tokenizer(saved)))
+
+
+def run_ids(other, run) -> torch.Tensor:
+    """int64 ``(other.vocab_size,)``: the id in the run's tokenizer of each token of ``other``, the tokenizer
+    that other data built from its own text (a character tokenizer of a test file holds only its characters,
+    so its ids mean other characters than the run's: 'a' may be 3 there and 40 in the run)."""
+    ids, unknown = [], []
+    for piece in (other.decode([i]) for i in range(other.vocab_size)):
+        try:
+            found = run.encode(piece)
+        except ValueError:  # UnknownCharactersError, UnknownWordsError
+            found = []
+        if len(found) == 1:
+            ids += found
+        else:  # unknown, or several tokens of the run's (a subword tokenizer): no id to map it to
+            unknown.append(piece)
+    if unknown:
+        listed = ", ".join(map(repr, unknown[:10])) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        raise RunError(
+            f"the other data has {len(unknown)} token(s) the run's {TOKENIZER_FILE} lacks: {listed}; the model has "
+            "no id for them, so evaluate on text made only of the run's characters or words"
+        )
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+class InRunVocabulary:
+    """``batches`` whose token ids (``input``, ``target``; padding targets stay) are mapped to the run's
+    tokenizer through ``ids`` (``run_ids``); every other attribute is ``batches``'s."""
+
+    def __init__(self, batches, ids: torch.Tensor) -> None:
+        self.batches, self.ids = batches, ids
+
+    def __getattr__(self, name: str):
+        return getattr(self.batches, name)
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield {k: self._mapped(v) if k in ("input", "target") else v for k, v in batch.items()}
+
+    def _mapped(self, tokens: torch.Tensor) -> torch.Tensor:
+        real = tokens >= 0  # a padding target (-100) stays as it is
+        return torch.where(real, self.ids[tokens.clamp(min=0)], tokens)
+
+
+def check_classes(run_dir: Path, classes: list[str] | None) -> None:
+    """Other data must name the run's classes in the run's order (``classes.json``): a label is a position
+    in that list, so another list would score every prediction against the wrong class."""
+    saved = run_dir / CLASSES_FILE
+    if not classes or not saved.exists():  # text data, or a run from before classes.json
+        return
+    expected = json.loads(saved.read_text(encoding="utf-8"))
+    if list(classes) != expected:
+        missing, extra = [c for c in expected if c not in classes], [c for c in classes if c not in expected]
+        differ = f"lacks {missing[:5]}" if missing else f"adds {extra[:5]}" if extra else "orders them otherwise"
+        raise RunError(
+            f"the data's classes differ from the run's ({CLASSES_FILE}: {plural(len(expected), 'class', 'classes')}): "
+            f"it {differ}; "
+            f"evaluate with the run's data.path and the other images as --data.val_path"
+        )
