@@ -46,6 +46,19 @@ def advance(bar) -> Hook:
     return hook
 
 
+def untimed(hook: Hook) -> Hook:
+    """``hook``, with the time it takes (an evaluation, a sample, a checkpoint) left out of the log's
+    samples/s window: the figure is the training rate, not the rate of a window that happened to hold
+    an evaluation (whose first call compiles the eval step)."""
+
+    def timed_out(progress: Progress, metrics: Metrics) -> Progress:
+        start = time.perf_counter()
+        progress = hook(progress, metrics)
+        return progress._replace(window=progress.window + time.perf_counter() - start)
+
+    return timed_out
+
+
 def count_nonfinite(progress: Progress, metrics: Metrics) -> Progress:
     """Count steps whose loss or gradient norm is NaN/Inf, on device (no sync): elementwise for a sweep's members."""
     bad = ~(torch.isfinite(metrics["loss"]) & torch.isfinite(metrics["grad_norm"]))

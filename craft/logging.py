@@ -10,8 +10,9 @@
   values only), with ``loss``, ``grad_norm`` (before clipping), the task's
   metrics, ``lr`` (the learning rate the last step used) and, with
   ``on_nonfinite = "skip"``, ``skipped_steps``; the event also holds
-  ``samples_per_s`` (counted from this process's second step: the first compiles; a
-  log of the first step alone has none) and, where the device's peak is known (``craft.mfu``),
+  ``samples_per_s`` (the training rate: counted from this process's second step, as
+  the first compiles, and without the time of evaluations, samples and checkpoints
+  (``craft.hooks.untimed``); a log of the first step alone has none) and, where the device's peak is known (``craft.mfu``),
   ``mfu``: the model FLOPs utilisation, a fraction of the peak.
 - ``val`` metrics are means over the whole validation split (or
   ``eval_batches``), weighted by examples or scored tokens.

@@ -271,10 +271,10 @@ def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: R
     if cfg.early_stopping is not None:  # then save again: the checkpoint holds this evaluation's best and count
         evaluation += [hooks.early_stopping(cfg.early_stopping, save_best), hooks.checkpoint(save)]
     every_step = [hooks.advance(bar), hooks.count_nonfinite, hooks.accumulate]
-    evaluate_due = chain(
+    evaluate_due = hooks.untimed(chain(
         every(cfg.eval_every, chain(stop_nonfinite, *evaluation)),
         every(cfg.eval_every * cfg.sample.every, hooks.sample(make_text, log, say, elapsed)) if make_text else (lambda p, m: p),
-    )
+    ))
     return chain(
         *every_step,
         every(cfg.log_every, chain(
@@ -283,7 +283,7 @@ def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: R
                             utilisation=utilisation),
         )),
         every(cfg.log_every, signal_hook) if replicas.active else signal_hook,
-        when(checkpoint_due, chain(stop_nonfinite, hooks.checkpoint(save))),
+        when(checkpoint_due, hooks.untimed(chain(stop_nonfinite, hooks.checkpoint(save)))),
         evaluate_due,
     ), evaluate_due
 

@@ -247,8 +247,8 @@ def _fit_sweep(exp: Experiment, model, parts, tx: Transform, start, run_dir: Pat
         hooks.count_nonfinite,
         every(cfg.log_every, log_members(logs, task.summarize, bar, elapsed)),
         hooks.stop_on_signal(flag),
-        when(lambda p: due(p, cfg.checkpoint_every or cfg.eval_every) or due(p, cfg.eval_every) or p.stop is not None, hooks.checkpoint(save)),
-        every(cfg.eval_every, evaluate_members(run_eval, logs, elapsed)),
+        when(lambda p: due(p, cfg.checkpoint_every or cfg.eval_every) or due(p, cfg.eval_every) or p.stop is not None, hooks.untimed(hooks.checkpoint(save))),
+        every(cfg.eval_every, hooks.untimed(evaluate_members(run_eval, logs, elapsed))),
         remember_in(latest := [progress]),  # the last finished step: saved if a batch cannot be read
     )
     try:

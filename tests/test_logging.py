@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from craft.hooks import advance, log_train
+from craft.hooks import advance, log_train, untimed
 from craft.logging import (
     FIRST_STEP_BAR, MetricsLog, bar_look, plot_metrics, progress_bar, read_metrics, truncate_metrics,
 )
@@ -130,4 +130,19 @@ def test_a_log_at_the_first_step_has_no_samples_per_s(monkeypatch, tmp_path):
     _log_train(tmp_path, bar)(first, {"loss": torch.tensor(1.0)})  # log_every = 1: only the compiling step to time
     (event,) = read_metrics(tmp_path)
     assert "samples_per_s" not in event and event["metrics"] == {"loss": 1.0}
+    bar.close()
+
+
+def test_the_logged_samples_per_s_leaves_out_evaluations_and_checkpoints(monkeypatch, tmp_path):
+    """A window that holds an evaluation (whose first call compiles) reports the training rate, not less."""
+    import io
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    bar = progress_bar(100, 0, compiling=False)
+    slow_evaluation = untimed(lambda p, m: (time.sleep(0.5), p)[1])
+    progress = Progress(None, 10, 100, samples=0, window=time.perf_counter())
+    progress = slow_evaluation(progress, {})._replace(step=11, samples=640)  # then 10 steps of 64
+    _log_train(tmp_path, bar)(progress, {"loss": torch.tensor(1.0)})
+    (event,) = read_metrics(tmp_path)
+    assert event["samples_per_s"] > 640 / 0.25, event  # counting the 0.5 s evaluation would give < 1,280
     bar.close()
