@@ -20,6 +20,7 @@ from craft.checks import check_components
 from craft.config import Experiment, Sample
 from craft.config import load as load_config
 from craft.logging import plot_metrics
+from craft.data.augment import crop_size
 from craft.other_data import check_classes, in_run_vocabulary, other_experiment
 from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches
 from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError, saved_config
@@ -186,9 +187,30 @@ def load_model(run_dir: Path, checkpoint_name: str = "latest") -> nn.Module:
     return model.eval()
 
 
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def preprocessing(data) -> dict | None:
+    """How the run's model reads an image, as a recipe any tool can follow (``preprocessing.json``), or
+    None for data without images. The steps of craft's evaluation, in order: decode, convert to
+    ``mode``, resize to ``resize`` (height, width; antialiased bilinear, the aspect ratio not kept),
+    centre-crop to ``center_crop``, scale to [0, 1] (``rescale_factor``), normalise with ``mean``/``std``."""
+    if not all(hasattr(data, k) for k in ("image_size", "channels", "mean", "std")) or getattr(data, "text_column", None):
+        return None
+    crop = crop_size(getattr(data, "augment", None), data.image_size)
+    per_channel = lambda v: list(v) * data.channels if len(v) == 1 else list(v)  # noqa: E731
+    return {
+        "mode": "RGB" if data.channels == 3 else "L",
+        "resize": [data.image_size, data.image_size], "interpolation": "bilinear", "antialias": True,
+        "center_crop": [crop, crop], "rescale_factor": 1 / 255,
+        "mean": per_channel(data.mean), "std": per_channel(data.std), "layout": "NCHW", "dtype": "float32",
+    }
+
+
 def export(run_dir: Path, out: Path, checkpoint_name: str = "latest") -> Path:
     """Write the run's weights as ``OUT/model.safetensors`` and the model's config as ``OUT/config.json``
-    (plus ``tokenizer.json`` for text runs, ``classes.json`` for classifiers); returns ``out``.
+    (plus ``tokenizer.json`` for text runs, ``classes.json`` for classifiers, ``preprocessing.json`` for
+    models that read images: without it, another tool would feed them pixels they never saw); returns ``out``.
 
     The weights are the module's whole ``state_dict()``, tied weights under
     each of their names, so ``model.load_state_dict(load_file(...), strict=True)``
@@ -214,4 +236,7 @@ def export(run_dir: Path, out: Path, checkpoint_name: str = "latest") -> Path:
     for name in (TOKENIZER_FILE, CLASSES_FILE):
         if (run_dir / name).exists():
             shutil.copyfile(run_dir / name, out / name)
+    recipe = preprocessing(exp.data.config)
+    if recipe is not None:
+        (out / PREPROCESSING_FILE).write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
     return out

@@ -43,6 +43,7 @@ def test_exported_weights_load_strictly_into_the_plain_module(gpt_run, tmp_path)
     idx = torch.randint(0, config["vocab_size"], (2, 8))
     torch.testing.assert_close(plain.eval()(idx), loaded(idx), rtol=0, atol=0)
     assert (out / "tokenizer.json").read_text() == (gpt_run / "tokenizer.json").read_text()
+    assert not (out / "preprocessing.json").exists()  # text: the tokenizer is its preprocessing
 
 
 def test_load_model_holds_the_checkpoint_weights(gpt_run):

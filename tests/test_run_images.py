@@ -127,3 +127,29 @@ def test_the_class_names_are_kept_exported_and_checked_when_evaluating_other_dat
     other = run_cli("evaluate", str(run_dir), f"--data.path={test}", f"--data.val_path={test}")
     assert other.returncode == 1 and "Traceback" not in other.stderr, other.stderr[-2000:]
     assert "error: the data's classes differ from the run's (classes.json: 2 classes): it lacks ['big dög']" in other.stderr
+
+
+def test_export_writes_the_preprocessing_another_tool_needs_and_it_gives_craft_s_eval_input(tmp_path):
+    """Without preprocessing.json an exported classifier is fed pixels it never saw (no resize, no normalisation)."""
+    import torchvision.transforms.v2.functional as F
+
+    from craft import trained
+    from craft.config import load
+    from craft.parts import build_data
+
+    data = folder(tmp_path / "photos")
+    crop = ["--data.image_size=24", "--data.augment.random_resized_crop.size=20", "--data.mean=[0.4,0.5,0.6]",
+            "--data.std=[0.2]"]
+    result = run_cli(str(experiment(tmp_path, data, 1)), f"--data.val_path={data}", "--data.batch_size=2", *crop)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = trained.export(tmp_path / "runs" / "cnn", tmp_path / "out")
+    recipe = json.loads((out / "preprocessing.json").read_text(encoding="utf-8"))
+    assert recipe["resize"] == [24, 24] and recipe["center_crop"] == [20, 20] and recipe["std"] == [0.2] * 3
+
+    first = sorted((data / "cat").iterdir())[0]  # the val split's first image: classes in order, files sorted
+    pixels = F.pil_to_tensor(Image.open(first).convert(recipe["mode"]))
+    pixels = F.center_crop(F.resize(pixels, recipe["resize"], antialias=recipe["antialias"]), recipe["center_crop"])
+    followed = F.normalize(pixels.float() * recipe["rescale_factor"], recipe["mean"], recipe["std"])
+    exp = load(tmp_path / "runs" / "cnn" / "config.toml")
+    craft_input = next(iter(build_data(exp, "val")))["image"][0]
+    torch.testing.assert_close(followed, craft_input, atol=1e-5, rtol=0)
