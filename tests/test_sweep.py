@@ -87,6 +87,18 @@ def test_sweep_refuses_what_cannot_share_a_step_in_one_line(tmp_path, sweep, mes
     assert info.value.problems[0].startswith(message)
 
 
+def test_a_list_of_learning_rates_says_the_sweep_takes_it(tmp_path):
+    """``--optim.lr=3e-4,1e-3`` is a user after a sweep: 'expected float' alone does not say where it goes."""
+    with pytest.raises(ConfigError) as info:
+        loads(TINY.format(out=tmp_path / "runs"), texts={"optim.lr": "3e-4,1e-3"})
+    assert info.value.problems == [
+        "optim.lr: expected float, got [0.0003, 0.001]; to train one member per value in one process, "
+        "give them to --sweep.optim.lr=[...] ([sweep] in TOML)"
+    ]
+    with pytest.raises(ConfigError, match=r"^train.steps: expected int, got \[1, 2\]$"):  # not sweepable: no hint
+        loads(TINY.format(out=tmp_path / "runs"), texts={"train.steps": "[1,2]"})
+
+
 def test_members_are_the_grid_times_the_seeds(tmp_path):
     exp = _exp(tmp_path, '[sweep]\n"optim.lr" = [1e-3, 3e-3]\n"optim.weight_decay" = [0, 0.1]\nseeds = 2\n')
     team = members(exp)

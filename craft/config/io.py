@@ -24,7 +24,7 @@ import tomli_w
 
 from craft.config.entries import SCALARS, config_class
 from craft.config.problems import ConfigError, flatten, show
-from craft.config.records import Experiment
+from craft.config.records import SWEEPABLE, Experiment
 from craft.config.sections import CONVERTER, SECTIONS
 
 if sys.version_info >= (3, 11):
@@ -209,11 +209,22 @@ def loads(
         data = tomllib.loads(text.removeprefix("\ufeff"))  # a byte-order mark some editors write
         data = _without_old_kind_keys(data, {**(overrides or {}), **(texts or {})})
         data = apply_overrides(data, overrides)
-        return from_dict(apply_overrides(data, _read_texts(data, texts or {})))
+        try:
+            return from_dict(apply_overrides(data, _read_texts(data, texts or {})))
+        except ConfigError as e:
+            raise ConfigError([_sweep_hint(problem) for problem in e.problems]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{source}: invalid TOML: {e}"]) from None
     except RecursionError:
         raise ConfigError([f"{source}: nested too deeply to read; an experiment needs a few levels of tables"]) from None
+
+
+def _sweep_hint(problem: str) -> str:
+    """``optim.lr: expected float, got [0.001, 0.01]`` with where a list of values of a sweepable key goes."""
+    key, _, message = problem.partition(": ")
+    if key not in SWEEPABLE or not message.startswith("expected float, got ["):
+        return problem
+    return f"{problem}; to train one member per value in one process, give them to --sweep.{key}=[...] ([sweep] in TOML)"
 
 
 def load(path: str | Path, overrides: Mapping[str, Any] | None = None, *, texts: Mapping[str, str] | None = None) -> Experiment:
