@@ -3,13 +3,16 @@
 The other data is read the way the run read its own: the run's saved
 ``[data]`` with only the keys given replaced (``other_experiment``), its
 tokens renumbered to the run's ``tokenizer.json`` (``in_run_vocabulary``: a
-character test file builds a vocabulary of its own characters only), and its
-class names checked against the run's ``classes.json`` (``check_classes``).
+character test file builds a vocabulary of its own characters only; token
+files must be encoded with the run's own BPE or tiktoken tokenizer, ``craft
+prepare tokens SRC... OUT --tokenizer=RUN``, as another's ids cannot be
+renumbered), and its class names checked against the run's ``classes.json`` (``check_classes``).
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import attrs
@@ -17,6 +20,7 @@ import torch
 
 from craft.config import ConfigError, Experiment
 from craft.config import load as load_config
+from craft.data.bpe import is_subword
 from craft.data.tokenizers import load_tokenizer, saved_as
 from craft.rundir import CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError
 from craft.words import plural
@@ -46,12 +50,21 @@ def _no_such_key(problem: str, kind: str, given: set[str]) -> str:
     return f"{key}: the run's data (kind {kind!r}) has no such key; craft info {kind} lists those it has"
 
 
-def in_run_vocabulary(run_dir: Path, batches):
-    """``batches`` as they are, or, when their tokenizer is not the run's, with ids renumbered to the run's."""
+def in_run_vocabulary(run_dir: Path, batches, path: str | None = None):
+    """``batches`` as they are, or, when their tokenizer is not the run's, with ids renumbered to the run's:
+    character and word ids only. A BPE or tiktoken token is a piece of bytes that the run's tokenizer cuts
+    otherwise, so another subword tokenizer's ids are refused, naming how to encode ``path``'s text with the run's."""
     saved, tokenizer = run_dir / TOKENIZER_FILE, getattr(batches, "tokenizer", None)
     if tokenizer is None or not saved.exists() or saved_as(tokenizer, saved):
         return batches
-    return InRunVocabulary(batches, run_ids(tokenizer, load_tokenizer(saved)))
+    run = load_tokenizer(saved)
+    if is_subword(tokenizer) or is_subword(run):
+        raise RunError(
+            f"{path or 'the other data'} was tokenized with another tokenizer than the run's {TOKENIZER_FILE}, so its "
+            f"ids mean other text; encode its text with the run's: craft prepare tokens SRC... OUT "
+            f"--tokenizer={shlex.quote(str(run_dir))}, then evaluate on OUT"
+        )
+    return InRunVocabulary(batches, run_ids(tokenizer, run))
 
 
 def run_ids(other, run) -> torch.Tensor:

@@ -5,7 +5,7 @@ A preparer is a plain function whose parameters are its words and options
 with its usage line; ``craft prepare WHAT --help`` prints that line and the
 function's docstring. A preparer may take several words (``*sources: str``)::
 
-    PREPARERS["tokens"] = Command(tokens, "craft prepare tokens SRC... OUT [--tokenizer=NAME]")
+    PREPARERS["tokens"] = Command(tokens, "craft prepare tokens SRC... OUT [--tokenizer=NAME|PATH]")
 """
 
 from __future__ import annotations
@@ -73,9 +73,13 @@ def tokens(
     ``[data] kind = "tokens"`` experiment. --tokenizer=bpe trains a byte-level
     BPE of --vocab_size tokens (default 8192) on the train text;
     --tokenizer=tiktoken uses --encoding (default gpt2) from tiktoken's local
-    cache. The val split is the last --val_fraction of each file (from a line
-    start). Files are read --chunk_size bytes at a time (default 1 MiB).
-    --overwrite replaces the token files of an earlier prepare.
+    cache; --tokenizer=PATH encodes with a saved tokenizer.json (a run
+    folder's or a token folder's; PATH may be that folder) and trains nothing:
+    a test set for a run is `craft prepare tokens SRC... OUT --tokenizer=RUN`,
+    then `craft evaluate RUN --data.path=OUT`. The val split is the last
+    --val_fraction of each file (from a line start). Files are read
+    --chunk_size bytes at a time (default 1 MiB). --overwrite replaces the
+    token files of an earlier prepare.
     """
     from craft.data.prepare_tokens import prepare_tokens
     from craft.runfolder import is_run_folder
@@ -90,7 +94,7 @@ def tokens(
 
 SIZES = "[--num_train=N --num_val=N --image_size=32 --seed=0]"
 TOKENS_USAGE = (
-    "craft prepare tokens SRC... OUT [--tokenizer=bpe|tiktoken --vocab_size=N --encoding=NAME --val_fraction=F "
+    "craft prepare tokens SRC... OUT [--tokenizer=bpe|tiktoken|PATH --vocab_size=N --encoding=NAME --val_fraction=F "
     "--chunk_size=BYTES --overwrite]"
 )
 PREPARERS: dict[str, Command] = {

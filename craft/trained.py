@@ -78,7 +78,7 @@ def evaluate(run_dir: Path, checkpoint_name: str = "latest", data: dict[str, str
     used = other_experiment(Path(run_dir), exp, data) if data else exp
     batches = build_data(used, "val")
     if data:
-        batches = in_run_vocabulary(Path(run_dir), batches)
+        batches = in_run_vocabulary(Path(run_dir), batches, getattr(used.data.config, "path", None))
     check_components(used, parts, batches)  # other data the model cannot take (--data.image_size) is one line
     check_classes(Path(run_dir), getattr(batches, "classes", None))
     metrics = evaluate_batches(eval_step, state, batches, parts.device, parts.task)

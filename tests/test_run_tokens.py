@@ -153,3 +153,68 @@ def test_tiktoken_tokens_prepare_train_and_generate_offline(local_tiktoken, tmp_
     sample = craft("generate", str(tmp_path / "gpt2_tiny"), "--prompt=def ", "--max_new_tokens=8", "--temperature=0")
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout.startswith("def ") and len(sample.stdout.rstrip("\n")) > len("def ")
+
+
+def test_a_tiktoken_folder_prepares_more_tokens_with_its_encoding_offline(local_tiktoken, tmp_path):
+    """--tokenizer=FOLDER of a tiktoken-prepared folder: its tokenizer.json names the encoding, read from
+    the local cache again (the network cut off by the fixture); the same text gives the same ids."""
+    source, first, again = str(ROOT / "craft" / "data" / "bpe.py"), tmp_path / "first", tmp_path / "again"
+    done = craft("prepare", "tokens", source, str(first), "--tokenizer=tiktoken", f"--encoding={local_tiktoken}")
+    assert done.returncode == 0, done.stderr
+    reused = craft("prepare", "tokens", source, str(again), f"--tokenizer={first}")
+    assert reused.returncode == 0, reused.stderr
+    for name in ("train.bin", "val.bin", "tokenizer.json"):
+        assert (again / name).read_bytes() == (first / name).read_bytes()
+    meta = json.loads((again / "meta.json").read_text())
+    assert meta["tokenizer"] == "tiktoken" and meta["encoding"] == local_tiktoken
+    assert meta["tokenizer_from"] == str((first / "tokenizer.json").resolve())
+
+
+@pytest.fixture(scope="module")
+def bpe_run(tokens_folder, tmp_path_factory) -> Path:
+    """The tiny GPT-2 trained for 2 steps on ``tokens_folder`` (in this process)."""
+    from craft import run
+    from craft.config import load
+
+    exp = load(ROOT / "experiments" / "gpt2_tiny.toml", {
+        "out_dir": str(tmp_path_factory.mktemp("runs")), "data.path": str(tokens_folder), "data.batch_size": 8,
+        "data.eval_batch_size": 8, "data.val_windows": 8, "train.accum_steps": 1, "train.compile": False,
+        "train.steps": 2, "train.eval_every": 2, "train.sample": None,
+    })
+    return run.train(exp, echo=lambda *a, **k: None)
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_test_set_prepared_with_the_runs_tokenizer(bpe_run, tokens_folder, tmp_path):
+    """A test set for a BPE run: its text encoded with the run's tokenizer (--tokenizer=RUN) evaluates; the
+    run's own folder given as other data gives exactly the run's val figures."""
+    from craft import trained
+
+    test = tmp_path / "test"
+    done = craft("prepare", "tokens", str(ROOT / "craft" / "models"), str(test), f"--tokenizer={bpe_run}")
+    assert done.returncode == 0, done.stderr
+    assert (test / "tokenizer.json").read_bytes() == (bpe_run / "tokenizer.json").read_bytes()
+    other = trained.evaluate(bpe_run, data={"data.path": str(test)})
+    assert other["step"] == 2 and np.isfinite(other["loss"])
+    own = trained.evaluate(bpe_run, data={"data.path": str(tokens_folder)})
+    rows = [json.loads(line) for line in (bpe_run / "metrics.jsonl").read_text().splitlines()]
+    logged = [row["metrics"] for row in rows if row["split"] == "val"][-1]
+    assert own == trained.evaluate(bpe_run) and {k: own[k] for k in logged} == logged
+    evaluated = craft("evaluate", str(bpe_run), f"--data.path={test}")
+    assert evaluated.returncode == 0 and f"loss {other['loss']:.4f}" in evaluated.stdout, evaluated.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_on_tokens_of_another_bpe_names_the_command_that_makes_them_right(bpe_run, tmp_path):
+    """Ids of another BPE mean other text (a byte token decodes to '\ufffd', not a token of the run's):
+    one line saying to prepare the text with the run's tokenizer, not a list of 'missing' tokens."""
+    other = tmp_path / "other-bpe"
+    done = craft("prepare", "tokens", str(ROOT / "craft" / "models"), str(other), "--vocab_size=300")
+    assert done.returncode == 0, done.stderr
+    refused = craft("evaluate", str(bpe_run), f"--data.path={other}")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    error = refused.stderr.splitlines()[0]
+    assert error == (
+        f"error: {other} was tokenized with another tokenizer than the run's tokenizer.json, so its ids mean other "
+        f"text; encode its text with the run's: craft prepare tokens SRC... OUT --tokenizer={bpe_run}, then evaluate on OUT"
+    )

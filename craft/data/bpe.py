@@ -152,6 +152,12 @@ def is_hugging_face(data: Any) -> bool:
     return isinstance(data, dict) and "kind" not in data and isinstance(data.get("model"), dict)
 
 
+def is_subword(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` is a BPE or tiktoken one: its tokens are pieces of bytes, not characters or words,
+    so one token's text may not encode back to that token (a lone byte decodes to '\ufffd')."""
+    return isinstance(tokenizer, (BPETokenizer, TiktokenTokenizer))
+
+
 # -- tiktoken ----------------------------------------------------------------
 
 

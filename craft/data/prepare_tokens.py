@@ -26,7 +26,11 @@ How the corpus is read:
   the end-of-text token.
 - ``--tokenizer=bpe`` trains a byte-level BPE of ``vocab_size`` tokens on the
   train parts (streamed); ``--tokenizer=tiktoken --encoding=gpt2`` uses a
-  tiktoken encoding from its local cache.
+  tiktoken encoding from its local cache; ``--tokenizer=PATH`` (a
+  ``tokenizer.json``, or a run folder or token folder holding one) encodes with
+  that saved tokenizer and trains nothing, so a test set's ids mean what a
+  run's do (``craft evaluate RUN --data.path=OUT``); meta.json names the file
+  (``tokenizer_from``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -110,6 +115,42 @@ def make_tokenizer(kind: str, split_parts: list[Part], vocab_size: int, encoding
         return bpe.train_bpe(texts(), vocab_size)
 
 
+KINDS = ("bpe", "tiktoken")
+"""The tokenizers ``--tokenizer`` names; anything else is the path of a saved one."""
+
+
+def saved_tokenizer(path: str) -> tuple[Any, Path]:
+    """``(tokenizer, file)``: the BPE or tiktoken tokenizer saved at ``path`` (a tokenizer.json, or a run or
+    token folder holding one), with an end-of-text token; a one-line ValueError naming the fix otherwise."""
+    from craft.data.tokenizers import load_tokenizer
+
+    given = Path(path)
+    file = given / TOKENIZER_FILE if given.is_dir() else given
+    if not file.is_file():
+        raise ValueError(f"--tokenizer={path}: the folder has no {TOKENIZER_FILE}; give a run folder, "
+                         f"a folder craft prepare tokens wrote, or the {TOKENIZER_FILE} itself")
+    tok = load_tokenizer(file)
+    if not bpe.is_subword(tok):
+        raise ValueError(
+            f"--tokenizer={path}: {file} is a {type(tok).__name__}, not a BPE or tiktoken tokenizer; a run on "
+            '[data] kind = "text" reads other text files as they are (craft evaluate RUN --data.path=FILE)'
+        )
+    try:
+        tok.eot  # noqa: B018 - a BPE without <|endoftext|> cannot end files: said before any text is read
+    except ValueError as e:
+        raise ValueError(f"--tokenizer={path}: {e}") from None
+    return tok, file
+
+
+def tokenizer_meta(tok, saved: tuple[Any, Path] | None) -> dict[str, str]:
+    """meta.json's word on the tokenizer: its kind, tiktoken's encoding, and the file it was read from."""
+    kind = "tiktoken" if isinstance(tok, bpe.TiktokenTokenizer) else "bpe"
+    return {
+        "tokenizer": kind, **({"encoding": tok.encoding} if kind == "tiktoken" else {}),
+        **({"tokenizer_from": str(saved[1].resolve())} if saved else {}),
+    }
+
+
 def prepare_tokens(
     sources: list[str],
     out: str,
@@ -124,18 +165,20 @@ def prepare_tokens(
     """Write OUT/{train,val}.bin, OUT/tokenizer.json and OUT/meta.json from SRC...; returns a summary line.
 
     ``tokenizer``: ``"bpe"`` (trained here, ``vocab_size`` tokens, default
-    8192) or ``"tiktoken"`` (``encoding``, default gpt2, from tiktoken's local
-    cache). Options are checked before anything is read; the .bin files
+    8192), ``"tiktoken"`` (``encoding``, default gpt2, from tiktoken's local
+    cache), or the path of a saved one (``saved_tokenizer``), used as it is.
+    Options are checked before anything is read; the .bin files
     appear only when complete, and only when both splits hold text.
     """
     check_options(tokenizer, vocab_size, encoding, val_fraction, chunk_size)
     vocab_size, encoding = vocab_size or 8192, encoding or "gpt2"
     folder = Path(out)
     check_out(folder, overwrite)
+    saved = None if tokenizer in KINDS else saved_tokenizer(tokenizer)  # read before any text is
     good, left_out = readable_sources(sources, folder)
     split_parts = list(parts(good, val_fraction))  # where each file's val part begins: found once, read thrice
     check_splits(split_parts, len(good), val_fraction)
-    tok = make_tokenizer(tokenizer, split_parts, vocab_size, encoding, chunk_size)
+    tok = saved[0] if saved else make_tokenizer(tokenizer, split_parts, vocab_size, encoding, chunk_size)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with tqdm(total=sum(os.path.getsize(f) for f in good), unit="B", unit_scale=True, desc="tokenizing") as bar:
@@ -149,13 +192,13 @@ def prepare_tokens(
         os.replace(folder / f"{split}.bin.tmp", folder / f"{split}.bin")
     tok.save(folder / TOKENIZER_FILE)
     meta = {
-        "dtype": token_dtype(tok.vocab_size).name, "vocab_size": tok.vocab_size, "tokenizer": tokenizer,
+        "dtype": token_dtype(tok.vocab_size).name, "vocab_size": tok.vocab_size, **tokenizer_meta(tok, saved),
         "tokenizer_file": TOKENIZER_FILE, "eot": tok.eot, "train_tokens": counts["train"], "val_tokens": counts["val"],
         "files": len(good), "left_out_not_utf8": left_out, "val_fraction": val_fraction,
-        **({"encoding": encoding} if tokenizer == "tiktoken" else {}),
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     skipped = f" ({left_out} not UTF-8, left out)" if left_out else ""
+    skipped += f", encoded with {saved[1]}" if saved else ""
     fewer = (f": the text has too few distinct pairs to merge for the {vocab_size:,} asked"
              if tokenizer == "bpe" and tok.vocab_size < vocab_size else "")
     return (
@@ -209,8 +252,15 @@ def check_out(folder: Path, overwrite: bool) -> None:
 
 def check_options(tokenizer: str, vocab_size: int | None, encoding: str | None, val_fraction: float, chunk_size: int) -> None:
     """One line naming the option and the fix, for the first bad one (an option the tokenizer would ignore too)."""
-    if tokenizer not in ("bpe", "tiktoken"):
-        raise ValueError(f"--tokenizer={tokenizer!r}: use bpe (trained here) or tiktoken (with --encoding=NAME)")
+    if tokenizer not in KINDS and not Path(tokenizer).exists():
+        raise ValueError(
+            f"--tokenizer={tokenizer!r}: use bpe (trained here), tiktoken (with --encoding=NAME), or the path of a "
+            f"saved {TOKENIZER_FILE} (or of the run or token folder holding it); there is no such file or folder"
+        )
+    for option, value in (("vocab_size", vocab_size), ("encoding", encoding)):
+        if tokenizer not in KINDS and value is not None:
+            raise ValueError(f"--{option}={value}: not with --tokenizer={tokenizer}, a saved tokenizer used as it is; "
+                             f"leave --{option} out (or train a new BPE with --tokenizer=bpe)")
     if tokenizer == "bpe" and encoding is not None:
         raise ValueError(f"--encoding={encoding}: only for --tokenizer=tiktoken; a BPE is trained here (--vocab_size=N)")
     if tokenizer == "tiktoken" and vocab_size is not None:

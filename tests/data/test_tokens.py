@@ -128,6 +128,48 @@ def test_prepare_refuses_bad_options_and_an_already_prepared_folder(prepared, tm
     assert not (tmp_path / "o").exists()
 
 
+def test_a_saved_tokenizer_encodes_other_text_and_trains_nothing(prepared, tmp_path, monkeypatch):
+    """--tokenizer=PATH (a token folder, or its tokenizer.json): a test set's ids are the text encoded with
+    that tokenizer, and OUT's tokenizer.json is the same file, so a run trained on the folder reads them as its own."""
+    from craft.data import bpe
+
+    out, _ = prepared
+    monkeypatch.setattr(bpe, "train_bpe", lambda *a, **k: pytest.fail("a saved tokenizer trains no BPE"))
+    text = "def other(y):\n    return [y, 'é', '<|endoftext|>']\n" * 40  # the special token's text is text
+    source = write(tmp_path / "test" / "other.py", text)
+    tok = load_tokenizer(out / "tokenizer.json")
+    for given in (out, out / "tokenizer.json"):
+        test = tmp_path / f"from-{given.name}"
+        line = prepare_tokens([str(source)], str(test), tokenizer=str(given), val_fraction=0.25)
+        assert (test / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
+        cut = val_start(str(source), len(text.encode()), 0.25)
+        train = np.fromfile(test / "train.bin", dtype=np.uint16).tolist()
+        val = np.fromfile(test / "val.bin", dtype=np.uint16).tolist()
+        assert train == tok.encode(text.encode()[:cut].decode()) + [tok.eot]
+        assert val == tok.encode(text.encode()[cut:].decode()) + [tok.eot]
+        meta = json.loads((test / "meta.json").read_text())
+        assert meta["tokenizer"] == "bpe" and meta["vocab_size"] == tok.vocab_size and meta["eot"] == tok.eot
+        assert meta["tokenizer_from"] == str((out / "tokenizer.json").resolve())
+        assert f"encoded with {out / 'tokenizer.json'}" in line
+        config = TokensConfig(path=str(test), block_size=8, batch_size=2)
+        assert config.resolve() == (tok.vocab_size, "uint16", tok)
+
+
+def test_options_a_saved_tokenizer_would_ignore_are_refused(prepared, tmp_path):
+    out, source = prepared
+    with pytest.raises(ValueError, match=r"^--vocab_size=300: not with --tokenizer=.*, a saved tokenizer used as it is"):
+        prepare_tokens([str(source)], str(tmp_path / "o"), tokenizer=str(out), vocab_size=300)
+    with pytest.raises(ValueError, match=r"^--encoding=gpt2: not with --tokenizer="):
+        prepare_tokens([str(source)], str(tmp_path / "o"), tokenizer=str(out), encoding="gpt2")
+    with pytest.raises(ValueError, match=r"the folder has no tokenizer.json; give a run folder"):
+        prepare_tokens([str(source)], str(tmp_path / "o"), tokenizer=str(source.parent))
+    chars = tmp_path / "chars.json"
+    chars.write_text('{"kind": "char", "chars": ["a", "b"]}')
+    with pytest.raises(ValueError, match=r"is a CharTokenizer, not a BPE or tiktoken tokenizer"):
+        prepare_tokens([str(source)], str(tmp_path / "o"), tokenizer=str(chars))
+    assert not (tmp_path / "o").exists()
+
+
 def test_text_that_cannot_fill_both_splits_is_refused_before_anything_is_written(tmp_path):
     write(tmp_path / "empty.txt", "")
     with pytest.raises(ValueError, match="no text to tokenize: the 1 file given is empty"):
