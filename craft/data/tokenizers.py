@@ -39,13 +39,16 @@ def _ids_list(ids: Iterable[int] | Tensor, vocab_size: int) -> list[int]:
     return ids
 
 
+WRITTEN_BY = "give a tokenizer.json that a craft run, craft prepare tokens, a tokenizer's save() or Hugging Face tokenizers wrote"
+
+
 def _read_json(path: str | Path) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"{path}: no tokenizer file; was the run trained on text data?") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a tokenizer file ({e}); save it again with the tokenizer's save()") from None
+        raise ValueError(f"{path}: not a tokenizer file ({e}); {WRITTEN_BY}") from None
 
 
 
@@ -250,8 +253,7 @@ def load_tokenizer(path: str | Path):
     if kind not in TOKENIZERS:
         raise ValueError(
             f"{path}: not a tokenizer file (its \"kind\" is {kind!r}, expected one of "
-            f"{sorted(TOKENIZERS)}, 'tiktoken', or a Hugging Face tokenizer.json); "
-            f"save it again with the tokenizer's save()"
+            f"{sorted(TOKENIZERS)}, 'tiktoken', or a Hugging Face tokenizer.json); {WRITTEN_BY}"
         )
     return TOKENIZERS[kind]._from_json(path, data)
 
