@@ -131,7 +131,8 @@ def test_a_nanogpt_uint16_folder_trains(tmp_path):
 @pytest.mark.slow
 def test_tiktoken_tokens_prepare_train_and_generate_offline(local_tiktoken, tmp_path):
     """--tokenizer=tiktoken through the CLI with the encoding's files only in the local cache and the
-    network cut off (see the fixture): prepare, a few steps of the tiny GPT-2, generate decodes with it."""
+    network cut off (see the fixture): prepare, prepare again with that folder's tokenizer (the same ids),
+    a few steps of the tiny GPT-2, generate decodes with it."""
     out = tmp_path / "tiktoken-tokens"
     source = str(ROOT / "craft" / "data" / "bpe.py")
     done = craft("prepare", "tokens", source, str(out), "--tokenizer=tiktoken", f"--encoding={local_tiktoken}")
@@ -142,6 +143,15 @@ def test_tiktoken_tokens_prepare_train_and_generate_offline(local_tiktoken, tmp_
     train = np.fromfile(out / "train.bin", dtype=np.uint16)
     assert len(train) == meta["train_tokens"] > 0 and train[-1] == meta["eot"] == meta["vocab_size"] - 1
     assert len(train) < len(Path(source).read_bytes())  # the merges were used
+    # --tokenizer=FOLDER: its tokenizer.json names the encoding, read from the local cache again
+    again = tmp_path / "again"
+    reused = craft("prepare", "tokens", source, str(again), f"--tokenizer={out}")
+    assert reused.returncode == 0, reused.stderr
+    for name in ("train.bin", "val.bin", "tokenizer.json"):
+        assert (again / name).read_bytes() == (out / name).read_bytes()
+    meta = json.loads((again / "meta.json").read_text())
+    assert meta["tokenizer"] == "tiktoken" and meta["encoding"] == local_tiktoken
+    assert meta["tokenizer_from"] == str((out / "tokenizer.json").resolve())
     trained = craft(
         str(ROOT / "experiments" / "gpt2_tiny.toml"), f"--out_dir={tmp_path}", f"--data.path={out}",
         "--data.batch_size=8", "--data.eval_batch_size=8", "--data.val_windows=4", "--train.accum_steps=1",
@@ -153,21 +163,6 @@ def test_tiktoken_tokens_prepare_train_and_generate_offline(local_tiktoken, tmp_
     sample = craft("generate", str(tmp_path / "gpt2_tiny"), "--prompt=def ", "--max_new_tokens=8", "--temperature=0")
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout.startswith("def ") and len(sample.stdout.rstrip("\n")) > len("def ")
-
-
-def test_a_tiktoken_folder_prepares_more_tokens_with_its_encoding_offline(local_tiktoken, tmp_path):
-    """--tokenizer=FOLDER of a tiktoken-prepared folder: its tokenizer.json names the encoding, read from
-    the local cache again (the network cut off by the fixture); the same text gives the same ids."""
-    source, first, again = str(ROOT / "craft" / "data" / "bpe.py"), tmp_path / "first", tmp_path / "again"
-    done = craft("prepare", "tokens", source, str(first), "--tokenizer=tiktoken", f"--encoding={local_tiktoken}")
-    assert done.returncode == 0, done.stderr
-    reused = craft("prepare", "tokens", source, str(again), f"--tokenizer={first}")
-    assert reused.returncode == 0, reused.stderr
-    for name in ("train.bin", "val.bin", "tokenizer.json"):
-        assert (again / name).read_bytes() == (first / name).read_bytes()
-    meta = json.loads((again / "meta.json").read_text())
-    assert meta["tokenizer"] == "tiktoken" and meta["encoding"] == local_tiktoken
-    assert meta["tokenizer_from"] == str((first / "tokenizer.json").resolve())
 
 
 @pytest.fixture(scope="module")
