@@ -191,7 +191,7 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     skipped = start.progress.get("skipped", 0)
     progress = Progress(
         start.state, step, cfg.steps, best=start.progress["best"], bad_evals=start.progress["bad_evals"],
-        skipped=skipped, last_good=start.path, window=time.perf_counter(),
+        skipped=skipped, last_good=start.path, window=time.perf_counter(), stop=start.progress.get("stop"),
         nonfinite=torch.tensor(skipped, device=parts.device),
     )
     progress = hooks.restore_window(progress, start.progress.get("window"), parts.device)
