@@ -182,6 +182,19 @@ def few(names: Iterable[str], shown: int = 5) -> str:
     return head if len(names) <= shown else f"{head}, ... {len(names)} in all"
 
 
+def check_sweep_train(exp: Experiment) -> None:
+    """``[train]`` settings a sweep cannot honour, refused before anything is written: early stopping
+    (members would stop at different steps) and trackers (a sweep logs to ``metrics.jsonl`` files only)."""
+    if exp.train.early_stopping is not None:
+        raise RunError("train.early_stopping does not apply to a sweep: members would stop at different steps")
+    if exp.train.loggers or exp.train.tensorboard:
+        key = "train.loggers" if exp.train.loggers else "train.tensorboard"
+        raise RunError(
+            f"{key} does not apply to a sweep: it logs to the run's and each member's metrics.jsonl only "
+            f"(members/NNN/); set {key} = {'[]' if exp.train.loggers else 'false'}, or train one run per value"
+        )
+
+
 def check_early_stopping(exp: Experiment, task: Task) -> None:
     """``train.early_stopping.metric`` must be one the task reports (a task that declares no names is not checked)."""
     rule, names = exp.train.early_stopping, getattr(task, "metric_names", None)

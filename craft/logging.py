@@ -34,7 +34,8 @@ PLOT_FILE = "loss.png"
 
 
 class MetricsLog:
-    """Appends events to ``metrics.jsonl``, and hands each to the ``trackers`` (``craft.trackers``)."""
+    """Appends events to ``metrics.jsonl``, and hands each to the ``trackers`` (``craft.trackers``): its
+    metrics and its other numbers (``samples_per_s``, ``mfu``) as ``split/name``."""
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = False, trackers: tuple = ()) -> None:
         self.path = run_dir / METRICS_FILE
@@ -52,8 +53,9 @@ class MetricsLog:
             self._file.flush()
         except OSError as e:  # a full disk: say which file
             raise OSError(e.errno, e.strerror, str(self.path)) from None
-        for tracker in self._trackers:
-            tracker.log(step, split, metrics)
+        numbers = {k: v for k, v in extra.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for tracker in self._trackers:  # every number of the event: samples_per_s and mfu too
+            tracker.log(step, split, {**metrics, **numbers})
 
     def close(self) -> None:
         self._file.close()

@@ -147,11 +147,6 @@ def fit_schedule(exp: Experiment) -> tuple[Experiment, list[str]]:
     if "total_steps" in fields and config.total_steps is None:
         config = attrs.evolve(config, total_steps=steps)
     total = getattr(config, "total_steps", None) or steps
-    if total < steps:
-        notes.append(
-            f"train.steps = {steps} runs past schedule.total_steps = {total}: the steps after {total} keep the "
-            f"schedule's last learning rate (--schedule.total_steps={steps} stretches the schedule instead)"
-        )
     warmup = getattr(config, "warmup_steps", None)
     if warmup is not None and warmup >= total:
         short = total // 10  # a tenth of the run, and shorter than it (warmup_cosine needs a decay)
@@ -160,6 +155,13 @@ def fit_schedule(exp: Experiment) -> tuple[Experiment, list[str]]:
             f"shortened to {short} (set schedule.warmup_ratio to scale the warmup with train.steps)"
         )
         config = attrs.evolve(config, warmup_steps=short)
+    if total < steps:  # the rate those steps get is said: a decay to 0 learns nothing more
+        last = learning_rate(attrs.evolve(exp, schedule=Component(exp.schedule.kind, config)))(total)
+        notes.append(
+            f"train.steps = {steps} runs past schedule.total_steps = {total}: the steps after {total} keep the "
+            f"schedule's last learning rate, {last:.3g}{' (nothing is learned in those steps)' if last == 0 else ''} "
+            f"(--schedule.total_steps={steps} stretches the schedule instead)"
+        )
     if config == exp.schedule.config:
         return exp, notes
     return attrs.evolve(exp, schedule=Component(exp.schedule.kind, config)), notes

@@ -76,10 +76,11 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
     pass
 
 
-def open_trackers(exp: Experiment, run_dir: Path) -> list:
-    """The trackers ``train.loggers`` (and ``train.tensorboard``) ask for, logging to ``run_dir`` (``craft.trackers``)."""
+def open_trackers(exp: Experiment, run_dir: Path, start_step: int = 0) -> list:
+    """The trackers ``train.loggers`` (and ``train.tensorboard``) ask for, logging to ``run_dir`` (``craft.trackers``),
+    resumed at ``start_step``."""
     names = list(dict.fromkeys([*(["tensorboard"] if exp.train.tensorboard else []), *exp.train.loggers]))
-    return [open_tracker(name, run_dir, exp.name, to_dict(exp)) for name in names]
+    return [open_tracker(name, run_dir, exp.name, to_dict(exp), start_step) for name in names]
 
 
 def rank_zeros_name(exp: Experiment, replicas: Replicas) -> Experiment:
@@ -177,7 +178,7 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     cuda.fast_matmuls(parts.device)
     common = dict(inputs=parts.task.inputs, precision=cfg.precision, compile=cfg.compile)
     eval_step = make_eval_step(parts.model, parts.task.loss, **common)
-    log = MetricsLog(run_dir, trackers=open_trackers(exp, run_dir)) if main else NullLog()
+    log = MetricsLog(run_dir, trackers=open_trackers(exp, run_dir, int(start.state.step))) if main else NullLog()
     step = int(start.state.step)
     bar = progress_bar(cfg.steps, step, disable=not main, compiling=cfg.compile)
     say = bar.write if main else _quiet
@@ -191,7 +192,7 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     skipped = start.progress.get("skipped", 0)
     progress = Progress(
         start.state, step, cfg.steps, best=start.progress["best"], bad_evals=start.progress["bad_evals"],
-        skipped=skipped, last_good=start.path, window=time.perf_counter(),
+        skipped=skipped, last_good=start.path, window=time.perf_counter(), stop=start.progress.get("stop"),
         nonfinite=torch.tensor(skipped, device=parts.device),
     )
     progress = hooks.restore_window(progress, start.progress.get("window"), parts.device)

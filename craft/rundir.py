@@ -17,6 +17,7 @@ from craft import checkpoint
 from craft.config import load as load_config
 from craft.config import tomllib
 from craft.logging import truncate_metrics
+from craft.words import plural
 from craft.runfolder import (
     CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, LOCK_FILE, MARKER_FILE, TOKENIZER_FILE, Interrupted, RunError, check_free,
     check_replaceable, check_run_dir, data_paths, fresh_name, is_run_folder, is_used, locked, prepare_run_dir, write_atomic,
@@ -192,5 +193,42 @@ def start_or_resume(
     checkpoint.restore_rng(payload)
     if main:
         truncate_metrics(run_dir, int(payload["state"]["step"].reshape(-1)[0]))
-    echo(f"resuming {run_dir} from {path.name} (step {int(payload['state']['step'].reshape(-1)[0])})")
-    return Start(state, {**fresh, **payload["progress"]}, payload, path)
+    step = int(payload["state"]["step"].reshape(-1)[0])
+    echo(f"resuming {run_dir} from {path.name} (step {step})")
+    return Start(state, early_stopping_progress(resolved, payload["config"], {**fresh, **payload["progress"]}, step, echo), payload, path)
+
+
+def _rule(config: dict[str, Any]) -> dict[str, Any]:
+    return (config.get("train") or {}).get("early_stopping") or {}
+
+
+def early_stopping_progress(
+    now: dict[str, Any], saved: dict[str, Any], progress: dict[str, Any], step: int, echo: Callable[[str], None],
+) -> dict[str, Any]:
+    """A resumed run's early-stopping ``progress`` under the rule it runs with ``now``.
+
+    The saved best is a value of the saved rule's metric: under another metric
+    or mode it is no yardstick (a loss of 1.9 beats every accuracy), so the
+    best and the count of worse evaluations start afresh, said. A run that
+    had already stopped early (as many worse evaluations as ``patience``)
+    stops again at once (``progress["stop"]``) instead of training one more
+    evaluation's worth of steps.
+    """
+    rule, before = _rule(now), _rule(saved)
+    if not rule:
+        return progress
+    key = lambda r: (r.get("metric"), r.get("mode"))  # noqa: E731
+    if progress.get("best") is not None and key(rule) != key(before):
+        was = f"{before.get('metric')!r} ({before.get('mode')})" if before else "none"
+        echo(
+            f"train.early_stopping: {was} -> {rule['metric']!r} ({rule['mode']}): the best so far is counted afresh "
+            "from this step; best.pt is replaced at the next evaluation"
+        )
+        return {**progress, "best": None, "bad_evals": 0}
+    if 0 < progress.get("bad_evals", 0) >= rule["patience"]:
+        echo(
+            f"the run stopped early at step {step} (no better {rule['metric']} in "
+            f"{plural(progress['bad_evals'], 'evaluation')}); to train it further, raise --train.early_stopping.patience"
+        )
+        return {**progress, "stop": "early_stopping"}
+    return progress

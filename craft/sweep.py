@@ -42,7 +42,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from craft import checkpoint, hooks
-from craft.checks import check_accumulation
+from craft.checks import check_accumulation, check_sweep_train
 from craft.config import SWEEPABLE, Experiment, build, dumps, to_dict
 from craft.ensemble import make_ensemble_step, stack_states, unstack_state
 from craft.logging import MetricsLog, plot_quietly, progress_bar, truncate_metrics
@@ -184,8 +184,7 @@ def evaluate_members(run_eval, logs: MemberLogs, elapsed) -> hooks.Hook:
 
 def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = False, echo=print) -> Path:
     """Train every member of ``exp.sweep``; returns the run folder (see the module docstring)."""
-    if exp.train.early_stopping is not None:
-        raise RunError("train.early_stopping does not apply to a sweep: members would stop at different steps")
+    check_sweep_train(exp)
     exp, note = fresh_name(exp, resume=resume, overwrite=overwrite)
     if note:
         echo(note)

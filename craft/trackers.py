@@ -54,10 +54,10 @@ def check(names: list[str]) -> None:
         ])
 
 
-def open_tracker(name: str, run_dir: Path, run_name: str, config: Mapping[str, Any]) -> Tracker:
-    """The tracker ``name`` (a key of ``TRACKERS``) for the run in ``run_dir``."""
+def open_tracker(name: str, run_dir: Path, run_name: str, config: Mapping[str, Any], start_step: int = 0) -> Tracker:
+    """The tracker ``name`` (a key of ``TRACKERS``) for the run in ``run_dir``, resumed from ``start_step``."""
     check([name])
-    return {"tensorboard": _tensorboard, "wandb": _wandb, "mlflow": _mlflow}[name](Path(run_dir), run_name, config)
+    return {"tensorboard": _tensorboard, "wandb": _wandb, "mlflow": _mlflow}[name](Path(run_dir), run_name, config, start_step)
 
 
 def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -69,10 +69,12 @@ def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _tensorboard(run_dir: Path, run_name: str, config: Mapping[str, Any]) -> Tracker:
+def _tensorboard(run_dir: Path, run_name: str, config: Mapping[str, Any], start_step: int = 0) -> Tracker:
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    # Resumed: TensorBoard hides what the earlier run logged after its checkpoint, as metrics.jsonl drops it;
+    # else those steps show twice, the old values beside the new.
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
 
     def log(step: int, split: str, metrics: Mapping[str, float]) -> None:
         for key, value in metrics.items():
@@ -81,7 +83,7 @@ def _tensorboard(run_dir: Path, run_name: str, config: Mapping[str, Any]) -> Tra
     return Tracker(log, writer.close)
 
 
-def _wandb(run_dir: Path, run_name: str, config: Mapping[str, Any]) -> Tracker:
+def _wandb(run_dir: Path, run_name: str, config: Mapping[str, Any], start_step: int = 0) -> Tracker:
     import wandb
 
     run = wandb.init(
@@ -95,7 +97,7 @@ def _wandb(run_dir: Path, run_name: str, config: Mapping[str, Any]) -> Tracker:
     return Tracker(log, run.finish)
 
 
-def _mlflow(run_dir: Path, run_name: str, config: Mapping[str, Any]) -> Tracker:
+def _mlflow(run_dir: Path, run_name: str, config: Mapping[str, Any], start_step: int = 0) -> Tracker:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 

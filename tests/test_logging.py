@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -50,6 +51,16 @@ def test_tensorboard_events_beside_the_jsonl(tmp_path):
     log.write(1, "train", {"loss": 0.5}, elapsed=0.1)
     log.close()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_trackers_get_every_number_of_the_event(tmp_path):
+    """samples_per_s and mfu sit beside the metrics in metrics.jsonl; the trackers used to get the metrics alone."""
+    got = []
+    log = MetricsLog(tmp_path, trackers=(SimpleNamespace(log=lambda *event: got.append(event), close=lambda: None),))
+    log.write(10, "train", {"loss": 0.5}, elapsed=0.1, samples_per_s=812.5, mfu=0.25)
+    log.write(10, "sample", {}, elapsed=0.2, text="hello")
+    log.close()
+    assert got == [(10, "train", {"loss": 0.5, "samples_per_s": 812.5, "mfu": 0.25}), (10, "sample", {})]
 
 
 def test_a_damaged_last_line_is_left_out_and_an_earlier_one_is_named(tmp_path):

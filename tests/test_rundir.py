@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import attrs
 import pytest
 import torch
 
@@ -212,3 +213,36 @@ def test_ranks_reading_different_data_are_one_line():
     with pytest.raises(run.RunError, match=r"rank 1: the ranks read different data \(data differ between rank 0 and rank"):
         run.check_same_data(SimpleNamespace(fingerprint=lambda: "abc"), replicas)
     run.check_same_data(SimpleNamespace(), replicas)  # a dataset without a fingerprint is not compared
+
+
+# -- 10. early stopping across a resume ------------------------------------------
+
+
+def test_a_resume_that_changes_the_early_stopping_metric_counts_the_best_afresh(tmp_path, shapes):
+    rule = {"metric": "loss", "mode": "min", "patience": 5}
+    run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes), {"train.early_stopping": rule}), echo=quiet)
+    lines = []
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes), {
+        "train.steps": 6, "train.early_stopping": {"metric": "accuracy", "mode": "max", "patience": 5},
+    })
+    run_dir = run.train(exp, resume=True, echo=lines.append)
+    assert "train.early_stopping: 'loss' (min) -> 'accuracy' (max): the best so far is counted afresh from this step; " \
+        "best.pt is replaced at the next evaluation" in lines
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert int(best["state"]["step"]) == 6  # not the loss-best of before, that no accuracy could beat
+    assert best["progress"]["best"] <= 1.0
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_further_and_says_how(tmp_path, shapes):
+    unchanging = {"optim.lr": 0.0, "train.steps": 8, "train.early_stopping": {"metric": "loss", "mode": "min", "patience": 1}}
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes), unchanging)
+    run_dir = run.train(exp, echo=quiet)
+    assert [p.name for p in checkpoint.step_files(run_dir / "checkpoints")][-1] == "step_00000004.pt"
+    lines = []
+    run.train(exp, resume=True, echo=lines.append)
+    assert [p.name for p in checkpoint.step_files(run_dir / "checkpoints")][-1] == "step_00000004.pt"
+    assert "the run stopped early at step 4 (no better loss in 1 evaluation); to train it further, raise " \
+        "--train.early_stopping.patience" in lines
+    run.train(attrs.evolve(exp, train=attrs.evolve(exp.train, early_stopping=attrs.evolve(exp.train.early_stopping, patience=2))),
+              resume=True, echo=quiet)
+    assert [p.name for p in checkpoint.step_files(run_dir / "checkpoints")][-1] == "step_00000006.pt"

@@ -33,6 +33,18 @@ def test_a_warmup_shorter_than_the_run_is_kept():
     assert fitted.schedule.config.total_steps == 500  # the schedule's length, recorded
 
 
+def test_a_run_past_its_schedule_says_the_learning_rate_it_keeps():
+    """A resume with a higher train.steps keeps the schedule's end: the note says when that is 0."""
+    path = EXPERIMENTS[0].parent / "custom_cnn.toml"
+    _, (note,) = fit_schedule(load(path, {"train.steps": 4000, "schedule.total_steps": 3000}))
+    assert note == (
+        "train.steps = 4000 runs past schedule.total_steps = 3000: the steps after 3000 keep the schedule's last "
+        "learning rate, 1e-05 (--schedule.total_steps=4000 stretches the schedule instead)"
+    )
+    _, (note,) = fit_schedule(load(path, {"train.steps": 4000, "schedule.total_steps": 3000, "schedule.min_lr": 0.0}))
+    assert "keep the schedule's last learning rate, 0 (nothing is learned in those steps) (--schedule" in note
+
+
 def test_a_shortened_gpt_run_trains_from_the_cli(tmp_path):
     result = run_cli(str(EXPERIMENTS[0].parent / "gpt_char.toml"), "--train.steps=3", "--train.compile=false",
                      "--train.eval_batches=1", f"--out_dir={tmp_path}", timeout=300)

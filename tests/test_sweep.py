@@ -241,3 +241,16 @@ def test_a_member_plot_that_fails_is_a_warning_and_every_member_is_saved(tmp_pat
         assert f"warning: could not draw {members_dir / m / 'loss.png'}: metrics.jsonl line 3 is not JSON" in out
         assert list((members_dir / m / "checkpoints").glob("*.pt"))
     assert "best member " in out
+
+
+@pytest.mark.parametrize(("key", "value", "fix"), [("train.loggers", ["tensorboard"], "[]"), ("train.tensorboard", True, "false")])
+def test_a_sweep_refuses_trackers_it_would_not_feed(tmp_path, key, value, fix):
+    """A sweep logs to metrics.jsonl only: asked for TensorBoard, it used to train and leave none, without a word."""
+    exp = _exp(tmp_path, '[sweep]\n"optim.lr" = [1e-3, 3e-3]\n', **{key: value})
+    with pytest.raises(run.RunError) as info:
+        run.train(exp, echo=lambda *a: None)
+    assert str(info.value) == (
+        f"{key} does not apply to a sweep: it logs to the run's and each member's metrics.jsonl only "
+        f"(members/NNN/); set {key} = {fix}, or train one run per value"
+    )
+    assert not (tmp_path / "runs").exists()

@@ -77,3 +77,21 @@ def test_wandb_writes_an_offline_run(tmp_path, shapes):
     # The run file is wandb's binary log (its reader is not public): the logged keys and config are in it.
     data = run_file.read_bytes()
     assert b"train/loss" in data and b"val/accuracy" in data and b"optim.kind" in data
+
+
+def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path, shapes):
+    """metrics.jsonl drops what was logged after the resumed checkpoint; TensorBoard used to keep it beside the new values."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from craft import run
+
+    text = CNN.format(out=tmp_path / "runs", data=shapes, loggers='["tensorboard"]')
+    exp = config.loads(text, {"train.checkpoint_every": 2})
+    run_dir = run.train(exp, echo=lambda *a: None)
+    (run_dir / "checkpoints" / "step_00000004.pt").unlink()  # killed after logging step 4, before its checkpoint
+    run.train(exp, resume=True, echo=lambda *a: None)
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [s.step for s in events.Scalars("train/loss")] == [2, 4]
+    assert [s.step for s in events.Scalars("val/accuracy")] == [4]
