@@ -138,9 +138,9 @@ def test_a_saved_tokenizer_encodes_other_text_and_trains_nothing(prepared, tmp_p
     text = "def other(y):\n    return [y, 'é', '<|endoftext|>']\n" * 40  # the special token's text is text
     source = write(tmp_path / "test" / "other.py", text)
     tok = load_tokenizer(out / "tokenizer.json")
-    for given in (out, out / "tokenizer.json"):
-        test = tmp_path / f"from-{given.name}"
-        line = prepare_tokens([str(source)], str(test), tokenizer=str(given), val_fraction=0.25)
+    for saved in (out, out / "tokenizer.json"):
+        test = tmp_path / f"from-{saved.name}"
+        line = prepare_tokens([str(source)], str(test), tokenizer=str(saved), val_fraction=0.25)
         assert (test / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
         cut = val_start(str(source), len(text.encode()), 0.25)
         train = np.fromfile(test / "train.bin", dtype=np.uint16).tolist()
