@@ -735,3 +735,12 @@ def test_a_section_given_as_a_kind_name_says_to_set_its_kind():
         "optim: expected a table, got 'adam'; to pick that kind, set optim.kind (--optim.kind=adam)"
     ]
     assert problems_of(BASE, {"schedule": "nope"}) == ["schedule: expected a table, got 'nope'"]
+
+
+def test_a_key_in_the_wrong_table_says_where_it_lives():
+    """``--train.seed`` and ``--train.lr`` are keys put under the wrong table, not typos to guess at."""
+    assert problems_of(BASE, {"train.seed": 1}) == ["train.seed: unknown key; 'seed' is a top-level key (--seed=...)"]
+    assert problems_of(BASE, {"train.lr": 0.1}) == ["train.lr: unknown key; did you mean 'optim.lr'?"]
+    assert problems_of(BASE, {"train.batch_size": 8}) == ["train.batch_size: unknown key; did you mean 'data.batch_size'?"]
+    assert problems_of(BASE, {"train.stepz": 3}) == ["train.stepz: unknown key; did you mean 'steps'?"]  # a typo: as before
+    assert problems_of(BASE, {"train.nothing_like_it": 3}) == ["train.nothing_like_it: unknown key"]

@@ -25,7 +25,7 @@ import tomli_w
 from craft.config.entries import SCALARS, config_class
 from craft.config.problems import ConfigError, flatten, show
 from craft.config.records import SWEEPABLE, Experiment
-from craft.config.sections import CONVERTER, SECTIONS
+from craft.config.sections import CONVERTER, SECTIONS, is_key
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -212,7 +212,7 @@ def loads(
         try:
             return from_dict(apply_overrides(data, _read_texts(data, texts or {})))
         except ConfigError as e:
-            raise ConfigError([_sweep_hint(problem) for problem in e.problems]) from None
+            raise ConfigError([_elsewhere_hint(_sweep_hint(problem)) for problem in e.problems]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{source}: invalid TOML: {e}"]) from None
     except RecursionError:
@@ -225,6 +225,20 @@ def _sweep_hint(problem: str) -> str:
     if key not in SWEEPABLE or not message.startswith("expected float, got ["):
         return problem
     return f"{problem}; to train one member per value in one process, give them to --sweep.{key}=[...] ([sweep] in TOML)"
+
+
+def _elsewhere_hint(problem: str) -> str:
+    """``train.seed: unknown key`` with where that key lives: ``seed`` at the top level, ``lr`` under ``[optim]``."""
+    key, _, message = problem.partition(": ")
+    section, _, leaf = key.rpartition(".")
+    if message != "unknown key" or not section:
+        return problem
+    hints = typing.get_type_hints(Experiment)
+    tables = [s for s, t in hints.items() if s in SECTIONS or any(attrs.has(a) for a in (t, *get_args(t)))]
+    if leaf in hints and leaf not in tables:
+        return f"{problem}; {leaf!r} is a top-level key (--{leaf}=...)"
+    elsewhere = [f"{s}.{leaf}" for s in tables if s != section and is_key(f"{s}.{leaf}")]
+    return f"{problem}; did you mean {elsewhere[0]!r}?" if elsewhere else problem
 
 
 def load(path: str | Path, overrides: Mapping[str, Any] | None = None, *, texts: Mapping[str, str] | None = None) -> Experiment:

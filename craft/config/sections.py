@@ -117,7 +117,7 @@ def _sweep_keys(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _is_key(key: str) -> bool:
+def is_key(key: str) -> bool:
     """Whether the dotted ``key`` names a config key: a key of some kind of its section, or of another table."""
     section, _, rest = key.partition(".")
     if section not in SECTIONS:
@@ -144,7 +144,7 @@ def _sweep_problem(key: str) -> str:
         return "use seeds = N to train N seeds"
     if section in ("model", "data"):
         return f"cannot differ between members: it changes shapes, so they could not share one vmapped step; {allowed}"
-    if _is_key(key):
+    if is_key(key):
         return f"cannot differ between members of one vmapped step; {allowed} (train one run per value of {key})"
     suffixed = [k for k in SWEEPABLE if k.endswith(f".{key}")]  # --sweep.lr=[...]
     return unknown_key(key, list(SWEEPABLE)) if not suffixed else f"unknown key; did you mean {suffixed[0]!r}?"
