@@ -15,6 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from craft.tree import Params
+from craft.words import listed
 
 Metrics = dict[str, Tensor]
 
@@ -55,11 +56,8 @@ def state_checker(model: nn.Module):
 
 
 def _mismatch(missing: list[str], extra: list[str]) -> str:
-    def some(names: list[str]) -> str:
-        return ", ".join(map(repr, names[:3])) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-    parts = ([f"the model has {some(missing)}, which the state lacks"] if missing else []) + (
-        [f"the state has {some(extra)}, which the model lacks"] if extra else []
+    parts = ([f"the model has {listed(missing, 3)}, which the state lacks"] if missing else []) + (
+        [f"the state has {listed(extra, 3)}, which the model lacks"] if extra else []
     )
     return (
         f"the state does not match the model: {'; '.join(parts)}. Was the state made before the model changed? "

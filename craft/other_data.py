@@ -23,7 +23,7 @@ from craft.config import load as load_config
 from craft.data.bpe import is_subword
 from craft.data.tokenizers import load_tokenizer, saved_as
 from craft.rundir import CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError
-from craft.words import plural
+from craft.words import listed, plural
 
 
 def other_experiment(run_dir: Path, exp: Experiment, data: dict[str, str]) -> Experiment:
@@ -82,9 +82,8 @@ def run_ids(other, run) -> torch.Tensor:
         else:  # unknown, or several tokens of the run's (a subword tokenizer): no id to map it to
             unknown.append(piece)
     if unknown:
-        listed = ", ".join(map(repr, unknown[:10])) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
         raise RunError(
-            f"the other data has {len(unknown)} token(s) the run's {TOKENIZER_FILE} lacks: {listed}; the model has "
+            f"the other data has {len(unknown)} token(s) the run's {TOKENIZER_FILE} lacks: {listed(unknown)}; the model has "
             "no id for them, so evaluate on text made only of the run's characters or words"
         )
     return torch.tensor(ids, dtype=torch.int64)

@@ -1,4 +1,5 @@
-"""Counted nouns in messages: ``plural(1, "image")`` is ``"1 image"``, ``plural(3, "class", "classes")`` ``"3 classes"``.
+"""Words in messages: counted nouns (``plural(1, "image")`` is ``"1 image"``, ``plural(3, "class", "classes")``
+``"3 classes"``) and the first few of many names (``listed``).
 
 A folder of one image, a sweep of one member and a run of one step are
 ordinary; their messages should not read "1 images".
@@ -10,3 +11,9 @@ from __future__ import annotations
 def plural(n: int, noun: str, many: str | None = None) -> str:
     """``n`` (thousands separated) and ``noun``, or its plural ``many`` (``noun + "s"`` if not given) unless ``n`` is 1."""
     return f"{n:,} {noun if n == 1 else many or noun + 's'}"
+
+
+def listed(items: list, limit: int = 10) -> str:
+    """``'a', 'b' and 3 more``: the first ``limit`` of ``items``, repr'd."""
+    shown = ", ".join(map(repr, items[:limit]))
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

@@ -18,14 +18,10 @@ import attrs
 import torch
 from torch import Tensor
 
+from craft.words import listed, plural
+
 BOUNDARY = "\n"
 """The token around every caption (and text line): ``[BOUNDARY] + tokens + [BOUNDARY]``."""
-
-
-def _listed(items: list[str], limit: int = 10) -> str:
-    """``'a', 'b' and 3 more``: the first ``limit`` of ``items``, repr'd."""
-    shown = ", ".join(map(repr, items[:limit]))
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def _ids_list(ids: Iterable[int] | Tensor, vocab_size: int) -> list[int]:
@@ -69,7 +65,7 @@ class UnknownCharactersError(ValueError):
 
     def __init__(self, chars: list[str], vocab_size: int) -> None:
         super().__init__(
-            f"{len(chars)} character{'s' if len(chars) > 1 else ''} not in the vocabulary: {_listed(chars)}; "
+            f"{plural(len(chars), 'character')} not in the vocabulary: {listed(chars)}; "
             f"the vocabulary ({vocab_size} characters) is the run's training text, so use only its characters"
         )
         self.chars = chars
@@ -145,7 +141,7 @@ class UnknownWordsError(ValueError):
 
     def __init__(self, words: list[str], vocab_size: int) -> None:
         super().__init__(
-            f"{len(words)} word{'s' if len(words) > 1 else ''} not in the vocabulary: {_listed(words)}; "
+            f"{plural(len(words), 'word')} not in the vocabulary: {listed(words)}; "
             f"the vocabulary ({vocab_size} words) is the run's training captions, so use only their words"
         )
         self.words = words
