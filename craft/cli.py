@@ -2,7 +2,7 @@
 
     python -m craft EXP.toml [--section.key=value ...]     (same as `craft train`)
     craft train EXP.toml|RUN_DIR [--resume | --overwrite | --print_config] [--section.key=value ...]
-    craft evaluate RUN_DIR [--checkpoint=latest|best|FILE] [--data.key=value ...]
+    craft evaluate RUN_DIR [--checkpoint=latest|best|FILE] [--whole_split] [--data.key=value ...]
     craft export RUN_DIR OUT [--checkpoint=latest|best|FILE]
     craft generate RUN_DIR [--prompt=TEXT --max_new_tokens=N --num_samples=N --temperature=T --top_k=K --top_p=P ...]
     craft generate RUN_DIR --image=PATH [--temperature=T ...]     (a captioning run)
@@ -41,7 +41,7 @@ EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
 
 COMMANDS: dict[str, Command] = {
     "train": Command(train, "craft train CONFIG.toml|RUN_DIR [--resume | --overwrite | --print_config] [--section.key=value ...]"),
-    "evaluate": Command(evaluate, "craft evaluate RUN_DIR [--checkpoint=latest|best|FILE] [--data.key=value ...]"),
+    "evaluate": Command(evaluate, "craft evaluate RUN_DIR [--checkpoint=latest|best|FILE] [--whole_split] [--data.key=value ...]"),
     "generate": Command(generate, "craft generate RUN_DIR [--prompt=TEXT --max_new_tokens=N --num_samples=N --temperature=T "
                         "--top_k=K --top_p=P --seed=S --stop=TEXT --cache=true|false --checkpoint=NAME | --image=PATH]"),
     "export": Command(export, "craft export RUN_DIR OUT [--checkpoint=latest|best|FILE]"),

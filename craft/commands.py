@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -57,8 +58,12 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
         print(f"run folder: {run_dir}")
 
 
-def evaluate(run_dir: str, *, checkpoint: str = "latest", **data: str) -> None:
+def evaluate(run_dir: str, *, checkpoint: str = "latest", whole_split: bool = False, **data: str) -> None:
     """Re-evaluate RUN_DIR's checkpoint (latest, best, or a file name) on its validation split.
+
+    The split is read as the run read it: with train.eval_batches, those
+    batches (spread over the split), so the figures equal the run's last
+    logged ones; --whole_split reads all of it.
 
     [data] options evaluate on other data (a test set), read as the run read
     its own: craft evaluate runs/NAME --data.val_path=data/test (image and
@@ -67,7 +72,9 @@ def evaluate(run_dir: str, *, checkpoint: str = "latest", **data: str) -> None:
     """
     from craft import trained
 
-    metrics = trained.evaluate(Path(run_dir), checkpoint, data or None)
+    metrics = trained.evaluate(Path(run_dir), checkpoint, data or None, whole_split=whole_split)
+    if part := trained.evaluated_part(Path(run_dir), data or None, whole_split):
+        print(part, file=sys.stderr)
     print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
 
 

@@ -15,7 +15,8 @@
   (``craft.hooks.untimed``); a log of the first step alone has none) and, where the device's peak is known (``craft.mfu``),
   ``mfu``: the model FLOPs utilisation, a fraction of the peak.
 - ``val`` metrics are means over the whole validation split (or
-  ``eval_batches``), weighted by examples or scored tokens.
+  ``eval_batches`` batches of examples spread evenly over it), weighted by
+  examples or scored tokens; ``craft evaluate`` reads the same part.
 - ``elapsed``: seconds of training so far, resumed runs included.
 """
 

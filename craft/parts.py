@@ -212,12 +212,16 @@ def evaluate_batches(
 ) -> dict[str, float]:
     """Eval metrics over ``batches`` (at most ``limit``): means weighted by ``task.weight``, then summarized.
 
-    With ``train.ema_decay``, the averaged weights are evaluated (``eval_weights``).
+    ``limit`` (``train.eval_batches``) takes that many batches spread over the split where the batches
+    can (``EvalBatches.limited``), else the first ones. With ``train.ema_decay``, the averaged weights
+    are evaluated (``eval_weights``).
 
     Under torchrun each rank evaluates its shard and the weighted totals are
     summed across ranks, so every rank gets the figures of the whole split.
     """
     metrics, weights, state = [], [], eval_weights(state)
+    if limit is not None and callable(getattr(batches, "limited", None)):
+        batches, limit = batches.limited(limit), None
     for i, batch in enumerate(batches):
         if limit is not None and i >= limit:
             break

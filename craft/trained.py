@@ -67,10 +67,16 @@ def load_run(run_dir: Path, checkpoint_name: str = "latest") -> LoadedRun:
     return LoadedRun(exp, parts, state)
 
 
-def evaluate(run_dir: Path, checkpoint_name: str = "latest", data: dict[str, str] | None = None) -> dict[str, float]:
+def evaluate(
+    run_dir: Path, checkpoint_name: str = "latest", data: dict[str, str] | None = None, *, whole_split: bool = False,
+) -> dict[str, float]:
     """Re-evaluate a run's checkpoint (``latest``, ``best`` or a file name) on its val split, or, with
     ``data`` (``{"data.val_path": "..."}``: ``[data]`` keys as typed on the command line), on other data
-    (a test set) read the way the run read its own, with the run's model, task and tokenizer."""
+    (a test set) read the way the run read its own, with the run's model, task and tokenizer.
+
+    The run's own split is read as the run read it, ``train.eval_batches`` included, so the figures
+    equal its last logged ones (``evaluated_part`` says so); ``whole_split`` reads all of it. Other data is read whole.
+    """
     exp, parts, state = load_run(run_dir, checkpoint_name)
     eval_step = make_eval_step(
         parts.model, parts.task.loss, inputs=parts.task.inputs, precision=exp.train.precision, compile=False
@@ -81,8 +87,18 @@ def evaluate(run_dir: Path, checkpoint_name: str = "latest", data: dict[str, str
         batches = in_run_vocabulary(Path(run_dir), batches, getattr(used.data.config, "path", None))
     check_components(used, parts, batches)  # other data the model cannot take (--data.image_size) is one line
     check_classes(Path(run_dir), getattr(batches, "classes", None))
-    metrics = evaluate_batches(eval_step, state, batches, parts.device, parts.task)
+    limit = None if data or whole_split else exp.train.eval_batches
+    metrics = evaluate_batches(eval_step, state, batches, parts.device, parts.task, limit)
     return {"step": int(state.step), **metrics}
+
+
+def evaluated_part(run_dir: Path, data: dict[str, str] | None = None, whole_split: bool = False) -> str | None:
+    """What ``evaluate`` reads of a run whose ``train.eval_batches`` limits its evaluation, in a line; None if the whole split."""
+    limit = None if data or whole_split else load_config(Path(run_dir) / CONFIG_FILE).train.eval_batches
+    if limit is None:
+        return None
+    return (f"val: {limit} batch{'es' if limit > 1 else ''} spread over the split (train.eval_batches = {limit}), "
+            "as the run logged them; --whole_split evaluates all of it")
 
 
 def sample_text(

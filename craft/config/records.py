@@ -91,7 +91,8 @@ TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 @attrs.frozen
 class Train:
-    """The loop's settings; ``None`` means off (``eval_batches``: the whole eval set)."""
+    """The loop's settings; ``None`` means off (``eval_batches``: the whole eval set; N: N batches of
+    examples spread evenly over it, which ``craft evaluate`` reads too)."""
 
     steps: int = attrs.field(default=1000, validator=at_least(1))
     eval_every: int = attrs.field(default=200, validator=at_least(1))

@@ -8,7 +8,7 @@ classes here decide which indices make each batch:
   is ``(epoch, index)`` alone, so ``load_state_dict`` resumes exactly and at
   once: buffered batches are discarded and recomputed, never trusted.
 - ``EvalBatches``: finite and re-iterable; every example once, in order, the
-  last partial batch kept.
+  last partial batch kept (``limited(n)``: n batches spread over the split).
 
 With ``world_size > 1`` every global batch is cut into ``world_size``
 contiguous slices and rank ``r`` gets slice ``r``: the ranks' batches are
@@ -17,6 +17,7 @@ disjoint and, concatenated in rank order, equal the ``world_size=1`` batch.
 
 from __future__ import annotations
 
+import copy as _copy
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
@@ -256,12 +257,21 @@ class EvalBatches(_Batches):
             executor=executor, prefetch=prefetch, examples=examples, fingerprint=fingerprint,
         )
         self.total_examples = num_examples  # every rank's, together
-        self._batches: list[Tensor] = []
-        for start in range(0, num_examples, batch_size):
-            chunk = torch.arange(start, min(start + batch_size, num_examples)).tensor_split(world_size)[rank]
-            if len(chunk):  # the last, partial global batch may leave nothing to this rank
-                self._batches.append(chunk)
+        self._set_batches(torch.arange(num_examples))
+
+    def _set_batches(self, indices: Tensor) -> None:
+        """Read ``indices`` in global batches, this rank's slice of each (the last, partial one may leave it none)."""
+        chunks = (c.tensor_split(self.world_size)[self.rank] for c in indices.split(self.global_batch_size))
+        self._batches: list[Tensor] = [c for c in chunks if len(c)]
         self.num_examples = sum(len(b) for b in self._batches)
+
+    def limited(self, batches: int) -> EvalBatches:
+        """A copy that reads ``batches`` global batches (``train.eval_batches``) of examples spread evenly over
+        the whole split: a folder's val images come class by class, so its first batches would hold few classes."""
+        count = min(batches * self.global_batch_size, self.total_examples)
+        copy = _copy.copy(self)
+        copy._set_batches((2 * torch.arange(count) + 1) * self.total_examples // max(2 * count, 1))  # midpoints
+        return copy
 
     def __len__(self) -> int:
         return len(self._batches)

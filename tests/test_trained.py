@@ -1,0 +1,70 @@
+"""``craft evaluate`` reproduces what a run logged: the same figures from the same part of the val split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import run_cli, shapes_folder
+from craft import run, trained
+from craft.config import load
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def limited_run(tmp_path_factory) -> Path:
+    """The seed CNN, its evaluations limited to 2 of the 7 val batches (batches of 8, 7 classes x 8 images)."""
+    root = tmp_path_factory.mktemp("limited")
+    data = shapes_folder(root, num_train=56, num_val=56)
+    exp = load(ROOT / "experiments" / "custom_cnn.toml", {
+        "out_dir": str(root / "runs"), "data.path": str(data), "data.prepare": None, "data.batch_size": 8,
+        "data.num_threads": 0, "train.steps": 4, "train.eval_every": 4, "train.log_every": 2,
+        "train.eval_batches": 2, "train.compile": False,
+    })
+    return run.train(exp, echo=lambda *a, **k: None)
+
+
+def last_val(run_dir: Path) -> dict[str, float]:
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [e for e in events if e["split"] == "val"][-1]["metrics"]
+
+
+def test_evaluate_gives_the_runs_last_logged_figures_under_eval_batches(limited_run):
+    evaluated = trained.evaluate(limited_run)
+    logged = last_val(limited_run)
+    assert evaluated.pop("step") == 4
+    assert evaluated == pytest.approx(logged, rel=1e-6)
+    whole = trained.evaluate(limited_run, whole_split=True)
+    assert whole["loss"] != pytest.approx(logged["loss"], rel=1e-6)  # 16 of 56 images are another figure
+
+
+def test_the_limited_evaluation_reads_every_class_not_the_first_batches(limited_run):
+    """The 16 images of 2 batches are spread over the split: with images sorted by class, the first 16 were 2 classes."""
+    exp, parts, state = trained.load_run(limited_run)
+    val = run.build_data(exp, "val")
+    labels = torch.cat([b["label"] for b in val.limited(2)])
+    assert len(labels) == 16 and len(set(labels.tolist())) == 7
+    model = trained.load_model(limited_run)
+    images, targets = zip(*[(b["image"], b["label"]) for b in val])
+    images, targets = torch.cat(images), torch.cat(targets)
+    chosen = (2 * torch.arange(16) + 1) * len(targets) // 32  # the midpoints of 16 equal parts
+    with torch.no_grad():
+        logits = model(images[chosen])
+    logged = last_val(limited_run)
+    assert logged["loss"] == pytest.approx(F.cross_entropy(logits, targets[chosen]).item(), rel=1e-5)
+    assert logged["accuracy"] == pytest.approx((logits.argmax(-1) == targets[chosen]).float().mean().item())
+
+
+def test_craft_evaluate_says_which_part_it_read(limited_run):
+    result = run_cli("evaluate", str(limited_run))
+    assert result.returncode == 0, result.stderr
+    assert "train.eval_batches = 2" in result.stderr and "--whole_split" in result.stderr
+    printed = dict(zip(result.stdout.split()[::2], result.stdout.split()[1::2]))
+    assert float(printed["loss"]) == pytest.approx(last_val(limited_run)["loss"], abs=1e-4)
+    whole = run_cli("evaluate", str(limited_run), "--whole_split")
+    assert whole.returncode == 0 and "eval_batches" not in whole.stderr
