@@ -145,7 +145,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
         said = summary(exp, parts, start, run_dir, first_batch, replicas) + data_summary(train_data, val_data)
         for line in said + one_class_warning(exp, train_data) + batchnorm_note(exp, parts.model):
             echo(line)
-        return _fit(exp, parts, start, run_dir, (train_data, val_data), tokenizer, replicas)
+        return _fit(exp, parts, start, run_dir, (train_data, val_data, first_batch), tokenizer, replicas)
 
 
 def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas: Replicas) -> list[str]:
@@ -174,7 +174,7 @@ def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas
 
 def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, replicas: Replicas) -> Path:
     """Compile the steps, run ``fit`` with the run's hooks, and turn its stop reason into the outcome."""
-    cfg, (train_data, val_data), main = exp.train, data, replicas.is_main
+    cfg, (train_data, val_data, _), main = exp.train, data, replicas.is_main
     cuda.fast_matmuls(parts.device)
     common = dict(inputs=parts.task.inputs, precision=cfg.precision, compile=cfg.compile)
     eval_step = make_eval_step(parts.model, parts.task.loss, **common)
@@ -202,7 +202,7 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     hook, evaluate_due = run_hooks(
         exp, summarize=parts.task.summarize, log=log, bar=bar, say=say, elapsed=elapsed, replicas=replicas, flag=flag,
         save=save, save_best=saver(exp, run_dir, train_data, elapsed, main, best=True),
-        run_eval=run_eval, utilisation=utilisation(exp, parts),
+        run_eval=run_eval, utilisation=utilisation(exp, parts, data[2]),
         make_text=(lambda state: cfg.sample.prompt + sample_text(parts.model, state, tokenizer, cfg.sample))  # as generate prints
         if main and cfg.sample else None,
     )
@@ -248,9 +248,10 @@ def saver(exp: Experiment, run_dir: Path, train_data, elapsed, main: bool, *, be
     return save
 
 
-def utilisation(exp: Experiment, parts: Parts):
-    """``samples/s -> mfu`` (``craft.mfu``): None where the model's FLOPs or the device's peak are unknown."""
-    per_example = mfu.flops_per_example(parts.model, getattr(exp.data.config, "block_size", None))
+def utilisation(exp: Experiment, parts: Parts, batch):
+    """``samples/s -> mfu`` (``craft.mfu``) for examples shaped as ``batch``'s; None where a figure is unknown."""
+    tokens = mfu.tokens_per_example(parts.task.inputs(batch)) if batch is not None else None
+    per_example = mfu.flops_per_example(parts.model, tokens)
     peak = mfu.peak_flops(parts.device, exp.train.peak_flops)
     return lambda rate: mfu.mfu(rate, per_example, peak)
 

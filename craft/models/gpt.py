@@ -191,11 +191,13 @@ class GPT(nn.Module):
     def flops_per_token(self, T: int) -> int:
         """Training FLOPs (forward + backward) per token at context ``T``: nanoGPT's ``6N + 12 L H Q T``.
 
-        ``6N`` counts the weight matmuls; ``12 L H Q T`` the attention scores
-        and their weighted sum. Divide achieved FLOP/s by the peak for MFU.
+        ``6N`` counts the weight matmuls (N: ``num_params()``, less an untied token
+        embedding, a lookup); ``12 L H Q T`` the attention scores and their
+        weighted sum. Divide achieved FLOP/s by the peak for MFU.
         """
         L, H, Q = self.n_layer, self.n_head, self.n_embd // self.n_head
-        return 6 * self.num_params() + 12 * L * H * Q * T
+        untied = 0 if self.lm_head.weight is self.wte.weight else self.wte.weight.numel()
+        return 6 * (self.num_params() - untied) + 12 * L * H * Q * T
 
 
 class Recompute(torch.autograd.Function):
