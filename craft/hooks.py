@@ -97,13 +97,13 @@ def accumulate(progress: Progress, metrics: Metrics) -> Progress:
     return progress._replace(window_sums=new_sums, window_counts=new_counts)
 
 
-def window_state(progress: Progress) -> dict[str, list[float]]:
-    """The log window's sums and counts as checkpoint data: ``{name: [sum, count]}``."""
+def window_state(progress: Progress) -> dict[str, list]:
+    """The log window's sums and counts as checkpoint data: ``{name: [sum, count]}`` (lists of them for a sweep)."""
     sums, counts = progress.window_sums or {}, progress.window_counts or {}
-    return {k: [float(sums[k]), float(counts[k])] for k in sums}
+    return {k: [sums[k].tolist(), counts[k].tolist()] for k in sums}
 
 
-def restore_window(progress: Progress, saved: dict[str, list[float]] | None, device) -> Progress:
+def restore_window(progress: Progress, saved: dict[str, list] | None, device) -> Progress:
     """``progress`` with the log window a checkpoint saved (``window_state``); unchanged without one."""
     if not saved:
         return progress
@@ -112,16 +112,17 @@ def restore_window(progress: Progress, saved: dict[str, list[float]] | None, dev
     return progress._replace(window_sums=sums, window_counts=counts)
 
 
-def window_means(progress: Progress, metrics: Metrics) -> dict[str, float]:
+def window_means(progress: Progress, metrics: Metrics) -> dict[str, Any]:
     """Each metric's mean over the log window's finite steps (the one host sync of a log); this step's
-    value where the window holds none (every step non-finite, or no ``accumulate`` hook)."""
+    value where the window holds none (every step non-finite, or no ``accumulate`` hook). A float per
+    metric, or for a sweep's metrics (one value per member) a list: each member's own mean."""
     if not progress.window_sums:
-        return {k: v.item() for k, v in metrics.items()}
+        return {k: v.tolist() for k, v in metrics.items()}
     names = list(progress.window_sums)
-    sums = torch.stack([progress.window_sums[k] for k in names]).tolist()
-    counts = torch.stack([progress.window_counts[k] for k in names]).tolist()
-    last = {k: v.item() for k, v in metrics.items()}
-    return {k: (total / count if count else last[k]) for k, total, count in zip(names, sums, counts)}
+    sums = torch.stack([progress.window_sums[k] for k in names])
+    counts = torch.stack([progress.window_counts[k] for k in names])
+    last = torch.stack([metrics[k].detach().float() for k in names])
+    return dict(zip(names, torch.where(counts > 0, sums / counts.clamp(min=1), last).tolist()))
 
 
 def log_train(

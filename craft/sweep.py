@@ -48,10 +48,7 @@ from craft.ensemble import make_ensemble_step, stack_states, unstack_state
 from craft.logging import MetricsLog, plot_quietly, progress_bar, truncate_metrics
 from craft.loop import Progress, chain, due, every, fit, when
 from craft.optim import Transform, inject_hyperparams, set_hyperparams
-from craft.parts import (
-    build_data, build_optimizer, build_parts, evaluate_batches, fit_schedule, fit_to_data, to_device,
-    trainable_names,
-)
+from craft.parts import build_data, build_optimizer, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, to_device, trainable_names
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
     prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
@@ -161,13 +158,15 @@ class MemberLogs(NamedTuple):
             log.close()
 
 
-def log_members(logs: MemberLogs, summarize, bar, elapsed) -> hooks.Hook:
+def log_members(logs: MemberLogs, summarize, bar, elapsed, learning_rates) -> hooks.Hook:
+    """Each member's means over the log window (as a run logs them) and the learning rate its last step used."""
     def hook(progress: Progress, metrics) -> Progress:
-        values = {k: v.tolist() for k, v in metrics.items()}  # the only host sync
-        logs.write(progress.step, "train", [summarize({k: v[i] for k, v in values.items()}) for i in range(len(logs.team))], elapsed())
+        values = hooks.window_means(progress, metrics)  # the only host sync
+        logs.write(progress.step, "train", [{**summarize({k: v[i] for k, v in values.items()}), "lr": rate(progress.step - 1)}
+                                            for i, rate in enumerate(learning_rates)], elapsed())
         finite = [v for v in values["loss"] if math.isfinite(v)]
         bar.set_postfix(best_loss=f"{min(finite):.4f}" if finite else "nan", refresh=False)
-        return progress
+        return progress._replace(window_sums=None, window_counts=None)
 
     return hook
 
@@ -232,7 +231,7 @@ def _fit_sweep(exp: Experiment, model, parts, tx: Transform, start, run_dir: Pat
     bar = progress_bar(cfg.steps, first, compiling=cfg.compile)
 
     def save(p: Progress) -> Path:
-        progress = {"elapsed": elapsed(), "best": None, "bad_evals": 0, "alive": p.state[1].tolist()}
+        progress = {"elapsed": elapsed(), "best": None, "bad_evals": 0, "alive": p.state[1].tolist(), "window": hooks.window_state(p)}
         path = checkpoint.step_path(run_dir / CHECKPOINTS, p.step)
         save_checkpoint(path, checkpoint_payload(p.state[0], train_data.state_dict(), progress, to_dict(exp)))
         checkpoint.prune(run_dir / CHECKPOINTS, cfg.keep_checkpoints)
@@ -241,10 +240,12 @@ def _fit_sweep(exp: Experiment, model, parts, tx: Transform, start, run_dir: Pat
     run_eval = lambda state: evaluate_batches(eval_step, state, val_data, device, task, cfg.eval_batches)  # noqa: E731
     flag = hooks.SignalFlag()
     progress = Progress(start.state, first, cfg.steps, last_good=start.path, window=time.perf_counter())
+    progress = hooks.restore_window(progress, start.progress.get("window"), device)  # the log window's steps so far
     hook = chain(
         hooks.advance(bar),
         hooks.count_nonfinite,
-        every(cfg.log_every, log_members(logs, task.summarize, bar, elapsed)),
+        hooks.accumulate,
+        every(cfg.log_every, log_members(logs, task.summarize, bar, elapsed, [learning_rate(member_experiment(exp, m)) for m in logs.team])),
         hooks.stop_on_signal(flag),
         when(lambda p: due(p, cfg.checkpoint_every or cfg.eval_every) or due(p, cfg.eval_every) or p.stop is not None, hooks.untimed(hooks.checkpoint(save))),
         every(cfg.eval_every, hooks.untimed(evaluate_members(run_eval, logs, elapsed))),

@@ -142,6 +142,25 @@ def test_a_sweep_member_ends_where_training_it_alone_ends(tmp_path):
     assert (run_dir / "members" / "001" / "checkpoints" / "step_00000005.pt").exists()
 
 
+def test_a_members_train_log_holds_the_figures_its_run_alone_logs(tmp_path):
+    """Window means and the learning rate, as a run logs them: the sweep logged the last step's values, no lr."""
+    sweep = _exp(tmp_path, '[sweep]\n"optim.lr" = [3e-3, 1e-2]\n', **{"train.steps": 6, "train.log_every": 3})
+    run_dir = run.train(sweep, echo=lambda *a: None)
+    alone = attrs.evolve(member_experiment(sweep, members(sweep)[1]), name="alone")
+    alone_dir = run.train(alone, echo=lambda *a: None)
+
+    def train_events(folder: Path) -> list[dict]:
+        events = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [e for e in events if e["split"] == "train"]
+
+    ours, theirs = train_events(run_dir / "members" / "001"), train_events(alone_dir)
+    assert [e["step"] for e in ours] == [e["step"] for e in theirs] == [3, 6]
+    for a, b in zip(ours, theirs):
+        assert set(a["metrics"]) == set(b["metrics"]) and "lr" in a["metrics"]
+        assert a["metrics"] == pytest.approx(b["metrics"], rel=1e-4)
+    assert train_events(run_dir / "members" / "000")[0]["metrics"]["lr"] < ours[0]["metrics"]["lr"]
+
+
 def test_cli_sweep_reports_the_best_member(tmp_path, capsys):
     path = tmp_path / "exp.toml"
     path.write_text(TINY.format(out=tmp_path / "runs"))
