@@ -129,17 +129,18 @@ def log_train(
     log, summarize: Callable[[dict], dict], bar, say: Say, elapsed: Callable[[], float], *, skip: bool,
     learning_rate: Callable[[int], float] | None = None, utilisation: Callable[[float], float | None] | None = None,
 ) -> Hook:
-    """Write the log window's mean metrics and samples/s (and the learning rate of the step just taken,
-    ``learning_rate(step - 1)``); with ``skip``, report skipped steps. ``utilisation(samples/s)``
-    gives the model FLOPs utilisation (``craft.mfu``), logged as ``mfu`` when it is not None."""
+    """Write the log window's mean metrics and samples/s (and the learning rate of the last update,
+    ``learning_rate(updates - 1)``: a skipped update leaves the schedule's count behind the step);
+    with ``skip``, report skipped steps. ``utilisation(samples/s)`` gives the model FLOPs
+    utilisation (``craft.mfu``), logged as ``mfu`` when it is not None."""
 
     def hook(progress: Progress, metrics: Metrics) -> Progress:
         values = summarize(window_means(progress, metrics))
+        skipped = nonfinite_count(progress) if skip else progress.skipped
         if learning_rate is not None:
-            values["lr"] = learning_rate(progress.step - 1)
-        skipped = progress.skipped
+            values["lr"] = learning_rate(max(progress.step - 1 - (skipped if skip else 0), 0))
         if skip:
-            skipped = values["skipped_steps"] = nonfinite_count(progress)
+            values["skipped_steps"] = skipped
             if skipped > progress.skipped:
                 say(f"step {progress.step}: skipped {skipped - progress.skipped} non-finite update(s), {skipped} in all")
         now = time.perf_counter()

@@ -8,7 +8,7 @@
   ``eval_every``), ``sample`` (generated text in ``text``).
 - ``train`` metrics are means over the steps since the last log (finite
   values only), with ``loss``, ``grad_norm`` (before clipping), the task's
-  metrics, ``lr`` (the learning rate the last step used) and, with
+  metrics, ``lr`` (the learning rate of the last update: skipped ones leave the schedule behind) and, with
   ``on_nonfinite = "skip"``, ``skipped_steps``; the event also holds
   ``samples_per_s`` (the training rate: counted from this process's second step, as
   the first compiles, and without the time of evaluations, samples and checkpoints

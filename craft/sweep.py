@@ -47,7 +47,7 @@ from craft.config import SWEEPABLE, Experiment, build, dumps, to_dict
 from craft.ensemble import make_ensemble_step, stack_states, unstack_state
 from craft.logging import MetricsLog, plot_quietly, progress_bar, truncate_metrics
 from craft.loop import Progress, chain, due, every, fit, when
-from craft.optim import Transform, inject_hyperparams, set_hyperparams
+from craft.optim import ScheduleState, Transform, find_state, inject_hyperparams, set_hyperparams
 from craft.parts import build_data, build_optimizer, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, to_device, trainable_names
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
@@ -162,7 +162,8 @@ def log_members(logs: MemberLogs, summarize, bar, elapsed, learning_rates) -> ho
     """Each member's means over the log window (as a run logs them) and the learning rate its last step used."""
     def hook(progress: Progress, metrics) -> Progress:
         values = hooks.window_means(progress, metrics)  # the only host sync
-        logs.write(progress.step, "train", [{**summarize({k: v[i] for k, v in values.items()}), "lr": rate(progress.step - 1)}
+        applied = find_state(progress.state[0].opt_state, ScheduleState).count.tolist()  # a skipped update leaves it behind
+        logs.write(progress.step, "train", [{**summarize({k: v[i] for k, v in values.items()}), "lr": rate(max(applied[i] - 1, 0))}
                                             for i, rate in enumerate(learning_rates)], elapsed())
         finite = [v for v in values["loss"] if math.isfinite(v)]
         bar.set_postfix(best_loss=f"{min(finite):.4f}" if finite else "nan", refresh=False)

@@ -237,6 +237,23 @@ def test_skip_keeps_the_old_state_and_counts_skips_in_the_log(tmp_path, shapes, 
     assert counts == [(2, 0), (4, 1), (6, 1), (8, 1)]
 
 
+def test_the_lr_logged_after_a_skipped_update_is_the_one_the_schedule_used(tmp_path, shapes, monkeypatch):
+    """A skipped update leaves the schedule's count behind the step: the log said schedule(step - 1) all the same."""
+    from craft.optim import ScheduleState, find_state, warmup_cosine
+    from craft.trained import load_run
+
+    wrap_train_data(monkeypatch, at=3, poison=True)
+    exp = cnn_experiment(tmp_path, shapes, **{"train.on_nonfinite": "skip", "train.checkpoint_every": 2})
+    run_dir = run.train(exp, echo=quiet)
+    schedule = warmup_cosine(3e-3, total_steps=8, warmup_ratio=0.25)  # the experiment's, as torch.optim would see it
+    logged = {e["step"]: e["metrics"]["lr"] for e in read_metrics(run_dir) if e["split"] == "train"}
+    for step in (4, 6, 8):
+        state = load_run(run_dir, checkpoint.step_path(run_dir / "checkpoints", step).name).state
+        applied = int(find_state(state.opt_state, ScheduleState).count)
+        assert applied == step - 1  # the update of step 3 was skipped
+        assert logged[step] == pytest.approx(float(schedule(torch.tensor(applied - 1))), rel=1e-12)
+
+
 @pytest.mark.parametrize("donate", [False, True])
 def test_the_skipping_step_selects_the_old_state_on_device(donate):
     from conftest import batch_for, bn_dropout_net, cross_entropy

@@ -242,6 +242,16 @@ def test_a_diverging_member_leaves_no_nan_checkpoint_and_the_others_go_on(tmp_pa
     for file in files:
         for leaf in torch.load(file, weights_only=True)["state"]["params"].values():
             assert torch.isfinite(leaf).all(), file
+    # the lr logged at the end is the one the member's last applied update used (skipped ones leave the count behind)
+    from craft.optim import ScheduleState, find_state, warmup_cosine
+
+    for member, lr in ((0, 1e-3), (1, 1e30)):
+        folder = run_dir / "members" / f"{member:03d}"
+        applied = int(find_state(trained.load_run(folder).state.opt_state, ScheduleState).count)
+        logged = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        last = [e for e in logged if e["split"] == "train"][-1]["metrics"]["lr"]
+        assert last == pytest.approx(float(warmup_cosine(lr, total_steps=4, warmup_ratio=0.25)(torch.tensor(max(applied - 1, 0)))))
+        assert applied == 4 if member == 0 else applied < 4
 
 
 def test_a_member_plot_that_fails_is_a_warning_and_every_member_is_saved(tmp_path, capsys, monkeypatch):
