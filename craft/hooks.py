@@ -128,11 +128,13 @@ def window_means(progress: Progress, metrics: Metrics) -> dict[str, Any]:
 def log_train(
     log, summarize: Callable[[dict], dict], bar, say: Say, elapsed: Callable[[], float], *, skip: bool,
     learning_rate: Callable[[int], float] | None = None, utilisation: Callable[[float], float | None] | None = None,
+    replicas: int = 1,
 ) -> Hook:
     """Write the log window's mean metrics and samples/s (and the learning rate of the last update,
     ``learning_rate(updates - 1)``: a skipped update leaves the schedule's count behind the step);
-    with ``skip``, report skipped steps. ``utilisation(samples/s)`` gives the model FLOPs
-    utilisation (``craft.mfu``), logged as ``mfu`` when it is not None."""
+    with ``skip``, report skipped steps. samples/s is the global batch's: this process's examples times
+    ``replicas`` (data-parallel processes, each reading an equal slice). ``utilisation(samples/s of one
+    process)`` gives the model FLOPs utilisation of its device (``craft.mfu``), logged as ``mfu`` unless None."""
 
     def hook(progress: Progress, metrics: Metrics) -> Progress:
         values = summarize(window_means(progress, metrics))
@@ -144,8 +146,8 @@ def log_train(
             if skipped > progress.skipped:
                 say(f"step {progress.step}: skipped {skipped - progress.skipped} non-finite update(s), {skipped} in all")
         now = time.perf_counter()
-        rate = progress.samples / max(now - progress.window, 1e-9)
-        share = utilisation(rate) if utilisation is not None else None
+        rate = progress.samples * replicas / max(now - progress.window, 1e-9)
+        share = utilisation(rate / replicas) if utilisation is not None else None
         extra = {"samples_per_s": round(rate, 1), **({"mfu": round(share, 4)} if share is not None else {})}
         shown = {"samples_s": f"{rate:,.0f}", **({"mfu": f"{share:.1%}"} if share is not None else {})}
         if not progress.samples:  # the window held only the first step, whose compile is no rate (``advance``)

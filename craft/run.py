@@ -282,7 +282,7 @@ def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: R
         every(cfg.log_every, chain(
             stop_nonfinite, hooks.check_replicas(replicas),
             hooks.log_train(log, summarize, bar, say, elapsed, skip=cfg.on_nonfinite == "skip", learning_rate=learning_rate(exp),
-                            utilisation=utilisation),
+                            utilisation=utilisation, replicas=replicas.world_size),
         )),
         every(cfg.log_every, signal_hook) if replicas.active else signal_hook,
         when(checkpoint_due, hooks.untimed(chain(stop_nonfinite, hooks.checkpoint(save)))),

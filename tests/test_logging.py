@@ -157,3 +157,19 @@ def test_the_logged_samples_per_s_leaves_out_evaluations_and_checkpoints(monkeyp
     (event,) = read_metrics(tmp_path)
     assert event["samples_per_s"] > 640 / 0.25, event  # counting the 0.5 s evaluation would give < 1,280
     bar.close()
+
+
+def test_under_torchrun_samples_per_s_is_the_global_batchs_and_mfu_one_devices(monkeypatch, tmp_path):
+    """With 2 processes each reads 6 of a global batch of 12: the log counted 6 a step, half the rate."""
+    import io
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(time, "perf_counter", lambda: 10.0)
+    bar = progress_bar(100, 0, compiling=False)
+    rates = []
+    hook = log_train(MetricsLog(tmp_path), lambda m: m, bar, print, lambda: 1.0, skip=False,
+                     utilisation=lambda rate: rates.append(rate) or 0.5, replicas=2)
+    hook(Progress(None, 20, 100, samples=60, window=8.0), {"loss": torch.tensor(1.0)})  # 10 steps of 6 in 2 s
+    (event,) = read_metrics(tmp_path)
+    assert event["samples_per_s"] == 60.0 and rates == [30.0] and event["mfu"] == 0.5
+    bar.close()
