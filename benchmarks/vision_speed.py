@@ -14,8 +14,8 @@ same precision (bf16 autocast by default on CUDA, fp32 on the CPU).
 Contenders alternate in one process over ``--rounds`` rounds; prints images/s
 as median (min-max) over rounds, first-call seconds (compilation included),
 peak memory of one step (tensors held between steps + the step's own peak),
-the loss after the same ``--check_steps`` steps from the same weights on the
-same batch, and each craft row's speed-up over each reference and over the
+the loss of step ``--check_steps`` (its forward, after ``--check_steps`` - 1
+updates) from the same weights on the same batch, and each craft row's speed-up over each reference and over the
 best (fastest median) one (median (min-max) of per-round ratios); last, the
 best craft row against the best reference: speed-up, loss difference, memory.
 
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per contender and round")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--check_steps", type=int, default=5, help="steps before the loss is compared")
+    parser.add_argument("--check_steps", type=int, default=5, help="the step whose loss is compared (its forward, after N - 1 updates)")
     args = parser.parse_args()
     device = torch.device(args.device)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
@@ -115,13 +115,14 @@ def main() -> None:
     steps, first, peak, loss = {}, {}, {}, {}
     for name, build in contenders(precision, args.eager_only).items():
         step, held = build(copy.deepcopy(template))
-        first[name] = timed(lambda step=step: step(batch), device)
+        last = [None]
+        first[name] = timed(lambda step=step: last.__setitem__(0, step(batch)), device)
         for _ in range(args.check_steps - 1):
-            last = step(batch)
-        loss[name] = float(last)  # after check_steps steps from the same weights on the same batch
+            last[0] = step(batch)
+        loss[name] = float(last[0])  # step check_steps's loss, from the same weights on the same batch
         peak[name] = held() + peak_bytes_during(lambda step=step: step(batch), device)
         steps[name] = lambda step=step: step(batch)
-        print(f"built {name}: first call {first[name]:.1f} s, loss after {args.check_steps} steps {loss[name]:.4f}",
+        print(f"built {name}: first call {first[name]:.1f} s, loss of step {args.check_steps} {loss[name]:.4f}",
               flush=True)
     seconds = interleaved_rounds(steps, device, warmup=args.warmup, rounds=args.rounds, steps=args.steps)
 
