@@ -3,7 +3,9 @@
 torchvision's decoder where it has one (JPEG, PNG, WebP, GIF), Pillow
 otherwise (BMP, TIFF, animated WebP: its first frame, as for a GIF). The kind
 is read from the content, not trusted from the name, and a header's pixel
-count is checked before anything is inflated.
+count is checked before anything is inflated. Every kind that carries an EXIF
+orientation (a phone's photo stored turned) comes out upright, as
+``PIL.ImageOps.exif_transpose`` shows it.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ def decode_bytes(
     image = _decode_pillow(data, channels) if by_pillow else _decode_torchvision(data, channels, kind)
     if isinstance(image, str):
         raise ValueError(f"cannot decode image {name} ({image}); replace or delete it")
+    if kind == "WebP":  # torchvision turns JPEG and PNG upright by their EXIF orientation, Pillow a TIFF: not a WebP
+        image = upright(image, webp_orientation(data))
     if image.dtype != torch.uint8:  # 16-bit PNGs and TIFFs decode to uint16
         image = F.to_dtype(image, torch.uint8, scale=True)
     if image.ndim != 3 or image.shape[0] != channels:  # never let an odd file reach torch.stack
@@ -107,6 +111,27 @@ def header_damaged(data: bytes) -> bool:
 def animated_webp(data: bytes) -> bool:
     """Whether WebP ``data`` is animated (its VP8X header's animation flag): torchvision refuses those."""
     return data[12:16] == b"VP8X" and len(data) > 20 and bool(data[20] & 0x02)
+
+
+def webp_orientation(data: bytes) -> int:
+    """The EXIF orientation (1 to 8; 1: as stored) of WebP ``data``: 1 unless its VP8X header flags EXIF."""
+    if not (data[12:16] == b"VP8X" and len(data) > 20 and data[20] & 0x08):
+        return 1
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # reads the EXIF chunk, decodes nothing
+            orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # damage: decoding has already said what it could; an unreadable tag turns nothing
+        return 1
+    return orientation if orientation in range(1, 9) else 1
+
+
+def upright(image: Tensor, orientation: int) -> Tensor:
+    """``(C, H, W)`` ``image`` stored with EXIF ``orientation``, turned as it is meant to be seen
+    (as ``PIL.ImageOps.exif_transpose`` turns it); an orientation outside 1 to 8 turns nothing."""
+    if orientation in (5, 6, 7, 8):  # the stored rows are the picture's columns
+        image = image.transpose(-1, -2)
+    flips = {2: (-1,), 3: (-1, -2), 4: (-2,), 6: (-1,), 7: (-1, -2), 8: (-2,)}.get(orientation)
+    return image.flip(flips).contiguous() if flips else image
 
 
 def _decode_torchvision(data: bytes, channels: int, kind: str) -> Tensor | str:
