@@ -1,10 +1,10 @@
 """Hugging Face datasets on disk, offline: images and labels, or text, from Arrow tables.
 
 ``path`` is a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``,
-a Parquet or Arrow file, or a folder of them (files whose names start with
-``train``, ``validation``/``val`` or ``test`` are those splits; other names are
-train). Nothing is downloaded and nothing is written to the Hugging Face
-cache: the tables are read (memory-mapped) with ``datasets`` and ``pyarrow``.
+a Parquet or Arrow file, or a folder of them (split by the words of their
+folder and file names, as ``datasets`` splits them: ``split_of``). Nothing is
+downloaded and nothing is written to the Hugging Face cache: the tables are
+read (memory-mapped) with ``datasets`` and ``pyarrow``.
 
 Images are read from the column's raw bytes (an ``Image`` feature stores
 ``{"bytes", "path"}``) and decoded by craft's decoder (``craft.data.decode``),
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,16 @@ import torch
 
 from craft.data.files import files_fingerprint, read_file
 
-SPLIT_PREFIXES = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
+SPLIT_KEYWORDS = {
+    "train": ("train", "training"), "validation": ("validation", "valid", "dev", "val"),
+    "test": ("test", "testing", "eval", "evaluation"),
+}  # fmt: skip
+"""The words that name a split in a table file's path, as ``datasets`` reads them (``data_files.SPLIT_KEYWORDS``)."""
+_KEYWORD = re.compile(
+    r"(?:^|[-._ 0-9])(" + "|".join(sorted((k for ks in SPLIT_KEYWORDS.values() for k in ks), key=len, reverse=True))
+    + r")(?=[-._ 0-9]|$)"
+)
+_SPLIT_OF_KEYWORD = {k: split for split, ks in SPLIT_KEYWORDS.items() for k in ks}
 TABLE_SUFFIXES = (".parquet", ".arrow")
 EXTRA = "pip install 'craft[hf]' (or: pip install datasets)"
 
@@ -38,12 +48,19 @@ def require_datasets():
     return datasets
 
 
-def split_of(name: str) -> str:
-    """The split a table file belongs to by its name (``train-00000-of-00002.parquet`` -> ``train``)."""
-    lower = name.lower()
-    for prefix, split in SPLIT_PREFIXES.items():
-        if lower.startswith(prefix):
-            return split
+def split_of(relative: str | Path) -> str:
+    """The split a table file belongs to by its path below the dataset's folder, as ``datasets`` splits
+    one: a split's word set off by ``-._``, a space or digits (``SPLIT_KEYWORDS``) in a folder's name, the
+    nearest first, else in the file's name; other files are train.
+
+    ``data/train-00000-of-00002.parquet`` -> train, ``default/partial-test/0000.parquet`` -> test,
+    ``mnist_dev.parquet`` -> validation, ``shard-0.parquet`` -> train.
+    """
+    parts = Path(relative).parts
+    for part in [*reversed(parts[:-1]), parts[-1]] if parts else []:
+        found = _KEYWORD.search(part.lower())
+        if found:
+            return _SPLIT_OF_KEYWORD[found.group(1)]
     return "train"
 
 
@@ -78,7 +95,9 @@ def read_tables(path: str | Path) -> tuple[dict[str, object], list[str]]:
         )
     grouped: dict[str, list] = {}
     for file in files:
-        grouped.setdefault(split_of(file.name), []).append(_read_table_file(file))
+        grouped.setdefault(split_of(file.relative_to(path) if path.is_dir() else file.name), []).append(
+            _read_table_file(file)
+        )
     return {split: pa.concat_tables(parts) for split, parts in grouped.items()}, [str(f) for f in files]
 
 
@@ -211,16 +230,16 @@ def labels_of(array, names: list[str] | None) -> tuple[torch.Tensor, list[str]]:
     return torch.tensor(values, dtype=torch.int64), classes
 
 
-def class_names(path: str | Path, label_column: str) -> list[str] | None:
-    """The ``ClassLabel`` names of a save_to_disk dataset's label column, if it has them."""
-    datasets = require_datasets()
-    path = Path(path)
-    if not (path.is_dir() and any((path / m).exists() for m in ("dataset_dict.json", "state.json"))):
+def class_names(table, label_column: str) -> list[str] | None:
+    """The ``ClassLabel`` names of ``table``'s label column, if its ``datasets`` features give them: a
+    save_to_disk folder and a Parquet or Arrow file written by ``datasets`` record them alike."""
+    try:
+        features = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]
+        feature = features[label_column]
+    except (KeyError, TypeError, ValueError):  # no datasets metadata, or no such column
         return None
-    loaded = datasets.load_from_disk(str(path))
-    part = next(iter(loaded.values())) if isinstance(loaded, datasets.DatasetDict) else loaded
-    feature = part.features.get(label_column)
-    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    names = feature.get("names") if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" else None
+    return [str(name) for name in names] if isinstance(names, list) else None
 
 
 def seeded_split(count: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
