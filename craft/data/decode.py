@@ -78,7 +78,9 @@ def decode_bytes(
             f"cannot decode image {name}: its header claims {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
             f"over data.max_pixels = {max_pixels:,}; raise data.max_pixels to read it, or shrink or delete it"
         )
-    by_pillow = kind in ("BMP", "TIFF") or (kind == "WebP" and animated_webp(data))
+    by_pillow = (
+        kind in ("BMP", "TIFF") or (kind == "WebP" and animated_webp(data)) or (kind == "GIF" and transparent_gif(data))
+    )
     image = _decode_pillow(data, channels) if by_pillow else _decode_torchvision(data, channels, kind)
     if isinstance(image, str):
         raise ValueError(f"cannot decode image {name} ({image}); replace or delete it")
@@ -105,6 +107,21 @@ def header_damaged(data: bytes) -> bool:
         return False
     except Exception:  # Pillow raises many kinds (OSError, SyntaxError, struct.error ...) on damage
         return True
+    return False
+
+
+def transparent_gif(data: bytes) -> bool:
+    """Whether GIF ``data``'s first frame has a transparent colour (the flag of a Graphic Control Extension
+    before its first image). torchvision paints those pixels the GIF's background colour; Pillow, like a PNG's
+    decoder, gives the colour the palette holds there, as a GIF without transparency shows it."""
+    pos = 13 + (3 << ((data[10] & 7) + 1) if len(data) > 10 and data[10] & 0x80 else 0)  # after the global palette
+    while pos + 2 < len(data) and data[pos] == 0x21:  # extensions, up to the first image (0x2C)
+        if data[pos + 1] == 0xF9 and data[pos + 2] >= 4 and pos + 3 < len(data):
+            return bool(data[pos + 3] & 1)
+        pos += 2
+        while pos < len(data) and data[pos]:  # the extension's sub-blocks, to the empty one
+            pos += data[pos] + 1
+        pos += 1
     return False
 
 
@@ -155,7 +172,8 @@ def _decode_torchvision(data: bytes, channels: int, kind: str) -> Tensor | str:
 
 
 def _decode_pillow(data: bytes, channels: int) -> Tensor | str:
-    """BMP, TIFF and animated WebP (torchvision decodes none of them): the first frame, as Pillow converts it.
+    """BMP, TIFF, animated WebP (torchvision decodes none of them) and GIFs with a transparent colour:
+    the first frame, as Pillow converts it.
 
     16-bit gray comes back uint16 ``(channels, H, W)`` (scaled to 8 bits by the
     caller, as a 16-bit PNG is): Pillow's own conversion clips it at 255.

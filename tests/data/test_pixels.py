@@ -72,3 +72,58 @@ def test_an_orientation_outside_1_to_8_turns_nothing(orientation):
     stored = noise()
     for fmt in ("JPEG", "PNG", "WEBP"):
         assert decode_bytes(encoded(stored, fmt, orientation, quality=95), fmt).shape == (3, 5, 7)
+
+
+def with_alpha(mode: str) -> Image.Image:
+    """``noise()`` in ``mode`` ("LA" or "RGBA") with an alpha that varies from pixel to pixel."""
+    alpha = Image.fromarray(np.random.default_rng(1).integers(0, 256, (5, 7), dtype=np.uint8), "L")
+    image = noise().convert(mode)
+    image.putalpha(alpha)
+    return image
+
+
+def palette(transparency: int | None = None) -> tuple[Image.Image, dict]:
+    return noise().convert("P", palette=Image.Palette.ADAPTIVE, colors=16), (
+        {} if transparency is None else {"transparency": transparency}
+    )
+
+
+PIXEL_MODES = {  # name: (image, Pillow format, save options)
+    "CMYK JPEG": (noise().convert("CMYK"), "JPEG", {"quality": 95}),
+    "YCbCr JPEG": (noise().convert("YCbCr"), "JPEG", {"quality": 95}),
+    "gray JPEG": (noise().convert("L"), "JPEG", {"quality": 95}),
+    "1-bit PNG": (noise().convert("1"), "PNG", {}),
+    "1-bit TIFF": (noise().convert("1"), "TIFF", {}),
+    "1-bit BMP": (noise().convert("1"), "BMP", {}),
+    "palette PNG": (palette()[0], "PNG", {}),
+    "palette PNG, a transparent colour": (palette(3)[0], "PNG", palette(3)[1]),
+    "palette GIF": (palette()[0], "GIF", {}),
+    "palette GIF, a transparent colour": (palette(3)[0], "GIF", palette(3)[1]),
+    "palette GIF, transparent colour 0": (palette(0)[0], "GIF", palette(0)[1]),
+    "LA PNG": (with_alpha("LA"), "PNG", {}),
+    "RGBA PNG": (with_alpha("RGBA"), "PNG", {}),
+    "RGBA WebP": (with_alpha("RGBA"), "WEBP", {"lossless": True}),
+    "RGBA TIFF": (with_alpha("RGBA"), "TIFF", {}),
+    "CMYK TIFF": (noise().convert("CMYK"), "TIFF", {}),
+    "gray WebP": (noise().convert("L"), "WEBP", {"lossless": True}),
+}
+
+
+@pytest.mark.parametrize("name", PIXEL_MODES)
+def test_every_pixel_mode_reaches_the_model_as_pillow_s_convert_rgb(name):
+    """Alpha is dropped (the colour stored under it kept), gray and 1-bit repeated to three channels, CMYK and
+    YCbCr converted. A GIF's transparent pixels came out as its background colour (torchvision's rule), not
+    the palette's colour there as Pillow and a PNG's decoder give it, so an exported model's recipe
+    (``preprocessing.json``: Pillow's convert) fed other pixels than training did."""
+    image, fmt, options = PIXEL_MODES[name]
+    data = encoded(image, fmt, **options)
+    decoded, expected = decode_bytes(data, name), as_pillow_shows(data)
+    assert decoded.shape == expected.shape == (3, 5, 7)
+    assert torch.equal(decoded, expected)
+
+
+def test_an_animated_gif_with_a_transparent_colour_gives_its_first_frame_as_pillow_shows_it():
+    frames = [palette(3)[0], noise(seed=2).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)]
+    data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], transparency=3, duration=50)
+    assert torch.equal(decode_bytes(data, "moving.gif"), as_pillow_shows(data))
+    assert decode_bytes(data, "moving.gif", channels=1).shape == (1, 5, 7)
