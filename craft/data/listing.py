@@ -1,13 +1,15 @@
 """Listing an image folder: its files, their classes, what was left out, and the train/val split.
 
 Labels come from class folders (``root/cat/x.jpg``) or from file-name
-prefixes (``root/cat_001.jpg``). Classes are sorted by name; a label is the
-class's position in that list, the same for train and val.
+prefixes (``root/cat_001.jpg``). Classes are sorted by name (in Unicode's
+composed form); a label is the class's position in that list, the same for
+train and val.
 """
 
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
@@ -58,6 +60,13 @@ def _one(reason: str) -> str:
     return _ONE.get(reason) or reason.replace("files", "file", 1)
 
 
+def class_name(raw: str) -> str:
+    """A class's name as a folder or file name spells it, in Unicode's composed form (NFC): macOS writes
+    ``café`` as ``cafe`` + a combining accent, so a folder copied from a Mac and one made elsewhere name one
+    class alike (and as ``classes.json`` and a val folder do)."""
+    return unicodedata.normalize("NFC", raw)
+
+
 def images_under(folder: str | Path) -> list[str]:
     """Image files anywhere under ``folder``, sorted; see ``craft.data.files.find_files`` for what is left out."""
     return find_files(folder).files
@@ -90,7 +99,7 @@ def list_images(folder: str | Path, labels: str = "folders") -> Listing:
         if not files:
             raise _no_images(folder, left_out)
         names = [os.path.basename(f).partition("_") for f in files]
-        names = [prefix if sep and prefix else "" for prefix, sep, _ in names]
+        names = [class_name(prefix) if sep and prefix else "" for prefix, sep, _ in names]
         missing = [f for f, name in zip(files, names) if not name]
         if len(missing) == len(files):
             raise ValueError(
@@ -143,7 +152,7 @@ def _list_class_folders(folder: Path) -> Listing:
                 f"add images or remove the folder"
             )
         files += found
-        names += [name] * len(found)
+        names += [class_name(name)] * len(found)
     return Listing(folder, files, names, left_out)
 
 

@@ -274,6 +274,26 @@ def test_val_classes_unknown_to_train(tmp_path):
         cfg.build("val", seed=0)
 
 
+@pytest.mark.parametrize("labels", ["folders", "prefix"])
+def test_a_class_spelled_decomposed_by_macos_is_the_class_spelled_composed_elsewhere(tmp_path, labels):
+    """A train folder copied from a Mac names 'café' as 'cafe' + a combining accent; the val folder made on
+    Linux, with the composed 'é'. The run stopped: 'val images have classes unknown to the train split: ['café']'."""
+    import unicodedata
+
+    for split, form, start in (("train", "NFD", 10), ("val", "NFC", 100)):
+        counts = {unicodedata.normalize(form, name): 2 for name in ("café", "thé")}
+        if labels == "folders":
+            folder_tree(tmp_path / split, counts, start=start)
+        else:
+            for k, name in enumerate(n for n in counts for _ in range(2)):
+                solid(tmp_path / split / f"{name}_{k}.png", start + 3 * k)
+    cfg = config(tmp_path, batch_size=2, labels=labels)
+    train, val = cfg.build("train", seed=0), cfg.build("val", seed=0)
+    assert train.classes == val.classes == ["caf\u00e9", "th\u00e9"]
+    labelled = {v: y for b in val for v, y in zip(values(b), b["label"].tolist())}
+    assert labelled == {100: 0, 103: 0, 106: 1, 109: 1}
+
+
 def test_missing_val_path_and_empty_val_split(tmp_path):
     folder_tree(tmp_path / "d", {"cat": 4})
     with pytest.raises(FileNotFoundError, match=r"val_path .*gone"):
