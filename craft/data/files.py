@@ -24,9 +24,9 @@ from PIL import Image
 
 KINDS = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WebP", ".bmp": "BMP",
-    ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF",
+    ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF", ".jfif": "JPEG", ".jpe": "JPEG",
 }  # fmt: skip
-"""Image file suffix (lower case) -> the kind of image it holds."""
+"""Image file suffix (lower case) -> the kind of image it holds (``.jfif``: JPEGs as browsers and Windows save them)."""
 
 IMAGE_SUFFIXES = tuple(KINDS)
 

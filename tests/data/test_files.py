@@ -327,6 +327,17 @@ def test_an_animated_webp_gives_its_first_frame_as_a_gif_does(tmp_path):
     assert read_image(str(tmp_path / "moving.webp"), channels=1).shape == (1, 12, 16)
 
 
+def test_jpegs_named_jfif_or_jpe_as_browsers_save_them_are_read_not_left_out(tmp_path):
+    """A folder of images saved from a browser holds .jfif files: they were left out as '.jfif files'."""
+    (tmp_path / "a").mkdir()
+    for k, suffix in enumerate((".jfif", ".JFIF", ".jpe", ".jpg")):
+        noise(seed=k).save(tmp_path / "a" / f"a_{k}{suffix}", "JPEG")
+    listing = list_images(tmp_path)
+    assert len(listing.files) == 4 and not listing.left_out
+    assert listing.summary() == f"4 images in {tmp_path} (4 JPEG)"
+    assert read_image(listing.files[0]).shape == (3, 37, 53)
+
+
 def test_counts_of_one_read_in_the_singular():
     from collections import Counter
 
