@@ -2,9 +2,9 @@
 
 ``path`` is a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``,
 a Parquet or Arrow file, or a folder of them (split by the words of their
-folder and file names, as ``datasets`` splits them: ``split_of``). Nothing is
-downloaded and nothing is written to the Hugging Face cache: the tables are
-read (memory-mapped) with ``datasets`` and ``pyarrow``.
+folder and file names, as ``datasets`` splits them: ``craft.data.hf_tables``).
+Nothing is downloaded and nothing is written to the Hugging Face cache: the
+tables are read (memory-mapped) with ``datasets`` and ``pyarrow``.
 
 Images are read from the column's raw bytes (an ``Image`` feature stores
 ``{"bytes", "path"}``) and decoded by craft's decoder (``craft.data.decode``),
@@ -17,89 +17,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from craft.data.files import files_fingerprint, read_file
-
-SPLIT_KEYWORDS = {
-    "train": ("train", "training"), "validation": ("validation", "valid", "dev", "val"),
-    "test": ("test", "testing", "eval", "evaluation"),
-}  # fmt: skip
-"""The words that name a split in a table file's path, as ``datasets`` reads them (``data_files.SPLIT_KEYWORDS``)."""
-_KEYWORD = re.compile(
-    r"(?:^|[-._ 0-9])(" + "|".join(sorted((k for ks in SPLIT_KEYWORDS.values() for k in ks), key=len, reverse=True))
-    + r")(?=[-._ 0-9]|$)"
+from craft.data.hf_tables import (  # noqa: F401  (re-exported: they lived here)
+    EXTRA, SPLIT_KEYWORDS, TABLE_SUFFIXES, read_tables, require_datasets, split_of,
 )
-_SPLIT_OF_KEYWORD = {k: split for split, ks in SPLIT_KEYWORDS.items() for k in ks}
-TABLE_SUFFIXES = (".parquet", ".arrow")
-EXTRA = "pip install 'craft[hf]' (or: pip install datasets)"
-
-
-def require_datasets():
-    """The ``datasets`` module; a ValueError naming the extra when it is not installed."""
-    try:
-        import datasets
-    except ImportError:
-        raise ValueError(f"data.kind = 'hf_dataset' needs the Hugging Face datasets package: {EXTRA}") from None
-    return datasets
-
-
-def split_of(relative: str | Path) -> str:
-    """The split a table file belongs to by its path below the dataset's folder, as ``datasets`` splits
-    one: a split's word set off by ``-._``, a space or digits (``SPLIT_KEYWORDS``) in a folder's name, the
-    nearest first, else in the file's name; other files are train.
-
-    ``data/train-00000-of-00002.parquet`` -> train, ``default/partial-test/0000.parquet`` -> test,
-    ``mnist_dev.parquet`` -> validation, ``shard-0.parquet`` -> train.
-    """
-    parts = Path(relative).parts
-    for part in [*reversed(parts[:-1]), parts[-1]] if parts else []:
-        found = _KEYWORD.search(part.lower())
-        if found:
-            return _SPLIT_OF_KEYWORD[found.group(1)]
-    return "train"
-
-
-def _read_table_file(path: Path):
-    import pyarrow.parquet as pq
-
-    if path.suffix == ".parquet":
-        return pq.read_table(path)
-    return require_datasets().Dataset.from_file(str(path)).data.table
-
-
-def read_tables(path: str | Path) -> tuple[dict[str, object], list[str]]:
-    """``({split: pyarrow.Table}, files)`` of the dataset at ``path``, and the files read (for a fingerprint)."""
-    datasets = require_datasets()
-    import pyarrow as pa
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"data.path {path} does not exist; point it at a save_to_disk folder or Parquet files")
-    if path.is_dir() and any((path / marker).exists() for marker in ("dataset_dict.json", "state.json")):
-        loaded = datasets.load_from_disk(str(path), keep_in_memory=False)
-        parts = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
-        tables = {name: part.with_format("arrow")[:] for name, part in parts.items()}  # this split's rows only
-        files = sorted(str(p) for p in path.rglob("*") if p.is_file())
-        return tables, files
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in TABLE_SUFFIXES)
-    files = [p for p in files if p.suffix in TABLE_SUFFIXES]
-    if not files:
-        raise ValueError(
-            f"no Parquet or Arrow files in {path}, and no save_to_disk dataset (dataset_dict.json or state.json); "
-            f"point data.path at one"
-        )
-    grouped: dict[str, list] = {}
-    for file in files:
-        grouped.setdefault(split_of(file.relative_to(path) if path.is_dir() else file.name), []).append(
-            _read_table_file(file)
-        )
-    return {split: pa.concat_tables(parts) for split, parts in grouped.items()}, [str(f) for f in files]
-
 
 def dataset_fingerprint(files: list[str], path: str | Path) -> str:
     """The files' names and sizes, relative to ``path`` (a file: its folder)."""

@@ -106,3 +106,43 @@ def test_plain_integer_labels_are_named_by_their_numbers(tmp_path):
     config = HFDatasetConfig(path=str(Path(tmp_path)), batch_size=3, image_size=SIZE, num_threads=0)
     assert config.build("train", seed=0).classes == ["0", "1", "2"]
     assert next(iter(config.build("val", seed=0)))["label"].tolist() == [1]
+
+
+def test_shards_written_with_other_integer_widths_are_one_split(tmp_path):
+    """Shards written by two tools (int64 and int32 labels) stopped the run with pyarrow's multi-line
+    'Schema at index 1 was different'; they are one table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for k, kind in enumerate((pa.int64(), pa.int32())):
+        rows = {"image": [png(10 + 30 * k + 10 * j) for j in range(3)], "label": pa.array([0, 1, 2], kind)}
+        pq.write_table(pa.table(rows), tmp_path / f"train-{k}.parquet")
+    pq.write_table(pa.table({"image": [png(100)], "label": [1]}), tmp_path / "validation-0.parquet")
+    config = HFDatasetConfig(path=str(tmp_path), batch_size=6, image_size=SIZE, num_threads=0)
+    assert levels_of(config, "train") == [10, 20, 30, 40, 50, 60]
+    pq.write_table(pa.table({"image": [png(0)], "label": ["ant"]}), tmp_path / "train-2.parquet")
+    with pytest.raises(ValueError, match=r"the train files .*train-0.parquet and .*train-2.parquet hold the same "
+                                         r"columns as other types: label \(int64 vs string\); convert them"):
+        config.build("train", seed=0)
+
+
+def test_a_git_lfs_pointer_or_a_damaged_table_is_one_line_naming_the_file(tmp_path):
+    """A Hub repository cloned without git lfs holds pointers named .parquet: pyarrow said 'Parquet magic bytes
+    not found in footer', not what the file was nor the fix; a save_to_disk folder of them, 'Expected to read
+    1936876918 metadata bytes, but only read 59', naming no file."""
+    (tmp_path / "data").mkdir()
+    pointer = tmp_path / "data" / "train-00000-of-00001.parquet"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 4096\n")
+    config = HFDatasetConfig(path=str(tmp_path), batch_size=1, image_size=SIZE)
+    with pytest.raises(ValueError, match=r"cannot read .*train-00000-of-00001.parquet: it is a Git LFS pointer.*git lfs pull"):
+        config.build("train", seed=0)
+    pointer.write_bytes(b"PAR1 not a table")
+    with pytest.raises(ValueError, match=r"cannot read .*train-00000-of-00001.parquet \(.*\); replace or delete it"):
+        config.build("train", seed=0)
+    pointer.unlink()
+    table([10, 20, 30], [0, 1, 2]).save_to_disk(str(tmp_path / "saved"))
+    for arrow in (tmp_path / "saved").glob("*.arrow"):
+        arrow.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 4096\n")
+    config = HFDatasetConfig(path=str(tmp_path / "saved"), batch_size=1, image_size=SIZE)
+    with pytest.raises(ValueError, match=r"cannot read .*data-00000-of-00001.arrow: it is a Git LFS pointer"):
+        config.build("train", seed=0)
