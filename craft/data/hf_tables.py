@@ -10,21 +10,11 @@ naming it.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from craft.data.files import shown
+from craft.data.splits import SPLIT_KEYWORDS, split_word  # noqa: F401  (SPLIT_KEYWORDS: re-exported)
 
-SPLIT_KEYWORDS = {
-    "train": ("train", "training"), "validation": ("validation", "valid", "dev", "val"),
-    "test": ("test", "testing", "eval", "evaluation"),
-}  # fmt: skip
-"""The words that name a split in a table file's path, as ``datasets`` reads them (``data_files.SPLIT_KEYWORDS``)."""
-_KEYWORD = re.compile(
-    r"(?:^|[-._ 0-9])(" + "|".join(sorted((k for ks in SPLIT_KEYWORDS.values() for k in ks), key=len, reverse=True))
-    + r")(?=[-._ 0-9]|$)"
-)
-_SPLIT_OF_KEYWORD = {k: split for split, ks in SPLIT_KEYWORDS.items() for k in ks}
 TABLE_SUFFIXES = (".parquet", ".arrow")
 EXTRA = "pip install 'craft[hf]' (or: pip install datasets)"
 
@@ -48,9 +38,8 @@ def split_of(relative: str | Path) -> str:
     """
     parts = Path(relative).parts
     for part in [*reversed(parts[:-1]), parts[-1]] if parts else []:
-        found = _KEYWORD.search(part.lower())
-        if found:
-            return _SPLIT_OF_KEYWORD[found.group(1)]
+        if split_word(part) is not None:
+            return split_word(part)
     return "train"
 
 

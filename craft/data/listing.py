@@ -18,6 +18,7 @@ import torch
 
 from craft.data.batching import derive_seed
 from craft.data.files import IMAGE_SUFFIXES, KINDS, find_files, inside, shown
+from craft.data.splits import split_word
 from craft.words import plural
 
 _COMMON = (".jpg", ".jpeg", ".png")
@@ -58,6 +59,32 @@ _ONE = {"not regular files": "file that is not regular", "images beside the clas
 def _one(reason: str) -> str:
     """A reason ``left_out`` counts (plural: ``".txt files"``) for one file: ``".txt file"``."""
     return _ONE.get(reason) or reason.replace("files", "file", 1)
+
+
+TRAIN_FOLDERS = ("train", "training")
+VAL_FOLDERS = ("val", "validation", "valid")
+"""Names a val folder beside ``train`` may have (``valid``: as Roboflow and Kaggle exports name it)."""
+
+
+def split_folder(root: Path, names: tuple[str, ...]) -> Path | None:
+    """The first ``root/<name>`` of ``names`` that is a folder, as spelled or in another case (``Train/``,
+    ``VALID/``: as Kaggle exports name them), or None."""
+    exact = next((root / name for name in names if (root / name).is_dir()), None)
+    if exact is not None or not root.is_dir():
+        return exact
+    folders = {e.name.lower(): Path(e.path) for e in sorted(os.scandir(root), key=lambda e: e.name) if e.is_dir()}
+    return next((folders[name] for name in names if name in folders), None)
+
+
+def split_folders_error(folder: Path, names: list[str]) -> ValueError:
+    """The error for class folders ``names`` of ``folder`` that name splits (``training_set``, ``test_set``):
+    a run would learn which split an image came from."""
+    train = next((n for n in names if split_word(n) == "train"), names[0])
+    return ValueError(
+        f"the class folders of {folder} name splits, not classes ({', '.join(map(shown, names))}): "
+        f"point data.path at the train folder ({shown(folder / train)}) and data.val_path at the val one, "
+        f"or rename them train/ and val/"
+    )
 
 
 def class_name(raw: str) -> str:
@@ -132,6 +159,9 @@ def _list_class_folders(folder: Path) -> Listing:
             left_out["links out of the folder"] += 1
         else:
             class_dirs.append(entry.name)
+    named_splits = [name for name in class_dirs if split_word(name) is not None]
+    if len({split_word(name) for name in named_splits}) >= 2:  # train and test: splits, not classes
+        raise split_folders_error(folder, named_splits)
     if not class_dirs:
         loose = find_files(folder)
         if loose.files:

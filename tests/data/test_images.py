@@ -427,6 +427,39 @@ def test_a_val_folder_named_validation_or_valid_is_the_val_split(tmp_path, name)
     assert val.summary.startswith(f"4 images in {tmp_path / name} ")
 
 
+@pytest.mark.parametrize("train_name, val_name", [("Train", "Validation"), ("TRAIN", "VAL"), ("training", "valid")])
+def test_split_folders_named_in_another_case_or_training_are_the_splits(tmp_path, train_name, val_name):
+    """Kaggle exports name them Train/ and Validation/: they were read as two classes, 'Train' and 'Validation'."""
+    folder_tree(tmp_path / train_name, {"cat": 3, "dog": 3})
+    folder_tree(tmp_path / val_name, {"cat": 1, "dog": 1}, start=100)
+    cfg = config(tmp_path, batch_size=2)
+    train, val = cfg.build("train", seed=0), cfg.build("val", seed=0)
+    assert train.classes == val.classes == ["cat", "dog"]
+    assert (train.num_examples, val.num_examples) == (6, 2) and sorted(all_values(val)) == [100, 103]
+
+
+def test_a_training_and_a_testing_folder_train_on_training_and_never_read_testing(tmp_path):
+    """A Training/ and Testing/ folder (no val): they were two classes; now a fraction of Training is val."""
+    folder_tree(tmp_path / "Training", {"cat": 4, "dog": 4})
+    folder_tree(tmp_path / "Testing", {"cat": 2, "dog": 2}, start=200)
+    cfg = config(tmp_path, batch_size=2, val_fraction=0.25)
+    train, val = cfg.build("train", seed=0), cfg.build("val", seed=0)
+    assert train.classes == ["cat", "dog"] and (train.num_examples, val.num_examples) == (6, 2)
+    assert max(all_values(val)) < 200 and val.summary.startswith(f"2 images in {tmp_path / 'Training'} ")
+
+
+@pytest.mark.parametrize("names", [("training_set", "test_set"), ("seg_pred", "seg_test", "seg_train")])
+def test_class_folders_that_name_splits_are_refused_not_learned_as_classes(tmp_path, names):
+    """training_set/ and test_set/ (a Kaggle layout) under data.path became two classes: the model learned
+    which split an image came from, and the run said nothing."""
+    for k, name in enumerate(names):
+        folder_tree(tmp_path / name / "cat", {"a": 2}, start=10 + 10 * k)
+    train_name = next(n for n in names if "train" in n)
+    with pytest.raises(ValueError, match=rf"the class folders of {tmp_path} name splits, not classes \(.*test.*\): "
+                                         rf"point data.path at the train folder \({tmp_path / train_name}\)"):
+        config(tmp_path, batch_size=2).build("train", seed=0)
+
+
 def test_a_cache_larger_than_memory_can_hold_is_one_line():
     from craft.data.images import cache_store
 
