@@ -47,6 +47,12 @@ def shown(name: str | Path) -> str:
     return name if name.isprintable() and not any(c.isspace() for c in name) else repr(name)
 
 
+def hidden(name: str) -> bool:
+    """Whether a file or folder named ``name`` is hidden from a walk: a dot name (``.DS_Store``, ``._x.jpg``)
+    or ``__MACOSX``, the folder of resource forks a zip made on a Mac holds (never images)."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def inside(path: str, folder: str) -> bool:
     """Whether the real path ``path`` is ``folder`` or below it (both real, absolute)."""
     return os.path.commonpath([path, folder]) == folder
@@ -57,7 +63,7 @@ def find_files(
 ) -> Found:
     """Regular files under ``folder`` whose suffix is one of ``suffixes``, sorted.
 
-    Hidden files and folders are skipped (not counted). A link is followed only
+    Hidden files and folders (``hidden``) are skipped (not counted). A link is followed only
     when its target lies inside ``folder`` (the real folder, whatever links lead
     to it); each real folder is visited once and each real file listed once,
     under the first path (in sorted walk order) that reaches it. Everything
@@ -78,7 +84,7 @@ def find_files(
             continue
         seen_dirs.add((info.st_dev, info.st_ino))
         with os.scandir(parent) as scan:
-            entries = sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name)
+            entries = sorted((e for e in scan if not hidden(e.name)), key=lambda e: e.name)
         below = []
         for entry in entries:
             if entry.is_symlink() and not inside(os.path.realpath(entry.path), base):

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from craft.data.batching import derive_seed
-from craft.data.files import IMAGE_SUFFIXES, KINDS, find_files, inside, shown
+from craft.data.files import IMAGE_SUFFIXES, KINDS, find_files, hidden, inside, shown
 from craft.data.splits import split_word
 from craft.words import plural
 
@@ -149,7 +149,7 @@ def _list_class_folders(folder: Path) -> Listing:
     root = os.path.realpath(folder)
     class_dirs, left_out = [], Counter()
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith("."):
+        if hidden(entry.name):
             continue
         if not entry.is_dir():
             if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:

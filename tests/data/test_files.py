@@ -338,6 +338,21 @@ def test_jpegs_named_jfif_or_jpe_as_browsers_save_them_are_read_not_left_out(tmp
     assert read_image(listing.files[0]).shape == (3, 37, 53)
 
 
+def test_what_a_mac_leaves_in_a_folder_or_zip_is_neither_a_class_nor_an_image(tmp_path):
+    """A zip made on a Mac holds __MACOSX/<class>/._x.jpg beside the class folders: the run stopped with
+    'class folder .../__MACOSX has no images'. .DS_Store and ._x.jpg were already skipped."""
+    two_classes(tmp_path)
+    for where in (tmp_path / "__MACOSX" / "a", tmp_path / "a" / "__MACOSX"):
+        where.mkdir(parents=True)
+        (where / "._a_0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+        (where / "a_9.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (tmp_path / "a" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tmp_path / "a" / "._a_0.png").write_bytes(b"\x00\x05\x16\x07")
+    listing = list_images(tmp_path)
+    assert sorted(set(listing.names)) == ["a", "b"] and len(listing.files) == 4 and not listing.left_out
+    assert all(read_image(f).shape == (3, 4, 4) for f in listing.files)
+
+
 def test_counts_of_one_read_in_the_singular():
     from collections import Counter
 
