@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import warnings
 
 import numpy as np
@@ -79,7 +80,7 @@ def decode_bytes(
             f"over data.max_pixels = {max_pixels:,}; raise data.max_pixels to read it, or shrink or delete it"
         )
     by_pillow = (
-        kind in ("BMP", "TIFF") or (kind == "WebP" and animated_webp(data)) or (kind == "GIF" and transparent_gif(data))
+        kind in ("BMP", "TIFF") or (kind == "WebP" and animated_webp(data)) or (kind == "GIF" and gif_by_pillow(data))
     )
     image = _decode_pillow(data, channels) if by_pillow else _decode_torchvision(data, channels, kind)
     if isinstance(image, str):
@@ -110,19 +111,25 @@ def header_damaged(data: bytes) -> bool:
     return False
 
 
-def transparent_gif(data: bytes) -> bool:
-    """Whether GIF ``data``'s first frame has a transparent colour (the flag of a Graphic Control Extension
-    before its first image). torchvision paints those pixels the GIF's background colour; Pillow, like a PNG's
-    decoder, gives the colour the palette holds there, as a GIF without transparency shows it."""
-    pos = 13 + (3 << ((data[10] & 7) + 1) if len(data) > 10 and data[10] & 0x80 else 0)  # after the global palette
+def gif_by_pillow(data: bytes) -> bool:
+    """Whether GIF ``data``'s first frame has a transparent colour (a Graphic Control Extension's flag) or
+    leaves part of the canvas uncovered. torchvision paints those pixels the GIF's background colour; Pillow
+    (an exported model's recipe) keeps the palette's colour there, as a PNG's decoder does."""
+    if len(data) < 13:
+        return False
+    pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # after the global palette
     while pos + 2 < len(data) and data[pos] == 0x21:  # extensions, up to the first image (0x2C)
-        if data[pos + 1] == 0xF9 and data[pos + 2] >= 4 and pos + 3 < len(data):
-            return bool(data[pos + 3] & 1)
+        if data[pos + 1] == 0xF9 and data[pos + 2] >= 4 and pos + 3 < len(data) and data[pos + 3] & 1:
+            return True
         pos += 2
         while pos < len(data) and data[pos]:  # the extension's sub-blocks, to the empty one
             pos += data[pos] + 1
         pos += 1
-    return False
+    if pos + 9 > len(data) or data[pos] != 0x2C:
+        return False  # damage: torchvision says what
+    left, top, width, height = struct.unpack("<HHHH", data[pos + 1 : pos + 9])
+    canvas_width, canvas_height = struct.unpack("<HH", data[6:10])
+    return (left, top) != (0, 0) or width < canvas_width or height < canvas_height
 
 
 def animated_webp(data: bytes) -> bool:

@@ -127,3 +127,17 @@ def test_an_animated_gif_with_a_transparent_colour_gives_its_first_frame_as_pill
     data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], transparency=3, duration=50)
     assert torch.equal(decode_bytes(data, "moving.gif"), as_pillow_shows(data))
     assert decode_bytes(data, "moving.gif", channels=1).shape == (1, 5, 7)
+
+
+def test_a_gif_whose_first_frame_leaves_part_of_the_canvas_gives_pillow_s_pixels_there():
+    """A GIF may draw its first frame on part of its canvas; torchvision painted the rest the background
+    colour, Pillow (an exported model's recipe) another palette colour."""
+    import struct
+
+    small = encoded(palette()[0].crop((0, 0, 4, 4)), "GIF", background=2)
+    at = small.index(b"\x2c", 13 + 3 * 2 ** ((small[10] & 7) + 1))  # the first image, after the global palette
+    data = bytearray(small)
+    data[6:10] = struct.pack("<HH", 7, 5)  # the canvas: 7 x 5
+    data[at + 1 : at + 5] = struct.pack("<HH", 2, 1)  # the frame at (2, 1)
+    decoded, expected = decode_bytes(bytes(data), "offset.gif"), as_pillow_shows(bytes(data))
+    assert decoded.shape == expected.shape == (3, 5, 7) and torch.equal(decoded, expected)
