@@ -85,8 +85,8 @@ def decode_bytes(
     image = _decode_pillow(data, channels) if by_pillow else _decode_torchvision(data, channels, kind)
     if isinstance(image, str):
         raise ValueError(f"cannot decode image {name} ({image}); replace or delete it")
-    if kind == "WebP":  # torchvision turns JPEG and PNG upright by their EXIF orientation, Pillow a TIFF: not a WebP
-        image = upright(image, webp_orientation(data))
+    if kind in ("WebP", "PNG"):  # torchvision turns JPEG and PNG (eXIf) upright, Pillow a TIFF; not these
+        image = upright(image, unturned_orientation(data, kind))
     if image.dtype != torch.uint8:  # 16-bit PNGs and TIFFs decode to uint16
         image = F.to_dtype(image, torch.uint8, scale=True)
     if image.ndim != 3 or image.shape[0] != channels:  # never let an odd file reach torch.stack
@@ -137,16 +137,31 @@ def animated_webp(data: bytes) -> bool:
     return data[12:16] == b"VP8X" and len(data) > 20 and bool(data[20] & 0x02)
 
 
-def webp_orientation(data: bytes) -> int:
-    """The EXIF orientation (1 to 8; 1: as stored) of WebP ``data``: 1 unless its VP8X header flags EXIF."""
-    if not (data[12:16] == b"VP8X" and len(data) > 20 and data[20] & 0x08):
+def unturned_orientation(data: bytes, kind: str) -> int:
+    """The EXIF orientation (1 to 8; 1: as stored) the decoder left unapplied: a WebP's (its VP8X header flags
+    EXIF), a PNG's kept in a text chunk (``Raw profile type exif``, as ImageMagick writes it; torchvision reads
+    an ``eXIf`` chunk only). Read by Pillow, as ``exif_transpose`` reads it."""
+    if not ((kind == "WebP" and data[12:16] == b"VP8X" and len(data) > 20 and data[20] & 0x08)
+            or (kind == "PNG" and png_text_exif(data))):  # fmt: skip
         return 1
     try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the EXIF chunk, decodes nothing
+        with Image.open(io.BytesIO(data)) as image:
             orientation = image.getexif().get(0x0112, 1)
     except Exception:  # damage: decoding has already said what it could; an unreadable tag turns nothing
         return 1
     return orientation if orientation in range(1, 9) else 1
+
+
+def png_text_exif(data: bytes) -> bool:
+    """Whether PNG ``data`` holds its EXIF in a ``Raw profile type exif`` text chunk and in no ``eXIf`` chunk."""
+    pos, found = 8, False
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if kind == b"eXIf":
+            return False
+        found = found or (kind in (b"tEXt", b"zTXt", b"iTXt") and data[pos + 8 : pos + 30] == b"Raw profile type exif\0")
+        pos += 12 + length
+    return found
 
 
 def upright(image: Tensor, orientation: int) -> Tensor:

@@ -141,3 +141,30 @@ def test_a_gif_whose_first_frame_leaves_part_of_the_canvas_gives_pillow_s_pixels
     data[at + 1 : at + 5] = struct.pack("<HH", 2, 1)  # the frame at (2, 1)
     decoded, expected = decode_bytes(bytes(data), "offset.gif"), as_pillow_shows(bytes(data))
     assert decoded.shape == expected.shape == (3, 5, 7) and torch.equal(decoded, expected)
+
+
+def raw_profile_png(orientation: int, also_exif_chunk: bool = False) -> bytes:
+    """A PNG whose EXIF is in a zTXt 'Raw profile type exif' chunk, as ImageMagick writes it (and, asked, an
+    eXIf chunk too)."""
+    import binascii
+
+    from PIL import PngImagePlugin
+
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    raw = b"Exif\x00\x00" + exif.tobytes()
+    digits = binascii.hexlify(raw).decode()
+    text = f"\nexif\n{len(raw):8d}\n" + "\n".join(digits[k : k + 72] for k in range(0, len(digits), 72)) + "\n"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", text, zip=True)
+    options = {"exif": exif.tobytes()} if also_exif_chunk else {}
+    return encoded(noise(), "PNG", pnginfo=info, **options)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+@pytest.mark.parametrize("also_exif_chunk", [False, True])
+def test_a_png_with_its_exif_in_a_text_chunk_reaches_the_model_upright(orientation, also_exif_chunk):
+    """ImageMagick keeps a converted photo's EXIF in a 'Raw profile type exif' text chunk: Pillow (and datasets'
+    Image feature) turn it upright, torchvision read eXIf chunks only. Turned once, never twice."""
+    data = raw_profile_png(orientation, also_exif_chunk)
+    assert torch.equal(decode_bytes(data, "magick.png"), as_pillow_shows(data))
