@@ -122,7 +122,7 @@ def list_images(folder: str | Path, labels: str = "folders") -> Listing:
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist or is not a folder")
     if labels == "prefix":
-        files, left_out = find_files(folder)
+        files, left_out = find_files(folder, root=folder)
         if not files:
             raise _no_images(folder, left_out)
         names = [os.path.basename(f).partition("_") for f in files]
@@ -155,7 +155,7 @@ def _list_class_folders(folder: Path) -> Listing:
             if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
                 left_out["images beside the class folders"] += 1  # said, so a folder of one class shows why
             continue
-        if entry.is_symlink() and not inside(os.path.realpath(entry.path), root):
+        if entry.is_symlink() and inside(root, os.path.realpath(entry.path)):  # to the folder or above it
             left_out["links out of the folder"] += 1
         else:
             class_dirs.append(entry.name)
@@ -173,7 +173,7 @@ def _list_class_folders(folder: Path) -> Listing:
     seen = {(os.stat(folder).st_dev, os.stat(folder).st_ino)}  # a link back to the root is never followed
     files, names = [], []
     for name in class_dirs:
-        found, skipped = find_files(folder / name, seen=seen)
+        found, skipped = find_files(folder / name, seen=seen, root=folder)
         left_out += skipped
         if not found:
             what = f" ({describe_left_out(skipped)})" if skipped else ""

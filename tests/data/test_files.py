@@ -73,7 +73,7 @@ def test_link_loops_end_and_each_real_folder_is_read_once(tmp_path):
 
 
 @needs_links
-def test_links_inside_the_folder_are_followed_and_the_root_may_be_a_link(tmp_path):
+def test_links_inside_the_folder_or_to_data_elsewhere_are_followed_and_the_root_may_be_a_link(tmp_path):
     two_classes(tmp_path / "real")
     (tmp_path / "elsewhere").mkdir()
     solid(tmp_path / "elsewhere" / "a_7.png", 40)
@@ -81,8 +81,33 @@ def test_links_inside_the_folder_are_followed_and_the_root_may_be_a_link(tmp_pat
     (tmp_path / "real" / "a" / "twin.png").symlink_to("a_0.png")  # the same file twice: listed once
     (tmp_path / "link").symlink_to("real")
     listing = list_images(tmp_path / "link")
-    assert [Path(f).name for f in listing.files] == ["a_0.png", "a_1.png", "b_0.png", "b_1.png"]
-    assert listing.left_out == {"links out of the folder": 1, "repeated files": 1}
+    assert [Path(f).name for f in listing.files] == ["a_0.png", "a_1.png", "out.png", "b_0.png", "b_1.png"]
+    assert listing.left_out == {"repeated files": 1}
+
+
+@needs_links
+@pytest.mark.parametrize("labels", ["folders", "prefix"])
+def test_a_subset_made_of_links_to_data_elsewhere_keeps_every_class(tmp_path, labels):
+    """A subset built with ln -s (class folders or files linked to a dataset kept elsewhere): the links were
+    left out as 'links out of the folder', so the run trained on the one real class folder, or stopped."""
+    two_classes(tmp_path / "store")
+    solid(tmp_path / "store" / "c" / "c_0.png", 30)
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    if labels == "folders":
+        (subset / "a").symlink_to(tmp_path / "store" / "a")  # a class folder kept elsewhere
+        (subset / "b").mkdir()
+        (subset / "b" / "b_0.png").symlink_to(tmp_path / "store" / "b" / "b_0.png")  # a file kept elsewhere
+        (subset / "b" / "b_1.png").symlink_to(tmp_path / "store" / "b" / "b_1.png")
+        (subset / "b" / "up").symlink_to(tmp_path)  # above the subset: it holds every class; not followed
+    else:
+        for name in ("a_0.png", "b_1.png"):
+            (subset / name).symlink_to(tmp_path / "store" / name[0] / name)
+    listing = list_images(subset, labels)
+    assert sorted(set(listing.names)) == ["a", "b"]
+    assert len(listing.files) == (4 if labels == "folders" else 2)
+    assert all(read_image(f).shape == (3, 4, 4) for f in listing.files)
+    assert listing.left_out == ({"links out of the folder": 1} if labels == "folders" else {})
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
