@@ -87,6 +87,12 @@ def split_folders_error(folder: Path, names: list[str]) -> ValueError:
     )
 
 
+def split_subfolders(folder: Path) -> list[str]:
+    """The sub-folders of ``folder`` that name splits, when they name two or more (``train``, ``val``), else []."""
+    names = sorted(e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False) and split_word(e.name))
+    return names if len({split_word(n) for n in names}) >= 2 else []
+
+
 def class_name(raw: str) -> str:
     """A class's name as a folder or file name spells it, in Unicode's composed form (NFC): macOS writes
     ``café`` as ``cafe`` + a combining accent, so a folder copied from a Mac and one made elsewhere name one
@@ -173,6 +179,12 @@ def _list_class_folders(folder: Path) -> Listing:
     seen = {(os.stat(folder).st_dev, os.stat(folder).st_ino)}  # a link back to the root is never followed
     files, names = [], []
     for name in class_dirs:
+        inner = split_subfolders(folder / name)
+        if inner:  # cat/train/, cat/val/: the val images would be trained on
+            raise ValueError(
+                f"class folder {shown(folder / name)} holds split folders ({', '.join(map(shown, inner))}), and one "
+                f"split is read whole; arrange the images as {shown(folder)}/train/<class> and {shown(folder)}/val/<class>"
+            )
         found, skipped = find_files(folder / name, seen=seen, root=folder)
         left_out += skipped
         if not found:

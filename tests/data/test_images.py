@@ -460,6 +460,15 @@ def test_class_folders_that_name_splits_are_refused_not_learned_as_classes(tmp_p
         config(tmp_path, batch_size=2).build("train", seed=0)
 
 
+def test_split_folders_inside_each_class_folder_are_refused_not_read_whole(tmp_path):
+    """root/cat/train/ and root/cat/val/: both were read as class 'cat', so the val images were trained on."""
+    for name in ("cat", "dog"):
+        folder_tree(tmp_path / name, {"train": 2, "val": 1})
+    with pytest.raises(ValueError, match=rf"class folder {tmp_path / 'cat'} holds split folders \(train, val\).*"
+                                         rf"arrange the images as {tmp_path}/train/<class> and {tmp_path}/val/<class>"):
+        config(tmp_path, batch_size=2).build("train", seed=0)
+
+
 def test_a_cache_larger_than_memory_can_hold_is_one_line():
     from craft.data.images import cache_store
 
