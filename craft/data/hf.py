@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,11 +136,12 @@ def file_of(where: str | None, row: int, base: Path) -> str:
 
 def labels_of(array, names: list[str] | None) -> tuple[torch.Tensor, list[str]]:
     """``(int64 labels (N,), class names)``: integer labels as they are (named by ``names`` when the
-    feature gives them), text labels numbered in sorted order."""
+    feature gives them), text labels (in Unicode's composed form) numbered in sorted order."""
     values = array.to_pylist()
     if any(v is None for v in values):
         raise ValueError("the label column has empty rows; fill or drop them")
     if all(isinstance(v, str) for v in values):
+        values = [unicodedata.normalize("NFC", v) for v in values]  # 'café' typed on a Mac or elsewhere: one class
         classes = sorted(set(values))
         position = {c: k for k, c in enumerate(classes)}
         return torch.tensor([position[v] for v in values], dtype=torch.int64), classes

@@ -146,3 +146,17 @@ def test_a_git_lfs_pointer_or_a_damaged_table_is_one_line_naming_the_file(tmp_pa
     config = HFDatasetConfig(path=str(tmp_path / "saved"), batch_size=1, image_size=SIZE)
     with pytest.raises(ValueError, match=r"cannot read .*data-00000-of-00001.arrow: it is a Git LFS pointer"):
         config.build("train", seed=0)
+
+
+def test_class_names_spelled_decomposed_in_one_split_are_the_composed_ones_of_another(tmp_path):
+    """'café' typed on a Mac ('e' + a combining accent) in train and on Linux in validation: the run stopped
+    with 'the val split has classes unknown to the train split: ['café']', names that print alike."""
+    import unicodedata
+
+    for split, form, levels in (("train", "NFD", [10, 20, 30, 40]), ("validation", "NFC", [100, 110])):
+        names = [unicodedata.normalize(form, n) for n in ("café", "thé")]
+        rows = {"image": [png(v) for v in levels], "label": [names[k % 2] for k in range(len(levels))]}
+        datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / f"{split}.parquet"))
+    config = HFDatasetConfig(path=str(tmp_path), batch_size=2, image_size=SIZE, num_threads=0)
+    val = config.build("val", seed=0)
+    assert val.classes == ["caf\u00e9", "th\u00e9"] and next(iter(val))["label"].tolist() == [0, 1]
