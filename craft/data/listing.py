@@ -88,9 +88,11 @@ def split_folders_error(folder: Path, names: list[str]) -> ValueError:
 
 
 def split_subfolders(folder: Path) -> list[str]:
-    """The sub-folders of ``folder`` that name splits, when they name two or more (``train``, ``val``), else []."""
-    names = sorted(e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False) and split_word(e.name))
-    return names if len({split_word(n) for n in names}) >= 2 else []
+    """The sub-folders of ``folder`` that name splits, when they name two or more (``train``, ``val``) and are
+    at least half its sub-folders, else []."""
+    folders = [e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+    names = sorted(n for n in folders if split_word(n))
+    return names if len({split_word(n) for n in names}) >= 2 and 2 * len(names) >= len(folders) else []
 
 
 def class_name(raw: str) -> str:
@@ -166,8 +168,8 @@ def _list_class_folders(folder: Path) -> Listing:
         else:
             class_dirs.append(entry.name)
     named_splits = [name for name in class_dirs if split_word(name) is not None]
-    if len({split_word(name) for name in named_splits}) >= 2:  # train and test: splits, not classes
-        raise split_folders_error(folder, named_splits)
+    if len({split_word(n) for n in named_splits}) >= 2 and 2 * len(named_splits) >= len(class_dirs):  # splits, not classes
+        raise split_folders_error(folder, named_splits)  # (2 of 50 classes, 'Training_Shoes' and 'Test_Tube': classes)
     if not class_dirs:
         loose = find_files(folder)
         if loose.files:

@@ -460,6 +460,13 @@ def test_class_folders_that_name_splits_are_refused_not_learned_as_classes(tmp_p
         config(tmp_path, batch_size=2).build("train", seed=0)
 
 
+def test_a_few_classes_whose_names_hold_split_words_are_classes(tmp_path):
+    folder_tree(tmp_path, {"Training_Shoes": 1, "Test_Tube": 1, "Boots": 1, "Vase": 1, "Lamp": 1})
+    assert config(tmp_path, batch_size=2, val_fraction=0.0).build("train", seed=0).classes == [
+        "Boots", "Lamp", "Test_Tube", "Training_Shoes", "Vase"
+    ]
+
+
 def test_split_folders_inside_each_class_folder_are_refused_not_read_whole(tmp_path):
     """root/cat/train/ and root/cat/val/: both were read as class 'cat', so the val images were trained on."""
     for name in ("cat", "dog"):
