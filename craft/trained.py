@@ -208,7 +208,8 @@ PREPROCESSING_FILE = "preprocessing.json"
 
 def preprocessing(data) -> dict | None:
     """How the run's model reads an image, as a recipe any tool can follow (``preprocessing.json``), or
-    None for data without images. The steps of craft's evaluation, in order: decode, convert to
+    None for data without images. The steps of craft's evaluation, in order: decode, turn upright by
+    the file's EXIF orientation (``exif_transpose``, as ``PIL.ImageOps.exif_transpose``), convert to
     ``mode``, resize to ``resize`` (height, width; antialiased bilinear, the aspect ratio not kept),
     centre-crop to ``center_crop``, scale to [0, 1] (``rescale_factor``), normalise with ``mean``/``std``."""
     if not all(hasattr(data, k) for k in ("image_size", "channels", "mean", "std")) or getattr(data, "text_column", None):
@@ -216,7 +217,7 @@ def preprocessing(data) -> dict | None:
     crop = crop_size(getattr(data, "augment", None), data.image_size)
     per_channel = lambda v: list(v) * data.channels if len(v) == 1 else list(v)  # noqa: E731
     return {
-        "mode": "RGB" if data.channels == 3 else "L",
+        "exif_transpose": True, "mode": "RGB" if data.channels == 3 else "L",
         "resize": [data.image_size, data.image_size], "interpolation": "bilinear", "antialias": True,
         "center_crop": [crop, crop], "rescale_factor": 1 / 255,
         "mean": per_channel(data.mean), "std": per_channel(data.std), "layout": "NCHW", "dtype": "float32",

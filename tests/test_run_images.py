@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from conftest import run_cli, tiny_cnn
 
@@ -147,7 +147,8 @@ def test_export_writes_the_preprocessing_another_tool_needs_and_it_gives_craft_s
     assert recipe["resize"] == [24, 24] and recipe["center_crop"] == [20, 20] and recipe["std"] == [0.2] * 3
 
     first = sorted((data / "cat").iterdir())[0]  # the val split's first image: classes in order, files sorted
-    pixels = F.pil_to_tensor(Image.open(first).convert(recipe["mode"]))
+    image = ImageOps.exif_transpose(Image.open(first)) if recipe["exif_transpose"] else Image.open(first)
+    pixels = F.pil_to_tensor(image.convert(recipe["mode"]))
     pixels = F.center_crop(F.resize(pixels, recipe["resize"], antialias=recipe["antialias"]), recipe["center_crop"])
     followed = F.normalize(pixels.float() * recipe["rescale_factor"], recipe["mean"], recipe["std"])
     exp = load(tmp_path / "runs" / "cnn" / "config.toml")

@@ -3,7 +3,9 @@
 torchvision's decoder where it has one (JPEG, PNG, WebP, GIF), Pillow
 otherwise (BMP, TIFF, animated WebP: its first frame, as for a GIF). The kind
 is read from the content, not trusted from the name, and a header's pixel
-count is checked before anything is inflated.
+count is checked before anything is inflated. Every kind that carries an EXIF
+orientation (a phone's photo stored turned) comes out upright, as
+``PIL.ImageOps.exif_transpose`` shows it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import warnings
 
 import numpy as np
@@ -76,10 +79,14 @@ def decode_bytes(
             f"cannot decode image {name}: its header claims {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
             f"over data.max_pixels = {max_pixels:,}; raise data.max_pixels to read it, or shrink or delete it"
         )
-    by_pillow = kind in ("BMP", "TIFF") or (kind == "WebP" and animated_webp(data))
+    by_pillow = (
+        kind in ("BMP", "TIFF") or (kind == "WebP" and animated_webp(data)) or (kind == "GIF" and gif_by_pillow(data))
+    )
     image = _decode_pillow(data, channels) if by_pillow else _decode_torchvision(data, channels, kind)
     if isinstance(image, str):
         raise ValueError(f"cannot decode image {name} ({image}); replace or delete it")
+    if kind in ("WebP", "PNG"):  # torchvision turns JPEG and PNG (eXIf) upright, Pillow a TIFF; not these
+        image = upright(image, unturned_orientation(data, kind))
     if image.dtype != torch.uint8:  # 16-bit PNGs and TIFFs decode to uint16
         image = F.to_dtype(image, torch.uint8, scale=True)
     if image.ndim != 3 or image.shape[0] != channels:  # never let an odd file reach torch.stack
@@ -104,9 +111,66 @@ def header_damaged(data: bytes) -> bool:
     return False
 
 
+def gif_by_pillow(data: bytes) -> bool:
+    """Whether GIF ``data``'s first frame has a transparent colour (a Graphic Control Extension's flag) or
+    leaves part of the canvas uncovered. torchvision paints those pixels the GIF's background colour; Pillow
+    (an exported model's recipe) keeps the palette's colour there, as a PNG's decoder does."""
+    if len(data) < 13:
+        return False
+    pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # after the global palette
+    while pos + 2 < len(data) and data[pos] == 0x21:  # extensions, up to the first image (0x2C)
+        if data[pos + 1] == 0xF9 and data[pos + 2] >= 4 and pos + 3 < len(data) and data[pos + 3] & 1:
+            return True
+        pos += 2
+        while pos < len(data) and data[pos]:  # the extension's sub-blocks, to the empty one
+            pos += data[pos] + 1
+        pos += 1
+    if pos + 9 > len(data) or data[pos] != 0x2C:
+        return False  # damage: torchvision says what
+    left, top, width, height = struct.unpack("<HHHH", data[pos + 1 : pos + 9])
+    canvas_width, canvas_height = struct.unpack("<HH", data[6:10])
+    return (left, top) != (0, 0) or width < canvas_width or height < canvas_height
+
+
 def animated_webp(data: bytes) -> bool:
     """Whether WebP ``data`` is animated (its VP8X header's animation flag): torchvision refuses those."""
     return data[12:16] == b"VP8X" and len(data) > 20 and bool(data[20] & 0x02)
+
+
+def unturned_orientation(data: bytes, kind: str) -> int:
+    """The EXIF orientation (1 to 8; 1: as stored) the decoder left unapplied: a WebP's (its VP8X header flags
+    EXIF), a PNG's kept in a text chunk (``Raw profile type exif``, as ImageMagick writes it; torchvision reads
+    an ``eXIf`` chunk only). Read by Pillow, as ``exif_transpose`` reads it."""
+    if not ((kind == "WebP" and data[12:16] == b"VP8X" and len(data) > 20 and data[20] & 0x08)
+            or (kind == "PNG" and png_text_exif(data))):  # fmt: skip
+        return 1
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # damage: decoding has already said what it could; an unreadable tag turns nothing
+        return 1
+    return orientation if orientation in range(1, 9) else 1
+
+
+def png_text_exif(data: bytes) -> bool:
+    """Whether PNG ``data`` holds its EXIF in a ``Raw profile type exif`` text chunk and in no ``eXIf`` chunk."""
+    pos, found = 8, False
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if kind == b"eXIf":
+            return False
+        found = found or (kind in (b"tEXt", b"zTXt", b"iTXt") and data[pos + 8 : pos + 30] == b"Raw profile type exif\0")
+        pos += 12 + length
+    return found
+
+
+def upright(image: Tensor, orientation: int) -> Tensor:
+    """``(C, H, W)`` ``image`` stored with EXIF ``orientation``, turned as it is meant to be seen
+    (as ``PIL.ImageOps.exif_transpose`` turns it); an orientation outside 1 to 8 turns nothing."""
+    if orientation in (5, 6, 7, 8):  # the stored rows are the picture's columns
+        image = image.transpose(-1, -2)
+    flips = {2: (-1,), 3: (-1, -2), 4: (-2,), 6: (-1,), 7: (-1, -2), 8: (-2,)}.get(orientation)
+    return image.flip(flips).contiguous() if flips else image
 
 
 def _decode_torchvision(data: bytes, channels: int, kind: str) -> Tensor | str:
@@ -130,7 +194,8 @@ def _decode_torchvision(data: bytes, channels: int, kind: str) -> Tensor | str:
 
 
 def _decode_pillow(data: bytes, channels: int) -> Tensor | str:
-    """BMP, TIFF and animated WebP (torchvision decodes none of them): the first frame, as Pillow converts it.
+    """BMP, TIFF, animated WebP (torchvision decodes none of them) and GIFs with a transparent colour:
+    the first frame, as Pillow converts it.
 
     16-bit gray comes back uint16 ``(channels, H, W)`` (scaled to 8 bits by the
     caller, as a 16-bit PNG is): Pillow's own conversion clips it at 255.

@@ -24,9 +24,9 @@ from PIL import Image
 
 KINDS = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WebP", ".bmp": "BMP",
-    ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF",
+    ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF", ".jfif": "JPEG", ".jpe": "JPEG",
 }  # fmt: skip
-"""Image file suffix (lower case) -> the kind of image it holds."""
+"""Image file suffix (lower case) -> the kind of image it holds (``.jfif``: JPEGs as browsers and Windows save them)."""
 
 IMAGE_SUFFIXES = tuple(KINDS)
 
@@ -47,26 +47,42 @@ def shown(name: str | Path) -> str:
     return name if name.isprintable() and not any(c.isspace() for c in name) else repr(name)
 
 
+def hidden(name: str) -> bool:
+    """Whether a file or folder named ``name`` is hidden from a walk: a dot name (``.DS_Store``, ``._x.jpg``)
+    or ``__MACOSX``, the folder of resource forks a zip made on a Mac holds (never images)."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def inside(path: str, folder: str) -> bool:
     """Whether the real path ``path`` is ``folder`` or below it (both real, absolute)."""
     return os.path.commonpath([path, folder]) == folder
 
 
+def followed(target: str, base: str, root: str | None) -> bool:
+    """Whether a walk of ``base`` follows a link to the real path ``target``: inside ``base``, or outside the
+    dataset's ``root`` (when given) and not above it."""
+    return inside(target, base) or (root is not None and not inside(target, root) and not inside(root, target))
+
+
 def find_files(
-    folder: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES, *, seen: set[tuple[int, int]] | None = None
+    folder: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES, *, seen: set[tuple[int, int]] | None = None,
+    root: str | Path | None = None,
 ) -> Found:
     """Regular files under ``folder`` whose suffix is one of ``suffixes``, sorted.
 
-    Hidden files and folders are skipped (not counted). A link is followed only
+    Hidden files and folders (``hidden``) are skipped (not counted). A link is followed
     when its target lies inside ``folder`` (the real folder, whatever links lead
-    to it); each real folder is visited once and each real file listed once,
+    to it), or, given the dataset's ``root`` (which holds ``folder``), when it lies
+    outside ``root`` and not above it: data kept elsewhere, as a subset made of
+    links keeps it (a link into another class folder, or up to a folder holding
+    ``root``, would move images between classes). Each real folder is visited once and each real file listed once,
     under the first path (in sorted walk order) that reaches it. Everything
     else is counted in ``left_out``: by suffix (``".txt files"``), and "links out of
     the folder", "broken links", "not regular files", "repeated folders",
     "repeated files". ``seen`` holds the ``(st_dev, st_ino)`` of real folders
     already visited (by earlier calls that share it): they are not visited again.
     """
-    base = os.path.realpath(folder)
+    base, outer = os.path.realpath(folder), None if root is None else os.path.realpath(root)
     files, left_out = [], Counter()
     seen_dirs, seen_files = set() if seen is None else seen, set()
     stack = [str(folder)]
@@ -78,10 +94,10 @@ def find_files(
             continue
         seen_dirs.add((info.st_dev, info.st_ino))
         with os.scandir(parent) as scan:
-            entries = sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name)
+            entries = sorted((e for e in scan if not hidden(e.name)), key=lambda e: e.name)
         below = []
         for entry in entries:
-            if entry.is_symlink() and not inside(os.path.realpath(entry.path), base):
+            if entry.is_symlink() and not followed(os.path.realpath(entry.path), base, outer):
                 left_out["links out of the folder"] += 1
                 continue
             try:

@@ -1,10 +1,10 @@
 """Hugging Face datasets on disk, offline: images and labels, or text, from Arrow tables.
 
 ``path`` is a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``,
-a Parquet or Arrow file, or a folder of them (files whose names start with
-``train``, ``validation``/``val`` or ``test`` are those splits; other names are
-train). Nothing is downloaded and nothing is written to the Hugging Face
-cache: the tables are read (memory-mapped) with ``datasets`` and ``pyarrow``.
+a Parquet or Arrow file, or a folder of them (split by the words of their
+folder and file names, as ``datasets`` splits them: ``craft.data.hf_tables``).
+Nothing is downloaded and nothing is written to the Hugging Face cache: the
+tables are read (memory-mapped) with ``datasets`` and ``pyarrow``.
 
 Images are read from the column's raw bytes (an ``Image`` feature stores
 ``{"bytes", "path"}``) and decoded by craft's decoder (``craft.data.decode``),
@@ -17,70 +17,16 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from craft.data.files import files_fingerprint, read_file
-
-SPLIT_PREFIXES = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
-TABLE_SUFFIXES = (".parquet", ".arrow")
-EXTRA = "pip install 'craft[hf]' (or: pip install datasets)"
-
-
-def require_datasets():
-    """The ``datasets`` module; a ValueError naming the extra when it is not installed."""
-    try:
-        import datasets
-    except ImportError:
-        raise ValueError(f"data.kind = 'hf_dataset' needs the Hugging Face datasets package: {EXTRA}") from None
-    return datasets
-
-
-def split_of(name: str) -> str:
-    """The split a table file belongs to by its name (``train-00000-of-00002.parquet`` -> ``train``)."""
-    lower = name.lower()
-    for prefix, split in SPLIT_PREFIXES.items():
-        if lower.startswith(prefix):
-            return split
-    return "train"
-
-
-def _read_table_file(path: Path):
-    import pyarrow.parquet as pq
-
-    if path.suffix == ".parquet":
-        return pq.read_table(path)
-    return require_datasets().Dataset.from_file(str(path)).data.table
-
-
-def read_tables(path: str | Path) -> tuple[dict[str, object], list[str]]:
-    """``({split: pyarrow.Table}, files)`` of the dataset at ``path``, and the files read (for a fingerprint)."""
-    datasets = require_datasets()
-    import pyarrow as pa
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"data.path {path} does not exist; point it at a save_to_disk folder or Parquet files")
-    if path.is_dir() and any((path / marker).exists() for marker in ("dataset_dict.json", "state.json")):
-        loaded = datasets.load_from_disk(str(path), keep_in_memory=False)
-        parts = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
-        tables = {name: part.with_format("arrow")[:] for name, part in parts.items()}  # this split's rows only
-        files = sorted(str(p) for p in path.rglob("*") if p.is_file())
-        return tables, files
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in TABLE_SUFFIXES)
-    files = [p for p in files if p.suffix in TABLE_SUFFIXES]
-    if not files:
-        raise ValueError(
-            f"no Parquet or Arrow files in {path}, and no save_to_disk dataset (dataset_dict.json or state.json); "
-            f"point data.path at one"
-        )
-    grouped: dict[str, list] = {}
-    for file in files:
-        grouped.setdefault(split_of(file.name), []).append(_read_table_file(file))
-    return {split: pa.concat_tables(parts) for split, parts in grouped.items()}, [str(f) for f in files]
-
+from craft.data.hf_tables import (  # noqa: F401  (re-exported: they lived here)
+    EXTRA, SPLIT_KEYWORDS, TABLE_SUFFIXES, read_tables, require_datasets, split_of,
+)
 
 def dataset_fingerprint(files: list[str], path: str | Path) -> str:
     """The files' names and sizes, relative to ``path`` (a file: its folder)."""
@@ -190,11 +136,12 @@ def file_of(where: str | None, row: int, base: Path) -> str:
 
 def labels_of(array, names: list[str] | None) -> tuple[torch.Tensor, list[str]]:
     """``(int64 labels (N,), class names)``: integer labels as they are (named by ``names`` when the
-    feature gives them), text labels numbered in sorted order."""
+    feature gives them), text labels (in Unicode's composed form) numbered in sorted order."""
     values = array.to_pylist()
     if any(v is None for v in values):
         raise ValueError("the label column has empty rows; fill or drop them")
     if all(isinstance(v, str) for v in values):
+        values = [unicodedata.normalize("NFC", v) for v in values]  # 'café' typed on a Mac or elsewhere: one class
         classes = sorted(set(values))
         position = {c: k for k, c in enumerate(classes)}
         return torch.tensor([position[v] for v in values], dtype=torch.int64), classes
@@ -211,16 +158,16 @@ def labels_of(array, names: list[str] | None) -> tuple[torch.Tensor, list[str]]:
     return torch.tensor(values, dtype=torch.int64), classes
 
 
-def class_names(path: str | Path, label_column: str) -> list[str] | None:
-    """The ``ClassLabel`` names of a save_to_disk dataset's label column, if it has them."""
-    datasets = require_datasets()
-    path = Path(path)
-    if not (path.is_dir() and any((path / m).exists() for m in ("dataset_dict.json", "state.json"))):
+def class_names(table, label_column: str) -> list[str] | None:
+    """The ``ClassLabel`` names of ``table``'s label column, if its ``datasets`` features give them: a
+    save_to_disk folder and a Parquet or Arrow file written by ``datasets`` record them alike."""
+    try:
+        features = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]
+        feature = features[label_column]
+    except (KeyError, TypeError, ValueError):  # no datasets metadata, or no such column
         return None
-    loaded = datasets.load_from_disk(str(path))
-    part = next(iter(loaded.values())) if isinstance(loaded, datasets.DatasetDict) else loaded
-    feature = part.features.get(label_column)
-    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    names = feature.get("names") if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" else None
+    return [str(name) for name in names] if isinstance(names, list) else None
 
 
 def seeded_split(count: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

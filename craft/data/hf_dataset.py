@@ -44,6 +44,10 @@ class DecodedRows(DecodedImages):
         return resize_stack(images, self.image_size)
 
 
+VAL_SPLITS = ("validation", "valid", "val", "dev")
+"""The names a dataset's val split may have, tried in turn when ``data.val_split`` is left at its default."""
+
+
 @DATASETS.register("hf_dataset")
 @attrs.frozen
 class HFDatasetConfig:
@@ -54,7 +58,7 @@ class HFDatasetConfig:
     (``image_size``, ``channels``, ``mean``/``std``, ``augment``, threads,
     ``cache``). Text (``text_column`` set, a column of strings): the rows joined by newlines, missing
     and empty ones skipped, are a character corpus cut into ``block_size`` windows, as ``kind = "text"``.
-    Splits: the dataset's own ``train_split`` and ``val_split``; with
+    Splits: the dataset's own ``train_split`` and ``val_split`` (left at its default, ``VAL_SPLITS``); with
     ``val_split`` unset or absent, a ``val_fraction`` of the train rows fixed
     by ``data_seed`` (per class, for images). Needs ``pip install 'craft[hf]'``.
     """
@@ -97,8 +101,9 @@ class HFDatasetConfig:
 
     def _rows(self, tables: dict, split: str, names: list[str] | None) -> tuple[object, list[int]]:
         """``(table, rows)`` of ``split``: the dataset's own split, or the seeded fraction of train."""
-        if self._own_val(tables):
-            name = self.train_split if split == "train" else self.val_split
+        val_name = self._val_name(tables)
+        if val_name is not None:
+            name = self.train_split if split == "train" else val_name
             if not tables[name].num_rows:  # found now, not at the first evaluation
                 raise ValueError(f"the {name!r} split of {self.path} has no rows; give it rows, or name another split")
             return tables[name], list(range(tables[name].num_rows))
@@ -117,36 +122,43 @@ class HFDatasetConfig:
             )
         return table, train if split == "train" else val
 
-    def _own_val(self, tables: dict) -> bool:
-        """Whether val is the dataset's own split; a ``val_split`` set to another name than the default
-        that the dataset lacks is an error (a typo must not silently become a fraction of train)."""
+    def _val_name(self, tables: dict) -> str | None:
+        """The dataset's own split that is val, or None (a fraction of train). The default names its
+        spellings too (``VAL_SPLITS``: a DatasetDict's ``valid`` is its val split, as a folder's ``valid/`` is);
+        a ``val_split`` set to a name the dataset lacks is an error (a typo must not silently become a
+        fraction of train)."""
         if self.val_split is None:
-            return False
+            return None
         if self.val_split in tables:
-            return True
+            return self.val_split
         if self.val_split != attrs.fields(HFDatasetConfig).val_split.default:
             raise ValueError(
                 f"data.val_split = {self.val_split!r} is not a split of {self.path}; its splits: "
                 f"{', '.join(sorted(tables))}; name one of them, or leave it out to hold out data.val_fraction of train"
             )
-        return False
+        return next((name for name in VAL_SPLITS if name in tables and name != self.train_split), None)
 
     def _split_said(self, tables: dict, split: str) -> str:
         """Where ``split``'s rows come from, for the summary line."""
-        if self._own_val(tables):
-            return f"split {(self.train_split if split == 'train' else self.val_split)!r}"
+        val_name = self._val_name(tables)
+        if val_name is not None:
+            return f"split {(self.train_split if split == 'train' else val_name)!r}"
         if split == "train":
             return f"split {self.train_split!r} less the rows held out for val"
         absent = f"no {self.val_split!r} split" if self.val_split is not None else "data.val_split unset"
+        others = [name for name in sorted(tables) if name != self.train_split]
+        if others:  # a test split is not tuned on unasked: said, with how to evaluate on it
+            absent += f"; split {others[0]!r} left alone (data.val_split = {others[0]!r} evaluates on it)"
         return f"{self.val_fraction:g} of {self.train_split!r} held out by data_seed = {self.data_seed}; {absent}"
 
     def _images(self, split: str, tables: dict, seed: int, digest: str, common: dict) -> TrainBatches | EvalBatches:
-        named = class_names(self.path, self.label_column)
         train_table = tables[self.train_split]
+        named = class_names(train_table, self.label_column)
         column(train_table, self.image_column, "image", "image_column")  # named first: a text dataset lacks it
         train_labels, classes = labels_of(column(train_table, self.label_column, "label", "label_column"), named)
         table, rows = self._rows(tables, split, [classes[k] for k in train_labels.tolist()])
-        all_labels, split_classes = labels_of(column(table, self.label_column, "label", "label_column"), named)
+        split_named = class_names(table, self.label_column) or named  # its own names: matched to train's by name
+        all_labels, split_classes = labels_of(column(table, self.label_column, "label", "label_column"), split_named)
         occurring = [split_classes[k] for k in sorted(set(all_labels[rows].tolist()))]  # in label order
         unknown = [c for c in occurring if c not in classes]
         if unknown:

@@ -25,7 +25,8 @@ from craft.data.batching import Batch, EvalBatches, Load, TrainBatches, normaliz
 from craft.data.decode import decode_bytes, drop_unreadable, load_images, read_image, resize_stack  # noqa: F401
 from craft.data.files import MAX_PIXELS, files_fingerprint
 from craft.data.listing import (  # noqa: F401  (re-exported: they lived here)
-    Listing, describe_left_out, empty_val, images_under, list_images, split_files,
+    TRAIN_FOLDERS, VAL_FOLDERS, Listing, describe_left_out, empty_val, images_under, list_images, split_files,
+    split_folder,
 )
 from craft.data.once import once_per_node
 from craft.data.shapes import ShapesConfig, write_shapes_folder
@@ -139,7 +140,7 @@ class ImageFolderConfig:
     """``[data] kind = "image_folder"``: image files under ``path``.
 
     Splits: ``val_path`` if set (training from ``path/train`` when it exists, else ``path``); else ``path/train`` and ``path/val``
-    (or ``validation``, ``valid``) if both exist; else a per-class ``val_fraction`` of the files (fixed by
+    (or ``training``; ``validation``, ``valid``; in any case) if both exist; else a per-class ``val_fraction`` of the files (fixed by
     ``data_seed``, not by the run's seed). ``prepare = "shapes"`` writes the
     synthetic shapes there first when ``path`` is missing or empty;
     ``prepare = "photos"``, the photo-like JPEGs (``craft.data.photos``).
@@ -238,12 +239,13 @@ class ImageFolderConfig:
             )
         if not root.is_dir():
             raise FileNotFoundError(f"data.path {root} is not a folder; point it at a folder of images")
+        train_folder = split_folder(root, TRAIN_FOLDERS)  # train/ (or Train/, training/)
         if self.val_path is not None:  # a prepared folder's train/ stays its train split
-            train_root, val_root = root / "train" if (root / "train").is_dir() else root, Path(self.val_path)
-        elif (root / "train").is_dir() and val_folder(root) is not None:
-            train_root, val_root = root / "train", val_folder(root)
+            train_root, val_root = train_folder or root, Path(self.val_path)
+        elif train_folder is not None and split_folder(root, VAL_FOLDERS) is not None:
+            train_root, val_root = train_folder, split_folder(root, VAL_FOLDERS)
         else:  # one folder: hold out a seeded fraction of it
-            listing = list_images(root / "train" if (root / "train").is_dir() else root, self.labels)
+            listing = list_images(train_folder or root, self.labels)
             train_pos, val_pos = split_files(listing.names, self.val_fraction, self.data_seed)
             train = listing.subset(train_pos)
             return train, train if split == "train" else listing.subset(val_pos)
@@ -251,15 +253,6 @@ class ImageFolderConfig:
             raise FileNotFoundError(f"data.val_path {val_root} does not exist; fix the path or unset it")
         train = list_images(train_root, self.labels)
         return train, train if split == "train" else list_images(val_root, self.labels)
-
-
-VAL_FOLDERS = ("val", "validation", "valid")
-"""Names a val folder beside ``train`` may have (``valid``: as Roboflow and Kaggle exports name it)."""
-
-
-def val_folder(root: Path) -> Path | None:
-    """The first of ``root/val``, ``root/validation``, ``root/valid`` that is a folder, or None."""
-    return next((root / name for name in VAL_FOLDERS if (root / name).is_dir()), None)
 
 
 def prepare_shapes(root: Path, *, image_size: int, seed: int, what: str = "shapes") -> None:

@@ -1,13 +1,15 @@
 """Listing an image folder: its files, their classes, what was left out, and the train/val split.
 
 Labels come from class folders (``root/cat/x.jpg``) or from file-name
-prefixes (``root/cat_001.jpg``). Classes are sorted by name; a label is the
-class's position in that list, the same for train and val.
+prefixes (``root/cat_001.jpg``). Classes are sorted by name (in Unicode's
+composed form); a label is the class's position in that list, the same for
+train and val.
 """
 
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
@@ -15,7 +17,8 @@ from typing import NamedTuple
 import torch
 
 from craft.data.batching import derive_seed
-from craft.data.files import IMAGE_SUFFIXES, KINDS, find_files, inside, shown
+from craft.data.files import IMAGE_SUFFIXES, KINDS, find_files, hidden, inside, shown
+from craft.data.splits import split_word
 from craft.words import plural
 
 _COMMON = (".jpg", ".jpeg", ".png")
@@ -58,6 +61,47 @@ def _one(reason: str) -> str:
     return _ONE.get(reason) or reason.replace("files", "file", 1)
 
 
+TRAIN_FOLDERS = ("train", "training")
+VAL_FOLDERS = ("val", "validation", "valid")
+"""Names a val folder beside ``train`` may have (``valid``: as Roboflow and Kaggle exports name it)."""
+
+
+def split_folder(root: Path, names: tuple[str, ...]) -> Path | None:
+    """The first ``root/<name>`` of ``names`` that is a folder, as spelled or in another case (``Train/``,
+    ``VALID/``: as Kaggle exports name them), or None."""
+    exact = next((root / name for name in names if (root / name).is_dir()), None)
+    if exact is not None or not root.is_dir():
+        return exact
+    folders = {e.name.lower(): Path(e.path) for e in sorted(os.scandir(root), key=lambda e: e.name) if e.is_dir()}
+    return next((folders[name] for name in names if name in folders), None)
+
+
+def split_folders_error(folder: Path, names: list[str]) -> ValueError:
+    """The error for class folders ``names`` of ``folder`` that name splits (``training_set``, ``test_set``):
+    a run would learn which split an image came from."""
+    train = next((n for n in names if split_word(n) == "train"), names[0])
+    return ValueError(
+        f"the class folders of {folder} name splits, not classes ({', '.join(map(shown, names))}): "
+        f"point data.path at the train folder ({shown(folder / train)}) and data.val_path at the val one, "
+        f"or rename them train/ and val/"
+    )
+
+
+def split_subfolders(folder: Path) -> list[str]:
+    """The sub-folders of ``folder`` that name splits, when they name two or more (``train``, ``val``) and are
+    at least half its sub-folders, else []."""
+    folders = [e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+    names = sorted(n for n in folders if split_word(n))
+    return names if len({split_word(n) for n in names}) >= 2 and 2 * len(names) >= len(folders) else []
+
+
+def class_name(raw: str) -> str:
+    """A class's name as a folder or file name spells it, in Unicode's composed form (NFC): macOS writes
+    ``café`` as ``cafe`` + a combining accent, so a folder copied from a Mac and one made elsewhere name one
+    class alike (and as ``classes.json`` and a val folder do)."""
+    return unicodedata.normalize("NFC", raw)
+
+
 def images_under(folder: str | Path) -> list[str]:
     """Image files anywhere under ``folder``, sorted; see ``craft.data.files.find_files`` for what is left out."""
     return find_files(folder).files
@@ -86,11 +130,11 @@ def list_images(folder: str | Path, labels: str = "folders") -> Listing:
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist or is not a folder")
     if labels == "prefix":
-        files, left_out = find_files(folder)
+        files, left_out = find_files(folder, root=folder)
         if not files:
             raise _no_images(folder, left_out)
         names = [os.path.basename(f).partition("_") for f in files]
-        names = [prefix if sep and prefix else "" for prefix, sep, _ in names]
+        names = [class_name(prefix) if sep and prefix else "" for prefix, sep, _ in names]
         missing = [f for f, name in zip(files, names) if not name]
         if len(missing) == len(files):
             raise ValueError(
@@ -113,16 +157,19 @@ def _list_class_folders(folder: Path) -> Listing:
     root = os.path.realpath(folder)
     class_dirs, left_out = [], Counter()
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith("."):
+        if hidden(entry.name):
             continue
         if not entry.is_dir():
             if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
                 left_out["images beside the class folders"] += 1  # said, so a folder of one class shows why
             continue
-        if entry.is_symlink() and not inside(os.path.realpath(entry.path), root):
+        if entry.is_symlink() and inside(root, os.path.realpath(entry.path)):  # to the folder or above it
             left_out["links out of the folder"] += 1
         else:
             class_dirs.append(entry.name)
+    named_splits = [name for name in class_dirs if split_word(name) is not None]
+    if len({split_word(n) for n in named_splits}) >= 2 and 2 * len(named_splits) >= len(class_dirs):  # splits, not classes
+        raise split_folders_error(folder, named_splits)  # (2 of 50 classes, 'Training_Shoes' and 'Test_Tube': classes)
     if not class_dirs:
         loose = find_files(folder)
         if loose.files:
@@ -134,7 +181,13 @@ def _list_class_folders(folder: Path) -> Listing:
     seen = {(os.stat(folder).st_dev, os.stat(folder).st_ino)}  # a link back to the root is never followed
     files, names = [], []
     for name in class_dirs:
-        found, skipped = find_files(folder / name, seen=seen)
+        inner = split_subfolders(folder / name)
+        if inner:  # cat/train/, cat/val/: the val images would be trained on
+            raise ValueError(
+                f"class folder {shown(folder / name)} holds split folders ({', '.join(map(shown, inner))}), and one "
+                f"split is read whole; arrange the images as {shown(folder)}/train/<class> and {shown(folder)}/val/<class>"
+            )
+        found, skipped = find_files(folder / name, seen=seen, root=folder)
         left_out += skipped
         if not found:
             what = f" ({describe_left_out(skipped)})" if skipped else ""
@@ -143,7 +196,7 @@ def _list_class_folders(folder: Path) -> Listing:
                 f"add images or remove the folder"
             )
         files += found
-        names += [name] * len(found)
+        names += [class_name(name)] * len(found)
     return Listing(folder, files, names, left_out)
 
 

@@ -73,7 +73,7 @@ def test_link_loops_end_and_each_real_folder_is_read_once(tmp_path):
 
 
 @needs_links
-def test_links_inside_the_folder_are_followed_and_the_root_may_be_a_link(tmp_path):
+def test_links_inside_the_folder_or_to_data_elsewhere_are_followed_and_the_root_may_be_a_link(tmp_path):
     two_classes(tmp_path / "real")
     (tmp_path / "elsewhere").mkdir()
     solid(tmp_path / "elsewhere" / "a_7.png", 40)
@@ -81,8 +81,33 @@ def test_links_inside_the_folder_are_followed_and_the_root_may_be_a_link(tmp_pat
     (tmp_path / "real" / "a" / "twin.png").symlink_to("a_0.png")  # the same file twice: listed once
     (tmp_path / "link").symlink_to("real")
     listing = list_images(tmp_path / "link")
-    assert [Path(f).name for f in listing.files] == ["a_0.png", "a_1.png", "b_0.png", "b_1.png"]
-    assert listing.left_out == {"links out of the folder": 1, "repeated files": 1}
+    assert [Path(f).name for f in listing.files] == ["a_0.png", "a_1.png", "out.png", "b_0.png", "b_1.png"]
+    assert listing.left_out == {"repeated files": 1}
+
+
+@needs_links
+@pytest.mark.parametrize("labels", ["folders", "prefix"])
+def test_a_subset_made_of_links_to_data_elsewhere_keeps_every_class(tmp_path, labels):
+    """A subset built with ln -s (class folders or files linked to a dataset kept elsewhere): the links were
+    left out as 'links out of the folder', so the run trained on the one real class folder, or stopped."""
+    two_classes(tmp_path / "store")
+    solid(tmp_path / "store" / "c" / "c_0.png", 30)
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    if labels == "folders":
+        (subset / "a").symlink_to(tmp_path / "store" / "a")  # a class folder kept elsewhere
+        (subset / "b").mkdir()
+        (subset / "b" / "b_0.png").symlink_to(tmp_path / "store" / "b" / "b_0.png")  # a file kept elsewhere
+        (subset / "b" / "b_1.png").symlink_to(tmp_path / "store" / "b" / "b_1.png")
+        (subset / "b" / "up").symlink_to(tmp_path)  # above the subset: it holds every class; not followed
+    else:
+        for name in ("a_0.png", "b_1.png"):
+            (subset / name).symlink_to(tmp_path / "store" / name[0] / name)
+    listing = list_images(subset, labels)
+    assert sorted(set(listing.names)) == ["a", "b"]
+    assert len(listing.files) == (4 if labels == "folders" else 2)
+    assert all(read_image(f).shape == (3, 4, 4) for f in listing.files)
+    assert listing.left_out == ({"links out of the folder": 1} if labels == "folders" else {})
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
@@ -325,6 +350,32 @@ def test_an_animated_webp_gives_its_first_frame_as_a_gif_does(tmp_path):
     frames[0].save(tmp_path / "moving.webp", save_all=True, append_images=frames[1:], lossless=True, duration=50)
     assert torch.equal(read_image(str(tmp_path / "moving.webp")), pillow_pixels(tmp_path / "moving.webp", "RGB"))
     assert read_image(str(tmp_path / "moving.webp"), channels=1).shape == (1, 12, 16)
+
+
+def test_jpegs_named_jfif_or_jpe_as_browsers_save_them_are_read_not_left_out(tmp_path):
+    """A folder of images saved from a browser holds .jfif files: they were left out as '.jfif files'."""
+    (tmp_path / "a").mkdir()
+    for k, suffix in enumerate((".jfif", ".JFIF", ".jpe", ".jpg")):
+        noise(seed=k).save(tmp_path / "a" / f"a_{k}{suffix}", "JPEG")
+    listing = list_images(tmp_path)
+    assert len(listing.files) == 4 and not listing.left_out
+    assert listing.summary() == f"4 images in {tmp_path} (4 JPEG)"
+    assert read_image(listing.files[0]).shape == (3, 37, 53)
+
+
+def test_what_a_mac_leaves_in_a_folder_or_zip_is_neither_a_class_nor_an_image(tmp_path):
+    """A zip made on a Mac holds __MACOSX/<class>/._x.jpg beside the class folders: the run stopped with
+    'class folder .../__MACOSX has no images'. .DS_Store and ._x.jpg were already skipped."""
+    two_classes(tmp_path)
+    for where in (tmp_path / "__MACOSX" / "a", tmp_path / "a" / "__MACOSX"):
+        where.mkdir(parents=True)
+        (where / "._a_0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+        (where / "a_9.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (tmp_path / "a" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tmp_path / "a" / "._a_0.png").write_bytes(b"\x00\x05\x16\x07")
+    listing = list_images(tmp_path)
+    assert sorted(set(listing.names)) == ["a", "b"] and len(listing.files) == 4 and not listing.left_out
+    assert all(read_image(f).shape == (3, 4, 4) for f in listing.files)
 
 
 def test_counts_of_one_read_in_the_singular():

@@ -274,6 +274,26 @@ def test_val_classes_unknown_to_train(tmp_path):
         cfg.build("val", seed=0)
 
 
+@pytest.mark.parametrize("labels", ["folders", "prefix"])
+def test_a_class_spelled_decomposed_by_macos_is_the_class_spelled_composed_elsewhere(tmp_path, labels):
+    """A train folder copied from a Mac names 'café' as 'cafe' + a combining accent; the val folder made on
+    Linux, with the composed 'é'. The run stopped: 'val images have classes unknown to the train split: ['café']'."""
+    import unicodedata
+
+    for split, form, start in (("train", "NFD", 10), ("val", "NFC", 100)):
+        counts = {unicodedata.normalize(form, name): 2 for name in ("café", "thé")}
+        if labels == "folders":
+            folder_tree(tmp_path / split, counts, start=start)
+        else:
+            for k, name in enumerate(n for n in counts for _ in range(2)):
+                solid(tmp_path / split / f"{name}_{k}.png", start + 3 * k)
+    cfg = config(tmp_path, batch_size=2, labels=labels)
+    train, val = cfg.build("train", seed=0), cfg.build("val", seed=0)
+    assert train.classes == val.classes == ["caf\u00e9", "th\u00e9"]
+    labelled = {v: y for b in val for v, y in zip(values(b), b["label"].tolist())}
+    assert labelled == {100: 0, 103: 0, 106: 1, 109: 1}
+
+
 def test_missing_val_path_and_empty_val_split(tmp_path):
     folder_tree(tmp_path / "d", {"cat": 4})
     with pytest.raises(FileNotFoundError, match=r"val_path .*gone"):
@@ -405,6 +425,55 @@ def test_a_val_folder_named_validation_or_valid_is_the_val_split(tmp_path, name)
     train, val = config.build("train", seed=0), config.build("val", seed=0)
     assert (train.num_examples, val.num_examples) == (6, 4)
     assert val.summary.startswith(f"4 images in {tmp_path / name} ")
+
+
+@pytest.mark.parametrize("train_name, val_name", [("Train", "Validation"), ("TRAIN", "VAL"), ("training", "valid")])
+def test_split_folders_named_in_another_case_or_training_are_the_splits(tmp_path, train_name, val_name):
+    """Kaggle exports name them Train/ and Validation/: they were read as two classes, 'Train' and 'Validation'."""
+    folder_tree(tmp_path / train_name, {"cat": 3, "dog": 3})
+    folder_tree(tmp_path / val_name, {"cat": 1, "dog": 1}, start=100)
+    cfg = config(tmp_path, batch_size=2)
+    train, val = cfg.build("train", seed=0), cfg.build("val", seed=0)
+    assert train.classes == val.classes == ["cat", "dog"]
+    assert (train.num_examples, val.num_examples) == (6, 2) and sorted(all_values(val)) == [100, 103]
+
+
+def test_a_training_and_a_testing_folder_train_on_training_and_never_read_testing(tmp_path):
+    """A Training/ and Testing/ folder (no val): they were two classes; now a fraction of Training is val."""
+    folder_tree(tmp_path / "Training", {"cat": 4, "dog": 4})
+    folder_tree(tmp_path / "Testing", {"cat": 2, "dog": 2}, start=200)
+    cfg = config(tmp_path, batch_size=2, val_fraction=0.25)
+    train, val = cfg.build("train", seed=0), cfg.build("val", seed=0)
+    assert train.classes == ["cat", "dog"] and (train.num_examples, val.num_examples) == (6, 2)
+    assert max(all_values(val)) < 200 and val.summary.startswith(f"2 images in {tmp_path / 'Training'} ")
+
+
+@pytest.mark.parametrize("names", [("training_set", "test_set"), ("seg_pred", "seg_test", "seg_train")])
+def test_class_folders_that_name_splits_are_refused_not_learned_as_classes(tmp_path, names):
+    """training_set/ and test_set/ (a Kaggle layout) under data.path became two classes: the model learned
+    which split an image came from, and the run said nothing."""
+    for k, name in enumerate(names):
+        folder_tree(tmp_path / name / "cat", {"a": 2}, start=10 + 10 * k)
+    train_name = next(n for n in names if "train" in n)
+    with pytest.raises(ValueError, match=rf"the class folders of {tmp_path} name splits, not classes \(.*test.*\): "
+                                         rf"point data.path at the train folder \({tmp_path / train_name}\)"):
+        config(tmp_path, batch_size=2).build("train", seed=0)
+
+
+def test_a_few_classes_whose_names_hold_split_words_are_classes(tmp_path):
+    folder_tree(tmp_path, {"Training_Shoes": 1, "Test_Tube": 1, "Boots": 1, "Vase": 1, "Lamp": 1})
+    assert config(tmp_path, batch_size=2, val_fraction=0.0).build("train", seed=0).classes == [
+        "Boots", "Lamp", "Test_Tube", "Training_Shoes", "Vase"
+    ]
+
+
+def test_split_folders_inside_each_class_folder_are_refused_not_read_whole(tmp_path):
+    """root/cat/train/ and root/cat/val/: both were read as class 'cat', so the val images were trained on."""
+    for name in ("cat", "dog"):
+        folder_tree(tmp_path / name, {"train": 2, "val": 1})
+    with pytest.raises(ValueError, match=rf"class folder {tmp_path / 'cat'} holds split folders \(train, val\).*"
+                                         rf"arrange the images as {tmp_path}/train/<class> and {tmp_path}/val/<class>"):
+        config(tmp_path, batch_size=2).build("train", seed=0)
 
 
 def test_a_cache_larger_than_memory_can_hold_is_one_line():
