@@ -14,12 +14,10 @@ How the corpus is read:
   (about 30 MB of ``.py`` with its tests, offline everywhere). Files that are not UTF-8 are
   left out and counted.
 - Each file is read in pieces (``craft.data.text_pieces``) of about ``chunk_size`` bytes, cut only at a
-  newline with printable ASCII on both sides (where a byte-level BPE or
-  tiktoken never joins the two sides), so its tokens are those of the whole
-  file encoded at once, and memory holds a few pieces, never the corpus. (A
-  stretch of 64 chunks without such a place, e.g. one long line or ``\\r\\n`` line ends, is
-  cut before a space between printable characters, exact too; without one, at a newline anyway:
-  its tokens there may differ from the whole file's.)
+  newline between visible characters, else (``\\r\\n`` line ends, one long line) before a space between
+  printable ones: places where a byte-level BPE or tiktoken never joins the two sides, so its tokens are
+  those of the whole file encoded at once, and memory holds a few pieces, never the corpus. (A stretch of
+  64 chunks with neither is cut at a newline or a character anyway: its tokens there may differ.)
 - The val split is deterministic: the last ``val_fraction`` of each file's
   bytes, from the first line start at or after that point (when no line
   starts there, the first space or character there). Each file's train part and its val part end with
