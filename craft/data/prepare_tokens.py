@@ -45,7 +45,9 @@ from tqdm import tqdm
 
 from craft.data import bpe
 from craft.data.text_pieces import CHUNK_SIZE, parts, pieces
-from craft.data.text_sources import STDLIB, TEXT_SUFFIXES, is_utf8, source_files, stdlib_files, utf8_files  # noqa: F401
+from craft.data.text_sources import (  # noqa: F401
+    STDLIB, TEXT_SUFFIXES, compressed, compression, is_utf8, source_files, stdlib_files, utf8_files,
+)
 from craft.words import plural
 
 META_FILE, TOKENIZER_FILE = "meta.json", "tokenizer.json"
@@ -214,7 +216,9 @@ def readable_sources(sources: list[str], folder: Path) -> tuple[list[str], int]:
         raise ValueError(f"every source file is inside OUT {str(folder)!r}; write the tokens to a folder of their own")
     good = utf8_files(outside)
     if not good:
-        raise ValueError(f"no UTF-8 text in {', '.join(map(repr, sources))}; convert the files to UTF-8")
+        packed = {f: kind for f in outside if (kind := compression(f))}
+        fix = f"they are {compressed(packed)}" if len(packed) == len(outside) else "convert the files to UTF-8"
+        raise ValueError(f"no UTF-8 text in {', '.join(map(repr, sources))}; {fix}")
     return good, len(outside) - len(good)
 
 
