@@ -398,3 +398,24 @@ def test_an_interrupted_prepare_leaves_no_partial_files(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare_tokens([str(tmp_path / "a.txt")], str(tmp_path / "out"), vocab_size=300, chunk_size=256)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_ids_of_another_width_than_stated_are_refused_not_trained_on(prepared, tmp_path):
+    """uint16 ids rewritten as uint32 read (as meta.json's uint16) as each id and a 0: every window stays
+    in the vocabulary, so only the count meta.json states, or the zeros, show it."""
+    out, _ = prepared
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    for name in ("meta.json", "tokenizer.json"):
+        (wide / name).write_bytes((out / name).read_bytes())
+    for split in ("train", "val"):
+        np.fromfile(out / f"{split}.bin", dtype=np.uint16).astype(np.uint32).tofile(wide / f"{split}.bin")
+    with pytest.raises(ValueError, match=r"train.bin: [\d,]+ uint16 tokens .* but meta.json says train_tokens = [\d,]+; "
+                                         r"the file holds uint32 ids"):
+        TokensConfig(path=str(wide), block_size=8, batch_size=2).build("train", seed=0)
+    (wide / "meta.json").unlink()  # nanoGPT's bare folder: the TOML's dtype is all there is
+    (wide / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match=r'every second id is 0, as uint32 ids read as uint16 are; set data.dtype = "uint32"'):
+        TokensConfig(path=str(wide), block_size=8, batch_size=2, vocab_size=400, dtype="uint16").build("val", seed=0)
+    batches = TokensConfig(path=str(wide), block_size=8, batch_size=2, vocab_size=400, dtype="uint32").build("train", seed=0)
+    assert next(batches)["input"].shape == (2, 8)
