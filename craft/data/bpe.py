@@ -123,8 +123,10 @@ class BPETokenizer:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """``[encode(t) for t in texts]``, on the library's threads."""
-        return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+        """``[encode(t) for t in texts]``, on the library's threads; without the character offsets that
+        ``encode_batch`` also works out (``encode_batch_fast``, tokenizers 0.20 on): about twice as fast."""
+        encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
 
     def encode_tensor(self, text: str) -> Tensor:
         return torch.tensor(self.encode(text), dtype=torch.int64)

@@ -14,12 +14,10 @@ How the corpus is read:
   (about 30 MB of ``.py`` with its tests, offline everywhere). Files that are not UTF-8 are
   left out and counted.
 - Each file is read in pieces (``craft.data.text_pieces``) of about ``chunk_size`` bytes, cut only at a
-  newline with printable ASCII on both sides (where a byte-level BPE or
-  tiktoken never joins the two sides), so its tokens are those of the whole
-  file encoded at once, and memory holds a few pieces, never the corpus. (A
-  stretch of 64 chunks without such a place, e.g. one long line or ``\\r\\n`` line ends, is
-  cut before a space between printable characters, exact too; without one, at a newline anyway:
-  its tokens there may differ from the whole file's.)
+  newline between visible characters, else (``\\r\\n`` line ends, one long line) before a space between
+  printable ones: places where a byte-level BPE or tiktoken never joins the two sides, so its tokens are
+  those of the whole file encoded at once, and memory holds a few pieces, never the corpus. (A stretch of
+  64 chunks with neither is cut at a newline or a character anyway: its tokens there may differ.)
 - The val split is deterministic: the last ``val_fraction`` of each file's
   bytes, from the first line start at or after that point (when no line
   starts there, the first space or character there). Each file's train part and its val part end with
@@ -47,7 +45,9 @@ from tqdm import tqdm
 
 from craft.data import bpe
 from craft.data.text_pieces import CHUNK_SIZE, parts, pieces
-from craft.data.text_sources import STDLIB, TEXT_SUFFIXES, is_utf8, source_files, stdlib_files, utf8_files  # noqa: F401
+from craft.data.text_sources import (  # noqa: F401
+    STDLIB, TEXT_SUFFIXES, compressed, compression, is_utf8, source_files, stdlib_files, utf8_files,
+)
 from craft.words import plural
 
 META_FILE, TOKENIZER_FILE = "meta.json", "tokenizer.json"
@@ -216,7 +216,9 @@ def readable_sources(sources: list[str], folder: Path) -> tuple[list[str], int]:
         raise ValueError(f"every source file is inside OUT {str(folder)!r}; write the tokens to a folder of their own")
     good = utf8_files(outside)
     if not good:
-        raise ValueError(f"no UTF-8 text in {', '.join(map(repr, sources))}; convert the files to UTF-8")
+        packed = {f: kind for f in outside if (kind := compression(f))}
+        fix = f"they are {compressed(packed)}" if len(packed) == len(outside) else "convert the files to UTF-8"
+        raise ValueError(f"no UTF-8 text in {', '.join(map(repr, sources))}; {fix}")
     return good, len(outside) - len(good)
 
 

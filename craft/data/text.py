@@ -65,6 +65,34 @@ def read_corpus(paths: list[str | Path]) -> str:
     return text
 
 
+BYTES_PER_BYTE = 32
+"""Memory a byte of text takes at the peak of a run, both splits built (50 MB of Python: 1.7 GB)."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give (Linux's MemAvailable), or None where it cannot tell."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def check_fits(paths: list[str | Path], available: int | None) -> None:
+    """Refuse, in one line naming the token path, a corpus whose characters would not fit in memory:
+    read whole, it would end in the system killing the run, with no word on why."""
+    size = sum(Path(p).stat().st_size for p in paths if Path(p).is_file())
+    if available is None or size * BYTES_PER_BYTE <= available:
+        return
+    names = " ".join(map(str, paths))
+    raise ValueError(
+        f"data.path: {size / 1e6:,.1f} MB of text, held whole in memory as characters by kind = \"text\" "
+        f"(about {size * BYTES_PER_BYTE / 1e9:,.1f} GB), more than the {available / 1e9:,.1f} GB free; stream it "
+        f"into token files instead: craft prepare tokens {names} data/mytext, then [data] kind = \"tokens\", "
+        'path = "data/mytext" (docs/language.md)'
+    )
+
+
 def default_corpus() -> str:
     """The Python documentation topics bundled with Python (about 465k characters, 103 distinct)."""
     from pydoc_data.topics import topics
@@ -171,7 +199,9 @@ class TextConfig:
         """The configured text: the files of ``path`` joined, or the default corpus."""
         if self.path is None:
             return default_corpus()
-        return read_corpus([self.path] if isinstance(self.path, str) else self.path)
+        paths = [self.path] if isinstance(self.path, str) else self.path
+        check_fits(paths, available_memory())
+        return read_corpus(paths)
 
     def tokenizer(self) -> CharTokenizer:
         """The vocabulary of the whole corpus (what ``build`` uses)."""

@@ -1,10 +1,10 @@
 """A text file read in pieces that tokenize exactly as the whole file (``craft prepare tokens``).
 
 - ``pieces`` reads bytes ``[start, end)`` of a file in pieces of about
-  ``chunk_size`` bytes, cut only at a newline with printable ASCII on both
-  sides (where a byte-level BPE or tiktoken never joins the two sides), so the
-  pieces' tokens are those of the whole text encoded at once, and memory holds
-  a few pieces, never the corpus.
+  ``chunk_size`` bytes, cut only at a newline between visible characters, or
+  else a space between printable ASCII ones (where a byte-level BPE or
+  tiktoken never joins the two sides), so the pieces' tokens are those of the
+  whole text encoded at once, and memory holds a few pieces, never the corpus.
 - ``parts`` splits each file into its train part and its val part (the last
   ``val_fraction`` of its bytes, from a line start: ``val_start``).
 """
@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 from collections.abc import Iterator
 
 CHUNK_SIZE = 1 << 20
@@ -19,21 +21,55 @@ LONGEST = 64  # chunks held at most while looking for a cut
 
 
 def is_cut(data: bytes, p: int) -> bool:
-    """Whether the text may be cut before ``data[p]``: a newline between printable ASCII characters.
+    """Whether the text may be cut before ``data[p]``: a newline between two visible characters.
 
-    Byte-level BPE and tiktoken never join the sides of such a newline, nor
-    read a different split of whitespace when the text ends there (a run of
-    newlines or spaces would: ``"\\n\\n\\ndef"`` splits as ``"\\n\\n", "\\n", "def"``).
+    Visible: printable ASCII, or a letter, number, mark, punctuation or symbol
+    (``visible``; never whitespace nor a control). Byte-level BPE and tiktoken
+    never join the sides of such a newline, nor read a different split of
+    whitespace when the text ends there (a run of newlines or spaces would:
+    ``"\\n\\n\\ndef"`` splits as ``"\\n\\n", "\\n", "def"``).
     """
-    return 1 < p < len(data) and data[p - 1] == 0x0A and 0x21 <= data[p - 2] <= 0x7E and 0x21 <= data[p] <= 0x7E
+    if not (1 < p < len(data) and data[p - 1] == 0x0A):
+        return False
+    before = p - 2
+    while before > 0 and p - 2 - before < 3 and data[before] & 0xC0 == 0x80:  # back to the character's first byte
+        before -= 1
+    return visible(data[before : p - 1]) and visible(data[p : p + utf8_length(data[p])])
 
 
-def last_cut(data: bytes) -> int:
-    """The last position ``p`` with ``is_cut(data, p)``, or 0."""
-    p = data.rfind(b"\n")
-    while p >= 0 and not is_cut(data, p + 1):
-        p = data.rfind(b"\n", 0, p)
-    return p + 1 if p >= 0 else 0
+def utf8_length(lead: int) -> int:
+    """The length of the UTF-8 character whose first byte is ``lead`` (1 for a stray byte)."""
+    return 1 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+
+
+def visible(char: bytes) -> bool:
+    """Whether ``char`` (one UTF-8 character's bytes) is printable ASCII or a letter, number, mark,
+    punctuation or symbol: no whitespace or control that a tokenizer's pattern joins to a newline."""
+    if len(char) == 1:
+        return 0x21 <= char[0] <= 0x7E
+    try:
+        (one,) = char.decode("utf-8")
+    except (UnicodeDecodeError, ValueError):  # cut off at the data's end, or not one character
+        return False
+    return unicodedata.category(one)[0] in "LNMPS"
+
+
+NEWLINE = re.compile(rb"\n(?=[\x21-\x7e\xc2-\xf4])")
+"""A newline before a visible character's first byte: where ``is_cut`` may hold (found in C)."""
+
+
+def last_cut(data: bytes, since: int = 0, window: int = 1 << 16) -> int:
+    """The last position ``p > since`` with ``is_cut(data, p)``, or 0 (searched ``window`` bytes at a time
+    from the end: text with few cuts, as ``\\r\\n`` line ends, costs no Python loop over its newlines)."""
+    end = len(data)
+    while end > since:
+        start = max(since, end - window)
+        found = [m.end() for m in NEWLINE.finditer(data, start, min(end + 1, len(data))) if m.start() < end]
+        for p in reversed(found):
+            if is_cut(data, p):
+                return p
+        end = start
+    return 0
 
 
 def val_start(path: str, size: int, val_fraction: float, block: int = CHUNK_SIZE) -> int:
@@ -68,11 +104,13 @@ def next_boundary(data: bytes) -> int:
 
 
 def pieces(path: str, start: int, end: int, chunk_size: int = CHUNK_SIZE) -> Iterator[str]:
-    """The text of bytes ``[start, end)`` of the file, in pieces of about ``chunk_size`` bytes, cut by ``is_cut``.
+    """The text of bytes ``[start, end)`` of the file, in pieces of about ``chunk_size`` bytes.
 
-    A stretch of ``LONGEST`` pieces' worth without a cut is cut at its last space between printable
-    characters (``last_space_cut``, exact too), else its last newline, else its last whole character,
-    rather than held in memory.
+    Each piece ends at the last ``is_cut`` newline of what was read, else at its last space between
+    printable characters (``last_space_cut``: exact too, for ``\\r\\n`` line ends and one long line).
+    Only the bytes read since the last cut are searched, so a text without either costs no rescans;
+    after ``LONGEST`` chunks of it, it is cut at its last newline, else its last whole character,
+    rather than held in memory (the tokens there may differ from the whole file's).
     """
     with open(path, "rb") as f:
         f.seek(start)
@@ -83,9 +121,10 @@ def pieces(path: str, start: int, end: int, chunk_size: int = CHUNK_SIZE) -> Ite
                 break
             left -= len(block)
             data = carry + block
-            cut = last_cut(data) if left > 0 else len(data)
+            since = max(len(carry) - 8, 0)  # the carry held no cut; a character (4 bytes) each side of its end may
+            cut = (last_cut(data, since) or last_space_cut(data, since)) if left > 0 else len(data)
             if not cut and len(data) > LONGEST * chunk_size:
-                cut = last_space_cut(data) or data.rfind(b"\n") + 1 or last_character(data)
+                cut = data.rfind(b"\n") + 1 or last_character(data)
             if cut:
                 yield data[:cut].decode("utf-8")
             carry = data[cut:]
@@ -93,17 +132,17 @@ def pieces(path: str, start: int, end: int, chunk_size: int = CHUNK_SIZE) -> Ite
             yield carry.decode("utf-8")
 
 
-def last_space_cut(data: bytes) -> int:
-    """The last position ``p`` of a space between printable ASCII characters (``"x| y"``), or 0.
+def last_space_cut(data: bytes, since: int = 0) -> int:
+    """The last position ``p > since`` of a space between printable ASCII characters (``"x| y"``), or 0.
 
     No token of a byte-level BPE or tiktoken holds a character and the space after it, so cutting
-    there keeps the whole text's tokens: the fallback for text without such a newline (one long
+    there keeps the whole text's tokens: the cut for text without an ``is_cut`` newline (one long
     line, ``\\r\\n`` line ends).
     """
-    p = data.rfind(b" ")
-    while p > 0 and not (0x21 <= data[p - 1] <= 0x7E and p + 1 < len(data) and 0x21 <= data[p + 1] <= 0x7E):
-        p = data.rfind(b" ", 0, p)
-    return max(p, 0)
+    p = data.rfind(b" ", since)
+    while p > since and not (0x21 <= data[p - 1] <= 0x7E and p + 1 < len(data) and 0x21 <= data[p + 1] <= 0x7E):
+        p = data.rfind(b" ", since, p)
+    return p if p > since else 0
 
 
 def last_character(data: bytes) -> int:

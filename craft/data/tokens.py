@@ -131,6 +131,30 @@ def open_tokens(file: Path, dtype: str) -> np.memmap:
     return np.memmap(file, dtype=dtype, mode="r")
 
 
+def check_count(file: Path, tokens: np.memmap, split: str) -> None:
+    """The file holds the number of tokens meta.json states (``train_tokens``, ``val_tokens``): ids of another
+    width (uint32 read as uint16 reads each id and a 0) or another prepare's file are refused, not trained on."""
+    meta_file = file.parent / "meta.json"
+    stated = json.loads(meta_file.read_text(encoding="utf-8")).get(f"{split}_tokens") if meta_file.is_file() else None
+    if not isinstance(stated, int) or stated == len(tokens):
+        return
+    size = file.stat().st_size
+    widths = [name for name in DTYPES if np.dtype(name).itemsize * stated == size]
+    fix = (f"the file holds {widths[0]} ids: its meta.json's dtype is wrong" if widths
+           else f"{file.name} and meta.json are not from the same craft prepare tokens")
+    raise ValueError(f"{file}: {len(tokens):,} {tokens.dtype} tokens ({size:,} bytes) but meta.json says "
+                     f"{split}_tokens = {stated:,}; {fix}; prepare the folder again")
+
+
+def check_width(file: Path, tokens: np.memmap, sample: int = 4096) -> None:
+    """uint32 ids (below 65,536) read as uint16 come as each id, then a 0: a file whose first ``sample``
+    tokens have 0 at every odd place and not at every even one is refused, naming data.dtype."""
+    head = np.asarray(tokens[:sample])
+    if tokens.dtype == np.uint16 and len(head) >= 64 and not head[1::2].any() and head[0::2].any():
+        raise ValueError(f"{file}: every second id is 0, as uint32 ids read as uint16 are; "
+                         'set data.dtype = "uint32" (or fix meta.json\'s dtype)')
+
+
 def read_windows(tokens: np.memmap, starts: Tensor, length: int) -> Tensor:
     """int64 ``(b, length)``: ``tokens[s : s + length]`` for each start (clamped to the file's end)."""
     positions = (starts[:, None] + torch.arange(length)).clamp_(max=len(tokens) - 1)
@@ -199,6 +223,8 @@ class TokensConfig:
         vocab, dtype, tokenizer = self.resolve()
         file = Path(self.path) / f"{split}.bin"
         tokens = open_tokens(file, dtype)
+        check_count(file, tokens, split)
+        check_width(file, tokens)
         digest = fingerprint_of(len(tokens), bytes(tokens[:4096]), bytes(tokens[-4096:]))
         common = {"classes": [], "rank": rank, "world_size": world_size,
                   "fingerprint": options_fingerprint(self, split, digest)}

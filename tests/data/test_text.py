@@ -331,3 +331,20 @@ def test_relative_paths_start_at_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ds = attrs.evolve(config(None), path="texts/t.txt").build("train", seed=0)
     assert ds.vocab_size == len(set(POEM))
+
+
+def test_a_corpus_too_large_for_memory_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """kind = "text" holds every character in memory: a corpus that cannot fit names the token path
+    instead of being read until the system kills the run."""
+    import craft.data.text as text
+
+    (tmp_path / "big.txt").write_text("x = 1\n" * 20_000)  # 120 KB: about 4 MB in memory
+    config = TextConfig(path=str(tmp_path / "big.txt"), block_size=8, batch_size=2)
+    monkeypatch.setattr(text, "read_corpus", lambda paths: pytest.fail("read although it cannot fit"))
+    monkeypatch.setattr(text, "available_memory", lambda: 1_000_000)
+    with pytest.raises(ValueError, match=r'^data.path: 0.1 MB of text, .*kind = "text" \(about [\d.]+ GB\), more than the '
+                                         r"[\d.]+ GB free; stream it into token files instead: craft prepare tokens .*big.txt"):
+        config.build("train", seed=0)
+    monkeypatch.undo()
+    monkeypatch.setattr(text, "available_memory", lambda: 10**9)
+    assert config.build("train", seed=0).vocab_size == len(set("x = 1\n"))

@@ -161,6 +161,12 @@ def test_bpe_round_trips_any_text_byte_level(bpe_tok, text):
     assert bpe_tok.decode(ids) == bpe_tok.decode(torch.tensor(ids)) == text
 
 
+@given(st.lists(st.text(max_size=40), max_size=6))
+def test_bpe_encode_batch_gives_each_texts_own_ids(bpe_tok, texts):
+    """encode_batch (what craft prepare tokens writes, without the offsets encode works out) is encode, text by text."""
+    assert bpe_tok.encode_batch(texts) == [bpe_tok.encode(t) for t in texts]
+
+
 def test_bpe_reads_a_special_token_in_the_text_as_ordinary_text(bpe_tok):
     """As tiktoken's encode_ordinary: "<|endoftext|>" written in a file does not end a document."""
     ids = bpe_tok.encode("docs mention <|endoftext|> here")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from craft.data import load_tokenizer
 from craft.data.prepare_tokens import prepare_tokens, token_dtype
-from craft.data.text_pieces import pieces, val_start
+from craft.data.text_pieces import is_cut, pieces, val_start
 from craft.data.text import IGNORE_INDEX
 from craft.data.tokens import TokensConfig, permuted
 
@@ -85,14 +85,16 @@ def test_chunked_tokens_equal_the_whole_file_encoded_at_once(prepared):
     st.lists(st.sampled_from(["a", "b ", "\n", "    ", "x = 1", "é", "😀", "\t", "\r\n", "#"]), max_size=60),
     st.integers(1, 20),
 )
-def test_pieces_rebuild_the_text_and_cut_only_at_line_starts(tmp_path_factory, parts, chunk):
+def test_pieces_rebuild_the_text_and_cut_only_at_line_starts_or_between_words(tmp_path_factory, parts, chunk):
     text = "".join(parts)
     path = tmp_path_factory.mktemp("p") / "t.txt"
     path.write_bytes(text.encode())
     got = list(pieces(str(path), 0, len(text.encode()), chunk))
     assert "".join(got) == text
     for a, b in zip(got, got[1:]):
-        assert a[-1] == "\n" and 0x21 <= ord(a[-2]) <= 0x7E and 0x21 <= ord(b[0]) <= 0x7E
+        line_start = is_cut((a + b).encode(), len(a.encode()))  # a newline between visible characters
+        between_words = b[0] == " " and 0x21 <= ord(a[-1]) <= 0x7E and 0x21 <= ord(b[1]) <= 0x7E
+        assert line_start or between_words
 
 
 def test_folders_give_their_text_files_once_and_leave_out_what_is_not_utf8(tmp_path):
@@ -396,3 +398,24 @@ def test_an_interrupted_prepare_leaves_no_partial_files(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare_tokens([str(tmp_path / "a.txt")], str(tmp_path / "out"), vocab_size=300, chunk_size=256)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_ids_of_another_width_than_stated_are_refused_not_trained_on(prepared, tmp_path):
+    """uint16 ids rewritten as uint32 read (as meta.json's uint16) as each id and a 0: every window stays
+    in the vocabulary, so only the count meta.json states, or the zeros, show it."""
+    out, _ = prepared
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    for name in ("meta.json", "tokenizer.json"):
+        (wide / name).write_bytes((out / name).read_bytes())
+    for split in ("train", "val"):
+        np.fromfile(out / f"{split}.bin", dtype=np.uint16).astype(np.uint32).tofile(wide / f"{split}.bin")
+    with pytest.raises(ValueError, match=r"train.bin: [\d,]+ uint16 tokens .* but meta.json says train_tokens = [\d,]+; "
+                                         r"the file holds uint32 ids"):
+        TokensConfig(path=str(wide), block_size=8, batch_size=2).build("train", seed=0)
+    (wide / "meta.json").unlink()  # nanoGPT's bare folder: the TOML's dtype is all there is
+    (wide / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match=r'every second id is 0, as uint32 ids read as uint16 are; set data.dtype = "uint32"'):
+        TokensConfig(path=str(wide), block_size=8, batch_size=2, vocab_size=400, dtype="uint16").build("val", seed=0)
+    batches = TokensConfig(path=str(wide), block_size=8, batch_size=2, vocab_size=400, dtype="uint32").build("train", seed=0)
+    assert next(batches)["input"].shape == (2, 8)
