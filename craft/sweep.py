@@ -98,7 +98,8 @@ def sweep_transform(exp: Experiment, names: list[str]) -> Transform:
     """The experiment's optimizer and schedule (``parts.build_optimizer`` over the parameter ``names``),
     the swept values held as tensors in its state."""
     config = exp.optim.config
-    swept = {SWEEPABLE[k]: v[0] for k, v in exp.sweep.values.items()}
+    # seeds alone sweep no value: the learning rate is held in the state all the same, one state layout for every sweep
+    swept = {SWEEPABLE[k]: v[0] for k, v in exp.sweep.values.items()} or {"learning_rate": exp.optim.lr}
     if "weight_decay" in swept and "weight_decay" not in attrs.fields_dict(type(config)):
         raise RunError(f"sweep.optim.weight_decay: optimizer {exp.optim.kind!r} has no weight_decay option")
 
