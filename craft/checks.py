@@ -129,10 +129,15 @@ def check_components(exp: Experiment, parts, batches: Iterable) -> dict[str, tor
     key or shape error from inside the step. Empty ``batches`` are left to
     evaluation to report. The model runs in eval mode, without gradients.
     """
+    data, model, task = (f"{section}.kind = {getattr(exp, section).kind!r}" for section in ("data", "model", "task"))
+    if iter(batches) is batches:  # a generator: this look would take its first batch, the next evaluation none
+        raise RunError(
+            f"{data} gives a val split that can be read only once ({type(batches).__name__}); every evaluation "
+            f"reads it again: return a list of batches, or an object whose __iter__ starts a new pass"
+        )
     batch = next(iter(batches), None)
     if batch is None:
         return None
-    data, model, task = (f"{section}.kind = {getattr(exp, section).kind!r}" for section in ("data", "model", "task"))
     if not isinstance(batch, dict) or not all(isinstance(v, torch.Tensor) for v in batch.values()):
         raise RunError(f"{data} yields {type(batch).__name__} batches; a batch must be a dict of tensors")
     reads = Reads({k: v.to(parts.device, non_blocking=True) for k, v in batch.items()})
