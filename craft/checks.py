@@ -177,7 +177,23 @@ def check_components(exp: Experiment, parts, batches: Iterable) -> dict[str, tor
         raise RunError(
             f"{model} returned outputs that {task} cannot score (first batch of {data}): {first_line(e)}"
         ) from None
+    except RuntimeError as e:  # torch's own checks: a label of the wrong dtype or shape, as often as the outputs
+        raise RunError(
+            f"{task} failed on the first batch of {data} ({tensors(batch)}) and the outputs of {model} "
+            f"({tensors(outputs)}): {first_line(e)}; check the dtypes and shapes the task expects"
+        ) from None
     return batch
+
+
+def tensors(value: Any) -> str:
+    """``value``'s tensors by dtype and shape, for a message: ``image float32 (8, 3), label int64 (8,)``."""
+    if isinstance(value, torch.Tensor):
+        return f"{str(value.dtype).removeprefix('torch.')} {tuple(value.shape)}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {tensors(v)}" for k, v in value.items())
+    if isinstance(value, tuple | list):
+        return f"{type(value).__name__} of " + ", ".join(tensors(v) for v in value)
+    return type(value).__name__
 
 
 def few(names: Iterable[str], shown: int = 5) -> str:

@@ -22,10 +22,12 @@ class FewBatches:
 
     train_batches: int = 0
     val: str = "list"
+    label_dtype: str = "int64"
 
     def build(self, split: str, *, seed: int, rank: int = 0, world_size: int = 1):
         generator = torch.Generator().manual_seed(0)
-        images, labels = torch.randn(32, 3, 8, 8, generator=generator), torch.arange(32) % 2
+        images = torch.randn(32, 3, 8, 8, generator=generator)
+        labels = (torch.arange(32) % 2).to(getattr(torch, self.label_dtype))
 
         def load(indices):
             return {"image": images[indices], "label": labels[indices]}
@@ -103,5 +105,20 @@ def test_a_val_split_that_reads_only_once_is_refused_before_the_run_starts(tmp_p
     assert str(error.value) == (
         "data.kind = 'few_batches' gives a val split that can be read only once (generator); every evaluation "
         "reads it again: return a list of batches, or an object whose __iter__ starts a new pass"
+    )
+    assert not (tmp_path / "few").exists()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int32"])
+def test_labels_of_a_dtype_the_task_cannot_score_are_one_line_with_the_dtypes(tmp_path, dtype):
+    """torch's RuntimeError from cross_entropy was a raw traceback (the first-batch check caught only
+    ValueError, TypeError, AttributeError and IndexError from the task)."""
+    with pytest.raises(RunError) as error:
+        train(experiment(tmp_path, 10, label_dtype=dtype), echo=lambda *a: None)
+    assert str(error.value) == (
+        f"task.kind = 'classification' failed on the first batch of data.kind = 'few_batches' (image float32 "
+        f"(4, 3, 8, 8), label {dtype} (4,)) and the outputs of model.kind = 'cnn' (float32 (4, 2)): expected target "
+        f"dtype to be Long or Byte, but got {'Float' if dtype == 'float32' else 'Int'}; check the dtypes and shapes "
+        f"the task expects"
     )
     assert not (tmp_path / "few").exists()
