@@ -138,6 +138,13 @@ def loss_and_metrics(out: Any) -> tuple[Tensor, Metrics]:
         raise ValueError(f"loss_fn must return a 0-d loss tensor (a mean) or (loss, metrics), got {shape}{hint}")
     if not isinstance(metrics, Mapping):
         raise ValueError(f"loss_fn's metrics must be a dict of 0-d tensors, got {type(metrics).__name__}")
+    for name, value in metrics.items():  # a vector would be averaged into one number, differently in train and val
+        if not isinstance(value, Tensor) or value.ndim != 0:
+            got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"loss_fn's metric {name!r} must be a 0-d tensor (one number for the batch), got {got}; "
+                f"log a vector as one metric per element ({name}_0, {name}_1, ...)"
+            )
     return loss, {k: v.detach() for k, v in metrics.items()}
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+import torch
 from torch import nn
 
 from craft.config import ConfigError, loads
@@ -14,7 +15,7 @@ from craft.data import DATASETS
 from craft.models import MODELS
 from craft.optim import OPTIMIZERS
 from craft.run import RunError, train
-from craft.tasks import TASKS
+from craft.tasks import TASKS, Task, classification_loss, image_inputs
 
 
 @attrs.frozen
@@ -50,9 +51,27 @@ def a_dict(learning_rate, *, momentum: float = 0.9):
     return {"lr": learning_rate}
 
 
+def per_class_counts(logits, batch):
+    """Cross entropy, and a vector metric: predictions per class, shape (C,)."""
+    loss, _ = classification_loss(logits, batch)
+    return loss, {"per_class": torch.bincount(logits.argmax(-1), minlength=logits.shape[-1]).float()}
+
+
+@attrs.frozen
+class VectorMetric:
+    def build(self):
+        return Task(image_inputs, per_class_counts)
+
+
+@attrs.frozen
+class SummaryNone:
+    def build(self):
+        return Task(image_inputs, classification_loss, summarize=lambda means: None)
+
+
 ENTRIES = [(MODELS, "no_build", NoBuild), (MODELS, "build_wants", BuildWants), (DATASETS, "no_seed", DataWithoutSeed),
            (MODELS, "returns_nothing", ReturnsNothing), (TASKS, "task_as_function", TaskAsFunction),
-           (OPTIMIZERS, "a_dict", a_dict)]
+           (OPTIMIZERS, "a_dict", a_dict), (TASKS, "vector_metric", VectorMetric), (TASKS, "summary_none", SummaryNone)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -96,8 +115,14 @@ def test_a_build_a_run_cannot_call_is_a_config_error(tmp_path, kinds, message):
                                    "craft.tasks.Task; return one from build()"),
     ({"optim": "a_dict"}, "optim.kind = 'a_dict': a_dict() returned dict, not a craft.optim.Transform (init, update); "
                           "return one from a_dict()"),
-], ids=["model", "task", "optimizer"])
+    ({"task": "vector_metric"}, "task.kind = 'vector_metric': loss_fn's metric 'per_class' must be a 0-d tensor (one "
+                                "number for the batch), got shape (7,); log a vector as one metric per element "
+                                "(per_class_0, per_class_1, ...)"),
+    ({"task": "summary_none"}, "task.kind = 'summary_none': summarize(means) returned NoneType; return the dict of "
+                               "means, with any figures derived from them added"),
+], ids=["model", "task", "optimizer", "vector metric", "summarize"])
 def test_a_build_that_returns_the_wrong_thing_is_one_line(tmp_path, kinds, message):
+    """A vector metric was logged as one number without a word: its mean in train, another figure in val."""
     with pytest.raises(RunError) as error:
         train(loads(experiment(tmp_path, **kinds)), echo=lambda *a: None)
     assert str(error.value) == message
