@@ -70,6 +70,17 @@ def state_from_dict(saved: dict[str, Any], template: TrainState) -> TrainState:
     )
 
 
+def shaped_like(model: torch.nn.Module, saved: dict[str, Any]) -> torch.nn.Module:
+    """``model`` with its lazy (not yet shaped) parameters and buffers given the shapes of the saved state's
+    tensors of the same names: a model of ``nn.LazyLinear`` layers is shaped by its first input in a run, and a
+    model built again to load the run has seen none."""
+    tensors = {**saved.get("params", {}), **saved.get("buffers", {})} if isinstance(saved, dict) else {}
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if torch.nn.parameter.is_lazy(t) and isinstance(tensors.get(name), torch.Tensor):
+            t.materialize(tensors[name].shape)
+    return model
+
+
 def save(path: Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` to ``path`` atomically (temp file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import attrs
 import torch
 
 from craft.config import ConfigError, Experiment
+from craft.contracts import loss_and_metrics
 from craft.data.tokenizers import saved_as
 from craft.distributed import Replicas
 from craft.rundir import TOKENIZER_FILE, RunError
@@ -129,12 +130,10 @@ def check_components(exp: Experiment, parts, batches: Iterable) -> dict[str, tor
     key or shape error from inside the step. Empty ``batches`` are left to
     evaluation to report. The model runs in eval mode, without gradients.
     """
-    batch = next(iter(batches), None)
+    data, model, task = (f"{section}.kind = {getattr(exp, section).kind!r}" for section in ("data", "model", "task"))
+    batch = first_batch(data, batches)
     if batch is None:
         return None
-    data, model, task = (f"{section}.kind = {getattr(exp, section).kind!r}" for section in ("data", "model", "task"))
-    if not isinstance(batch, dict) or not all(isinstance(v, torch.Tensor) for v in batch.values()):
-        raise RunError(f"{data} yields {type(batch).__name__} batches; a batch must be a dict of tensors")
     reads = Reads({k: v.to(parts.device, non_blocking=True) for k, v in batch.items()})
 
     def missing() -> RunError:
@@ -163,7 +162,7 @@ def check_components(exp: Experiment, parts, batches: Iterable) -> dict[str, tor
         parts.model.train(was_training)
     try:
         with torch.no_grad():
-            parts.task.loss(outputs, reads)
+            scored = parts.task.loss(outputs, reads)
     except KeyError:
         if reads.missing:
             raise missing() from None
@@ -172,7 +171,51 @@ def check_components(exp: Experiment, parts, batches: Iterable) -> dict[str, tor
         raise RunError(
             f"{model} returned outputs that {task} cannot score (first batch of {data}): {first_line(e)}"
         ) from None
+    except RuntimeError as e:  # torch's own checks: a label of the wrong dtype or shape, as often as the outputs
+        raise RunError(
+            f"{task} failed on the first batch of {data} ({tensors(batch)}) and the outputs of {model} "
+            f"({tensors(outputs)}): {first_line(e)}; check the dtypes and shapes the task expects"
+        ) from None
+    check_scores(task, parts.task, scored)
     return batch
+
+
+def first_batch(data: str, batches: Iterable) -> dict[str, torch.Tensor] | None:
+    """The first of the val ``batches`` of ``data`` (None for none), checked: a dict of tensors, from a split that
+    can be read again (a generator would lose this batch to the look, and the next evaluation every batch)."""
+    if iter(batches) is batches:
+        raise RunError(
+            f"{data} gives a val split that can be read only once ({type(batches).__name__}); every evaluation "
+            f"reads it again: return a list of batches, or an object whose __iter__ starts a new pass"
+        )
+    batch = next(iter(batches), None)
+    if batch is not None and (not isinstance(batch, dict) or not all(isinstance(v, torch.Tensor) for v in batch.values())):
+        raise RunError(f"{data} yields {type(batch).__name__} batches; a batch must be a dict of tensors")
+    return batch
+
+
+def check_scores(task: str, built: Task, scored: Any) -> None:
+    """The task's loss gave a 0-d loss and 0-d metrics (``craft.contracts.loss_and_metrics``), and its
+    ``summarize`` turns their means into a dict: else a ``RunError`` naming ``task``."""
+    try:
+        loss, metrics = loss_and_metrics(scored)
+    except ValueError as e:
+        raise RunError(f"{task}: {first_line(e)}") from None
+    summary = built.summarize({"loss": float(loss), **{k: float(v) for k, v in metrics.items()}})
+    if not isinstance(summary, dict):
+        raise RunError(f"{task}: summarize(means) returned {type(summary).__name__}; return the dict of means, "
+                       f"with any figures derived from them added")
+
+
+def tensors(value: Any) -> str:
+    """``value``'s tensors by dtype and shape, for a message: ``image float32 (8, 3), label int64 (8,)``."""
+    if isinstance(value, torch.Tensor):
+        return f"{str(value.dtype).removeprefix('torch.')} {tuple(value.shape)}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {tensors(v)}" for k, v in value.items())
+    if isinstance(value, tuple | list):
+        return f"{type(value).__name__} of " + ", ".join(tensors(v) for v in value)
+    return type(value).__name__
 
 
 def few(names: Iterable[str], shown: int = 5) -> str:

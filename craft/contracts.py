@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+from torch.nn.parameter import is_lazy
 
 from craft.tree import Params
 from craft.words import listed
@@ -26,6 +29,18 @@ def check_compile(compile: Any) -> None:
         raise TypeError(
             f"compile must be True, False or a dict of torch.compile options (e.g. {{'mode': 'max-autotune'}}), "
             f"got {compile!r}"
+        )
+
+
+def check_initialized(model: nn.Module) -> None:
+    """A ``ValueError`` naming ``model``'s parameters and buffers that a lazy module (``nn.LazyLinear``) has not
+    shaped yet: they have no values for a state to hold until the model has seen an input."""
+    lazy = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if is_lazy(t)]
+    if lazy:
+        raise ValueError(
+            f"the model's {listed(lazy, 3)} {'is' if len(lazy) == 1 else 'are'} not initialized yet: a lazy module "
+            f"(nn.LazyLinear, nn.LazyConv2d) takes its shapes from its first input; call the model once on a "
+            f"batch (model(batch['input'])) before init_state"
         )
 
 
@@ -65,6 +80,44 @@ def _mismatch(missing: list[str], extra: list[str]) -> str:
     )
 
 
+def host_seed(rng: Tensor) -> int:
+    """``int(rng)``: the step's seed, read on the host to seed torch's generator (dropout).
+
+    Under ``vmap`` of a stacked state that read is impossible; the error says which step to transform instead.
+    """
+    try:
+        return int(rng)
+    except RuntimeError:
+        if torch._C._functorch.maybe_current_level() is None:
+            raise
+        raise RuntimeError(
+            "a step of make_train_step reads state.rng on the host to seed dropout, which it cannot do under "
+            "vmap of stacked states: train them with craft.ensemble.make_ensemble_step, or vmap "
+            "craft.step.make_pure_step (the step without the rng bookkeeping; seed torch's generator yourself)"
+        ) from None
+
+
+def moved_in_part(params: Params, opt_state: Any, error: Exception) -> TypeError | None:
+    """For ``error``, a step's failure: a ``TypeError`` naming the first optimizer-state tensor whose dtype or
+    device is not its parameter's (``state.params`` moved to float64 or a GPU, ``state.opt_state`` left behind), or None."""
+    failed = (str(error).strip() or type(error).__name__).splitlines()[0]
+    for path, t in pytree.tree_flatten_with_path(opt_state)[0]:
+        name = getattr(path[-1], "key", None) if path else None  # a leaf of a {param name: tensor} table
+        p = params.get(name) if isinstance(name, str) else None
+        if isinstance(t, Tensor) and isinstance(p, Tensor) and (t.dtype, t.device) != (p.dtype, p.device):
+            return TypeError(
+                f"the optimizer state of {name!r} is {_where(t)} but the parameter is {_where(p)}: a state "
+                f"moves whole; move every floating-point tensor of it, e.g. torch.utils._pytree.tree_map("
+                f"lambda t: t.to(dtype) if t.is_floating_point() else t, state), or make it again with init_state "
+                f"(the step failed with: {failed})"
+            )
+    return None
+
+
+def _where(t: Tensor) -> str:
+    return f"{str(t.dtype).removeprefix('torch.')} on {t.device}"
+
+
 def batch_input(batch: Mapping[str, Any], key: str = "input") -> Any:
     """``batch[key]``, or a ``KeyError`` that says how to name another key."""
     if key not in batch:
@@ -85,6 +138,13 @@ def loss_and_metrics(out: Any) -> tuple[Tensor, Metrics]:
         raise ValueError(f"loss_fn must return a 0-d loss tensor (a mean) or (loss, metrics), got {shape}{hint}")
     if not isinstance(metrics, Mapping):
         raise ValueError(f"loss_fn's metrics must be a dict of 0-d tensors, got {type(metrics).__name__}")
+    for name, value in metrics.items():  # a vector would be averaged into one number, differently in train and val
+        if not isinstance(value, Tensor) or value.ndim != 0:
+            got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"loss_fn's metric {name!r} must be a 0-d tensor (one number for the batch), got {got}; "
+                f"log a vector as one metric per element ({name}_0, {name}_1, ...)"
+            )
     return loss, {k: v.detach() for k, v in metrics.items()}
 
 

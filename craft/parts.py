@@ -18,7 +18,7 @@ from torch import nn
 
 from craft import distributed
 from craft.checks import FROM_DATA, check_fit, need_data_keys
-from craft.config import Component, ConfigError, Experiment, build
+from craft.config import Component, ConfigError, Experiment, build, build_problem
 from craft.distributed import Replicas
 from craft.optim import EmaState, Group, Transform, chain, clip_by_global_norm, ema, find_state, param_groups
 from craft.rundir import RunError
@@ -59,11 +59,40 @@ def build_parts(exp: Experiment, replicas: Replicas = SINGLE) -> Parts:
     """Model (initialised from ``exp.seed``, on the device), task and optimizer."""
     device = resolve_device(exp.train.device, replicas)
     need_data_keys(exp)
+    buildable(exp, "model", "schedule", "optim", "task")
     torch.manual_seed(exp.seed)
-    model = _built("model", lambda: build(exp.model)).to(device)
+    model = made(exp, "model", _built("model", lambda: build(exp.model)), "an nn.Module").to(device)
     schedule = _built("schedule", lambda: build(exp.schedule, exp.optim.lr, total_steps=exp.train.steps))
     optimizer = _built("optim", lambda: build_optimizer(exp, schedule, trainable_names(model)))
-    return Parts(model, build(exp.task), optimizer, device)
+    return Parts(model, made(exp, "task", build(exp.task), "a craft.tasks.Task"), optimizer, device)
+
+
+def buildable(exp: Experiment, *sections: str) -> None:
+    """A ``ConfigError`` when a section's config cannot be built as a run builds it (no ``build``, or one
+    that does not take the run's arguments: ``craft.config.build_problem``), before anything is built."""
+    problems = [f"{s}.kind: {p}" for s in sections if (p := build_problem(s, getattr(exp, s).config)) is not None]
+    if problems:
+        raise ConfigError(problems)
+
+
+MADE = {
+    "model": lambda obj: isinstance(obj, nn.Module),
+    "task": lambda obj: all(hasattr(obj, k) for k in ("inputs", "loss")),
+    "optim": lambda obj: all(callable(getattr(obj, k, None)) for k in ("init", "update")),
+}
+"""What a section's ``build()`` must return, as a test of the object."""
+
+
+def made(exp: Experiment, section: str, obj: Any, what: str) -> Any:
+    """``obj``, what ``[section]``'s ``build()`` returned, or a ``RunError`` saying it is not ``what``."""
+    if not MADE[section](obj):
+        entry = getattr(getattr(exp, section).config, "entry", None)  # a function entry (FunctionConfig)
+        maker = f"{entry.__name__}()" if entry is not None else "build()"
+        raise RunError(
+            f"{section}.kind = {getattr(exp, section).kind!r}: {maker} returned {type(obj).__name__}, not {what}; "
+            f"return one from {maker}"
+        )
+    return obj
 
 
 def learning_rate(exp: Experiment) -> Callable[[int], float]:
@@ -89,7 +118,8 @@ def build_optimizer(exp: Experiment, schedule: Any, names: list[str], **options:
 
     def make(**group_options: Any) -> Transform:
         given = {**options, **group_options}
-        return attrs.evolve(config, **given).build(schedule) if given else config.build(schedule)
+        tx = attrs.evolve(config, **given).build(schedule) if given else config.build(schedule)
+        return made(exp, "optim", tx, "a craft.optim.Transform (init, update)")
 
     if optim.groups:
         clip = getattr(config, "clip_norm", None)
@@ -128,6 +158,7 @@ def _built(section: str, make):
 
 def build_data(exp: Experiment, split: str, replicas: Replicas = SINGLE):
     """The iterator of ``split``; under torchrun, this rank's slice of every global batch."""
+    buildable(exp, "data")
     if replicas.active:
         return build(exp.data, split, seed=exp.seed, rank=replicas.rank, world_size=replicas.world_size)
     return build(exp.data, split, seed=exp.seed)

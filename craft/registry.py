@@ -1,8 +1,9 @@
 """Registry tables: plain name -> object mappings filled by a decorator.
 
 Dispatch in craft goes through tables like ``OPTIMIZERS`` and ``SCHEDULES``
-rather than class hierarchies. A table refuses a duplicate name, and an
-unknown name raises an error that lists the names that exist.
+rather than class hierarchies. A table refuses a name another definition
+holds (the same definition run again replaces its entry), and an unknown
+name raises an error that lists the names that exist.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ class Registry(Mapping[str, T], Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator adding an entry under ``name``; a taken name is an error."""
+        """Decorator adding an entry under ``name``; a name taken by another definition is an error.
+
+        The same definition run again (a notebook cell, ``importlib.reload``: the same module and
+        qualified name) replaces its entry.
+        """
 
         def add(obj: T) -> T:
-            if name in self._entries:
+            if name in self._entries and _describe(self._entries[name]) != _describe(obj):
                 raise ValueError(
                     f"{self.what} {name!r} is already registered "
                     f"(by {_describe(self._entries[name])}); pick another name"

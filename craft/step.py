@@ -25,7 +25,7 @@ from torch.utils import _pytree as pytree
 
 from craft.accumulate import Batch, Metrics, accumulate
 from craft.compiling import autocast_for, device_type, maybe_compile, set_mode, uses_cuda_graphs
-from craft.contracts import batch_input, loss_and_metrics, state_checker
+from craft.contracts import batch_input, check_initialized, host_seed, loss_and_metrics, moved_in_part, state_checker
 from craft.optim import STATE_TYPES, Transform, apply_updates
 from craft.tree import Params, global_norm
 
@@ -69,6 +69,7 @@ def init_state(model: nn.Module, transform: Transform, *, seed: int = 0) -> Trai
     The tensors are the module's own (no copy): a step with ``donate=True``
     keeps the module up to date; otherwise the module holds the initial values.
     """
+    check_initialized(model)
     params, buffers = {}, {}
     for name, p in model.named_parameters():
         (params if p.requires_grad else buffers)[name] = p.detach()
@@ -150,12 +151,15 @@ def with_rng(
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         check(state.params, state.buffers)
-        seed = int(state.rng)
+        seed = host_seed(state.rng)
         torch.manual_seed(seed)  # dropout masks are a function of state.rng
         set_mode(model, training=True)
         if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        out = step(state.params, state.buffers, state.opt_state, state.step, batch)
+        try:
+            out = step(state.params, state.buffers, state.opt_state, state.step, batch)
+        except RuntimeError as e:  # a state moved to another dtype or device in part says which part
+            raise moved_in_part(state.params, state.opt_state, e) or e
         if cuda_graphs:
             # A replay overwrites the memory of the last replay's outputs, which
             # are this state: keep a copy the next replay cannot touch.
@@ -245,7 +249,7 @@ def make_loss(
         if copy_buffers:
             buffers = {k: b.clone() for k, b in buffers.items()}
         with autocast(device_type(params)):
-            value, metrics = _loss_and_metrics(loss_fn, functional_call(model, (params, buffers), inputs(batch)), batch)
+            value, metrics = loss_and_metrics(loss_fn(functional_call(model, (params, buffers), inputs(batch)), batch))
         return value, {"metrics": metrics, "buffers": buffers}
 
     return loss
@@ -268,7 +272,7 @@ def make_eval_step(
     def evaluate(params: Params, buffers: Params, batch: Batch) -> Metrics:
         with torch.no_grad(), autocast(device_type(params)):
             outputs = functional_call(model, (params, buffers), inputs(batch))
-            loss, metrics = _loss_and_metrics(loss_fn, outputs, batch)
+            loss, metrics = loss_and_metrics(loss_fn(outputs, batch))
         return {k: v.float() for k, v in {"loss": loss, **metrics}.items()}
 
     compiled = maybe_compile(evaluate, compile)
@@ -285,10 +289,6 @@ def make_eval_step(
 def _where(condition: Tensor, new: Any, old: Any) -> Any:
     """Leaf by leaf, ``new`` where ``condition`` (a 0-d bool tensor) holds, else ``old``."""
     return pytree.tree_map(lambda a, b: torch.where(condition, a, b) if isinstance(a, Tensor) else a, new, old)
-
-
-def _loss_and_metrics(loss_fn: LossFn, outputs: Any, batch: Batch) -> tuple[Tensor, Metrics]:
-    return loss_and_metrics(loss_fn(outputs, batch))
 
 
 def next_seed(seed: int) -> int:

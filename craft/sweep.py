@@ -42,7 +42,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from craft import checkpoint, hooks
-from craft.checks import check_accumulation, check_sweep_train
+from craft.checks import check_accumulation, check_components, check_sweep_train
 from craft.config import SWEEPABLE, Experiment, build, dumps, to_dict
 from craft.ensemble import make_ensemble_step, stack_states, unstack_state
 from craft.logging import MetricsLog, plot_quietly, progress_bar, truncate_metrics
@@ -57,7 +57,6 @@ from craft.runfolder import MEMBERS_DIR
 from craft.step import TrainState, init_state, make_eval_step
 from craft.unreadable import UnreadableBatch, data_summary, one_class_warning, read_or_raise, remember_in, saved_after_unreadable
 from craft.words import plural
-
 
 
 class Member(NamedTuple):
@@ -95,7 +94,8 @@ def sweep_transform(exp: Experiment, names: list[str]) -> Transform:
     """The experiment's optimizer and schedule (``parts.build_optimizer`` over the parameter ``names``),
     the swept values held as tensors in its state."""
     config = exp.optim.config
-    swept = {SWEEPABLE[k]: v[0] for k, v in exp.sweep.values.items()}
+    # seeds alone sweep no value: the learning rate is held in the state all the same, one state layout for every sweep
+    swept = {SWEEPABLE[k]: v[0] for k, v in exp.sweep.values.items()} or {"learning_rate": exp.optim.lr}
     if "weight_decay" in swept and "weight_decay" not in attrs.fields_dict(type(config)):
         raise RunError(f"sweep.optim.weight_decay: optimizer {exp.optim.kind!r} has no weight_decay option")
 
@@ -106,11 +106,13 @@ def sweep_transform(exp: Experiment, names: list[str]) -> Transform:
     return inject_hyperparams(factory, **swept)
 
 
-def stacked_start(exp: Experiment, team: list[Member], tx: Transform):
-    """Every member's initial state (its own seed, its swept values) stacked, with the shared model and task."""
+def stacked_start(exp: Experiment, team: list[Member], tx: Transform, val_data):
+    """Every member's initial state (its own seed, its swept values) stacked, with the shared model and task; each
+    member's model first meets a val batch, as a run's does (``check_components``: a lazy model takes its shapes)."""
     states, model = [], None
     for m in team:
         parts = build_parts(member_experiment(exp, m))  # the member's own initial weights
+        check_components(exp, parts, val_data)
         model = model or parts.model  # the first member's module serves all
         state = init_state(parts.model, tx, seed=m.seed)
         swept = {SWEEPABLE[k]: v for k, v in m.values.items()}
@@ -196,7 +198,7 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
         echo(note)
     team = members(exp)
     tx = sweep_transform(exp, trainable_names(build_parts(member_experiment(exp, team[0])).model))
-    model, parts, state = stacked_start(exp, team, tx)
+    model, parts, state = stacked_start(exp, team, tx, val_data)
     with locked(run_dir):
         prepare_run_dir(run_dir, overwrite=overwrite)
         alive = torch.ones(len(team), dtype=torch.bool)

@@ -63,7 +63,8 @@ def load_run(run_dir: Path, checkpoint_name: str = "latest") -> LoadedRun:
             )
         payload = checkpoint.load(path)
     parts = build_parts(exp)
-    state = checkpoint.state_from_dict(payload["state"], init_state(parts.model, parts.optimizer, seed=exp.seed))
+    model = checkpoint.shaped_like(parts.model, payload["state"])  # a lazy model takes the checkpoint's shapes
+    state = checkpoint.state_from_dict(payload["state"], init_state(model, parts.optimizer, seed=exp.seed))
     return LoadedRun(exp, parts, state)
 
 

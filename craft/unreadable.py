@@ -55,11 +55,25 @@ class UnreadableBatch(Exception):
     """The next training batch could not be read (an image that does not decode); its error is the cause."""
 
 
+class DataEnded(Exception):
+    """The train iterator raised ``StopIteration``: a train split must yield batches without end."""
+
+
+ENDED = (
+    "data.kind = {kind!r}: the train iterator ended (StopIteration) after step {step}; a train split yields "
+    "batches without end: start a new pass over the data when one ends, as craft.data.batching.TrainBatches does"
+)
+
+
 def read_or_raise(batches):
-    """``batches``, with an error reading one raised as ``UnreadableBatch`` (the step's own errors stay as they are)."""
+    """``batches``, with an error reading one raised as ``UnreadableBatch`` (the step's own errors stay as they
+    are), and an iterator that ends as ``UnreadableBatch`` from ``DataEnded`` (inside this generator, its
+    ``StopIteration`` would be a bare ``RuntimeError: generator raised StopIteration``)."""
     while True:
         try:
             batch = next(batches)
+        except StopIteration:
+            raise UnreadableBatch() from DataEnded()
         except (ValueError, OSError) as e:
             raise UnreadableBatch() from e
         yield batch
@@ -72,7 +86,10 @@ def saved_after_unreadable(error: Exception, progress: Progress, exp: Experiment
 
     The data's position is the unread batch's (a failed read does not advance it): the resumed run reads it again.
     """
-    skips = getattr(exp.data.config, "skip_unreadable", None) is False
+    ended = isinstance(error, DataEnded)
+    if ended:
+        error = ENDED.format(kind=exp.data.kind, step=progress.step)
+    skips = not ended and getattr(exp.data.config, "skip_unreadable", None) is False
     hint = " (a new run with data.skip_unreadable = true leaves such files out)" if skips else ""
     saved = progress.last_good
     if progress.step > 0 and not checkpoint.step_path(run_dir / CHECKPOINTS, progress.step).exists():

@@ -6,6 +6,7 @@ import pickle
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import attrs
@@ -604,8 +605,10 @@ def test_failing_imports_are_reported(tmp_path, monkeypatch):
     text = 'imports = ["_test_config_missing.models", "json", "_test_config_broken"]\n' + BASE
     try:
         assert problems_of(text) == [
-            "imports: cannot import '_test_config_missing.models': No module named '_test_config_missing'",
-            "imports: cannot import '_test_config_broken': boom",
+            "imports: cannot import '_test_config_missing.models': No module named '_test_config_missing'; modules "
+            f"under imports are looked up in the current folder ({Path.cwd()}) and on PYTHONPATH: run craft from the "
+            "folder that holds it, or add that folder to PYTHONPATH",
+            f"imports: cannot import '_test_config_broken': boom ({tmp_path / '_test_config_broken.py'}, line 1)",
         ]
     finally:
         sys.modules.pop("_test_config_broken", None)

@@ -88,3 +88,36 @@ def test_a_loss_given_as_a_python_number_says_to_return_the_tensor():
 def test_compile_must_be_a_bool_or_options(compile):
     with pytest.raises(TypeError, match=r"compile must be True, False or a dict of torch.compile options.*got"):
         make_train_step(_mlp(), cross_entropy, sgd(0.1), compile=compile)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_params_moved_to_another_dtype_without_their_optimizer_state_name_the_tensor(compile):
+    """It was Adam's raw `expected dtype float for `end` but got dtype double`; moved whole, the state trains."""
+    from craft.optim import adamw
+    from torch.utils import _pytree as pytree
+
+    model, tx = _mlp(), adamw(1e-2)
+    state = init_state(model, tx)
+    step = make_train_step(model, cross_entropy, tx, compile=compile)
+    batch = {**_batch(), "input": _batch()["input"].double()}
+    half_moved = state._replace(params={k: v.double() for k, v in state.params.items()})
+    with pytest.raises(TypeError, match=r"^the optimizer state of '0\.weight' is float32 on cpu but the parameter is "
+                                        r"float64 on cpu: a state moves whole; .* \(the step failed with: "):
+        step(half_moved, batch)
+    moved = pytree.tree_map(lambda t: t.double() if t.is_floating_point() else t, state)
+    new, metrics = step(moved, batch)
+    assert new.params["0.weight"].dtype == torch.float64 and torch.isfinite(metrics["loss"])
+    assert all(t.dtype in (torch.float64, torch.int64) for t in pytree.tree_leaves(new.opt_state))
+
+
+def test_vmap_of_a_train_step_over_stacked_states_says_which_step_to_vmap():
+    """vmap's own error was about `.item()`, from reading the stacked rng to seed dropout."""
+    from craft.ensemble import stack_states
+
+    model, tx = _mlp(), sgd(0.1)
+    states = stack_states([init_state(model, tx, seed=s) for s in range(2)])
+    step = make_train_step(model, cross_entropy, tx, compile=False)
+    with pytest.raises(RuntimeError, match=r"^a step of make_train_step reads state.rng on the host .* under vmap of "
+                                           r"stacked states: train them with craft\.ensemble\.make_ensemble_step, or vmap "
+                                           r"craft\.step\.make_pure_step"):
+        torch.func.vmap(step, in_dims=(0, None))(states, _batch())

@@ -162,3 +162,17 @@ def test_schedules_table():
     assert optim.SCHEDULES["step"] is optim.step_decay
     with pytest.raises(KeyError, match="unknown schedule 'cosin'; did you mean 'cosine'"):
         optim.SCHEDULES["cosin"]
+
+
+def test_the_same_definition_registered_again_replaces_its_entry():
+    """A notebook cell run twice, or importlib.reload: it was 'already registered (by __main__.NbMLP)'."""
+    reg: Registry = Registry("model")
+    cell = "@reg.register('nb_mlp')\nclass NbMLP:\n    hidden = {hidden}\n"
+    namespace = {"reg": reg, "__name__": "__main__"}
+    exec(cell.format(hidden=8), namespace)
+    exec(cell.format(hidden=16), namespace)
+    assert reg["nb_mlp"].hidden == 16 and len(reg) == 1
+    namespace = {"reg": reg, "__name__": "someone_elses_module"}
+    with pytest.raises(ValueError, match=r"model 'nb_mlp' is already registered \(by __main__\.NbMLP\); pick another name"):
+        exec(cell.format(hidden=32), namespace)
+    assert reg["nb_mlp"].hidden == 16

@@ -283,3 +283,20 @@ def test_a_sweep_refuses_trackers_it_would_not_feed(tmp_path, key, value, fix):
         f"(members/NNN/); set {key} = {fix}, or train one run per value"
     )
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_of_seeds_alone_trains_each_seed_as_its_own_run(tmp_path):
+    """`seeds = N` with no value lists (it failed with `inject_hyperparams needs at least one hyperparameter`):
+    member 0 is the experiment trained alone; member 1 starts from seed 1's weights and reads the same batches."""
+    sweep = _exp(tmp_path, "[sweep]\nseeds = 2\n")
+    run_dir = run.train(sweep, echo=lambda *a: None)
+    team = members(sweep)
+    assert [m.seed for m in team] == [0, 1]
+    alone_dir = run.train(attrs.evolve(member_experiment(sweep, team[0]), name="alone"), echo=lambda *a: None)
+    saved = [torch.load(next((run_dir / "members" / f"00{i}" / "checkpoints").glob("step_*.pt")), weights_only=True)
+             for i in (0, 1)]
+    theirs = torch.load(next((alone_dir / "checkpoints").glob("step_*.pt")), weights_only=True)
+    for k, v in theirs["state"]["params"].items():
+        torch.testing.assert_close(saved[0]["state"]["params"][k], v, atol=1e-6, rtol=1e-5)
+    assert not torch.equal(saved[0]["state"]["params"]["fc.weight"], saved[1]["state"]["params"]["fc.weight"])
+    assert trained.evaluate(run_dir / "members" / "001")["step"] == 4

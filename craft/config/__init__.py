@@ -20,7 +20,7 @@ strict cattrs converter), ``sections`` (the sections that pick an entry by
 
 from __future__ import annotations
 
-from craft.config.entries import Config, FunctionConfig, build, config_class, registries
+from craft.config.entries import Config, FunctionConfig, build, build_problem, config_class, registries
 from craft.config.io import (
     apply_overrides, dumps, from_dict, load, loads, parse_override, printable, save, structure, to_dict, tomllib,
 )
@@ -31,6 +31,6 @@ from craft.config.records import (
 
 __all__ = [
     "SWEEPABLE", "TRACKERS", "Component", "Config", "ConfigError", "EarlyStopping", "Experiment", "FunctionConfig",
-    "Optim", "OptimGroup", "Sample", "Sweep", "Train", "apply_overrides", "build", "config_class", "dumps",
+    "Optim", "OptimGroup", "Sample", "Sweep", "Train", "apply_overrides", "build", "build_problem", "config_class", "dumps",
     "from_dict", "load", "loads", "parse_override", "printable", "registries", "save", "structure", "to_dict",
 ]

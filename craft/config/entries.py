@@ -130,6 +130,34 @@ def config_class(entry: Any) -> type[Config]:
     return cls
 
 
+BUILD_CALLS = {
+    "model": ((), {}, "build()"),
+    "data": (("train",), {"seed": 0}, "build(split, *, seed, rank=0, world_size=1)"),
+    "task": ((), {}, "build()"),
+    "optim": ((None,), {}, "build(learning_rate)"),
+    "schedule": ((1e-3,), {"total_steps": 1}, "build(lr, *, total_steps)"),
+}
+"""How a run calls each section's ``build``: positional and keyword arguments, and the call as the docs write it."""
+
+
+def build_problem(section: str, config: Any) -> str | None:
+    """Why a run could not call ``config.build`` as it calls a ``[section]`` entry's (no ``build``, or a signature
+    that does not take the run's arguments), or None. Found when the config is read, not mid-run."""
+    args, kwargs, shown = BUILD_CALLS[section]
+    build = getattr(config, "build", None)
+    name = type(config).__qualname__
+    if not callable(build):
+        return f"{name} has no build method; a [{section}] entry makes its object with {shown} (docs/extending.md)"
+    try:
+        signature = inspect.signature(build)
+        signature.bind(*args, **kwargs)
+    except ValueError:  # no signature to read (a builtin): left to the call
+        return None
+    except TypeError as e:
+        return f"{name}.build{signature} cannot be called as a run calls it, {shown}: {e}"
+    return None
+
+
 def registries() -> dict[str, Registry]:
     """The tables the sections pick from, by their names: ``models`` for ``[model]``, etc."""
     return {"models": MODELS, "datasets": DATASETS, "tasks": TASKS, "optimizers": OPTIMIZERS, "schedules": SCHEDULES}

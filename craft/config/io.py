@@ -13,6 +13,7 @@ import ast
 import datetime
 import importlib
 import sys
+import traceback
 import typing
 import warnings
 from collections.abc import Mapping
@@ -102,9 +103,18 @@ def _import_all(modules: Any) -> None:
         try:
             importlib.import_module(module)
         except Exception as e:  # a module may fail any way; the user needs the message
-            problems.append(f"imports: cannot import {module!r}: {e}")
+            problems.append(f"imports: cannot import {module!r}: {e}{_import_hint(module, e, here)}")
     if problems:
         raise ConfigError(problems)
+
+
+def _import_hint(module: str, error: Exception, here: str) -> str:
+    """Where ``module`` was looked for, when it was not found; else the line of the module that failed."""
+    if isinstance(error, ModuleNotFoundError) and (module == error.name or module.startswith(f"{error.name}.")):
+        return (f"; modules under imports are looked up in the current folder ({here or 'none'}) and on PYTHONPATH: "
+                f"run craft from the folder that holds it, or add that folder to PYTHONPATH")
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "importlib" not in f.filename]
+    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
 
 
 def from_dict(data: Mapping[str, Any]) -> Experiment:
