@@ -47,14 +47,18 @@ from craft.config import SWEEPABLE, Experiment, build, dumps, to_dict
 from craft.ensemble import make_ensemble_step, stack_states, unstack_state
 from craft.logging import MetricsLog, plot_quietly, progress_bar, truncate_metrics
 from craft.loop import Progress, chain, due, every, fit, when
-from craft.optim import ScheduleState, Transform, find_state, inject_hyperparams, set_hyperparams
-from craft.parts import build_data, build_optimizer, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, to_device, trainable_names
+from craft.optim import Transform, inject_hyperparams, set_hyperparams
+from craft.parts import (
+    build_data, build_optimizer, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, to_device,
+    trainable_names,
+)
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
     prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
 )
 from craft.runfolder import MEMBERS_DIR
 from craft.step import TrainState, init_state, make_eval_step
+from craft.sweep_logs import MemberLogs, evaluate_members, log_members
 from craft.unreadable import UnreadableBatch, data_summary, one_class_warning, read_or_raise, remember_in, saved_after_unreadable
 from craft.words import plural
 
@@ -144,46 +148,6 @@ def guarded(step, on_nonfinite: str):
     return guarded_step
 
 
-class MemberLogs(NamedTuple):
-    """The sweep's ``metrics.jsonl`` (every member, with "member" and "hparams") and each member's own."""
-
-    team: list[Member]
-    logs: list[MetricsLog]
-
-    def write(self, step: int, split: str, values: list[dict[str, float]], elapsed: float) -> None:
-        for m, v in zip(self.team, values):
-            self.logs[0].write(step, split, v, elapsed, member=m.index, hparams=m.hparams())
-            self.logs[m.index + 1].write(step, split, v, elapsed)
-
-    def close(self) -> None:
-        for log in self.logs:
-            log.close()
-
-
-def log_members(logs: MemberLogs, summarize, bar, elapsed, learning_rates) -> hooks.Hook:
-    """Each member's means over the log window (as a run logs them) and the learning rate its last step used."""
-    def hook(progress: Progress, metrics) -> Progress:
-        values = hooks.window_means(progress, metrics)  # the only host sync
-        applied = find_state(progress.state[0].opt_state, ScheduleState).count.tolist()  # a skipped update leaves it behind
-        logs.write(progress.step, "train", [{**summarize({k: v[i] for k, v in values.items()}), "lr": rate(max(applied[i] - 1, 0))}
-                                            for i, rate in enumerate(learning_rates)], elapsed())
-        finite = [v for v in values["loss"] if math.isfinite(v)]
-        bar.set_postfix(best_loss=f"{min(finite):.4f}" if finite else "nan", refresh=False)
-        return progress._replace(window_sums=None, window_counts=None)
-
-    return hook
-
-
-def evaluate_members(run_eval, logs: MemberLogs, elapsed) -> hooks.Hook:
-    def hook(progress: Progress, metrics) -> Progress:
-        state = progress.state[0]
-        values = [run_eval(unstack_state(state, m.index)) for m in logs.team]
-        logs.write(progress.step, "val", values, elapsed())
-        return progress._replace(val=values)
-
-    return hook
-
-
 def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = False, echo=print) -> Path:
     """Train every member of ``exp.sweep``; returns the run folder (see the module docstring)."""
     check_sweep_train(exp)
@@ -217,7 +181,8 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
         for folder in member_dirs:
             prepare_run_dir(folder, overwrite=False)
             truncate_metrics(folder, int(start.state[0].step[0]))
-        progress = _fit_sweep(exp, model, parts, tx, start, run_dir, (train_data, val_data), MemberLogs(team, [MetricsLog(run_dir)] + [MetricsLog(d) for d in member_dirs]))
+        logs = MemberLogs(team, [MetricsLog(run_dir)] + [MetricsLog(d) for d in member_dirs])
+        progress = _fit_sweep(exp, model, parts, tx, start, run_dir, (train_data, val_data), logs)
         _finish(exp, team, member_dirs, progress, train_data.state_dict(), echo)
     return run_dir
 
@@ -234,13 +199,16 @@ def _fit_sweep(exp: Experiment, model, parts, tx: Transform, start, run_dir: Pat
     bar = progress_bar(cfg.steps, first, compiling=cfg.compile)
 
     def save(p: Progress) -> Path:
-        progress = {"elapsed": elapsed(), "best": None, "bad_evals": 0, "alive": p.state[1].tolist(), "window": hooks.window_state(p)}
+        alive, window = p.state[1].tolist(), hooks.window_state(p)
+        progress = {"elapsed": elapsed(), "best": None, "bad_evals": 0, "alive": alive, "window": window}
         path = checkpoint.step_path(run_dir / CHECKPOINTS, p.step)
         save_checkpoint(path, checkpoint_payload(p.state[0], train_data.state_dict(), progress, to_dict(exp)))
         checkpoint.prune(run_dir / CHECKPOINTS, cfg.keep_checkpoints)
         return path
 
     run_eval = lambda state: evaluate_batches(eval_step, state, val_data, device, task, cfg.eval_batches)  # noqa: E731
+    rates = [learning_rate(member_experiment(exp, m)) for m in logs.team]
+    saving = lambda p: due(p, cfg.checkpoint_every or cfg.eval_every) or due(p, cfg.eval_every) or p.stop is not None  # noqa: E731
     flag = hooks.SignalFlag()
     progress = Progress(start.state, first, cfg.steps, last_good=start.path, window=time.perf_counter())
     progress = hooks.restore_window(progress, start.progress.get("window"), device)  # the log window's steps so far
@@ -248,9 +216,9 @@ def _fit_sweep(exp: Experiment, model, parts, tx: Transform, start, run_dir: Pat
         hooks.advance(bar),
         hooks.count_nonfinite,
         hooks.accumulate,
-        every(cfg.log_every, log_members(logs, task.summarize, bar, elapsed, [learning_rate(member_experiment(exp, m)) for m in logs.team])),
+        every(cfg.log_every, log_members(logs, task.summarize, bar, elapsed, rates)),
         hooks.stop_on_signal(flag),
-        when(lambda p: due(p, cfg.checkpoint_every or cfg.eval_every) or due(p, cfg.eval_every) or p.stop is not None, hooks.untimed(hooks.checkpoint(save))),
+        when(saving, hooks.untimed(hooks.checkpoint(save))),
         every(cfg.eval_every, hooks.untimed(evaluate_members(run_eval, logs, elapsed))),
         remember_in(latest := [progress]),  # the last finished step: saved if a batch cannot be read
     )
