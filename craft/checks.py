@@ -22,7 +22,7 @@ from craft.data.tokenizers import saved_as
 from craft.distributed import Replicas
 from craft.rundir import TOKENIZER_FILE, RunError
 from craft.tasks import Task
-from craft.words import plural
+from craft.words import few, plural
 
 
 FROM_DATA = {"num_classes": "classes", "vocab_size": "tokenizer", "block_size": "sequence length"}
@@ -216,13 +216,6 @@ def tensors(value: Any) -> str:
     if isinstance(value, tuple | list):
         return f"{type(value).__name__} of " + ", ".join(tensors(v) for v in value)
     return type(value).__name__
-
-
-def few(names: Iterable[str], shown: int = 5) -> str:
-    """At most ``shown`` of ``names`` quoted, then how many there are: a message stays one short line."""
-    names = list(names)
-    head = ", ".join(map(repr, names[:shown]))
-    return head if len(names) <= shown else f"{head}, ... {len(names)} in all"
 
 
 def check_sweep_train(exp: Experiment) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from craft.data.files import find_files
 from craft.data.listing import describe_left_out
+from craft.words import few
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".text", ".json", ".jsonl", ".csv", ".html", ".tex", ".c", ".h")
 """Suffixes of the files taken from a SRC folder."""
@@ -119,8 +120,3 @@ def compressed(packed: dict[str, str]) -> str:
     kinds = sorted(set(packed.values()))
     tools = {"gzip": "gunzip -k", "bzip2": "bunzip2 -k", "xz": "unxz -k", "zstd": "unzstd", "zip": "unzip"}
     return f"compressed ({', '.join(kinds)}); decompress them first ({', '.join(f'{tools[k]} FILE' for k in kinds)})"
-
-
-def few(files: list[str]) -> str:
-    """The first five file names, and how many in all."""
-    return ", ".join(map(repr, files[:5])) + (f", ... {len(files)} in all" if len(files) > 5 else "")
