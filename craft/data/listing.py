@@ -87,12 +87,16 @@ def split_folders_error(folder: Path, names: list[str]) -> ValueError:
     )
 
 
-def split_subfolders(folder: Path) -> list[str]:
-    """The sub-folders of ``folder`` that name splits, when they name two or more (``train``, ``val``) and are
-    at least half its sub-folders, else []."""
-    folders = [e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+def naming_splits(folders: list[str]) -> list[str]:
+    """The ``folders`` (names) that name splits, sorted, when they name two or more splits (``train``, ``val``)
+    and are at least half of ``folders``, else []: 'Training_Shoes' and 'Test_Tube' among 50 classes are classes."""
     names = sorted(n for n in folders if split_word(n))
     return names if len({split_word(n) for n in names}) >= 2 and 2 * len(names) >= len(folders) else []
+
+
+def split_subfolders(folder: Path) -> list[str]:
+    """The sub-folders of ``folder`` that name splits (``naming_splits``), else []."""
+    return naming_splits([e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)])
 
 
 def class_name(raw: str) -> str:
@@ -167,9 +171,8 @@ def _list_class_folders(folder: Path) -> Listing:
             left_out["links out of the folder"] += 1
         else:
             class_dirs.append(entry.name)
-    named_splits = [name for name in class_dirs if split_word(name) is not None]
-    if len({split_word(n) for n in named_splits}) >= 2 and 2 * len(named_splits) >= len(class_dirs):  # splits, not classes
-        raise split_folders_error(folder, named_splits)  # (2 of 50 classes, 'Training_Shoes' and 'Test_Tube': classes)
+    if named_splits := naming_splits(class_dirs):  # splits, not classes
+        raise split_folders_error(folder, named_splits)
     if not class_dirs:
         loose = find_files(folder)
         if loose.files:
