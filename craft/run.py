@@ -174,7 +174,7 @@ def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas
 
 def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, replicas: Replicas) -> Path:
     """Compile the steps, run ``fit`` with the run's hooks, and turn its stop reason into the outcome."""
-    cfg, (train_data, val_data, _), main = exp.train, data, replicas.is_main
+    cfg, (train_data, val_data, first_batch), main = exp.train, data, replicas.is_main
     cuda.fast_matmuls(parts.device)
     common = dict(inputs=parts.task.inputs, precision=cfg.precision, compile=cfg.compile)
     eval_step = make_eval_step(parts.model, parts.task.loss, **common)
@@ -202,7 +202,7 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     hook, evaluate_due = run_hooks(
         exp, summarize=parts.task.summarize, log=log, bar=bar, say=say, elapsed=elapsed, replicas=replicas, flag=flag,
         save=save, save_best=saver(exp, run_dir, train_data, elapsed, main, best=True),
-        run_eval=run_eval, utilisation=utilisation(exp, parts, data[2]),
+        run_eval=run_eval, utilisation=utilisation(exp, parts, first_batch),
         make_text=(lambda state: cfg.sample.prompt + sample_text(parts.model, state, tokenizer, cfg.sample))  # as generate prints
         if main and cfg.sample else None,
     )

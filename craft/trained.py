@@ -26,6 +26,7 @@ from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_b
 from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError, saved_config
 from craft.runfolder import MEMBERS_DIR
 from craft.step import TrainState, init_state, make_eval_step
+from craft.words import plural
 
 
 class LoadedRun(NamedTuple):
@@ -88,17 +89,23 @@ def evaluate(
         batches = in_run_vocabulary(Path(run_dir), batches, getattr(used.data.config, "path", None))
     check_components(used, parts, batches)  # other data the model cannot take (--data.image_size) is one line
     check_classes(Path(run_dir), getattr(batches, "classes", None))
-    limit = None if data or whole_split else exp.train.eval_batches
+    limit = eval_limit(exp, data, whole_split)
     metrics = evaluate_batches(eval_step, state, batches, parts.device, parts.task, limit)
     return {"step": int(state.step), **metrics}
 
 
+def eval_limit(exp: Experiment, data: dict[str, str] | None, whole_split: bool) -> int | None:
+    """The batches ``evaluate`` reads: the run's ``train.eval_batches`` on its own split; None (all) for other
+    data or ``whole_split``."""
+    return None if data or whole_split else exp.train.eval_batches
+
+
 def evaluated_part(run_dir: Path, data: dict[str, str] | None = None, whole_split: bool = False) -> str | None:
     """What ``evaluate`` reads of a run whose ``train.eval_batches`` limits its evaluation, in a line; None if the whole split."""
-    limit = None if data or whole_split else load_config(Path(run_dir) / CONFIG_FILE).train.eval_batches
+    limit = eval_limit(load_config(Path(run_dir) / CONFIG_FILE), data, whole_split)
     if limit is None:
         return None
-    return (f"val: {limit} batch{'es' if limit > 1 else ''} spread over the split (train.eval_batches = {limit}), "
+    return (f"val: {plural(limit, 'batch', 'batches')} spread over the split (train.eval_batches = {limit}), "
             "as the run logged them; --whole_split evaluates all of it")
 
 
