@@ -187,10 +187,12 @@ def fit_schedule(exp: Experiment) -> tuple[Experiment, list[str]]:
         )
         config = attrs.evolve(config, warmup_steps=short)
     if total < steps:  # the rate those steps get is said: a decay to 0 learns nothing more
-        last = learning_rate(attrs.evolve(exp, schedule=Component(exp.schedule.kind, config)))(total)
+        rate = learning_rate(attrs.evolve(exp, schedule=Component(exp.schedule.kind, config)))
+        last, end = rate(total), rate(steps - 1)
+        kept = (f"keep the schedule's last learning rate, {last:.3g}{' (nothing is learned in those steps)' if last == 0 else ''}"
+                if end == last else f"get {last:.3g} to {end:.3g}: this schedule goes on past its total_steps")
         notes.append(
-            f"train.steps = {steps} runs past schedule.total_steps = {total}: the steps after {total} keep the "
-            f"schedule's last learning rate, {last:.3g}{' (nothing is learned in those steps)' if last == 0 else ''} "
+            f"train.steps = {steps} runs past schedule.total_steps = {total}: the steps after {total} {kept} "
             f"(--schedule.total_steps={steps} stretches the schedule instead)"
         )
     if config == exp.schedule.config:

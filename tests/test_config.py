@@ -312,6 +312,15 @@ def test_validators_report_every_invalid_value():
     ]
 
 
+def test_a_negative_learning_rate_is_refused_not_climbed():
+    """``lr = -3e-3`` trained by gradient ascent, without a word; so did a sweep's negative values."""
+    assert problems_of(BASE + "[optim]\nlr = -3e-3\n") == ["optim.lr: must be >= 0, got -0.003"]
+    assert problems_of(BASE + '[sweep]\n"optim.lr" = [1e-3, -1e-3]\n"optim.weight_decay" = [-0.1]\n') == [
+        "sweep.optim.lr: every value must be >= 0, got [0.001, -0.001]",
+        "sweep.optim.weight_decay: every value must be >= 0, got [-0.1]",
+    ]
+
+
 def test_user_validators_are_reported_with_their_path(register):
     @attrs.frozen
     class Net:

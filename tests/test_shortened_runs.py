@@ -9,6 +9,7 @@ import torch
 
 from conftest import run_cli
 from craft.config import build, load
+from craft.optim import SCHEDULES
 from craft.parts import fit_schedule
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.toml"))
@@ -43,6 +44,26 @@ def test_a_run_past_its_schedule_says_the_learning_rate_it_keeps():
     )
     _, (note,) = fit_schedule(load(path, {"train.steps": 4000, "schedule.total_steps": 3000, "schedule.min_lr": 0.0}))
     assert "keep the schedule's last learning rate, 0 (nothing is learned in those steps) (--schedule" in note
+
+
+def _goes_on(lr: float, *, total_steps: int | None = None):
+    """A schedule of a user's that decays on past total_steps."""
+    return lambda step: torch.as_tensor(lr, dtype=torch.float64) / (1 + torch.as_tensor(step))
+
+
+def test_a_run_past_a_schedule_that_goes_on_says_so():
+    """The note said 'keep the schedule's last learning rate' of a schedule that went on decaying."""
+    SCHEDULES.register("goes_on")(_goes_on)
+    try:
+        path = EXPERIMENTS[0].parent / "custom_cnn.toml"
+        exp = load(path, {"train.steps": 40, "schedule": {"kind": "goes_on", "total_steps": 10}, "optim.lr": 1.0})
+        _, (note,) = fit_schedule(exp)
+    finally:
+        SCHEDULES._entries.pop("goes_on")
+    assert note == (
+        "train.steps = 40 runs past schedule.total_steps = 10: the steps after 10 get 0.0909 to 0.025: this "
+        "schedule goes on past its total_steps (--schedule.total_steps=40 stretches the schedule instead)"
+    )
 
 
 def test_a_shortened_gpt_run_trains_from_the_cli(tmp_path):

@@ -90,6 +90,7 @@ def _optim_hook(c: cattrs.Converter) -> Callable[[Any, Any], Optim]:
         lr, groups = 1e-3, []
         try:
             lr = c.structure(table.get("lr", lr), float)
+            at_least(0)(None, None, lr)  # a negative rate climbs the loss
         except Exception as e:
             problems = [(join("lr", rel), msg) for rel, msg in flatten(e)] + problems
         try:
@@ -167,6 +168,8 @@ def _sweep_hook(c: cattrs.Converter) -> Callable[[Any, Any], Sweep]:
                 problems.append((key, _sweep_problem(key)))
             elif not isinstance(value, list) or not value or not all(map(is_finite_number, value)):
                 problems.append((key, f"expected a non-empty list of numbers, none nan or inf, got {show(value)}"))
+            elif any(v < 0 for v in value):  # held as tensors in the state, which the optimizer cannot check
+                problems.append((key, f"every value must be >= 0, got {show(value)}"))
             else:
                 values[key] = [float(v) for v in value]
         if problems:

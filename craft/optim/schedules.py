@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from craft.optim.base import Schedule
+from craft.optim.base import Schedule, in_range
 from craft.registry import Registry
 from craft.words import plural
 
@@ -30,6 +30,12 @@ def _need_total(name: str, total_steps: int | None) -> int:
     if total_steps is None or total_steps <= 0:
         raise ValueError(f"{name} schedule needs total_steps > 0, got {total_steps}")
     return int(total_steps)
+
+
+def _rates(name: str, **rates: float) -> None:
+    """Every rate >= 0, else a ValueError naming it: a negative one would climb the loss without a word."""
+    for key, value in rates.items():
+        in_range(name, key, value)
 
 
 def warmup_length(total_steps: int | None, warmup_steps: int | None, warmup_ratio: float | None) -> int:
@@ -49,6 +55,7 @@ def warmup_length(total_steps: int | None, warmup_steps: int | None, warmup_rati
 @SCHEDULES.register("constant")
 def constant(lr: float, *, total_steps: int | None = None) -> Schedule:
     """``lr`` at every step."""
+    _rates("constant", lr=lr)
     return lambda step: torch.zeros_like(_float(step)) + lr  # lr may be a 0-d tensor (inject_hyperparams)
 
 
@@ -62,6 +69,7 @@ def linear_warmup(
     init_lr: float = 0.0,
 ) -> Schedule:
     """Linear from ``init_lr`` at step 0 to ``lr`` at the end of warmup, then ``lr``."""
+    _rates("linear_warmup", lr=lr, init_lr=init_lr)
     warm = warmup_length(total_steps, warmup_steps, warmup_ratio)
 
     def schedule(step: Tensor) -> Tensor:
@@ -74,6 +82,7 @@ def linear_warmup(
 @SCHEDULES.register("cosine")
 def cosine_decay(lr: float, *, total_steps: int | None = None, min_lr: float = 0.0) -> Schedule:
     """Half a cosine from ``lr`` at step 0 to ``min_lr`` at ``total_steps``, then ``min_lr``."""
+    _rates("cosine", lr=lr, min_lr=min_lr)
     total = _need_total("cosine", total_steps)
     return lambda step: _cosine(_float(step) / total, lr, min_lr)
 
@@ -92,6 +101,7 @@ def warmup_cosine(
 
     Continuous: both pieces give ``lr`` at the end of warmup.
     """
+    _rates("warmup_cosine", lr=lr, min_lr=min_lr, init_lr=init_lr)
     total = _need_total("warmup_cosine", total_steps)
     warm = warmup_length(total, warmup_steps, warmup_ratio)
     if warm >= total:
@@ -113,10 +123,16 @@ def warmup_cosine(
 def step_decay(
     lr: float, *, total_steps: int | None = None, step_size: int = 1000, gamma: float = 0.1
 ) -> Schedule:
-    """``lr * gamma ** (step // step_size)``, as ``torch.optim.lr_scheduler.StepLR``."""
+    """``lr * gamma ** (step // step_size)``, as ``torch.optim.lr_scheduler.StepLR``, up to ``total_steps``.
+
+    Past ``total_steps`` (a resumed run that trains longer) the rate stays at
+    its value there, as every schedule's does; without it, it decays on.
+    """
     if step_size <= 0:
         raise ValueError(f"step schedule needs step_size > 0, got {step_size}")
-    return lambda step: lr * gamma ** torch.floor(_float(step) / step_size)
+    _rates("step", lr=lr, gamma=gamma)
+    end = float("inf") if total_steps is None else int(total_steps)
+    return lambda step: lr * gamma ** torch.floor(torch.clamp(_float(step), max=end) / step_size)
 
 
 def _cosine(frac: Tensor, lr: float, min_lr: float) -> Tensor:

@@ -65,8 +65,31 @@ _DEFAULTS_CLOSED_FORM = {
     "linear_warmup": lambda step: 0.1,  # no warmup asked for: lr from step 0
     "cosine": _half_cosine,
     "warmup_cosine": _half_cosine,  # no warmup asked for: the plain cosine
-    "step": lambda step: 0.1 * 0.1 ** (step // 1000),
+    "step": lambda step: 0.1 * 0.1 ** (min(step, 100) // 1000),  # held past total_steps
 }
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@given(total=st.integers(1, 50), past=st.integers(1, 10_000))
+@FAST
+def test_every_schedule_keeps_its_last_rate_past_total_steps(name, total, past):
+    """A resumed run that trains past ``total_steps`` keeps the rate it had there, as the run says;
+    ``step`` decayed on (0.025 said, 0.0125 trained, 10 steps later)."""
+    options = {"step_size": 3} if name == "step" else {}
+    sched = SCHEDULES[name](0.1, total_steps=total, **options)
+    assert _at(sched, total + past) == _at(sched, total)
+
+
+NEGATIVE = [("constant", "lr", {}), ("linear_warmup", "init_lr", {}), ("cosine", "min_lr", {}),
+            ("warmup_cosine", "min_lr", {}), ("warmup_cosine", "init_lr", {"warmup_steps": 2}), ("step", "gamma", {})]
+
+
+@pytest.mark.parametrize("name, key, options", NEGATIVE)
+def test_a_negative_rate_is_refused(name, key, options):
+    """``min_lr = -1e-3`` ended a cosine in gradient ascent, without a word."""
+    lr, values = (-0.1, {}) if key == "lr" else (0.1, {key: -0.5})
+    with pytest.raises(ValueError, match=f"^{name}: {key} must be >= 0, got -0.5"):
+        SCHEDULES[name](lr if key != "lr" else -0.5, total_steps=10, **options, **values)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
