@@ -9,6 +9,7 @@ Every function here is usable on its own from a research script::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -118,7 +119,9 @@ def build_optimizer(exp: Experiment, schedule: Any, names: list[str], **options:
 
     def make(**group_options: Any) -> Transform:
         given = {**options, **group_options}
-        tx = attrs.evolve(config, **given).build(schedule) if given else config.build(schedule)
+        # A group's own weight_decay decays every parameter it matches, as a torch parameter group's does.
+        everything = {"mask": decay_everything} if "weight_decay" in group_options and takes_mask(config) else {}
+        tx = (attrs.evolve(config, **given) if given else config).build(schedule, **everything)
         return made(exp, "optim", tx, "a craft.optim.Transform (init, update)")
 
     if optim.groups:
@@ -134,6 +137,20 @@ def build_optimizer(exp: Experiment, schedule: Any, names: list[str], **options:
     else:
         tx = make()
     return tx if exp.train.ema_decay is None else chain(tx, ema(exp.train.ema_decay))
+
+
+def decay_everything(params: dict[str, torch.Tensor]) -> dict[str, bool]:
+    """The weight-decay mask of a group that sets its own ``weight_decay``: all of its parameters."""
+    return dict.fromkeys(params, True)
+
+
+def takes_mask(config: Any) -> bool:
+    """Whether the optimizer ``config`` builds takes a weight-decay ``mask`` (every built-in one does)."""
+    maker = getattr(type(config), "entry", None) or getattr(config, "build", None)
+    try:
+        return "mask" in inspect.signature(maker).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def eval_weights(state: TrainState) -> TrainState:

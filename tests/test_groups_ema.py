@@ -123,3 +123,27 @@ def test_checkpoint_records_the_average(tmp_path, shapes):
     assert craft(tmp_path, shapes, train="ema_decay = 0.5").returncode == 0
     found = checkpoint.load_latest(tmp_path / "runs" / "cnn" / "checkpoints")
     assert found is not None and found[1]["config"]["train"]["ema_decay"] == 0.5
+
+
+DECAY_PARAMS = {"conv1.weight": (4, 3, 3, 3), "conv1.bias": (4,), "norm.weight": (4,), "fc.weight": (7, 4), "fc.bias": (7,)}
+
+
+def decayed_by(groups: list[dict], kind: str = "adamw") -> set[str]:
+    """The parameters ``[optim]`` (weight_decay 0.1, lr 0.5) decays: with zero gradients, an update is the decay alone."""
+    exp = load(ROOT / "experiments" / "custom_cnn.toml", {"optim": {"kind": kind, "lr": 0.5, "weight_decay": 0.1, "groups": groups}})
+    from craft.parts import build_optimizer
+
+    params = {name: torch.ones(shape) for name, shape in DECAY_PARAMS.items()}
+    tx = build_optimizer(exp, 0.5, list(params))
+    updates, _ = tx.update({k: torch.zeros_like(p) for k, p in params.items()}, tx.init(params), params)
+    return {name for name, u in updates.items() if u.abs().max() > 0}
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd", "lion"])
+def test_a_groups_weight_decay_decays_every_parameter_it_matches(kind):
+    """``match = "*.bias"``, ``weight_decay = 0.05`` decayed no bias: the default rule (matrices only) still
+    chose within the group, so the key did nothing. A torch parameter group decays all it holds."""
+    assert decayed_by([], kind) == {"conv1.weight", "fc.weight"}  # the default rule: not biases nor norms
+    assert decayed_by([{"match": "*.bias", "weight_decay": 0.05}], kind) == {"conv1.weight", "fc.weight", "conv1.bias", "fc.bias"}
+    assert decayed_by([{"match": "fc.*", "weight_decay": 0.0}], kind) == {"conv1.weight"}
+    assert decayed_by([{"match": "fc.*", "lr_scale": 2.0}], kind) == {"conv1.weight", "fc.weight"}  # no weight_decay: the rule

@@ -34,7 +34,8 @@ class Component:
 class OptimGroup:
     """One ``[[optim.groups]]`` table: the parameters whose names match the glob
     ``match`` train with ``lr_scale`` times the learning rate and their own
-    ``weight_decay``, or not at all (``freeze``: no optimizer state either).
+    ``weight_decay`` (on every parameter of the group, biases and norms included,
+    as in a torch parameter group), or not at all (``freeze``: no optimizer state either).
     A parameter belongs to the first group that matches it; the rest train as
     ``[optim]`` says (see ``craft.optim.groups``)."""
 
