@@ -321,6 +321,15 @@ def test_a_negative_learning_rate_is_refused_not_climbed():
     ]
 
 
+def test_a_frozen_groups_lr_scale_or_weight_decay_is_refused():
+    """``freeze = true`` with ``lr_scale = 10.0`` was accepted, and the scale did nothing."""
+    groups = '[[optim.groups]]\nmatch = "fc.*"\nfreeze = true\nlr_scale = 10.0\nweight_decay = 0.0\n'
+    assert problems_of(BASE + "[optim]\n" + groups) == [
+        "optim.groups[0].lr_scale: does nothing in a frozen group (freeze = true); drop it, or the freeze",
+        "optim.groups[0].weight_decay: does nothing in a frozen group (freeze = true); drop it, or the freeze",
+    ]
+
+
 def test_user_validators_are_reported_with_their_path(register):
     @attrs.frozen
     class Net:

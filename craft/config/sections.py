@@ -102,6 +102,11 @@ def _optim_hook(c: cattrs.Converter) -> Callable[[Any, Any], Optim]:
             (f"groups[{i}].weight_decay", f"optimizer {kind!r} has no weight_decay option")
             for i, g in enumerate(groups) if g.weight_decay is not None and not has_decay
         ]
+        problems += [  # keys a frozen group never reads
+            (f"groups[{i}].{key}", "does nothing in a frozen group (freeze = true); drop it, or the freeze")
+            for i, g in enumerate(groups) if g.freeze
+            for key in ("lr_scale", "weight_decay") if getattr(g, key) != attrs.fields_dict(OptimGroup)[key].default
+        ]
         if problems:
             raise Problems(problems)
         return Optim(kind, lr, config, groups)
