@@ -168,7 +168,9 @@ def muon(
     the global gradient norm first."""
     muon_tx = chain(
         scale_by_muon(momentum, nesterov, ns_steps, bf16, scale_rule),
-        *([add_decayed_weights(weight_decay, lambda p: dict.fromkeys(p, True))] if weight_decay else []),
+        # a tensor (a sweep's, inject_hyperparams) may be 0 for some members only: always decay
+        *([add_decayed_weights(weight_decay, lambda p: dict.fromkeys(p, True))]
+          if isinstance(weight_decay, Tensor) or weight_decay else []),
         scale_by_learning_rate(learning_rate),
     )
     adamw_tx = adamw(_scaled(learning_rate, adamw_lr_scale), b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
