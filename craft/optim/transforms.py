@@ -8,6 +8,7 @@ branch-free, so a compiled step has no graph break and no host sync.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -222,20 +223,24 @@ def hashed_normal(key: Tensor, like: Tensor) -> Tensor:
 
 DecayMask = Mapping[str, bool] | Callable[[Params], Mapping[str, bool]]
 
-_EMBEDDING_HINTS = ("emb", "wte", "wpe")
+_EMBEDDING_NAMES = ("wte", "wpe")
+
+
+def embedding_name(module: str) -> bool:
+    """Whether a module path names an embedding: a word of it (split at anything not a letter)
+    starts with ``emb`` (``tok_emb``, ``embed``, ``embeddings.0``) or is ``wte`` or ``wpe``.
+    Words only: ``members`` or ``remember`` hold ``emb`` but are not embeddings."""
+    return any(w.startswith("emb") or w in _EMBEDDING_NAMES for w in re.split(r"[^a-z]+", module.lower()))
 
 
 def default_decay_mask(params: Params) -> dict[str, bool]:
     """Decay matrices and conv kernels; not biases, norm scales or embeddings.
 
     Judged from the tree alone: a leaf decays if it has 2+ dims and its module
-    name does not look like an embedding (``emb``, ``wte``, ``wpe``). Use
+    path does not name an embedding (``embedding_name``). Use
     ``decay_mask_from_module`` where module types should decide instead.
     """
-    return {
-        name: p.ndim >= 2 and not any(h in name.rpartition(".")[0].lower() for h in _EMBEDDING_HINTS)
-        for name, p in params.items()
-    }
+    return {name: p.ndim >= 2 and not embedding_name(name.rpartition(".")[0]) for name, p in params.items()}
 
 
 def decay_mask_from_module(model: nn.Module) -> dict[str, bool]:

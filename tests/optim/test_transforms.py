@@ -112,6 +112,16 @@ def test_adamw_default_mask_matches_torch_param_groups():
     _assert_close(ours, ref)
 
 
+def test_the_default_mask_reads_embedding_names_by_words():
+    """``members.0.weight`` (a ModuleList of Linear layers named members) was taken for an embedding,
+    as the name holds 'emb': no weight of that model decayed."""
+    shapes = {"members.0.weight": (3, 3), "remember.proj.weight": (3, 3), "tok_emb.weight": (9, 3),
+              "encoder.embed_tokens.weight": (9, 3), "embeddings.0.weight": (9, 3), "transformer.wpe.weight": (4, 3),
+              "members.0.bias": (3,)}
+    mask = default_decay_mask({k: torch.zeros(s) for k, s in shapes.items()})
+    assert {k for k, v in mask.items() if v} == {"members.0.weight", "remember.proj.weight"}
+
+
 def test_adamw_with_warmup_cosine_matches_torch_lambda_lr():
     params = _params()
     sched = warmup_cosine(1e-2, total_steps=STEPS, warmup_steps=5, min_lr=1e-3)
