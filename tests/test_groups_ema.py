@@ -147,3 +147,19 @@ def test_a_groups_weight_decay_decays_every_parameter_it_matches(kind):
     assert decayed_by([{"match": "*.bias", "weight_decay": 0.05}], kind) == {"conv1.weight", "fc.weight", "conv1.bias", "fc.bias"}
     assert decayed_by([{"match": "fc.*", "weight_decay": 0.0}], kind) == {"conv1.weight"}
     assert decayed_by([{"match": "fc.*", "lr_scale": 2.0}], kind) == {"conv1.weight", "fc.weight"}  # no weight_decay: the rule
+
+
+def test_clipping_sees_only_the_gradients_that_train():
+    """A frozen group's gradients counted in clip_norm's global norm: a linear probe's head was clipped by
+    the frozen trunk's gradient (its updates 100x too small here); torch clips what its optimizer holds."""
+    exp = load(ROOT / "experiments" / "custom_cnn.toml", {"optim": {
+        "kind": "sgd", "lr": 1.0, "clip_norm": 1.0, "groups": [{"match": "conv1.*", "freeze": True}]}})
+    from craft.parts import build_optimizer
+
+    params = {name: torch.ones(shape) for name, shape in DECAY_PARAMS.items()}
+    grads = {k: torch.full_like(p, 100.0 if k.startswith("conv1.") else 0.01) for k, p in params.items()}
+    tx = build_optimizer(exp, 1.0, list(params))
+    updates, _ = tx.update(grads, tx.init(params), params)
+    for name in params:
+        want = torch.zeros_like(params[name]) if name.startswith("conv1.") else -grads[name]  # under the norm: unclipped
+        torch.testing.assert_close(updates[name], want, msg=name)
