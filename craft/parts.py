@@ -115,7 +115,7 @@ def build_optimizer(exp: Experiment, schedule: Any, names: list[str], **options:
 
     ``options`` replace options of the optimizer's config (a sweep's injected
     ``weight_decay``). Global-norm clipping (``clip_norm``) stays outside the
-    groups, so it sees every gradient, as ``clip_grad_norm_`` does.
+    groups, so it sees every gradient that trains, as ``clip_grad_norm_`` does.
     """
     optim, config = exp.optim, exp.optim.config
 
