@@ -8,7 +8,9 @@
 A parameter belongs to the first group whose glob ``match``es its name
 (``fnmatch``); the parameters no group matches form the group ``"default"``,
 trained by ``make_tx()`` unchanged. Global-norm clipping belongs outside, so
-that it sees every gradient: ``chain(clip_by_global_norm(1.0), param_groups(...))``.
+that it sees every gradient: ``chain(clip_by_global_norm(1.0), param_groups(...))``; with a
+frozen group, ``masked`` the clip to the other names, so that the frozen gradients do not
+count (``craft.parts.clip_trained``, what a run does).
 """
 
 from __future__ import annotations
