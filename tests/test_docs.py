@@ -187,6 +187,19 @@ def test_every_dotted_option_in_a_page_is_a_config_key(name):
     assert not wrong, f"docs/{name} shows options that are no config keys: {wrong}"
 
 
+SCRIPT_LINE = re.compile(r"python ((?:benchmarks|experiments|examples)/[\w/]+\.py)((?:[ \t]+[^\s`]+)*)")
+
+
+@pytest.mark.parametrize("name", sorted(WITH_README))
+def test_every_flag_of_a_script_a_page_runs_is_the_scripts(name):
+    """`python benchmarks/gpt_speed.py --preset tiny`: the script's argparse takes `--preset`."""
+    wrong = []
+    for script, rest in SCRIPT_LINE.findall(WITH_README[name].replace("\\\n", " ")):
+        source = (ROOT / script).read_text(encoding="utf-8")
+        wrong += [f"{script} {flag}" for flag in re.findall(r"(?<![\w-])(--[\w-]+)", rest) if f'"{flag}"' not in source]
+    assert not wrong, f"docs/{name} runs scripts with flags they do not take: {wrong}"
+
+
 def keyword_options(function) -> set[str]:
     return {p.name for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY}
 
