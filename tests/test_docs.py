@@ -212,3 +212,28 @@ def test_every_command_usage_names_its_options():
     missing = [f"{c.usage.split('[')[0].strip()}: --{o}" for c in commands for o in sorted(keyword_options(c.run))
                if not re.search(rf"--{o}\b", c.usage)]
     assert not missing, missing
+
+
+def exists(dotted: str) -> bool:
+    """Whether `craft.step.make_train_step` names a module, or a module's attribute (and so on down)."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for part in parts[i:]:
+            if not hasattr(obj, part):
+                return False
+            obj = getattr(obj, part)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("name", sorted(TEXTS))
+def test_every_craft_name_a_page_uses_exists(name):
+    """`craft.compiling.backport_inductor_fixes`, `craft.optim.foreach.per_tensor`, ...: renamed code leaves no stale name."""
+    missing = sorted(n for n in set(re.findall(r"\b(craft(?:\.\w+)+)", TEXTS[name])) if not exists(n))
+    assert not missing, f"docs/{name} names what craft does not have: {missing}"
