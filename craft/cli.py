@@ -8,7 +8,7 @@
     craft generate RUN_DIR --image=PATH [--temperature=T ...]     (a captioning run)
     craft plot RUN_DIR
     craft prepare shapes|captions|photos DIR [--num_train=N --num_val=N --image_size=32 --seed=0]   (craft.prepare)
-    craft prepare tokens SRC... OUT [--tokenizer=bpe|tiktoken --vocab_size=N --val_fraction=F]
+    craft prepare tokens SRC... OUT [--tokenizer=bpe|tiktoken|PATH --vocab_size=N --encoding=NAME --val_fraction=F ...]
     craft info [NAME]
 
 `craft COMMAND --help` explains a command. The commands are in

@@ -44,7 +44,7 @@ from torch.utils import _pytree as pytree
 from craft import checkpoint, hooks
 from craft.checks import check_accumulation, check_components, check_sweep_train
 from craft.config import SWEEPABLE, Experiment, build, dumps, to_dict
-from craft.ensemble import make_ensemble_step, stack_states, unstack_state
+from craft.ensemble import choose_strategy, make_ensemble_step, stack_states, unstack_state
 from craft.logging import MetricsLog, plot_quietly, progress_bar, truncate_metrics
 from craft.loop import Progress, chain, due, every, fit, when
 from craft.optim import Transform, inject_hyperparams, set_hyperparams
@@ -124,6 +124,13 @@ def stacked_start(exp: Experiment, team: list[Member], tx: Transform, val_data):
     return model, parts, stack_states(states)
 
 
+def how_members_run(model, device) -> str:
+    """The sweep's first line, in words: the strategy ``make_ensemble_step`` picks for the model on the device."""
+    if choose_strategy(model, device) == "sequential":
+        return "one ensemble step, each member in turn (convolutions on the CPU)"
+    return "one vmapped step"
+
+
 def _select(keep: torch.Tensor, new: Any, old: Any) -> Any:
     """Per member: ``new``'s leaves where ``keep`` (shape ``(K,)``), else ``old``'s."""
     return pytree.tree_map(lambda n, o: torch.where(keep.view(-1, *[1] * (n.ndim - 1)), n, o), new, old)
@@ -174,8 +181,8 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
         text = dumps(exp)
         write_atomic(run_dir / CONFIG_FILE, text)
         echo(text)
-        for line in [f"sweep: {plural(len(team), 'member')}, one vmapped step", *data_summary(train_data, val_data),
-                     *one_class_warning(exp, train_data)]:  # what the data read and left out, as a run says
+        first = f"sweep: {plural(len(team), 'member')}, {how_members_run(model, parts.device)}"
+        for line in [first, *data_summary(train_data, val_data), *one_class_warning(exp, train_data)]:  # as a run says
             echo(line)
         member_dirs = [run_dir / MEMBERS_DIR / f"{m.index:03d}" for m in team]
         for folder in member_dirs:

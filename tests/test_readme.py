@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -118,12 +117,3 @@ def test_just_run_is_the_readme_main_job():
     recipe = (ROOT / "justfile").read_text().split("run *ARGS:")[1].splitlines()[1].strip()
     assert recipe.replace(" {{ARGS}}", "") in README.split("```sh")[1].split("```")[0]
 
-
-def test_the_docs_python_blocks_that_start_with_their_imports_run_as_written():
-    """A block that begins with imports reads as a whole program: it must run as one (fragments do not start so)."""
-    for page in sorted((ROOT / "docs").glob("*.md")):
-        for block in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
-            if block.lstrip().startswith(("from ", "import ")):
-                done = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=300,
-                                      cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-                assert done.returncode == 0, f"{page.name}:\n{block}\n{done.stderr[-2000:]}"

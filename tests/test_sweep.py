@@ -166,7 +166,8 @@ def test_cli_sweep_reports_the_best_member(tmp_path, capsys):
     path.write_text(TINY.format(out=tmp_path / "runs"))
     main([str(path), "--sweep.optim.lr=[1e-3,1e-2]", "--train.steps=2"])
     out = capsys.readouterr().out.splitlines()
-    assert "sweep: 2 members, one vmapped step" in out
+    # a CNN on the CPU: the members run one after another (vmap would make its convolutions grouped, and slow)
+    assert "sweep: 2 members, one ensemble step, each member in turn (convolutions on the CPU)" in out
     # the best member is the one with the lowest final val loss in the run's metrics.jsonl
     run_dir = tmp_path / "runs" / "sweep"
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -300,3 +301,15 @@ def test_a_sweep_of_seeds_alone_trains_each_seed_as_its_own_run(tmp_path):
         torch.testing.assert_close(saved[0]["state"]["params"][k], v, atol=1e-6, rtol=1e-5)
     assert not torch.equal(saved[0]["state"]["params"]["fc.weight"], saved[1]["state"]["params"]["fc.weight"])
     assert trained.evaluate(run_dir / "members" / "001")["step"] == 4
+
+
+def test_the_sweep_says_how_its_members_run():
+    """The first line names the strategy make_ensemble_step picks: it said "one vmapped step" for every model."""
+    from torch import nn
+
+    from craft.models import SmallCNN
+    from craft.sweep import how_members_run
+
+    assert how_members_run(SmallCNN(3), "cpu") == "one ensemble step, each member in turn (convolutions on the CPU)"
+    assert how_members_run(nn.Linear(2, 2), "cpu") == "one vmapped step"
+    assert how_members_run(SmallCNN(3), "cuda") == "one vmapped step"
