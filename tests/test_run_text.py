@@ -56,6 +56,8 @@ def test_training_leaves_tokenizer_resolved_vocab_and_text_metrics(tiny_run):
     assert {"loss", "accuracy", "perplexity", "bpc"} <= val[-1].keys()
     assert val[-1]["perplexity"] == pytest.approx(math.exp(val[-1]["loss"]))
     assert val[-1]["bpc"] == pytest.approx(val[-1]["loss"] / math.log(2))
+    train = [e["metrics"] for e in events if e["split"] == "train"]
+    assert all("bpc" in m and "bits_per_token" not in m and "characters_per_token" not in m for m in train + val)
     assert val[-1]["loss"] < math.log(tokenizer.vocab_size) / 2  # well below a uniform guess
     samples = [e for e in events if e["split"] == "sample"]
     assert [e["step"] for e in samples] == [20, 40] and all(isinstance(e["text"], str) for e in samples)
