@@ -147,7 +147,10 @@ def with_text_units(task: Task, unit: str, sizes: Tensor) -> Task:
         units = torch.where(scored, sizes.to(target.device)[target.clamp(min=0)], 0.0).sum()
         return value, {**metrics, name: units / scored.sum().clamp(min=1)}
 
-    return task._replace(loss=loss)
+    names = task.metric_names
+    if names is not None:  # the bits it reports: bpc in place of bits per token, or bpb beside them
+        names = tuple("bpc" if n == "bits_per_token" else n for n in names) if unit == "character" else (*names, "bpb")
+    return task._replace(loss=loss, metric_names=names)
 
 
 def token_inputs(batch: Batch) -> tuple[Tensor]:
@@ -168,7 +171,7 @@ class LanguageModelConfig:
     def build(self) -> Task:
         return Task(
             token_inputs, language_model_loss, scored_tokens, perplexity_and_bits,
-            metric_names=("loss", "accuracy", "perplexity", "bpc", "bits_per_token", "bpb"), text_units=True,
+            metric_names=("loss", "accuracy", "perplexity", "bits_per_token"), text_units=True,
         )
 
 

@@ -91,6 +91,9 @@ def test_text_units_count_the_bytes_behind_the_scored_targets_only():
     assert float(metrics["bytes_per_token"]) == pytest.approx(4 / 3) and float(loss) == pytest.approx(math.log(3))
     means = mean_metrics([{"loss": loss, **metrics}], [task.weight(batch)])
     assert task.summarize(means)["bpb"] == pytest.approx(3 * math.log(3) / math.log(2) / 4)  # the bits over the bytes
+    assert task.metric_names == ("loss", "accuracy", "perplexity", "bits_per_token", "bpb")  # early stopping may name them
+    chars = with_text_units(TASKS["language_model"]().build(), "character", torch.ones(3))
+    assert chars.metric_names == ("loss", "accuracy", "perplexity", "bpc")
     captioning = TASKS["captioning"]().build()
     assert with_text_units(captioning, "byte", torch.ones(3)) is captioning  # its loss is not declared per token
 
