@@ -27,8 +27,10 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
     with only the overrides given now on top (CONFIG may be the run folder:
     craft train runs/NAME --resume); --overwrite replaces it. Without either,
     a name already taken gets a folder of its own (NAME-2, NAME-3, ...).
-    --print_config prints the resolved experiment (every default filled in)
-    and exits; a run writes it to its folder's config.toml.
+    --print_config prints the resolved experiment (every default filled in,
+    the schedule's length too) and exits; a run writes it to its folder's
+    config.toml, with the model keys it takes from the data (a comment in
+    the printed [model] names each) filled in.
     """
     from craft import run
     from craft.config import load
@@ -47,15 +49,49 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
     # --resume continues the run as it was, with only this command line's overrides on top.
     exp = resume_target(config, overrides) if resume else load(config, texts=overrides)
     if print_config:
-        from craft.config import dumps
-
-        print(dumps(exp), end="")
+        text, notes = printed_config(exp)
+        for note in notes:  # what the run would say about the schedule, where the TOML on stdout stays clean
+            print(note, file=sys.stderr)
+        print(text, end="")
         return
     if exp.train.tensorboard:
         check_tensorboard()  # before the run folder is touched
     run_dir = run.train(exp, resume=resume, overwrite=overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole job
         print(f"run folder: {run_dir}")
+
+
+def printed_config(exp) -> tuple[str, list[str]]:
+    """``(toml, notes)``: ``exp`` as the run resolves it before reading its data (``schedule.total_steps``, a
+    warmup cut to fit: ``craft.parts.fit_schedule``, whose ``notes`` say so), with a comment in ``[model]``
+    for each key the run takes from the data at its start (``craft.checks.FROM_DATA``). Building the data
+    here could mean writing it (``prepare = "shapes"``) or reading a corpus whole, so those keys stay unset."""
+    import attrs
+
+    from craft.checks import FROM_DATA
+    from craft.config import dumps
+    from craft.parts import fit_schedule
+
+    exp, notes = fit_schedule(exp)
+    config = exp.model.config
+    fields = attrs.fields_dict(type(config)) if attrs.has(type(config)) else {}
+    comments = [
+        f"# {key}: not set; the run takes it from the data ({FROM_DATA[key]}) at its start, and its config.toml records it"
+        for key in FROM_DATA if key in fields and getattr(config, key) is None
+    ]
+    return in_section(dumps(exp), "model", comments), notes
+
+
+def in_section(text: str, section: str, lines: list[str]) -> str:
+    """TOML ``text`` with ``lines`` (comments) after the last key of its ``[section]`` table."""
+    rows = text.splitlines()
+    if not lines or f"[{section}]" not in rows:
+        return text
+    start = rows.index(f"[{section}]")
+    end = next((i for i in range(start + 1, len(rows)) if rows[i].startswith("[")), len(rows))
+    while end > start + 1 and not rows[end - 1].strip():
+        end -= 1
+    return "\n".join(rows[:end] + lines + rows[end:]) + "\n"
 
 
 def evaluate(run_dir: str, *, checkpoint: str = "latest", whole_split: bool = False, **data: str) -> None:

@@ -64,7 +64,7 @@ def in_run_vocabulary(run_dir: Path, batches, path: str | None = None):
             f"ids mean other text; encode its text with the run's: craft prepare tokens SRC... OUT "
             f"--tokenizer={shlex.quote(str(run_dir))}, then evaluate on OUT"
         )
-    return InRunVocabulary(batches, run_ids(tokenizer, run))
+    return InRunVocabulary(batches, run_ids(tokenizer, run), run)
 
 
 def run_ids(other, run) -> torch.Tensor:
@@ -91,10 +91,12 @@ def run_ids(other, run) -> torch.Tensor:
 
 class InRunVocabulary:
     """``batches`` whose token ids (``input``, ``target``; padding targets stay) are mapped to the run's
-    tokenizer through ``ids`` (``run_ids``); every other attribute is ``batches``'s."""
+    tokenizer through ``ids`` (``run_ids``); ``tokenizer`` and ``vocab_size`` are the run's (``run``), whose
+    ids the batches hold; every other attribute is ``batches``'s."""
 
-    def __init__(self, batches, ids: torch.Tensor) -> None:
+    def __init__(self, batches, ids: torch.Tensor, run) -> None:
         self.batches, self.ids = batches, ids
+        self.tokenizer, self.vocab_size = run, run.vocab_size
 
     def __getattr__(self, name: str):
         return getattr(self.batches, name)

@@ -20,13 +20,14 @@ from torch import nn
 from craft import distributed
 from craft.checks import FROM_DATA, check_fit, need_data_keys
 from craft.config import Component, ConfigError, Experiment, build, build_problem
+from craft.data.text_units import text_units
 from craft.distributed import Replicas
 from craft.optim import (
     EmaState, Group, Transform, chain, clip_by_global_norm, ema, find_state, group_labels, masked, param_groups,
 )
 from craft.rundir import RunError
 from craft.step import TrainState
-from craft.tasks import Task, mean_metrics
+from craft.tasks import Task, mean_metrics, with_text_units
 from craft.words import plural
 
 SINGLE = distributed.single()
@@ -68,6 +69,15 @@ def build_parts(exp: Experiment, replicas: Replicas = SINGLE) -> Parts:
     schedule = _built("schedule", lambda: build(exp.schedule, exp.optim.lr, total_steps=exp.train.steps))
     optimizer = _built("optim", lambda: build_optimizer(exp, schedule, trainable_names(model)))
     return Parts(model, made(exp, "task", build(exp.task), "a craft.tasks.Task"), optimizer, device)
+
+
+def measured(parts: Parts, data) -> Parts:
+    """``parts`` whose task also counts the characters or bytes behind its scored tokens, from ``data``'s
+    tokenizer (``craft.data.text_units``), so a language model reports ``bpc`` or ``bpb`` of the text it read."""
+    units = text_units(getattr(data, "tokenizer", None), getattr(data, "vocab_size", None) or 0)
+    if units is None:
+        return parts
+    return parts._replace(task=with_text_units(parts.task, units[0], units[1].to(parts.device)))
 
 
 def buildable(exp: Experiment, *sections: str) -> None:

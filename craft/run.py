@@ -26,7 +26,7 @@ from craft.loop import Progress, chain, due, every, fit, when
 from craft.checks import (
     batchnorm_note, check_accumulation, check_components, check_early_stopping, check_same_data, check_same_tokenizer, check_sample,
 )
-from craft.parts import Parts, build_data, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, to_device
+from craft.parts import Parts, build_data, build_parts, evaluate_batches, measured, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
     CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload,
     fresh_name, locked, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
@@ -110,7 +110,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
     exp, notes = fit_schedule(fit_to_data(exp, train_data))
     for note in notes:
         echo(note)
-    parts = build_parts(exp, replicas)
+    parts = measured(build_parts(exp, replicas), train_data)
     check_early_stopping(exp, parts.task)
     tokenizer = check_sample(exp, train_data)
     if resume:

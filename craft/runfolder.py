@@ -11,6 +11,7 @@ keeps in it, the ``--resume``/``--overwrite`` checks, and atomic writes.
     runs/NAME/loss.png             train / val curves
     runs/NAME/tokenizer.json       text and caption data: what ``craft generate`` decodes with
     runs/NAME/classes.json         a classifier's class names, in the order of its outputs
+    runs/NAME/trackers.json        the W&B and MLflow run ids a resume continues, and the steps each was sent
     runs/NAME/members/003/         a sweep's member 3, a run folder of its own (craft.sweep)
 
 A folder from before the marker existed (``config.toml`` with ``checkpoints/``

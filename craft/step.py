@@ -27,7 +27,7 @@ from craft.accumulate import Batch, Metrics, accumulate
 from craft.compiling import autocast_for, device_type, maybe_compile, set_mode, uses_cuda_graphs
 from craft.contracts import batch_input, check_initialized, host_seed, loss_and_metrics, moved_in_part, state_checker
 from craft.optim import STATE_TYPES, Transform, apply_updates
-from craft.tree import Params, global_norm
+from craft.tree import Params, with_global_norm
 
 __all__ = [
     "Batch", "LossFn", "Metrics", "TrainState", "default_inputs", "init_state", "make_eval_step", "make_loss",
@@ -207,7 +207,7 @@ def make_pure_step(
         if cross_replica_mean is not None:  # one update for all replicas; metrics of the global batch
             grads, metrics = cross_replica_mean(grads), cross_replica_mean(metrics)
             buffers = cross_replica_mean(buffers) if buffers else buffers
-        metrics["grad_norm"] = global_norm(grads)
+        grads, metrics["grad_norm"] = with_global_norm(grads)  # clip_by_global_norm reads it, not a second norm
         updates, new_opt_state = transform.update(grads, opt_state, params)
         new = (apply_updates(params, updates), buffers, new_opt_state, count + 1)
         if skip_nonfinite:

@@ -49,8 +49,8 @@ from craft.logging import MetricsLog, plot_quietly, progress_bar, truncate_metri
 from craft.loop import Progress, chain, due, every, fit, when
 from craft.optim import Transform, inject_hyperparams, set_hyperparams
 from craft.parts import (
-    build_data, build_optimizer, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, to_device,
-    trainable_names,
+    build_data, build_optimizer, build_parts, evaluate_batches, fit_schedule, fit_to_data, learning_rate, measured,
+    to_device, trainable_names,
 )
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
@@ -121,7 +121,7 @@ def stacked_start(exp: Experiment, team: list[Member], tx: Transform, val_data):
         state = init_state(parts.model, tx, seed=m.seed)
         swept = {SWEEPABLE[k]: v for k, v in m.values.items()}
         states.append(state._replace(opt_state=set_hyperparams(state.opt_state, **swept)))
-    return model, parts, stack_states(states)
+    return model, measured(parts, val_data), stack_states(states)
 
 
 def how_members_run(model, device) -> str:

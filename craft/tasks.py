@@ -44,6 +44,9 @@ class Task(NamedTuple):
     weight: Callable[[Batch], int | Tensor] = batch_size
     summarize: Callable[[dict[str, float]], dict[str, float]] = _same
     metric_names: tuple[str, ...] | None = None
+    text_units: bool = False
+    """Whether the loss is a mean over ``batch["target"]``'s scored tokens, so that ``with_text_units``
+    may add the characters or bytes behind them (``{unit}s_per_token``) for ``summarize`` to read."""
 
 
 def classification_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -116,9 +119,38 @@ def scored_tokens(batch: Batch) -> Tensor:
 
 
 def perplexity_and_bits(metrics: dict[str, float]) -> dict[str, float]:
-    """Add ``perplexity`` (exp of the mean loss) and ``bpc`` (the loss in bits per token)."""
-    loss = metrics["loss"]
-    return {**metrics, "perplexity": math.exp(min(loss, 700.0)), "bpc": loss / math.log(2)}
+    """Add ``perplexity`` (exp of the mean loss) and the loss in bits: ``bpc`` (per character) when the
+    means hold ``characters_per_token``, else ``bits_per_token``, and ``bpb`` (per byte) when they hold
+    ``bytes_per_token`` (``with_text_units``). Bits per character or byte are the evaluated tokens' bits
+    over the characters or bytes behind them (special tokens, such as the end of a file, are none)."""
+    metrics = dict(metrics)
+    loss, bits = metrics["loss"], metrics["loss"] / math.log(2)
+    chars, size = metrics.pop("characters_per_token", None), metrics.pop("bytes_per_token", None)
+    out = {**metrics, "perplexity": math.exp(min(loss, 700.0))}
+    if chars:
+        return {**out, "bpc": bits / chars}
+    return {**out, "bits_per_token": bits, **({"bpb": bits / size} if size else {})}
+
+
+def with_text_units(task: Task, unit: str, sizes: Tensor) -> Task:
+    """``task`` whose loss also reports ``{unit}s_per_token``: the ``unit``s (characters or bytes) behind
+    the batch's scored targets, ``sizes[id]`` each, over their count. Evaluation weights it by scored tokens,
+    so its mean is the split's units over its tokens, exactly. ``task`` unchanged unless ``task.text_units``."""
+    if not task.text_units:
+        return task
+    name, loss_fn = f"{unit}s_per_token", task.loss
+
+    def loss(outputs: Any, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        value, metrics = loss_fn(outputs, batch)
+        target = batch["target"]
+        scored = target != IGNORE
+        units = torch.where(scored, sizes.to(target.device)[target.clamp(min=0)], 0.0).sum()
+        return value, {**metrics, name: units / scored.sum().clamp(min=1)}
+
+    names = task.metric_names
+    if names is not None:  # the bits it reports: bpc in place of bits per token, or bpb beside them
+        names = tuple("bpc" if n == "bits_per_token" else n for n in names) if unit == "character" else (*names, "bpb")
+    return task._replace(loss=loss, metric_names=names)
 
 
 def token_inputs(batch: Batch) -> tuple[Tensor]:
@@ -131,14 +163,15 @@ class LanguageModelConfig:
     """Next-token prediction: ``batch["input"] (B, T)`` in, ``batch["target"] (B, T)`` scored.
 
     Evaluation weights each batch by its scored tokens, so the reported loss is
-    the mean over every token of the split; ``perplexity`` and ``bpc`` (bits per
-    character, for character tokens) are derived from that mean.
+    the mean over every token of the split; ``perplexity`` and the bits are derived from that mean:
+    ``bpc`` (bits per character) for character tokens, else ``bits_per_token``, and ``bpb`` (bits per
+    byte) where the tokenizer says how many bytes each token is (see ``perplexity_and_bits``).
     """
 
     def build(self) -> Task:
         return Task(
             token_inputs, language_model_loss, scored_tokens, perplexity_and_bits,
-            metric_names=("loss", "accuracy", "perplexity", "bpc"),
+            metric_names=("loss", "accuracy", "perplexity", "bits_per_token"), text_units=True,
         )
 
 

@@ -22,7 +22,7 @@ from craft.config import load as load_config
 from craft.logging import plot_metrics
 from craft.data.augment import crop_size
 from craft.other_data import check_classes, in_run_vocabulary, other_experiment
-from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches
+from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches, measured
 from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError, saved_config
 from craft.runfolder import MEMBERS_DIR
 from craft.step import TrainState, init_state, make_eval_step
@@ -80,17 +80,16 @@ def evaluate(
     equal its last logged ones (``evaluated_part`` says so); ``whole_split`` reads all of it. Other data is read whole.
     """
     exp, parts, state = load_run(run_dir, checkpoint_name)
-    eval_step = make_eval_step(
-        parts.model, parts.task.loss, inputs=parts.task.inputs, precision=exp.train.precision, compile=False
-    )
     used = other_experiment(Path(run_dir), exp, data) if data else exp
     batches = build_data(used, "val")
     if data:
         batches = in_run_vocabulary(Path(run_dir), batches, getattr(used.data.config, "path", None))
     check_components(used, parts, batches)  # other data the model cannot take (--data.image_size) is one line
     check_classes(Path(run_dir), getattr(batches, "classes", None))
+    task = measured(parts, batches).task  # bpc or bpb, as the run counted them
+    eval_step = make_eval_step(parts.model, task.loss, inputs=task.inputs, precision=exp.train.precision, compile=False)
     limit = eval_limit(exp, data, whole_split)
-    metrics = evaluate_batches(eval_step, state, batches, parts.device, parts.task, limit)
+    metrics = evaluate_batches(eval_step, state, batches, parts.device, task, limit)
     return {"step": int(state.step), **metrics}
 
 

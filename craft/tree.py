@@ -34,6 +34,20 @@ def zeros_like(tree: Params) -> Params:
     return {k: torch.zeros_like(v) for k, v in tree.items()}
 
 
+class Normed(dict):
+    """A params tree that holds its own global norm (``with_global_norm``): ``global_norm`` of it is that
+    tensor, not a second computation, while its leaves are the very tensors it was computed from."""
+
+
+def with_global_norm(tree: Params) -> tuple[Params, Tensor]:
+    """``(tree, norm)``: ``tree`` as a ``Normed`` that remembers ``norm``, its ``global_norm``. A train step
+    logs the gradients' norm and clips them by it (``clip_by_global_norm``) with one computation."""
+    norm = global_norm(tree)
+    normed = Normed(tree)
+    normed.norm, normed.leaves = norm, tuple(tree.values())
+    return normed, norm
+
+
 def global_norm(tree: Params) -> Tensor:
     """The L2 norm of all leaves taken as one vector: a 0-d tensor of their promoted dtype.
 
@@ -43,6 +57,8 @@ def global_norm(tree: Params) -> Tensor:
     ``craft.optim.foreach``: vmap has no batching rule for ``_foreach_norm``).
     """
     leaves = list(tree.values())
+    if isinstance(tree, Normed) and len(leaves) == len(tree.leaves) and all(a is b for a, b in zip(leaves, tree.leaves)):
+        return tree.norm  # computed once for these very tensors (a leaf replaced since: computed again)
     if not leaves:
         return torch.zeros(())
     if _per_tensor(leaves):

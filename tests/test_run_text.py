@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import attrs
 import pytest
 
 from craft import run, trained
@@ -56,9 +57,36 @@ def test_training_leaves_tokenizer_resolved_vocab_and_text_metrics(tiny_run):
     assert {"loss", "accuracy", "perplexity", "bpc"} <= val[-1].keys()
     assert val[-1]["perplexity"] == pytest.approx(math.exp(val[-1]["loss"]))
     assert val[-1]["bpc"] == pytest.approx(val[-1]["loss"] / math.log(2))
+    train = [e["metrics"] for e in events if e["split"] == "train"]
+    assert all("bpc" in m and "bits_per_token" not in m and "characters_per_token" not in m for m in train + val)
     assert val[-1]["loss"] < math.log(tokenizer.vocab_size) / 2  # well below a uniform guess
     samples = [e for e in events if e["split"] == "sample"]
     assert [e["step"] for e in samples] == [20, 40] and all(isinstance(e["text"], str) for e in samples)
+
+
+def test_print_config_prints_what_the_run_resolves_and_names_what_it_takes_from_the_data(tiny_run):
+    """--print_config used to leave out schedule.total_steps and say nothing of vocab_size and block_size,
+    which the run's config.toml holds: now it differs from that file only by those data keys, each named."""
+    from craft.commands import printed_config
+    from craft.config import Component
+
+    printed = craft(str(tiny_run.parent.parent / "gpt.toml"), "--print_config")
+    assert printed.returncode == 0 and not printed.stderr, printed.stderr
+    comments = [line for line in printed.stdout.splitlines() if line.startswith("#")]
+    assert comments == [
+        f"# {key}: not set; the run takes it from the data ({what}) at its start, and its config.toml records it"
+        for key, what in (("vocab_size", "tokenizer"), ("block_size", "sequence length"))
+    ]
+    shown, saved = loads(printed.stdout), load(tiny_run / "config.toml")
+    assert shown.model.config.vocab_size is None and shown.model.config.block_size is None
+    data_keys = {"vocab_size": saved.model.config.vocab_size, "block_size": saved.model.config.block_size}
+    assert attrs.evolve(shown, model=Component("gpt", attrs.evolve(shown.model.config, **data_keys))) == saved
+    # the schedule's length, and a warmup that does not fit, as the run resolves them (said on stderr)
+    cut = attrs.evolve(saved, schedule=loads('name = "x"\n[model]\nkind = "gpt"\n[data]\nkind = "text"\n'
+                                             '[schedule]\nkind = "warmup_cosine"\nwarmup_steps = 100\n').schedule)
+    text, notes = printed_config(cut)
+    assert "total_steps = 40" in text and "warmup_steps = 4" in text and loads(text).schedule.config.total_steps == 40
+    assert notes[0].startswith("warning: schedule.warmup_steps = 100 is not shorter than the run (40 steps)")
 
 
 def test_a_training_sample_is_the_prompt_and_its_continuation_as_generate_prints_it(tiny_run):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from pathlib import Path
 
@@ -195,6 +196,11 @@ def test_evaluate_on_a_test_set_prepared_with_the_runs_tokenizer(bpe_run, tokens
     rows = [json.loads(line) for line in (bpe_run / "metrics.jsonl").read_text().splitlines()]
     logged = [row["metrics"] for row in rows if row["split"] == "val"][-1]
     assert own == trained.evaluate(bpe_run) and {k: own[k] for k in logged} == logged
+    # a BPE token is no character: bits per token and per byte of the evaluated text, named so
+    assert "bpc" not in logged and logged["bits_per_token"] == pytest.approx(logged["loss"] / math.log(2))
+    assert 1 < logged["bits_per_token"] / logged["bpb"] < 8  # bytes per token, source code at vocab 512
+    assert "bpb" in other and all("bpc" not in row["metrics"] for row in rows)
+    assert all({"bpb", "bits_per_token"} <= row["metrics"].keys() for row in rows if row["split"] == "train")
     evaluated = craft("evaluate", str(bpe_run), f"--data.path={test}")
     assert evaluated.returncode == 0 and f"loss {other['loss']:.4f}" in evaluated.stdout, evaluated.stderr
 

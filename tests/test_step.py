@@ -228,6 +228,39 @@ def test_metrics_are_device_tensors_and_the_step_never_reads_them():
     assert all(v.ndim == 0 and v.dtype == torch.float32 for v in metrics.values())
 
 
+@pytest.mark.parametrize("groups", [False, True])
+def test_a_step_takes_the_gradients_global_norm_once_for_the_log_and_the_clip(groups):
+    """The logged grad_norm and clip_by_global_norm read one computation (it used to be two per step), and the
+    logged value is the norm before clipping (clip_grad_norm_'s), with parameter groups after the clip too."""
+    from craft.optim import chain, clip_by_global_norm, param_groups
+    from craft.optim.groups import Group
+
+    class Norms(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += func in (torch.ops.aten._foreach_norm.Scalar, torch.ops.aten.linalg_vector_norm.default)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = MODELS["mlp"]()
+    plain = lambda **o: sgd(0.1, **o)  # noqa: E731
+    tx = chain(clip_by_global_norm(0.01), param_groups(plain, [Group("0.*", lr_scale=2.0)], list(dict(model.named_parameters())))) \
+        if groups else sgd(0.1, clip_norm=0.01)
+    state = init_state(model, tx)
+    batch = batch_for("mlp")
+    reference = copy.deepcopy(model)
+    cross_entropy(reference(batch["input"]), batch)[0].backward()
+    before_clip = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.01)
+    with Norms() as norms:
+        _, metrics = make_train_step(model, cross_entropy, tx, compile=False)(state, batch)
+    assert norms.calls == 2  # one _foreach_norm over the gradients, one norm of those norms
+    torch.testing.assert_close(metrics["grad_norm"], before_clip)
+    assert float(metrics["grad_norm"]) > 0.01  # clipped: the norm logged is the one before
+
+
 def test_eval_step_uses_running_statistics_and_changes_nothing():
     torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["bn_dropout"]()

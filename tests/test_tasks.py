@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from craft.tasks import IGNORE, TASKS, classification_loss, language_model_loss, mean_metrics
+from craft.tasks import IGNORE, TASKS, classification_loss, language_model_loss, mean_metrics, with_text_units
 
 
 def test_classification_loss_and_top1():
@@ -68,7 +68,34 @@ def test_language_model_eval_weights_by_tokens_and_derives_perplexity_and_bits()
     summary = task.summarize(means)
     assert summary["loss"] == pytest.approx(1.2)  # (4 * 1 + 1 * 2) / 5: a mean over tokens
     assert summary["perplexity"] == pytest.approx(math.exp(1.2))
-    assert summary["bpc"] == pytest.approx(1.2 / math.log(2))
+    assert summary["bits_per_token"] == pytest.approx(1.2 / math.log(2))  # per character only when known
+
+
+def test_bits_are_named_for_what_they_are_per():
+    """bpc only when the means say each token's characters; bits_per_token otherwise, and bpb beside it when
+    they say its bytes: a BPE run's bits per token are not bits per character."""
+    summarize = TASKS["language_model"]().build().summarize
+    bits = 2.0 / math.log(2)
+    assert summarize({"loss": 2.0, "characters_per_token": 1.0})["bpc"] == pytest.approx(bits)
+    plain = summarize({"loss": 2.0})
+    assert "bpc" not in plain and "bpb" not in plain and plain["bits_per_token"] == pytest.approx(bits)
+    subword = summarize({"loss": 2.0, "bytes_per_token": 4.0})
+    assert subword["bpb"] == pytest.approx(bits / 4) and subword["bits_per_token"] == pytest.approx(bits)
+    assert "bpc" not in subword and "bytes_per_token" not in subword
+
+
+def test_text_units_count_the_bytes_behind_the_scored_targets_only():
+    task = with_text_units(TASKS["language_model"]().build(), "byte", torch.tensor([0.0, 1.0, 3.0]))
+    batch = {"target": torch.tensor([[1, 2, 0, IGNORE]])}  # 1 + 3 + 0 (end of text) bytes over 3 tokens
+    loss, metrics = task.loss(torch.zeros(1, 4, 3), batch)
+    assert float(metrics["bytes_per_token"]) == pytest.approx(4 / 3) and float(loss) == pytest.approx(math.log(3))
+    means = mean_metrics([{"loss": loss, **metrics}], [task.weight(batch)])
+    assert task.summarize(means)["bpb"] == pytest.approx(3 * math.log(3) / math.log(2) / 4)  # the bits over the bytes
+    assert task.metric_names == ("loss", "accuracy", "perplexity", "bits_per_token", "bpb")  # early stopping may name them
+    chars = with_text_units(TASKS["language_model"]().build(), "character", torch.ones(3))
+    assert chars.metric_names == ("loss", "accuracy", "perplexity", "bpc")
+    captioning = TASKS["captioning"]().build()
+    assert with_text_units(captioning, "byte", torch.ones(3)) is captioning  # its loss is not declared per token
 
 
 # -- captioning ------------------------------------------------------------------

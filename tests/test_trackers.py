@@ -95,3 +95,56 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path, shapes):
     events.Reload()
     assert [s.step for s in events.Scalars("train/loss")] == [2, 4]
     assert [s.step for s in events.Scalars("val/accuracy")] == [4]
+
+
+def test_a_tracker_is_sent_each_step_of_a_split_once_and_remembers_it(tmp_path):
+    """A resume repeats the steps after its checkpoint: the tracker run, continued, already has them."""
+    got = []
+    fake = trackers.Tracker(lambda step, split, metrics: got.append((step, split)), lambda: None)
+    save = lambda sent: lambda: trackers.write_state(tmp_path, "mlflow", {"id": "abc", "sent": sent})  # noqa: E731
+    sent = {}
+    first = trackers.sent_once(fake, save(sent), sent)
+    for step, split in [(2, "train"), (4, "train"), (4, "val")]:
+        first.log(step, split, {"loss": 1.0})
+    saved = trackers.read_state(tmp_path)["mlflow"]
+    assert saved == {"id": "abc", "sent": {"train": 4, "val": 4}}
+    resumed = trackers.sent_once(fake, save(saved["sent"]), saved["sent"])
+    for step, split in [(3, "train"), (4, "train"), (4, "val"), (5, "train"), (6, "val")]:
+        resumed.log(step, split, {"loss": 1.0})
+    assert got == [(2, "train"), (4, "train"), (4, "val"), (5, "train"), (6, "val")]
+
+
+def _killed_after_step_4_then_resumed(tmp_path, shapes, loggers: str, steps: int = 6):
+    """A run logged step 4 and was killed before its checkpoint; resumed from step 2, to ``steps``."""
+    from craft import run
+
+    text = CNN.format(out=tmp_path / "runs", data=shapes, loggers=loggers)
+    exp = config.loads(text, {"train.checkpoint_every": 2})
+    run_dir = run.train(exp, echo=lambda *a: None)
+    (run_dir / "checkpoints" / "step_00000004.pt").unlink()
+    run.train(config.loads(text, {"train.checkpoint_every": 2, "train.steps": steps}), resume=True, echo=lambda *a: None)
+    return run_dir
+
+
+def test_a_resumed_run_continues_its_mlflow_and_wandb_runs_with_each_step_once(tmp_path, shapes, monkeypatch):
+    """The resumed run used to open a second MLflow run and a second W&B run: two half-runs on the dashboard."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = _killed_after_step_4_then_resumed(tmp_path, shapes, '["mlflow", "wandb"]')
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("craft").experiment_id])  # one run, not two halves
+    run_id = mlrun.info.run_id
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [2, 4, 6]
+    assert [m.step for m in client.get_metric_history(run_id, "val/accuracy")] == [4, 6]  # the last step is evaluated
+    assert mlrun.info.status == "FINISHED" and mlrun.data.params["train.steps"] == "4"
+    assert mlrun.data.tags["resumed.train.steps"] == "6"  # a parameter is set once; the resume's value is a tag
+    saved = json.loads((run_dir / "trackers.json").read_text())
+    assert saved["mlflow"] == {"id": run_id, "sent": {"train": 6, "val": 6}}
+    assert saved["wandb"]["sent"] == {"train": 6, "val": 6}
+    folders = sorted((run_dir / "wandb").glob("offline-run-*"))  # offline: one folder per process, one run id
+    assert len(folders) == 2 and all(f.name.endswith(f"-{saved['wandb']['id']}") for f in folders)

@@ -235,6 +235,16 @@ class TiktokenTokenizer:
     def decode(self, ids: Iterable[int] | Tensor) -> str:
         return self._enc.decode(checked_ids(ids, self.vocab_size))
 
+    def token_bytes(self) -> dict[int, int]:
+        """``{id: bytes}``: how many bytes of text each id stands for; special tokens and unused ids are left out."""
+        special, sizes = {self._enc.encode_single_token(s) for s in self._enc.special_tokens_set}, {}
+        for i in set(range(self._enc.n_vocab)) - special:
+            try:
+                sizes[i] = len(self._enc.decode_single_token_bytes(i))
+            except KeyError:  # an id the encoding leaves unused
+                pass
+        return sizes
+
     def save(self, path: str | Path) -> None:
         """Write ``{"kind": "tiktoken", "encoding": NAME}``: the files stay in tiktoken's cache."""
         Path(path).write_text(json.dumps({"kind": "tiktoken", "encoding": self.encoding}) + "\n", encoding="utf-8")

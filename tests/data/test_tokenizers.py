@@ -232,13 +232,16 @@ ROUND_TRIP = """
 import json, sys
 from craft.data import load_tokenizer
 from craft.data.bpe import TiktokenTokenizer
+from craft.data.text_units import text_units
 
 tok = TiktokenTokenizer(sys.argv[1])
 texts = ["def the(self):\\n    return self.x", "héllo ☃ 😀 <|endoftext|>", ""]
 ids = [tok.encode(text) for text in texts]
 tok.save(sys.argv[2])
+unit, sizes = text_units(tok, tok.vocab_size)
 print(json.dumps({"vocab_size": tok.vocab_size, "eot": tok.eot, "ids": ids, "the": tok.encode(" the"),
-                  "decoded": [tok.decode(i) for i in ids], "loaded": load_tokenizer(sys.argv[2]) == tok}))
+                  "decoded": [tok.decode(i) for i in ids], "loaded": load_tokenizer(sys.argv[2]) == tok,
+                  "unit": unit, "eot_bytes": float(sizes[tok.eot]), "bytes": [float(sizes[i].sum()) for i in ids]}))
 """
 
 
@@ -257,3 +260,6 @@ def test_tiktoken_from_local_files_round_trips(local_tiktoken, tmp_path):
     assert out["eot"] == out["vocab_size"] - 1 > 256 and out["the"] == [258]  # " t", " th", " the": merges 256-258
     assert out["eot"] not in out["ids"][1]  # the text "<|endoftext|>" is ordinary text, not the special token
     assert len(out["ids"][0]) < len("def the(self):\n    return self.x")
+    # bits per byte count each token's bytes (craft.data.text_units): they add up to the text's, end of text none
+    assert out["unit"] == "byte" and out["eot_bytes"] == 0
+    assert out["bytes"] == [len(text.encode()) for text in out["decoded"]]
