@@ -62,8 +62,9 @@ def evaluate(run_dir: str, *, checkpoint: str = "latest", whole_split: bool = Fa
     """Re-evaluate RUN_DIR's checkpoint (latest, best, or a file name) on its validation split.
 
     The split is read as the run read it: with train.eval_batches, those
-    batches (spread over the split), so the figures equal the run's last
-    logged ones; --whole_split reads all of it.
+    batches (spread over the split), with a token folder's data.val_windows,
+    those windows, so the figures equal the run's last logged ones (said on
+    stderr); --whole_split reads all of it.
 
     [data] options evaluate on other data (a test set), read as the run read
     its own: craft evaluate runs/NAME --data.val_path=data/test (image and
@@ -72,9 +73,8 @@ def evaluate(run_dir: str, *, checkpoint: str = "latest", whole_split: bool = Fa
     """
     from craft import trained
 
-    metrics = trained.evaluate(Path(run_dir), checkpoint, data or None, whole_split=whole_split)
-    if part := trained.evaluated_part(Path(run_dir), data or None, whole_split):
-        print(part, file=sys.stderr)
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    metrics = trained.evaluate(Path(run_dir), checkpoint, data or None, whole_split=whole_split, say=say)
     print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
 
 
