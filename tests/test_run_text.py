@@ -127,6 +127,25 @@ def test_model_and_data_mismatches_are_caught_before_training(tmp_path, model_ke
         run.fit_to_data(exp, data)
 
 
+def test_a_model_context_longer_than_the_datas_is_warned_about(tmp_path):
+    """model.block_size = 32 over sequences of 16 trained without a word; generation past 16 tokens then
+    reads position embeddings that never trained."""
+    from craft.checks import model_notes
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcdefghijk\n" * 20)
+    config = (f'name = "x"\n[model]\nkind = "gpt"\nn_layer = 1\nn_embd = 16\n{{}}[data]\nkind = "text"\npath = "{corpus}"\n'
+              'block_size = 16\nbatch_size = 4\n[task]\nkind = "language_model"\n')
+    data = run.build_data(loads(config.format("")), "train")
+    notes = {}
+    for keys in ("block_size = 32\n", "block_size = 16\n", ""):
+        exp = run.fit_to_data(loads(config.format(keys)), data)
+        notes[keys] = model_notes(exp, run.build_parts(exp).model, data)
+    assert notes["block_size = 16\n"] == notes[""] == []
+    (warning,) = notes["block_size = 32\n"]
+    assert warning.startswith("warning: model.block_size = 32 but the data's sequences have 16 tokens: positions 16 to 31")
+
+
 @pytest.mark.parametrize("name", ["gpt_char", "char_lstm"])
 def test_language_experiments_load(name):
     exp = load(ROOT / "experiments" / f"{name}.toml")
