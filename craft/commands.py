@@ -82,6 +82,7 @@ def generate(
     run_dir: str,
     *,
     prompt: str | None = None,
+    prompt_file: str | None = None,
     max_new_tokens: int = 300,
     num_samples: int = 1,
     temperature: float | None = None,
@@ -104,6 +105,8 @@ def generate(
     blank line. --stop=TEXT ends a sample before TEXT. --cache=false
     recomputes the whole context for every token (slower, same tokens). A
     caption ends at its end marker; --prompt then gives its first words.
+    --prompt_file=PATH reads the prompt from a UTF-8 file, exactly (its last
+    newline included).
     """
     import attrs
 
@@ -111,6 +114,10 @@ def generate(
     from craft.config import ConfigError, Sample, structure
     from craft.data.tokenizers import BOUNDARY
 
+    if prompt_file is not None:
+        if prompt is not None:
+            raise UsageError("--prompt and --prompt_file: give one of them")
+        prompt = read_prompt(prompt_file)
     if image is not None:  # the prompt of a caption is the begin marker, then its first words if given
         prompt, temperature = BOUNDARY + (prompt or ""), 0.0 if temperature is None else temperature
         if stop is not None:
@@ -136,6 +143,19 @@ def generate(
         trained.sample_run(Path(run_dir), sample, checkpoint_name=checkpoint, stop=stop, use_cache=cache, on_text=echo)
         echo("")  # the prompt, if no token came
         print(flush=True)
+
+
+def read_prompt(path: str) -> str:
+    """The UTF-8 text of ``path`` as it is (a byte-order mark dropped); a UsageError naming the fix when unreadable."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"--prompt_file {path}: cannot read it ({e.strerror or e}); give a text file") from None
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--prompt_file {path}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                         "convert it to UTF-8") from None
 
 
 class Echo:

@@ -96,6 +96,23 @@ def test_generate_errors_are_one_line(tiny_run, args, message):
     assert result.returncode in (1, 2) and message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_prompt_from_a_file_is_read_exactly_its_last_newline_kept(tiny_run, tmp_path):
+    """A prompt in a file had to go through the shell, --prompt="$(cat FILE)", which drops its last newlines."""
+    (tmp_path / "p.txt").write_text("the\n\n", encoding="utf-8")
+    from_file = craft("generate", str(tiny_run), f"--prompt_file={tmp_path / 'p.txt'}", "--max_new_tokens=8", "--temperature=0")
+    typed = craft("generate", str(tiny_run), "--prompt=the\n\n", "--max_new_tokens=8", "--temperature=0")
+    assert from_file.returncode == 0, from_file.stderr
+    assert from_file.stdout == typed.stdout and from_file.stdout.startswith("the\n\n")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
+    for args, message in (
+        ([f"--prompt_file={tmp_path / 'latin1.txt'}"], "not UTF-8 (byte 0xe9 at offset 3)"),
+        ([f"--prompt_file={tmp_path / 'none.txt'}"], "cannot read it"),
+        ([f"--prompt_file={tmp_path / 'p.txt'}", "--prompt=a"], "give one of them"),
+    ):
+        refused = craft("generate", str(tiny_run), *args)
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_a_prompt_that_looks_like_a_number_stays_text(tiny_run, tmp_path):
     # Fire would read --prompt=1 as the integer 1; craft passes the text through.
     result = craft("generate", str(tiny_run), "--prompt=1", "--max_new_tokens=5")
