@@ -42,7 +42,9 @@ def load_run(run_dir: Path, checkpoint_name: str = "latest") -> LoadedRun:
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():
-        raise RunError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
+        export = " but an export (model.safetensors, config.json): give the run folder it came from" if (
+            run_dir / "model.safetensors").is_file() else ""
+        raise RunError(f"{run_dir} is not a run folder (no {CONFIG_FILE}){export}")
     exp = load_config(run_dir / CONFIG_FILE)
     if exp.sweep and (run_dir / MEMBERS_DIR).is_dir():  # one checkpoint holds every member, stacked
         first = min((p.name for p in (run_dir / MEMBERS_DIR).iterdir() if p.is_dir()), default="000")
