@@ -102,11 +102,9 @@ def generate(
     i.e. is greedy too); --top_k keeps the K likeliest tokens, --top_p the smallest set
     whose probability reaches P. The same --seed gives the same text;
     --num_samples=N prints N samples (seeds SEED, SEED+1, ...) separated by a
-    blank line. --stop=TEXT ends a sample before TEXT. --cache=false
-    recomputes the whole context for every token (slower, same tokens). A
+    blank line. --stop=TEXT ends a sample before TEXT. --cache=false recomputes the whole context for every
+    token (slower, same tokens). --prompt_file=PATH reads the prompt from a UTF-8 file, exactly. A
     caption ends at its end marker; --prompt then gives its first words.
-    --prompt_file=PATH reads the prompt from a UTF-8 file, exactly (its last
-    newline included).
     """
     import attrs
 
@@ -114,10 +112,7 @@ def generate(
     from craft.config import ConfigError, Sample, structure
     from craft.data.tokenizers import BOUNDARY
 
-    if prompt_file is not None:
-        if prompt is not None:
-            raise UsageError("--prompt and --prompt_file: give one of them")
-        prompt = read_prompt(prompt_file)
+    prompt = prompt if prompt_file is None else read_prompt(prompt_file, prompt)
     if image is not None:  # the prompt of a caption is the begin marker, then its first words if given
         prompt, temperature = BOUNDARY + (prompt or ""), 0.0 if temperature is None else temperature
         if stop is not None:
@@ -145,8 +140,11 @@ def generate(
         print(flush=True)
 
 
-def read_prompt(path: str) -> str:
-    """The UTF-8 text of ``path`` as it is (a byte-order mark dropped); a UsageError naming the fix when unreadable."""
+def read_prompt(path: str, prompt: str | None = None) -> str:
+    """The UTF-8 text of ``path`` as it is (a byte-order mark dropped); a UsageError naming the fix when unreadable
+    or when ``prompt`` is given too."""
+    if prompt is not None:
+        raise UsageError("--prompt and --prompt_file: give one of them")
     try:
         data = Path(path).read_bytes()
     except OSError as e:
