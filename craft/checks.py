@@ -267,6 +267,21 @@ def batchnorm_note(exp: Experiment, model: torch.nn.Module) -> list[str]:
     ]
 
 
+def model_notes(exp: Experiment, model: torch.nn.Module, data) -> list[str]:
+    """What a run says of its model before the first step: ``batchnorm_note``, and a warning when the model's
+    context (``model.block_size``) is longer than the data's sequences: its later positions never train, and
+    ``craft generate`` reads them once a text is that long."""
+    notes = batchnorm_note(exp, model)
+    want, have = getattr(model, "block_size", None), getattr(data, "block_size", None)
+    if isinstance(want, int) and isinstance(have, int) and want > have:
+        notes.append(
+            f"warning: model.block_size = {want} but the data's sequences have {have} tokens: positions {have} to "
+            f"{want - 1} never train, and craft generate reads them past {have} tokens; remove model.block_size "
+            f"to take it from the data, or raise the data's block_size"
+        )
+    return notes
+
+
 def check_same_tokenizer(run_dir: Path, tokenizer: Any) -> None:
     """A resumed run's data must have the tokenizer the run trained with (its ``tokenizer.json``): token
     files prepared again, or an edited character corpus, give ids that mean other text."""

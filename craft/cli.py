@@ -4,7 +4,7 @@
     craft train EXP.toml|RUN_DIR [--resume | --overwrite | --print_config] [--section.key=value ...]
     craft evaluate RUN_DIR [--checkpoint=latest|best|FILE] [--whole_split] [--data.key=value ...]
     craft export RUN_DIR OUT [--checkpoint=latest|best|FILE]
-    craft generate RUN_DIR [--prompt=TEXT --max_new_tokens=N --num_samples=N --temperature=T --top_k=K --top_p=P ...]
+    craft generate RUN_DIR [--prompt=TEXT|--prompt_file=PATH --max_new_tokens=N --num_samples=N --temperature=T --top_k=K --top_p=P ...]
     craft generate RUN_DIR --image=PATH [--temperature=T ...]     (a captioning run)
     craft plot RUN_DIR
     craft prepare shapes|captions|photos DIR [--num_train=N --num_val=N --image_size=32 --seed=0]   (craft.prepare)
@@ -42,7 +42,7 @@ EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
 COMMANDS: dict[str, Command] = {
     "train": Command(train, "craft train CONFIG.toml|RUN_DIR [--resume | --overwrite | --print_config] [--section.key=value ...]"),
     "evaluate": Command(evaluate, "craft evaluate RUN_DIR [--checkpoint=latest|best|FILE] [--whole_split] [--data.key=value ...]"),
-    "generate": Command(generate, "craft generate RUN_DIR [--prompt=TEXT --max_new_tokens=N --num_samples=N --temperature=T "
+    "generate": Command(generate, "craft generate RUN_DIR [--prompt=TEXT|--prompt_file=PATH --max_new_tokens=N --num_samples=N --temperature=T "
                         "--top_k=K --top_p=P --seed=S --stop=TEXT --cache=true|false --checkpoint=NAME | --image=PATH]"),
     "export": Command(export, "craft export RUN_DIR OUT [--checkpoint=latest|best|FILE]"),
     "plot": Command(plot, "craft plot RUN_DIR"),

@@ -98,8 +98,9 @@ def evaluate(run_dir: str, *, checkpoint: str = "latest", whole_split: bool = Fa
     """Re-evaluate RUN_DIR's checkpoint (latest, best, or a file name) on its validation split.
 
     The split is read as the run read it: with train.eval_batches, those
-    batches (spread over the split), so the figures equal the run's last
-    logged ones; --whole_split reads all of it.
+    batches (spread over the split), with a token folder's data.val_windows,
+    those windows, so the figures equal the run's last logged ones (said on
+    stderr); --whole_split reads all of it.
 
     [data] options evaluate on other data (a test set), read as the run read
     its own: craft evaluate runs/NAME --data.val_path=data/test (image and
@@ -108,9 +109,8 @@ def evaluate(run_dir: str, *, checkpoint: str = "latest", whole_split: bool = Fa
     """
     from craft import trained
 
-    metrics = trained.evaluate(Path(run_dir), checkpoint, data or None, whole_split=whole_split)
-    if part := trained.evaluated_part(Path(run_dir), data or None, whole_split):
-        print(part, file=sys.stderr)
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    metrics = trained.evaluate(Path(run_dir), checkpoint, data or None, whole_split=whole_split, say=say)
     print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
 
 
@@ -118,6 +118,7 @@ def generate(
     run_dir: str,
     *,
     prompt: str | None = None,
+    prompt_file: str | None = None,
     max_new_tokens: int = 300,
     num_samples: int = 1,
     temperature: float | None = None,
@@ -137,8 +138,8 @@ def generate(
     i.e. is greedy too); --top_k keeps the K likeliest tokens, --top_p the smallest set
     whose probability reaches P. The same --seed gives the same text;
     --num_samples=N prints N samples (seeds SEED, SEED+1, ...) separated by a
-    blank line. --stop=TEXT ends a sample before TEXT. --cache=false
-    recomputes the whole context for every token (slower, same tokens). A
+    blank line. --stop=TEXT ends a sample before TEXT. --cache=false recomputes the whole context for every
+    token (slower, same tokens). --prompt_file=PATH reads the prompt from a UTF-8 file, exactly. A
     caption ends at its end marker; --prompt then gives its first words.
     """
     import attrs
@@ -147,6 +148,7 @@ def generate(
     from craft.config import ConfigError, Sample, structure
     from craft.data.tokenizers import BOUNDARY
 
+    prompt = prompt if prompt_file is None else read_prompt(prompt_file, prompt)
     if image is not None:  # the prompt of a caption is the begin marker, then its first words if given
         prompt, temperature = BOUNDARY + (prompt or ""), 0.0 if temperature is None else temperature
         if stop is not None:
@@ -172,6 +174,22 @@ def generate(
         trained.sample_run(Path(run_dir), sample, checkpoint_name=checkpoint, stop=stop, use_cache=cache, on_text=echo)
         echo("")  # the prompt, if no token came
         print(flush=True)
+
+
+def read_prompt(path: str, prompt: str | None = None) -> str:
+    """The UTF-8 text of ``path`` as it is (a byte-order mark dropped); a UsageError naming the fix when unreadable
+    or when ``prompt`` is given too."""
+    if prompt is not None:
+        raise UsageError("--prompt and --prompt_file: give one of them")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"--prompt_file {path}: cannot read it ({e.strerror or e}); give a text file") from None
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--prompt_file {path}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                         "convert it to UTF-8") from None
 
 
 class Echo:

@@ -119,7 +119,8 @@ def generate(
 ) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` new token ids after ``prompt`` (a batch of one).
 
-    ``params`` holds all of the model's parameters and buffers. ``stop`` gets
+    ``params`` holds all of the model's parameters and buffers (``model.state_dict()``, or an export's
+    ``model.safetensors``, will do: tied weights may come under both names). ``stop`` gets
     the new tokens so far (prompt excluded) after each one; when it returns
     True, generation ends (the token that triggered it has been yielded).
     ``use_cache=False``, or a model without ``init_cache``, reruns the whole
@@ -136,8 +137,20 @@ def generate(
         raise ValueError("the prompt has no tokens; give at least one")
     cached = use_cache and hasattr(model, "init_cache")
     return _generate(
-        model, dict(params), tokens, max_new_tokens, temperature, top_k, top_p, seed, cached, stop, dict(context or {})
+        model, once_per_tensor(model, params), tokens, max_new_tokens, temperature, top_k, top_p, seed, cached, stop, dict(context or {})
     )
+
+
+def once_per_tensor(model: nn.Module, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``params`` less the second names of the model's tied tensors (the GPT's ``lm_head.weight``, which is
+    ``wte.weight``) where the first is given: ``model.state_dict()`` and an export hold both names, and
+    ``functional_call`` refuses two values for one tensor."""
+    first: dict[int, str] = {}
+    primary = {}  # a tied tensor's second name -> its first
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        if (seen := first.setdefault(id(tensor), name)) != name:
+            primary[name] = seen
+    return {name: t for name, t in params.items() if primary.get(name) not in params}
 
 
 def _generate(

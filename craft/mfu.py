@@ -51,6 +51,15 @@ def flops_per_token(model: nn.Module, context: int) -> int:
     return 6 * sum(p.numel() for p in matmul_params(model) if p.requires_grad)
 
 
+def parameter_count(model: nn.Module) -> str:
+    """``"N parameters"`` (tied weights once); for a model with ``num_params`` (the GPT), also nanoGPT's
+    count, which leaves out the position embeddings."""
+    total = sum(p.numel() for p in model.parameters())
+    own = getattr(model, "num_params", None)
+    shown = own() if callable(own) else total
+    return f"{total:,} parameters" + (f" ({shown:,} without position embeddings, as nanoGPT counts)" if shown != total else "")
+
+
 def matmul_params(model: nn.Module) -> list[nn.Parameter]:
     """``model``'s parameters less those only ``nn.Embedding`` tables hold (a table tied to a head stays)."""
     lookup = (nn.Embedding, nn.EmbeddingBag)

@@ -24,7 +24,7 @@ from craft.distributed import Replicas
 from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_quietly, progress_bar, read_metrics
 from craft.loop import Progress, chain, due, every, fit, when
 from craft.checks import (
-    batchnorm_note, check_accumulation, check_components, check_early_stopping, check_same_data, check_same_tokenizer, check_sample,
+    model_notes, check_accumulation, check_components, check_early_stopping, check_same_data, check_same_tokenizer, check_sample,
 )
 from craft.parts import Parts, build_data, build_parts, evaluate_batches, measured, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
@@ -143,7 +143,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
             if classes := getattr(train_data, "classes", None):  # which output is which class, kept past the data
                 write_atomic(run_dir / CLASSES_FILE, json.dumps(list(classes), ensure_ascii=False, indent=1) + "\n")
         said = summary(exp, parts, start, run_dir, first_batch, replicas) + data_summary(train_data, val_data)
-        for line in said + one_class_warning(exp, train_data) + batchnorm_note(exp, parts.model):
+        for line in said + one_class_warning(exp, train_data) + model_notes(exp, parts.model, train_data):
             echo(line)
         return _fit(exp, parts, start, run_dir, (train_data, val_data, first_batch), tokenizer, replicas)
 
@@ -153,7 +153,7 @@ def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas
     what one step reads (shapes from ``batch``, a validation batch or ``None``), and that the first
     (compiled) step takes a while."""
     trainable = sum(p.numel() for p in start.state.params.values())
-    total = sum(p.numel() for p in parts.model.parameters())
+    total = mfu.parameter_count(parts.model)
     size = getattr(exp.data.config, "batch_size", None)
     per_step = plural(size, "example") if size is not None else "one batch"
     if batch is not None and batch.get("input") is not None and batch["input"].ndim == 2:
@@ -164,7 +164,7 @@ def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas
     ranks = f" x {replicas.world_size} processes" if replicas.active else ""
     lines = [
         f"run folder {run_dir} (the resolved config: {run_dir / CONFIG_FILE}; --print_config prints it)",
-        f"device {parts.device}{threads}{ranks}; model {exp.model.kind!r}: {total:,} parameters, {trainable:,} trainable",
+        f"device {parts.device}{threads}{ranks}; model {exp.model.kind!r}: {total}, {trainable:,} trainable",
         f"{plural(exp.train.steps, 'step')} of {per_step}, from step {int(start.state.step)}",
     ]
     if exp.train.compile:

@@ -36,6 +36,7 @@ RUN_CONTROL = {
     "checkpoint_every", "keep_checkpoints", "early_stopping", "sample", "tensorboard", "loggers",
     "on_nonfinite",  # after a non-finite stop, resuming with "skip" is the way on
 }
+EVAL_ONLY_DATA = {"eval_batch_size", "val_windows"}  # how much of val is read, and in what batches: as train.eval_batches
 WHERE = {"out_dir", "name"}  # where a run lives is not what it computes: a moved run resumes
 
 
@@ -79,6 +80,8 @@ def check_resumable(now: dict[str, Any], saved: dict[str, Any]) -> list[str]:
         a, b = now.get(section), saved.get(section)
         if section == "train" and isinstance(a, dict) and isinstance(b, dict):
             differ += [f"train.{k}" for k in sorted(a.keys() | b.keys()) if k not in RUN_CONTROL and a.get(k) != b.get(k)]
+        elif section == "data" and isinstance(a, dict) and isinstance(b, dict):
+            differ += [f"data.{k}" for k in sorted(a.keys() | b.keys()) if k not in EVAL_ONLY_DATA and a.get(k) != b.get(k)]
         elif section == "schedule" and isinstance(a, dict) and isinstance(b, dict) and a != b:
             if {**a, "total_steps": None} != {**b, "total_steps": None}:
                 differ.append(section)

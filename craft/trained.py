@@ -42,7 +42,9 @@ def load_run(run_dir: Path, checkpoint_name: str = "latest") -> LoadedRun:
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():
-        raise RunError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
+        export = " but an export (model.safetensors, config.json): give the run folder it came from" if (
+            run_dir / "model.safetensors").is_file() else ""
+        raise RunError(f"{run_dir} is not a run folder (no {CONFIG_FILE}){export}")
     exp = load_config(run_dir / CONFIG_FILE)
     if exp.sweep and (run_dir / MEMBERS_DIR).is_dir():  # one checkpoint holds every member, stacked
         first = min((p.name for p in (run_dir / MEMBERS_DIR).iterdir() if p.is_dir()), default="000")
@@ -71,16 +73,19 @@ def load_run(run_dir: Path, checkpoint_name: str = "latest") -> LoadedRun:
 
 def evaluate(
     run_dir: Path, checkpoint_name: str = "latest", data: dict[str, str] | None = None, *, whole_split: bool = False,
+    say=None,
 ) -> dict[str, float]:
     """Re-evaluate a run's checkpoint (``latest``, ``best`` or a file name) on its val split, or, with
     ``data`` (``{"data.val_path": "..."}``: ``[data]`` keys as typed on the command line), on other data
     (a test set) read the way the run read its own, with the run's model, task and tokenizer.
 
-    The run's own split is read as the run read it, ``train.eval_batches`` included, so the figures
-    equal its last logged ones (``evaluated_part`` says so); ``whole_split`` reads all of it. Other data is read whole.
+    The split is read as the run read its own, so the figures on the run's own split equal its last logged
+    ones: ``train.eval_batches`` batches spread over it (other data: all of them), a token folder's
+    ``data.val_windows`` evenly spaced windows. ``whole_split`` reads all of the split. ``say`` (a callable)
+    is told in a line which part was read, when it is a part.
     """
     exp, parts, state = load_run(run_dir, checkpoint_name)
-    used = other_experiment(Path(run_dir), exp, data) if data else exp
+    used = whole(other_experiment(Path(run_dir), exp, data) if data else exp, whole_split)
     batches = build_data(used, "val")
     if data:
         batches = in_run_vocabulary(Path(run_dir), batches, getattr(used.data.config, "path", None))
@@ -90,7 +95,18 @@ def evaluate(
     eval_step = make_eval_step(parts.model, task.loss, inputs=task.inputs, precision=exp.train.precision, compile=False)
     limit = eval_limit(exp, data, whole_split)
     metrics = evaluate_batches(eval_step, state, batches, parts.device, task, limit)
+    if say is not None and (part := part_read(batches, limit)):
+        say(part)
     return {"step": int(state.step), **metrics}
+
+
+def whole(exp: Experiment, whole_split: bool) -> Experiment:
+    """``exp``, or with ``whole_split`` its data without ``val_windows`` (a token folder's evenly spaced
+    windows of val.bin), so that all of the split is read."""
+    config = exp.data.config
+    if not whole_split or getattr(config, "val_windows", None) is None:
+        return exp
+    return attrs.evolve(exp, data=attrs.evolve(exp.data, config=attrs.evolve(config, val_windows=None)))
 
 
 def eval_limit(exp: Experiment, data: dict[str, str] | None, whole_split: bool) -> int | None:
@@ -99,13 +115,14 @@ def eval_limit(exp: Experiment, data: dict[str, str] | None, whole_split: bool) 
     return None if data or whole_split else exp.train.eval_batches
 
 
-def evaluated_part(run_dir: Path, data: dict[str, str] | None = None, whole_split: bool = False) -> str | None:
-    """What ``evaluate`` reads of a run whose ``train.eval_batches`` limits its evaluation, in a line; None if the whole split."""
-    limit = eval_limit(load_config(Path(run_dir) / CONFIG_FILE), data, whole_split)
-    if limit is None:
-        return None
-    return (f"val: {plural(limit, 'batch', 'batches')} spread over the split (train.eval_batches = {limit}), "
-            "as the run logged them; --whole_split evaluates all of it")
+def part_read(batches, limit: int | None) -> str | None:
+    """What ``evaluate`` read of ``batches`` when it is a part of the split, in a line; None if the whole split."""
+    if limit is not None:
+        return (f"val: {plural(limit, 'batch', 'batches')} spread over the split (train.eval_batches = {limit}), "
+                "as the run logged them; --whole_split evaluates all of it")
+    if getattr(batches, "partial", False):  # a token folder's data.val_windows
+        return f"{batches.evaluation}, data.val_windows as the run read its own; --whole_split evaluates all of it"
+    return None
 
 
 def sample_text(

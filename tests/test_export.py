@@ -46,6 +46,22 @@ def test_exported_weights_load_strictly_into_the_plain_module(gpt_run, tmp_path)
     assert not (out / "preprocessing.json").exists()  # text: the tokenizer is its preprocessing
 
 
+def test_an_export_generates_as_its_run_and_is_named_as_an_export(gpt_run, tmp_path):
+    """The exported weights (tied head under both names) sample the run's tokens with craft's generate; given
+    to craft generate, the export folder is named as one, not only 'not a run folder'."""
+    from craft.generate import generate
+
+    out = trained.export(gpt_run, tmp_path / "export")
+    config = json.loads((out / "config.json").read_text())
+    plain = MODELS[config.pop("kind")](**config).build()
+    weights = load_file(str(out / "model.safetensors"))
+    exp, parts, state = trained.load_run(gpt_run)
+    expected = list(generate(parts.model, {**state.params, **state.buffers}, [1, 2], max_new_tokens=20, seed=3))
+    assert list(generate(plain, weights, [1, 2], max_new_tokens=20, seed=3)) == expected
+    with pytest.raises(RunError, match="is not a run folder .* but an export .*give the run folder it came from"):
+        trained.load_run(out)
+
+
 def test_load_model_holds_the_checkpoint_weights(gpt_run):
     model = craft.load_model(gpt_run)
     state = trained.load_run(gpt_run).state

@@ -358,3 +358,14 @@ def test_a_tiny_temperature_samples_the_largest_logit(temperature, seed):
     generator = torch.Generator().manual_seed(seed)
     token = sample_next(logits, temperature=temperature, generator=generator)
     assert token.tolist() == [1, 2]
+
+
+def test_a_state_dict_with_tied_weights_under_both_names_generates():
+    """model.state_dict() (and an export's model.safetensors) holds the tied head as lm_head.weight and
+    wte.weight: generate raised torch's 'functional_call got multiple values for keys'."""
+    model, params = varied("gpt")
+    state = {name: t.clone() for name, t in model.state_dict().items()}  # as loaded from a file: two tensors
+    assert {"lm_head.weight", "wte.weight"} <= state.keys()
+    expected = list(generate(model, params, [1, 2, 3], max_new_tokens=12, temperature=0))
+    assert list(generate(model, state, [1, 2, 3], max_new_tokens=12, temperature=0)) == expected
+    assert list(generate(model, model.state_dict(), [1, 2, 3], max_new_tokens=12, temperature=0)) == expected

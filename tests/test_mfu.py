@@ -128,3 +128,11 @@ def test_mfu_of_padded_lines_counts_their_max_length(tmp_path):
     vocab = len(set("the cat sat on the mat\n"))
     model = GPTConfig(vocab_size=vocab, block_size=24, n_layer=1, n_head=2, n_embd=32).build()
     assert last["mfu"] == pytest.approx(last["samples_per_s"] * mfu.flops_per_example(model, 24) / 1e9, rel=1e-2, abs=1e-4)
+
+
+def test_a_gpts_parameter_count_also_gives_nanogpts_which_leaves_out_position_embeddings():
+    """The start line said '136,960 parameters' where nanoGPT prints the same shape as 132,864 (no wpe)."""
+    model = GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64).build()
+    assert mfu.parameter_count(model) == "136,960 parameters (132,864 without position embeddings, as nanoGPT counts)"
+    lstm = CharLSTMConfig(vocab_size=10, embedding_dim=4, hidden_dim=8).build()
+    assert mfu.parameter_count(lstm) == f"{sum(p.numel() for p in lstm.parameters()):,} parameters"

@@ -124,6 +124,23 @@ def test_generate_errors_are_one_line(tiny_run, args, message):
     assert result.returncode in (1, 2) and message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_prompt_from_a_file_is_read_exactly_its_last_newline_kept(tiny_run, tmp_path):
+    """A prompt in a file had to go through the shell, --prompt="$(cat FILE)", which drops its last newlines."""
+    (tmp_path / "p.txt").write_text("the\n\n", encoding="utf-8")
+    from_file = craft("generate", str(tiny_run), f"--prompt_file={tmp_path / 'p.txt'}", "--max_new_tokens=8", "--temperature=0")
+    typed = craft("generate", str(tiny_run), "--prompt=the\n\n", "--max_new_tokens=8", "--temperature=0")
+    assert from_file.returncode == 0, from_file.stderr
+    assert from_file.stdout == typed.stdout and from_file.stdout.startswith("the\n\n")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
+    for args, message in (
+        ([f"--prompt_file={tmp_path / 'latin1.txt'}"], "not UTF-8 (byte 0xe9 at offset 3)"),
+        ([f"--prompt_file={tmp_path / 'none.txt'}"], "cannot read it"),
+        ([f"--prompt_file={tmp_path / 'p.txt'}", "--prompt=a"], "give one of them"),
+    ):
+        refused = craft("generate", str(tiny_run), *args)
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_a_prompt_that_looks_like_a_number_stays_text(tiny_run, tmp_path):
     # Fire would read --prompt=1 as the integer 1; craft passes the text through.
     result = craft("generate", str(tiny_run), "--prompt=1", "--max_new_tokens=5")
@@ -153,6 +170,25 @@ def test_model_and_data_mismatches_are_caught_before_training(tmp_path, model_ke
     data = run.build_data(exp, "train")
     with pytest.raises(run.RunError, match=message.replace("(", r"\(").replace(")", r"\)")):
         run.fit_to_data(exp, data)
+
+
+def test_a_model_context_longer_than_the_datas_is_warned_about(tmp_path):
+    """model.block_size = 32 over sequences of 16 trained without a word; generation past 16 tokens then
+    reads position embeddings that never trained."""
+    from craft.checks import model_notes
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcdefghijk\n" * 20)
+    config = (f'name = "x"\n[model]\nkind = "gpt"\nn_layer = 1\nn_embd = 16\n{{}}[data]\nkind = "text"\npath = "{corpus}"\n'
+              'block_size = 16\nbatch_size = 4\n[task]\nkind = "language_model"\n')
+    data = run.build_data(loads(config.format("")), "train")
+    notes = {}
+    for keys in ("block_size = 32\n", "block_size = 16\n", ""):
+        exp = run.fit_to_data(loads(config.format(keys)), data)
+        notes[keys] = model_notes(exp, run.build_parts(exp).model, data)
+    assert notes["block_size = 16\n"] == notes[""] == []
+    (warning,) = notes["block_size = 32\n"]
+    assert warning.startswith("warning: model.block_size = 32 but the data's sequences have 16 tokens: positions 16 to 31")
 
 
 @pytest.mark.parametrize("name", ["gpt_char", "char_lstm"])

@@ -246,3 +246,14 @@ def test_resuming_a_run_that_stopped_early_trains_no_further_and_says_how(tmp_pa
     run.train(attrs.evolve(exp, train=attrs.evolve(exp.train, early_stopping=attrs.evolve(exp.train.early_stopping, patience=2))),
               resume=True, echo=quiet)
     assert [p.name for p in checkpoint.step_files(run_dir / "checkpoints")][-1] == "step_00000006.pt"
+
+
+def test_a_resume_may_change_how_much_of_val_is_read_not_what_trains():
+    """--data.val_windows=4 on resume was refused ('data.val_windows: saved 2, now 4') though train.eval_batches,
+    the same knob for every dataset, is allowed; what the train split is stays checked."""
+    saved = {"name": "x", "data": {"kind": "tokens", "path": "d", "block_size": 64, "val_windows": 2, "eval_batch_size": None}}
+    now = {**saved, "data": {**saved["data"], "val_windows": 4, "eval_batch_size": 8}}
+    assert rundir.check_resumable(now, saved) == []
+    changed = {**saved, "data": {**saved["data"], "block_size": 32}}
+    with pytest.raises(rundir.RunError, match="data.block_size: saved 64, now 32"):
+        rundir.check_resumable(changed, saved)

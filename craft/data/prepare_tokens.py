@@ -20,7 +20,7 @@ How the corpus is read:
   64 chunks with neither is cut at a newline or a character anyway: its tokens there may differ.)
 - The val split is deterministic: the last ``val_fraction`` of each file's
   bytes, from the first line start at or after that point (when no line
-  starts there, the first space or character there). Each file's train part and its val part end with
+  starts there, the first space there, else the last one before it, else a character). Each file's train part and its val part end with
   the end-of-text token.
 - ``--tokenizer=bpe`` trains a byte-level BPE of ``vocab_size`` tokens on the
   train parts (streamed); ``--tokenizer=tiktoken --encoding=gpt2`` uses a

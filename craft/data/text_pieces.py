@@ -75,8 +75,9 @@ def last_cut(data: bytes, since: int = 0, window: int = 1 << 16) -> int:
 def val_start(path: str, size: int, val_fraction: float, block: int = CHUNK_SIZE) -> int:
     """Where the file's val part begins: the first line start at or after ``size * (1 - val_fraction)``;
     when no line starts there before the end (one long line, as text8; a file of one short line), the
-    first space, else the first whole character. The parts are tokenized apart, so any character
-    boundary will do."""
+    first space there, else the last line start or space before it (a short file's last word is not
+    cut in two: ``"a tiny fi"`` and ``"le"``), else the first whole character there. The parts are
+    tokenized apart, so any character boundary will do."""
     start = int(size * (1 - val_fraction))
     if start == 0:
         return 0
@@ -92,7 +93,20 @@ def val_start(path: str, size: int, val_fraction: float, block: int = CHUNK_SIZE
                 break
             offset += len(chunk)
             chunk = f.read(block)
+        base = max(0, start - block)
+        f.seek(base)
+        before = f.read(start - base)
+    back = last_boundary(before, base)
+    if first.find(b" ", 1) < 1 and back > 0:  # no space ahead: the last word stays whole in train
+        return back
     return start - 1 + next_boundary(first)
+
+
+def last_boundary(data: bytes, offset: int) -> int:
+    """The file position of the last line start or space in ``data`` (the bytes read from ``offset``),
+    or 0 when there is none."""
+    found = [p for p in (data.rfind(b" "), data.rfind(b"\n") + 1) if p > 0 or data[:1] == b" "]
+    return offset + max(found) if found else 0
 
 
 def next_boundary(data: bytes) -> int:

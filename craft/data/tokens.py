@@ -251,7 +251,7 @@ class TokensConfig:
             return permuted(positions, count, derive_seed("tokens", seed, epoch))
 
         batches = TrainBatches(count, load, batch_size=self.batch_size, seed=seed, order=order, **common)
-        batches.evaluation = None
+        batches.evaluation, batches.partial = None, False
         return batches
 
     def val_batches(self, tokens: np.memmap, file: Path, vocab: int, common: dict) -> EvalBatches:
@@ -283,7 +283,7 @@ class TokensConfig:
             }
 
         batches = EvalBatches(count, load, batch_size=self.eval_batch_size or self.batch_size, **common)
-        batches.evaluation = f"val: {what}"
+        batches.evaluation, batches.partial = f"val: {what}", count < consecutive
         return batches
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from craft.data.text_pieces import is_cut, pieces
+from craft.data.text_pieces import is_cut, pieces, val_start
 
 ALPHABET = ["a", "b ", "\n", "    ", "x = 1", "é", "😀", "\t", "\r\n", "#", "中文", "。", "\u3000", "\xa0", ")", "12345", "'s"]
 
@@ -78,3 +78,29 @@ def test_text_in_other_scripts_is_cut_at_its_newlines(tmp_path_factory):
 def test_a_newline_is_a_cut_only_between_visible_characters(text, cut):
     data = text.encode()
     assert is_cut(data, data.index(b"\n") + 1) is cut
+
+
+# -- where a file's val part begins --------------------------------------------
+
+
+def test_a_short_files_last_word_is_not_cut_in_two(tmp_path):
+    """Thousands of one-line files gave 'line 0 of a tiny fi' to train and 'le' to val, each followed by
+    the end-of-text token: words that never occur, in both splits."""
+    source = tmp_path / "tiny.txt"
+    source.write_bytes(b"line 0 of a tiny file\n")
+    assert val_start(str(source), 22, 0.1) == len(b"line 0 of a tiny")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    words=st.lists(st.text(st.sampled_from("abcé中"), min_size=1, max_size=12), min_size=2, max_size=30),
+    fraction=st.sampled_from([0.05, 0.1, 0.3, 0.5]),
+)
+def test_a_file_without_line_starts_in_its_tail_is_cut_at_a_space(tmp_path_factory, words, fraction):
+    """One line of words: the val part starts at a space, so no word is split between train and val."""
+    data = (" ".join(words) + "\n").encode()
+    source = tmp_path_factory.mktemp("line") / "line.txt"
+    source.write_bytes(data)
+    cut = val_start(str(source), len(data), fraction)
+    if int(len(data) * (1 - fraction)) > 0:
+        assert 0 < cut < len(data) and data[cut : cut + 1] == b" "
