@@ -23,7 +23,7 @@ from craft.config import Component, ConfigError, Experiment, build, build_proble
 from craft.data.text_units import text_units
 from craft.distributed import Replicas
 from craft.optim import (
-    EmaState, Group, Transform, chain, clip_by_global_norm, ema, find_state, group_labels, masked, param_groups,
+    EmaState, Group, Transform, chain, clip_trained, ema, find_state, param_groups,
 )
 from craft.rundir import RunError
 from craft.step import TrainState
@@ -149,16 +149,6 @@ def build_optimizer(exp: Experiment, schedule: Any, names: list[str], **options:
     else:
         tx = make()
     return tx if exp.train.ema_decay is None else chain(tx, ema(exp.train.ema_decay))
-
-
-def clip_trained(clip_norm: float, groups: list[Group], names: list[str]) -> Transform:
-    """Global-norm clipping over the gradients of the parameters that train: a frozen group's
-    gradients count for nothing, as those of parameters left out of a torch optimizer would not."""
-    labels = group_labels(groups, names)
-    frozen = {f"group{i}" for i, g in enumerate(groups) if g.freeze}
-    if not frozen.intersection(labels.values()):
-        return clip_by_global_norm(clip_norm)
-    return masked(clip_by_global_norm(clip_norm), {name: label not in frozen for name, label in labels.items()})
 
 
 def decay_everything(params: dict[str, torch.Tensor]) -> dict[str, bool]:

@@ -10,7 +10,7 @@ A parameter belongs to the first group whose glob ``match``es its name
 trained by ``make_tx()`` unchanged. Global-norm clipping belongs outside, so
 that it sees every gradient: ``chain(clip_by_global_norm(1.0), param_groups(...))``; with a
 frozen group, ``masked`` the clip to the other names, so that the frozen gradients do not
-count (``craft.parts.clip_trained``, what a run does).
+count: ``chain(clip_trained(1.0, groups, names), param_groups(...))``, what a run does.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from craft.optim.base import Transform, chain, scale
-from craft.optim.combine import partition, set_to_zero
+from craft.optim.combine import masked, partition, set_to_zero
+from craft.optim.transforms import clip_by_global_norm
 
 
 class Group(NamedTuple):
@@ -77,3 +78,14 @@ def _as_group(group: Group | Mapping) -> Group:
     if unknown:
         raise ValueError(f"unknown parameter group key {sorted(unknown)[0]!r}; keys: {', '.join(Group._fields)}")
     return Group(**group)
+
+
+def clip_trained(clip_norm: float, groups: Sequence[Group | Mapping], names: Iterable[str]) -> Transform:
+    """Global-norm clipping over the gradients of the parameters that train: a frozen group's
+    gradients count for nothing, as those of parameters left out of a torch optimizer would not."""
+    groups = [_as_group(g) for g in groups]
+    labels = group_labels(groups, names)
+    frozen = {f"group{i}" for i, g in enumerate(groups) if g.freeze}
+    if not frozen.intersection(labels.values()):
+        return clip_by_global_norm(clip_norm)
+    return masked(clip_by_global_norm(clip_norm), {name: label not in frozen for name, label in labels.items()})
