@@ -13,6 +13,7 @@ stdin and answers two lines: the command's pid when it starts, then its exit
 status (negative: the signal that ended it) when it ends. ``run`` is the client,
 with ``subprocess.run``'s result and timeout; it falls back to a fresh
 interpreter where the request's environment differs in what is read at start-up.
+``start`` is the client for a test that signals the command while it runs (``Popen``'s part).
 """
 
 from __future__ import annotations
@@ -140,34 +141,85 @@ class Server:
         return json.loads(line)
 
     def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "craft", *args]
-        with self.lock, tempfile.TemporaryDirectory() as folder:
-            out, err = Path(folder, "stdout"), Path(folder, "stderr")
-            out.touch(), err.touch()
-            request = {"args": args, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
-            self.proc.stdin.write((json.dumps(request) + "\n").encode())
-            pid = self.answer(None)["pid"]
-            done = self.answer(timeout)
-            if done is None:
-                os.kill(pid, signal.SIGKILL)
-                self.answer(None)
-                raise subprocess.TimeoutExpired(command, timeout, out.read_text(), err.read_text())
-            return subprocess.CompletedProcess(command, done["status"], out.read_text(), err.read_text())
+        started = self.start(args, cwd, env)
+        status = started.wait(timeout)
+        return subprocess.CompletedProcess(started.args, status, started.out.read_text(), started.err.read_text())
+
+    def start(self, args: list[str], cwd: Path, env: dict[str, str]) -> Started:
+        """The command started; the server is this command's until it ends (``Started.wait``)."""
+        self.lock.acquire()
+        folder = tempfile.TemporaryDirectory()
+        out, err = Path(folder.name, "stdout"), Path(folder.name, "stderr")
+        out.touch(), err.touch()
+        request = {"args": args, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        pid = self.answer(None)["pid"]
+        return Started(self, [sys.executable, "-m", "craft", *args], pid, folder, out, err)
+
+
+class Started:
+    """A forked command under way, with the part of ``subprocess.Popen`` the tests use: ``pid``,
+    ``poll()``, ``wait(timeout)``, ``kill()``, and its streams' files ``out`` and ``err``."""
+
+    def __init__(self, server: Server, args: list[str], pid: int, folder, out: Path, err: Path) -> None:
+        self.server, self.args, self.pid, self.folder, self.out, self.err = server, args, pid, folder, out, err
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.returncode if self.returncode is not None else self._ended(0)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status; past ``timeout`` the command is killed (unlike ``Popen.wait``: the server
+        is free again) and ``TimeoutExpired`` raised with its output."""
+        if self.returncode is None and self._ended(timeout) is None:
+            self.kill()
+            self._ended(None)
+            raise subprocess.TimeoutExpired(self.args, timeout, self.out.read_text(), self.err.read_text())
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+    def _ended(self, timeout: float | None) -> int | None:
+        done = self.server.answer(timeout)
+        if done is not None:
+            self.returncode = done["status"]
+            self.server.lock.release()  # the server takes the next request
+        return self.returncode
 
 
 _server: list[Server] = []
 
 
-def run(args: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``subprocess.run([python, -m, craft, *args], capture_output=True, text=True, ...)``, forked from the server."""
+def start(args: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> Started:
+    """``subprocess.Popen([python, -m, craft, *args], ...)``, forked from the server: ``Started``, whose
+    ``err`` file holds its stderr. Only where ``env`` changes nothing read at start-up (see ``run``)."""
     env = dict(os.environ if env is None else env)
+    server = _current_server()
+    if _startup_changed(env, server):
+        raise ValueError("forked_cli.start: the environment changes what the interpreter reads at start-up")
+    return server.start(list(args), Path(cwd), env)
+
+
+def _current_server() -> Server:
     if not _server or _server[0].proc.poll() is not None:
         _server[:] = [Server()]
-    server = _server[0]
+    return _server[0]
+
+
+def _startup_changed(env: dict[str, str], server: Server) -> bool:
     changed = {k for k in env.keys() | server.env.keys() if env.get(k) != server.env.get(k)}
     if "OMP_NUM_THREADS" in env:  # the child sets torch's threads to it
         changed.discard("OMP_NUM_THREADS")
-    if any(k.startswith(STARTUP) for k in changed):
+    return any(k.startswith(STARTUP) for k in changed)
+
+
+def run(args: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``subprocess.run([python, -m, craft, *args], capture_output=True, text=True, ...)``, forked from the server."""
+    env = dict(os.environ if env is None else env)
+    server = _current_server()
+    if _startup_changed(env, server):
         return subprocess.run([sys.executable, "-m", "craft", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
     return server.run(list(args), Path(cwd), env, timeout)
 
