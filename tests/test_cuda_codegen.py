@@ -15,12 +15,13 @@ import pytest
 import torch
 from conftest import ROOT
 
+# The script's other rows (gpt_char's 4-layer step, GPT-2 widths, Muon, bf16 micro-batches: 70 to 160
+# kernels, half a minute to a minute each here) are its own run: `python benchmarks/cuda_codegen_check.py`.
 NAMES = {
     "known": "#198280 x.copy_(x.mT * 1.0)",
     "foreach copy": "craft step, donated, _foreach_copy_",
     "craft": "craft step, donated (craft: copy_ per tensor)",
     "resnet": "craft ResNet step (BatchNorm), donated",
-    "gpt_char": "gpt_char's step, donated",
 }
 CRASH = "#176591 foreach updates after reductions (crashes < 2.12)"
 
@@ -52,7 +53,6 @@ def test_the_check_finds_the_known_inductor_race(races):
 def test_crafts_donated_steps_on_cuda_have_no_race(races):
     assert races["craft"] == 0  # the GPT step
     assert races["resnet"] == 0  # BatchNorm's statistics are donated buffers too
-    assert races["gpt_char"] == 0  # experiments/gpt_char.toml's model and batch
 
 
 @pytest.mark.xfail(

@@ -26,7 +26,7 @@ def _two_steps(model, batch, compile):
 @pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_checkpointed_blocks_give_the_gradients_of_the_plain_model(compile):
     torch.manual_seed(0)
-    sizes = dict(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    sizes = dict(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=16)  # one block: each more adds its kernels to both compiles
     plain = GPTConfig(**sizes).build().double()
     recomputed = GPTConfig(**sizes, checkpoint_activations=True).build().double()
     recomputed.load_state_dict(plain.state_dict())

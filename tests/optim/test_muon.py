@@ -113,7 +113,7 @@ def test_vectors_embeddings_and_head_go_to_adamw():
 
 def test_trains_a_tiny_gpt_compiled():
     torch.manual_seed(0)
-    model = GPTConfig(vocab_size=13, block_size=16, n_layer=2, n_head=2, n_embd=32).build()
+    model = GPTConfig(vocab_size=13, block_size=16, n_layer=1, n_head=2, n_embd=32).build()
     tx = muon(3e-3, weight_decay=0.01, clip_norm=1.0)
     step = make_train_step(model, lambda out, b: language_model_loss(out, b)[0], tx, compile=True)
     state = init_state(model, tx)
