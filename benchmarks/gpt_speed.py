@@ -72,7 +72,7 @@ PRESETS = {
     # nanoGPT's GPT-2 small (train_gpt2 config), one micro-batch of 16 sequences per step
     "gpt2_small": dict(model=GPT2, batch=16, lr=6e-4, b2=0.95, wd=0.1, warmup=20, min_lr=6e-5, decay_embeddings=True,
                        references={NANOGPT: COMPILED_MODEL}, precision="bf16", steps=200, chunk=25, val_batches=20),
-    "tiny": dict(model=dict(GPT2, block_size=32, n_layer=2, n_head=2, n_embd=32, vocab_size=512), batch=4, lr=1e-3,
+    "tiny": dict(model=dict(GPT2, block_size=32, n_layer=1, n_head=2, n_embd=32, vocab_size=512), batch=4, lr=1e-3,
                  b2=0.95, wd=0.1, warmup=2, min_lr=1e-4, decay_embeddings=True, references={NANOGPT: COMPILED_MODEL},
                  precision="fp32", steps=6, chunk=3, val_batches=2),
 }
