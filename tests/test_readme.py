@@ -1,4 +1,5 @@
-"""The README's examples run exactly as written, each in a fresh interpreter."""
+"""The README's examples run exactly as written, each in a fresh interpreter (the craft commands they
+follow are forked from one that has imported craft: ``forked_cli``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_cli
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,11 +26,11 @@ def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("code", [b for b in PYTHON if b is not EXTENSION], ids=lambda code: code.split("\n")[0])
 def test_readme_python_block_runs(code, tmp_path):
     if "runs/gpt_char" in code:  # the block follows `python -m craft experiments/gpt_char.toml`: a short one
-        trained = subprocess.run(
-            [sys.executable, "-m", "craft", str(ROOT / "experiments" / "gpt_char.toml"), f"--out_dir={tmp_path / 'runs'}",
+        trained = forked_cli.run(
+            [str(ROOT / "experiments" / "gpt_char.toml"), f"--out_dir={tmp_path / 'runs'}",
              "--train.steps=4", "--train.eval_every=4", "--train.eval_batches=2", "--schedule.warmup_steps=1",
              "--train.compile=false", "--train.sample.max_new_tokens=4"],
-            capture_output=True, text=True, timeout=300,
+            timeout=300,
         )
         assert trained.returncode == 0, trained.stderr
     result = _python(code, tmp_path)
@@ -98,10 +100,7 @@ def test_readme_error_examples_are_what_craft_prints():
     flags = {"optim.lrr": "--optim.lrr=1", "train.steps": "--train.steps=0.5", "model.kind": "--model.kind=cnnn"}
     for line in block:
         flag = flags[line.removeprefix("error: ").split(":")[0]]
-        result = subprocess.run(
-            [sys.executable, "-m", "craft", str(ROOT / "experiments" / "custom_cnn.toml"), flag, "--print_config"],
-            capture_output=True, text=True, timeout=300,
-        )
+        result = forked_cli.run([str(ROOT / "experiments" / "custom_cnn.toml"), flag, "--print_config"], timeout=300)
         assert result.returncode == 2 and result.stderr.strip() == line
 
 
