@@ -28,6 +28,19 @@ if WORKERS > 1:
     torch.set_num_threads(THREADS)
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that hold a ``slow`` test first, the rest after, each in its own order.
+
+    pytest-xdist hands out whole modules (``--dist=loadfile``) in this order
+    (``--no-loadscope-reorder``); by default it sends the modules with the most
+    tests first, which left a 50 s compile for last, one worker idle meanwhile.
+    """
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow)
+
+
 settings.register_profile("craft", deadline=None, print_blob=True)
 # CI (and a local `bash .ci/run`, which sets CI): the same examples every run, so a red build replays.
 settings.register_profile("ci", deadline=None, print_blob=True, derandomize=True)

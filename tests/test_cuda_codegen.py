@@ -17,6 +17,8 @@ from conftest import ROOT
 
 # The script's other rows (gpt_char's 4-layer step, GPT-2 widths, Muon, bf16 micro-batches: 70 to 160
 # kernels, half a minute to a minute each here) are its own run: `python benchmarks/cuda_codegen_check.py`.
+pytestmark = pytest.mark.slow  # inductor writes the CUDA code of four steps: a minute and more cold
+
 NAMES = {
     "known": "#198280 x.copy_(x.mT * 1.0)",
     "foreach copy": "craft step, donated, _foreach_copy_",

@@ -94,6 +94,7 @@ def test_members_can_train_on_their_own_batches(strategy):
     _assert_members_match(stacked, solo_states)
 
 
+@pytest.mark.slow
 def test_compiled_vmap_step_matches_eager():
     """The compiled path traces the vmapped step once (make_fx) and compiles that graph."""
     model, tx, stacked = _members("mlp", "adamw")

@@ -6,9 +6,11 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow  # both sides compile
 def test_tiny_preset_runs_both_sides_from_the_same_weights():
     result = subprocess.run(
         [sys.executable, "benchmarks/gpt_speed.py", "--preset", "tiny", "--device", "cpu", "--steps", "4", "--chunk", "2"],

@@ -23,6 +23,7 @@ def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
+@pytest.mark.slow  # the API example compiles its step
 @pytest.mark.parametrize("code", [b for b in PYTHON if b is not EXTENSION], ids=lambda code: code.split("\n")[0])
 def test_readme_python_block_runs(code, tmp_path):
     if "runs/gpt_char" in code:  # the block follows `python -m craft experiments/gpt_char.toml`: a short one

@@ -96,6 +96,7 @@ def _val_captions(folder: Path) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
+@pytest.mark.slow  # the first test to use tiny_run trains it: 800 steps
 def test_training_logs_exact_match_and_saves_a_word_tokenizer(tiny_run):
     events = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     val = [e["metrics"] for e in events if e["split"] == "val"]

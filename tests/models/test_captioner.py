@@ -236,6 +236,7 @@ def caption_batch(captions: list[list[int]], image: torch.Tensor, boundary: int 
     return batch
 
 
+@pytest.mark.slow
 def test_the_captioner_trains_through_the_compiled_step():
     torch.manual_seed(0)
     model = build("cnn", n_layer=1)  # the smallest captioner: an inductor compile of the ResNet's costs a minute

@@ -111,6 +111,7 @@ def test_vectors_embeddings_and_head_go_to_adamw():
     assert labels["blocks.0.ln_1.weight"] == labels["blocks.0.attn.c_attn.bias"] == "adamw"
 
 
+@pytest.mark.slow
 def test_trains_a_tiny_gpt_compiled():
     torch.manual_seed(0)
     model = GPTConfig(vocab_size=13, block_size=16, n_layer=1, n_head=2, n_embd=32).build()
