@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,17 @@ def test_a_command_past_its_timeout_is_killed_as_subprocess_run_does():
     with pytest.raises(subprocess.TimeoutExpired):
         forked_cli.run(["generate", "x"], timeout=0.001)
     assert forked_cli.run(["info"]).returncode == 0  # the server goes on
+
+
+
+def test_a_started_command_is_killed_by_the_signal_and_the_server_goes_on(tmp_path):
+    (tmp_path / "exp.toml").write_text('name = "x"\n[model]\nkind = "cnn"\n[data]\nkind = "shapes"\nnum_train = 64\nbatch_size = 8\n')
+    started = forked_cli.start(["exp.toml", "--train.steps=100000", "--train.compile=false"], cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "runs" / "x" / "config.toml").exists() and started.poll() is None:  # training
+        assert time.monotonic() < deadline, started.err.read_text()
+        time.sleep(0.05)
+    assert started.poll() is None, started.err.read_text()
+    started.kill()
+    assert started.wait(timeout=60) == -signal.SIGKILL
+    assert forked_cli.run(["info"]).returncode == 0
