@@ -29,7 +29,6 @@ if WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules that hold a ``slow`` test first, the rest after, each in its own order.
 
