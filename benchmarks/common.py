@@ -99,6 +99,7 @@ def imperative_step(
     param_groups: list[dict] | None = None,
     schedule: Callable[[int], float] | None = None,
     bf16: bool = False,
+    backend: str = "inductor",
     **adamw_kwargs,
 ):
     """The imperative reference loop; returns ``(step(batch), bytes held between steps)``.
@@ -107,11 +108,12 @@ def imperative_step(
     ``backward``, ``clip_grad_norm_(foreach=True)``, ``opt.step()``. ``mode``:
     ``eager``; ``compile(model)``; ``compile(step)``: the whole step above
     in one ``torch.compile``'d function (graph breaks at ``backward`` included,
-    as the compiled-optimizer recipe compiles ``opt.step``). ``schedule(step)``
-    gives the learning rate, set through ``param_groups`` before each step.
+    as the compiled-optimizer recipe compiles ``opt.step``), with ``torch.compile``'s
+    ``backend``. ``schedule(step)`` gives the learning rate, set through
+    ``param_groups`` before each step.
     """
     device = next(model.parameters()).device
-    forward = torch.compile(model) if mode == COMPILED_MODEL else model
+    forward = torch.compile(model, backend=backend) if mode == COMPILED_MODEL else model
     opt = adamw_for(param_groups or list(model.parameters()), mode, device, **adamw_kwargs)
     count = [0]
 
@@ -124,7 +126,7 @@ def imperative_step(
         opt.step()
         return loss.detach()
 
-    compiled = torch.compile(one_step) if mode == COMPILED_STEP else one_step
+    compiled = torch.compile(one_step, backend=backend) if mode == COMPILED_STEP else one_step
 
     def step(batch: dict) -> torch.Tensor:
         if schedule is not None:

@@ -87,7 +87,7 @@ def decay_mask(params: dict, preset: dict) -> dict:
     return {k: p.ndim >= 2 for k, p in params.items()} if preset["decay_embeddings"] else default_decay_mask(params)
 
 
-def imperative(model: torch.nn.Module, schedule, mode: str, precision: str, preset: dict):
+def imperative(model: torch.nn.Module, schedule, mode: str, precision: str, preset: dict, backend: str):
     """The nanoGPT-style loop; returns (step(batch), bytes held between steps, params)."""
     params = dict(model.named_parameters())
     mask = decay_mask(params, preset)  # the same tensors decayed as craft's adamw
@@ -98,15 +98,17 @@ def imperative(model: torch.nn.Module, schedule, mode: str, precision: str, pres
     step, held = imperative_step(
         model, loss_fn, mode=mode, clip=CLIP, param_groups=groups, bf16=precision == "bf16",
         schedule=lambda count: float(schedule(torch.tensor(count))), lr=preset["lr"], betas=(0.9, preset["b2"]),
+        backend=backend,
     )
     return step, held, lambda: dict(model.named_parameters())
 
 
-def functional(model: torch.nn.Module, schedule, precision: str, preset: dict):
+def functional(model: torch.nn.Module, schedule, precision: str, preset: dict, backend: str):
     """craft's step as ``python -m craft`` builds it; returns (step(batch), bytes held, params)."""
     tx = adamw(schedule, b2=preset["b2"], weight_decay=preset["wd"], clip_norm=CLIP,
                mask=lambda params: decay_mask(params, preset))
-    train_step = make_train_step(model, loss_fn, tx, donate=True, precision=precision)  # as the run (craft/run.py)
+    options = True if backend == "inductor" else {"backend": backend}  # True: as a run compiles (craft/run.py)
+    train_step = make_train_step(model, loss_fn, tx, donate=True, precision=precision, compile=options)
     box = [init_state(model, tx)]
 
     def step(batch):
@@ -187,6 +189,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU (default: craft.mfu's table)")
     parser.add_argument("--skip", default="", help="comma-separated variant letters to leave out, e.g. b")
+    parser.add_argument("--backend", default="inductor",
+                        help="torch.compile backend of every compiled variant (aot_eager: a quick check, no speed figure)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     for key in ("steps", "chunk", "batch", "precision"):
@@ -214,7 +218,7 @@ def build_variants(args, preset: dict, device: torch.device):
     for name in names:
         if name == CRAFT:
             models[name] = copy.deepcopy(template)
-            built[name] = functional(models[name], schedule, args.precision, preset)
+            built[name] = functional(models[name], schedule, args.precision, preset, args.backend)
             continue
         if name == NANOGPT:
             config = {k: v for k, v in {**preset["model"], "vocab_size": vocab}.items() if k != "dropout"}
@@ -222,7 +226,7 @@ def build_variants(args, preset: dict, device: torch.device):
             models[name].load_state_dict(template.state_dict())
         else:
             models[name] = copy.deepcopy(template)
-        built[name] = imperative(models[name], schedule, preset["references"][name], args.precision, preset)
+        built[name] = imperative(models[name], schedule, preset["references"][name], args.precision, preset, args.backend)
     return data, batches, template, models, built
 
 
@@ -247,7 +251,7 @@ def main() -> None:
     print(
         f"\nGPT {template.n_layer}L {template.n_head}H {template.n_embd}E ({args.preset}), block {block}, batch {args.batch}, "
         f"{template.num_params() / 1e6:.2f}M params, {args.precision}, {name}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}; {args.steps} steps each in alternating chunks of {args.chunk}; "
+        f"torch {torch.__version__}, {args.backend} backend; {args.steps} steps each in alternating chunks of {args.chunk}; "
         f"cells: median (min-max) over {len(rounds[CRAFT if CRAFT in rounds else references[0]])} chunks, "
         f"first {args.warmup} steps left out; loss after {args.steps + 1} steps"
     )
