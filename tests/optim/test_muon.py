@@ -111,12 +111,17 @@ def test_vectors_embeddings_and_head_go_to_adamw():
     assert labels["blocks.0.ln_1.weight"] == labels["blocks.0.attn.c_attn.bias"] == "adamw"
 
 
+# Compiled through aot_eager_decomp_partition: dynamo traces the whole step, Newton-Schulz's batched bf16
+# matmuls included, and AOTAutograd differentiates and partitions it with inductor's decompositions.
+# Inductor's C++ code for Muon's kernels cost one to one and a half minutes cold here; its GPU (Triton)
+# code is what tests/test_step_cuda.py and `benchmarks/cuda_codegen_check.py Muon` check.
 @pytest.mark.slow
 def test_trains_a_tiny_gpt_compiled():
     torch.manual_seed(0)
     model = GPTConfig(vocab_size=13, block_size=16, n_layer=1, n_head=2, n_embd=32).build()
     tx = muon(3e-3, weight_decay=0.01, clip_norm=1.0)
-    step = make_train_step(model, lambda out, b: language_model_loss(out, b)[0], tx, compile=True)
+    compile = {"backend": "aot_eager_decomp_partition", "fullgraph": True}
+    step = make_train_step(model, lambda out, b: language_model_loss(out, b)[0], tx, compile=compile)
     state = init_state(model, tx)
     tokens = torch.arange(17).remainder(13).repeat(8, 1)  # a pattern to memorise
     batch = {"input": tokens[:, :-1], "target": tokens[:, 1:]}
