@@ -33,9 +33,13 @@ def _need_total(name: str, total_steps: int | None) -> int:
 
 
 def _rates(name: str, **rates: float) -> None:
-    """Every rate >= 0, else a ValueError naming it: a negative one would climb the loss without a word."""
+    """Every rate >= 0 and min_lr <= lr, else a ValueError naming it: either would climb the loss without a word."""
     for key, value in rates.items():
         in_range(name, key, value)
+    low, high = rates.get("min_lr", 0.0), rates["lr"]
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:  # not run-time tensors
+        raise ValueError(f"{name}: min_lr={low} is above lr={high}; the cosine decays from lr "
+                         "to min_lr, so set min_lr <= lr")
 
 
 def warmup_length(total_steps: int | None, warmup_steps: int | None, warmup_ratio: float | None) -> int:

@@ -92,6 +92,13 @@ def test_a_negative_rate_is_refused(name, key, options):
         SCHEDULES[name](lr if key != "lr" else -0.5, total_steps=10, **options, **values)
 
 
+@pytest.mark.parametrize("name", ["cosine", "warmup_cosine"])
+def test_a_min_lr_above_lr_is_refused(name):
+    with pytest.raises(ValueError, match=f"^{name}: min_lr=0.1 is above lr=0.001; .* set min_lr <= lr$"):
+        SCHEDULES[name](1e-3, total_steps=10, min_lr=0.1)
+    assert SCHEDULES[name](1e-3, total_steps=10, min_lr=1e-3)(torch.tensor(9)) == pytest.approx(1e-3)  # flat is fine
+
+
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_every_schedule_compiles_fullgraph_like_eager(name):
     torch._dynamo.reset()
