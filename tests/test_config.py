@@ -698,6 +698,10 @@ def test_a_file_name_that_does_not_print_on_one_line_is_quoted(tmp_path):
         ({"model.kind": "resnet", "model.widths": "[4, 8]"}, lambda e: e.model.config.widths, [4, 8]),
         ({"train.compile": "false"}, lambda e: e.train.compile, False),
         ({"name": "None"}, lambda e: e.name, "None"),
+        # quoted for the shell's sake (--name='"my run"'): the literal's text, not its quotes
+        ({"name": '"my run"'}, lambda e: e.name, "my run"),
+        ({"name": "'2024'"}, lambda e: e.name, "2024"),
+        ({"train.sample.prompt": '"Once upon"'}, lambda e: e.train.sample.prompt, "Once upon"),
     ],
 )
 def test_command_line_text_is_kept_as_typed_for_text_fields_only(texts, field, value):

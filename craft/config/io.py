@@ -165,7 +165,8 @@ def _read_texts(data: Mapping[str, Any], texts: Mapping[str, str]) -> dict[str, 
     """Command-line values: each read by ``parse_override``, but a text field takes the text as typed.
 
     ``--name=2024`` names the run "2024"; ``--optim.lr=3e-4`` is the number;
-    ``None`` unsets an optional text field (``--data.prepare=None``).
+    ``None`` unsets an optional text field (``--data.prepare=None``); a quoted
+    text is its content (``--data.labels='"prefix"'`` is ``prefix``).
     """
     parsed = {path: parse_override(text) for path, text in texts.items()}
     merged = apply_overrides(data, parsed)  # the kinds the values pick decide the fields' types
@@ -174,7 +175,7 @@ def _read_texts(data: Mapping[str, Any], texts: Mapping[str, str]) -> dict[str, 
         t = _field_type(merged, path.split(".")) if isinstance(path, str) else None
         takes_text = t is str or (str in get_args(t) and not isinstance(value, (list, dict)))
         unset = value is None and type(None) in get_args(t)  # --data.val_path=None: unset, not the text "None"
-        out[path] = texts[path] if takes_text and not unset else value
+        out[path] = (value if isinstance(value, str) else texts[path]) if takes_text and not unset else value
     return out
 
 
