@@ -40,7 +40,12 @@ def other_experiment(run_dir: Path, exp: Experiment, data: dict[str, str]) -> Ex
     except ConfigError as e:  # "did you mean" names keys of the run's kind, which may have none like it
         given = {k.removeprefix("data.") for k in data}
         raise ConfigError([_no_such_key(line, exp.data.kind, given) for line in e.problems]) from None
-    return attrs.evolve(exp, data=other.data)
+    config = other.data.config
+    if getattr(config, "prepare", None) is not None and "data.prepare" not in data:
+        # The run's own data may be made where it is missing; a test set never is: a mistyped path would
+        # be filled with fresh synthetic data and evaluated as if it were the user's.
+        config = attrs.evolve(config, prepare=None)
+    return attrs.evolve(exp, data=attrs.evolve(other.data, config=config))
 
 
 def _no_such_key(problem: str, kind: str, given: set[str]) -> str:

@@ -100,3 +100,15 @@ def test_evaluate_reads_other_data_with_the_runs_model(toml, tmp_path, shapes):
     assert own.stdout != other.stdout  # 16 training images, not the 8 held out
     wrong = craft("evaluate", str(run_dir), "--optim.lr=1", cwd=tmp_path)
     assert wrong.returncode == 1 and "takes [data] options only" in wrong.stderr
+
+
+def test_evaluate_never_prepares_synthetic_data_where_a_test_set_is_missing(toml, tmp_path):
+    """A run made with ``prepare = "shapes"`` filled a mistyped test-set path with 32,000 synthetic images
+    and reported the model's figures on them."""
+    trained = craft(str(toml), "--train.steps=1", "--train.compile=false", '--data.prepare="shapes"', cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]  # the shapes folder exists: reused as it is
+    missing = tmp_path / "my_test_images"
+    result = craft("evaluate", str(tmp_path / "runs" / "cnn"), f"--data.path={missing}", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"error: data.path {missing} does not exist; point it at a folder of images" in result.stderr
+    assert not missing.exists()
