@@ -102,7 +102,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
     exp = rank_zeros_name(exp, replicas)
     if note:
         echo(note)
-    run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite)
+    run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite, echo=echo)
     # Everything that can fail on the config is built before an old run is replaced.
     train_data, val_data = build_data(exp, "train", replicas), build_data(exp, "val", replicas)
     check_same_data(train_data, replicas)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +87,9 @@ def fresh_name(exp: Any, *, resume: bool, overwrite: bool) -> tuple[Any, str | N
     )
 
 
-def check_run_dir(exp: Any, *, resume: bool, overwrite: bool) -> Path:
-    """The run folder, after checking the flags fit it; nothing is touched yet."""
+def check_run_dir(exp: Any, *, resume: bool, overwrite: bool, echo: Callable[[str], None] = print) -> Path:
+    """The run folder, after checking the flags fit it (``echo`` says what ``--overwrite`` replaces);
+    nothing is touched yet."""
     run_dir = Path(exp.out_dir) / exp.name
     if resume and overwrite:
         raise RunError("choose one of --resume and --overwrite")
@@ -98,9 +99,25 @@ def check_run_dir(exp: Any, *, resume: bool, overwrite: bool) -> Path:
         raise RunError(f"run folder {str(run_dir)!r} already exists; pass --resume to continue it or --overwrite to replace it")
     if resume and not used:
         raise RunError(f"nothing to resume: {str(run_dir)!r} does not exist; drop --resume to start the run")
+    if resume and not is_run_folder(run_dir):  # taken over, a later --overwrite would delete what it held
+        raise RunError(f"nothing to resume: {str(run_dir)!r} was not made by craft (no {MARKER_FILE} marker); "
+                       "choose another name, or out_dir")
+    if not resume:
+        check_not_nested(run_dir)
     if overwrite and used:
         check_replaceable(run_dir, Path(exp.out_dir), data_paths(exp))
+        echo(f"--overwrite: the run in {run_dir} is replaced as this one starts")
     return run_dir
+
+
+def check_not_nested(run_dir: Path) -> None:
+    """Raise if ``run_dir`` would be inside another run folder (not as a sweep's member): ``--overwrite``
+    of that run would delete this one."""
+    inner = run_dir.resolve()
+    for outer in inner.parents:
+        if is_run_folder(outer) and inner.relative_to(outer).parts[0] != MEMBERS_DIR:
+            raise RunError(f"run folder {str(run_dir)!r} would be inside the run folder {str(outer)!r}, and replacing "
+                           "that run would delete it; choose an out_dir outside it")
 
 
 def data_paths(exp: Any) -> list[Path]:
@@ -121,6 +138,20 @@ def check_replaceable(run_dir: Path, out_dir: Path, data: list[Path]) -> None:
             f"--overwrite: {str(run_dir)!r} was not made by craft (no {MARKER_FILE} marker); "
             "remove it yourself or choose another name"
         )
+    nested = next(nested_runs(run_dir), None)
+    if nested is not None:
+        raise RunError(f"--overwrite: {str(run_dir)!r} holds another run ({str(nested)!r}); move that run out first, "
+                       "or choose another name")
+
+
+def nested_runs(run_dir: Path) -> Iterator[Path]:
+    """Run folders inside ``run_dir`` other than its sweep members (``members/NNN``); links are not followed."""
+    for folder, subfolders, files in os.walk(run_dir):
+        here = Path(folder)
+        if here == run_dir:
+            subfolders[:] = [d for d in subfolders if d != MEMBERS_DIR]
+        elif MARKER_FILE in files:
+            yield here
 
 
 def _take(fd: int, run_dir: Path) -> None:

@@ -161,7 +161,7 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
     exp, note = fresh_name(exp, resume=resume, overwrite=overwrite)
     if note:
         echo(note)
-    run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite)
+    run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite, echo=echo)
     train_data, val_data = build_data(exp, "train"), build_data(exp, "val")
     check_accumulation(exp, train_data)
     exp, notes = fit_schedule(fit_to_data(exp, train_data))

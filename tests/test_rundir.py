@@ -83,6 +83,37 @@ def test_overwrite_replaces_a_run_craft_made_and_one_from_before_the_marker(tmp_
     assert [p.name for p in checkpoint.step_files(run_dir / "checkpoints")] == ["step_00000002.pt"]
 
 
+def test_resume_never_takes_over_a_folder_craft_did_not_make(tmp_path, shapes):
+    """It did ("has no checkpoint yet: starting it again"), marking the folder as a run's, and a later
+    --overwrite of that name deleted the images it held."""
+    mine = tmp_path / "runs" / "cnn"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    process = craft(str(toml(tmp_path, shapes)), "--resume")
+    assert process.returncode == 1
+    assert error_lines(process) == [f"error: nothing to resume: {str(mine)!r} was not made by craft "
+                                    "(no .craft-run marker); choose another name, or out_dir"]
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_a_run_is_never_made_inside_another_and_overwrite_never_deletes_one_inside(tmp_path, shapes):
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes), {"train.steps": 1})
+    outer = run.train(exp, echo=quiet)
+    inside = attrs.evolve(exp, out_dir=str(outer / "sub"))
+    with pytest.raises(run.RunError, match=r"would be inside the run folder .*; choose an out_dir outside it$"):
+        run.train(inside, echo=quiet)
+    assert not (outer / "sub").exists()
+    nested = outer / "old" / "cnn"  # as an earlier craft let it be made
+    shutil.copytree(outer, nested, ignore=shutil.ignore_patterns(".lock"))
+    with pytest.raises(run.RunError, match=f"holds another run \\({str(nested)!r}\\); move that run out first"):
+        run.train(exp, overwrite=True, echo=quiet)
+    assert (nested / "config.toml").exists()
+    shutil.rmtree(outer / "old")
+    said = []
+    assert run.train(exp, overwrite=True, echo=said.append) == outer
+    assert f"--overwrite: the run in {outer} is replaced as this one starts" in said
+
+
 # -- 3. one run per folder ---------------------------------------------------
 
 
