@@ -178,11 +178,10 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
         if start.payload is not None:
             train_data.load_state_dict(start.payload["data"])
             start = start._replace(state=(start.state[0], torch.tensor(start.payload["progress"]["alive"])))
-        text = dumps(exp)
-        write_atomic(run_dir / CONFIG_FILE, text)
-        echo(text)
+        write_atomic(run_dir / CONFIG_FILE, dumps(exp))
+        where = f"run folder {run_dir} (the resolved config: {run_dir / CONFIG_FILE}; --print_config prints it)"
         first = f"sweep: {plural(len(team), 'member')}, {how_members_run(model, parts.device)}"
-        for line in [first, *data_summary(train_data, val_data), *one_class_warning(exp, train_data)]:  # as a run says
+        for line in [where, first, *data_summary(train_data, val_data), *one_class_warning(exp, train_data)]:  # as a run says
             echo(line)
         member_dirs = [run_dir / MEMBERS_DIR / f"{m.index:03d}" for m in team]
         for folder in member_dirs:

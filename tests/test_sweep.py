@@ -166,10 +166,12 @@ def test_cli_sweep_reports_the_best_member(tmp_path, capsys):
     path.write_text(TINY.format(out=tmp_path / "runs"))
     main([str(path), "--sweep.optim.lr=[1e-3,1e-2]", "--train.steps=2"])
     out = capsys.readouterr().out.splitlines()
-    # a CNN on the CPU: the members run one after another (vmap would make its convolutions grouped, and slow)
-    assert "sweep: 2 members, one ensemble step, each member in turn (convolutions on the CPU)" in out
-    # the best member is the one with the lowest final val loss in the run's metrics.jsonl
     run_dir = tmp_path / "runs" / "sweep"
+    # where the resolved config is, as a run says it (it printed all of it)
+    assert out[0] == f"run folder {run_dir} (the resolved config: {run_dir / 'config.toml'}; --print_config prints it)"
+    # a CNN on the CPU: the members run one after another (vmap would make its convolutions grouped, and slow)
+    assert out[1] == "sweep: 2 members, one ensemble step, each member in turn (convolutions on the CPU)"
+    # the best member is the one with the lowest final val loss in the run's metrics.jsonl
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = {e["member"]: e for e in events if e["split"] == "val"}  # in step order: the last one wins
     assert sorted(last) == [0, 1] and all(e["step"] == 2 for e in last.values())
