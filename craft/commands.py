@@ -234,7 +234,16 @@ def info(name: str | None = None) -> str:
         f"devices: cpu ({torch.get_num_threads()} threads), {cuda}",
     ]
     lines += [f"{section}: {', '.join(sorted(table))}" for section, table in registries().items()]
+    lines.append(f"tables: {', '.join(_tables())} (craft info NAME lists an entry's or a table's keys)")
     return "\n".join(lines)
+
+
+def _tables() -> dict[str, type]:
+    """The experiment's tables that are not a registry entry's options, by TOML name."""
+    from craft.config.records import EarlyStopping, Optim, OptimGroup, Sample, Train
+
+    return {"train": Train, "train.sample": Sample, "train.early_stopping": EarlyStopping, "optim": Optim,
+            "optim.groups": OptimGroup}
 
 
 SECTIONS = {"models": "model", "datasets": "data", "tasks": "task", "optimizers": "optim", "schedules": "schedule"}
@@ -242,9 +251,8 @@ SECTIONS = {"models": "model", "datasets": "data", "tasks": "task", "optimizers"
 
 
 def describe(name: str) -> str:
-    """Every registry entry called ``name``: its table, section and TOML options with defaults."""
-    import attrs
-
+    """Every registry entry called ``name``: its table, section and TOML options with defaults; or the
+    keys of the experiment table ``name`` (``train``, ``train.sample``, ...)."""
     from craft.config import config_class, registries
 
     tables = registries()
@@ -253,12 +261,32 @@ def describe(name: str) -> str:
         if name in table:
             section = SECTIONS.get(table_name, table_name)
             lines.append(f'{name}: in {table_name}; use it as [{section}] kind = "{name}"')
-            for field in attrs.fields(config_class(table[name])):
-                default = field.default.factory() if isinstance(field.default, attrs.Factory) else field.default
-                shown = "(required)" if default is attrs.NOTHING else f"= {default!r}"
-                kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
-                lines.append(f"  {field.name}: {kind} {shown}")
+            lines += _keys(config_class(table[name]))
+    if name in _tables():
+        from craft.config.records import DEFAULT_LR
+
+        header = f"[[{name}]]" if name == "optim.groups" else f"[{name}]"
+        kinds = "; besides these, [optim] takes its kind's options (craft info KIND)" if name == "optim" else ""
+        lines += [f"{header} keys (None: off or unset){kinds}:",
+                  *_keys(_tables()[name], skip={"kind", "config"}, defaults={"lr": DEFAULT_LR})]
     if not lines:
-        known = sorted({entry for table in tables.values() for entry in table})
+        known = sorted({entry for table in tables.values() for entry in table} | set(_tables()))
         raise UsageError(f"craft info: nothing registered as {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
     return "\n".join(lines)
+
+
+def _keys(record: type, skip: set[str] = frozenset(), defaults: dict | None = None) -> list[str]:
+    """``  name: type = default`` for each field of the attrs class ``record`` (``defaults``: those the
+    config reader fills in)."""
+    import attrs
+
+    lines = []
+    for field in attrs.fields(record):
+        if field.name in skip:
+            continue
+        default = field.default.factory() if isinstance(field.default, attrs.Factory) else field.default
+        default = (defaults or {}).get(field.name, default)
+        shown = "(required)" if default is attrs.NOTHING else f"= {default!r}"
+        kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+        lines.append(f"  {field.name}: {kind} {shown}")
+    return lines

@@ -27,6 +27,24 @@ def test_info_lists_the_registries():
     assert listed == {name: ", ".join(sorted(table)) for name, table in registries().items()}
 
 
+@pytest.mark.parametrize("table", ["train", "train.sample", "train.early_stopping", "optim", "optim.groups"])
+def test_info_lists_every_key_of_an_experiment_table(table):
+    """--print_config leaves out the keys that are off (None): this is where a user finds them all."""
+    import attrs
+
+    from craft.commands import _tables, describe, info
+    from craft.config.records import DEFAULT_LR
+
+    assert f"tables: {', '.join(_tables())} (craft info NAME" in info()
+    lines = describe(table).splitlines()
+    keys = [line.split(":")[0].strip() for line in lines[1:]]
+    assert keys == [f.name for f in attrs.fields(_tables()[table]) if f.name not in ("kind", "config")]
+    if table == "train":
+        assert "  ema_decay: float | None = None" in lines and "  sample: Sample | None = None" in lines
+    if table == "optim":
+        assert f"  lr: float = {DEFAULT_LR!r}" in lines  # what the config reader fills in, not "(required)"
+
+
 @pytest.mark.slow
 def test_quickstart_trains_and_reports_accuracy():
     result = _run("experiments/quickstart.py", "--steps", "30", "--batch", "32", "--no-compile")

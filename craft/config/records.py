@@ -45,6 +45,10 @@ class OptimGroup:
     freeze: bool = False
 
 
+DEFAULT_LR = 1e-3
+"""``[optim] lr`` where the experiment leaves it out."""
+
+
 @attrs.frozen
 class Optim:
     """The optimizer: ``kind`` and ``config`` as in ``Component``; ``lr`` is the peak
@@ -150,7 +154,7 @@ class Experiment:
     out_dir: str = "runs"
     imports: list[str] = attrs.field(factory=list)
     task: Component = attrs.field(factory=lambda: _default(TASKS, "classification"))
-    optim: Optim = attrs.field(factory=lambda: Optim("adamw", 1e-3, config_class(OPTIMIZERS["adamw"])()))
+    optim: Optim = attrs.field(factory=lambda: Optim("adamw", DEFAULT_LR, config_class(OPTIMIZERS["adamw"])()))
     schedule: Component = attrs.field(factory=lambda: _default(SCHEDULES, "constant"))
     train: Train = attrs.field(factory=Train)
     sweep: Sweep | None = None

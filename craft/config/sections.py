@@ -20,7 +20,7 @@ from cattrs.gen import override
 from craft.config.convert import is_finite_number, make_converter
 from craft.config.entries import config_class
 from craft.config.problems import Invalid, Problems, flatten, join, show, unknown_key
-from craft.config.records import SWEEPABLE, Component, Experiment, Optim, OptimGroup, Sweep
+from craft.config.records import DEFAULT_LR, SWEEPABLE, Component, Experiment, Optim, OptimGroup, Sweep
 from craft.data import DATASETS
 from craft.models import MODELS
 from craft.optim import OPTIMIZERS, SCHEDULES
@@ -87,7 +87,7 @@ def _component_hook(c: cattrs.Converter, section: str) -> Callable[[Any, Any], C
 def _optim_hook(c: cattrs.Converter) -> Callable[[Any, Any], Optim]:
     def structure(table: Any, _: Any) -> Optim:
         kind, config, problems = _entry_config(c, table, "optim", ("lr", "groups"))
-        lr, groups = 1e-3, []
+        lr, groups = DEFAULT_LR, []
         try:
             lr = c.structure(table.get("lr", lr), float)
             at_least(0)(None, None, lr)  # a negative rate climbs the loss
