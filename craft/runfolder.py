@@ -114,8 +114,8 @@ def check_not_nested(run_dir: Path) -> None:
     """Raise if ``run_dir`` would be inside another run folder (not as a sweep's member): ``--overwrite``
     of that run would delete this one."""
     inner = run_dir.resolve()
-    for outer in inner.parents:
-        if is_run_folder(outer) and inner.relative_to(outer).parts[0] != MEMBERS_DIR:
+    for outer in inner.parents:  # by the marker only: a project's root may hold config.toml and checkpoints/
+        if (outer / MARKER_FILE).is_file() and inner.relative_to(outer).parts[0] != MEMBERS_DIR:
             raise RunError(f"run folder {str(run_dir)!r} would be inside the run folder {str(outer)!r}, and replacing "
                            "that run would delete it; choose an out_dir outside it")
 
