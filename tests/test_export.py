@@ -99,6 +99,15 @@ def test_export_to_a_file_says_out_must_be_a_folder(gpt_run, tmp_path):
     assert (tmp_path / "README.md").read_text() == "notes"
 
 
+def test_export_help_says_what_out_gets():
+    """It named only tokenizer.json: an image run's export also holds classes.json and preprocessing.json."""
+    result = run_cli("export", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for said in ("new or empty folder", "tokenizer.json", "classes.json", "preprocessing.json", "model.safetensors"):
+        assert said in text, said
+
+
 def test_best_without_early_stopping_says_what_exists(gpt_run):
     with pytest.raises(RunError, match=r"no best.pt .*early_stopping.*it has: step_00000003.pt"):
         trained.load_run(gpt_run, "best")
