@@ -31,10 +31,14 @@ def test_photos_are_a_function_of_seed_split_and_index(tmp_path):
     assert files(a) == files(b)
 
 
-def test_an_unknown_prepare_option_is_one_line(tmp_path):
-    result = run_cli("prepare", "photos", str(tmp_path / "p"), "--num_trains=3")
-    assert result.returncode == 2 and "unknown option 'num_trains'" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_an_unknown_prepare_option_is_one_line_listing_every_option_and_the_closest(tmp_path):
+    """It listed only num_train and num_val (not --image_size, --seed) and suggested none, unlike prepare tokens."""
+    result = run_cli("prepare", "photos", str(tmp_path / "p"), "--seeed=3")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "error: craft prepare photos: unknown option --seeed (did you mean 'seed'?); "
+        "options: --num_train, --num_val, --image_size, --seed"
+    ]
 
 
 def test_data_prepare_photos_writes_the_folder_on_first_use(tmp_path, monkeypatch):

@@ -247,3 +247,16 @@ def test_interrupted_write_leaves_nothing_that_looks_complete(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         write_shapes_folder(tmp_path / "shapes", num_train=20, num_val=5, image_size=8, seed=0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_shapes_lists_its_options_and_suggests_the_closest():
+    """--seeed said only "known: ['num_train', 'num_val']", though --seed and --image_size are accepted too."""
+    from craft.cli import UsageError, parse_command_line
+
+    with pytest.raises(UsageError) as error:
+        parse_command_line(["prepare", "shapes", "x", "--seeed=1"])
+    assert str(error.value) == (
+        "craft prepare shapes: unknown option --seeed (did you mean 'seed'?); "
+        "options: --num_train, --num_val, --image_size, --seed"
+    )
+
