@@ -22,12 +22,13 @@ def shapes(
 
     The same folder `prepare = "shapes"` writes for an image_folder
     experiment. --num_train and --num_val are each split's total number of
-    images, dealt in turn to the 7 classes (--num_train=210: 30 a class).
+    images, dealt in turn to the 7 classes (--num_train=210: 30 a class);
+    each is at least 7, so that every class has images.
     """
     from craft.data.images import PREPARED_SHAPES
-    from craft.data.shapes import write_shapes_folder
+    from craft.data.shapes import SHAPES, write_shapes_folder
 
-    write_folder(write_shapes_folder, PREPARED_SHAPES, directory, image_size, seed, (num_train, num_val))
+    write_folder(write_shapes_folder, PREPARED_SHAPES, directory, image_size, seed, (num_train, num_val), len(SHAPES))
 
 
 def captions(
@@ -40,15 +41,16 @@ def captions(
 
 
 def write_folder(
-    write, defaults: dict, directory: str, image_size: int, seed: int, sizes: tuple[int | None, ...]
+    write, defaults: dict, directory: str, image_size: int, seed: int, sizes: tuple[int | None, ...], classes: int = 0
 ) -> None:
     """Check the sizes (every problem, one line each), then ``write`` the folder and print where.
 
-    ``sizes``: ``(num_train, num_val)``, None for ``defaults``' (read now: the numbers ``prepare = ...`` writes)."""
+    ``sizes``: ``(num_train, num_val)``, None for ``defaults``' (read now: the numbers ``prepare = ...`` writes).
+    ``classes``: how many class folders the images are dealt to (0: none), each of which must get one."""
     from craft.data.shapes import folder_problems
 
     counts = {k: defaults[k] if v is None else v for k, v in zip(("num_train", "num_val"), sizes)}
-    problems = folder_problems(image_size=image_size, **counts)
+    problems = folder_problems(image_size=image_size, **counts, classes=classes)
     if not -(2**63) <= seed < 2**64:
         problems.append(f"seed: must fit in 64 bits (-2**63 <= seed < 2**64), got {seed}")
     if problems:
@@ -63,12 +65,13 @@ def photos(
 
     For experiments/resnet_folder.toml (``data.prepare = "photos"`` writes the
     same folder). --num_train and --num_val are each split's total number of
-    images, dealt in turn to the 7 classes (--num_train=210: 30 a class).
+    images, dealt in turn to the 7 classes (--num_train=210: 30 a class);
+    each is at least 7, so that every class has images.
     """
-    from craft.data.photos import PREPARED_PHOTOS, write_photos_folder
+    from craft.data.photos import PHOTO_CLASSES, PREPARED_PHOTOS, write_photos_folder
 
     sizes = (num_train, num_val)
-    write_folder(write_photos_folder, PREPARED_PHOTOS, directory, image_size, seed, sizes)
+    write_folder(write_photos_folder, PREPARED_PHOTOS, directory, image_size, seed, sizes, len(PHOTO_CLASSES))
 
 
 def tokens(

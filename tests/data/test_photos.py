@@ -41,6 +41,20 @@ def test_an_unknown_prepare_option_is_one_line_listing_every_option_and_the_clos
     ]
 
 
+@pytest.mark.parametrize("counts, problem", [
+    (dict(num_train=3, num_val=7), "--num_train: must be >= 7, an image for each of the 7 classes, got 3"),
+    (dict(num_train=14, num_val=0), "--num_val: must be >= 7, an image for each of the 7 classes, got 0"),
+])
+def test_prepare_photos_refuses_counts_that_leave_a_class_without_images(tmp_path, counts, problem):
+    """--num_train=3 wrote 3 of the 7 classes (a run learnt 3 without a word), --num_val=3 a val of 3 classes."""
+    from craft.cli import UsageError, prepare
+
+    with pytest.raises(UsageError) as error:
+        prepare("photos", str(tmp_path / "p"), image_size=16, **counts)
+    assert str(error.value) == problem and len(PHOTO_CLASSES) == 7
+    assert not (tmp_path / "p").exists()
+
+
 def test_data_prepare_photos_writes_the_folder_on_first_use(tmp_path, monkeypatch):
     from craft.data import photos
 

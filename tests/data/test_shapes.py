@@ -260,3 +260,19 @@ def test_prepare_shapes_lists_its_options_and_suggests_the_closest():
         "options: --num_train, --num_val, --image_size, --seed"
     )
 
+
+@pytest.mark.parametrize("counts, problem", [
+    (dict(num_train=7, num_val=0), "--num_val: must be >= 7, an image for each of the 7 classes, got 0"),
+    (dict(num_train=3), "--num_train: must be >= 7, an image for each of the 7 classes, got 3"),
+])
+def test_prepare_shapes_refuses_counts_that_leave_a_class_without_images(tmp_path, counts, problem):
+    """Both exited 0 and the run on the folder failed later: 'class folder x10/val/arrow has no images'."""
+    from craft.cli import UsageError, prepare
+
+    assert len(SHAPES) == 7
+    with pytest.raises(UsageError) as error:
+        prepare("shapes", str(tmp_path / "x"), **counts)
+    assert str(error.value) == problem
+    assert not (tmp_path / "x").exists()
+    prepare("shapes", str(tmp_path / "least"), num_train=7, num_val=7, image_size=8)  # the least that works
+    assert {p.parent.name for p in (tmp_path / "least" / "val").rglob("*.png")} == set(SHAPES)
