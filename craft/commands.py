@@ -206,8 +206,13 @@ class Echo:
 def export(run_dir: str, out: str, *, checkpoint: str = "latest") -> None:
     """Write RUN_DIR's weights as OUT/model.safetensors and its model config as OUT/config.json.
 
-    The weights load into the plain nn.Module with load_state_dict(strict=True)
-    (tied weights under both names); text runs also get OUT/tokenizer.json.
+    OUT must be a new or empty folder: export never overwrites a file. OUT
+    also gets what the run's model needs to be used elsewhere: a text run's
+    tokenizer.json; a classifier's classes.json (its class names, in the
+    order of its outputs); an image model's preprocessing.json (the steps
+    from an image file to its input: EXIF orientation, mode, resize, centre
+    crop, scale, mean and std). The weights load into the plain nn.Module
+    with load_state_dict(strict=True) (tied weights under both names).
     In Python, craft.load_model(RUN_DIR) returns the trained module directly.
     """
     from craft import trained

@@ -15,51 +15,63 @@ from pathlib import Path
 from craft.commandline import Command, UsageError
 
 
-def shapes(directory: str, *, image_size: int = 32, seed: int = 0, **counts: int) -> None:
+def shapes(
+    directory: str, *, num_train: int | None = None, num_val: int | None = None, image_size: int = 32, seed: int = 0
+) -> None:
     """Render the synthetic shapes as DIR/{train,val}/<class>/*.png.
 
     The same folder `prepare = "shapes"` writes for an image_folder
     experiment. --num_train and --num_val are each split's total number of
-    images, dealt in turn to the 7 classes (--num_train=210: 30 a class).
+    images, dealt in turn to the 7 classes (--num_train=210: 30 a class);
+    each is at least 7, so that every class has images.
     """
     from craft.data.images import PREPARED_SHAPES
-    from craft.data.shapes import write_shapes_folder
+    from craft.data.shapes import SHAPES, write_shapes_folder
 
-    write_folder("shapes", write_shapes_folder, PREPARED_SHAPES, directory, image_size, seed, counts)
+    write_folder(write_shapes_folder, PREPARED_SHAPES, directory, image_size, seed, (num_train, num_val), len(SHAPES))
 
 
-def captions(directory: str, *, image_size: int = 32, seed: int = 0, **counts: int) -> None:
+def captions(
+    directory: str, *, num_train: int | None = None, num_val: int | None = None, image_size: int = 32, seed: int = 0
+) -> None:
     """Render captioned scenes as DIR/{train,val}/*.png plus captions.jsonl, for a caption_folder experiment."""
     from craft.data.captions import PREPARED_CAPTIONS, write_caption_folder
 
-    write_folder("captions", write_caption_folder, PREPARED_CAPTIONS, directory, image_size, seed, counts)
+    write_folder(write_caption_folder, PREPARED_CAPTIONS, directory, image_size, seed, (num_train, num_val))
 
 
-def write_folder(what: str, write, defaults: dict, directory: str, image_size: int, seed: int, counts: dict) -> None:
-    """Check the sizes (every problem, one line each), then ``write`` the folder and print where."""
+def write_folder(
+    write, defaults: dict, directory: str, image_size: int, seed: int, sizes: tuple[int | None, ...], classes: int = 0
+) -> None:
+    """Check the sizes (every problem, one line each), then ``write`` the folder and print where.
+
+    ``sizes``: ``(num_train, num_val)``, None for ``defaults``' (read now: the numbers ``prepare = ...`` writes).
+    ``classes``: how many class folders the images are dealt to (0: none), each of which must get one."""
     from craft.data.shapes import folder_problems
 
-    unknown = sorted(set(counts) - set(defaults))
-    if unknown:
-        raise UsageError(f"unknown option {unknown[0]!r} for `craft prepare {what}`; known: {sorted(defaults)}")
-    problems = folder_problems(image_size=image_size, **{**defaults, **counts})
+    counts = {k: defaults[k] if v is None else v for k, v in zip(("num_train", "num_val"), sizes)}
+    problems = folder_problems(image_size=image_size, **counts, classes=classes)
     if not -(2**63) <= seed < 2**64:
         problems.append(f"seed: must fit in 64 bits (-2**63 <= seed < 2**64), got {seed}")
     if problems:
         raise UsageError("\n".join(f"--{line}" for line in problems))
-    print(write(Path(directory), image_size=image_size, seed=seed, **{**defaults, **counts}))
+    print(write(Path(directory), image_size=image_size, seed=seed, **counts))
 
 
-def photos(directory: str, *, image_size: int = 96, seed: int = 0, **counts: int) -> None:
+def photos(
+    directory: str, *, num_train: int | None = None, num_val: int | None = None, image_size: int = 96, seed: int = 0
+) -> None:
     """Write photo-like JPEGs (textured objects on cluttered backgrounds) as DIR/{train,val}/<class>/*.jpg.
 
     For experiments/resnet_folder.toml (``data.prepare = "photos"`` writes the
     same folder). --num_train and --num_val are each split's total number of
-    images, dealt in turn to the 7 classes (--num_train=210: 30 a class).
+    images, dealt in turn to the 7 classes (--num_train=210: 30 a class);
+    each is at least 7, so that every class has images.
     """
-    from craft.data.photos import PREPARED_PHOTOS, write_photos_folder
+    from craft.data.photos import PHOTO_CLASSES, PREPARED_PHOTOS, write_photos_folder
 
-    write_folder("photos", write_photos_folder, PREPARED_PHOTOS, directory, image_size, seed, counts)
+    sizes = (num_train, num_val)
+    write_folder(write_photos_folder, PREPARED_PHOTOS, directory, image_size, seed, sizes, len(PHOTO_CLASSES))
 
 
 def tokens(

@@ -248,10 +248,21 @@ def preprocessing(data) -> dict | None:
     }
 
 
+def check_export_folder(out: Path) -> None:
+    """Refuse an ``out`` that is a file or a folder holding anything: an export writes only into a new or
+    empty folder, so it never overwrites a file there (another run's classes.json, a dataset's files)."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} is a file; OUT must be a folder (new or empty) to export into")
+    if out.is_dir() and any(out.iterdir()):
+        held = "already holds an export (model.safetensors)" if (out / "model.safetensors").exists() else "is not empty"
+        raise RunError(f"{out} {held}; export to a new or empty folder, so nothing there is overwritten")
+
+
 def export(run_dir: Path, out: Path, checkpoint_name: str = "latest") -> Path:
     """Write the run's weights as ``OUT/model.safetensors`` and the model's config as ``OUT/config.json``
     (plus ``tokenizer.json`` for text runs, ``classes.json`` for classifiers, ``preprocessing.json`` for
     models that read images: without it, another tool would feed them pixels they never saw); returns ``out``.
+    ``out`` must be a new or empty folder (``check_export_folder``): nothing there is overwritten.
 
     The weights are the module's whole ``state_dict()``, tied weights under
     each of their names, so ``model.load_state_dict(load_file(...), strict=True)``
@@ -266,8 +277,7 @@ def export(run_dir: Path, out: Path, checkpoint_name: str = "latest") -> Path:
     from craft.config import to_dict
 
     run_dir, out = Path(run_dir), Path(out)
-    if (out / "model.safetensors").exists():
-        raise RunError(f"{str(out / 'model.safetensors')!r} exists; export to another folder or remove it")
+    check_export_folder(out)
     exp = load_config(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
     model = load_model(run_dir, checkpoint_name)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}

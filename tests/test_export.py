@@ -72,8 +72,40 @@ def test_load_model_holds_the_checkpoint_weights(gpt_run):
 
 def test_export_refuses_to_overwrite(gpt_run, tmp_path):
     trained.export(gpt_run, tmp_path / "e")
-    with pytest.raises(RunError, match="model.safetensors' exists"):
+    with pytest.raises(RunError, match=r"e already holds an export \(model.safetensors\); export to a new or empty folder"):
         trained.export(gpt_run, tmp_path / "e")
+
+
+def test_export_refuses_any_folder_that_holds_something(gpt_run, tmp_path):
+    """Only OUT/model.safetensors was checked: an export into another run's folder replaced its tokenizer.json
+    (and a classifier's classes.json), one into a dataset folder added files among the data."""
+    other = tmp_path / "other_run"
+    other.mkdir()
+    (other / "tokenizer.json").write_text("theirs")
+    with pytest.raises(RunError, match=r"other_run is not empty; export to a new or empty folder"):
+        trained.export(gpt_run, other)
+    assert [p.name for p in other.iterdir()] == ["tokenizer.json"]
+    assert (other / "tokenizer.json").read_text() == "theirs"
+    (tmp_path / "empty").mkdir()
+    assert (trained.export(gpt_run, tmp_path / "empty") / "model.safetensors").exists()  # an empty folder is fine
+
+
+def test_export_to_a_file_says_out_must_be_a_folder(gpt_run, tmp_path):
+    """It printed 'error: [Errno 17] File exists: ...'."""
+    (tmp_path / "README.md").write_text("notes")
+    result = run_cli("export", str(gpt_run), str(tmp_path / "README.md"))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == f"error: {tmp_path / 'README.md'} is a file; OUT must be a folder (new or empty) to export into"
+    assert (tmp_path / "README.md").read_text() == "notes"
+
+
+def test_export_help_says_what_out_gets():
+    """It named only tokenizer.json: an image run's export also holds classes.json and preprocessing.json."""
+    result = run_cli("export", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for said in ("new or empty folder", "tokenizer.json", "classes.json", "preprocessing.json", "model.safetensors"):
+        assert said in text, said
 
 
 def test_best_without_early_stopping_says_what_exists(gpt_run):

@@ -186,17 +186,21 @@ class ShapesConfig:
         return EvalBatches(num, load, **common)
 
 
-def folder_problems(*, image_size: object, num_train: object, num_val: object) -> list[str]:
+def folder_problems(*, image_size: object, num_train: object, num_val: object, classes: int = 0) -> list[str]:
     """What is wrong with the options of a prepared folder, one ``"name: problem"`` line each (none: ``[]``).
 
-    ``image_size`` and ``num_train`` must be positive whole numbers, ``num_val`` non-negative.
+    ``image_size`` and ``num_train`` must be positive whole numbers, ``num_val`` non-negative. A folder of
+    ``classes`` class folders needs each split's count to reach every class (they are dealt in turn): a class
+    folder left empty fails the run that reads it, long after the folder was written.
     """
     problems = []
-    for name, value, least in (("image_size", image_size, 1), ("num_train", num_train, 1), ("num_val", num_val, 0)):
+    counts = (("num_train", num_train, max(1, classes)), ("num_val", num_val, classes))
+    for name, value, least in (("image_size", image_size, 1), *counts):
         if not isinstance(value, int) or isinstance(value, bool):
             problems.append(f"{name}: must be a whole number, got {value!r}")
         elif value < least:
-            problems.append(f"{name}: must be >= {least}, got {value}")
+            each = f", an image for each of the {classes} classes" if classes and name != "image_size" else ""
+            problems.append(f"{name}: must be >= {least}{each}, got {value}")
     return problems
 
 

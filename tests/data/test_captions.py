@@ -405,5 +405,9 @@ def test_craft_prepare_captions_writes_a_caption_folder(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "caps")
     ds = config(tmp_path / "caps", image_size=8).build("val", seed=0)
     assert len(val_examples(ds)) == 2
-    with pytest.raises(cli.UsageError, match="unknown option 'num_trian' for `craft prepare captions`"):
-        cli.prepare("captions", str(tmp_path / "other"), num_trian=4)
+    with pytest.raises(cli.UsageError) as error:  # every option listed (--image_size, --seed too), the closest named
+        cli.parse_command_line(["prepare", "captions", str(tmp_path / "other"), "--num_trian=4"])
+    assert str(error.value) == (
+        "craft prepare captions: unknown option --num_trian (did you mean 'num_train'?); "
+        "options: --num_train, --num_val, --image_size, --seed"
+    )

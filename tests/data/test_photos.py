@@ -31,10 +31,28 @@ def test_photos_are_a_function_of_seed_split_and_index(tmp_path):
     assert files(a) == files(b)
 
 
-def test_an_unknown_prepare_option_is_one_line(tmp_path):
-    result = run_cli("prepare", "photos", str(tmp_path / "p"), "--num_trains=3")
-    assert result.returncode == 2 and "unknown option 'num_trains'" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_an_unknown_prepare_option_is_one_line_listing_every_option_and_the_closest(tmp_path):
+    """It listed only num_train and num_val (not --image_size, --seed) and suggested none, unlike prepare tokens."""
+    result = run_cli("prepare", "photos", str(tmp_path / "p"), "--seeed=3")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "error: craft prepare photos: unknown option --seeed (did you mean 'seed'?); "
+        "options: --num_train, --num_val, --image_size, --seed"
+    ]
+
+
+@pytest.mark.parametrize("counts, problem", [
+    (dict(num_train=3, num_val=7), "--num_train: must be >= 7, an image for each of the 7 classes, got 3"),
+    (dict(num_train=14, num_val=0), "--num_val: must be >= 7, an image for each of the 7 classes, got 0"),
+])
+def test_prepare_photos_refuses_counts_that_leave_a_class_without_images(tmp_path, counts, problem):
+    """--num_train=3 wrote 3 of the 7 classes (a run learnt 3 without a word), --num_val=3 a val of 3 classes."""
+    from craft.cli import UsageError, prepare
+
+    with pytest.raises(UsageError) as error:
+        prepare("photos", str(tmp_path / "p"), image_size=16, **counts)
+    assert str(error.value) == problem and len(PHOTO_CLASSES) == 7
+    assert not (tmp_path / "p").exists()
 
 
 def test_data_prepare_photos_writes_the_folder_on_first_use(tmp_path, monkeypatch):

@@ -247,3 +247,32 @@ def test_interrupted_write_leaves_nothing_that_looks_complete(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         write_shapes_folder(tmp_path / "shapes", num_train=20, num_val=5, image_size=8, seed=0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_shapes_lists_its_options_and_suggests_the_closest():
+    """--seeed said only "known: ['num_train', 'num_val']", though --seed and --image_size are accepted too."""
+    from craft.cli import UsageError, parse_command_line
+
+    with pytest.raises(UsageError) as error:
+        parse_command_line(["prepare", "shapes", "x", "--seeed=1"])
+    assert str(error.value) == (
+        "craft prepare shapes: unknown option --seeed (did you mean 'seed'?); "
+        "options: --num_train, --num_val, --image_size, --seed"
+    )
+
+
+@pytest.mark.parametrize("counts, problem", [
+    (dict(num_train=7, num_val=0), "--num_val: must be >= 7, an image for each of the 7 classes, got 0"),
+    (dict(num_train=3), "--num_train: must be >= 7, an image for each of the 7 classes, got 3"),
+])
+def test_prepare_shapes_refuses_counts_that_leave_a_class_without_images(tmp_path, counts, problem):
+    """Both exited 0 and the run on the folder failed later: 'class folder x10/val/arrow has no images'."""
+    from craft.cli import UsageError, prepare
+
+    assert len(SHAPES) == 7
+    with pytest.raises(UsageError) as error:
+        prepare("shapes", str(tmp_path / "x"), **counts)
+    assert str(error.value) == problem
+    assert not (tmp_path / "x").exists()
+    prepare("shapes", str(tmp_path / "least"), num_train=7, num_val=7, image_size=8)  # the least that works
+    assert {p.parent.name for p in (tmp_path / "least" / "val").rglob("*.png")} == set(SHAPES)
