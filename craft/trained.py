@@ -24,7 +24,7 @@ from craft.data.augment import crop_size
 from craft.other_data import check_classes, in_run_vocabulary, other_experiment
 from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches, measured
 from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError, saved_config
-from craft.runfolder import MEMBERS_DIR
+from craft.runfolder import MEMBERS_DIR, checkpoint_file
 from craft.step import TrainState, init_state, make_eval_step
 from craft.words import plural
 
@@ -38,7 +38,8 @@ class LoadedRun(NamedTuple):
 def load_run(run_dir: Path, checkpoint_name: str = "latest") -> LoadedRun:
     """A run folder's experiment, built parts and the state of one of its checkpoints.
 
-    ``checkpoint_name``: ``latest`` (the newest readable one), ``best``, or a file name.
+    ``checkpoint_name``: ``latest`` (the newest readable one), ``best``, or a file: a name in the run's
+    ``checkpoints/``, or a path (``craft.runfolder.checkpoint_file``).
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():
@@ -56,14 +57,7 @@ def load_run(run_dir: Path, checkpoint_name: str = "latest") -> LoadedRun:
             raise RunError(f"no readable checkpoint in {ckpt_dir}")
         payload = found[1]
     else:
-        path = ckpt_dir / ("best.pt" if checkpoint_name == "best" else checkpoint_name)
-        if not path.is_file():
-            have = sorted(p.name for p in ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
-            hint = " (best.pt is written with train.early_stopping)" if checkpoint_name == "best" else ""
-            raise RunError(
-                f"--checkpoint={checkpoint_name}: no {path.name} in {str(ckpt_dir)!r}{hint}; "
-                f"it has: {', '.join(have) or 'no checkpoints'} (or use latest)"
-            )
+        path = checkpoint_file(run_dir, checkpoint_name)
         payload = checkpoint.load(path)
     parts = build_parts(exp)
     model = checkpoint.shaped_like(parts.model, payload["state"])  # a lazy model takes the checkpoint's shapes
