@@ -76,7 +76,7 @@ def evaluate(
     The split is read as the run read its own, so the figures on the run's own split equal its last logged
     ones: ``train.eval_batches`` batches spread over it (other data: all of them), a token folder's
     ``data.val_windows`` evenly spaced windows. ``whole_split`` reads all of the split. ``say`` (a callable)
-    is told in a line which part was read, when it is a part.
+    is told in a line which part was read, when it is a part, and a token folder's whole split as its run said it.
     """
     exp, parts, state = load_run(run_dir, checkpoint_name)
     used = whole(other_experiment(Path(run_dir), exp, data) if data else exp, whole_split)
@@ -89,8 +89,8 @@ def evaluate(
     eval_step = make_eval_step(parts.model, task.loss, inputs=task.inputs, precision=exp.train.precision, compile=False)
     limit = eval_limit(exp, data, whole_split)
     metrics = evaluate_batches(eval_step, state, batches, parts.device, task, limit)
-    if say is not None and (part := part_read(batches, limit)):
-        say(part)
+    if say is not None and (line := what_was_read(batches, limit)):
+        say(line)
     return {"step": int(state.step), **metrics}
 
 
@@ -109,14 +109,15 @@ def eval_limit(exp: Experiment, data: dict[str, str] | None, whole_split: bool) 
     return None if data or whole_split else exp.train.eval_batches
 
 
-def part_read(batches, limit: int | None) -> str | None:
-    """What ``evaluate`` read of ``batches`` when it is a part of the split, in a line; None if the whole split."""
+def what_was_read(batches, limit: int | None) -> str | None:
+    """What ``evaluate`` read of ``batches``, in a line: a part of the split, or a token folder's whole val split
+    (the line its run printed, ``evaluation``); None for any other whole split."""
     if limit is not None:
         return (f"val: {plural(limit, 'batch', 'batches')} spread over the split (train.eval_batches = {limit}), "
                 "as the run logged them; --whole_split evaluates all of it")
     if getattr(batches, "partial", False):  # a token folder's data.val_windows
         return f"{batches.evaluation}, data.val_windows as the run read its own; --whole_split evaluates all of it"
-    return None
+    return getattr(batches, "evaluation", None)
 
 
 def sample_text(

@@ -261,6 +261,8 @@ class TokensConfig:
         consecutive = -(-(length - 1) // T)
         if self.val_windows is None or self.val_windows >= consecutive:
             count, what = consecutive, f"all {length - 1:,} targets of {file.name}, in {consecutive:,} windows of {T}"
+            if self.val_windows is not None:  # else the run's val_windows would seem lost on a small split
+                what += f" (data.val_windows = {self.val_windows} covers them all)"
 
             def starts(indices: Tensor) -> Tensor:
                 return indices * T
