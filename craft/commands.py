@@ -37,6 +37,9 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
     from craft.logging import check_tensorboard
     from craft.rundir import resume_target
 
+    if "checkpoint" in overrides:  # not an experiment key: the option of evaluate, generate and export
+        raise UsageError("--checkpoint: craft train --resume continues from the run's newest readable checkpoint; "
+                         "--checkpoint is for craft evaluate, generate and export")
     if Path(config).suffix.lower() != ".toml" and not Path(config).is_dir():
         if resume:
             raise UsageError(f"no run folder {config!r} to resume; give the run folder (runs/NAME) or the experiment's .toml")
@@ -95,7 +98,11 @@ def in_section(text: str, section: str, lines: list[str]) -> str:
 
 
 def evaluate(run_dir: str, *, checkpoint: str = "latest", whole_split: bool = False, **data: str) -> None:
-    """Re-evaluate RUN_DIR's checkpoint (latest, best, or a file name) on its validation split.
+    """Re-evaluate RUN_DIR's checkpoint on its validation split.
+
+    --checkpoint: latest, best, or a file: a name in RUN_DIR/checkpoints
+    (step_00000200.pt) or a path, from the current folder or from RUN_DIR
+    (the same for generate and export).
 
     The split is read as the run read it: with train.eval_batches, those
     batches (spread over the split), with a token folder's data.val_windows,

@@ -142,7 +142,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
                     raise RunError(f"cannot write {str(run_dir / TOKENIZER_FILE)!r}: {e.strerror or e}") from None
             if classes := getattr(train_data, "classes", None):  # which output is which class, kept past the data
                 write_atomic(run_dir / CLASSES_FILE, json.dumps(list(classes), ensure_ascii=False, indent=1) + "\n")
-        said = summary(exp, parts, start, run_dir, first_batch, replicas) + data_summary(train_data, val_data)
+        said = summary(exp, parts, start, run_dir, first_batch, replicas) + data_summary(train_data, val_data, exp.train.eval_batches)
         for line in said + one_class_warning(exp, train_data) + model_notes(exp, parts.model, train_data):
             echo(line)
         return _fit(exp, parts, start, run_dir, (train_data, val_data, first_batch), tokenizer, replicas)

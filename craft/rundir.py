@@ -93,7 +93,7 @@ def check_resumable(now: dict[str, Any], saved: dict[str, Any]) -> list[str]:
         elif a != b:
             differ.append(section)
     if differ:
-        changes = [c for key in differ for c in _changes(key, _at(now, key), _at(saved, key))]
+        changes = _kinds_first([c for key in differ for c in _changes(key, _at(now, key), _at(saved, key))], now, saved)
         shown = "; ".join(changes[:3]) + (f"; ... {len(changes)} in all" if len(changes) > 3 else "")
         raise RunError(
             f"cannot resume: the experiment differs from the saved run: {shown or ', '.join(differ)}; "
@@ -113,6 +113,23 @@ def _changes(path: str, now: Any, saved: Any) -> list[str]:
     if isinstance(now, dict) and isinstance(saved, dict):
         return [c for k in sorted(now.keys() | saved.keys()) for c in _changes(f"{path}.{k}", now.get(k), saved.get(k))]
     return [] if now == saved else [f"{path}: saved {saved!r}, now {now!r}"]
+
+
+def _kinds_first(changes: list[str], now: dict[str, Any], saved: dict[str, Any]) -> list[str]:
+    """``changes`` with a section whose ``kind`` changed first, in one line: its other keys (the options one kind has
+    and the other lacks, or sets otherwise) differ because of that, not as changes of their own."""
+    kinds = [
+        section for section in sorted(now.keys() & saved.keys())
+        if isinstance(now[section], dict) and isinstance(saved[section], dict)
+        and now[section].get("kind") != saved[section].get("kind")
+    ]
+    section_of = lambda change: change.partition(":")[0].partition(".")[0]  # noqa: E731
+    head = [
+        f"{s}.kind: saved {saved[s].get('kind')!r}, now {now[s].get('kind')!r}"
+        + (", and its options" if any(section_of(c) == s and not c.startswith(f"{s}.kind:") for c in changes) else "")
+        for s in kinds
+    ]
+    return head + [c for c in changes if section_of(c) not in kinds]
 
 
 def _schedule_length(config: dict[str, Any]) -> Any:

@@ -120,6 +120,26 @@ def check_not_nested(run_dir: Path) -> None:
                            "that run would delete it; choose an out_dir outside it")
 
 
+def checkpoint_file(run_dir: Path, name: str) -> Path:
+    """The file ``--checkpoint=NAME`` names (``latest`` is the caller's): ``best`` is ``checkpoints/best.pt``; a
+    bare file name one in ``checkpoints/``; a path is read as any command-line path (from the current folder),
+    else from the run folder. None there: a ``RunError`` naming the paths tried and the checkpoints the run has."""
+    ckpt_dir, given = run_dir / CHECKPOINTS, Path(name)
+    if name == "best":
+        tried = [ckpt_dir / "best.pt"]
+    else:  # a file name alone (step_00000200.pt) is first of all one of the run's checkpoints
+        tried = list(dict.fromkeys(([ckpt_dir / given] if len(given.parts) == 1 else []) + [given, run_dir / given]))
+    found = next((path for path in tried if path.is_file()), None)
+    if found is not None:
+        return found
+    have = sorted(p.name for p in ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
+    hint = " (best.pt is written with train.early_stopping)" if name == "best" else ""
+    raise RunError(
+        f"--checkpoint={name}: no file at {' nor at '.join(repr(str(p)) for p in tried)}{hint}; "
+        f"{str(ckpt_dir)!r} has: {', '.join(have) or 'no checkpoints'} (or use latest)"
+    )
+
+
 def data_paths(exp: Any) -> list[Path]:
     """The files and folders the experiment's data is read from (``data.path``, ``data.val_path``)."""
     config = exp.data.config

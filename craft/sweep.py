@@ -181,7 +181,8 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
         write_atomic(run_dir / CONFIG_FILE, dumps(exp))
         where = f"run folder {run_dir} (the resolved config: {run_dir / CONFIG_FILE}; --print_config prints it)"
         first = f"sweep: {plural(len(team), 'member')}, {how_members_run(model, parts.device)}"
-        for line in [where, first, *data_summary(train_data, val_data), *one_class_warning(exp, train_data)]:  # as a run says
+        said = [where, first, *data_summary(train_data, val_data, exp.train.eval_batches), *one_class_warning(exp, train_data)]
+        for line in said:  # as a run says
             echo(line)
         member_dirs = [run_dir / MEMBERS_DIR / f"{m.index:03d}" for m in team]
         for folder in member_dirs:

@@ -24,7 +24,7 @@ from craft.data.augment import crop_size
 from craft.other_data import check_classes, in_run_vocabulary, other_experiment
 from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches, measured
 from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError, saved_config
-from craft.runfolder import MEMBERS_DIR
+from craft.runfolder import MEMBERS_DIR, checkpoint_file
 from craft.step import TrainState, init_state, make_eval_step
 from craft.words import plural
 
@@ -38,7 +38,8 @@ class LoadedRun(NamedTuple):
 def load_run(run_dir: Path, checkpoint_name: str = "latest") -> LoadedRun:
     """A run folder's experiment, built parts and the state of one of its checkpoints.
 
-    ``checkpoint_name``: ``latest`` (the newest readable one), ``best``, or a file name.
+    ``checkpoint_name``: ``latest`` (the newest readable one), ``best``, or a file: a name in the run's
+    ``checkpoints/``, or a path (``craft.runfolder.checkpoint_file``).
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():
@@ -56,14 +57,7 @@ def load_run(run_dir: Path, checkpoint_name: str = "latest") -> LoadedRun:
             raise RunError(f"no readable checkpoint in {ckpt_dir}")
         payload = found[1]
     else:
-        path = ckpt_dir / ("best.pt" if checkpoint_name == "best" else checkpoint_name)
-        if not path.is_file():
-            have = sorted(p.name for p in ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
-            hint = " (best.pt is written with train.early_stopping)" if checkpoint_name == "best" else ""
-            raise RunError(
-                f"--checkpoint={checkpoint_name}: no {path.name} in {str(ckpt_dir)!r}{hint}; "
-                f"it has: {', '.join(have) or 'no checkpoints'} (or use latest)"
-            )
+        path = checkpoint_file(run_dir, checkpoint_name)
         payload = checkpoint.load(path)
     parts = build_parts(exp)
     model = checkpoint.shaped_like(parts.model, payload["state"])  # a lazy model takes the checkpoint's shapes
@@ -82,7 +76,7 @@ def evaluate(
     The split is read as the run read its own, so the figures on the run's own split equal its last logged
     ones: ``train.eval_batches`` batches spread over it (other data: all of them), a token folder's
     ``data.val_windows`` evenly spaced windows. ``whole_split`` reads all of the split. ``say`` (a callable)
-    is told in a line which part was read, when it is a part.
+    is told in a line which part was read, when it is a part, and a token folder's whole split as its run said it.
     """
     exp, parts, state = load_run(run_dir, checkpoint_name)
     used = whole(other_experiment(Path(run_dir), exp, data) if data else exp, whole_split)
@@ -95,8 +89,8 @@ def evaluate(
     eval_step = make_eval_step(parts.model, task.loss, inputs=task.inputs, precision=exp.train.precision, compile=False)
     limit = eval_limit(exp, data, whole_split)
     metrics = evaluate_batches(eval_step, state, batches, parts.device, task, limit)
-    if say is not None and (part := part_read(batches, limit)):
-        say(part)
+    if say is not None and (line := what_was_read(batches, limit)):
+        say(line)
     return {"step": int(state.step), **metrics}
 
 
@@ -115,14 +109,15 @@ def eval_limit(exp: Experiment, data: dict[str, str] | None, whole_split: bool) 
     return None if data or whole_split else exp.train.eval_batches
 
 
-def part_read(batches, limit: int | None) -> str | None:
-    """What ``evaluate`` read of ``batches`` when it is a part of the split, in a line; None if the whole split."""
+def what_was_read(batches, limit: int | None) -> str | None:
+    """What ``evaluate`` read of ``batches``, in a line: a part of the split, or a token folder's whole val split
+    (the line its run printed, ``evaluation``); None for any other whole split."""
     if limit is not None:
         return (f"val: {plural(limit, 'batch', 'batches')} spread over the split (train.eval_batches = {limit}), "
                 "as the run logged them; --whole_split evaluates all of it")
     if getattr(batches, "partial", False):  # a token folder's data.val_windows
         return f"{batches.evaluation}, data.val_windows as the run read its own; --whole_split evaluates all of it"
-    return None
+    return getattr(batches, "evaluation", None)
 
 
 def sample_text(

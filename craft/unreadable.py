@@ -18,14 +18,20 @@ from craft.loop import Hook, Progress
 from craft.rundir import CHECKPOINTS, RunError
 
 
-def data_summary(train_data, val_data) -> list[str]:
+def data_summary(train_data, val_data, eval_batches: int | None = None) -> list[str]:
     """What each split's data says it read, where it says (a ``summary`` line: an image folder's files by
-    kind and what it left out), so that files left out of a folder are never left out silently."""
+    kind and what it left out), so that files left out of a folder are never left out silently; and what
+    each evaluation reads of val where the data says (a token folder's ``evaluation``: all of val.bin, or
+    ``data.val_windows`` windows), the line ``craft evaluate`` prints too."""
     lines = []
     for split, data in (("train", train_data), ("val", val_data)):
         said = getattr(data, "summary", None)
         if isinstance(said, str) and said:
             lines.append(f"{split} data: {said}")
+    evaluation = getattr(val_data, "evaluation", None)
+    if isinstance(evaluation, str) and evaluation:
+        limit = f"; train.eval_batches = {eval_batches} of its batches are read" if eval_batches is not None else ""
+        lines.append(evaluation + limit)
     return lines
 
 

@@ -109,7 +109,7 @@ def test_export_help_says_what_out_gets():
 
 
 def test_best_without_early_stopping_says_what_exists(gpt_run):
-    with pytest.raises(RunError, match=r"no best.pt .*early_stopping.*it has: step_00000003.pt"):
+    with pytest.raises(RunError, match=r"no file at '.*best.pt' \(.*early_stopping\); '.*checkpoints' has: step_00000003.pt"):
         trained.load_run(gpt_run, "best")
 
 

@@ -117,6 +117,7 @@ def test_generate_prints_text_from_the_run_folder(tiny_run):
         (["--prompt="], "error: --prompt: must not be empty"),
         (["--top_p=1.5"], "error: --top_p: must be in (0, 1], got 1.5"),
         (["--checkpoint=best"], "best.pt"),
+        (["--checkpoint=checkpoints/none.pt"], "no file at 'checkpoints/none.pt' nor at '"),
     ],
 )
 def test_generate_errors_are_one_line(tiny_run, args, message):

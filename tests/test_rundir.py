@@ -288,3 +288,28 @@ def test_a_resume_may_change_how_much_of_val_is_read_not_what_trains():
     changed = {**saved, "data": {**saved["data"], "block_size": 32}}
     with pytest.raises(rundir.RunError, match="data.block_size: saved 64, now 32"):
         rundir.check_resumable(changed, saved)
+
+
+@pytest.mark.parametrize("section", ["model", "data", "optim", "schedule", "task"])
+def test_a_changed_kind_is_named_first_its_options_with_it(section):
+    """--model.kind=resnet on resume listed three keys only the new kind has ('model.blocks: saved None, now 1', ...
+    5 in all) and not the kind itself: the kind comes first, the keys that differ with it are 'its options'."""
+    saved = {"name": "x", section: {"kind": "a", "alpha": 1, "shared": 2}, "train": {"seed": 0}, "aside": {"kind": "k", "z": 1}}
+    now = {**saved, section: {"kind": "b", "beta": 0, "gamma": 1, "shared": 3}, "aside": {"kind": "k", "z": 2}}
+    with pytest.raises(rundir.RunError) as e:
+        rundir.check_resumable(now, saved)
+    assert f"differs from the saved run: {section}.kind: saved 'a', now 'b', and its options; aside.z: saved 1, now 2; " \
+        "restore" in str(e.value)
+    only_kind = {**saved, section: {**saved[section], "kind": "b"}}
+    with pytest.raises(rundir.RunError, match=f"run: {section}.kind: saved 'a', now 'b'; restore"):
+        rundir.check_resumable(only_kind, saved)
+
+
+def test_resuming_the_seed_cnn_as_a_resnet_names_the_kind():
+    from craft.config import load, to_dict
+
+
+    cnn = to_dict(load(ROOT / "experiments" / "custom_cnn.toml"))
+    resnet = to_dict(load(ROOT / "experiments" / "custom_cnn.toml", texts={"model.kind": "resnet"}))
+    with pytest.raises(rundir.RunError, match="saved run: model.kind: saved 'cnn', now 'resnet', and its options; restore"):
+        rundir.check_resumable(resnet, cnn)

@@ -68,3 +68,23 @@ def test_craft_evaluate_says_which_part_it_read(limited_run):
     assert float(printed["loss"]) == pytest.approx(last_val(limited_run)["loss"], abs=1e-4)
     whole = run_cli("evaluate", str(limited_run), "--whole_split")
     assert whole.returncode == 0 and "eval_batches" not in whole.stderr
+
+
+def test_checkpoint_paths_are_read_from_the_current_folder_or_the_run_folder(limited_run, tmp_path):
+    """--checkpoint=runs/NAME/checkpoints/step_X.pt was looked up as a name inside checkpoints/, and refused by a line
+    that listed the very file; a missing one is named as each path tried, for every command that takes it."""
+    cwd = limited_run.parent.parent  # runs/NAME is a path from here
+    run_dir = limited_run.relative_to(cwd)
+    name = sorted(p.name for p in (limited_run / "checkpoints").glob("step_*.pt"))[-1]
+    for given in (f"{run_dir}/checkpoints/{name}", f"checkpoints/{name}", name):
+        result = run_cli("evaluate", str(run_dir), f"--checkpoint={given}", cwd=cwd)
+        assert result.returncode == 0 and result.stdout.startswith("step 4  loss "), (given, result.stderr)
+    exported = run_cli("export", str(run_dir), str(tmp_path / "out"), f"--checkpoint={run_dir}/checkpoints/{name}", cwd=cwd)
+    assert exported.returncode == 0, exported.stderr
+    for command in (["evaluate", str(run_dir)], ["export", str(run_dir), str(tmp_path / "none")]):
+        missing = run_cli(*command, "--checkpoint=checkpoints/step_00000999.pt", cwd=cwd)
+        assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr
+        assert (f"no file at 'checkpoints/step_00000999.pt' nor at '{run_dir}/checkpoints/step_00000999.pt'; "
+                f"'{run_dir}/checkpoints' has: {name}") in missing.stderr.splitlines()[0]
+    resumed = run_cli("train", str(run_dir), "--resume", f"--checkpoint={name}", cwd=cwd)
+    assert resumed.returncode == 2 and "continues from the run's newest readable checkpoint" in resumed.stderr

@@ -80,7 +80,7 @@ def test_whole_split_reads_every_val_token_not_the_runs_val_windows(token_run):
     assert len(said) == 1 and "3 evenly spaced windows" in said[0] and "--whole_split" in said[0]
     said.clear()
     whole = trained.evaluate(token_run, whole_split=True, say=said.append)
-    assert said == []
+    assert said == ["val: all 100 targets of val.bin, in 13 windows of 8"]
     expected = plain_loss(token_run, token_run.parent.parent / "data" / "val.bin")
     assert whole["loss"] == pytest.approx(expected, rel=1e-5)
     assert whole["perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
@@ -95,3 +95,17 @@ def test_a_test_set_is_read_as_the_run_read_its_own_and_says_so_or_whole(token_r
     assert len(said) == 1 and "3 evenly spaced windows of 8 tokens (of 203 in val.bin)" in said[0]
     whole = trained.evaluate(token_run, data={"data.path": str(test)}, whole_split=True)
     assert whole["loss"] == pytest.approx(plain_loss(token_run, test / "val.bin"), rel=1e-5)
+
+
+def test_a_split_within_val_windows_is_said_read_whole_by_the_run_and_by_evaluate(tmp_path):
+    """A test split of fewer windows than the run's val_windows was read whole with no word (the figures alone
+    printed): evaluate says what it read, in the line the run printed for its own val split."""
+    data = token_folder(tmp_path / "data", seed=0, val=17)  # 16 targets: 2 windows of 8, fewer than val_windows = 3
+    (tmp_path / "gpt.toml").write_text(TINY_GPT.format(out=tmp_path / "runs", data=data))
+    printed = []
+    run_dir = run.train(load(tmp_path / "gpt.toml"), echo=printed.append)
+    line = "val: all 16 targets of val.bin, in 2 windows of 8 (data.val_windows = 3 covers them all)"
+    assert line in printed
+    said = []
+    trained.evaluate(run_dir, data={"data.path": str(token_folder(tmp_path / "test", seed=1, val=17))}, say=said.append)
+    assert said == [line]

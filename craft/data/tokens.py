@@ -7,7 +7,7 @@ nanoGPT's ``prepare.py`` write them. What the ids mean comes from, in order:
 ``meta.pkl`` (``vocab_size``, and ``itos`` for characters); else the TOML
 (``data.vocab_size``, ``data.dtype``, and ``data.tokenizer`` naming a local
 tiktoken encoding such as ``"gpt2"``). The files are never loaded: each batch
-reads its windows from the memory map.
+reads its windows from the memory map (``craft.data.token_files`` reads and checks them).
 
 - train: windows of ``block_size + 1`` tokens at every start position, each
   visited once per epoch in a seeded order computed on the fly (a Feistel
@@ -26,9 +26,6 @@ being ``input`` one token on. Both iterators carry ``tokenizer`` (or None),
 
 from __future__ import annotations
 
-import json
-import pickle
-import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,9 +37,9 @@ from torch import Tensor
 from craft.data import DATASETS, checks
 from craft.data.batching import Batch, EvalBatches, TrainBatches, derive_seed, fingerprint_of, options_fingerprint
 from craft.data.text import IGNORE_INDEX
+from craft.data.token_files import DTYPES, check_count, check_folder, check_width, folder_meta, open_tokens
 
 ROUNDS, M32 = 6, 0xFFFFFFFF
-DTYPES = ("uint16", "uint32")
 
 
 # -- a permutation without a table -------------------------------------------
@@ -78,83 +75,6 @@ def permuted(positions: Tensor, n: int, key: int) -> Tensor:
     return x
 
 
-# -- the folder ----------------------------------------------------------------
-
-
-def read_nanogpt_meta(path: Path) -> dict[str, Any]:
-    """``vocab_size`` and ``itos`` from nanoGPT's ``meta.pkl``, unpickled with no class allowed (plain data only)."""
-
-    class PlainData(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            raise pickle.UnpicklingError(f"{path} holds {module}.{name}; only plain dicts, strings and numbers are read")
-
-    try:
-        with open(path, "rb") as f:
-            meta = PlainData(f).load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise ValueError(f"{path}: not nanoGPT's meta.pkl ({e}); delete it and set data.vocab_size") from None
-    return meta if isinstance(meta, dict) else {}
-
-
-def folder_meta(folder: Path) -> tuple[dict[str, Any], Any]:
-    """``(meta, tokenizer)`` that the folder itself states: from meta.json + tokenizer.json, or meta.pkl."""
-    from craft.data.tokenizers import CharTokenizer, load_tokenizer
-
-    if (folder / "meta.json").is_file():
-        try:
-            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{folder / 'meta.json'}: unreadable ({e}); prepare the folder again") from None
-        file = folder / meta.get("tokenizer_file", "tokenizer.json")
-        return meta, load_tokenizer(file) if file.is_file() else None
-    if (folder / "meta.pkl").is_file():
-        meta = read_nanogpt_meta(folder / "meta.pkl")
-        itos = meta.get("itos")
-        try:
-            chars = [itos[i] for i in range(len(itos))] if isinstance(itos, dict) else None
-            return {"vocab_size": meta.get("vocab_size")}, CharTokenizer(chars) if chars else None
-        except (KeyError, TypeError, ValueError):  # not sorted characters: ids without a tokenizer
-            return {"vocab_size": meta.get("vocab_size")}, None
-    return {}, None
-
-
-def open_tokens(file: Path, dtype: str) -> np.memmap:
-    """The token file as a read-only memory map; ValueError naming the fix when it cannot be one."""
-    if not file.is_file():
-        raise ValueError(f"{file}: no such file; data.path must be a folder with train.bin and val.bin")
-    size, item = file.stat().st_size, np.dtype(dtype).itemsize
-    if size == 0:
-        raise ValueError(f"{file}: empty, no tokens; put text in it (prepare the folder again with more text, "
-                         "or a larger --val_fraction for val.bin)")
-    if size % item:
-        raise ValueError(f"{file}: {size} bytes is not a whole number of {dtype} tokens; check data.dtype")
-    return np.memmap(file, dtype=dtype, mode="r")
-
-
-def check_count(file: Path, tokens: np.memmap, split: str) -> None:
-    """The file holds the number of tokens meta.json states (``train_tokens``, ``val_tokens``): ids of another
-    width (uint32 read as uint16 reads each id and a 0) or another prepare's file are refused, not trained on."""
-    meta_file = file.parent / "meta.json"
-    stated = json.loads(meta_file.read_text(encoding="utf-8")).get(f"{split}_tokens") if meta_file.is_file() else None
-    if not isinstance(stated, int) or stated == len(tokens):
-        return
-    size = file.stat().st_size
-    widths = [name for name in DTYPES if np.dtype(name).itemsize * stated == size]
-    fix = (f"the file holds {widths[0]} ids: its meta.json's dtype is wrong" if widths
-           else f"{file.name} and meta.json are not from the same craft prepare tokens")
-    raise ValueError(f"{file}: {len(tokens):,} {tokens.dtype} tokens ({size:,} bytes) but meta.json says "
-                     f"{split}_tokens = {stated:,}; {fix}; prepare the folder again")
-
-
-def check_width(file: Path, tokens: np.memmap, sample: int = 4096) -> None:
-    """uint32 ids (below 65,536) read as uint16 come as each id, then a 0: a file whose first ``sample``
-    tokens have 0 at every odd place and not at every even one is refused, naming data.dtype."""
-    head = np.asarray(tokens[:sample])
-    if tokens.dtype == np.uint16 and len(head) >= 64 and not head[1::2].any() and head[0::2].any():
-        raise ValueError(f"{file}: every second id is 0, as uint32 ids read as uint16 are; "
-                         'set data.dtype = "uint32" (or fix meta.json\'s dtype)')
-
-
 def read_windows(tokens: np.memmap, starts: Tensor, length: int) -> Tensor:
     """int64 ``(b, length)``: ``tokens[s : s + length]`` for each start (clamped to the file's end)."""
     positions = (starts[:, None] + torch.arange(length)).clamp_(max=len(tokens) - 1)
@@ -188,13 +108,7 @@ class TokensConfig:
 
     def resolve(self) -> tuple[int, str, Any]:
         """``(vocab_size, dtype, tokenizer or None)`` of the folder, its own statements checked against the TOML."""
-        folder = Path(self.path)
-        if not folder.is_dir():
-            raise ValueError(
-                f"data.path = {self.path!r}: not a folder; give the folder holding train.bin and val.bin "
-                f"(`craft prepare tokens SRC... {shlex.quote(self.path)}` writes one from text files)"
-            )
-        meta, tokenizer = folder_meta(folder)
+        meta, tokenizer = folder_meta(Path(self.path))
         if tokenizer is None and self.tokenizer is not None:
             from craft.data.bpe import TiktokenTokenizer
 
@@ -220,6 +134,7 @@ class TokensConfig:
     def build(self, split: str, *, seed: int, rank: int = 0, world_size: int = 1) -> TrainBatches | EvalBatches:
         """Batches ``{"input", "target": int64 (B, block_size)}`` of ``split``, read from the memory map."""
         checks.check_split(split)
+        check_folder(self.path, split)  # before its meta: a folder of other files lacks those first
         vocab, dtype, tokenizer = self.resolve()
         file = Path(self.path) / f"{split}.bin"
         tokens = open_tokens(file, dtype)
@@ -261,6 +176,8 @@ class TokensConfig:
         consecutive = -(-(length - 1) // T)
         if self.val_windows is None or self.val_windows >= consecutive:
             count, what = consecutive, f"all {length - 1:,} targets of {file.name}, in {consecutive:,} windows of {T}"
+            if self.val_windows is not None:  # else the run's val_windows would seem lost on a small split
+                what += f" (data.val_windows = {self.val_windows} covers them all)"
 
             def starts(indices: Tensor) -> Tensor:
                 return indices * T

@@ -386,6 +386,26 @@ def test_a_missing_token_folder_says_how_to_write_one(tmp_path):
         TokensConfig(path=str(tmp_path / "data" / "stdlib")).build("train", seed=0)
 
 
+def test_a_path_that_is_no_token_folder_says_what_it_lacks_not_what_meta_would_say(tmp_path):
+    """An image folder was told to set data.vocab_size (it has no meta.json); a file, to write tokens over itself
+    (`craft prepare tokens SRC... README.md`): each now says what the path is and lacks."""
+    (tmp_path / "shapes" / "circle").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"'.*shapes' has no train.bin and no val.bin: not a token folder; give the "
+                       r"folder holding train.bin and val.bin \(`craft prepare tokens SRC\.\.\. NEW_FOLDER` writes one"):
+        TokensConfig(path=str(tmp_path / "shapes")).build("val", seed=0)
+    write(tmp_path / "README.md", "# a file\n")
+    with pytest.raises(ValueError, match=r"README.md' is a file; data.path must be a folder of token files \(train.bin "
+                       r"and val.bin\): `craft prepare tokens SRC\.\.\. NEW_FOLDER`"):
+        TokensConfig(path=str(tmp_path / "README.md")).build("val", seed=0)
+    vocab = nanogpt_folder(tmp_path / "chars", "to be or not to be\n" * 50, meta=True)
+    with pytest.raises(ValueError, match=f"val.bin' is a token file; give the folder holding it: data.path = '{tmp_path / 'chars'}'"):
+        TokensConfig(path=str(tmp_path / "chars" / "val.bin")).build("val", seed=0)
+    (tmp_path / "chars" / "train.bin").unlink()  # a test set needs val.bin alone
+    assert TokensConfig(path=str(tmp_path / "chars"), block_size=8).build("val", seed=0).vocab_size == vocab
+    with pytest.raises(ValueError, match="'.*chars' has no train.bin: not a token folder"):
+        TokensConfig(path=str(tmp_path / "chars"), block_size=8).build("train", seed=0)
+
+
 def test_an_interrupted_prepare_leaves_no_partial_files(tmp_path, monkeypatch):
     import craft.data.prepare_tokens as prep
 
