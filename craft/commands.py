@@ -237,6 +237,7 @@ def plot(run_dir: str) -> None:
 def info(name: str | None = None) -> str:
     """Versions, devices and the registered components; with NAME, that entry's table and options."""
     from craft.config import registries
+    from craft.config.records import TABLES
 
     if name is not None:
         return describe(name)
@@ -246,16 +247,8 @@ def info(name: str | None = None) -> str:
         f"devices: cpu ({torch.get_num_threads()} threads), {cuda}",
     ]
     lines += [f"{section}: {', '.join(sorted(table))}" for section, table in registries().items()]
-    lines.append(f"tables: {', '.join(_tables())} (craft info NAME lists an entry's or a table's keys)")
+    lines.append(f"tables: {', '.join(TABLES)} (craft info NAME lists an entry's or a table's keys)")
     return "\n".join(lines)
-
-
-def _tables() -> dict[str, type]:
-    """The experiment's tables that are not a registry entry's options, by TOML name."""
-    from craft.config.records import EarlyStopping, Optim, OptimGroup, Sample, Train
-
-    return {"train": Train, "train.sample": Sample, "train.early_stopping": EarlyStopping, "optim": Optim,
-            "optim.groups": OptimGroup}
 
 
 SECTIONS = {"models": "model", "datasets": "data", "tasks": "task", "optimizers": "optim", "schedules": "schedule"}
@@ -266,6 +259,7 @@ def describe(name: str) -> str:
     """Every registry entry called ``name``: its table, section and TOML options with defaults; or the
     keys of the experiment table ``name`` (``train``, ``train.sample``, ...)."""
     from craft.config import config_class, registries
+    from craft.config.records import DEFAULT_LR, TABLES
 
     tables = registries()
     lines = []
@@ -274,15 +268,13 @@ def describe(name: str) -> str:
             section = SECTIONS.get(table_name, table_name)
             lines.append(f'{name}: in {table_name}; use it as [{section}] kind = "{name}"')
             lines += _keys(config_class(table[name]))
-    if name in _tables():
-        from craft.config.records import DEFAULT_LR
-
+    if name in TABLES:
         header = f"[[{name}]]" if name == "optim.groups" else f"[{name}]"
         kinds = "; besides these, [optim] takes its kind's options (craft info KIND)" if name == "optim" else ""
         lines += [f"{header} keys (None: off or unset){kinds}:",
-                  *_keys(_tables()[name], skip={"kind", "config"}, defaults={"lr": DEFAULT_LR})]
+                  *_keys(TABLES[name], skip={"kind", "config"}, defaults={"lr": DEFAULT_LR})]
     if not lines:
-        known = sorted({entry for table in tables.values() for entry in table} | set(_tables()))
+        known = sorted({entry for table in tables.values() for entry in table} | set(TABLES))
         raise UsageError(f"craft info: nothing registered as {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
     return "\n".join(lines)
 

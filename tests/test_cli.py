@@ -32,13 +32,13 @@ def test_info_lists_every_key_of_an_experiment_table(table):
     """--print_config leaves out the keys that are off (None): this is where a user finds them all."""
     import attrs
 
-    from craft.commands import _tables, describe, info
-    from craft.config.records import DEFAULT_LR
+    from craft.commands import describe, info
+    from craft.config.records import DEFAULT_LR, TABLES
 
-    assert f"tables: {', '.join(_tables())} (craft info NAME" in info()
+    assert f"tables: {', '.join(TABLES)} (craft info NAME" in info()
     lines = describe(table).splitlines()
     keys = [line.split(":")[0].strip() for line in lines[1:]]
-    assert keys == [f.name for f in attrs.fields(_tables()[table]) if f.name not in ("kind", "config")]
+    assert keys == [f.name for f in attrs.fields(TABLES[table]) if f.name not in ("kind", "config")]
     if table == "train":
         assert "  ema_decay: float | None = None" in lines and "  sample: Sample | None = None" in lines
     if table == "optim":

@@ -159,3 +159,7 @@ class Experiment:
     train: Train = attrs.field(factory=Train)
     sweep: Sweep | None = None
 
+
+TABLES = {"train": Train, "train.sample": Sample, "train.early_stopping": EarlyStopping, "optim": Optim,
+          "optim.groups": OptimGroup}
+"""The experiment's tables by TOML name, other than a component's options (``craft info NAME`` lists their keys)."""
