@@ -284,6 +284,8 @@ def _keys(record: type, skip: set[str] = frozenset(), defaults: dict | None = No
     config reader fills in)."""
     import attrs
 
+    # As written in the class: cattrs resolves a string field.type into a typing object once it structures one.
+    written = {k: v for c in reversed(record.__mro__) for k, v in vars(c).get("__annotations__", {}).items()}
     lines = []
     for field in attrs.fields(record):
         if field.name in skip:
@@ -291,6 +293,7 @@ def _keys(record: type, skip: set[str] = frozenset(), defaults: dict | None = No
         default = field.default.factory() if isinstance(field.default, attrs.Factory) else field.default
         default = (defaults or {}).get(field.name, default)
         shown = "(required)" if default is attrs.NOTHING else f"= {default!r}"
-        kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+        kind = written.get(field.name, field.type)
+        kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
         lines.append(f"  {field.name}: {kind} {shown}")
     return lines

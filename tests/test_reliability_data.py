@@ -23,7 +23,8 @@ def craft(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.Comp
     "what, options, lines",
     [
         ("shapes", ["--image_size=0", "--num_train=-1", "--num_val=-3"],
-         ["--image_size: must be >= 1, got 0", "--num_train: must be >= 1, got -1", "--num_val: must be >= 0, got -3"]),
+         ["--image_size: must be >= 1, got 0", "--num_train: must be >= 7, an image for each of the 7 classes, got -1",
+          "--num_val: must be >= 7, an image for each of the 7 classes, got -3"]),
         ("captions", ["--image_size=0", "--num_train=-1"],
          ["--image_size: must be >= 1, got 0", "--num_train: must be >= 1, got -1"]),
         ("captions", ["--num_train=many"], ["--num_train: expected an integer, got 'many'"]),
