@@ -47,8 +47,7 @@ eval_every = 100
 log_every = 1
 checkpoint_every = 3
 """
-# No [schedule]: constant, so a run stopped at step 3 has the learning rates of the unbroken one.
-# No train.compile: the default (inductor; donated on the CPU).
+# bf16 against float32 (eager both); the default experiment's own compiled runs come first below.
 
 
 @pytest.fixture(scope="module")
@@ -64,20 +63,35 @@ def experiment(folder: Path, shapes: Path, steps: int = STEPS) -> Path:
     return path
 
 
+DEFAULT = ROOT / "experiments" / "custom_cnn.toml"
+
+
+def default_run(folder: Path, shapes: Path, steps: int = STEPS) -> list[str]:
+    """``python -m craft``'s arguments for the shipped default experiment, as shipped (inductor, donated,
+    AdamW with clipping, warmup and cosine) on the small folder in batches of 8. ``schedule.total_steps``
+    stays STEPS, so a run stopped early has the learning rates of the unbroken one."""
+    return [
+        str(DEFAULT), f"--out_dir={folder / 'runs'}", f"--data.path={shapes}", "--data.batch_size=8",
+        f"--train.steps={steps}", f"--schedule.total_steps={STEPS}", "--train.eval_every=100", "--train.log_every=1",
+        "--train.checkpoint_every=3",
+    ]
+
+
 @pytest.fixture(scope="module")
 def compiled_run(tmp_path_factory, shapes) -> Path:
-    """An unbroken run with the default compile settings, through the CLI."""
-    exp = experiment(tmp_path_factory.mktemp("compiled"), shapes)
-    result = run_cli(str(exp))
+    """An unbroken run of the default experiment, through the CLI."""
+    folder = tmp_path_factory.mktemp("compiled")
+    result = run_cli(*default_run(folder, shapes))
     assert result.returncode == 0, result.stderr[-3000:]
-    return exp.parent / "runs" / "tiny"
+    assert "compiling the train step" in result.stdout + result.stderr  # the default: compiled
+    return folder / "runs" / "custom_cnn"
 
 
 @pytest.mark.slow
 def test_the_default_compiled_run_ends_where_the_eager_run_does(compiled_run, tmp_path, shapes):
-    eager = run_cli(str(experiment(tmp_path, shapes)), "--train.compile=false")
+    eager = run_cli(*default_run(tmp_path, shapes), "--train.compile=false")
     assert eager.returncode == 0, eager.stderr[-3000:]
-    expected, got = final_params(tmp_path / "runs" / "tiny"), final_params(compiled_run)
+    expected, got = final_params(tmp_path / "runs" / "custom_cnn"), final_params(compiled_run)
     # Inductor fuses and reorders float32 sums, so results differ by rounding: ~1e-7 relative per
     # op, compounded over 6 AdamW steps (whose normalized updates amplify tiny gradients). A wrong
     # donation or a stale buffer shows up as differences of the order of lr = 3e-3.
@@ -87,11 +101,11 @@ def test_the_default_compiled_run_ends_where_the_eager_run_does(compiled_run, tm
 
 @pytest.mark.slow
 def test_a_compiled_run_stopped_and_resumed_is_bitwise_the_unbroken_one(compiled_run, tmp_path, shapes):
-    stopped = run_cli(str(experiment(tmp_path, shapes, steps=STEPS // 2)))
+    stopped = run_cli(*default_run(tmp_path, shapes, steps=STEPS // 2))
     assert stopped.returncode == 0, stopped.stderr[-3000:]
-    resumed = run_cli(str(experiment(tmp_path, shapes)), "--resume", f"--train.steps={STEPS}")  # the run had 3
+    resumed = run_cli(*default_run(tmp_path, shapes), "--resume")  # the run had 3 steps; now STEPS
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "tiny"
+    run_dir = tmp_path / "runs" / "custom_cnn"
     steps = [e["step"] for e in read_metrics(run_dir) if e["split"] == "train"]
     assert steps == list(range(1, STEPS + 1))  # continued from step 3, not restarted
     newest = lambda d: sorted((d / "checkpoints").glob("step_*.pt"))[-1]  # noqa: E731
@@ -123,7 +137,7 @@ def shortened(name: str, tmp_path: Path, shapes: Path) -> dict:
         pytest.skip(f"data kind {raw['data']['kind']!r} is not registered")
     overrides = {
         "out_dir": str(tmp_path), "train.steps": 2, "train.eval_every": 2, "train.log_every": 1,
-        "train.eval_batches": 1, "train.compile": name == "custom_cnn",  # the default experiment compiles
+        "train.eval_batches": 1, "train.compile": False,  # the default experiment's compiled run is above
         **SMALL_DATA[raw["data"]["kind"]],
     }
     if raw["data"]["kind"] == "image_folder":
