@@ -308,7 +308,6 @@ def test_a_changed_kind_is_named_first_its_options_with_it(section):
 def test_resuming_the_seed_cnn_as_a_resnet_names_the_kind():
     from craft.config import load, to_dict
 
-
     cnn = to_dict(load(ROOT / "experiments" / "custom_cnn.toml"))
     resnet = to_dict(load(ROOT / "experiments" / "custom_cnn.toml", texts={"model.kind": "resnet"}))
     with pytest.raises(rundir.RunError, match="saved run: model.kind: saved 'cnn', now 'resnet', and its options; restore"):
