@@ -29,7 +29,7 @@ from craft.checks import (
 from craft.parts import Parts, build_data, build_parts, evaluate_batches, measured, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
     CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload,
-    fresh_name, locked, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
+    config_line, fresh_name, locked, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
 )
 from craft.step import init_state, make_eval_step, make_train_step
 from craft.trackers import check as check_trackers
@@ -163,7 +163,7 @@ def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas
     threads = f" ({torch.get_num_threads()} threads)" if parts.device.type == "cpu" else ""
     ranks = f" x {replicas.world_size} processes" if replicas.active else ""
     lines = [
-        f"run folder {run_dir} (the resolved config: {run_dir / CONFIG_FILE}; --print_config prints it)",
+        config_line(run_dir),
         f"device {parts.device}{threads}{ranks}; model {exp.model.kind!r}: {total}, {trainable:,} trainable",
         f"{plural(exp.train.steps, 'step')} of {per_step}, from step {int(start.state.step)}",
     ]

@@ -87,6 +87,11 @@ def fresh_name(exp: Any, *, resume: bool, overwrite: bool) -> tuple[Any, str | N
     )
 
 
+def config_line(run_dir: Path) -> str:
+    """The line a run (or a sweep) starts with: its folder, and where its resolved config is."""
+    return f"run folder {run_dir} (the resolved config: {run_dir / CONFIG_FILE}; --print_config prints it)"
+
+
 def check_run_dir(exp: Any, *, resume: bool, overwrite: bool, echo: Callable[[str], None] = print) -> Path:
     """The run folder, after checking the flags fit it (``echo`` says what ``--overwrite`` replaces);
     nothing is touched yet."""

@@ -53,7 +53,7 @@ from craft.parts import (
     to_device, trainable_names,
 )
 from craft.rundir import (
-    CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, fresh_name, locked,
+    CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, config_line, fresh_name, locked,
     prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
 )
 from craft.runfolder import MEMBERS_DIR
@@ -179,9 +179,8 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
             train_data.load_state_dict(start.payload["data"])
             start = start._replace(state=(start.state[0], torch.tensor(start.payload["progress"]["alive"])))
         write_atomic(run_dir / CONFIG_FILE, dumps(exp))
-        where = f"run folder {run_dir} (the resolved config: {run_dir / CONFIG_FILE}; --print_config prints it)"
         first = f"sweep: {plural(len(team), 'member')}, {how_members_run(model, parts.device)}"
-        said = [where, first, *data_summary(train_data, val_data, exp.train.eval_batches), *one_class_warning(exp, train_data)]
+        said = [config_line(run_dir), first, *data_summary(train_data, val_data, exp.train.eval_batches), *one_class_warning(exp, train_data)]
         for line in said:  # as a run says
             echo(line)
         member_dirs = [run_dir / MEMBERS_DIR / f"{m.index:03d}" for m in team]
