@@ -37,9 +37,10 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
     from craft.logging import check_tensorboard
     from craft.rundir import resume_target
 
+    if resume and overwrite:
+        raise UsageError("choose one of --resume (continue the run) and --overwrite (replace it)")
     if "checkpoint" in overrides:  # not an experiment key: the option of evaluate, generate and export
-        raise UsageError("--checkpoint: craft train --resume continues from the run's newest readable checkpoint; "
-                         "--checkpoint is for craft evaluate, generate and export")
+        raise UsageError("--checkpoint: train --resume takes the newest readable checkpoint; --checkpoint is for evaluate, generate, export")
     if Path(config).suffix.lower() != ".toml" and not Path(config).is_dir():
         if resume:
             raise UsageError(f"no run folder {config!r} to resume; give the run folder (runs/NAME) or the experiment's .toml")

@@ -30,7 +30,7 @@ def other_experiment(run_dir: Path, exp: Experiment, data: dict[str, str]) -> Ex
     """``exp`` with only ``[data]`` keys replaced by ``data`` (as typed), checked as strictly as a config."""
     others = sorted(k for k in data if not k.startswith("data."))
     if others:
-        raise RunError(f"craft evaluate takes [data] options only (--data.path, --data.val_path, ...), not --{others[0]}")
+        raise ConfigError([f"craft evaluate takes [data] options only (--data.path, --data.val_path, ...), not --{others[0]}"])
     kind = data.get("data.kind", exp.data.kind).strip("'\"")
     if kind != exp.data.kind:
         raise ConfigError([f"data.kind: craft evaluate reads other data with the run's own kind ({exp.data.kind!r}); "

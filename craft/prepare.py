@@ -93,11 +93,15 @@ def tokens(
     --chunk_size bytes at a time (default 1 MiB). --overwrite replaces the
     token files of an earlier prepare.
     """
-    from craft.data.prepare_tokens import prepare_tokens
+    from craft.data.prepare_tokens import check_options, prepare_tokens
     from craft.runfolder import is_run_folder
 
     if len(paths) < 2:
         raise UsageError(f"craft prepare tokens needs SRC... and OUT; usage: {TOKENS_USAGE}")
+    try:  # the options alone, before any file is read: a mistake on the command line (exit status 2)
+        check_options(tokenizer, vocab_size, encoding, val_fraction, chunk_size)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if is_run_folder(Path(paths[-1])):  # its tokenizer.json decodes its checkpoints: never replaced
         raise ValueError(f"{paths[-1]!r} is a training run's folder; write the tokens to a folder of their own")
     options = dict(tokenizer=tokenizer, vocab_size=vocab_size, encoding=encoding, val_fraction=val_fraction)

@@ -94,6 +94,7 @@ def test_a_false_flag_neither_deletes_nor_resumes(flag, cnn_exp, cnn_run):
         (["-x"], "'-x' is not an option"),
         (["--train.steps"], "--train.steps needs a value"),
         (["--resume", "--resume"], "--resume is given twice"),
+        (["--resume", "--overwrite"], "choose one of --resume (continue the run) and --overwrite (replace it)"),
     ],
 )
 def test_malformed_run_control_is_one_line_before_training(args, message, cnn_exp, tmp_path):
@@ -287,6 +288,7 @@ def test_every_command_has_its_own_help(command):
         (["generate", "runs/x", "--seed=18446744073709551616"], "--seed: must fit in 64 bits"),
         (["generate", "runs/x", "--stop="], "--stop: empty; give the text to end a sample before"),
         ([], "give a command"),
+        (["prepare", "tokens", "README.md", "no_out", "--val_fraction=1.5"], "--val_fraction=1.5: must be between 0 and 1"),
     ],
 )
 def test_usage_mistakes_are_one_line(args, message):

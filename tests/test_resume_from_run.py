@@ -99,7 +99,7 @@ def test_evaluate_reads_other_data_with_the_runs_model(toml, tmp_path, shapes):
     assert own.stdout.startswith("step 3  loss ") and other.stdout.startswith("step 3  loss ")
     assert own.stdout != other.stdout  # 16 training images, not the 8 held out
     wrong = craft("evaluate", str(run_dir), "--optim.lr=1", cwd=tmp_path)
-    assert wrong.returncode == 1 and "takes [data] options only" in wrong.stderr
+    assert wrong.returncode == 2 and "takes [data] options only" in wrong.stderr  # a command-line mistake
 
 
 def test_evaluate_never_prepares_synthetic_data_where_a_test_set_is_missing(toml, tmp_path):
