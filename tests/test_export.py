@@ -145,7 +145,7 @@ def test_evaluate_on_text_with_characters_the_run_lacks_is_refused(gpt_run, tmp_
     other.write_text("abc\u2603\n" * 10)
     with pytest.raises(RunError, match="1 token.* the run's tokenizer.json lacks: '\u2603'"):
         trained.evaluate(gpt_run, data={"data.path": str(other)})
-    with pytest.raises(RunError, match="takes \\[data\\] options only"):
+    with pytest.raises(ConfigError, match="takes \\[data\\] options only"):  # a command-line mistake: exit status 2
         trained.evaluate(gpt_run, data={"optim.lr": "1"})
 
 

@@ -87,4 +87,4 @@ def test_checkpoint_paths_are_read_from_the_current_folder_or_the_run_folder(lim
         assert (f"no file at 'checkpoints/step_00000999.pt' nor at '{run_dir}/checkpoints/step_00000999.pt'; "
                 f"'{run_dir}/checkpoints' has: {name}") in missing.stderr.splitlines()[0]
     resumed = run_cli("train", str(run_dir), "--resume", f"--checkpoint={name}", cwd=cwd)
-    assert resumed.returncode == 2 and "continues from the run's newest readable checkpoint" in resumed.stderr
+    assert resumed.returncode == 2 and "takes the newest readable checkpoint" in resumed.stderr
