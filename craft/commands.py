@@ -113,7 +113,7 @@ def evaluate(run_dir: str, *, checkpoint: str = "latest", whole_split: bool = Fa
     [data] options evaluate on other data (a test set), read as the run read
     its own: craft evaluate runs/NAME --data.val_path=data/test (image and
     caption folders), or --data.path=FILE for text made of the run's characters
-    (or words), read with the run's tokenizer.json.
+    (or words), read with the run's tokenizer.json. Stderr says what was read.
     """
     from craft import trained
 

@@ -6,7 +6,8 @@ tokens renumbered to the run's ``tokenizer.json`` (``in_run_vocabulary``: a
 character test file builds a vocabulary of its own characters only; token
 files must be encoded with the run's own BPE or tiktoken tokenizer, ``craft
 prepare tokens SRC... OUT --tokenizer=RUN``, as another's ids cannot be
-renumbered), and its class names checked against the run's ``classes.json`` (``check_classes``).
+renumbered), and its class names checked against the run's ``classes.json`` (``check_classes``). Its data's
+own errors are said for evaluate where training's advice would not fit (``other_val_data``).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import torch
 from craft.config import ConfigError, Experiment
 from craft.config import load as load_config
 from craft.data.bpe import is_subword
+from craft.data.checks import UnknownClasses
+from craft.data.listing import SplitFolders
 from craft.data.tokenizers import load_tokenizer, saved_as
 from craft.rundir import CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError
-from craft.words import listed, plural
+from craft.words import few, listed, plural
 
 
 def other_experiment(run_dir: Path, exp: Experiment, data: dict[str, str]) -> Experiment:
@@ -46,6 +49,25 @@ def other_experiment(run_dir: Path, exp: Experiment, data: dict[str, str]) -> Ex
         # be filled with fresh synthetic data and evaluated as if it were the user's.
         config = attrs.evolve(config, prepare=None)
     return attrs.evolve(exp, data=attrs.evolve(other.data, config=config))
+
+
+def other_val_data(run_dir: Path, used: Experiment, build):
+    """``build(used, "val")``: the other data's val split, its errors said as fits ``craft evaluate``: a class the
+    run was not trained on is not to be added to train, and a val_path holding split folders names the one to give."""
+    try:
+        return build(used, "val")
+    except UnknownClasses as e:
+        saved = run_dir / CLASSES_FILE
+        has = f" (its {CLASSES_FILE} has {few(json.loads(saved.read_text(encoding='utf-8')))})" if saved.exists() else ""
+        which = f"class {e.unknown[0]!r}" if len(e.unknown) == 1 else f"classes {few(e.unknown)}"
+        raise RunError(f"the run was not trained on {which}{has}; remove those images from the test set") from None
+    except SplitFolders as e:
+        if e.key != "data.val_path":
+            raise
+        raise RunError(
+            f"--data.val_path {e.folder} holds split folders ({', '.join(e.names)}), not class folders; "
+            f"evaluate on one of them: --data.val_path={shlex.quote(str(e.split))}"
+        ) from None
 
 
 def _no_such_key(problem: str, kind: str, given: set[str]) -> str:

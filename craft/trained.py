@@ -21,11 +21,12 @@ from craft.config import Experiment, Sample
 from craft.config import load as load_config
 from craft.logging import plot_metrics
 from craft.data.augment import crop_size
-from craft.other_data import check_classes, in_run_vocabulary, other_experiment
+from craft.other_data import check_classes, in_run_vocabulary, other_experiment, other_val_data
 from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches, measured
 from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError, saved_config
 from craft.runfolder import MEMBERS_DIR, checkpoint_file
 from craft.step import TrainState, init_state, make_eval_step
+from craft.unreadable import split_line
 from craft.words import plural
 
 
@@ -80,7 +81,7 @@ def evaluate(
     """
     exp, parts, state = load_run(run_dir, checkpoint_name)
     used = whole(other_experiment(Path(run_dir), exp, data) if data else exp, whole_split)
-    batches = build_data(used, "val")
+    batches = other_val_data(Path(run_dir), used, build_data) if data else build_data(used, "val")
     if data:
         batches = in_run_vocabulary(Path(run_dir), batches, getattr(used.data.config, "path", None))
     check_components(used, parts, batches)  # other data the model cannot take (--data.image_size) is one line
@@ -89,8 +90,8 @@ def evaluate(
     eval_step = make_eval_step(parts.model, task.loss, inputs=task.inputs, precision=exp.train.precision, compile=False)
     limit = eval_limit(exp, data, whole_split)
     metrics = evaluate_batches(eval_step, state, batches, parts.device, task, limit)
-    if say is not None and (line := what_was_read(batches, limit)):
-        say(line)
+    for line in filter(None, (split_line("val", batches), what_was_read(batches, limit))) if say else ():
+        say(line)  # what was read (data.path, the split: a held-out fraction, ...), as training says it
     return {"step": int(state.step), **metrics}
 
 

@@ -23,16 +23,19 @@ def data_summary(train_data, val_data, eval_batches: int | None = None) -> list[
     kind and what it left out), so that files left out of a folder are never left out silently; and what
     each evaluation reads of val where the data says (a token folder's ``evaluation``: all of val.bin, or
     ``data.val_windows`` windows), the line ``craft evaluate`` prints too."""
-    lines = []
-    for split, data in (("train", train_data), ("val", val_data)):
-        said = getattr(data, "summary", None)
-        if isinstance(said, str) and said:
-            lines.append(f"{split} data: {said}")
+    lines = [line for split, data in (("train", train_data), ("val", val_data)) if (line := split_line(split, data))]
     evaluation = getattr(val_data, "evaluation", None)
     if isinstance(evaluation, str) and evaluation:
         limit = f"; train.eval_batches = {eval_batches} of its batches are read" if eval_batches is not None else ""
         lines.append(evaluation + limit)
     return lines
+
+
+def split_line(split: str, data) -> str | None:
+    """``"val data: 9 images in data/x (split 'validation'), 3 classes"``: what ``data`` says it read (its
+    ``summary``), or None where it says nothing."""
+    said = getattr(data, "summary", None)
+    return f"{split} data: {said}" if isinstance(said, str) and said else None
 
 
 def one_class_warning(exp: Experiment, train_data) -> list[str]:

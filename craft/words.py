@@ -25,3 +25,9 @@ def few(names, shown: int = 5) -> str:
     names = list(names)
     head = ", ".join(map(repr, names[:shown]))
     return head if len(names) <= shown else f"{head}, ... {len(names)} in all"
+
+
+def clipped(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters with ``...``: a value in a message (a row's encoded image is kilobytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

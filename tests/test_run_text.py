@@ -211,3 +211,19 @@ def test_a_sample_prompt_outside_the_vocabulary_is_refused_before_training(tmp_p
     with pytest.raises(RunError, match=r"train.sample.prompt = 'The ': .*'T'"):
         run.train(exp, echo=lambda *a: None)
     assert not (tmp_path / "gpt_char").exists()
+
+
+def test_a_windows_copy_of_the_text_evaluates_as_the_copy_it_was_made_from(tiny_run, tmp_path):
+    """A CRLF copy kept '\\r' as a character the run never saw ("the other data has 1 token(s) the run's
+    tokenizer.json lacks: '\\r'"); it is read as Python's text mode reads it. Each evaluation says what it read."""
+    text = "\n".join(LINES[::-1] * 3) + "\n"
+    (tmp_path / "lf.txt").write_bytes(text.encode())
+    (tmp_path / "crlf.txt").write_bytes(text.replace("\n", "\r\n").encode())
+    lf, crlf = (craft("evaluate", str(tiny_run), f"--data.path={tmp_path / name}", "--data.val_fraction=0.5")
+                for name in ("lf.txt", "crlf.txt"))
+    assert lf.returncode == 0 and crlf.returncode == 0, crlf.stderr
+    assert lf.stdout == crlf.stdout
+    count = len(text) - int(len(text) * 0.5)
+    assert f"val data: {count} characters in {tmp_path / 'crlf.txt'} (the last 0.5, data.val_fraction)" in crlf.stderr
+    own = craft("evaluate", str(tiny_run))
+    assert own.returncode == 0 and "val data: " in own.stderr and "corpus.txt (the last 0.1" in own.stderr

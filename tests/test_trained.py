@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,21 @@ def test_checkpoint_paths_are_read_from_the_current_folder_or_the_run_folder(lim
                 f"'{run_dir}/checkpoints' has: {name}") in missing.stderr.splitlines()[0]
     resumed = run_cli("train", str(run_dir), "--resume", f"--checkpoint={name}", cwd=cwd)
     assert resumed.returncode == 2 and "takes the newest readable checkpoint" in resumed.stderr
+
+
+def test_evaluate_on_other_data_says_what_it_read_and_its_mistakes_in_evaluate_s_terms(limited_run, tmp_path):
+    """Other data printed only the metrics line; a val_path holding train/ and val/ was told to "rename them train/
+    and val/", and a class the run never saw to be "added to train": neither is a fix for a test set."""
+    data = Path(load(limited_run / "config.toml").data.config.path)
+    other = run_cli("evaluate", str(limited_run), f"--data.val_path={data / 'val'}")
+    assert other.returncode == 0, other.stderr
+    assert f"val data: 56 images in {data / 'val'} (56 PNG)" in other.stderr.splitlines()
+    parent = run_cli("evaluate", str(limited_run), f"--data.val_path={data}")
+    assert parent.returncode == 1 and "Traceback" not in parent.stderr
+    assert (f"error: --data.val_path {data} holds split folders (train, val), not class folders; evaluate on one of "
+            f"them: --data.val_path={data / 'val'}") in parent.stderr
+    shutil.copytree(data / "val" / "circle", tmp_path / "test" / "horse")
+    unknown = run_cli("evaluate", str(limited_run), f"--data.val_path={tmp_path / 'test'}")
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+    assert "error: the run was not trained on class 'horse' (its classes.json has 'arrow', 'circle', " in unknown.stderr
+    assert unknown.stderr.splitlines()[0].endswith("; remove those images from the test set")

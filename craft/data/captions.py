@@ -29,12 +29,13 @@ from craft.data.caption_batches import (
 from craft.data.caption_files import (
     CAPTION_FILES, JSONL_LINE, Captions, find_captions, read_captions, split_by_image,
 )
-from craft.data.files import MAX_PIXELS, files_fingerprint
+from craft.data.files import MAX_PIXELS, files_fingerprint, shown
 from craft.data.images import DecodedImages
 from craft.data.scenes import DEFAULT_IMAGE_SIZE, WORDS, describe_scene, render_scene
 from craft.data.drawing import RenderedImages
 from craft.data.shapes import COLOURS, SHAPES, check_folder_options, names_from, validate_shapes, write_folder
 from craft.data.threads import data_threads
+from craft.words import plural
 
 __all__ = [
     "CAPTION_FILES", "PREPARED_CAPTIONS", "CaptionFolderConfig", "Captions", "ShapeCaptionsConfig", "Tokenizer",
@@ -130,7 +131,7 @@ class CaptionFolderConfig:
         )
         threads = self.num_threads
         executor = data_threads(threads, f"craft-captions-{split}")
-        return caption_batches(
+        batches = caption_batches(
             split, images, image_of, chosen.captions, tokenizer, length, config=self, seed=seed, rank=rank,
             world_size=world_size, executor=executor, prefetch=self.prefetch,
             examples=list(zip(chosen.files, chosen.captions)),
@@ -138,6 +139,12 @@ class CaptionFolderConfig:
                 self, split, chosen.captions, files_fingerprint(chosen.files, chosen.source.parent)
             ),
         )
+        held = "" if train.source != val.source else (  # one captions file, split by image
+            " less the images held out for val" if split == "train" else
+            f", {self.val_fraction:g} of its images held out by data_seed = {self.data_seed}")
+        counted = f"{plural(len(chosen.captions), 'caption')} of {plural(len(files), 'image')}"
+        batches.summary = f"{counted} in {shown(chosen.source)}{held}"
+        return batches
 
     def load_image(self, path: str | Path) -> Tensor:
         """float32 ``(C, S, S)``: the image file at ``path`` as a training batch would hold it."""

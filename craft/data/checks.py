@@ -28,3 +28,12 @@ def per_channel(instance, attribute, value: list[float]) -> None:
 def check_split(split: str) -> None:
     if split not in ("train", "val"):
         raise ValueError(f"unknown split {split!r}; use 'train' or 'val'")
+
+
+class UnknownClasses(ValueError):
+    """Val data holding classes the train split lacks (``unknown``): ``craft evaluate`` says it as classes the
+    run was not trained on."""
+
+    def __init__(self, message: str, unknown: list[str]) -> None:
+        super().__init__(message)
+        self.unknown = unknown

@@ -24,7 +24,7 @@ from torch import Tensor
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as F
 
-from craft.data.files import KINDS, MAX_PIXELS, dimensions, read_file, shown, sniff
+from craft.data.files import KINDS, MAX_PIXELS, dimensions, read_file, shown, sniff, stored_gray
 from craft.data.listing import Listing
 from craft.data.pngcheck import png_problem
 from craft.data.shapes import image_tensor
@@ -176,21 +176,31 @@ def upright(image: Tensor, orientation: int) -> Tensor:
 def _decode_torchvision(data: bytes, channels: int, kind: str) -> Tensor | str:
     """The decoded image, or why it failed.
 
-    GIF: the first frame. GIF and WebP come out RGB whatever the mode asks
-    (WebP warns), so gray is converted here.
+    GIF: the first frame. One channel: a colour image is decoded RGB and its gray computed (``luma``).
     """
     if kind == "PNG":
         problem = png_problem(data)  # torchvision would crash on these: check first
         if problem is not None:
             return problem
-    mode = _MODES[3 if kind in ("GIF", "WebP") else channels]
+    # Gray from colour is computed here, as Pillow's convert("L") computes it: libjpeg's own gray (a colour
+    # JPEG's luma plane, before chroma upsampling) and libpng's differ from it by up to tens of levels.
+    mode = _MODES[1 if channels == 1 and stored_gray(data, kind) else 3]
     try:
         image = _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode.value, True)
     except RuntimeError as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return re.sub(r"^.*\.cpp:\d+,\s*", "", reason)  # the decoder's source location says nothing to a user
     image = image[0] if kind == "GIF" and image.ndim == 4 else image  # (frames, 3, H, W) when animated
-    return F.rgb_to_grayscale(image) if channels == 1 and image.ndim == 3 and image.shape[0] == 3 else image
+    return luma(image) if channels == 1 and image.ndim == 3 and image.shape[0] == 3 else image
+
+
+def luma(rgb: Tensor) -> Tensor:
+    """uint8 ``(1, H, W)`` gray of uint8 ``(3, H, W)`` ``rgb`` by ITU-R 601-2, in Pillow's integer arithmetic
+    (``convert("L")``: ``(R*19595 + G*38470 + B*7471 + 0x8000) >> 16``), so it equals Pillow's to the level."""
+    if rgb.dtype != torch.uint8:  # a 16-bit PNG: to 8 bits first, as Pillow opens it
+        rgb = F.to_dtype(rgb, torch.uint8, scale=True)
+    r, g, b = rgb.to(torch.int32)
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(torch.uint8)[None]
 
 
 def _decode_pillow(data: bytes, channels: int) -> Tensor | str:

@@ -157,7 +157,8 @@ def sniff(data: bytes) -> str | None:
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+def _jpeg_frame(data: bytes) -> int | None:
+    """Where JPEG ``data``'s frame header (its start-of-frame marker) is, or None."""
     pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
@@ -170,13 +171,29 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             pos += 2
             continue
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if marker in _SOF and pos + 9 <= len(data):
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return width, height
+        if marker in _SOF:
+            return pos
         if marker == 0xDA:  # start of scan: no frame header before it
             return None
         pos += 2 + length
     return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    pos = _jpeg_frame(data)
+    if pos is None or pos + 9 > len(data):
+        return None
+    height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+    return width, height
+
+
+def stored_gray(data: bytes, kind: str | None) -> bool:
+    """Whether image ``data`` stores one gray plane (a one-component JPEG, a gray PNG with or without alpha),
+    read from its header: its gray is its own, where a colour image's must be computed from its RGB."""
+    if kind == "JPEG":
+        pos = _jpeg_frame(data)
+        return pos is not None and pos + 9 < len(data) and data[pos + 9] == 1
+    return kind == "PNG" and len(data) > 25 and data[25] in (0, 4)
 
 
 def _webp_size(data: bytes) -> tuple[int, int] | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from craft.data.files import files_fingerprint, read_file
+from craft.words import clipped
 from craft.data.hf_tables import (  # noqa: F401  (re-exported: they lived here)
     EXTRA, SPLIT_KEYWORDS, TABLE_SUFFIXES, read_tables, require_datasets, split_of,
 )
@@ -134,9 +135,32 @@ def file_of(where: str | None, row: int, base: Path) -> str:
     return found
 
 
+class UnlabelledRows(ValueError):
+    """Rows labelled -1, Hugging Face's mark for "no label" (a test split's, often): ``count`` of ``total``."""
+
+    def __init__(self, count: int, total: int) -> None:
+        super().__init__(f"the label column has unlabelled rows (-1, {count:,} of {total:,}); drop them")
+        self.count, self.total = count, total
+
+
+def label_column(table, name: str):
+    """The label column ``name``; a ValueError naming what it holds (its feature and type, never a value: an
+    image's is kilobytes) when it holds neither numbers nor names (images, lists, bytes)."""
+    import pyarrow as pa
+
+    array = column(table, name, "label", "label_column")
+    if pa.types.is_nested(array.type) or pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
+        raise ValueError(
+            f"data.label_column = {name!r} holds {column_type(table, name)}, not class numbers or names; "
+            f"set data.label_column to the column of classes (its columns: {', '.join(table.column_names)})"
+        )
+    return array
+
+
 def labels_of(array, names: list[str] | None) -> tuple[torch.Tensor, list[str]]:
     """``(int64 labels (N,), class names)``: integer labels as they are (named by ``names`` when the
-    feature gives them), text labels (in Unicode's composed form) numbered in sorted order."""
+    feature gives them), text labels (in Unicode's composed form) numbered in sorted order. Rows labelled -1
+    (no label) are ``UnlabelledRows``."""
     values = array.to_pylist()
     if any(v is None for v in values):
         raise ValueError("the label column has empty rows; fill or drop them")
@@ -147,10 +171,12 @@ def labels_of(array, names: list[str] | None) -> tuple[torch.Tensor, list[str]]:
         return torch.tensor([position[v] for v in values], dtype=torch.int64), classes
     if all(isinstance(v, float) and v.is_integer() for v in values):  # 0.0, 1.0, ...: a pandas round trip
         values = [int(v) for v in values]
+    if unlabelled := sum(1 for v in values if v == -1 and not isinstance(v, bool)):
+        raise UnlabelledRows(unlabelled, len(values))
     bad = next((v for v in values if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0)), None)
     if bad is not None:
         raise ValueError(
-            f"the label column must hold class numbers (0, 1, ...) or class names, not {bad!r} "
+            f"the label column must hold class numbers (0, 1, ...) or class names, not {clipped(bad)} "
             f"({type(bad).__name__}); set data.label_column to the column of classes"
         )
     count = max(values) + 1

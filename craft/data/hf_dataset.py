@@ -18,15 +18,23 @@ from craft.data.batching import Batch, EvalBatches, TrainBatches, options_finger
 from craft.data.decode import decode_bytes, resize_stack
 from craft.data.files import MAX_PIXELS
 from craft.data.hf import (
-    class_names, column, dataset_fingerprint, image_reader, joined_text, labels_of, read_tables, seeded_split,
-    text_values,
+    UnlabelledRows, class_names, column, dataset_fingerprint, image_reader, joined_text, label_column, labels_of,
+    read_tables, seeded_split, text_values,
 )
 from craft.data.images import DecodedImages, fits_image, image_load, image_side
 from craft.data.listing import split_files
 from craft.data.text import train_windows, val_windows
 from craft.data.threads import data_threads
 from craft.data.tokenizers import CharTokenizer
-from craft.words import plural
+from craft.words import few, plural
+
+
+def empty_classes(classes: list[str], labels: Tensor) -> str:
+    """``" (7 of them with no example: '1', '2', ...)"``, or "": classes a train split never shows (integer labels
+    are class numbers, so labels 0, 5 and 9 make 10 classes, and the model 10 outputs, 7 never trained)."""
+    seen = set(labels.tolist())
+    empty = [c for k, c in enumerate(classes) if k not in seen]
+    return f" ({len(empty)} of them with no example: {few(empty)})" if empty else ""
 
 
 class DecodedRows(DecodedImages):
@@ -134,9 +142,35 @@ class HFDatasetConfig:
         if self.val_split != attrs.fields(HFDatasetConfig).val_split.default:
             raise ValueError(
                 f"data.val_split = {self.val_split!r} is not a split of {self.path}; its splits: "
-                f"{', '.join(sorted(tables))}; name one of them, or leave it out to hold out data.val_fraction of train"
+                f"{', '.join(sorted(tables))}; name one of them, or {self._other_val(tables)}"
             )
+        return self._default_val(tables)
+
+    def _default_val(self, tables: dict) -> str | None:
+        """The split that ``val_split`` left at its default reads (``VAL_SPLITS``), or None: a fraction of train."""
         return next((name for name in VAL_SPLITS if name in tables and name != self.train_split), None)
+
+    def _other_val(self, tables: dict, failed: str | None = None) -> str:
+        """How to read another val split than ``failed``, as a fix: what leaving ``data.val_split`` out does for
+        this dataset (its own val split, else a fraction of train), and ``None`` for the fraction."""
+        found, held = self._default_val(tables), f"hold out data.val_fraction of {self.train_split!r}"
+        if found is None:
+            return f"leave data.val_split out (or set it to None) to {held}"
+        if found == failed:
+            return f"set data.val_split = None to {held}"
+        return f"leave data.val_split out to evaluate on split {found!r}, or set it to None to {held}"
+
+    def _labels(self, tables: dict, name: str, named: list[str] | None) -> tuple[Tensor, list[str]]:
+        """``labels_of`` split ``name``'s label column; rows labelled -1 (no label) are said as such, with a fix."""
+        try:
+            return labels_of(label_column(tables[name], self.label_column), named)
+        except UnlabelledRows as e:
+            fix = (f"name a labelled split as data.val_split, or {self._other_val(tables, name)}" if name != self.train_split
+                   else "drop those rows, or name another split as data.train_split")
+            raise ValueError(
+                f"split {name!r} of {self.path} has unlabelled rows (label -1, {e.count:,} of {e.total:,}: "
+                f"Hugging Face's mark for no label, as test splits often have); {fix}"
+            ) from None
 
     def _split_said(self, tables: dict, split: str) -> str:
         """Where ``split``'s rows come from, for the summary line."""
@@ -155,16 +189,17 @@ class HFDatasetConfig:
         train_table = tables[self.train_split]
         named = class_names(train_table, self.label_column)
         column(train_table, self.image_column, "image", "image_column")  # named first: a text dataset lacks it
-        train_labels, classes = labels_of(column(train_table, self.label_column, "label", "label_column"), named)
+        train_labels, classes = self._labels(tables, self.train_split, named)
         table, rows = self._rows(tables, split, [classes[k] for k in train_labels.tolist()])
         split_named = class_names(table, self.label_column) or named  # its own names: matched to train's by name
-        all_labels, split_classes = labels_of(column(table, self.label_column, "label", "label_column"), split_named)
+        split_name = self.train_split if table is train_table else self._val_name(tables)
+        all_labels, split_classes = self._labels(tables, split_name, split_named)
         occurring = [split_classes[k] for k in sorted(set(all_labels[rows].tolist()))]  # in label order
         unknown = [c for c in occurring if c not in classes]
         if unknown:
-            raise ValueError(
+            raise checks.UnknownClasses(
                 f"the val split has classes unknown to the train split: {unknown[:5]}"
-                f"{' ...' if len(unknown) > 5 else ''}; add them to train or remove them from val"
+                f"{' ...' if len(unknown) > 5 else ''}; add them to train or remove them from val", unknown
             )
         position = {c: k for k, c in enumerate(classes)}
         labels = torch.tensor([position[split_classes[k]] for k in all_labels[rows].tolist()], dtype=torch.int64)
@@ -189,7 +224,7 @@ class HFDatasetConfig:
             batches = EvalBatches(len(rows), load, **common)
         batches.summary = (
             f"{plural(len(rows), 'image')} in {self.path} ({self._split_said(tables, split)}), "
-            f"{plural(len(classes), 'class', 'classes')}"
+            f"{plural(len(classes), 'class', 'classes')}{empty_classes(classes, labels) if split == 'train' else ''}"
         )
         return batches
 

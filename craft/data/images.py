@@ -12,6 +12,7 @@ size (``image_size`` without a crop).
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 import attrs
@@ -184,9 +185,9 @@ class ImageFolderConfig:
         if split == "val":
             unknown = sorted(set(chosen.names) - set(classes))
             if unknown:
-                raise ValueError(
+                raise checks.UnknownClasses(
                     f"val images in {chosen.folder} have classes unknown to the train split: {unknown[:5]}"
-                    f"{' ...' if len(unknown) > 5 else ''}; add them to train or remove them from val"
+                    f"{' ...' if len(unknown) > 5 else ''}; add them to train or remove them from val", unknown
                 )
             if not chosen.files:  # only a val_fraction of train can be empty
                 raise empty_val(self.path, train.names, self.val_fraction)
@@ -247,12 +248,13 @@ class ImageFolderConfig:
         else:  # one folder: hold out a seeded fraction of it
             listing = list_images(train_folder or root, self.labels)
             train_pos, val_pos = split_files(listing.names, self.val_fraction, self.data_seed)
-            train = listing.subset(train_pos)
-            return train, train if split == "train" else listing.subset(val_pos)
+            train = listing.subset(train_pos)  # what the folder left out is said once, on the train line
+            return train, train if split == "train" else listing.subset(val_pos)._replace(left_out=Counter())
         if not val_root.exists():
             raise FileNotFoundError(f"data.val_path {val_root} does not exist; fix the path or unset it")
         train = list_images(train_root, self.labels)
-        return train, train if split == "train" else list_images(val_root, self.labels)
+        val_key = "data.val_path" if self.val_path is not None else "data.path"
+        return train, train if split == "train" else list_images(val_root, self.labels, key=val_key)
 
 
 def prepare_shapes(root: Path, *, image_size: int, seed: int, what: str = "shapes") -> None:

@@ -76,14 +76,31 @@ def split_folder(root: Path, names: tuple[str, ...]) -> Path | None:
     return next((folders[name] for name in names if name in folders), None)
 
 
-def split_folders_error(folder: Path, names: list[str]) -> ValueError:
+class SplitFolders(ValueError):
+    """Class folders ``names`` of ``folder`` (given as ``key``) that name splits; ``split`` is the one to point
+    ``key`` at: the train one for ``data.path``, the val (else test) one for ``data.val_path``."""
+
+    def __init__(self, message: str, folder: Path, names: list[str], key: str, split: Path) -> None:
+        super().__init__(message)
+        self.folder, self.names, self.key, self.split = folder, names, key, split
+
+
+def split_folders_error(folder: Path, names: list[str], key: str = "data.path") -> SplitFolders:
     """The error for class folders ``names`` of ``folder`` that name splits (``training_set``, ``test_set``):
-    a run would learn which split an image came from."""
+    a run would learn which split an image came from. ``key``: the option that named ``folder``."""
+    found = ", ".join(map(shown, names))
+    if key == "data.val_path":
+        val = next((n for want in ("validation", "test") for n in names if split_word(n) == want), names[0])
+        return SplitFolders(
+            f"data.val_path {folder} holds split folders ({found}), not class folders: point data.val_path at "
+            f"one split's folder ({shown(folder / val)})", folder, names, key, folder / val
+        )
     train = next((n for n in names if split_word(n) == "train"), names[0])
-    return ValueError(
-        f"the class folders of {folder} name splits, not classes ({', '.join(map(shown, names))}): "
-        f"point data.path at the train folder ({shown(folder / train)}) and data.val_path at the val one, "
-        f"or rename them train/ and val/"
+    rename = "" if set(names) <= {"train", "val"} else ", or rename them train/ and val/"
+    return SplitFolders(
+        f"the class folders of {folder} name splits, not classes ({found}): "
+        f"point data.path at the train folder ({shown(folder / train)}) and data.val_path at the val one{rename}",
+        folder, names, key, folder / train,
     )
 
 
@@ -118,7 +135,7 @@ def _no_images(folder: Path, left_out: Counter[str]) -> ValueError:
     return ValueError(f"no images ({_SUFFIXES}) in {folder}, nor {_MORE_SUFFIXES}{found}; add or convert some{prepare}")
 
 
-def list_images(folder: str | Path, labels: str = "folders") -> Listing:
+def list_images(folder: str | Path, labels: str = "folders", *, key: str = "data.path") -> Listing:
     """The images under ``folder`` and their classes, in a stable (sorted) order.
 
     ``labels="folders"``: the class is the sub-folder of ``folder`` holding the
@@ -128,7 +145,7 @@ def list_images(folder: str | Path, labels: str = "folders") -> Listing:
     ``left_out``). Links
     are followed only within the walked folder (a class folder, with
     ``"folders"``), and each real folder is read once, so a link never moves
-    an image into another class (``craft.data.files.find_files``).
+    an image into another class (``craft.data.files.find_files``). ``key``: the option naming ``folder``, for messages.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -153,10 +170,10 @@ def list_images(folder: str | Path, labels: str = "folders") -> Listing:
         return Listing(folder, files, names, left_out)
     if labels != "folders":
         raise ValueError(f"data.labels must be 'folders' or 'prefix', got {labels!r}")
-    return _list_class_folders(folder)
+    return _list_class_folders(folder, key)
 
 
-def _list_class_folders(folder: Path) -> Listing:
+def _list_class_folders(folder: Path, key: str) -> Listing:
     """``labels="folders"``: every class folder's images; one walk shares the set of folders seen."""
     root = os.path.realpath(folder)
     class_dirs, left_out = [], Counter()
@@ -172,7 +189,7 @@ def _list_class_folders(folder: Path) -> Listing:
         else:
             class_dirs.append(entry.name)
     if named_splits := naming_splits(class_dirs):  # splits, not classes
-        raise split_folders_error(folder, named_splits)
+        raise split_folders_error(folder, named_splits, key)
     if not class_dirs:
         loose = find_files(folder)
         if loose.files:

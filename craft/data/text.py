@@ -27,6 +27,7 @@ from craft.data import DATASETS, checks
 from craft.data.batching import Batch, EvalBatches, Load, TrainBatches, options_fingerprint
 from craft.data.tokenizers import CharTokenizer, UnknownCharactersError  # noqa: F401  (re-exported: they lived here)
 from craft.validators import between
+from craft.words import plural
 
 IGNORE_INDEX = -100
 """Target of a padding position; ``F.cross_entropy``'s default ``ignore_index``."""
@@ -36,7 +37,9 @@ IGNORE_INDEX = -100
 
 
 def read_text(path: str | Path) -> str:
-    """The UTF-8 text of the file at ``path`` (a leading byte-order mark dropped)."""
+    """The UTF-8 text of the file at ``path``: a leading byte-order mark dropped, and line ends read as ``"\\n"``
+    (``"\\r\\n"`` and a lone ``"\\r"``, as Python's text mode reads them), so a copy saved on Windows is the same
+    text, with the same characters, as the one it was copied from."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a folder, not a text file; set data.path to a file or a list of files")
@@ -52,7 +55,7 @@ def read_text(path: str | Path) -> str:
         raise ValueError(
             f"{path}: not UTF-8 text (invalid byte 0x{data[e.start]:02x} at offset {e.start}); convert it to UTF-8"
         ) from None
-    return text.removeprefix("\ufeff")
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def read_corpus(paths: list[str | Path]) -> str:
@@ -236,6 +239,9 @@ class TextConfig:
         else:
             batches = EvalBatches(num_examples, load, batch_size=self.eval_batch_size or self.batch_size, **common)
         batches.tokenizer, batches.vocab_size, batches.block_size = tokenizer, tokenizer.vocab_size, size
+        counted = plural(length, "character") if unit == "tokens" else plural(length, "non-empty line")
+        part = "all but the last" if split == "train" else "the last"
+        batches.summary = f"{counted} in {self._source()} ({part} {self.val_fraction:g}, data.val_fraction)"
         return batches
 
     def _windows(self, split: str, data: Tensor) -> tuple[int, int, Load]:

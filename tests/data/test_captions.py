@@ -263,6 +263,18 @@ def test_train_and_val_subfolders_when_path_has_no_captions_file(tmp_path):
     assert set(ds.tokenizer.words) == {"\n", "train", "one", "two", "val", "words"}  # train and val's words
 
 
+def test_each_split_says_what_it_read_as_an_image_folder_does(tmp_path):
+    """A caption folder said nothing of what it read (craft evaluate --data.val_path=... printed only metrics)."""
+    folder = captioned_folder(tmp_path / "one")
+    said = [config(folder, val_fraction=0.5).build(split, seed=0).summary for split in ("train", "val")]
+    assert said[0].startswith("4 captions of 3 images in ") and said[0].endswith("captions.jsonl less the images held out for val")
+    assert said[1].endswith("captions.jsonl, 0.5 of its images held out by data_seed = 0")
+    captioned_folder(tmp_path / "two" / "train", {10: ["train one"], 40: ["train two"]})
+    captioned_folder(tmp_path / "two" / "val", {70: ["val words"]})
+    val = config(tmp_path / "two").build("val", seed=0).summary
+    assert val == f"1 caption of 1 image in {tmp_path / 'two' / 'val' / 'captions.jsonl'}"
+
+
 # -- position, threads, load_image ------------------------------------------
 
 

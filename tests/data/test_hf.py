@@ -223,3 +223,67 @@ def test_an_empty_val_split_is_said_when_built_not_at_the_first_evaluation(parqu
         str(tmp_path / "validation-0.parquet"))
     with pytest.raises(ValueError, match="the 'validation' split of .* has no rows; give it rows, or name another split"):
         HFDatasetConfig(path=str(tmp_path), text_column="text", block_size=2, batch_size=1).build("val", seed=0)
+
+
+def image_parquet(root: Path, split: str, labels: list) -> None:
+    rows = {"image": [{"bytes": png(k), "path": None} for k in range(len(labels))], "label": labels}
+    datasets.Dataset.from_dict(rows).to_parquet(str(root / f"{split}-0.parquet"))
+
+
+def test_a_label_column_of_images_is_said_by_its_type_not_its_kilobytes(saved_images):
+    """label_column pointed at the Image column printed a row's whole encoded PNG ({'bytes': b'\\x89PNG...'})."""
+    with pytest.raises(ValueError) as raised:
+        HFDatasetConfig(path=str(saved_images), image_column="img", label_column="img").build("train", seed=0)
+    message = str(raised.value)
+    assert message.startswith("data.label_column = 'img' holds Image (struct<bytes: binary, path: string>), not class "
+                              "numbers or names; set data.label_column to the column of classes (its columns: img, y)")
+    assert "PNG" not in message and len(message) < 300
+
+
+def test_a_value_shown_in_a_label_error_is_cut_short():
+    from craft.data.hf import labels_of
+
+    class Rows:  # an Arrow column holds one type; a value of any length may still reach the message
+        def to_pylist(self):
+            return [0, b"\x89PNG" + bytes(5000)]
+
+    with pytest.raises(ValueError, match=r"not b'\\x89PNG.*\.\.\. \(bytes\)") as raised:
+        labels_of(Rows(), None)
+    assert len(str(raised.value)) < 300
+
+
+@pytest.mark.parametrize("has_validation", [True, False])
+def test_unlabelled_rows_are_said_as_such_with_what_leaving_val_split_out_does(tmp_path, has_validation):
+    """-1 is Hugging Face's "no label" (test splits): it was "must hold class numbers ... not -1 (int); set
+    data.label_column to the column of classes", a fix that fixes nothing."""
+    image_parquet(tmp_path, "train", [0, 1] * 4)
+    image_parquet(tmp_path, "test", [-1] * 4)
+    if has_validation:
+        image_parquet(tmp_path, "validation", [0, 1])
+    config = HFDatasetConfig(path=str(tmp_path), batch_size=1, image_size=SIZE, val_split="test")
+    unset = ("leave data.val_split out to evaluate on split 'validation', or set it to None to hold out" if has_validation
+             else r"leave data.val_split out \(or set it to None\) to hold out")
+    with pytest.raises(ValueError, match=rf"^split 'test' of .* has unlabelled rows \(label -1, 4 of 4: .*\); name a "
+                                         rf"labelled split as data.val_split, or {unset} data.val_fraction of 'train'$"):
+        config.build("val", seed=0)
+
+
+def test_a_mistyped_val_split_says_what_leaving_it_out_does_for_this_dataset(saved_images, tmp_path):
+    """"leave it out to hold out data.val_fraction of train" was wrong where the dataset has a validation split."""
+    options = dict(image_column="img", label_column="y", batch_size=4, image_size=SIZE, val_split="nope")
+    with pytest.raises(ValueError, match=r"name one of them, or leave data.val_split out to evaluate on split "
+                                         r"'validation', or set it to None to hold out data.val_fraction of 'train'$"):
+        HFDatasetConfig(path=str(saved_images), **options).build("val", seed=0)
+    image_parquet(tmp_path, "train", [0, 1] * 4)
+    with pytest.raises(ValueError, match=r"leave data.val_split out \(or set it to None\) to hold out data.val_fraction"):
+        HFDatasetConfig(path=str(tmp_path), **{**options, "image_column": "image", "label_column": "label"}).build("val", seed=0)
+
+
+def test_integer_labels_with_gaps_say_which_classes_train_never_shows(tmp_path):
+    """Labels 0, 5 and 9 are class numbers: 10 classes, 7 of which the run never sees; the data line says so."""
+    image_parquet(tmp_path, "train", [0, 5, 9] * 4)
+    config = HFDatasetConfig(path=str(tmp_path), batch_size=1, image_size=SIZE, val_fraction=0.25)
+    train, val = config.build("train", seed=0), config.build("val", seed=0)
+    assert train.classes == [str(k) for k in range(10)]
+    assert train.summary.endswith("10 classes (7 of them with no example: '1', '2', '3', '4', '6', ... 7 in all)")
+    assert val.summary.endswith(", 10 classes")

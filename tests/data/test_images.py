@@ -460,6 +460,26 @@ def test_class_folders_that_name_splits_are_refused_not_learned_as_classes(tmp_p
         config(tmp_path, batch_size=2).build("train", seed=0)
 
 
+def test_a_val_path_that_holds_split_folders_is_told_to_point_at_one_of_them(tmp_path):
+    """data.val_path=FOLDER with FOLDER/train and FOLDER/val was told to "point data.path at the train folder ...
+    or rename them train/ and val/": named so already, and the fix is data.val_path=FOLDER/val."""
+    folder_tree(tmp_path / "data" / "cat", {"a": 2})
+    for split in ("train", "val"):
+        folder_tree(tmp_path / "other" / split, {"cat": 2})
+    with pytest.raises(ValueError, match=rf"^data.val_path {tmp_path / 'other'} holds split folders \(train, val\), not "
+                                         rf"class folders: point data.val_path at one split's folder \({tmp_path / 'other' / 'val'}\)$"):
+        config(tmp_path / "data", batch_size=2, val_path=str(tmp_path / "other")).build("val", seed=0)
+
+
+def test_what_a_single_folder_left_out_is_said_once_not_per_split(tmp_path):
+    """Split by val_fraction, both the train and the val line said "left out 1 file without a suffix"."""
+    folder_tree(tmp_path, {"cat": 4, "dog": 4})
+    (tmp_path / "cat" / "README").write_text("not an image")
+    cfg = config(tmp_path, batch_size=2, val_fraction=0.25)
+    train, val = cfg.build("train", seed=0), cfg.build("val", seed=0)
+    assert train.summary.endswith("; left out 1 file without a suffix") and "left out" not in val.summary
+
+
 def test_a_few_classes_whose_names_hold_split_words_are_classes(tmp_path):
     folder_tree(tmp_path, {"Training_Shoes": 1, "Test_Tube": 1, "Boots": 1, "Vase": 1, "Lamp": 1})
     assert config(tmp_path, batch_size=2, val_fraction=0.0).build("train", seed=0).classes == [

@@ -168,3 +168,32 @@ def test_a_png_with_its_exif_in_a_text_chunk_reaches_the_model_upright(orientati
     Image feature) turn it upright, torchvision read eXIf chunks only. Turned once, never twice."""
     data = raw_profile_png(orientation, also_exif_chunk)
     assert torch.equal(decode_bytes(data, "magick.png"), as_pillow_shows(data))
+
+
+def gradient(size: int = 64, seed: int = 0) -> Image.Image:
+    """A smooth colour gradient with noise: a chroma-subsampled JPEG's own luma plane differs from its RGB's gray."""
+    x = np.linspace(0, 1, size)
+    pixels = np.stack([np.outer(x, 1 - x) * 4 * 255, np.outer(1 - x, x) * 255, np.outer(x, x) * 255], -1)
+    noisy = pixels.astype(int) + np.random.default_rng(seed).integers(-20, 20, pixels.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+GRAY_CASES = {
+    "JPEG": ("RGB", "JPEG", {"quality": 95}), "JPEG 4:2:0": ("RGB", "JPEG", {"quality": 50, "subsampling": 2}),
+    "JPEG progressive": ("RGB", "JPEG", {"progressive": True}), "JPEG gray": ("L", "JPEG", {}),
+    "JPEG CMYK": ("CMYK", "JPEG", {}), "PNG": ("RGB", "PNG", {}), "PNG RGBA": ("RGBA", "PNG", {}),
+    "PNG gray": ("L", "PNG", {}), "PNG gray+alpha": ("LA", "PNG", {}), "PNG palette": ("P", "PNG", {}),
+    "GIF": ("P", "GIF", {}), "WebP": ("RGB", "WEBP", {}), "BMP": ("RGB", "BMP", {}),
+}
+
+
+@pytest.mark.parametrize("case", GRAY_CASES)
+def test_one_channel_is_pillow_s_convert_L_to_the_level(case):
+    """channels = 1 decoded a colour JPEG as libjpeg's own luma plane (and a PNG by libpng's weights): up to 24
+    levels from Pillow's convert("L"), which docs/vision.md and an export's preprocessing.json ("mode": "L") promise."""
+    mode, fmt, options = GRAY_CASES[case]
+    for seed in range(3):
+        data = encoded(gradient(64 + 13 * seed, seed).convert(mode), fmt, **options)
+        with Image.open(io.BytesIO(data)) as image:
+            expected = torch.from_numpy(np.array(image.convert("L")))[None]
+        assert torch.equal(decode_bytes(data, case, channels=1), expected), (case, seed)

@@ -122,6 +122,26 @@ def test_read_corpus_joins_files_in_order_ending_each_with_a_newline(tmp_path):
     assert read_corpus([b, a, c, a]) == "beta\nalpha\nalpha\n"
 
 
+def test_line_ends_are_read_as_python_s_text_mode_reads_them(tmp_path):
+    """A copy saved on Windows kept '\\r' as a character: its run had another vocabulary, and a run trained on the
+    LF copy could not evaluate it. '\\r\\n' and a lone '\\r' are '\\n', as nanoGPT's open(...).read() reads them."""
+    lines = "\ufeffthe cat\r\nsat\rdown\r\n"
+    (tmp_path / "crlf.txt").write_bytes(lines.encode())
+    assert read_corpus([tmp_path / "crlf.txt"]) == "the cat\nsat\ndown\n"
+    with open(tmp_path / "crlf.txt", encoding="utf-8-sig") as f:
+        assert read_corpus([tmp_path / "crlf.txt"]) == f.read()
+
+
+def test_each_split_says_what_it_read_as_an_hf_text_dataset_does(tmp_path):
+    path = write(tmp_path / "a.txt", "abcdefghij" * 10)
+    config = TextConfig(path=str(path), block_size=4, batch_size=2, val_fraction=0.2)
+    summaries = [config.build(split, seed=0).summary for split in ("train", "val")]
+    assert summaries == [f"80 characters in {path} (all but the last 0.2, data.val_fraction)",  # 101 with its newline
+                         f"21 characters in {path} (the last 0.2, data.val_fraction)"]
+    lines = attrs.evolve(config, format="lines").build("val", seed=0).summary
+    assert lines == f"1 non-empty line in {path} (the last 0.2, data.val_fraction)"
+
+
 @pytest.mark.parametrize(
     ("name", "content", "match"),
     [
