@@ -4,8 +4,11 @@ A checkpoint is a plain dict of tensors and Python primitives, written to a
 temporary file and renamed into place (so a crash never leaves a half-written
 ``step_*.pt``), and read back with ``torch.load(weights_only=True)`` (so
 loading never runs code from the file). Optimizer states are pytrees of
-NamedTuples, which ``weights_only`` refuses: they are stored as their list of
-leaves and rebuilt on the structure of a freshly initialised state.
+NamedTuples, which ``weights_only`` refuses: they are stored as their leaves
+keyed by their place in the tree (``"[0].mu['fc.weight']"``) and rebuilt on the
+structure of a freshly initialised state, every leaf put back at its own place
+(a state whose dicts list the params in another order, as after
+``craft.freezing.unfreeze``, keeps each parameter's moments).
 """
 
 from __future__ import annotations
@@ -36,14 +39,14 @@ def state_to_dict(state: TrainState) -> dict[str, Any]:
     return {
         "params": state.params,
         "buffers": state.buffers,
-        "opt_state": pytree.tree_leaves(state.opt_state),
+        "opt_state": {pytree.keystr(path): leaf for path, leaf in pytree.tree_flatten_with_path(state.opt_state)[0]},
         "step": state.step,
         "rng": state.rng,
     }
 
 
 def state_from_dict(saved: dict[str, Any], template: TrainState) -> TrainState:
-    """Rebuild a TrainState on the structure (and device) of ``template``."""
+    """Rebuild a TrainState on the structure, order (and device) of ``template``, every tensor matched by name."""
     if not isinstance(saved, dict) or not set(TrainState._fields) <= saved.keys():
         raise CheckpointError("checkpoint has no complete train state: it was not written by craft's run")
     for part in ("params", "buffers"):
@@ -54,20 +57,33 @@ def state_from_dict(saved: dict[str, Any], template: TrainState) -> TrainState:
                 f"checkpoint {part} do not match this model ({', '.join(diff[:5])}): "
                 "it was written by a different model config"
             )
-    leaves, spec = pytree.tree_flatten(template.opt_state)
-    if len(leaves) != len(saved["opt_state"]) or any(a.shape != b.shape for a, b in zip(leaves, saved["opt_state"])):
+    flat, spec = pytree.tree_flatten_with_path(template.opt_state)
+    leaves = [leaf for _, leaf in flat]
+    got = _opt_leaves(saved, [pytree.keystr(path) for path, _ in flat])
+    if got is None or any(a.shape != b.shape for a, b in zip(leaves, got)):
         raise CheckpointError("checkpoint optimizer state does not match this optimizer config")
 
     def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         return t.to(device=ref.device, dtype=ref.dtype)
 
     return TrainState(
-        params={k: like(v, template.params[k]) for k, v in saved["params"].items()},
-        buffers={k: like(v, template.buffers[k]) for k, v in saved["buffers"].items()},
-        opt_state=pytree.tree_unflatten([like(a, b) for a, b in zip(saved["opt_state"], leaves)], spec),
+        params={k: like(saved["params"][k], v) for k, v in template.params.items()},
+        buffers={k: like(saved["buffers"][k], v) for k, v in template.buffers.items()},
+        opt_state=pytree.tree_unflatten([like(a, b) for a, b in zip(got, leaves)], spec),
         step=like(saved["step"], template.step),
         rng=saved["rng"].cpu(),
     )
+
+
+def _opt_leaves(saved: dict[str, Any], keys: list[str]) -> list[Any] | None:
+    """The saved optimizer-state leaves for the places ``keys`` (the template's), in that order; None when
+    they do not fit. Matched by place, not position: after unfreeze a state's dicts list the params in
+    another order than a fresh state's, and by position same-shaped moments would swap. A checkpoint
+    written before places were saved holds a list, matched by position as it was written."""
+    leaves = saved["opt_state"]
+    if isinstance(leaves, dict):
+        return [leaves[k] for k in keys] if leaves.keys() == set(keys) else None
+    return list(leaves) if len(leaves) == len(keys) else None
 
 
 def shaped_like(model: torch.nn.Module, saved: dict[str, Any]) -> torch.nn.Module:
@@ -234,8 +250,8 @@ def check_run_payload(path: Path, payload: dict[str, Any]) -> None:
         problems += [f"state.{k} is not a table of tensors" for k in ("params", "buffers")
                      if not isinstance(state.get(k), dict) or not all(isinstance(v, torch.Tensor) for v in state[k].values())]
         problems += [f"state.{k} is not a tensor" for k in ("step", "rng") if not isinstance(state.get(k), torch.Tensor)]
-        if not isinstance(state.get("opt_state"), list):
-            problems.append("state.opt_state is not a list")
+        if not isinstance(state.get("opt_state"), (list, dict)):  # a list: written before leaves had places
+            problems.append("state.opt_state is not a table or a list")
     rng = payload.get("torch_rng")
     if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
         problems.append("torch_rng is not a generator state")

@@ -2,7 +2,7 @@
 state) and back, the other params' optimizer state carried over.
 
     state = freeze(state, tx, ["embed.weight"])   # trains on without it
-    state = unfreeze(state, tx, ["embed.weight"]) # back, with fresh optimizer state
+    state = unfreeze(state, tx, ["embed.weight"], model=model)  # back, with fresh optimizer state
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from craft.optim import Transform
@@ -30,10 +30,17 @@ def freeze(state: TrainState, transform: Transform, names: Iterable[str]) -> Tra
     return state._replace(params=params, buffers=buffers, opt_state=carry_opt_state(transform, state.opt_state, params))
 
 
-def unfreeze(state: TrainState, transform: Transform, names: Iterable[str]) -> TrainState:
-    """Move the named buffers back to ``state.params``, with fresh optimizer state; the rest keep theirs."""
+def unfreeze(state: TrainState, transform: Transform, names: Iterable[str], *, model: nn.Module | None = None) -> TrainState:
+    """Move the named buffers back to ``state.params``, with fresh optimizer state; the rest keep theirs.
+
+    With ``model`` the params come back in its parameter order, that of ``init_state`` and of a restored
+    checkpoint, so a run resumed from here sums across parameters in the same order; without, they go last.
+    """
     names = _known(names, state.buffers, "frozen parameter or buffer")
     params = {**state.params, **{k: state.buffers[k] for k in names}}
+    if model is not None:
+        order = [k for k, _ in model.named_parameters() if k in params]
+        params = {k: params[k] for k in [*order, *(k for k in params if k not in order)]}
     buffers = {k: v for k, v in state.buffers.items() if k not in names}
     return state._replace(params=params, buffers=buffers, opt_state=carry_opt_state(transform, state.opt_state, params))
 

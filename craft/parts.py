@@ -129,10 +129,10 @@ def build_optimizer(exp: Experiment, schedule: Any, names: list[str], **options:
     """
     optim, config = exp.optim, exp.optim.config
 
-    def make(**group_options: Any) -> Transform:
+    def make(mask: Any = None, **group_options: Any) -> Transform:
         given = {**options, **group_options}
-        # A group's own weight_decay decays every parameter it matches, as a torch parameter group's does.
-        everything = {"mask": decay_everything} if "weight_decay" in group_options and takes_mask(config) else {}
+        # param_groups passes mask=decay_all with a group's own weight_decay: it decays every parameter it matches.
+        everything = {"mask": mask} if mask is not None and takes_mask(config) else {}
         tx = (attrs.evolve(config, **given) if given else config).build(schedule, **everything)
         return made(exp, "optim", tx, "a craft.optim.Transform (init, update)")
 
@@ -149,11 +149,6 @@ def build_optimizer(exp: Experiment, schedule: Any, names: list[str], **options:
     else:
         tx = make()
     return tx if exp.train.ema_decay is None else chain(tx, ema(exp.train.ema_decay))
-
-
-def decay_everything(params: dict[str, torch.Tensor]) -> dict[str, bool]:
-    """The weight-decay mask of a group that sets its own ``weight_decay``: all of its parameters."""
-    return dict.fromkeys(params, True)
 
 
 def takes_mask(config: Any) -> bool:

@@ -36,7 +36,12 @@ def zeros_like(tree: Params) -> Params:
 
 class Normed(dict):
     """A params tree that holds its own global norm (``with_global_norm``): ``global_norm`` of it is that
-    tensor, not a second computation, while its leaves are the very tensors it was computed from."""
+    tensor, not a second computation, while its leaves are the very tensors it was computed from, unchanged.
+
+    Transforms never modify their inputs in place (``craft.optim.base``); in eager mode a leaf changed in
+    place all the same (its ``_version`` moved on) has its norm computed again. A compiled step cannot read
+    ``_version`` (dynamo does not trace it) and relies on the rule.
+    """
 
 
 def with_global_norm(tree: Params) -> tuple[Params, Tensor]:
@@ -45,7 +50,21 @@ def with_global_norm(tree: Params) -> tuple[Params, Tensor]:
     norm = global_norm(tree)
     normed = Normed(tree)
     normed.norm, normed.leaves = norm, tuple(tree.values())
+    normed.versions = None if torch.compiler.is_compiling() else _versions(normed.leaves)
     return normed, norm
+
+
+def _versions(leaves: Any) -> tuple[int, ...]:
+    """The in-place modification counters of ``leaves`` (eager mode only: dynamo cannot trace them)."""
+    return tuple(x._version for x in leaves)
+
+
+def _norm_still_holds(tree: Normed, leaves: list[Tensor]) -> bool:
+    """Whether ``tree.norm`` is the norm of ``leaves``: the very tensors it was computed from, none of them
+    changed in place since (checked in eager mode)."""
+    if len(leaves) != len(tree.leaves) or not all(a is b for a, b in zip(leaves, tree.leaves)):
+        return False
+    return torch.compiler.is_compiling() or tree.versions is None or _versions(leaves) == tree.versions
 
 
 def global_norm(tree: Params) -> Tensor:
@@ -57,8 +76,8 @@ def global_norm(tree: Params) -> Tensor:
     ``craft.optim.foreach``: vmap has no batching rule for ``_foreach_norm``).
     """
     leaves = list(tree.values())
-    if isinstance(tree, Normed) and len(leaves) == len(tree.leaves) and all(a is b for a, b in zip(leaves, tree.leaves)):
-        return tree.norm  # computed once for these very tensors (a leaf replaced since: computed again)
+    if isinstance(tree, Normed) and _norm_still_holds(tree, leaves):
+        return tree.norm  # computed once for these very tensors (a leaf replaced or changed since: computed again)
     if not leaves:
         return torch.zeros(())
     if _per_tensor(leaves):

@@ -88,3 +88,65 @@ def test_checkpoints_are_readable_like_the_rest_of_the_run_folder(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "config.toml").stat().st_mode) == 0o644
+
+
+def _by_place(tree):
+    return {torch.utils._pytree.keystr(path): leaf for path, leaf in torch.utils._pytree.tree_flatten_with_path(tree)[0]}
+
+
+def _unfrozen_run():
+    """Two same-shaped layers, adam + ema, one step, then 0.weight frozen and unfrozen: it comes back last."""
+    from torch import nn
+
+    from craft.freezing import freeze, unfreeze
+    from craft.optim import adam, chain, ema
+    from craft.step import make_train_step
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False))
+    tx = chain(adam(1e-2), ema(0.5))
+    step = make_train_step(model, lambda o, b: ((o - b["target"]) ** 2).mean(), tx, compile=False)
+    batch = {"input": torch.randn(8, 4), "target": torch.randn(8, 4)}
+    state, _ = step(init_state(model, tx), batch)
+    return model, tx, step, batch, unfreeze(freeze(state, tx, ["0.weight"]), tx, ["0.weight"])
+
+
+def test_a_state_after_unfreeze_round_trips_every_moment_under_its_own_name(tmp_path):
+    """Unfreeze lists 0.weight last; the leaves were put back by position and swapped the two layers'
+    Adam moments and EMA averages."""
+    model, tx, step, batch, state = _unfrozen_run()
+    for _ in range(3):
+        state, _ = step(state, batch)
+    path = checkpoint.save(tmp_path / "c.pt", {"state": checkpoint.state_to_dict(state)})
+    restored = checkpoint.state_from_dict(checkpoint.load(path)["state"], init_state(model, tx))
+    assert list(restored.params) == ["0.weight", "1.weight"]  # the template's (the model's) order
+    torch.testing.assert_close(_by_place(restored.opt_state), _by_place(state.opt_state), atol=0, rtol=0)
+    torch.testing.assert_close(restored.params, state.params, atol=0, rtol=0)
+
+
+def test_a_run_resumed_after_unfreeze_matches_the_unbroken_run(tmp_path):
+    from craft.freezing import freeze, unfreeze
+
+    model, tx, step, batch, _ = _unfrozen_run()
+    torch.manual_seed(0)
+    state, _ = step(init_state(model, tx), batch)
+    state = unfreeze(freeze(state, tx, ["0.weight"]), tx, ["0.weight"], model=model)
+    assert list(state.params) == ["0.weight", "1.weight"]
+    state, _ = step(state, batch)
+    saved = checkpoint.load(checkpoint.save(tmp_path / "c.pt", {"state": checkpoint.state_to_dict(state)}))["state"]
+    resumed = checkpoint.state_from_dict(saved, init_state(model, tx))
+    for _ in range(2):
+        state, _ = step(state, batch)
+        resumed, _ = step(resumed, batch)
+    torch.testing.assert_close(resumed, state, atol=0, rtol=0)
+
+
+def test_a_checkpoint_without_leaf_places_still_loads_by_position(tmp_path):
+    """Checkpoints written before leaves had places hold a list of them, in the state's order."""
+    state = _state()
+    saved = checkpoint.state_to_dict(state)
+    saved["opt_state"] = list(saved["opt_state"].values())
+    torch.testing.assert_close(checkpoint.state_from_dict(saved, _state()), state, atol=0, rtol=0)
+    saved["opt_state"] = saved["opt_state"][:-1]
+    with pytest.raises(checkpoint.CheckpointError, match="optimizer config"):
+        checkpoint.state_from_dict(saved, _state())

@@ -19,7 +19,7 @@ from craft.ensemble import (
     unstack_state,
     unstack_states,
 )
-from craft.optim import adamw, get_hyperparams, inject_hyperparams, sgd
+from craft.optim import adamw, get_hyperparams, inject_hyperparams, set_hyperparams, sgd
 from craft.step import init_state, make_train_step
 
 K, STEPS = 3, 4
@@ -141,6 +141,21 @@ def test_hyperparameters_live_in_each_members_state():
     torch.testing.assert_close(
         get_hyperparams(stacked.opt_state)["learning_rate"], torch.tensor([1e-3, 3e-3, 1e-2], dtype=torch.float64)
     )
+
+
+def test_set_hyperparams_on_a_stacked_state_fills_every_member_or_gives_each_its_own():
+    """set_hyperparams(stacked, learning_rate=3e-3) made the (K,) tensor 0-d, and the next ensemble step
+    failed in vmap. One value now fills every member; K values give each its own; others name the shapes."""
+    model, tx, stacked = _members("mlp", "adamw")
+    one = set_hyperparams(stacked.opt_state, learning_rate=3e-3)
+    torch.testing.assert_close(get_hyperparams(one)["learning_rate"], torch.full((K,), 3e-3, dtype=torch.float64))
+    each = set_hyperparams(stacked.opt_state, learning_rate=torch.tensor([1e-3, 2e-3, 4e-3]))
+    assert get_hyperparams(each)["learning_rate"].tolist() == pytest.approx([1e-3, 2e-3, 4e-3])
+    step = make_ensemble_step(model, cross_entropy, tx, compile=False)
+    state, metrics = step(stacked._replace(opt_state=one), _batches("mlp")[0])
+    assert metrics["loss"].shape == (K,)
+    with pytest.raises(ValueError, match=r"learning_rate of shape \(2,\) does not fit the state's \(3,\)"):
+        set_hyperparams(stacked.opt_state, learning_rate=torch.tensor([1e-3, 2e-3]))
 
 
 def test_strategy_follows_the_model_and_device():

@@ -263,6 +263,27 @@ def test_a_step_takes_the_gradients_global_norm_once_for_the_log_and_the_clip(gr
     assert float(metrics["grad_norm"]) > 0.01  # clipped: the norm logged is the one before
 
 
+def test_a_transform_that_changes_the_gradients_in_place_is_still_clipped_by_their_new_norm():
+    """The step's norm, taken once, was read by clip_by_global_norm after a transform before it had
+    multiplied the gradients in place: nothing was clipped, unlike tx.update called directly. Eager mode
+    notices the change (the leaves' _version) and computes the norm again."""
+    from craft.optim import chain, clip_by_global_norm, stateless
+
+    def times_100_in_place(u, params):  # against the Transform contract, but it must not go unnoticed eager
+        for g in u.values():
+            g.mul_(100)
+        return u
+
+    torch.manual_seed(0)
+    model = MODELS["mlp"]()
+    tx = chain(stateless(times_100_in_place), clip_by_global_norm(1.0), sgd(1.0))
+    state = init_state(model, tx)
+    new, metrics = make_train_step(model, cross_entropy, tx, compile=False)(state, batch_for("mlp"))
+    moved = torch.stack([torch.linalg.vector_norm(new.params[k] - p) for k, p in state.params.items()])
+    assert float(metrics["grad_norm"]) * 100 > 1  # the gradients it clipped were longer than 1
+    torch.testing.assert_close(torch.linalg.vector_norm(moved), torch.tensor(1.0), atol=1e-5, rtol=0)
+
+
 def test_eval_step_uses_running_statistics_and_changes_nothing():
     torch.manual_seed(0)  # the same model every run, so a failure reproduces
     model = MODELS["bn_dropout"]()

@@ -125,7 +125,7 @@ def test_a_sweep_member_ends_where_training_it_alone_ends(tmp_path):
         for k, v in theirs["state"][part].items():
             # float32; the weight decay is one multiply-add instead of a fused one
             torch.testing.assert_close(ours["state"][part][k], v, atol=1e-6, rtol=1e-5)
-    for a, b in zip(ours["state"]["opt_state"], theirs["state"]["opt_state"]):
+    for a, b in zip(ours["state"]["opt_state"].values(), theirs["state"]["opt_state"].values()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

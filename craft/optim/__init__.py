@@ -34,7 +34,7 @@ from craft.optim.combine import (
     partition,
     set_to_zero,
 )
-from craft.optim.groups import Group, clip_trained, group_labels, param_groups
+from craft.optim.groups import Group, clip_trained, decay_all, group_labels, param_groups
 from craft.optim.muon import MuonState, muon, newton_schulz, orthogonalize, scale_by_muon
 from craft.optim.hyperparams import InjectState, get_hyperparams, inject_hyperparams, set_hyperparams
 from craft.optim.privacy import clip_per_example, dp_aggregate, per_example_norms
@@ -79,7 +79,7 @@ __all__ = [
     "Updates", "adagrad", "adam", "adamw", "add_decayed_weights", "add_noise", "apply_if_finite",
     "apply_updates", "chain", "clip", "clip_by_global_norm", "clip_per_example", "constant",
     "cosine_decay", "decay_mask_from_module", "default_decay_mask", "device_of", "dp_aggregate", "ema",
-    "find_state", "foreach", "Group", "clip_trained", "group_labels", "param_groups", "get_hyperparams", "identity", "inject_hyperparams", "linear_warmup",
+    "find_state", "foreach", "Group", "clip_trained", "decay_all", "group_labels", "param_groups", "get_hyperparams", "identity", "inject_hyperparams", "linear_warmup",
     "lion", "lookahead", "map_scale", "masked", "multi_steps", "muon", "newton_schulz", "orthogonalize", "partition", "per_example_norms",
     "rmsprop", "scale", "scale_by_adam", "scale_by_learning_rate", "scale_by_lion", "scale_by_muon", "scale_by_rms",
     "scale_by_rss", "scale_by_schedule", "scale_by_sign", "set_hyperparams", "set_to_zero", "sgd",

@@ -7,7 +7,12 @@ A ``Transform`` is a pair of pure functions::
     params = apply_updates(params, updates)
 
 Nothing is mutated: every call returns new tensors, so a step built on a
-transform can be compiled, vmapped and checkpointed as a plain pytree.
+transform can be compiled, vmapped and checkpointed as a plain pytree. A
+transform of your own keeps that contract, as optax's pure functions do: it
+returns new tensors and never modifies its inputs (``updates``, ``state``,
+``params``) in place. The compiled train step relies on it: the gradients'
+norm is taken once and ``clip_by_global_norm`` reads it later (eager mode
+notices an in-place change and computes it again; a compiled step cannot).
 Transforms operate on whole trees with multi-tensor kernels
 (``craft.optim.foreach``), so an update over many tensors is a handful of
 kernels, and fall back to one op per tensor under ``torch.func`` transforms:

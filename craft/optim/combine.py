@@ -190,7 +190,8 @@ def ema(decay: float) -> Transform:
     ``params + updates`` are the new weights: ``avg = decay * avg + (1 - decay) * new``.
     The average starts at the initial weights (so it needs no debiasing: after
     ``t`` updates ``avg_t = decay^t w_0 + (1 - decay) sum_i decay^(t-i) w_i``).
-    Read it with ``find_state(opt_state, EmaState).params``.
+    Read it with ``find_state(opt_state, EmaState).params``. With ``multi_steps``, put it inside,
+    ``multi_steps(chain(tx, ema(d)), k)``: outside it would average on every call, not every real update.
     """
     if not 0 <= decay < 1:
         raise ValueError(f"ema: decay must be in [0, 1), got {decay}")

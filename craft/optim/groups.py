@@ -7,7 +7,9 @@
 
 A parameter belongs to the first group whose glob ``match``es its name
 (``fnmatch``); the parameters no group matches form the group ``"default"``,
-trained by ``make_tx()`` unchanged. Global-norm clipping belongs outside, so
+trained by ``make_tx()`` unchanged. A group's own ``weight_decay`` decays every
+parameter it matches (biases and norms too), as a torch parameter group does:
+``make_tx(weight_decay=..., mask=decay_all)``. Global-norm clipping belongs outside, so
 that it sees every gradient: ``chain(clip_by_global_norm(1.0), param_groups(...))``; with a
 frozen group, ``masked`` the clip to the other names, so that the frozen gradients do not
 count: ``chain(clip_trained(1.0, groups, names), param_groups(...))``, what a run does.
@@ -16,10 +18,11 @@ count: ``chain(clip_trained(1.0, groups, names), param_groups(...))``, what a ru
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
-from craft.optim.base import Transform, chain, scale
+from craft.optim.base import Transform, chain, in_range, scale
 from craft.optim.combine import masked, partition, set_to_zero
 from craft.optim.transforms import clip_by_global_norm
 
@@ -54,7 +57,7 @@ def param_groups(make_tx: Callable[..., Transform], groups: Sequence[Group | Map
     """A ``partition`` of the parameters ``names`` into ``groups`` (see the module doc).
 
     ``make_tx(**options)`` builds a group's optimizer; ``options`` holds
-    ``weight_decay`` when the group sets it, nothing otherwise.
+    ``weight_decay`` and ``mask=decay_all`` when the group sets its weight decay, nothing otherwise.
     """
     groups = [_as_group(g) for g in groups]
     labels = group_labels(groups, names)
@@ -67,17 +70,40 @@ def param_groups(make_tx: Callable[..., Transform], groups: Sequence[Group | Map
 def _group_transform(make_tx: Callable[..., Transform], group: Group) -> Transform:
     if group.freeze:
         return set_to_zero()
-    tx = make_tx() if group.weight_decay is None else make_tx(weight_decay=group.weight_decay)
+    if group.weight_decay is None:
+        tx = make_tx()
+    elif _takes_mask(make_tx):
+        tx = make_tx(weight_decay=group.weight_decay, mask=decay_all)
+    else:
+        raise ValueError(f"parameter group match={group.match!r} sets weight_decay, which decays every parameter "
+                         "it matches: make_tx must take mask=... as the built-in optimizers do (or **options)")
     return tx if group.lr_scale == 1 else chain(tx, scale(group.lr_scale))
 
 
+def decay_all(params: Mapping[str, object]) -> dict[str, bool]:
+    """The weight-decay mask of a group that sets its own ``weight_decay``: all of its parameters."""
+    return dict.fromkeys(params, True)
+
+
+def _takes_mask(make_tx: Callable[..., Transform]) -> bool:
+    try:
+        parameters = inspect.signature(make_tx).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: let the call say
+        return True
+    return any(p.name == "mask" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 def _as_group(group: Group | Mapping) -> Group:
-    if isinstance(group, Group):
-        return group
-    unknown = set(group) - set(Group._fields)
-    if unknown:
-        raise ValueError(f"unknown parameter group key {sorted(unknown)[0]!r}; keys: {', '.join(Group._fields)}")
-    return Group(**group)
+    if not isinstance(group, Group):
+        unknown = set(group) - set(Group._fields)
+        if unknown:
+            raise ValueError(f"unknown parameter group key {sorted(unknown)[0]!r}; keys: {', '.join(Group._fields)}")
+        group = Group(**group)
+    where = f"parameter group match={group.match!r}"
+    in_range(where, "lr_scale", group.lr_scale)  # a negative scale would climb the loss, as the TOML refuses
+    if group.weight_decay is not None:
+        in_range(where, "weight_decay", group.weight_decay)
+    return group
 
 
 def clip_trained(clip_norm: float, groups: Sequence[Group | Mapping], names: Iterable[str]) -> Transform:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -129,6 +131,20 @@ def test_ema_equals_its_closed_form():
         torch.testing.assert_close(find_state(state, EmaState).params[k], closed, rtol=1e-12, atol=1e-12)
 
 
+def test_ema_inside_multi_steps_averages_the_real_updates_only():
+    """composing.md showed chain(multi_steps(adamw, 4), ema): the ema then averaged every call (count 8
+    after 8 calls, 2 real updates). Inside multi_steps it advances on the real updates alone."""
+    decay = 0.8
+    trajectory, state = _run(multi_steps(chain(sgd(0.1), ema(decay)), every_k=4), 8)
+    averaged = find_state(state, EmaState)
+    assert int(averaged.count) == 2
+    updated = [trajectory[0], trajectory[4], trajectory[8]]  # the weights after each real update
+    for k in trajectory[0]:
+        closed = decay**2 * updated[0][k] + (1 - decay) * (decay * updated[1][k] + updated[2][k])
+        torch.testing.assert_close(averaged.params[k], closed, rtol=1e-12, atol=1e-12)
+    assert int(find_state(_run(chain(multi_steps(sgd(0.1), every_k=4), ema(decay)), 8)[1], EmaState).count) == 8
+
+
 def test_lookahead_moves_params_to_the_slow_weights_at_each_sync():
     (start, *rest), state = _run(lookahead(sgd(0.1), sync_period=3, alpha=0.5), 3)
     fast, _ = _run(sgd(0.1), 3)
@@ -219,6 +235,24 @@ def test_param_groups_scale_freeze_and_reject_patterns_matching_nothing():
     assert torch.count_nonzero(updates["trunk.b"]) == 0
     with pytest.raises(ValueError, match=r"'encoder\.\*' matches no parameter.*head\.w"):
         param_groups(lambda **kw: sgd(0.1, **kw), [{"match": "encoder.*"}], names)
+
+
+@pytest.mark.parametrize("make_tx", [functools.partial(adamw, 0.5), functools.partial(sgd, 0.5, weight_decay=0.1)])
+def test_a_library_groups_weight_decay_decays_every_parameter_it_matches(make_tx):
+    """The library's group weight_decay decayed only the group's 2-D params (head.w, not head.b), while the
+    README and the TOML groups decay every parameter the group matches, as a torch parameter group does."""
+    params = {"head.w": torch.ones(3, 4), "head.b": torch.ones(3), "trunk.w": torch.ones(4, 5), "trunk.b": torch.ones(4)}
+    tx = param_groups(make_tx, [{"match": "head.*", "weight_decay": 0.1}], list(params))
+    updates, _ = tx.update({k: torch.zeros_like(p) for k, p in params.items()}, tx.init(params), params)
+    assert {k for k, u in updates.items() if u.abs().max() > 0} == {"head.w", "head.b", "trunk.w"}  # trunk: the rule
+
+
+def test_a_negative_lr_scale_and_a_group_make_tx_without_a_mask_are_one_line_errors():
+    with pytest.raises(ValueError, match=r"parameter group match='head\.\*': lr_scale must be >= 0, got -1"):
+        param_groups(lambda **kw: sgd(0.1, **kw), [{"match": "head.*", "lr_scale": -1}], list(_params()))
+    with pytest.raises(ValueError, match="sets weight_decay, which decays every parameter it matches: make_tx must take mask"):
+        param_groups(lambda weight_decay=0.0: sgd(0.1, weight_decay=weight_decay),
+                     [{"match": "head.*", "weight_decay": 0.1}], list(_params()))
 
 
 def test_a_users_raw_foreach_transform_vmaps_inside_per_tensor():

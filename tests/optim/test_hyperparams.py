@@ -10,7 +10,8 @@ import torch
 from torch._dynamo.testing import CompileCounter
 from torch.utils import _pytree as pytree
 
-from craft.optim import OPTIMIZERS, adamw, apply_updates, get_hyperparams, inject_hyperparams, set_hyperparams, sgd, warmup_cosine
+from craft.optim import (OPTIMIZERS, adamw, apply_updates, cosine_decay, get_hyperparams, inject_hyperparams, set_hyperparams,
+                         sgd, warmup_cosine)
 
 
 def _params():
@@ -73,3 +74,49 @@ def test_members_with_their_own_weight_decay_step_under_vmap(name):
         solo, _ = factory(0.01, weight_decay=wd).update(grads, factory(0.01, weight_decay=wd).init(params), params)
         for k in params:
             torch.testing.assert_close(updates[k][i], solo[k], atol=1e-12, rtol=1e-10)
+
+
+def test_a_learning_rate_tensor_keeps_its_hypergradient():
+    """inject_hyperparams made the value a float: the hypergradient through it was 0 (-20.48 without inject)."""
+
+    def loss(p):
+        return ((p["w"] - 3.0) ** 2).sum()
+
+    def meta(lr, inject):
+        tx = inject_hyperparams(sgd, learning_rate=lr) if inject else sgd(lr)
+        params = {"w": torch.ones(4, dtype=torch.float64)}
+        state = tx.init(params)
+        for _ in range(3):
+            updates, state = tx.update(torch.func.grad(loss)(params), state, params)
+            params = apply_updates(params, updates)
+        return loss(params)
+
+    lr = torch.tensor(0.1, dtype=torch.float64)
+    plain = torch.func.grad(lambda x: meta(x, False))(lr)
+    assert float(plain) != 0
+    torch.testing.assert_close(torch.func.grad(lambda x: meta(x, True))(lr), plain)
+
+
+def test_a_schedule_as_a_value_is_evaluated_at_the_update_count():
+    """A schedule there failed with "float() argument must be ... not 'function'"; as in optax it follows the
+    state's count, and the injected optimizer matches the plain one with that schedule."""
+    schedule = cosine_decay(1e-2, total_steps=10)
+    tx = inject_hyperparams(adamw, learning_rate=schedule, weight_decay=0.1)
+    torch.testing.assert_close(_run(tx), _run(adamw(schedule, weight_decay=0.1)), atol=1e-15, rtol=1e-13)
+    params, state = _params(), tx.init(_params())
+    for _ in range(3):
+        _, state = tx.update({k: torch.ones_like(v) for k, v in params.items()}, state, params)
+    assert int(state.count) == 3
+    torch.testing.assert_close(get_hyperparams(state)["learning_rate"], schedule(torch.tensor(2)))  # the last one used
+    state = set_hyperparams(state, weight_decay=0.0)  # the others are still set by hand
+    assert float(get_hyperparams(state)["weight_decay"]) == 0.0
+
+
+def test_a_hyperparameter_that_changes_the_state_structure_is_refused_at_init():
+    """sgd(momentum=0.0) chains no trace: set_hyperparams(momentum=0.9) then failed in update with
+    "'tuple' object has no attribute 'momentum'"."""
+    tx = inject_hyperparams(sgd, learning_rate=0.1, momentum=0.0)
+    with pytest.raises(ValueError, match=r"momentum changes the structure of sgd's state .* functools.partial\(sgd, momentum=...\)"):
+        tx.init(_params())
+    with pytest.raises(ValueError, match="learning_rate must be a number, a 0-d tensor or a schedule, got str"):
+        inject_hyperparams(sgd, learning_rate="0.1").init(_params())
