@@ -9,7 +9,6 @@ run is ``craft.trained``. The run folder's contents are listed in ``craft.rundir
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from pathlib import Path
@@ -28,8 +27,8 @@ from craft.checks import (
 )
 from craft.parts import Parts, build_data, build_parts, evaluate_batches, measured, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
-    CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload,
-    config_line, fresh_name, locked, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
+    CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload,
+    config_line, fresh_name, locked, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic, write_data_files,
 )
 from craft.step import init_state, make_eval_step, make_train_step
 from craft.trackers import check as check_trackers
@@ -135,13 +134,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
         text = dumps(exp)
         if replicas.is_main:
             write_atomic(run_dir / CONFIG_FILE, text)
-            if tokenizer is not None:
-                try:
-                    tokenizer.save(run_dir / TOKENIZER_FILE)
-                except OSError as e:
-                    raise RunError(f"cannot write {str(run_dir / TOKENIZER_FILE)!r}: {e.strerror or e}") from None
-            if classes := getattr(train_data, "classes", None):  # which output is which class, kept past the data
-                write_atomic(run_dir / CLASSES_FILE, json.dumps(list(classes), ensure_ascii=False, indent=1) + "\n")
+            write_data_files(run_dir, train_data)
         said = summary(exp, parts, start, run_dir, first_batch, replicas) + data_summary(train_data, val_data, exp.train.eval_batches)
         for line in said + one_class_warning(exp, train_data) + model_notes(exp, parts.model, train_data):
             echo(line)

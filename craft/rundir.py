@@ -21,13 +21,14 @@ from craft.words import plural
 from craft.runfolder import (
     CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, LOCK_FILE, MARKER_FILE, TOKENIZER_FILE, Interrupted, RunError, check_free,
     check_replaceable, check_run_dir, config_line, data_paths, fresh_name, is_run_folder, is_used, locked, prepare_run_dir, write_atomic,
+    write_data_files,
 )
 
 __all__ = [
     "CHECKPOINTS", "CLASSES_FILE", "CONFIG_FILE", "LOCK_FILE", "MARKER_FILE", "RUN_CONTROL", "TOKENIZER_FILE", "WHERE", "Interrupted",
     "RunError", "Start", "check_free", "check_replaceable", "check_resumable", "check_run_dir", "checkpoint_payload", "config_line",
     "data_paths", "fresh_name", "is_run_folder", "is_used", "locked", "prepare_run_dir", "resume_target",
-    "save_checkpoint", "saved_config", "start_or_resume", "write_atomic",
+    "save_checkpoint", "saved_config", "start_or_resume", "write_atomic", "write_data_files",
 ]
 
 # Keys that steer the run but not the arithmetic: a resumed run may change them.

@@ -21,6 +21,7 @@ or ``metrics.jsonl``) is accepted as a run folder, so old runs can still be repl
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -237,6 +238,18 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool) -> Path:
     if not (run_dir / MARKER_FILE).exists():
         write_atomic(run_dir / MARKER_FILE, "a run folder made by craft: craft train --overwrite may replace it\n")
     return run_dir
+
+
+def write_data_files(run_dir: Path, data: Any) -> None:
+    """What decodes the run's outputs, kept past the data: ``tokenizer.json`` (text and captions) and
+    ``classes.json`` (a classifier's class names, in the order of its outputs); a sweep's members get them too."""
+    if (tokenizer := getattr(data, "tokenizer", None)) is not None:
+        try:
+            tokenizer.save(run_dir / TOKENIZER_FILE)
+        except OSError as e:
+            raise RunError(f"cannot write {str(run_dir / TOKENIZER_FILE)!r}: {e.strerror or e}") from None
+    if classes := getattr(data, "classes", None):
+        write_atomic(run_dir / CLASSES_FILE, json.dumps(list(classes), ensure_ascii=False, indent=1) + "\n")
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -25,7 +25,8 @@ The run folder::
     runs/NAME/checkpoints/         the whole sweep (stacked states), for --resume
     runs/NAME/metrics.jsonl        every member's events, with "member" and "hparams"
     runs/NAME/members/003/         member 3 as an ordinary run folder (config.toml,
-                                   metrics.jsonl, checkpoints/, loss.png): evaluate it,
+                                   metrics.jsonl, loss.png, tokenizer.json or classes.json
+                                   from the start; checkpoints/ at the end): evaluate it,
                                    plot it, or resume it alone
 """
 
@@ -54,7 +55,7 @@ from craft.parts import (
 )
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, config_line, fresh_name, locked,
-    prepare_run_dir, save_checkpoint, start_or_resume, write_atomic,
+    prepare_run_dir, save_checkpoint, start_or_resume, write_atomic, write_data_files,
 )
 from craft.runfolder import MEMBERS_DIR
 from craft.step import TrainState, init_state, make_eval_step
@@ -184,11 +185,17 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
         for line in said:  # as a run says
             echo(line)
         member_dirs = [run_dir / MEMBERS_DIR / f"{m.index:03d}" for m in team]
-        for folder in member_dirs:
+        for m, folder in zip(team, member_dirs):  # each an ordinary run folder from the start (Ctrl-C included)
             prepare_run_dir(folder, overwrite=False)
             truncate_metrics(folder, int(start.state[0].step[0]))
+            write_atomic(folder / CONFIG_FILE, dumps(alone(exp, m, folder)))
+            write_data_files(folder, train_data)
         logs = MemberLogs(team, [MetricsLog(run_dir)] + [MetricsLog(d) for d in member_dirs])
-        progress = _fit_sweep(exp, model, parts, tx, start, run_dir, (train_data, val_data), logs)
+        try:
+            progress = _fit_sweep(exp, model, parts, tx, start, run_dir, (train_data, val_data), logs)
+        finally:  # on every exit, Ctrl-C included, as a run: the curves so far, the sweep's and each member's
+            for folder in (run_dir, *member_dirs):
+                plot_quietly(folder, echo)
         _finish(exp, team, member_dirs, progress, train_data.state_dict(), echo)
     return run_dir
 
@@ -253,13 +260,16 @@ def _finish(exp: Experiment, team: list[Member], member_dirs: list[Path], progre
         if not all(torch.isfinite(t).all() for t in member.params.values()):
             echo(f"member {m.index}: parameters are not finite; no checkpoint written for it")
             continue
-        alone = attrs.evolve(member_experiment(exp, m), name=folder.name, out_dir=str(folder.parent))  # resumable there
-        _save_member(folder, alone, member, data_state)
-        plot_quietly(folder, echo)  # a damaged member log warns, as a run does; the checkpoints are written
+        _save_member(folder, alone(exp, m, folder), member, data_state)
     last_val = progress.val or [{} for _ in team]
     best = min(range(len(team)), key=lambda i: _loss_key(last_val[i]))
     echo(f"best member {best} ({team[best].describe()}): " + "  ".join(f"val {k} {v:.4f}" for k, v in last_val[best].items()))
     echo(f"its run folder: {member_dirs[best]}")
+
+
+def alone(exp: Experiment, member: Member, folder: Path) -> Experiment:
+    """The member's experiment as a run of its own in ``folder`` (where ``craft train FOLDER --resume`` continues it)."""
+    return attrs.evolve(member_experiment(exp, member), name=folder.name, out_dir=str(folder.parent))
 
 
 def _loss_key(metrics: dict[str, float]) -> float:

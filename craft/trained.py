@@ -55,7 +55,7 @@ def load_run(run_dir: Path, checkpoint_name: str = "latest") -> LoadedRun:
     if checkpoint_name == "latest":
         found = checkpoint.load_latest(ckpt_dir, check=checkpoint.check_run_payload)
         if found is None:
-            raise RunError(f"no readable checkpoint in {ckpt_dir}")
+            raise RunError(f"no readable checkpoint in {ckpt_dir}{_unfinished_member(run_dir)}")
         payload = found[1]
     else:
         path = checkpoint_file(run_dir, checkpoint_name)
@@ -287,3 +287,13 @@ def export(run_dir: Path, out: Path, checkpoint_name: str = "latest") -> Path:
     if recipe is not None:
         (out / PREPROCESSING_FILE).write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def _unfinished_member(run_dir: Path) -> str:
+    """What to do when ``run_dir`` is a member of a sweep that has not finished (its members' checkpoints are
+    written at the end; until then one checkpoint in the sweep's folder holds them all, stacked)."""
+    sweep = run_dir.parent.parent
+    if run_dir.parent.name != MEMBERS_DIR or not (sweep / CONFIG_FILE).exists():
+        return ""
+    return (f": a member of the sweep {sweep}, which has not finished (its members get their checkpoints at its end); "
+            f"finish it with craft train {sweep} --resume")

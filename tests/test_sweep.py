@@ -222,6 +222,16 @@ def test_a_sweep_stopped_by_sigterm_resumes_bitwise_to_the_unbroken_sweep(tmp_pa
     with pytest.raises(run.Interrupted, match="interrupted at step 3; checkpoint saved to .*step_00000003.pt"):
         run.train(make("broken"), echo=lambda *a: None)
     monkeypatch.undo()
+    # Stopped, every member is already a run folder (its config, what decodes its outputs, its curves so far),
+    # and asking one for its model says how to get it, not "not a run folder".
+    broken = tmp_path / "runs" / "broken"
+    assert (broken / "loss.png").is_file()
+    for m in ("000", "001"):
+        folder = broken / "members" / m
+        assert load(folder / "config.toml").sweep is None and (folder / "loss.png").is_file()
+        assert json.loads((folder / "classes.json").read_text()) == ["circle", "square", "triangle"]
+    with pytest.raises(run.RunError, match=f"a member of the sweep {broken}, which has not finished .*craft train {broken} --resume"):
+        trained.evaluate(broken / "members" / "000")
     resumed = run.train(make("broken"), resume=True, echo=lambda *a: None)
     for folder in ("", "members/000", "members/001"):
         a, b = (checkpoint.load(checkpoint.step_files(d / folder / "checkpoints")[-1]) for d in (straight, resumed))
