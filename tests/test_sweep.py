@@ -61,6 +61,8 @@ def test_sweep_section_round_trips_and_takes_dotted_overrides(tmp_path):
     assert overridden.sweep == Sweep({"optim.lr": [5e-4, 1e-3]}, seeds=3)
     nested = _exp(tmp_path, "[sweep.optim]\nweight_decay = [0, 0.1]\n")
     assert nested.sweep.values == {"optim.weight_decay": [0.0, 0.1]}
+    # None leaves out the optional table, as for any other: the file's sweep becomes one run
+    assert loads(TINY.format(out=tmp_path) + '[sweep]\nseeds = 2\n', {"sweep": None}).sweep is None
 
 
 @pytest.mark.parametrize(

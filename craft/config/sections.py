@@ -156,8 +156,10 @@ def _sweep_problem(key: str) -> str:
     return unknown_key(key, list(SWEEPABLE)) if not suffixed else f"unknown key; did you mean {suffixed[0]!r}?"
 
 
-def _sweep_hook(c: cattrs.Converter) -> Callable[[Any, Any], Sweep]:
-    def structure(table: Any, _: Any) -> Sweep:
+def _sweep_hook(c: cattrs.Converter) -> Callable[[Any, Any], Sweep | None]:
+    def structure(table: Any, _: Any) -> Sweep | None:
+        if table is None:  # --sweep=None: an optional table left out, one run
+            return None
         if not isinstance(table, Mapping):
             raise Invalid(f"expected a table, got {show(table)}")
         flat = _sweep_keys(table)
