@@ -154,12 +154,16 @@ def step_path(folder: Path, step: int) -> Path:
     return folder / f"step_{step:08d}.pt"
 
 
+def step_number(path: Path) -> int:
+    """The step a ``step_*.pt`` file's name says."""
+    return int(_STEP_FILE.search(path.name).group(1))
+
+
 def step_files(folder: Path) -> list[Path]:
     """The ``step_*.pt`` files of ``folder``, oldest first."""
     if not folder.is_dir():
         return []
-    files = [p for p in folder.iterdir() if _STEP_FILE.search(p.name)]
-    return sorted(files, key=lambda p: int(_STEP_FILE.search(p.name).group(1)))
+    return sorted((p for p in folder.iterdir() if _STEP_FILE.search(p.name)), key=step_number)
 
 
 def load_latest(

@@ -28,7 +28,7 @@ __all__ = [
     "CHECKPOINTS", "CLASSES_FILE", "CONFIG_FILE", "LOCK_FILE", "MARKER_FILE", "RUN_CONTROL", "TOKENIZER_FILE", "WHERE", "Interrupted",
     "RunError", "Start", "check_free", "check_replaceable", "check_resumable", "check_run_dir", "checkpoint_payload", "config_line",
     "data_paths", "fresh_name", "is_run_folder", "is_used", "locked", "prepare_run_dir", "resume_target",
-    "save_checkpoint", "saved_config", "start_or_resume", "write_atomic", "write_data_files",
+    "check_members_not_ahead", "save_checkpoint", "saved_config", "start_or_resume", "write_atomic", "write_data_files",
 ]
 
 # Keys that steer the run but not the arithmetic: a resumed run may change them.
@@ -253,3 +253,21 @@ def early_stopping_progress(
         )
         return {**progress, "stop": "early_stopping"}
     return progress
+
+
+def check_members_not_ahead(run_dir: Path, members_dir: Path) -> None:
+    """Refuse to resume a sweep one of whose members was trained on alone past the sweep's newest checkpoint:
+    resuming would rewrite that member's log from the sweep's step and leave its later checkpoints beside
+    the sweep's. Said before anything is touched."""
+    def newest(folder: Path) -> int:
+        files = checkpoint.step_files(folder / CHECKPOINTS)
+        return checkpoint.step_number(files[-1]) if files else -1
+
+    sweep_step = newest(run_dir)
+    for folder in sorted(p for p in members_dir.glob("*") if p.is_dir()) if members_dir.is_dir() else []:
+        if (step := newest(folder)) > sweep_step:
+            raise RunError(
+                f"cannot resume the sweep: member {folder.name} was trained on alone to step {step}, past the sweep's "
+                f"step {sweep_step}, and resuming would rewrite its log; copy it out first (cp -r {folder} "
+                f"{run_dir.name}-{folder.name}-alone), or go on with it alone (craft train {folder} --resume)"
+            )

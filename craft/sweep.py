@@ -54,8 +54,8 @@ from craft.parts import (
     to_device, trainable_names,
 )
 from craft.rundir import (
-    CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, config_line, fresh_name, locked,
-    prepare_run_dir, save_checkpoint, start_or_resume, write_atomic, write_data_files,
+    CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_members_not_ahead, check_run_dir, checkpoint_payload, config_line,
+    fresh_name, locked, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic, write_data_files,
 )
 from craft.runfolder import MEMBERS_DIR
 from craft.step import TrainState, init_state, make_eval_step
@@ -163,6 +163,8 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
     if note:
         echo(note)
     run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite, echo=echo)
+    if resume:
+        check_members_not_ahead(run_dir, run_dir / MEMBERS_DIR)
     train_data, val_data = build_data(exp, "train"), build_data(exp, "val")
     check_accumulation(exp, train_data)
     exp, notes = fit_schedule(fit_to_data(exp, train_data))

@@ -243,6 +243,19 @@ def test_a_sweep_stopped_by_sigterm_resumes_bitwise_to_the_unbroken_sweep(tmp_pa
     assert strip(straight) == strip(resumed)
 
 
+def test_a_sweep_does_not_resume_over_a_member_trained_on_alone(tmp_path):
+    """Resuming the sweep rewrote such a member's log from the sweep's step, beside its later checkpoint."""
+    exp = _exp(tmp_path, '[sweep]\n"optim.lr" = [3e-3, 1e-2]\n', **{"train.steps": 2, "train.eval_every": 2})
+    run_dir = run.train(exp, echo=lambda *a: None)
+    member = run_dir / "members" / "000"
+    run.train(attrs.evolve(load(member / "config.toml"), train=attrs.evolve(exp.train, steps=4)), resume=True, echo=lambda *a: None)
+    log = (member / "metrics.jsonl").read_text()
+    longer = attrs.evolve(exp, train=attrs.evolve(exp.train, steps=6))
+    with pytest.raises(run.RunError, match="member 000 was trained on alone to step 4, past the sweep's step 2"):
+        run.train(longer, resume=True, echo=lambda *a: None)
+    assert (member / "metrics.jsonl").read_text() == log
+
+
 @pytest.mark.parametrize("on_nonfinite", ["stop", "skip"])
 def test_a_diverging_member_leaves_no_nan_checkpoint_and_the_others_go_on(tmp_path, capsys, on_nonfinite):
     path = tmp_path / "exp.toml"
