@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -207,6 +208,8 @@ def _fit_sweep(exp: Experiment, model, parts, tx: Transform, start, run_dir: Pat
     cfg, (train_data, val_data), task, device = exp.train, data, parts.task, parts.device
     common = dict(inputs=task.inputs, precision=cfg.precision, compile=cfg.compile)
     ensemble_step = make_ensemble_step(model, task.loss, tx, accum_steps=cfg.accum_steps, weight=task.weight, **common)
+    # vmap runs CPU flash attention member by member, as expected here: torch's multi-line note on it is no news to the user
+    warnings.filterwarnings("ignore", "There is a performance drop because we have not yet implemented the batching rule")
     step = guarded(ensemble_step, cfg.on_nonfinite)
     eval_step = make_eval_step(model, task.loss, **common)
     elapsed = hooks.clock(start.progress["elapsed"])
