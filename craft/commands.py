@@ -51,7 +51,7 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
     if Path(config).is_dir() and not resume:
         raise UsageError(f"{config!r} is a folder: add --resume to continue the run there, or give the experiment's .toml")
     # --resume continues the run as it was, with only this command line's overrides on top.
-    exp = resume_target(config, overrides) if resume else load(config, texts=overrides)
+    exp = resume_target(config, overrides, say=lambda line: print(line, file=sys.stderr)) if resume else load(config, texts=overrides)
     if print_config:
         text, notes = printed_config(exp)
         for note in notes:  # what the run would say about the schedule, where the TOML on stdout stays clean

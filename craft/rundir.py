@@ -15,6 +15,7 @@ import attrs
 
 from craft import checkpoint
 from craft.config import load as load_config
+from craft.config import to_dict
 from craft.config import tomllib
 from craft.logging import truncate_metrics
 from craft.words import plural
@@ -141,9 +142,9 @@ def _schedule_length(config: dict[str, Any]) -> Any:
     return schedule
 
 
-def resume_target(config: str | Path, texts: dict[str, str]) -> Any:
+def resume_target(config: str | Path, texts: dict[str, str], say: Callable[[str], None] = print) -> Any:
     """The experiment ``--resume`` continues: the run folder's own ``config.toml`` with only ``texts``
-    (this command line's overrides) on top, not the TOML file again.
+    (this command line's overrides) on top, not the TOML file again (``say`` warns where the file now differs).
 
     ``config`` is the experiment file (its run folder is ``out_dir/name`` after
     ``texts``) or the run folder itself. A run folder moved since keeps its new place.
@@ -162,7 +163,19 @@ def resume_target(config: str | Path, texts: dict[str, str]) -> Any:
         # A run from before the length was recorded: its schedule ran over its own train.steps.
         config_ = attrs.evolve(exp.schedule.config, total_steps=recorded.get("total_steps"))
         exp = attrs.evolve(exp, schedule=attrs.evolve(exp.schedule, config=config_))
+    if not config.is_dir() and (edited := file_differences(to_dict(given), to_dict(exp))):
+        say(f"warning: --resume continues {run_dir / CONFIG_FILE}, not {config} again, which now differs: {edited}; "
+            "change what --resume allows with an override (--train.steps=N), anything else in a new run (--name)")
     return attrs.evolve(exp, out_dir=str(run_dir.parent), name=run_dir.name)
+
+
+def file_differences(given: dict[str, Any], saved: dict[str, Any]) -> str:
+    """Where the experiment file (``given``, resolved) differs from the run's saved config, as the resume refusal
+    says it (first three, and how many in all); keys the file leaves for the run to fill in do not count."""
+    changes = [c for section in sorted((given.keys() | saved.keys()) - WHERE)
+               for c in _changes(section, given.get(section), saved.get(section)) if not c.endswith(", now None")]
+    changes = [c.replace(", now ", ", file ") for c in changes]
+    return "; ".join(changes[:3]) + (f"; ... {len(changes)} in all" if len(changes) > 3 else "")
 
 
 def _no_run(run_dir: Path) -> Any:

@@ -187,6 +187,13 @@ def test_a_renamed_run_folder_resumes(tmp_path, shapes):
     process = craft(str(path), f"--out_dir={tmp_path}", "--name=moved", "--resume", "--train.steps=4")
     assert process.returncode == 0, process.stderr
     assert (tmp_path / "moved" / "checkpoints" / "step_00000004.pt").exists()
+    assert "warning" not in process.stderr  # the file and the command line say what the run was made with
+    # An edited file is not read again by --resume: said, where it was silently ignored (an override is refused)
+    path.write_text(path.read_text().replace("lr = 3e-3", "lr = 5e-2"))
+    edited = craft(str(path), f"--out_dir={tmp_path}", "--name=moved", "--resume", "--train.steps=6")
+    assert edited.returncode == 0, edited.stderr
+    assert (f"warning: --resume continues {tmp_path / 'moved' / 'config.toml'}, not {path} again, which now differs: "
+            "optim.lr: saved 0.003, file 0.05; change what --resume allows with an override") in edited.stderr
 
 
 # -- 9. checkpoints that load but hold the wrong things; long and failed writes ---
