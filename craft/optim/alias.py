@@ -12,9 +12,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from craft.optim.base import Schedule, Transform, chain, scale_by_learning_rate
+from craft.optim.decay import DecayMask, add_decayed_weights
 from craft.optim.transforms import (
-    DecayMask,
-    add_decayed_weights,
     clip_by_global_norm,
     scale_by_adam,
     scale_by_lion,

@@ -41,7 +41,8 @@ from craft.optim import foreach
 from craft.optim.alias import OPTIMIZERS, adamw
 from craft.optim.base import Schedule, Transform, Updates, chain, scale_by_learning_rate
 from craft.optim.combine import partition
-from craft.optim.transforms import DecayMask, add_decayed_weights, clip_by_global_norm
+from craft.optim.decay import DecayMask, add_decayed_weights
+from craft.optim.transforms import clip_by_global_norm
 from craft.tree import Params, zeros_like
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
