@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from torch import Tensor, nn
 
 from craft.optim import foreach
-from craft.optim.base import Transform, Updates, in_range, selection, stateless
+from craft.optim.base import Transform, Updates, in_range, matching, selection, stateless
 from craft.tree import Params
 
 DecayMask = Mapping[str, bool] | Callable[[Params], Mapping[str, bool]]
@@ -67,6 +67,7 @@ def add_decayed_weights(weight_decay: float | Tensor, mask: DecayMask | None = N
             raise ValueError("add_decayed_weights needs params: call update(grads, state, params)")
         if not isinstance(weight_decay, Tensor) and weight_decay == 0:
             return u
+        matching(params, u, "the params", "add_decayed_weights")  # the same names and shapes
         selected = selection(mask_fn, params, "weight decay")
         names = [k for k in u if selected.get(k, False)]
         if not names:

@@ -14,7 +14,17 @@ import torch
 from torch import Tensor
 
 from craft.optim import foreach
-from craft.optim.base import Transform, Updates, device_of, in_range, map_scale, stateless
+from craft.optim.base import (
+    Transform,
+    Updates,
+    device_of,
+    expect_state,
+    flat,
+    in_range,
+    map_scale,
+    matching,
+    stateless,
+)
 from craft.tree import Params, global_norm, zeros_like
 
 
@@ -62,11 +72,12 @@ def trace(momentum: float, nesterov: bool = False) -> Transform:
     in_range("trace", "momentum", momentum)
 
     def init(params: Params) -> TraceState:
-        return TraceState(zeros_like(params))
+        return TraceState(zeros_like(flat(params)))
 
     def update(u: Updates, state: TraceState, params: Params | None = None):
+        expect_state(state, TraceState, "trace")
         names, g = list(u), list(u.values())
-        buf = foreach.add(foreach.mul(list(state.momentum.values()), momentum), g)
+        buf = foreach.add(foreach.mul(matching(state.momentum, u, "the optimizer state", "trace"), momentum), g)
         out = foreach.add(g, buf, alpha=momentum) if nesterov else buf
         return dict(zip(names, out)), TraceState(dict(zip(names, buf)))
 
@@ -94,11 +105,13 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_roo
         return AdamState(count, zeros_like(params), zeros_like(params))
 
     def update(u: Updates, state: AdamState, params: Params | None = None):
+        expect_state(state, AdamState, "scale_by_adam")
         names, g = list(u), list(u.values())
         count = state.count + 1
         t = count.to(torch.float64)  # bias corrections in double, as torch.optim does
-        mu = foreach.lerp(list(state.mu.values()), g, 1 - b1)
-        nu = foreach.addcmul(foreach.mul(list(state.nu.values()), b2), g, g, value=1 - b2)
+        mu = foreach.lerp(matching(state.mu, u, "the optimizer state", "scale_by_adam"), g, 1 - b1)
+        nu = foreach.mul(matching(state.nu, u, "the optimizer state", "scale_by_adam"), b2)
+        nu = foreach.addcmul(nu, g, g, value=1 - b2)
         if eps_root:
             root = foreach.sqrt(foreach.add(foreach.div(nu, 1 - b2**t), eps_root))
         else:  # torch's order of operations, bit for bit
@@ -123,11 +136,13 @@ def scale_by_rms(decay: float = 0.99, eps: float = 1e-8, initial_scale: float = 
     in_range("scale_by_rms", "eps", eps)
 
     def init(params: Params) -> RmsState:
-        return RmsState({k: torch.full_like(p, initial_scale) for k, p in params.items()})
+        return RmsState({k: torch.full_like(p, initial_scale) for k, p in flat(params).items()})
 
     def update(u: Updates, state: RmsState, params: Params | None = None):
+        expect_state(state, RmsState, "scale_by_rms")
         names, g = list(u), list(u.values())
-        nu = foreach.addcmul(foreach.mul(list(state.nu.values()), decay), g, g, value=1 - decay)
+        nu = foreach.mul(matching(state.nu, u, "the optimizer state", "scale_by_rms"), decay)
+        nu = foreach.addcmul(nu, g, g, value=1 - decay)
         out = foreach.div(g, foreach.add(foreach.sqrt(nu), eps))
         return dict(zip(names, out)), RmsState(dict(zip(names, nu)))
 
@@ -140,11 +155,12 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> 
     in_range("scale_by_rss", "eps", eps)
 
     def init(params: Params) -> RmsState:
-        return RmsState({k: torch.full_like(p, initial_accumulator_value) for k, p in params.items()})
+        return RmsState({k: torch.full_like(p, initial_accumulator_value) for k, p in flat(params).items()})
 
     def update(u: Updates, state: RmsState, params: Params | None = None):
+        expect_state(state, RmsState, "scale_by_rss")
         names, g = list(u), list(u.values())
-        nu = foreach.addcmul(list(state.nu.values()), g, g)
+        nu = foreach.addcmul(matching(state.nu, u, "the optimizer state", "scale_by_rss"), g, g)
         out = foreach.div(g, foreach.add(foreach.sqrt(nu), eps))
         return dict(zip(names, out)), RmsState(dict(zip(names, nu)))
 
@@ -159,10 +175,12 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99) -> Transform:
     """Lion (Chen et al. 2023): emits ``sign(b1 * mu + (1 - b1) * g)``, then ``mu = b2 * mu + (1 - b2) * g``."""
 
     def init(params: Params) -> LionState:
-        return LionState(zeros_like(params))
+        return LionState(zeros_like(flat(params)))
 
     def update(u: Updates, state: LionState, params: Params | None = None):
-        names, g, mu = list(u), list(u.values()), list(state.mu.values())
+        expect_state(state, LionState, "scale_by_lion")
+        names, g = list(u), list(u.values())
+        mu = matching(state.mu, u, "the optimizer state", "scale_by_lion")
         out = foreach.sign(foreach.lerp(mu, g, 1 - b1))
         return dict(zip(names, out)), LionState(dict(zip(names, foreach.lerp(mu, g, 1 - b2))))
 
@@ -189,6 +207,7 @@ def add_noise(eta: float, gamma: float, seed: int) -> Transform:
                           torch.tensor(seed & 0x7FFFFFFF, dtype=torch.int64, device=device))
 
     def update(u: Updates, state: NoiseState, params: Params | None = None):
+        expect_state(state, NoiseState, "add_noise")
         count = state.count + 1
         std = torch.sqrt(eta / count.to(torch.float64) ** gamma)
         key = _hash32(state.seed ^ _hash32(count))
