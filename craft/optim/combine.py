@@ -238,8 +238,12 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
 
     After more than ``max_consecutive_errors`` skips in a row the update is
     applied anyway, as optax does (so a run that only diverges does not
-    silently stall).
+    silently stall). ``max_consecutive_errors`` is a whole number >= 0.
     """
+    if isinstance(max_consecutive_errors, bool) or not isinstance(max_consecutive_errors, int) \
+            or max_consecutive_errors < 0:
+        raise ValueError(f"apply_if_finite: max_consecutive_errors must be a whole number >= 0, "
+                         f"got {max_consecutive_errors!r}")
 
     def init(params: Params) -> ApplyIfFiniteState:
         device = device_of(params)

@@ -132,7 +132,7 @@ def scale_by_rms(decay: float = 0.99, eps: float = 1e-8, initial_scale: float = 
     ``eps`` is added after the square root, as ``torch.optim.RMSprop`` does
     (optax adds it inside); ``initial_scale`` is ``nu``'s starting value.
     """
-    in_range("scale_by_rms", "decay", decay)
+    in_range("scale_by_rms", "decay", decay, below=1.0)
     in_range("scale_by_rms", "eps", eps)
 
     def init(params: Params) -> RmsState:
@@ -173,6 +173,8 @@ class LionState(NamedTuple):
 
 def scale_by_lion(b1: float = 0.9, b2: float = 0.99) -> Transform:
     """Lion (Chen et al. 2023): emits ``sign(b1 * mu + (1 - b1) * g)``, then ``mu = b2 * mu + (1 - b2) * g``."""
+    for name, beta in (("b1", b1), ("b2", b2)):
+        in_range("scale_by_lion", name, beta, below=1.0)
 
     def init(params: Params) -> LionState:
         return LionState(zeros_like(flat(params)))
@@ -200,6 +202,7 @@ def add_noise(eta: float, gamma: float, seed: int) -> Transform:
     same eager and compiled, and each vmapped member with its own seed draws
     its own noise. ``seed`` is held in the state as a tensor.
     """
+    in_range("add_noise", "eta", eta)  # a variance: below 0, every update would be NaN
 
     def init(params: Params) -> NoiseState:
         device = device_of(params)
