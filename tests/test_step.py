@@ -9,7 +9,7 @@ import torch
 from conftest import MODELS, batch_for, cross_entropy
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from craft.optim import adamw, sgd
+from craft.optim import adam, adamw, cosine_decay, inject_hyperparams, sgd
 from craft.step import TrainState, init_state, make_eval_step, make_train_step
 
 STEPS = 20
@@ -313,6 +313,32 @@ def test_bf16_autocast_keeps_float32_state():
     assert all(p.dtype == torch.float32 for p in bf16.params.values())
     torch.testing.assert_close(m16["loss"], m32["loss"], atol=2e-2, rtol=2e-2)
     assert not torch.equal(bf16.params["conv1.weight"], fp32.params["conv1.weight"])
+
+
+class _Tempered(torch.nn.Module):
+    """A linear layer with a learned 0-d temperature, a parameter as CLIP's logit scale is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 4)
+        self.temp = torch.nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * self.temp
+
+
+@pytest.mark.parametrize("tx", [adam(1e-2), adamw(1e-2), sgd(cosine_decay(0.1, total_steps=10)),
+                                inject_hyperparams(sgd, learning_rate=0.1)], ids=["adam", "adamw", "sgd_cosine", "inject"])
+def test_a_0d_parameter_stays_float32_step_after_step(tx):
+    """A 0-d float64 factor (bias correction, schedule value) times a 0-d float32 update was float64:
+    the second step refused the state as moved ("the optimizer state of 'temp' is float32 ...")."""
+    torch.manual_seed(0)  # the same model every run, so a failure reproduces
+    model = _Tempered()
+    batch = {"input": torch.randn(16, 8), "target": torch.randint(0, 4, (16,))}
+    step, state = make_train_step(model, cross_entropy, tx, compile=False), init_state(model, tx)
+    for _ in range(2):
+        state, _ = step(state, batch)
+    assert state.params["temp"].dtype == torch.float32 and state.params["temp"].ndim == 0
 
 
 def test_frozen_parameters_are_not_trained():

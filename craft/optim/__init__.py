@@ -34,6 +34,7 @@ from craft.optim.combine import (
     partition,
     set_to_zero,
 )
+from craft.optim.decay import add_decayed_weights, decay_mask_from_module, default_decay_mask
 from craft.optim.groups import Group, clip_trained, decay_all, group_labels, param_groups
 from craft.optim.muon import MuonState, muon, newton_schulz, orthogonalize, scale_by_muon
 from craft.optim.hyperparams import InjectState, get_hyperparams, inject_hyperparams, set_hyperparams
@@ -52,12 +53,9 @@ from craft.optim.transforms import (
     NoiseState,
     RmsState,
     TraceState,
-    add_decayed_weights,
     add_noise,
     clip,
     clip_by_global_norm,
-    decay_mask_from_module,
-    default_decay_mask,
     scale_by_adam,
     scale_by_lion,
     scale_by_rms,

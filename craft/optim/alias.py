@@ -3,8 +3,11 @@
 Every entry of ``OPTIMIZERS`` is a factory ``f(learning_rate, **options)``
 returning a ``Transform``; ``learning_rate`` is a float or a ``Schedule``.
 ``clip_norm`` clips the global gradient norm first, as ``clip_grad_norm_``
-before ``optimizer.step()`` does. Options left at their neutral value add no
-transform (and no state) to the chain.
+before ``optimizer.step()`` does. ``weight_decay`` falls on the parameters
+``mask`` selects: by default matrices and convolution kernels only
+(``default_decay_mask``), where a ``torch.optim`` optimizer decays all it
+holds. Options left at their neutral value add no transform (and no state)
+to the chain.
 """
 
 from __future__ import annotations
@@ -12,9 +15,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from craft.optim.base import Schedule, Transform, chain, scale_by_learning_rate
+from craft.optim.decay import DecayMask, add_decayed_weights
 from craft.optim.transforms import (
-    DecayMask,
-    add_decayed_weights,
     clip_by_global_norm,
     scale_by_adam,
     scale_by_lion,
@@ -46,7 +48,12 @@ def sgd(
     mask: DecayMask | None = None,
     clip_norm: float | None = None,
 ) -> Transform:
-    """``torch.optim.SGD``: L2 weight decay (masked) folded into the gradient, then momentum."""
+    """``torch.optim.SGD``: L2 weight decay (masked) folded into the gradient, then momentum.
+
+    Unlike torch's, its ``weight_decay`` spares biases, norm scales, embeddings and every
+    other parameter under 2-D (``default_decay_mask``); to decay all, as torch does, pass
+    ``mask=lambda p: dict.fromkeys(p, True)``.
+    """
     if nesterov and momentum <= 0:
         raise ValueError("sgd: nesterov needs momentum > 0")
     return chain(
@@ -68,7 +75,12 @@ def adam(
     mask: DecayMask | None = None,
     clip_norm: float | None = None,
 ) -> Transform:
-    """``torch.optim.Adam``: L2 weight decay (masked) enters the moments."""
+    """``torch.optim.Adam``: L2 weight decay (masked) enters the moments.
+
+    Unlike torch's, its ``weight_decay`` spares biases, norm scales, embeddings and every
+    other parameter under 2-D (``default_decay_mask``); to decay all, as torch does, pass
+    ``mask=lambda p: dict.fromkeys(p, True)``.
+    """
     return chain(
         *_clip(clip_norm),
         *_decay(weight_decay, mask),
@@ -90,8 +102,9 @@ def adamw(
 ) -> Transform:
     """``torch.optim.AdamW``: decoupled weight decay, scaled by the learning rate.
 
-    Unlike torch's default, biases, norm scales and embeddings are not decayed
-    unless ``mask`` says so (see ``default_decay_mask``).
+    Unlike torch's, its ``weight_decay`` spares biases, norm scales, embeddings and every
+    other parameter under 2-D (``default_decay_mask``); to decay all, as torch does, pass
+    ``mask=lambda p: dict.fromkeys(p, True)``.
     """
     return chain(
         *_clip(clip_norm),
@@ -134,7 +147,12 @@ def rmsprop(
     mask: DecayMask | None = None,
     clip_norm: float | None = None,
 ) -> Transform:
-    """``torch.optim.RMSprop`` (``alpha`` is ``decay``; not centered): L2 decay, RMS scaling, momentum."""
+    """``torch.optim.RMSprop`` (``alpha`` is ``decay``; not centered): L2 decay, RMS scaling, momentum.
+
+    Unlike torch's, its ``weight_decay`` spares biases, norm scales, embeddings and every
+    other parameter under 2-D (``default_decay_mask``); to decay all, as torch does, pass
+    ``mask=lambda p: dict.fromkeys(p, True)``.
+    """
     return chain(
         *_clip(clip_norm),
         *_decay(weight_decay, mask),
@@ -154,7 +172,12 @@ def adagrad(
     mask: DecayMask | None = None,
     clip_norm: float | None = None,
 ) -> Transform:
-    """``torch.optim.Adagrad`` (without ``lr_decay``; use a schedule): L2 decay, then RSS scaling."""
+    """``torch.optim.Adagrad`` (without ``lr_decay``; use a schedule): L2 decay, then RSS scaling.
+
+    Unlike torch's, its ``weight_decay`` spares biases, norm scales, embeddings and every
+    other parameter under 2-D (``default_decay_mask``); to decay all, as torch does, pass
+    ``mask=lambda p: dict.fromkeys(p, True)``.
+    """
     return chain(
         *_clip(clip_norm),
         *_decay(weight_decay, mask),

@@ -23,6 +23,7 @@ hyperparameter tensor).
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -53,9 +54,13 @@ def chain(*transforms: Transform) -> Transform:
     """
 
     def init(params: Params) -> OptState:
+        flat(params)
         return tuple(tx.init(params) for tx in transforms)
 
     def update(updates: Updates, state: OptState, params: Params | None = None):
+        if not isinstance(state, (tuple, list)) or hasattr(state, "_fields") or len(state) != len(transforms):
+            raise TypeError(f"this chain of {len(transforms)} transforms got {state_name(state)} as its state: "
+                            "pass the state that its own init returned")
         new_state = []
         # A user's transform may call torch._foreach_* directly: under vmap/grad those run per tensor too.
         with foreach.per_tensor_when_needed(updates, params):
@@ -68,15 +73,21 @@ def chain(*transforms: Transform) -> Transform:
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:
-    """``params + updates``, leaf by leaf (one multi-tensor kernel)."""
-    names = list(params)
-    new = foreach.add(list(params.values()), [updates[k] for k in names])
-    return dict(zip(names, new))
+    """``params + updates``, leaf by leaf (one multi-tensor kernel); every leaf keeps its param's dtype."""
+    new = dict(zip(updates, foreach.add(matching(params, updates, "the params", "apply_updates"),
+                                        list(updates.values()))))
+    return {k: new[k] for k in params}
 
 
 def stateless(fn: Callable[[Updates, Params | None], Updates]) -> Transform:
     """A transform without state: ``update(u, state, params) = (fn(u, params), state)``; its state is ``()``."""
-    return Transform(lambda params: (), lambda u, state, params=None: (fn(u, params), state))
+
+    def init(params: Params | None) -> OptState:
+        if params is not None:  # a stateless transform needs no params; a nested dict is still a mistake
+            flat(params)
+        return ()
+
+    return Transform(init, lambda u, state, params=None: (fn(u, params), state))
 
 
 def identity() -> Transform:
@@ -104,6 +115,7 @@ def scale_by_schedule(schedule: Schedule) -> Transform:
         return ScheduleState(torch.zeros((), dtype=torch.int64, device=device_of(params)))
 
     def update(u: Updates, state: ScheduleState, params: Params | None = None):
+        expect_state(state, ScheduleState, "scale_by_schedule")
         return map_scale(u, schedule(state.count)), ScheduleState(state.count + 1)
 
     return Transform(init, update)
@@ -112,10 +124,13 @@ def scale_by_schedule(schedule: Schedule) -> Transform:
 def in_range(where: str, name: str, value: Any, low: float = 0.0, below: float | None = None) -> None:
     """``low <= value`` (``< below``), as torch.optim checks its options; else a ValueError naming it.
 
-    0-d tensors and schedules (values chosen at run time: ``inject_hyperparams``) are not checked.
+    0-d tensors and schedules (values chosen at run time: ``inject_hyperparams``) are not checked;
+    anything else that is not a number is a TypeError.
     """
     if isinstance(value, Tensor) or callable(value):
         return
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {name} must be a number, got {value!r}")
     if not (value >= low and (below is None or value < below)):  # NaN fails too
         rule = f">= {low:g}" if below is None else f"in [{low:g}, {below:g})"
         raise ValueError(f"{where}: {name} must be {rule}, got {value}")
@@ -123,6 +138,8 @@ def in_range(where: str, name: str, value: Any, low: float = 0.0, below: float |
 
 def scale_by_learning_rate(learning_rate: float | Tensor | Schedule) -> Transform:
     """Multiply updates by ``-learning_rate`` (a constant, a 0-d tensor or a schedule): descent."""
+    if not isinstance(learning_rate, (numbers.Real, Tensor)) and not callable(learning_rate):
+        raise TypeError(f"optimizer: lr must be a number or a schedule, got {learning_rate!r}")
     in_range("optimizer", "learning rate", learning_rate)
     if callable(learning_rate):
         return scale_by_schedule(lambda count: -learning_rate(count))
@@ -138,7 +155,75 @@ def map_scale(u: Updates, factor: float | Tensor) -> Updates:
 
 def device_of(params: Params) -> torch.device | None:
     """The device of the first leaf (``None`` for an empty tree): where a transform puts its counters."""
-    return next(iter(params.values())).device if params else None
+    return next(iter(flat(params).values())).device if params else None
+
+
+def flat(params: Params, what: str = "params") -> Params:
+    """``params`` itself, a flat ``{name: Tensor}`` dict; anything else is a TypeError naming the fix.
+
+    Checked where a state is made (``init``): the update then reads its state by the same names.
+    """
+    if not isinstance(params, Mapping):
+        raise TypeError(f"{what} must be a flat {{name: Tensor}} dict, as dict(model.named_parameters()) gives, "
+                        f"got {type(params).__name__}")
+    for name, leaf in params.items():
+        if not isinstance(leaf, Tensor):
+            inner = f"; name its leaves {name}.<key>" if isinstance(leaf, Mapping) else ""
+            raise TypeError(f"{what} must be a flat {{name: Tensor}} dict keyed by dotted names (craft.tree "
+                            f"flattens modules by dotted name, as dict(model.named_parameters()) gives), but "
+                            f"{name!r} holds a {type(leaf).__name__}{inner}")
+    return params
+
+
+def matching(tree: Params, u: Updates, what: str, where: str) -> list[Tensor]:
+    """``tree``'s leaves (``what``: ``"the optimizer state"`` or ``"the params"``) in the order of ``u``'s
+    names, read by name.
+
+    A name missing on either side, or a leaf whose shape is not its update's,
+    is a ValueError naming it: read by position, a reordered dict would mix
+    leaves and a ``(3,)`` update would broadcast over a ``(3, 3)`` leaf. Names
+    and shapes are static, so the check costs a compiled step nothing.
+    """
+    if tree.keys() != u.keys():
+        flat(u, "the gradients")  # a nested dict says so first
+        raise ValueError(_mismatch(tree, u, what, where))
+    leaves = [tree[k] for k in u]
+    if any(not isinstance(g, Tensor) or t.shape != g.shape for g, t in zip(u.values(), leaves)):
+        flat(u, "the gradients")
+        name = next(k for k, t in zip(u, leaves) if t.shape != u[k].shape)
+        raise ValueError(f"{where}: the update of {name!r} has shape {tuple(u[name].shape)} but {what} "
+                         f"{'holds' if 'state' in what else 'hold'} {tuple(tree[name].shape)} for it: gradients, "
+                         "params and optimizer state must come from the same model")
+    return leaves
+
+
+def _mismatch(tree: Params, u: Updates, what: str, where: str) -> str:
+    names = lambda ks: ", ".join(map(repr, list(ks)[:6])) + (", ..." if len(ks) > 6 else "")  # noqa: E731
+    missing, extra = [k for k in u if k not in tree], [k for k in tree if k not in u]
+    state, grads = "state" in what, "the updates" if where == "apply_updates" else "the gradients"
+    fix = "init it from these params" if state else f"pass the params and {grads} of one model, by the same names"
+    if missing:
+        whose = f"it was built for {names(tree)}" if state else f"they hold {names(tree)}"
+        return f"{where}: {what} {'has' if state else 'have'} no entry for {missing[0]!r} ({whose}): {fix}"
+    return (f"{where}: {what} {'has' if state else 'have'} entries {grads} lack: {names(extra)} "
+            f"({grads} name {names(u)}): {fix}, or give every parameter a gradient")
+
+
+def expect_state(state: Any, kind: type, where: str) -> None:
+    """A TypeError naming both types unless ``state`` is a ``kind``: the state of another optimizer."""
+    if not isinstance(state, kind):
+        raise TypeError(f"{where} expected a {kind.__name__} as its state, got {state_name(state)}: "
+                        "pass the state that this optimizer's own init returned")
+
+
+def state_name(state: Any) -> str:
+    """``an AdamState``, ``a tuple of 2 states (AdamState, ())``: what a state is, for an error message."""
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return f"{'an' if type(state).__name__[0] in 'AEIOU' else 'a'} {type(state).__name__}"
+    if isinstance(state, (tuple, list)):
+        kinds = ("()" if isinstance(s, tuple) and not s else type(s).__name__ for s in state)
+        return f"a {type(state).__name__} of {len(state)} states ({', '.join(kinds)})"
+    return f"a {type(state).__name__}"
 
 
 def selection(mask: Any, params: Params, where: str) -> Any:

@@ -22,7 +22,17 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 from craft.optim import foreach
-from craft.optim.base import OptState, Transform, Updates, device_of, selection, stateless
+from craft.optim.base import (
+    OptState,
+    Transform,
+    Updates,
+    device_of,
+    expect_state,
+    flat,
+    matching,
+    selection,
+    stateless,
+)
 from craft.tree import Params, zeros_like
 
 Mask = Mapping[str, bool] | Callable[[Params], Mapping[str, bool]]
@@ -64,10 +74,11 @@ def partition(transforms: Mapping[str, Transform], labels: Labels) -> Transform:
         return {label: {k: v for k, v in tree.items() if of[k] == label} for label in transforms}
 
     def init(params: Params) -> PartitionState:
-        groups = split(params, _label_of(labels, list(params), transforms))
+        groups = split(flat(params), _label_of(labels, list(params), transforms))
         return PartitionState({label: tx.init(groups[label]) for label, tx in transforms.items()})
 
     def update(u: Updates, state: PartitionState, params: Params | None = None):
+        expect_state(state, PartitionState, "partition")
         of = _label_of(labels, list(u), transforms)
         groups, param_groups = split(u, of), split(params, of) if params is not None else {}
         out, new_state = {}, {}
@@ -95,9 +106,10 @@ def masked(inner: Transform, mask: Mask) -> Transform:
         return {k: v for k, v in tree.items() if chosen.get(k, False)}
 
     def init(params: Params) -> MaskedState:
-        return MaskedState(inner.init(selected(params, params)))
+        return MaskedState(inner.init(selected(flat(params), params)))
 
     def update(u: Updates, state: MaskedState, params: Params | None = None):
+        expect_state(state, MaskedState, "masked")
         if callable(mask) and params is None:
             raise ValueError("masked with a mask function needs params: call update(grads, state, params)")
         sub = selected(u, params if params is not None else u)
@@ -128,8 +140,10 @@ def multi_steps(inner: Transform, every_k: int) -> Transform:
                                zeros_like(params), inner.init(params))
 
     def update(u: Updates, state: MultiStepsState, params: Params | None = None):
+        expect_state(state, MultiStepsState, "multi_steps")
         names = list(u)
-        acc = dict(zip(names, foreach.add([state.acc[k] for k in names], list(u.values()))))
+        acc = foreach.add(matching(state.acc, u, "the optimizer state", "multi_steps"), list(u.values()))
+        acc = dict(zip(names, acc))
         final = state.mini_step + 1 >= every_k
         mean = dict(zip(names, foreach.div(list(acc.values()), float(every_k))))
         new, inner_state = inner.update(mean, state.inner, params)
@@ -165,12 +179,13 @@ def lookahead(inner: Transform, sync_period: int, alpha: float) -> Transform:
     def update(u: Updates, state: LookaheadState, params: Params | None = None):
         if params is None:
             raise ValueError("lookahead needs params: call update(grads, state, params)")
+        expect_state(state, LookaheadState, "lookahead")
         fast_u, inner_state = inner.update(u, state.inner, params)
         count = state.count + 1
         sync = count % sync_period == 0
         names = list(fast_u)
-        fast = foreach.add([params[k] for k in names], list(fast_u.values()))
-        slow = foreach.lerp([state.slow[k] for k in names], fast, alpha)
+        fast = foreach.add(matching(params, fast_u, "the params", "lookahead"), list(fast_u.values()))
+        slow = foreach.lerp(matching(state.slow, fast_u, "the optimizer state", "lookahead"), fast, alpha)
         out = {k: torch.where(sync, s - params[k], v) for k, s, v in zip(names, slow, fast_u.values())}
         new_slow = {k: torch.where(sync, s, state.slow[k]) for k, s in zip(names, slow)}
         return out, LookaheadState(count, new_slow, inner_state)
@@ -203,9 +218,10 @@ def ema(decay: float) -> Transform:
     def update(u: Updates, state: EmaState, params: Params | None = None):
         if params is None:
             raise ValueError("ema needs params: call update(grads, state, params)")
+        expect_state(state, EmaState, "ema")
         names = list(u)
-        new = foreach.add([params[k] for k in names], list(u.values()))
-        avg = foreach.lerp([state.params[k] for k in names], new, 1 - decay)
+        new = foreach.add(matching(params, u, "the params", "ema"), list(u.values()))
+        avg = foreach.lerp(matching(state.params, u, "the optimizer state", "ema"), new, 1 - decay)
         return u, EmaState(state.count + 1, dict(zip(names, avg)))
 
     return Transform(init, update)
@@ -223,8 +239,12 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
 
     After more than ``max_consecutive_errors`` skips in a row the update is
     applied anyway, as optax does (so a run that only diverges does not
-    silently stall).
+    silently stall). ``max_consecutive_errors`` is a whole number >= 0.
     """
+    if isinstance(max_consecutive_errors, bool) or not isinstance(max_consecutive_errors, int) \
+            or max_consecutive_errors < 0:
+        raise ValueError(f"apply_if_finite: max_consecutive_errors must be a whole number >= 0, "
+                         f"got {max_consecutive_errors!r}")
 
     def init(params: Params) -> ApplyIfFiniteState:
         device = device_of(params)
@@ -232,6 +252,7 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int) -> Transform:
         return ApplyIfFiniteState(zero(), torch.ones((), dtype=torch.bool, device=device), zero(), inner.init(params))
 
     def update(u: Updates, state: ApplyIfFiniteState, params: Params | None = None):
+        expect_state(state, ApplyIfFiniteState, "apply_if_finite")
         finite = torch.stack([torch.isfinite(g).all() for g in u.values()]).all() if u else torch.tensor(True)
         new, inner_state = inner.update(u, state.inner, params)
         apply = finite | (state.notfinite_count >= max_consecutive_errors)

@@ -14,6 +14,10 @@ list. It picks one of two implementations on each call:
   ``_foreach_mul(list, tensor)`` with respect to the 0-d tensor is broken
   (pytorch/pytorch#144580); one op per tensor has neither problem.
 
+Each result has the dtype of its tensor in the first operand (``own_dtypes``),
+as an in-place op would leave it: torch alone promotes a 0-d float32 update
+times a 0-d float64 factor to float64.
+
 While ``torch.compile`` traces, the fast path is always taken (dynamo
 cannot query the functorch level): compile a function that vmaps or
 differentiates an optimizer by tracing it with ``make_fx`` first, as
@@ -74,10 +78,23 @@ def _dispatch(fast: Callable, slow: Callable, *args: Any, **kwargs: Any) -> list
     if not args[0]:  # an empty group (a label or mask that selects no leaf): torch's foreach ops refuse []
         return []
     if per_tensor_path(*args):
-        return [slow(*xs, **kwargs) for xs in _columns(args)]
+        return own_dtypes([slow(*xs, **kwargs) for xs in _columns(args)], args)
     if torch.compiler.is_compiling():
         args = tuple(computed_once(a) for a in args)
-    return list(fast(*args, **kwargs))
+    return own_dtypes(list(fast(*args, **kwargs)), args)
+
+
+def own_dtypes(out: list[Tensor], args: tuple) -> list[Tensor]:
+    """Each result in the dtype of its tensor in ``args[0]``, as an in-place op would leave it.
+
+    torch promotes a 0-d tensor times a 0-d float64 one (a schedule's value,
+    Adam's bias correction) to float64, and any tensor with a list of wider
+    ones: a 0-d float32 parameter would become float64 after one step. A
+    check of dtypes is static: it costs a compiled step nothing.
+    """
+    if all(isinstance(a, (int, float)) for a in args[1:]):  # a Python scalar never promotes a float tensor
+        return out
+    return [o if o.dtype == x.dtype else o.to(x.dtype) for o, x in zip(out, args[0])]
 
 
 def computed_once(x: Any) -> Any:

@@ -39,9 +39,19 @@ from torch import Tensor
 
 from craft.optim import foreach
 from craft.optim.alias import OPTIMIZERS, adamw
-from craft.optim.base import Schedule, Transform, Updates, chain, scale_by_learning_rate
+from craft.optim.base import (
+    Schedule,
+    Transform,
+    Updates,
+    chain,
+    expect_state,
+    flat,
+    matching,
+    scale_by_learning_rate,
+)
 from craft.optim.combine import partition
-from craft.optim.transforms import DecayMask, add_decayed_weights, clip_by_global_norm
+from craft.optim.decay import DecayMask, add_decayed_weights
+from craft.optim.transforms import clip_by_global_norm
 from craft.tree import Params, zeros_like
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -109,11 +119,12 @@ def scale_by_muon(
         raise ValueError(f"muon: momentum must be in [0, 1), got {momentum}")
 
     def init(params: Params) -> MuonState:
-        return MuonState(zeros_like(params))
+        return MuonState(zeros_like(flat(params)))
 
     def update(u: Updates, state: MuonState, params: Params | None = None):
+        expect_state(state, MuonState, "scale_by_muon")
         names, g = list(u), list(u.values())
-        buf = foreach.lerp([state.momentum[k] for k in names], g, 1 - momentum)
+        buf = foreach.lerp(matching(state.momentum, u, "the optimizer state", "scale_by_muon"), g, 1 - momentum)
         direction = foreach.lerp(g, buf, momentum) if nesterov else buf
         return orthogonalize(dict(zip(names, direction)), ns_steps, bf16, scale_rule), MuonState(dict(zip(names, buf)))
 
@@ -182,7 +193,7 @@ def muon(
         return partition({k: tx for k, tx in txs.items() if k in labels.values()}, labels)
 
     def init(params: Params):
-        return split(params).init(params)
+        return split(flat(params)).init(params)
 
     def update(u: Updates, state, params: Params | None = None):
         return split(u).update(u, state, params)

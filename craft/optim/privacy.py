@@ -24,8 +24,10 @@ from craft.tree import Params
 def per_example_norms(grads: Params) -> Tensor:
     """``(B,)``: the global L2 norm of each example's gradient, over all leaves ``(B, ...)``."""
     # At least float32 (bf16 grads), never less than the grads' own precision: the
-    # clipping bound must hold in the dtype the caller checks it in.
-    squares = [g.flatten(1).to(torch.promote_types(g.dtype, torch.float32)).square().sum(1) for g in grads.values()]
+    # clipping bound must hold in the dtype the caller checks it in. reshape, not flatten(1): a 0-d
+    # parameter's per-example gradients are (B,).
+    wide = [g.reshape(len(g), -1).to(torch.promote_types(g.dtype, torch.float32)) for g in grads.values()]
+    squares = [g.square().sum(1) for g in wide]
     return torch.stack(squares).sum(0).sqrt()
 
 

@@ -1,4 +1,4 @@
-"""Gradient transforms: clipping, momentum, moment estimates, sign, weight decay, noise.
+"""Gradient transforms: clipping, momentum, moment estimates, sign, noise.
 
 Each returns a ``Transform``; ``craft.optim.alias`` composes them into the
 usual optimizers. All arithmetic is multi-tensor (``craft.optim.foreach``:
@@ -8,15 +8,23 @@ branch-free, so a compiled step has no graph break and no host sync.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from craft.optim import foreach
-from craft.optim.base import Transform, Updates, device_of, in_range, map_scale, selection, stateless
+from craft.optim.base import (
+    Transform,
+    Updates,
+    device_of,
+    expect_state,
+    flat,
+    in_range,
+    map_scale,
+    matching,
+    stateless,
+)
 from craft.tree import Params, global_norm, zeros_like
 
 
@@ -64,11 +72,12 @@ def trace(momentum: float, nesterov: bool = False) -> Transform:
     in_range("trace", "momentum", momentum)
 
     def init(params: Params) -> TraceState:
-        return TraceState(zeros_like(params))
+        return TraceState(zeros_like(flat(params)))
 
     def update(u: Updates, state: TraceState, params: Params | None = None):
+        expect_state(state, TraceState, "trace")
         names, g = list(u), list(u.values())
-        buf = foreach.add(foreach.mul(list(state.momentum.values()), momentum), g)
+        buf = foreach.add(foreach.mul(matching(state.momentum, u, "the optimizer state", "trace"), momentum), g)
         out = foreach.add(g, buf, alpha=momentum) if nesterov else buf
         return dict(zip(names, out)), TraceState(dict(zip(names, buf)))
 
@@ -96,11 +105,13 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_roo
         return AdamState(count, zeros_like(params), zeros_like(params))
 
     def update(u: Updates, state: AdamState, params: Params | None = None):
+        expect_state(state, AdamState, "scale_by_adam")
         names, g = list(u), list(u.values())
         count = state.count + 1
         t = count.to(torch.float64)  # bias corrections in double, as torch.optim does
-        mu = foreach.lerp(list(state.mu.values()), g, 1 - b1)
-        nu = foreach.addcmul(foreach.mul(list(state.nu.values()), b2), g, g, value=1 - b2)
+        mu = foreach.lerp(matching(state.mu, u, "the optimizer state", "scale_by_adam"), g, 1 - b1)
+        nu = foreach.mul(matching(state.nu, u, "the optimizer state", "scale_by_adam"), b2)
+        nu = foreach.addcmul(nu, g, g, value=1 - b2)
         if eps_root:
             root = foreach.sqrt(foreach.add(foreach.div(nu, 1 - b2**t), eps_root))
         else:  # torch's order of operations, bit for bit
@@ -121,15 +132,17 @@ def scale_by_rms(decay: float = 0.99, eps: float = 1e-8, initial_scale: float = 
     ``eps`` is added after the square root, as ``torch.optim.RMSprop`` does
     (optax adds it inside); ``initial_scale`` is ``nu``'s starting value.
     """
-    in_range("scale_by_rms", "decay", decay)
+    in_range("scale_by_rms", "decay", decay, below=1.0)
     in_range("scale_by_rms", "eps", eps)
 
     def init(params: Params) -> RmsState:
-        return RmsState({k: torch.full_like(p, initial_scale) for k, p in params.items()})
+        return RmsState({k: torch.full_like(p, initial_scale) for k, p in flat(params).items()})
 
     def update(u: Updates, state: RmsState, params: Params | None = None):
+        expect_state(state, RmsState, "scale_by_rms")
         names, g = list(u), list(u.values())
-        nu = foreach.addcmul(foreach.mul(list(state.nu.values()), decay), g, g, value=1 - decay)
+        nu = foreach.mul(matching(state.nu, u, "the optimizer state", "scale_by_rms"), decay)
+        nu = foreach.addcmul(nu, g, g, value=1 - decay)
         out = foreach.div(g, foreach.add(foreach.sqrt(nu), eps))
         return dict(zip(names, out)), RmsState(dict(zip(names, nu)))
 
@@ -142,11 +155,12 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> 
     in_range("scale_by_rss", "eps", eps)
 
     def init(params: Params) -> RmsState:
-        return RmsState({k: torch.full_like(p, initial_accumulator_value) for k, p in params.items()})
+        return RmsState({k: torch.full_like(p, initial_accumulator_value) for k, p in flat(params).items()})
 
     def update(u: Updates, state: RmsState, params: Params | None = None):
+        expect_state(state, RmsState, "scale_by_rss")
         names, g = list(u), list(u.values())
-        nu = foreach.addcmul(list(state.nu.values()), g, g)
+        nu = foreach.addcmul(matching(state.nu, u, "the optimizer state", "scale_by_rss"), g, g)
         out = foreach.div(g, foreach.add(foreach.sqrt(nu), eps))
         return dict(zip(names, out)), RmsState(dict(zip(names, nu)))
 
@@ -159,12 +173,16 @@ class LionState(NamedTuple):
 
 def scale_by_lion(b1: float = 0.9, b2: float = 0.99) -> Transform:
     """Lion (Chen et al. 2023): emits ``sign(b1 * mu + (1 - b1) * g)``, then ``mu = b2 * mu + (1 - b2) * g``."""
+    for name, beta in (("b1", b1), ("b2", b2)):
+        in_range("scale_by_lion", name, beta, below=1.0)
 
     def init(params: Params) -> LionState:
-        return LionState(zeros_like(params))
+        return LionState(zeros_like(flat(params)))
 
     def update(u: Updates, state: LionState, params: Params | None = None):
-        names, g, mu = list(u), list(u.values()), list(state.mu.values())
+        expect_state(state, LionState, "scale_by_lion")
+        names, g = list(u), list(u.values())
+        mu = matching(state.mu, u, "the optimizer state", "scale_by_lion")
         out = foreach.sign(foreach.lerp(mu, g, 1 - b1))
         return dict(zip(names, out)), LionState(dict(zip(names, foreach.lerp(mu, g, 1 - b2))))
 
@@ -184,6 +202,7 @@ def add_noise(eta: float, gamma: float, seed: int) -> Transform:
     same eager and compiled, and each vmapped member with its own seed draws
     its own noise. ``seed`` is held in the state as a tensor.
     """
+    in_range("add_noise", "eta", eta)  # a variance: below 0, every update would be NaN
 
     def init(params: Params) -> NoiseState:
         device = device_of(params)
@@ -191,6 +210,7 @@ def add_noise(eta: float, gamma: float, seed: int) -> Transform:
                           torch.tensor(seed & 0x7FFFFFFF, dtype=torch.int64, device=device))
 
     def update(u: Updates, state: NoiseState, params: Params | None = None):
+        expect_state(state, NoiseState, "add_noise")
         count = state.count + 1
         std = torch.sqrt(eta / count.to(torch.float64) ** gamma)
         key = _hash32(state.seed ^ _hash32(count))
@@ -219,68 +239,3 @@ def hashed_normal(key: Tensor, like: Tensor) -> Tensor:
     u1 = (a.to(torch.float64) + 1) / (_M32 + 2)  # in (0, 1): log is finite
     u2 = b.to(torch.float64) / (_M32 + 1)
     return torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)
-
-
-DecayMask = Mapping[str, bool] | Callable[[Params], Mapping[str, bool]]
-
-_EMBEDDING_NAMES = ("wte", "wpe")
-
-
-def embedding_name(module: str) -> bool:
-    """Whether a module path names an embedding: a word of it (split at anything not a letter)
-    starts with ``emb`` (``tok_emb``, ``embed``, ``embeddings.0``) or is ``wte`` or ``wpe``.
-    Words only: ``members`` or ``remember`` hold ``emb`` but are not embeddings."""
-    return any(w.startswith("emb") or w in _EMBEDDING_NAMES for w in re.split(r"[^a-z]+", module.lower()))
-
-
-def default_decay_mask(params: Params) -> dict[str, bool]:
-    """Decay matrices and conv kernels; not biases, norm scales or embeddings.
-
-    Judged from the tree alone: a leaf decays if it has 2+ dims and its module
-    path does not name an embedding (``embedding_name``). Use
-    ``decay_mask_from_module`` where module types should decide instead.
-    """
-    return {name: p.ndim >= 2 and not embedding_name(name.rpartition(".")[0]) for name, p in params.items()}
-
-
-def decay_mask_from_module(model: nn.Module) -> dict[str, bool]:
-    """Decay the weights of ``Linear`` and convolution modules and nothing else."""
-    decayed = (nn.Linear, nn.modules.conv._ConvNd)
-    mask = {}
-    for mod_name, module in model.named_modules():
-        for p_name, _ in module.named_parameters(recurse=False):
-            full = f"{mod_name}.{p_name}" if mod_name else p_name
-            mask[full] = isinstance(module, decayed) and p_name == "weight"
-    return mask
-
-
-def add_decayed_weights(weight_decay: float | Tensor, mask: DecayMask | None = None) -> Transform:
-    """Add ``weight_decay * param`` to the updates of the leaves ``mask`` selects.
-
-    Placed after ``scale_by_adam`` and before the learning rate, this is
-    AdamW's decoupled decay; placed before, it is classic L2 (``SGD``, ``Adam``).
-    ``mask`` is a ``{name: bool}`` mapping or a function of the params giving one;
-    the default is ``default_decay_mask``. ``weight_decay`` may be a 0-d tensor
-    (a hyperparameter held in the state, see ``inject_hyperparams``).
-    """
-    in_range("add_decayed_weights", "weight_decay", weight_decay)
-    mask_fn = mask if callable(mask) else (lambda params: mask) if mask is not None else default_decay_mask
-
-    def decay(u: Updates, params: Params | None) -> Updates:
-        if params is None:
-            raise ValueError("add_decayed_weights needs params: call update(grads, state, params)")
-        if not isinstance(weight_decay, Tensor) and weight_decay == 0:
-            return u
-        selected = selection(mask_fn, params, "weight decay")
-        names = [k for k in u if selected.get(k, False)]
-        if not names:
-            return u
-        decaying = [params[k] for k in names]
-        if isinstance(weight_decay, Tensor):  # `alpha` takes only Python numbers
-            decaying, alpha = foreach.mul(decaying, weight_decay), 1
-        else:
-            alpha = weight_decay
-        decayed = foreach.add([u[k] for k in names], decaying, alpha=alpha)
-        return {**u, **dict(zip(names, decayed))}
-
-    return stateless(decay)

@@ -318,7 +318,12 @@ def test_jvp_and_jacrev_through_an_optimizer_agree():
         (lambda: adamw(1e-3, b1=1.5), r"b1 must be in \[0, 1\), got 1.5"),
         (lambda: adamw(1e-3, eps=-1.0), "eps must be >= 0, got -1.0"),
         (lambda: adamw(1e-3, weight_decay=-0.1), "weight_decay must be >= 0, got -0.1"),
-        (lambda: rmsprop(1e-3, decay=float("nan")), "decay must be >= 0, got nan"),
+        (lambda: rmsprop(1e-3, decay=float("nan")), r"decay must be in \[0, 1\), got nan"),
+        (lambda: rmsprop(1e-3, decay=1.5), r"decay must be in \[0, 1\), got 1.5"),  # nu < 0: NaN updates
+        (lambda: lion(1e-3, b1=2.0), r"scale_by_lion: b1 must be in \[0, 1\), got 2.0"),
+        (lambda: add_noise(-1.0, 0.55, seed=0), "add_noise: eta must be >= 0, got -1.0"),  # a variance: NaN noise
+        (lambda: apply_if_finite(sgd(0.1), -1), "max_consecutive_errors must be a whole number >= 0, got -1"),
+        (lambda: apply_if_finite(sgd(0.1), 2.5), "max_consecutive_errors must be a whole number >= 0, got 2.5"),
     ],
 )
 def test_options_out_of_range_are_refused_as_torch_optim_does(build, message):

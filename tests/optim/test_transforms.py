@@ -7,12 +7,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from craft.optim import (
+    adagrad,
     adam,
     adamw,
     apply_updates,
     clip_by_global_norm,
     decay_mask_from_module,
     default_decay_mask,
+    rmsprop,
     sgd,
     warmup_cosine,
 )
@@ -110,6 +112,30 @@ def test_adamw_default_mask_matches_torch_param_groups():
         lambda g: torch.optim.AdamW(g, lr=1e-2, weight_decay=0.3), params, decay_names={"layer.weight"}, clip=1.0
     )
     _assert_close(ours, ref)
+
+
+RECIPE = "mask=lambda p: dict.fromkeys(p, True)"
+L2 = {
+    "sgd": (lambda **kw: sgd(0.05, momentum=0.9, weight_decay=0.05, **kw),
+            lambda g: torch.optim.SGD(g, lr=0.05, momentum=0.9, weight_decay=0.05)),
+    "adam": (lambda **kw: adam(1e-2, weight_decay=0.1, **kw), lambda g: torch.optim.Adam(g, lr=1e-2, weight_decay=0.1)),
+    "rmsprop": (lambda **kw: rmsprop(1e-2, momentum=0.9, weight_decay=0.1, **kw),
+                lambda g: torch.optim.RMSprop(g, lr=1e-2, momentum=0.9, weight_decay=0.1)),
+    "adagrad": (lambda **kw: adagrad(0.1, weight_decay=0.1, **kw),
+                lambda g: torch.optim.Adagrad(g, lr=0.1, weight_decay=0.1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(L2))
+def test_the_docstrings_torch_parity_holds_with_and_without_their_mask(name):
+    """Each says it is its torch.optim counterpart: by default with decay on the matrix only (torch's
+    parameter groups), and with the docstring's mask, decay on every parameter as plain torch."""
+    ours, theirs = L2[name]
+    doc = " ".join(globals()[name].__doc__.split())
+    assert "torch.optim." in doc and "spares biases" in doc and RECIPE in doc, doc
+    params = _params()
+    _assert_close(_run_ours(ours(), params), _run_torch(theirs, params, decay_names={"layer.weight"}))
+    _assert_close(_run_ours(ours(mask=lambda p: dict.fromkeys(p, True)), params), _run_torch(theirs, params))
 
 
 def test_the_default_mask_reads_embedding_names_by_words():
