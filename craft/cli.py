@@ -81,7 +81,8 @@ def _main(argv: list[str]) -> None:
         raise
     except KeyboardInterrupt:  # Ctrl-C before training started, a second one, or during generation
         sys.stdout.flush()  # what was printed stays
-        print("interrupted", file=sys.stderr)
+        if _is_main():  # under torchrun, every rank gets the Ctrl-C: one line for the job
+            print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
         sys.exit(_report(e))
@@ -125,7 +126,8 @@ def _report(error: Exception) -> int:
     if os.environ.get("CRAFT_DEBUG"):
         raise error
     if isinstance(error, run.Interrupted):
-        print(f"{error}\nresume with: {shlex.join(_resume_command())}", file=sys.stderr)
+        if _is_main():
+            print(f"{error}\nresume with: {_resume_command()}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if isinstance(error, (ConfigError, UsageError)):
         print("\n".join(f"error: {line}" for line in str(error).splitlines()), file=sys.stderr)
@@ -137,9 +139,18 @@ def _report(error: Exception) -> int:
     raise error
 
 
-def _resume_command() -> list[str]:
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _resume_command() -> str:
+    """The command that resumes this one, shell-quoted; under torchrun, launched as docs/distributed.md shows it."""
     flags = ("--overwrite", "--resume")
     args = [a for a in sys.argv[1:] if a.partition("=")[0] not in flags]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        per_node = os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
+        launch = shlex.join(["torchrun", f"--nproc_per_node={per_node}", "-m", "craft", *args, "--resume"])
+        return f"{launch} (any number of processes may resume it, one included)"
     if args and args[0] != "train":
         args.insert(0, "train")
-    return ["python", "-m", "craft", *args, "--resume"]
+    return shlex.join(["python", "-m", "craft", *args, "--resume"])

@@ -243,6 +243,29 @@ def test_the_printed_resume_command_is_shell_quoted(monkeypatch, capsys):
     assert capsys.readouterr().err.splitlines()[-1] == "resume with: python -m craft train 'my exp.toml' '--name=a b' --resume"
 
 
+def test_under_torchrun_rank_0_alone_says_interrupted_and_the_resume_hint_is_a_torchrun_launch(monkeypatch, capsys):
+    """Every rank printed "interrupted" (a Ctrl-C at start-up), and the hint was `python -m craft train ...`."""
+    monkeypatch.setattr(sys, "argv", ["craft", "exp.toml", "--name=a b"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+
+    def ctrl_c(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "parse_command_line", ctrl_c)
+    for rank, said in (("1", ""), ("0", "interrupted\n")):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["exp.toml"])
+        assert exit_.value.code == cli.EXIT_INTERRUPTED and capsys.readouterr().err == said
+        assert cli._report(rundir.Interrupted(3, Path("x"))) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.splitlines() == [  # rank 1 said nothing
+        "interrupted at step 3; checkpoint saved to x",
+        "resume with: torchrun --nproc_per_node=2 -m craft exp.toml '--name=a b' --resume "
+        "(any number of processes may resume it, one included)",
+    ]
+
+
 def test_ranks_reading_different_data_are_one_line():
     def differ(tree, what):
         raise RuntimeError(f"{what} differ between rank 0 and rank(s) [1]")
