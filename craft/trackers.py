@@ -8,7 +8,8 @@
   otherwise (``wandb sync RUN_DIR/wandb/offline-run-*`` uploads it later);
   the project is ``WANDB_PROJECT``, else ``craft``.
 - ``mlflow``: a local store in ``RUN_DIR/mlruns`` unless ``MLFLOW_TRACKING_URI``
-  is set (``mlflow ui --backend-store-uri RUN_DIR/mlruns``); experiment ``craft``.
+  is set (``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri RUN_DIR/mlruns``:
+  mlflow >= 3 reads a file store only with that switch); experiment ``craft``.
 
 Each logs every event of ``metrics.jsonl`` as ``split/name`` at its step, and
 the resolved config as the run's parameters. A resumed run folder continues its W&B and

@@ -148,3 +148,11 @@ def test_a_resumed_run_continues_its_mlflow_and_wandb_runs_with_each_step_once(t
     assert saved["wandb"]["sent"] == {"train": 6, "val": 6}
     folders = sorted((run_dir / "wandb").glob("offline-run-*"))  # offline: one folder per process, one run id
     assert len(folders) == 2 and all(f.name.endswith(f"-{saved['wandb']['id']}") for f in folders)
+
+
+def test_the_docs_say_how_mlflow_3_opens_the_file_store():
+    """`mlflow ui --backend-store-uri RUN_DIR/mlruns`, as documented, fails with mlflow >= 3 unless the file store is
+    allowed: where the docs show how to open the store, they say so."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for text in (trackers.__doc__, " ".join(readme.split())):
+        assert "MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri" in text
