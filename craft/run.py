@@ -27,8 +27,8 @@ from craft.checks import (
 )
 from craft.parts import Parts, build_data, build_parts, evaluate_batches, measured, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
-    CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload,
-    config_line, fresh_name, locked, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic, write_data_files,
+    CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, claimed,
+    config_line, fresh_name, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic, write_data_files,
 )
 from craft.step import init_state, make_eval_step, make_train_step
 from craft.trackers import check as check_trackers
@@ -115,7 +115,10 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
     if resume:
         check_same_tokenizer(run_dir, tokenizer)
     first_batch = check_components(exp, parts, val_data)
-    with locked(run_dir) if replicas.is_main else contextlib.nullcontext():
+    held = claimed(exp, resume=resume, overwrite=overwrite, echo=echo) if replicas.is_main else contextlib.nullcontext((exp, run_dir))
+    with held as (exp, run_dir):  # a name another run took meanwhile: the next free one
+        exp = rank_zeros_name(exp, replicas)
+        run_dir = Path(exp.out_dir) / exp.name
         if replicas.is_main:
             prepare_run_dir(run_dir, overwrite=overwrite)
         replicas.barrier()  # the others read the folder rank 0 prepares

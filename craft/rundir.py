@@ -20,14 +20,14 @@ from craft.config import tomllib
 from craft.logging import truncate_metrics
 from craft.words import plural
 from craft.runfolder import (
-    CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, LOCK_FILE, MARKER_FILE, TOKENIZER_FILE, Interrupted, RunError, check_free,
+    CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, LOCK_FILE, MARKER_FILE, TOKENIZER_FILE, InUse, Interrupted, RunError, check_free, claimed,
     check_replaceable, check_run_dir, config_line, data_paths, fresh_name, is_run_folder, is_used, locked, prepare_run_dir, write_atomic,
     write_data_files,
 )
 
 __all__ = [
-    "CHECKPOINTS", "CLASSES_FILE", "CONFIG_FILE", "LOCK_FILE", "MARKER_FILE", "RUN_CONTROL", "TOKENIZER_FILE", "WHERE", "Interrupted",
-    "RunError", "Start", "check_free", "check_replaceable", "check_resumable", "check_run_dir", "checkpoint_payload", "config_line",
+    "CHECKPOINTS", "CLASSES_FILE", "CONFIG_FILE", "LOCK_FILE", "MARKER_FILE", "RUN_CONTROL", "TOKENIZER_FILE", "WHERE", "InUse", "Interrupted",
+    "RunError", "Start", "check_free", "check_replaceable", "check_resumable", "check_run_dir", "checkpoint_payload", "claimed", "config_line",
     "data_paths", "fresh_name", "is_run_folder", "is_used", "locked", "prepare_run_dir", "resume_target",
     "check_members_not_ahead", "save_checkpoint", "saved_config", "start_or_resume", "write_atomic", "write_data_files",
 ]

@@ -44,6 +44,15 @@ class RunError(Exception):
     """A run that cannot start or go on, for a reason the user can fix."""
 
 
+class InUse(RunError):
+    """``run_dir``'s lock is held by another craft run, process ``pid``."""
+
+    def __init__(self, run_dir: Path, pid: str) -> None:
+        super().__init__(f"run folder {str(run_dir)!r} is in use by another craft run (PID {pid}); "
+                         "wait for it to end, or choose another name")
+        self.pid = pid
+
+
 class Interrupted(Exception):
     """SIGINT/SIGTERM: the current step finished and a checkpoint was written."""
 
@@ -73,19 +82,40 @@ def fresh_name(exp: Any, *, resume: bool, overwrite: bool) -> tuple[Any, str | N
     """A new run's own folder: ``exp`` unchanged when its folder is free or a flag names it (``--resume``
     continues it, ``--overwrite`` replaces it); else ``exp`` named ``NAME-2``, ``NAME-3``... (the first
     free one, as Lightning numbers versions) and a line saying so. A folder another run holds is still
-    reported by ``check_run_dir``, naming that process."""
+    taken by the flags, naming that process; a new run takes the next free name from a folder another run holds
+    too (two identical commands started at once)."""
     out, name = Path(exp.out_dir), exp.name
-    if resume or overwrite or not is_used(out / name):
+    pid = None if resume or overwrite else holder(out / name)
+    if resume or overwrite or not (is_used(out / name) or pid):
         return exp, None
-    check_free(out / name)
     n = 2
     while is_used(out / f"{name}-{n}") or (out / f"{name}-{n}" / LOCK_FILE).exists():
         n += 1
     new = attrs.evolve(exp, name=f"{name}-{n}")
+    why = f"is in use by another craft run (PID {pid})" if pid else "holds an earlier run"
     return new, (
-        f"{str(out / name)!r} holds an earlier run: this one is {str(out / new.name)!r} "
+        f"{str(out / name)!r} {why}: this one is {str(out / new.name)!r} "
         f"(--resume continues {name!r}, --overwrite replaces it)"
     )
+
+
+@contextlib.contextmanager
+def claimed(exp: Any, *, resume: bool, overwrite: bool, echo: Callable[[str], None]) -> Iterator[tuple[Any, Path]]:
+    """``locked`` on ``exp``'s run folder for the block, yielding ``(exp, run_dir)``. A new run (neither flag)
+    whose folder another run locked first, after ``fresh_name`` found it free (two identical commands started at
+    once), takes the next free name instead, said as ``fresh_name`` says it; with a flag, the lock is the error."""
+    with contextlib.ExitStack() as stack:
+        while True:
+            run_dir = Path(exp.out_dir) / exp.name
+            try:
+                stack.enter_context(locked(run_dir))
+                break
+            except InUse:
+                if resume or overwrite:
+                    raise
+                exp, note = fresh_name(exp, resume=False, overwrite=False)
+                echo(note)
+        yield exp, run_dir
 
 
 def config_line(run_dir: Path) -> str:
@@ -187,15 +217,20 @@ def _take(fd: int, run_dir: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        raise RunError(
-            f"run folder {str(run_dir)!r} is in use by another craft run (PID {holder}); "
-            "wait for it to end, or choose another name"
-        ) from None
+        raise InUse(run_dir, os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown") from None
+
+
+def holder(run_dir: Path) -> str | None:
+    """The PID of the run that holds ``run_dir``'s lock (``unknown`` if it wrote none); None when it is free."""
+    try:
+        check_free(run_dir)
+    except InUse as e:
+        return e.pid
+    return None
 
 
 def check_free(run_dir: Path) -> None:
-    """Raise if another run holds ``run_dir``'s lock (checked before anything else is said about the folder)."""
+    """Raise ``InUse`` if another run holds ``run_dir``'s lock (checked before anything else is said about the folder)."""
     try:
         fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
     except OSError:

@@ -56,7 +56,7 @@ from craft.parts import (
 )
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_members_not_ahead, check_run_dir, checkpoint_payload, config_line,
-    fresh_name, locked, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic, write_data_files,
+    fresh_name, claimed, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic, write_data_files,
 )
 from craft.runfolder import MEMBERS_DIR
 from craft.step import TrainState, init_state, make_eval_step
@@ -174,7 +174,7 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
     team = members(exp)
     tx = sweep_transform(exp, trainable_names(build_parts(member_experiment(exp, team[0])).model))
     model, parts, state = stacked_start(exp, team, tx, val_data)
-    with locked(run_dir):
+    with claimed(exp, resume=resume, overwrite=overwrite, echo=echo) as (exp, run_dir):  # taken meanwhile: the next name
         prepare_run_dir(run_dir, overwrite=overwrite)
         alive = torch.ones(len(team), dtype=torch.bool)
         restore = lambda saved, template: (checkpoint.state_from_dict(saved, template[0]), template[1])  # noqa: E731

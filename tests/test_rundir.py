@@ -126,14 +126,32 @@ def test_a_second_run_on_a_held_folder_exits_naming_the_holder(tmp_path, shapes)
     with rundir.locked(run_dir):
         process = craft(str(toml(tmp_path, shapes)), "--overwrite")
         assert process.returncode == 1 and error_lines(process) == held
-        (run_dir / "metrics.jsonl").write_text("")  # a run under way: without a flag, the lock is what is reported
-        with pytest.raises(run.RunError) as error:
-            run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes)), echo=quiet)
-        assert f"error: {error.value}" == held[0]
-        (run_dir / "metrics.jsonl").unlink()
+        # Without a flag, a held folder is a taken name (README, fresh_name): the next free one, said in a line. It
+        # was refused, so two identical commands started at once got one run and one error.
+        said = []
+        assert run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes)), echo=said.append) == tmp_path / "runs" / "cnn-2"
+        assert said[0] == (f"{str(run_dir)!r} is in use by another craft run (PID {os.getpid()}): this one is "
+                           f"{str(tmp_path / 'runs' / 'cnn-2')!r} (--resume continues 'cnn', --overwrite replaces it)")
     assert not run_dir.exists(), "the lock's own folder is removed again"
     with rundir.locked(run_dir):  # released on exit: taken again
         pass
+
+
+def test_a_name_locked_by_another_run_after_it_was_found_free_takes_the_next_one(tmp_path):
+    """Two identical commands started at once both find the folder free; the one that locks it second gets NAME-2
+    (it was refused: 'in use by another craft run'). With --resume or --overwrite the lock stays the error."""
+    exp = attrs.make_class("Exp", ["out_dir", "name"])(str(tmp_path / "runs"), "race")
+    said = []
+    with rundir.locked(tmp_path / "runs" / "race"):
+        with rundir.claimed(exp, resume=False, overwrite=False, echo=said.append) as (mine, run_dir):
+            assert (mine.name, run_dir) == ("race-2", tmp_path / "runs" / "race-2")
+            assert (run_dir / ".lock").read_text().strip() == str(os.getpid())
+        assert said == [f"{str(tmp_path / 'runs' / 'race')!r} is in use by another craft run (PID {os.getpid()}): this one is "
+                        f"{str(tmp_path / 'runs' / 'race-2')!r} (--resume continues 'race', --overwrite replaces it)"]
+        for flags in ({"resume": True, "overwrite": False}, {"resume": False, "overwrite": True}):
+            with pytest.raises(rundir.InUse, match="is in use by another craft run"):
+                with rundir.claimed(exp, echo=said.append, **flags):
+                    pass
 
 
 # -- 5. errors found late lose nothing ---------------------------------------
