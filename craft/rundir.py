@@ -110,11 +110,12 @@ def _at(config: dict[str, Any], dotted: str) -> Any:
     return config
 
 
-def _changes(path: str, now: Any, saved: Any) -> list[str]:
-    """``"path.key: saved A, now B"`` for each leaf that differs between two config tables."""
+def _changes(path: str, now: Any, saved: Any, label: str = "now") -> list[str]:
+    """``"path.key: saved A, now B"`` for each leaf that differs between two config tables (``label`` names B)."""
     if isinstance(now, dict) and isinstance(saved, dict):
-        return [c for k in sorted(now.keys() | saved.keys()) for c in _changes(f"{path}.{k}", now.get(k), saved.get(k))]
-    return [] if now == saved else [f"{path}: saved {saved!r}, now {now!r}"]
+        keys = sorted(now.keys() | saved.keys())
+        return [c for k in keys for c in _changes(f"{path}.{k}", now.get(k), saved.get(k), label)]
+    return [] if now == saved else [f"{path}: saved {saved!r}, {label} {now!r}"]
 
 
 def _kinds_first(changes: list[str], now: dict[str, Any], saved: dict[str, Any]) -> list[str]:
@@ -173,8 +174,7 @@ def file_differences(given: dict[str, Any], saved: dict[str, Any]) -> str:
     """Where the experiment file (``given``, resolved) differs from the run's saved config, as the resume refusal
     says it (first three, and how many in all); keys the file leaves for the run to fill in do not count."""
     changes = [c for section in sorted((given.keys() | saved.keys()) - WHERE)
-               for c in _changes(section, given.get(section), saved.get(section)) if not c.endswith(", now None")]
-    changes = [c.replace(", now ", ", file ") for c in changes]
+               for c in _changes(section, given.get(section), saved.get(section), "file") if not c.endswith(", file None")]
     return "; ".join(changes[:3]) + (f"; ... {len(changes)} in all" if len(changes) > 3 else "")
 
 
