@@ -283,9 +283,8 @@ def _loss_key(metrics: dict[str, float]) -> float:
 
 
 def _save_member(folder: Path, exp: Experiment, state: TrainState, data_state: dict[str, Any]) -> Path:
-    """``state`` written as a checkpoint of ``exp``, in an ordinary run folder."""
+    """``state`` written as a checkpoint of ``exp``, in the member's run folder (its config.toml written at the start)."""
     inner = state._replace(opt_state=state.opt_state.inner)  # the plain optimizer's state, as the member builds it
-    write_atomic(folder / CONFIG_FILE, dumps(exp))
     progress = {"elapsed": 0.0, "best": None, "bad_evals": 0}
     path = checkpoint.step_path(folder / CHECKPOINTS, int(state.step))
     return save_checkpoint(path, checkpoint_payload(inner, data_state, progress, to_dict(exp)))
