@@ -32,6 +32,7 @@ from typing import Any
 import fire
 
 from craft.commandline import Command, ShowHelp, UsageError, parse
+from craft.distributed import is_main_process
 from craft.commands import evaluate, export, generate, info, plot, train
 from craft.prepare import PREPARE, prepare
 
@@ -81,7 +82,7 @@ def _main(argv: list[str]) -> None:
         raise
     except KeyboardInterrupt:  # Ctrl-C before training started, a second one, or during generation
         sys.stdout.flush()  # what was printed stays
-        if _is_main():  # under torchrun, every rank gets the Ctrl-C: one line for the job
+        if is_main_process():  # under torchrun, every rank gets the Ctrl-C: one line for the job
             print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
@@ -126,7 +127,7 @@ def _report(error: Exception) -> int:
     if os.environ.get("CRAFT_DEBUG"):
         raise error
     if isinstance(error, run.Interrupted):
-        if _is_main():
+        if is_main_process():
             print(f"{error}\nresume with: {_resume_command()}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if isinstance(error, (ConfigError, UsageError)):
@@ -137,10 +138,6 @@ def _report(error: Exception) -> int:
         print(f"error: {message}\n(set CRAFT_DEBUG=1 for a traceback)", file=sys.stderr)
         return EXIT_ERROR
     raise error
-
-
-def _is_main() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _resume_command() -> str:

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 
 import craft
 from craft.commandline import UsageError, did_you_mean
+from craft.distributed import is_main_process
 
 
 def train(config: str, *, resume: bool = False, overwrite: bool = False, print_config: bool = False, **overrides: str) -> None:
@@ -61,7 +61,7 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
     if exp.train.tensorboard:
         check_tensorboard()  # before the run folder is touched
     run_dir = run.train(exp, resume=resume, overwrite=overwrite)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole job
+    if is_main_process():  # under torchrun, one line for the whole job
         print(f"run folder: {run_dir}")
 
 

@@ -102,6 +102,12 @@ class Replicas(NamedTuple):
         return t.to(self.device) if dist.get_backend() == "nccl" and not t.is_cuda else t
 
 
+def is_main_process() -> bool:
+    """True outside torchrun and on its rank 0 (from ``RANK``, before or without a process group): the one
+    process of a job that prints the job's own lines (interrupted, the run folder)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def single() -> Replicas:
     return Replicas(rank=0, world_size=1, device=None)
 
