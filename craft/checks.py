@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -18,9 +17,8 @@ import torch
 
 from craft.config import ConfigError, Experiment
 from craft.contracts import loss_and_metrics
-from craft.data.tokenizers import saved_as
 from craft.distributed import Replicas
-from craft.rundir import TOKENIZER_FILE, RunError
+from craft.rundir import RunError
 from craft.tasks import Task
 from craft.words import few, plural
 
@@ -280,16 +278,3 @@ def model_notes(exp: Experiment, model: torch.nn.Module, data) -> list[str]:
             f"to take it from the data, or raise the data's block_size"
         )
     return notes
-
-
-def check_same_tokenizer(run_dir: Path, tokenizer: Any) -> None:
-    """A resumed run's data must have the tokenizer the run trained with (its ``tokenizer.json``): token
-    files prepared again, or an edited character corpus, give ids that mean other text."""
-    saved = run_dir / TOKENIZER_FILE
-    if tokenizer is None or not saved.is_file():
-        return
-    if not saved_as(tokenizer, saved):
-        raise RunError(
-            f"cannot resume: the data's tokenizer differs from {str(saved)!r} (was data.path prepared again, or the "
-            "text edited?), so its token ids mean other text; resume on the data the run trained on, or start a new run"
-        )

@@ -6,7 +6,8 @@ tokens renumbered to the run's ``tokenizer.json`` (``in_run_vocabulary``: a
 character test file builds a vocabulary of its own characters only; token
 files must be encoded with the run's own BPE or tiktoken tokenizer, ``craft
 prepare tokens SRC... OUT --tokenizer=RUN``, as another's ids cannot be
-renumbered), and its class names checked against the run's ``classes.json`` (``check_classes``). Its data's
+renumbered), and its class names checked against the run's ``classes.json`` (``check_classes``); a resumed run's data too
+(``check_same_data_files``). Its data's
 own errors are said for evaluate where training's advice would not fit (``other_val_data``).
 """
 
@@ -137,18 +138,37 @@ class InRunVocabulary:
         return torch.where(real, self.ids[tokens.clamp(min=0)], tokens)
 
 
-def check_classes(run_dir: Path, classes: list[str] | None) -> None:
-    """Other data must name the run's classes in the run's order (``classes.json``): a label is a position
-    in that list, so another list would score every prediction against the wrong class."""
+def classes_differ(run_dir: Path, classes: list[str] | None) -> str | None:
+    """How ``classes`` differ from the run's ``classes.json`` (None when they match, for text data, or for a run
+    from before classes.json): a label is a position in that list, so another list scores (or trains) every
+    image against the wrong class."""
     saved = run_dir / CLASSES_FILE
-    if not classes or not saved.exists():  # text data, or a run from before classes.json
-        return
+    if not classes or not saved.exists():
+        return None
     expected = json.loads(saved.read_text(encoding="utf-8"))
-    if list(classes) != expected:
-        missing, extra = [c for c in expected if c not in classes], [c for c in classes if c not in expected]
-        differ = f"lacks {missing[:5]}" if missing else f"adds {extra[:5]}" if extra else "orders them otherwise"
+    if list(classes) == expected:
+        return None
+    missing, extra = [c for c in expected if c not in classes], [c for c in classes if c not in expected]
+    differ = f"lacks {missing[:5]}" if missing else f"adds {extra[:5]}" if extra else "orders them otherwise"
+    return f"the data's classes differ from the run's ({CLASSES_FILE}: {plural(len(expected), 'class', 'classes')}): it {differ}"
+
+
+def check_classes(run_dir: Path, classes: list[str] | None) -> None:
+    """Other data must name the run's classes in the run's order (``classes_differ``)."""
+    if differ := classes_differ(run_dir, classes):
+        raise RunError(f"{differ}; evaluate with the run's data.path and the other images as --data.val_path")
+
+
+def check_same_data_files(run_dir: Path, data) -> None:
+    """A resumed run (or sweep member, ``run_dir``) must read data with the vocabulary and classes it trained
+    with (its ``tokenizer.json``, ``classes.json``): token files prepared again, an edited character corpus or
+    a class folder added or renamed give ids and labels that mean something else."""
+    again = "resume on the data the run trained on, or start a new run"
+    tokenizer, saved = getattr(data, "tokenizer", None), run_dir / TOKENIZER_FILE
+    if tokenizer is not None and saved.is_file() and not saved_as(tokenizer, saved):
         raise RunError(
-            f"the data's classes differ from the run's ({CLASSES_FILE}: {plural(len(expected), 'class', 'classes')}): "
-            f"it {differ}; "
-            f"evaluate with the run's data.path and the other images as --data.val_path"
+            f"cannot resume: the data's tokenizer differs from {str(saved)!r} (was data.path prepared again, or the "
+            f"text edited?), so its token ids mean other text; {again}"
         )
+    if differ := classes_differ(run_dir, getattr(data, "classes", None)):
+        raise RunError(f"cannot resume: {differ}, so its labels mean other classes; {again}")

@@ -23,7 +23,7 @@ from craft.distributed import Replicas
 from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_quietly, progress_bar, read_metrics
 from craft.loop import Progress, chain, due, every, fit, when
 from craft.checks import (
-    model_notes, check_accumulation, check_components, check_early_stopping, check_same_data, check_same_tokenizer, check_sample,
+    model_notes, check_accumulation, check_components, check_early_stopping, check_same_data, check_sample,
 )
 from craft.parts import Parts, build_data, build_parts, evaluate_batches, measured, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
@@ -33,6 +33,7 @@ from craft.rundir import (
 from craft.step import init_state, make_eval_step, make_train_step
 from craft.trackers import check as check_trackers
 from craft.trackers import open_tracker
+from craft.other_data import check_same_data_files
 from craft.trained import sample_text
 from craft.unreadable import UnreadableBatch, data_summary, one_class_warning, read_or_raise, remember_in, saved_after_unreadable
 from craft.words import plural
@@ -113,7 +114,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
     check_early_stopping(exp, parts.task)
     tokenizer = check_sample(exp, train_data)
     if resume:
-        check_same_tokenizer(run_dir, tokenizer)
+        check_same_data_files(run_dir, train_data)
     first_batch = check_components(exp, parts, val_data)
     held = claimed(exp, resume=resume, overwrite=overwrite, echo=echo) if replicas.is_main else contextlib.nullcontext((exp, run_dir))
     with held as (exp, run_dir):  # a name another run took meanwhile: the next free one

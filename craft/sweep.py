@@ -58,6 +58,7 @@ from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_members_not_ahead, check_run_dir, checkpoint_payload, config_line,
     fresh_name, claimed, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic, write_data_files,
 )
+from craft.other_data import check_same_data_files
 from craft.runfolder import MEMBERS_DIR
 from craft.step import TrainState, init_state, make_eval_step
 from craft.sweep_logs import MemberLogs, evaluate_members, log_members
@@ -168,6 +169,9 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
         check_members_not_ahead(run_dir, run_dir / MEMBERS_DIR)
     train_data, val_data = build_data(exp, "train"), build_data(exp, "val")
     check_accumulation(exp, train_data)
+    if resume:  # the members' vocabulary and classes, as a run checks its own
+        for folder in sorted((run_dir / MEMBERS_DIR).glob("[0-9]*"))[:1]:
+            check_same_data_files(folder, train_data)
     exp, notes = fit_schedule(fit_to_data(exp, train_data))
     for note in notes:
         echo(note)

@@ -131,6 +131,25 @@ def test_the_class_names_are_kept_exported_and_checked_when_evaluating_other_dat
     assert "error: the data's classes differ from the run's (classes.json: 2 classes): it lacks ['big dög']" in other.stderr
 
 
+@pytest.mark.parametrize("sweep", [[], ["--sweep.optim.lr=[0.001,0.01]"]], ids=["run", "sweep"])
+def test_resume_on_a_folder_whose_classes_changed_is_refused(tmp_path, sweep):
+    """A class folder renamed (or added) since the run started moves every label to another class: resuming on it
+    trained the head against the wrong names, and rewrote classes.json to say so, without a word."""
+    data = folder(tmp_path / "photos")
+    exp = str(experiment(tmp_path, data, 2))
+    assert run_cli(exp, "--data.val_fraction=0.25", "--data.batch_size=2", *sweep).returncode == 0
+    classes = tmp_path / "runs" / "cnn" / ("members/000/classes.json" if sweep else "classes.json")
+    saved = classes.read_bytes()
+    (data / "dog").rename(data / "zebra")  # ['cat', 'dog'] becomes ['cat', 'zebra']
+    again = run_cli(str(tmp_path / "runs" / "cnn"), "--resume", "--train.steps=4")
+    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    assert again.stderr.splitlines()[0] == (
+        "error: cannot resume: the data's classes differ from the run's (classes.json: 2 classes): it lacks ['dog'], "
+        "so its labels mean other classes; resume on the data the run trained on, or start a new run"
+    )
+    assert classes.read_bytes() == saved
+
+
 def test_export_writes_the_preprocessing_another_tool_needs_and_it_gives_craft_s_eval_input(tmp_path):
     """Without preprocessing.json an exported classifier is fed pixels it never saw (no resize, no normalisation)."""
     import torchvision.transforms.v2.functional as F
