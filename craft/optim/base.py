@@ -212,7 +212,8 @@ def _mismatch(tree: Params, u: Updates, what: str, where: str) -> str:
 def expect_state(state: Any, kind: type, where: str) -> None:
     """A TypeError naming both types unless ``state`` is a ``kind``: the state of another optimizer."""
     if not isinstance(state, kind):
-        raise TypeError(f"{where} expected a {kind.__name__} as its state, got {state_name(state)}: "
+        article = "an" if kind.__name__[0] in "AEIOU" else "a"
+        raise TypeError(f"{where} expected {article} {kind.__name__} as its state, got {state_name(state)}: "
                         "pass the state that this optimizer's own init returned")
 
 

@@ -13,6 +13,7 @@ one vmapped step, and a compiled step takes new values without recompiling::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from craft.optim.base import OptState, Transform, Updates, device_of
+from craft.optim.base import OptState, Transform, Updates, device_of, expect_state
 from craft.tree import Params
 
 
@@ -30,8 +31,11 @@ class InjectState(NamedTuple):
     count: Tensor | tuple = ()  # 0-d int64 updates so far when a value is a schedule; else () (no leaf)
 
 
-def inject_hyperparams(factory: Callable[..., Transform], /, **hyperparams: float | Tensor | Callable) -> Transform:
+def inject_hyperparams(factory: Callable[..., Transform], /, **hyperparams: float | Tensor | Callable) -> Transform | Callable:
     """``factory(**hyperparams)``, the hyperparameters held in the state as 0-d float64 tensors.
+
+    ``inject_hyperparams(adamw)(learning_rate=1e-3)``, optax's form, is the same: with no values given,
+    the factory of such transforms.
 
     A value is a number, a 0-d tensor (kept differentiable: a hypergradient flows through it) or a
     schedule (``cosine_decay(...)``), evaluated at the state's update count on every update, as optax's
@@ -41,6 +45,12 @@ def inject_hyperparams(factory: Callable[..., Transform], /, **hyperparams: floa
     shape with a value (``sgd``'s ``momentum``) is refused at ``init``. Fix the other options with
     ``functools.partial(sgd, momentum=0.9)``.
     """
+    if not hyperparams:  # optax's inject_hyperparams(factory)(**values)
+        return functools.partial(_injected, factory)
+    return _injected(factory, **hyperparams)
+
+
+def _injected(factory: Callable[..., Transform], /, **hyperparams: float | Tensor | Callable) -> Transform:
     if not hyperparams:
         raise ValueError("inject_hyperparams needs at least one hyperparameter, e.g. learning_rate=1e-3")
     scheduled = [k for k, v in hyperparams.items() if callable(v)]
@@ -53,6 +63,7 @@ def inject_hyperparams(factory: Callable[..., Transform], /, **hyperparams: floa
         return InjectState(hp, factory(**hp).init(params), count if scheduled else ())
 
     def update(u: Updates, state: InjectState, params: Params | None = None):
+        expect_state(state, InjectState, "inject_hyperparams")
         hp = {**state.hyperparams, **{k: hyperparams[k](state.count).to(torch.float64) for k in scheduled}}
         u, inner = factory(**hp).update(u, state.inner, params)
         return u, InjectState(hp, inner, state.count + 1 if scheduled else ())

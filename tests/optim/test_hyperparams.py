@@ -112,6 +112,14 @@ def test_a_schedule_as_a_value_is_evaluated_at_the_update_count():
     assert float(get_hyperparams(state)["weight_decay"]) == 0.0
 
 
+def test_optax_s_call_form_is_the_same_transform():
+    """``optax.inject_hyperparams(optax.adam)(learning_rate=...)`` is how optax users write it: it was a ValueError."""
+    ours, optax_form = inject_hyperparams(adamw, learning_rate=1e-2, weight_decay=0.1), inject_hyperparams(adamw)(learning_rate=1e-2, weight_decay=0.1)
+    torch.testing.assert_close(_run(optax_form), _run(ours), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="needs at least one hyperparameter"):
+        inject_hyperparams(adamw)()
+
+
 def test_a_hyperparameter_that_changes_the_state_structure_is_refused_at_init():
     """sgd(momentum=0.0) chains no trace: set_hyperparams(momentum=0.9) then failed in update with
     "'tuple' object has no attribute 'momentum'"."""

@@ -129,6 +129,8 @@ def test_the_state_of_another_optimizer_names_both_types():
         sgd(0.1, momentum=0.9).update(_grads(0), adam(0.1).init(params), params)
     with pytest.raises(TypeError, match=r"this chain of 3 transforms got a tuple of 2 states \(AdamState, \(\)\)"):
         adamw(0.1).update(_grads(0), adam(0.1).init(params), params)
+    with pytest.raises(TypeError, match="inject_hyperparams expected an InjectState as its state, got a tuple of 1 states"):
+        inject_hyperparams(adam, learning_rate=0.1).update(_grads(0), sgd(0.1).init(params), params)  # was an AttributeError
     with pytest.raises(TypeError, match="lookahead expected a LookaheadState as its state, got an EmaState"):
         STATEFUL["lookahead"]().update(_grads(0), ema(0.9).init(params), params)
 
