@@ -232,3 +232,15 @@ def test_the_cli_fine_tunes_another_run_and_records_it(source, tmp_path, shapes)
     assert missing.returncode == 1
     assert missing.stderr.splitlines()[0].startswith("error: train.init_from: no such file or folder 'runs/nope'")
     assert not (tmp_path / "runs" / "typo").exists()
+
+
+def test_a_run_resumed_before_its_first_checkpoint_starts_from_init_from_again(source, tmp_path, shapes, monkeypatch):
+    exp = experiment(tmp_path, shapes, "tuned", **{"train.init_from": str(source)})
+    run_dir = run.train(exp, echo=quiet)
+    for path in (run_dir / "checkpoints").iterdir():
+        path.unlink()  # killed before its first checkpoint
+    seen, lines = first_states(monkeypatch), []
+    run.train(exp, resume=True, echo=lines.append)
+    assert any("has no checkpoint yet: starting it again from step 0" in line for line in lines)
+    assert any(line.startswith(f"init_from: 6 tensors from {source}") for line in lines)
+    assert_equal(seen[0], weights_of(source))
