@@ -101,7 +101,10 @@ def read(path: Path) -> Weights:
 def run_weights(run_dir: Path, file: Path | None = None) -> Weights:
     """A run folder's weights at its latest checkpoint or ``file``: their moving average with ``train.ema_decay``,
     as ``craft export`` and ``craft evaluate`` take them."""
-    _, _, state = load_run(run_dir, "latest" if file is None else str(file))
+    try:
+        _, _, state = load_run(run_dir, "latest" if file is None else str(file))
+    except (RunError, checkpoint.CheckpointError) as e:  # a sweep's folder, a run without a readable checkpoint
+        raise RunError(f"train.init_from: {e}") from None
     averaged = eval_weights(state)
     what = f"step {int(state.step)}" + (", the weights' moving average" if averaged is not state else "")
     return Weights({**averaged.params, **state.buffers}, f"{file or run_dir} ({what})")

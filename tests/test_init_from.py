@@ -244,3 +244,12 @@ def test_a_run_resumed_before_its_first_checkpoint_starts_from_init_from_again(s
     assert any("has no checkpoint yet: starting it again from step 0" in line for line in lines)
     assert any(line.startswith(f"init_from: 6 tensors from {source}") for line in lines)
     assert_equal(seen[0], weights_of(source))
+
+
+def test_a_run_folder_without_a_checkpoint_is_one_line_naming_init_from(source, tmp_path, shapes):
+    empty = tmp_path / "empty"
+    (empty / "checkpoints").mkdir(parents=True)
+    (empty / "config.toml").write_text((source / "config.toml").read_text())
+    with pytest.raises(run.RunError, match=r"^train.init_from: no readable checkpoint in .*empty/checkpoints"):
+        run.train(experiment(tmp_path, shapes, "tuned", **{"train.init_from": str(empty)}), echo=quiet)
+    assert not (tmp_path / "runs" / "tuned").exists()
