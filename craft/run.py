@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import torch
 
-from craft import checkpoint, compiling, cuda, distributed, hooks, mfu
+from craft import checkpoint, compiling, cuda, distributed, hooks, init_from, mfu
 from craft.config import Experiment, dumps, to_dict
 from craft.distributed import Replicas
 from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_quietly, progress_bar, read_metrics
@@ -103,6 +103,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
     if note:
         echo(note)
     run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite, echo=echo)
+    weights = init_from.source(exp.train, run_dir, resume)  # a typo is said before the data is read or a folder made
     # Everything that can fail on the config is built before an old run is replaced.
     train_data, val_data = build_data(exp, "train", replicas), build_data(exp, "val", replicas)
     check_same_data(train_data, replicas)
@@ -116,6 +117,8 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
     if resume:
         check_same_data_files(run_dir, train_data)
     first_batch = check_components(exp, parts, val_data)
+    # After the first batch has shaped a lazy model; before init_state, which takes the module's tensors.
+    loaded = init_from.load_into(parts.model, weights, exp.train.init_skip, exp.model.kind)
     held = claimed(exp, resume=resume, overwrite=overwrite, echo=echo) if replicas.is_main else contextlib.nullcontext((exp, run_dir))
     with held as (exp, run_dir):  # a name another run took meanwhile: the next free one
         exp = rank_zeros_name(exp, replicas)
@@ -139,7 +142,7 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
         if replicas.is_main:
             write_atomic(run_dir / CONFIG_FILE, text)
             write_data_files(run_dir, train_data)
-        said = summary(exp, parts, start, run_dir, first_batch, replicas) + data_summary(train_data, val_data, exp.train.eval_batches)
+        said = summary(exp, parts, start, run_dir, first_batch, replicas) + loaded + data_summary(train_data, val_data, exp.train.eval_batches)
         for line in said + one_class_warning(exp, train_data) + model_notes(exp, parts.model, train_data):
             echo(line)
         return _fit(exp, parts, start, run_dir, (train_data, val_data, first_batch), tokenizer, replicas)

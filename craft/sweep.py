@@ -43,7 +43,7 @@ import attrs
 import torch
 from torch.utils import _pytree as pytree
 
-from craft import checkpoint, hooks
+from craft import checkpoint, hooks, init_from
 from craft.checks import check_accumulation, check_components, check_sweep_train
 from craft.config import SWEEPABLE, Experiment, build, dumps, to_dict
 from craft.ensemble import choose_strategy, make_ensemble_step, stack_states, unstack_state
@@ -113,18 +113,22 @@ def sweep_transform(exp: Experiment, names: list[str]) -> Transform:
     return inject_hyperparams(factory, **swept)
 
 
-def stacked_start(exp: Experiment, team: list[Member], tx: Transform, val_data):
-    """Every member's initial state (its own seed, its swept values) stacked, with the shared model and task; each
-    member's model first meets a val batch, as a run's does (``check_components``: a lazy model takes its shapes)."""
+def stacked_start(exp: Experiment, team: list[Member], tx: Transform, val_data, weights: Path | None = None):
+    """Every member's initial state (its own seed, its swept values) stacked, with the shared model and task, and
+    what ``train.init_from`` loaded; each member's model first meets a val batch, as a run's does
+    (``check_components``: a lazy model takes its shapes), then gets the ``weights`` (``craft.init_from``), every
+    member the same ones."""
     states, model = [], None
     for m in team:
         parts = build_parts(member_experiment(exp, m))  # the member's own initial weights
         check_components(exp, parts, val_data)
+        # every member the same weights; a tensor init_skip leaves keeps the member's seed's init
+        loaded = init_from.load_into(parts.model, weights, exp.train.init_skip, exp.model.kind)
         model = model or parts.model  # the first member's module serves all
         state = init_state(parts.model, tx, seed=m.seed)
         swept = {SWEEPABLE[k]: v for k, v in m.values.items()}
         states.append(state._replace(opt_state=set_hyperparams(state.opt_state, **swept)))
-    return model, measured(parts, val_data), stack_states(states)
+    return model, measured(parts, val_data), stack_states(states), loaded
 
 
 def how_members_run(model, device) -> str:
@@ -165,6 +169,7 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
     if note:
         echo(note)
     run_dir = check_run_dir(exp, resume=resume, overwrite=overwrite, echo=echo)
+    weights = init_from.source(exp.train, run_dir, resume)  # as a run: checked before anything is read or made
     if resume:
         check_members_not_ahead(run_dir, run_dir / MEMBERS_DIR)
     train_data, val_data = build_data(exp, "train"), build_data(exp, "val")
@@ -177,7 +182,7 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
         echo(note)
     team = members(exp)
     tx = sweep_transform(exp, trainable_names(build_parts(member_experiment(exp, team[0])).model))
-    model, parts, state = stacked_start(exp, team, tx, val_data)
+    model, parts, state, loaded = stacked_start(exp, team, tx, val_data, weights)
     with claimed(exp, resume=resume, overwrite=overwrite, echo=echo) as (exp, run_dir):  # taken meanwhile: the next name
         prepare_run_dir(run_dir, overwrite=overwrite)
         alive = torch.ones(len(team), dtype=torch.bool)
@@ -188,7 +193,7 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
             start = start._replace(state=(start.state[0], torch.tensor(start.payload["progress"]["alive"])))
         write_atomic(run_dir / CONFIG_FILE, dumps(exp))
         first = f"sweep: {plural(len(team), 'member')}, {how_members_run(model, parts.device)}"
-        said = [config_line(run_dir), first, *data_summary(train_data, val_data, exp.train.eval_batches), *one_class_warning(exp, train_data)]
+        said = [config_line(run_dir), first, *loaded, *data_summary(train_data, val_data, exp.train.eval_batches), *one_class_warning(exp, train_data)]
         for line in said:  # as a run says
             echo(line)
         member_dirs = [run_dir / MEMBERS_DIR / f"{m.index:03d}" for m in team]

@@ -110,3 +110,13 @@ def each_one_of(*choices: str) -> Validator:
             raise ValueError(f"lists an entry twice: {value!r}")
 
     return check
+
+
+def only_with(field: str) -> Validator:
+    """A value other than empty only where the instance's ``field`` is set (``init_skip`` needs ``init_from``)."""
+
+    def check(instance, attribute, value) -> None:
+        if value and getattr(instance, field) is None:
+            raise ValueError(f"takes effect only with {field}; set {field} = \"PATH\" or drop {attribute.name}")
+
+    return check

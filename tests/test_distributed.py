@@ -233,3 +233,24 @@ def test_a_failing_rank_brings_the_job_down_with_its_error(tmp_path, corpus):
     assert result.returncode != 0
     assert "error: corrupt record on rank 1" in result.stderr
     assert "error: rank 0: stopped because another rank failed or left" in result.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_fine_tunes_from_init_from_as_one_process_does(tmp_path, corpus):
+    """Every rank starts from the weights of ``train.init_from`` (each reads the file; rank 0's state is broadcast and
+    checked), so the 2-process run ends where one process does."""
+    config = _config(tmp_path, corpus, "gpt")
+    source = _craft(str(config), "--name=source", "--train.steps=4")
+    assert source.returncode == 0, source.stderr
+    runs = tmp_path / "runs"
+    given = f"--train.init_from={runs / 'source'}"
+    replicated = _torchrun(str(config), "--name=ddp", given, "--train.steps=4")
+    assert replicated.returncode == 0, replicated.stderr[-3000:]
+    said = [line for line in replicated.stdout.splitlines() if line.startswith("init_from:")]
+    assert len(said) == 1 and f"tensors from {runs / 'source'} (step 4)" in said[0]  # said by rank 0
+    single = _craft(str(config), "--name=one", given, "--train.steps=4")
+    assert single.returncode == 0, single.stderr
+    a, b, before = _params(runs / "ddp"), _params(runs / "one"), _params(runs / "source")
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+    assert not torch.equal(a["wpe.weight"], before["wpe.weight"])  # it trained on from there

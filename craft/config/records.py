@@ -18,7 +18,7 @@ from craft.optim import OPTIMIZERS, SCHEDULES
 from craft.registry import Registry
 from craft.tasks import TASKS
 from craft.validators import (
-    at_least, between, device_name, each_one_of, not_empty, one_of, path_component, seed_value,
+    at_least, between, device_name, each_one_of, not_empty, one_of, only_with, path_component, seed_value,
 )
 
 
@@ -124,6 +124,11 @@ class Train:
     cuda_graphs: bool = False
     # The device's peak FLOP/s for the logged `mfu`, where craft.mfu.PEAK_FLOPS lacks it.
     peak_flops: float | None = attrs.field(default=None, validator=at_least(1.0))
+    # Start from these weights (a run folder, an export folder, a .safetensors or state-dict file): fine-tuning,
+    # the optimizer, step and generators fresh (craft.init_from); a resumed run takes its checkpoint instead.
+    init_from: str | None = attrs.field(default=None, validator=attrs.validators.optional(not_empty))
+    # fnmatch globs of the tensors left at their fresh init (a new head): ["fc.*"].
+    init_skip: list[str] = attrs.field(factory=list, validator=only_with("init_from"))
 
 
 SWEEPABLE = {"optim.lr": "learning_rate", "optim.weight_decay": "weight_decay"}
