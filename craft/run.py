@@ -107,6 +107,8 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
     # Everything that can fail on the config is built before an old run is replaced.
     train_data, val_data = build_data(exp, "train", replicas), build_data(exp, "val", replicas)
     check_same_data(train_data, replicas)
+    if resume:  # before what the data sets in the model (vocab_size), whose message would blame the config
+        check_same_data_files(run_dir, train_data)
     check_accumulation(exp, train_data)
     exp, notes = fit_schedule(fit_to_data(exp, train_data))
     for note in notes:
@@ -114,8 +116,6 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
     parts = measured(build_parts(exp, replicas), train_data)
     check_early_stopping(exp, parts.task)
     tokenizer = check_sample(exp, train_data)
-    if resume:
-        check_same_data_files(run_dir, train_data)
     first_batch = check_components(exp, parts, val_data)
     # After the first batch has shaped a lazy model; before init_state, which takes the module's tensors.
     loaded = init_from.load_into(parts.model, weights, exp.train.init_skip, exp.model.kind)

@@ -331,3 +331,8 @@ def test_resume_on_text_with_another_vocabulary_is_refused(tmp_path):
     line = one_error(craft(str(exp), "--resume", "--train.steps=6"), status=1)
     assert "cannot resume: the data's tokenizer differs from" in line
     assert (tmp_path / "runs" / "gpt" / "tokenizer.json").read_bytes() == saved
+    # A new character: said as the same mistake, not "model.vocab_size = 12 but the data's tokenizer has 13 tokens;
+    # remove model.vocab_size", whose fix then led to this line anyway.
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat!\n" * 40, encoding="utf-8")
+    line = one_error(craft(str(exp), "--resume", "--train.steps=6"), status=1)
+    assert "cannot resume: the data's tokenizer differs from" in line
