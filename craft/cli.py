@@ -41,7 +41,7 @@ __all__ = ["COMMANDS", "ShowHelp", "UsageError", "main", "parse_command_line", "
 EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
 
 COMMANDS: dict[str, Command] = {
-    "train": Command(train, "craft train CONFIG.toml|RUN_DIR [--resume | --overwrite | --print_config] [--section.key=value ...]"),
+    "train": Command(train, "craft train CONFIG.toml|RUN_DIR [--resume [--checkpoint=NAME] | --overwrite | --print_config] [--section.key=value ...]"),
     "evaluate": Command(evaluate, "craft evaluate RUN_DIR [--checkpoint=latest|best|FILE] [--whole_split] [--data.key=value ...]"),
     "generate": Command(generate, "craft generate RUN_DIR [--prompt=TEXT|--prompt_file=PATH --max_new_tokens=N --num_samples=N --temperature=T "
                         "--top_k=K --top_p=P --seed=S --stop=TEXT --cache=true|false --checkpoint=NAME | --image=PATH]"),

@@ -16,7 +16,10 @@ from craft.describe import describe
 from craft.distributed import is_main_process
 
 
-def train(config: str, *, resume: bool = False, overwrite: bool = False, print_config: bool = False, **overrides: str) -> None:
+def train(
+    config: str, *, resume: bool = False, overwrite: bool = False, checkpoint: str | None = None, print_config: bool = False,
+    **overrides: str,
+) -> None:
     """Train the experiment in the TOML file CONFIG.
 
     Any --section.key=value overrides a key of the file (values are TOML
@@ -26,7 +29,10 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
     out the file's keys only its old kind takes, with a warning). --resume
     continues the run folder from its last checkpoint, as the run's own config.toml says,
     with only the overrides given now on top (CONFIG may be the run folder:
-    craft train runs/NAME --resume); --overwrite replaces it. Without either,
+    craft train runs/NAME --resume); --checkpoint=NAME with it continues from
+    that checkpoint instead (best, or a file in RUN/checkpoints: back to before
+    a loss spike), setting the newer ones aside (renamed *.rolled-back, never
+    deleted); --overwrite replaces the run. Without either,
     a name already taken gets a folder of its own (NAME-2, NAME-3, ...).
     --print_config prints the resolved experiment (every default filled in,
     the schedule's length too) and exits; a run writes it to its folder's
@@ -40,8 +46,9 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
 
     if resume and overwrite:
         raise UsageError("choose one of --resume (continue the run) and --overwrite (replace it)")
-    if "checkpoint" in overrides:  # not an experiment key: the option of evaluate, generate and export
-        raise UsageError("--checkpoint: train --resume takes the newest readable checkpoint; --checkpoint is for evaluate, generate, export")
+    if checkpoint is not None and not resume:
+        raise UsageError(f"--checkpoint={checkpoint} picks the checkpoint --resume continues from: add --resume "
+                         f"(a new run from a checkpoint's weights: --train.init_from=FILE)")
     if Path(config).suffix.lower() != ".toml" and not Path(config).is_dir():
         if resume:
             raise UsageError(f"no run folder {config!r} to resume; give the run folder (runs/NAME) or the experiment's .toml")
@@ -61,7 +68,9 @@ def train(config: str, *, resume: bool = False, overwrite: bool = False, print_c
         return
     if exp.train.tensorboard:
         check_tensorboard()  # before the run folder is touched
-    run_dir = run.train(exp, resume=resume, overwrite=overwrite)
+    if checkpoint not in (None, "latest") and exp.sweep is not None:
+        raise UsageError(f"--checkpoint={checkpoint}: a sweep resumes from its newest checkpoint only; leave --checkpoint out")
+    run_dir = run.train(exp, resume=checkpoint if checkpoint not in (None, "latest") else resume, overwrite=overwrite)
     if is_main_process():  # under torchrun, one line for the whole job
         print(f"run folder: {run_dir}")
 

@@ -41,8 +41,8 @@ from craft.words import plural
 __all__ = ["Interrupted", "RunError", "train"]
 
 
-def train(exp: Experiment, *, resume: bool = False, overwrite: bool = False, echo=print) -> Path:
-    """Train ``exp``; returns the run folder.
+def train(exp: Experiment, *, resume: bool | str = False, overwrite: bool = False, echo=print) -> Path:
+    """Train ``exp``; returns the run folder. ``resume``: True, or the checkpoint to roll back to (``craft.rollback``).
 
     Launched by torchrun (``WORLD_SIZE > 1``), every process trains one
     data-parallel replica and rank 0 alone writes the run folder; see
@@ -94,7 +94,7 @@ def rank_zeros_name(exp: Experiment, replicas: Replicas) -> Experiment:
     return attrs.evolve(exp, name=names[0])
 
 
-def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Replicas) -> Path:
+def _train(exp: Experiment, resume: bool | str, overwrite: bool, echo, replicas: Replicas) -> Path:
     if exp.train.tensorboard:
         check_tensorboard()  # a missing tracker is said before anything is built or written
     check_trackers(exp.train.loggers)

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from craft import checkpoint
+from craft import checkpoint, rollback
 from craft.config import load as load_config
 from craft.config import to_dict
 from craft.config import tomllib
@@ -192,21 +192,23 @@ class Start(NamedTuple):
 
 
 def start_or_resume(
-    run_dir: Path, resolved: dict[str, Any], state: Any, *, resume: bool, main: bool, echo: Callable[[str], None],
+    run_dir: Path, resolved: dict[str, Any], state: Any, *, resume: bool | str, main: bool, echo: Callable[[str], None],
     restore: Callable[[dict[str, Any], Any], Any] = checkpoint.state_from_dict,
 ) -> Start:
-    """From ``state`` (fresh), or with ``resume`` from the newest usable checkpoint in ``run_dir``.
+    """From ``state`` (fresh), or with ``resume`` from the newest usable checkpoint in ``run_dir`` (``resume`` a
+    name, ``--checkpoint=NAME``: from that one, ``craft.rollback``).
 
     Resuming checks the config, restores the host generators, sets aside
-    unreadable newer checkpoints and cuts ``metrics.jsonl`` back to the
+    unreadable (or, rolling back, all) newer checkpoints and cuts ``metrics.jsonl`` back to the
     checkpoint's step (``main`` only). The caller restores its data position
     from ``payload["data"]``.
     """
     fresh = {"elapsed": 0.0, "best": None, "bad_evals": 0}
     if not resume:
         return Start(state, fresh, None, None)
-    ckpt_dir = run_dir / CHECKPOINTS
-    found = checkpoint.load_latest(ckpt_dir, on_skip=lambda e: echo(f"warning: skipping {e}"), check=checkpoint.check_run_payload)
+    ckpt_dir, rolling_back = run_dir / CHECKPOINTS, isinstance(resume, str)
+    found = rollback.chosen(run_dir, resume) if rolling_back else checkpoint.load_latest(
+        ckpt_dir, on_skip=lambda e: echo(f"warning: skipping {e}"), check=checkpoint.check_run_payload)
     if found is None:
         if checkpoint.step_files(ckpt_dir):
             raise RunError(f"nothing to resume: no readable checkpoint in {str(ckpt_dir)!r}; pass --overwrite to start again")
@@ -222,12 +224,14 @@ def start_or_resume(
     for note in check_resumable(resolved, payload["config"]):
         echo(note)
     state = restore(payload["state"], state)
-    for moved in checkpoint.set_aside_after(ckpt_dir, path):
+    step = int(payload["state"]["step"].reshape(-1)[0])
+    if main and rolling_back:
+        rollback.set_aside_after(run_dir, step, echo)
+    for moved in checkpoint.set_aside_after(ckpt_dir, path) if main else []:
         echo(f"warning: set aside the unreadable {moved.name}")
     checkpoint.restore_rng(payload)
     if main:
-        truncate_metrics(run_dir, int(payload["state"]["step"].reshape(-1)[0]))
-    step = int(payload["state"]["step"].reshape(-1)[0])
+        truncate_metrics(run_dir, step)
     echo(f"resuming {run_dir} from {path.name} (step {step})")
     return Start(state, early_stopping_progress(resolved, payload["config"], {**fresh, **payload["progress"]}, step, echo), payload, path)
 

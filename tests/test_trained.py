@@ -87,8 +87,8 @@ def test_checkpoint_paths_are_read_from_the_current_folder_or_the_run_folder(lim
         assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr
         assert (f"no file at 'checkpoints/step_00000999.pt' nor at '{run_dir}/checkpoints/step_00000999.pt'; "
                 f"'{run_dir}/checkpoints' has: {name}") in missing.stderr.splitlines()[0]
-    resumed = run_cli("train", str(run_dir), "--resume", f"--checkpoint={name}", cwd=cwd)
-    assert resumed.returncode == 2 and "takes the newest readable checkpoint" in resumed.stderr
+    resumed = run_cli("train", str(run_dir), f"--checkpoint={name}", cwd=cwd)  # --resume --checkpoint rolls back
+    assert resumed.returncode == 2 and f"--checkpoint={name} picks the checkpoint --resume continues from: add --resume" in resumed.stderr
 
 
 def test_evaluate_on_other_data_says_what_it_read_and_its_mistakes_in_evaluate_s_terms(limited_run, tmp_path):

@@ -1,0 +1,65 @@
+"""``craft train RUN --resume --checkpoint=NAME``: a run continued from one of its earlier checkpoints, not its
+newest (back to before a loss spike, to go on with another setting ``--resume`` allows).
+
+Nothing is deleted: the checkpoints after it are renamed ``*.rolled-back`` (``best.pt`` too when it is newer),
+so they no longer count as the newest nor push the kept ones out when pruning, and ``metrics.jsonl`` is copied
+to ``metrics.jsonl.rolled-back`` before the resumed run cuts it back to the checkpoint's step and logs again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from craft import checkpoint
+from craft.logging import METRICS_FILE
+from craft.runfolder import CHECKPOINTS, RunError, checkpoint_file
+
+SUFFIX = ".rolled-back"
+
+
+def chosen(run_dir: Path, name: str) -> tuple[Path, dict[str, Any]]:
+    """``(path, payload)`` of the checkpoint ``--checkpoint=NAME`` names (``best``, a file name in the run's
+    ``checkpoints/``, or a path to one of them); a file of another run is refused, pointing at ``init_from``."""
+    path = checkpoint_file(run_dir, name)
+    if path.resolve().parent != (run_dir / CHECKPOINTS).resolve():
+        raise RunError(
+            f"--checkpoint={name}: {str(path)!r} is not one of {str(run_dir)!r}'s checkpoints, which --resume continues; "
+            f"to start a new run from its weights, give --train.init_from={path} instead of --resume"
+        )
+    payload = checkpoint.load(path)
+    checkpoint.check_run_payload(path, payload)
+    return path, payload
+
+
+def set_aside_after(run_dir: Path, step: int, say: Callable[[str], None]) -> None:
+    """The run's checkpoints newer than ``step`` renamed ``*.rolled-back``, and its log copied, said in one line."""
+    ckpt_dir = run_dir / CHECKPOINTS
+    newer = [p for p in checkpoint.step_files(ckpt_dir) if checkpoint.step_number(p) > step]
+    best = ckpt_dir / "best.pt"
+    if best.is_file() and _step_of(best) > step:
+        newer.append(best)
+    if not newer:
+        return
+    moved = [path.replace(_free(path.with_name(path.name + SUFFIX))) for path in newer]
+    log = run_dir / METRICS_FILE
+    kept = f"; the log so far copied to {shutil.copyfile(log, _free(log.with_name(log.name + SUFFIX))).name}" if log.is_file() else ""
+    say(f"rolled back to step {step}: set aside {', '.join(p.name for p in moved)} in {ckpt_dir}{kept}")
+
+
+def _free(path: Path) -> Path:
+    """``path``, or ``path.2``, ``path.3``... the first that does not exist: a second rollback keeps the first's files."""
+    n = 2
+    free = path
+    while free.exists():
+        free, n = path.with_name(f"{path.name}.{n}"), n + 1
+    return free
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(checkpoint.load(path)["state"]["step"].reshape(-1)[0])
+    except (checkpoint.CheckpointError, KeyError, TypeError, AttributeError):
+        return -1  # unreadable: not a newer best, left where it is
