@@ -17,18 +17,19 @@ from typing import Any
 import attrs
 import torch
 
-from craft import checkpoint, compiling, cuda, distributed, hooks, init_from, mfu
+from craft import checkpoint, compiling, cuda, distributed, hooks, init_from
 from craft.config import Experiment, dumps, to_dict
 from craft.distributed import Replicas
 from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_quietly, progress_bar, read_metrics
 from craft.loop import Progress, chain, due, every, fit, when
+from craft.report import summary, utilisation
 from craft.checks import (
     model_notes, check_accumulation, check_components, check_early_stopping, check_same_data, check_sample,
 )
 from craft.parts import Parts, build_data, build_parts, evaluate_batches, measured, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, claimed,
-    config_line, fresh_name, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic, write_data_files,
+    fresh_name, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic, write_data_files,
 )
 from craft.step import init_state, make_eval_step, make_train_step
 from craft.trackers import check as check_trackers
@@ -148,28 +149,6 @@ def _train(exp: Experiment, resume: bool, overwrite: bool, echo, replicas: Repli
         return _fit(exp, parts, start, run_dir, (train_data, val_data, first_batch), tokenizer, replicas)
 
 
-def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas: Replicas) -> list[str]:
-    """What a run says before its first step: where its config is, the device, the model's size,
-    what one step reads (shapes from ``batch``, a validation batch or ``None``), and that the first
-    (compiled) step takes a while."""
-    trainable = sum(p.numel() for p in start.state.params.values())
-    total = mfu.parameter_count(parts.model)
-    size = getattr(exp.data.config, "batch_size", None)
-    per_step = plural(size, "example") if size is not None else "one batch"
-    if batch is not None and batch.get("input") is not None and batch["input"].ndim == 2:
-        per_step = f"{plural(size * batch['input'].shape[1], 'token')} ({per_step} of {batch['input'].shape[1]})"
-    elif batch is not None and "image" in batch and size is not None:
-        per_step = f"{plural(size, 'image')} of {'x'.join(map(str, batch['image'].shape[1:]))}"
-    threads = f" ({torch.get_num_threads()} threads)" if parts.device.type == "cpu" else ""
-    ranks = f" x {replicas.world_size} processes" if replicas.active else ""
-    lines = [
-        config_line(run_dir),
-        f"device {parts.device}{threads}{ranks}; model {exp.model.kind!r}: {total}, {trainable:,} trainable",
-        f"{plural(exp.train.steps, 'step')} of {per_step}, from step {int(start.state.step)}",
-    ]
-    if exp.train.compile:
-        lines.append("compiling the train step (the first step takes a while)")
-    return lines
 
 
 def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, replicas: Replicas) -> Path:
@@ -248,12 +227,6 @@ def saver(exp: Experiment, run_dir: Path, train_data, elapsed, main: bool, *, be
     return save
 
 
-def utilisation(exp: Experiment, parts: Parts, batch):
-    """``samples/s -> mfu`` (``craft.mfu``) for examples shaped as ``batch``'s; None where a figure is unknown."""
-    tokens = mfu.tokens_per_example(parts.task.inputs(batch)) if batch is not None else None
-    per_example = mfu.flops_per_example(parts.model, tokens)
-    peak = mfu.peak_flops(parts.device, exp.train.peak_flops)
-    return lambda rate: mfu.mfu(rate, per_example, peak)
 
 
 def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: Replicas, flag, save, save_best, run_eval, make_text,
