@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from craft.logging import FIRST_STEP_BAR, first_step_done
+from craft.logging import FIRST_STEP_BAR, LogUnwritable, first_step_done
 from craft.loop import Hook, Metrics, Progress
 from craft.rundir import RunError
 
@@ -157,6 +157,22 @@ def log_train(
         return progress._replace(samples=0, window=now, skipped=skipped, window_sums=None, window_counts=None)
 
     return hook
+
+
+def stop_on_log_failure(hook: Hook) -> Hook:
+    """``hook``, with a failed write to the run's log (``LogUnwritable``: a full disk) turned into ``stop = "log"``,
+    the progress as it was before ``hook``: the run then saves this step, as on Ctrl-C. Once stopped so, ``hook``
+    is skipped (an evaluation whose figures cannot be logged is not worth its time; a resume evaluates again)."""
+
+    def guarded(progress: Progress, metrics: Metrics) -> Progress:
+        if progress.stop == "log":
+            return progress
+        try:
+            return hook(progress, metrics)
+        except LogUnwritable:
+            return progress._replace(stop="log")
+
+    return guarded
 
 
 def check_replicas(replicas) -> Hook:

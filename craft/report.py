@@ -1,5 +1,6 @@
 """What a run says on the terminal and in its log's figures: the lines before its first step (``summary``)
-and the model FLOPs utilisation figure its train logs carry (``utilisation``, from ``craft.mfu``)."""
+and the model FLOPs utilisation figure its train logs carry (``utilisation``, from ``craft.mfu``), and the
+lines of its end (``outcome``; ``log_failed``: a run stopped by a failed write to its log)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from craft import mfu
 from craft.config import Experiment
 from craft.distributed import Replicas
 from craft.parts import Parts
-from craft.rundir import config_line
+from craft.rundir import Interrupted, RunError, config_line
 from craft.words import plural
 
 
@@ -45,3 +46,25 @@ def utilisation(exp: Experiment, parts: Parts, batch):
     per_example = mfu.flops_per_example(parts.model, tokens)
     peak = mfu.peak_flops(parts.device, exp.train.peak_flops)
     return lambda rate: mfu.mfu(rate, per_example, peak)
+
+
+def log_failed(failure: Exception, saved: Path | None, also: Exception | None = None) -> RunError:
+    """The one line of a run stopped by a failed write to ``metrics.jsonl`` (``failure``: the file, the cause,
+    the fix): where the run is saved, the step it stopped at (saved on the way out, as on Ctrl-C, its log
+    line taken back), or ``also``, the save that failed too, and the last good checkpoint before it."""
+    where = f"the run is saved in {saved}" if saved else "no checkpoint was written"
+    if also is not None:
+        return RunError(f"{failure}; saving the run failed too ({also}); " + where.replace("the run is saved in", "the last good checkpoint is"))
+    return RunError(f"{failure}; {where}")
+
+
+def outcome(progress, cfg, failure: Exception | None, say) -> None:
+    """The end of a run's ``fit`` (``cfg``: its ``[train]``), from why it stopped: ``Interrupted`` (a signal), the
+    failed log write's ``RunError`` (``failure``), or the early stop said in one line."""
+    if progress.stop == "signal":
+        raise Interrupted(progress.step, progress.last_good)
+    if progress.stop == "log":
+        raise log_failed(failure, progress.last_good)
+    if progress.stop == "early_stopping":
+        rule = cfg.early_stopping
+        say(f"early stopping at step {progress.step}: no better {rule.metric} in {plural(rule.patience, 'evaluation')}")

@@ -22,7 +22,7 @@ from craft.config import Experiment, dumps, to_dict
 from craft.distributed import Replicas
 from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_quietly, progress_bar, read_metrics
 from craft.loop import Progress, chain, due, every, fit, when
-from craft.report import summary, utilisation
+from craft.report import log_failed, outcome, summary, utilisation
 from craft.checks import (
     model_notes, check_accumulation, check_components, check_early_stopping, check_same_data, check_sample,
 )
@@ -195,16 +195,16 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     except UnreadableBatch as e:
         never_nonfinite = lambda p: save(hooks.stop_on_nonfinite(p, {}))  # noqa: E731
         raise saved_after_unreadable(e.__cause__, latest[0], exp, run_dir, never_nonfinite) from None
+    except RunError as e:
+        if log.failure is None:
+            raise
+        raise log_failed(log.failure, latest[0].last_good, also=e) from None  # the save on the way out failed too
     finally:
         bar.close()
         log.close()
         if main:  # on every exit, Ctrl-C and SIGTERM included: the curves so far
             plot_quietly(run_dir, say)
-    if progress.stop == "signal":
-        raise Interrupted(progress.step, progress.last_good)
-    if progress.stop == "early_stopping":
-        rule = cfg.early_stopping
-        say(f"early stopping at step {progress.step}: no better {rule.metric} in {plural(rule.patience, 'evaluation')}")
+    outcome(progress, cfg, log.failure, say)
     return run_dir
 
 
@@ -242,21 +242,21 @@ def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: R
     checkpoint_due = lambda p: due(p, cfg.checkpoint_every or cfg.eval_every) or due(p, cfg.eval_every) or p.stop is not None  # noqa: E731
     # Every rank must stop at the same step: with replicas, agree on the log cadence.
     signal_hook = hooks.stop_on_signal(flag, replicas.any if replicas.active else bool)
-    evaluation = [hooks.evaluate(run_eval, log, say, elapsed)]
+    evaluation, guard = [hooks.evaluate(run_eval, log, say, elapsed)], hooks.stop_on_log_failure
     if cfg.early_stopping is not None:  # then save again: the checkpoint holds this evaluation's best and count
         evaluation += [hooks.early_stopping(cfg.early_stopping, save_best), hooks.checkpoint(save)]
     every_step = [hooks.advance(bar), hooks.count_nonfinite, hooks.accumulate]
     evaluate_due = hooks.untimed(chain(
-        every(cfg.eval_every, chain(stop_nonfinite, *evaluation)),
-        every(cfg.eval_every * cfg.sample.every, hooks.sample(make_text, log, say, elapsed)) if make_text else (lambda p, m: p),
+        every(cfg.eval_every, guard(chain(stop_nonfinite, *evaluation))),
+        every(cfg.eval_every * cfg.sample.every, guard(hooks.sample(make_text, log, say, elapsed))) if make_text else (lambda p, m: p),
     ))
     return chain(
         *every_step,
-        every(cfg.log_every, chain(
+        every(cfg.log_every, guard(chain(
             stop_nonfinite, hooks.check_replicas(replicas),
             hooks.log_train(log, summarize, bar, say, elapsed, skip=cfg.on_nonfinite == "skip", learning_rate=learning_rate(exp),
                             utilisation=utilisation, replicas=replicas.world_size),
-        )),
+        ))),
         every(cfg.log_every, signal_hook) if replicas.active else signal_hook,
         when(checkpoint_due, hooks.untimed(chain(stop_nonfinite, hooks.checkpoint(save)))),
         evaluate_due,
