@@ -67,4 +67,5 @@ def outcome(progress, cfg, failure: Exception | None, say) -> None:
         raise log_failed(failure, progress.last_good)
     if progress.stop == "early_stopping":
         rule = cfg.early_stopping
-        say(f"early stopping at step {progress.step}: no better {rule.metric} in {plural(rule.patience, 'evaluation')}")
+        better = "lower" if rule.mode == "min" else "higher"
+        say(f"early stopping at step {progress.step}: no {better} {rule.metric} in {plural(rule.patience, 'evaluation')}")
