@@ -242,23 +242,28 @@ def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: R
     checkpoint_due = lambda p: due(p, cfg.checkpoint_every or cfg.eval_every) or due(p, cfg.eval_every) or p.stop is not None  # noqa: E731
     # Every rank must stop at the same step: with replicas, agree on the log cadence.
     signal_hook = hooks.stop_on_signal(flag, replicas.any if replicas.active else bool)
-    evaluation, guard = [hooks.evaluate(run_eval, log, say, elapsed)], hooks.stop_on_log_failure
-    if cfg.early_stopping is not None:  # then save again: the checkpoint holds this evaluation's best and count
-        evaluation += [hooks.early_stopping(cfg.early_stopping, save_best), hooks.checkpoint(save)]
-    every_step = [hooks.advance(bar), hooks.count_nonfinite, hooks.accumulate]
-    evaluate_due = hooks.untimed(chain(
-        every(cfg.eval_every, guard(chain(stop_nonfinite, *evaluation))),
-        every(cfg.eval_every * cfg.sample.every, guard(hooks.sample(make_text, log, say, elapsed))) if make_text else (lambda p, m: p),
+    guard, untimed = hooks.stop_on_log_failure, hooks.untimed
+    log_now = guard(chain(
+        stop_nonfinite, hooks.check_replicas(replicas),
+        hooks.log_train(log, summarize, bar, say, elapsed, skip=cfg.on_nonfinite == "skip", learning_rate=learning_rate(exp),
+                        utilisation=utilisation, replicas=replicas.world_size),
     ))
+    evaluation = [untimed(hooks.evaluate(run_eval, log, say, elapsed))]
+    if cfg.early_stopping is not None:  # the last train window is logged, then saved again with this evaluation's best and count
+        stopped_unlogged = lambda p: p.stop == "early_stopping" and not due(p, cfg.log_every)  # noqa: E731
+        evaluation += [
+            untimed(hooks.early_stopping(cfg.early_stopping, save_best)), when(stopped_unlogged, log_now), untimed(hooks.checkpoint(save)),
+        ]
+    every_step = [hooks.advance(bar), hooks.count_nonfinite, hooks.accumulate]
+    evaluate_due = chain(  # each part untimed: a train log of an early stop among them counts the training rate alone
+        every(cfg.eval_every, guard(chain(stop_nonfinite, *evaluation))),
+        every(cfg.eval_every * cfg.sample.every, untimed(guard(hooks.sample(make_text, log, say, elapsed)))) if make_text else (lambda p, m: p),
+    )
     return chain(
         *every_step,
-        every(cfg.log_every, guard(chain(
-            stop_nonfinite, hooks.check_replicas(replicas),
-            hooks.log_train(log, summarize, bar, say, elapsed, skip=cfg.on_nonfinite == "skip", learning_rate=learning_rate(exp),
-                            utilisation=utilisation, replicas=replicas.world_size),
-        ))),
+        every(cfg.log_every, log_now),
         every(cfg.log_every, signal_hook) if replicas.active else signal_hook,
-        when(checkpoint_due, hooks.untimed(chain(stop_nonfinite, hooks.checkpoint(save)))),
+        when(checkpoint_due, untimed(chain(stop_nonfinite, hooks.checkpoint(save)))),
         evaluate_due,
     ), evaluate_due
 

@@ -16,7 +16,7 @@ import torch
 
 from conftest import TINY_TRAIN, run_cli, tiny_cnn
 from craft import checkpoint, cli, rundir, run
-from craft.config import loads
+from craft.config import ConfigError, loads
 from craft.logging import read_metrics
 from craft.parts import fit_to_data
 
@@ -166,6 +166,17 @@ def test_an_unknown_early_stopping_metric_is_refused_before_training(tmp_path, s
         "error: train.early_stopping.metric: task 'classification' reports no 'acuracy'; "
         "choose one of 'loss', 'accuracy', 'top5'"
     ]
+    assert not (tmp_path / "runs" / "cnn").exists()
+
+
+def test_early_stopping_on_a_metric_of_unknown_direction_asks_for_its_mode(tmp_path, shapes, monkeypatch):
+    from craft.tasks import TASKS
+
+    task, real = TASKS["classification"]().build(), run.build_parts  # a task that declares no metric names, as a user's may
+    monkeypatch.setattr(run, "build_parts", lambda exp, replicas: real(exp, replicas)._replace(task=task._replace(metric_names=None)))
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes), {"train.early_stopping": {"metric": "f1"}})
+    with pytest.raises(ConfigError, match=r"^train.early_stopping.mode: craft does not know which way 'f1' improves; set mode = "):
+        run.train(exp, echo=quiet)
     assert not (tmp_path / "runs" / "cnn").exists()
 
 
@@ -407,3 +418,17 @@ def test_an_unwritable_checkpoint_folder_asks_for_write_permission_not_space(tmp
     monkeypatch.setattr(checkpoint.torch, "save", denied)
     with pytest.raises(run.RunError, match=r"cannot write checkpoint '.*': Permission denied; make the folder writable and --resume$"):
         run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes)), echo=quiet)
+
+
+def test_an_early_stop_logs_its_last_train_window_and_says_which_way_the_metric_went(tmp_path, shapes, capsys):
+    """Stopped at step 4 with log_every = 3, the log was `2 val; 3 train; 4 val`: step 4's train figures were never
+    written; the line said "no better accuracy" whichever way accuracy should go."""
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes), {
+        "optim.lr": 0.0, "train.steps": 20, "train.eval_every": 2, "train.log_every": 3,
+        "train.early_stopping": {"metric": "accuracy", "patience": 1},
+    })
+    run.train(exp, echo=quiet)
+    events = [(e["step"], e["split"]) for e in read_metrics(tmp_path / "runs" / "cnn")]
+    assert events == [(2, "val"), (3, "train"), (4, "val"), (4, "train")]
+    said = capsys.readouterr()
+    assert "early stopping at step 4: no higher accuracy in 1 evaluation" in said.out + said.err
