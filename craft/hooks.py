@@ -85,6 +85,19 @@ def stop_on_nonfinite(progress: Progress, metrics: Metrics) -> Progress:
     )
 
 
+def check_finite_params(progress: Progress) -> Progress:
+    """Raise a ``RunError`` if a parameter holds NaN/Inf (one host sync: called once per checkpoint, before it is
+    written): an update can overflow (a learning rate beyond float32) from a finite loss and gradient."""
+    params = progress.state.params.values()
+    if not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        return progress
+    good = f"the last good checkpoint is {progress.last_good}" if progress.last_good else "no checkpoint was written"
+    raise RunError(
+        f"non-finite parameters at step {progress.step}, not saved; {good}. An update overflowed: "
+        "start again with a lower optim.lr or optim.clip_norm"
+    )
+
+
 def accumulate(progress: Progress, metrics: Metrics) -> Progress:
     """Add the step's finite metrics to the log window's on-device sums (no host sync)."""
     sums, counts = progress.window_sums or {}, progress.window_counts or {}

@@ -214,6 +214,7 @@ def saver(exp: Experiment, run_dir: Path, train_data, elapsed, main: bool, *, be
 
     def save(p: Progress) -> Path:
         path = folder / "best.pt" if best else checkpoint.step_path(folder, p.step)
+        hooks.check_finite_params(p)  # nothing non-finite is saved (every rank: they stop at the same step)
         if main:
             progress = {
                 "elapsed": elapsed(), "best": p.best, "bad_evals": p.bad_evals, "skipped": hooks.nonfinite_count(p),

@@ -432,3 +432,14 @@ def test_an_early_stop_logs_its_last_train_window_and_says_which_way_the_metric_
     assert events == [(2, "val"), (3, "train"), (4, "val"), (4, "train")]
     said = capsys.readouterr()
     assert "early stopping at step 4: no higher accuracy in 1 evaluation" in said.out + said.err
+
+
+def test_a_state_whose_parameters_overflowed_is_never_saved(tmp_path, shapes):
+    """optim.lr = 1e39 (inf in float32) made step 1's parameters Inf from a finite loss and gradient: saved, and then
+    named "the last good checkpoint" when step 2's loss went non-finite."""
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes), {
+        "optim.lr": 1e39, "train.checkpoint_every": 1, "train.log_every": 1,
+    })
+    with pytest.raises(run.RunError, match=r"^non-finite parameters at step 1, not saved; no checkpoint was written"):
+        run.train(exp, echo=quiet)
+    assert not list((tmp_path / "runs" / "cnn" / "checkpoints").glob("*.pt"))
