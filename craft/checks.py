@@ -230,13 +230,15 @@ def check_sweep_train(exp: Experiment) -> None:
 
 
 def check_early_stopping(exp: Experiment, task: Task) -> None:
-    """``train.early_stopping.metric`` must be one the task reports (a task that declares no names is not checked)."""
+    """``train.early_stopping.metric`` must be one the task reports (a task that declares no names is not checked),
+    and its ``mode`` known: given, or the metric's own (``craft.tasks.metric_mode``)."""
     rule, names = exp.train.early_stopping, getattr(task, "metric_names", None)
-    if rule is None or not names or rule.metric in names:
-        return
-    raise ConfigError([
-        f"train.early_stopping.metric: task {exp.task.kind!r} reports no {rule.metric!r}; choose one of {', '.join(map(repr, names))}"
-    ])
+    if rule is not None and names and rule.metric not in names:
+        raise ConfigError([
+            f"train.early_stopping.metric: task {exp.task.kind!r} reports no {rule.metric!r}; choose one of {', '.join(map(repr, names))}"
+        ])
+    if rule is not None and rule.mode is None:
+        raise ConfigError([f'train.early_stopping.mode: craft does not know which way {rule.metric!r} improves; set mode = "min" or "max"'])
 
 
 def check_accumulation(exp: Experiment, data) -> None:

@@ -45,9 +45,12 @@ def _keys(record: type, skip: set[str] = frozenset(), defaults: dict | None = No
     for field in attrs.fields(record):
         if field.name in skip:
             continue
-        default = field.default.factory() if isinstance(field.default, attrs.Factory) else field.default
+        factory = field.default if isinstance(field.default, attrs.Factory) else None
+        default = field.default if factory is None else None if factory.takes_self else factory.factory()
         default = (defaults or {}).get(field.name, default)
         shown = "(required)" if default is attrs.NOTHING else f"= {default!r}"
+        if factory is not None and factory.takes_self:  # a default drawn from the other keys: its docstring says how
+            shown = f"= {factory.factory.__doc__}"
         kind = written.get(field.name, field.type)
         kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
         lines.append(f"  {field.name}: {kind} {shown}")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from craft.logging import FIRST_STEP_BAR, first_step_done
+from craft.logging import FIRST_STEP_BAR, LogUnwritable, first_step_done
 from craft.loop import Hook, Metrics, Progress
 from craft.rundir import RunError
 
@@ -82,6 +82,19 @@ def stop_on_nonfinite(progress: Progress, metrics: Metrics) -> Progress:
         f"non-finite loss or gradient norm at step {first} (stopped at step {progress.step}); {good}. "
         'Set train.on_nonfinite = "skip" and --resume to skip such updates, or start again with a lower '
         "optim.lr or optim.clip_norm"
+    )
+
+
+def check_finite_params(progress: Progress) -> Progress:
+    """Raise a ``RunError`` if a parameter holds NaN/Inf (one host sync: called once per checkpoint, before it is
+    written): an update can overflow (a learning rate beyond float32) from a finite loss and gradient."""
+    params = progress.state.params.values()
+    if not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        return progress
+    good = f"the last good checkpoint is {progress.last_good}" if progress.last_good else "no checkpoint was written"
+    raise RunError(
+        f"non-finite parameters at step {progress.step}, not saved; {good}. An update overflowed: "
+        "start again with a lower optim.lr or optim.clip_norm"
     )
 
 
@@ -157,6 +170,22 @@ def log_train(
         return progress._replace(samples=0, window=now, skipped=skipped, window_sums=None, window_counts=None)
 
     return hook
+
+
+def stop_on_log_failure(hook: Hook) -> Hook:
+    """``hook``, with a failed write to the run's log (``LogUnwritable``: a full disk) turned into ``stop = "log"``,
+    the progress as it was before ``hook``: the run then saves this step, as on Ctrl-C. Once stopped so, ``hook``
+    is skipped (an evaluation whose figures cannot be logged is not worth its time; a resume evaluates again)."""
+
+    def guarded(progress: Progress, metrics: Metrics) -> Progress:
+        if progress.stop == "log":
+            return progress
+        try:
+            return hook(progress, metrics)
+        except LogUnwritable:
+            return progress._replace(stop="log")
+
+    return guarded
 
 
 def check_replicas(replicas) -> Hook:

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -30,17 +31,30 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from craft.words import cannot_write
+
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 
 
+class LogUnwritable(OSError):
+    """A write to ``metrics.jsonl`` failed (a full disk, a read-only folder); the message names the file, the cause and the fix."""
+
+
 class MetricsLog:
     """Appends events to ``metrics.jsonl``, and hands each to the ``trackers`` (``craft.trackers``): its
-    metrics and its other numbers (``samples_per_s``, ``mfu``) as ``split/name``."""
+    metrics and its other numbers (``samples_per_s``, ``mfu``) as ``split/name``.
+
+    Each event is one unbuffered write, taken back if it fails: the log never ends in half a line, and
+    closing it has nothing left to write (a failed write is said once, ``LogUnwritable``, kept as ``failure``).
+    """
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = False, trackers: tuple = ()) -> None:
-        self.path = run_dir / METRICS_FILE
-        self._file = self.path.open("a", encoding="utf-8")
+        self.path, self.failure = run_dir / METRICS_FILE, None
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise LogUnwritable(cannot_write(repr(str(self.path)), e)) from None
         if tensorboard:
             from craft.trackers import open_tracker
 
@@ -49,23 +63,34 @@ class MetricsLog:
 
     def write(self, step: int, split: str, metrics: Mapping[str, float], elapsed: float, **extra: Any) -> None:
         event = {"step": step, "split": split, "metrics": dict(metrics), "elapsed": round(elapsed, 3), **extra}
+        line, size = (json.dumps(event) + "\n").encode("utf-8"), os.fstat(self._fd).st_size
         try:
-            self._file.write(json.dumps(event) + "\n")
-            self._file.flush()
-        except OSError as e:  # a full disk: say which file
-            raise OSError(e.errno, e.strerror, str(self.path)) from None
+            append_line(self._fd, line)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)  # the part written is taken back: no torn line
+            self.failure = LogUnwritable(cannot_write(repr(str(self.path)), e, then="--resume"))
+            raise self.failure from None
         numbers = {k: v for k, v in extra.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         for tracker in self._trackers:  # every number of the event: samples_per_s and mfu too
             tracker.log(step, split, {**metrics, **numbers})
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
         for tracker in self._trackers:
             tracker.close()
 
 
+def append_line(fd: int, line: bytes) -> None:
+    """Write all of ``line`` to ``fd``: ``os.write`` may write part of it (a disk filling up) before it raises."""
+    while line:
+        line = line[os.write(fd, line):]
+
+
 class NullLog:
     """A log that writes nothing: what data-parallel ranks other than 0 log to."""
+
+    failure = None
 
     def write(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -117,8 +142,12 @@ def truncate_metrics(run_dir: Path, after_step: int) -> None:
     path = Path(run_dir) / METRICS_FILE
     kept = [e for e in read_metrics(run_dir) if e["step"] <= after_step]
     tmp = path.with_name(f".{path.name}.tmp")  # a kill mid-write must not lose the log
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise LogUnwritable(cannot_write(repr(str(path)), e, then="--resume")) from None
 
 
 FIRST_STEP_BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"

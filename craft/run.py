@@ -17,18 +17,19 @@ from typing import Any
 import attrs
 import torch
 
-from craft import checkpoint, compiling, cuda, distributed, hooks, init_from, mfu
+from craft import checkpoint, compiling, cuda, distributed, hooks, init_from
 from craft.config import Experiment, dumps, to_dict
 from craft.distributed import Replicas
 from craft.logging import MetricsLog, NullLog, check_tensorboard, plot_quietly, progress_bar, read_metrics
 from craft.loop import Progress, chain, due, every, fit, when
+from craft.report import log_failed, outcome, summary, utilisation
 from craft.checks import (
     model_notes, check_accumulation, check_components, check_early_stopping, check_same_data, check_sample,
 )
 from craft.parts import Parts, build_data, build_parts, evaluate_batches, measured, fit_schedule, fit_to_data, learning_rate, to_device
 from craft.rundir import (
     CHECKPOINTS, CONFIG_FILE, Interrupted, RunError, check_run_dir, checkpoint_payload, claimed,
-    config_line, fresh_name, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic, write_data_files,
+    fresh_name, prepare_run_dir, save_checkpoint, start_or_resume, write_atomic, write_data_files,
 )
 from craft.step import init_state, make_eval_step, make_train_step
 from craft.trackers import check as check_trackers
@@ -148,28 +149,6 @@ def _train(exp: Experiment, resume: bool | str, overwrite: bool, echo, replicas:
         return _fit(exp, parts, start, run_dir, (train_data, val_data, first_batch), tokenizer, replicas)
 
 
-def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas: Replicas) -> list[str]:
-    """What a run says before its first step: where its config is, the device, the model's size,
-    what one step reads (shapes from ``batch``, a validation batch or ``None``), and that the first
-    (compiled) step takes a while."""
-    trainable = sum(p.numel() for p in start.state.params.values())
-    total = mfu.parameter_count(parts.model)
-    size = getattr(exp.data.config, "batch_size", None)
-    per_step = plural(size, "example") if size is not None else "one batch"
-    if batch is not None and batch.get("input") is not None and batch["input"].ndim == 2:
-        per_step = f"{plural(size * batch['input'].shape[1], 'token')} ({per_step} of {batch['input'].shape[1]})"
-    elif batch is not None and "image" in batch and size is not None:
-        per_step = f"{plural(size, 'image')} of {'x'.join(map(str, batch['image'].shape[1:]))}"
-    threads = f" ({torch.get_num_threads()} threads)" if parts.device.type == "cpu" else ""
-    ranks = f" x {replicas.world_size} processes" if replicas.active else ""
-    lines = [
-        config_line(run_dir),
-        f"device {parts.device}{threads}{ranks}; model {exp.model.kind!r}: {total}, {trainable:,} trainable",
-        f"{plural(exp.train.steps, 'step')} of {per_step}, from step {int(start.state.step)}",
-    ]
-    if exp.train.compile:
-        lines.append("compiling the train step (the first step takes a while)")
-    return lines
 
 
 def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, replicas: Replicas) -> Path:
@@ -216,16 +195,16 @@ def _fit(exp: Experiment, parts: Parts, start, run_dir: Path, data, tokenizer, r
     except UnreadableBatch as e:
         never_nonfinite = lambda p: save(hooks.stop_on_nonfinite(p, {}))  # noqa: E731
         raise saved_after_unreadable(e.__cause__, latest[0], exp, run_dir, never_nonfinite) from None
+    except RunError as e:
+        if log.failure is None:
+            raise
+        raise log_failed(log.failure, latest[0].last_good, also=e) from None  # the save on the way out failed too
     finally:
         bar.close()
         log.close()
         if main:  # on every exit, Ctrl-C and SIGTERM included: the curves so far
             plot_quietly(run_dir, say)
-    if progress.stop == "signal":
-        raise Interrupted(progress.step, progress.last_good)
-    if progress.stop == "early_stopping":
-        rule = cfg.early_stopping
-        say(f"early stopping at step {progress.step}: no better {rule.metric} in {plural(rule.patience, 'evaluation')}")
+    outcome(progress, cfg, log.failure, say)
     return run_dir
 
 
@@ -235,6 +214,7 @@ def saver(exp: Experiment, run_dir: Path, train_data, elapsed, main: bool, *, be
 
     def save(p: Progress) -> Path:
         path = folder / "best.pt" if best else checkpoint.step_path(folder, p.step)
+        hooks.check_finite_params(p)  # nothing non-finite is saved (every rank: they stop at the same step)
         if main:
             progress = {
                 "elapsed": elapsed(), "best": p.best, "bad_evals": p.bad_evals, "skipped": hooks.nonfinite_count(p),
@@ -248,12 +228,6 @@ def saver(exp: Experiment, run_dir: Path, train_data, elapsed, main: bool, *, be
     return save
 
 
-def utilisation(exp: Experiment, parts: Parts, batch):
-    """``samples/s -> mfu`` (``craft.mfu``) for examples shaped as ``batch``'s; None where a figure is unknown."""
-    tokens = mfu.tokens_per_example(parts.task.inputs(batch)) if batch is not None else None
-    per_example = mfu.flops_per_example(parts.model, tokens)
-    peak = mfu.peak_flops(parts.device, exp.train.peak_flops)
-    return lambda rate: mfu.mfu(rate, per_example, peak)
 
 
 def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: Replicas, flag, save, save_best, run_eval, make_text,
@@ -269,23 +243,28 @@ def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: R
     checkpoint_due = lambda p: due(p, cfg.checkpoint_every or cfg.eval_every) or due(p, cfg.eval_every) or p.stop is not None  # noqa: E731
     # Every rank must stop at the same step: with replicas, agree on the log cadence.
     signal_hook = hooks.stop_on_signal(flag, replicas.any if replicas.active else bool)
-    evaluation = [hooks.evaluate(run_eval, log, say, elapsed)]
-    if cfg.early_stopping is not None:  # then save again: the checkpoint holds this evaluation's best and count
-        evaluation += [hooks.early_stopping(cfg.early_stopping, save_best), hooks.checkpoint(save)]
-    every_step = [hooks.advance(bar), hooks.count_nonfinite, hooks.accumulate]
-    evaluate_due = hooks.untimed(chain(
-        every(cfg.eval_every, chain(stop_nonfinite, *evaluation)),
-        every(cfg.eval_every * cfg.sample.every, hooks.sample(make_text, log, say, elapsed)) if make_text else (lambda p, m: p),
+    guard, untimed = hooks.stop_on_log_failure, hooks.untimed
+    log_now = guard(chain(
+        stop_nonfinite, hooks.check_replicas(replicas),
+        hooks.log_train(log, summarize, bar, say, elapsed, skip=cfg.on_nonfinite == "skip", learning_rate=learning_rate(exp),
+                        utilisation=utilisation, replicas=replicas.world_size),
     ))
+    evaluation = [untimed(hooks.evaluate(run_eval, log, say, elapsed))]
+    if cfg.early_stopping is not None:  # the last train window is logged, then saved again with this evaluation's best and count
+        stopped_unlogged = lambda p: p.stop == "early_stopping" and not due(p, cfg.log_every)  # noqa: E731
+        evaluation += [
+            untimed(hooks.early_stopping(cfg.early_stopping, save_best)), when(stopped_unlogged, log_now), untimed(hooks.checkpoint(save)),
+        ]
+    every_step = [hooks.advance(bar), hooks.count_nonfinite, hooks.accumulate]
+    evaluate_due = chain(  # each part untimed: a train log of an early stop among them counts the training rate alone
+        every(cfg.eval_every, guard(chain(stop_nonfinite, *evaluation))),
+        every(cfg.eval_every * cfg.sample.every, untimed(guard(hooks.sample(make_text, log, say, elapsed)))) if make_text else (lambda p, m: p),
+    )
     return chain(
         *every_step,
-        every(cfg.log_every, chain(
-            stop_nonfinite, hooks.check_replicas(replicas),
-            hooks.log_train(log, summarize, bar, say, elapsed, skip=cfg.on_nonfinite == "skip", learning_rate=learning_rate(exp),
-                            utilisation=utilisation, replicas=replicas.world_size),
-        )),
+        every(cfg.log_every, log_now),
         every(cfg.log_every, signal_hook) if replicas.active else signal_hook,
-        when(checkpoint_due, hooks.untimed(chain(stop_nonfinite, hooks.checkpoint(save)))),
+        when(checkpoint_due, untimed(chain(stop_nonfinite, hooks.checkpoint(save)))),
         evaluate_due,
     ), evaluate_due
 

@@ -18,7 +18,7 @@ from craft.config import load as load_config
 from craft.config import to_dict
 from craft.config import tomllib
 from craft.logging import truncate_metrics
-from craft.words import plural
+from craft.words import cannot_write, plural
 from craft.runfolder import (
     CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, LOCK_FILE, MARKER_FILE, TOKENIZER_FILE, InUse, Interrupted, RunError, check_free, claimed,
     check_replaceable, check_run_dir, config_line, data_paths, fresh_name, is_run_folder, is_used, locked, prepare_run_dir, write_atomic,
@@ -47,7 +47,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     try:
         return checkpoint.save(path, payload)
     except OSError as e:
-        raise RunError(f"cannot write checkpoint {str(path)!r}: {e.strerror or e}; free some space and --resume") from None
+        raise RunError(cannot_write(f"checkpoint {str(path)!r}", e, then="--resume")) from None
 
 
 def checkpoint_payload(state: Any, data_state: dict[str, Any], progress: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:

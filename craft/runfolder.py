@@ -30,6 +30,8 @@ from typing import Any
 
 import attrs
 
+from craft.words import cannot_write
+
 CONFIG_FILE = "config.toml"
 TOKENIZER_FILE = "tokenizer.json"
 CLASSES_FILE = "classes.json"
@@ -282,7 +284,7 @@ def write_data_files(run_dir: Path, data: Any) -> None:
         try:
             tokenizer.save(run_dir / TOKENIZER_FILE)
         except OSError as e:
-            raise RunError(f"cannot write {str(run_dir / TOKENIZER_FILE)!r}: {e.strerror or e}") from None
+            raise RunError(cannot_write(repr(str(run_dir / TOKENIZER_FILE)), e)) from None
     if classes := getattr(data, "classes", None):
         write_atomic(run_dir / CLASSES_FILE, json.dumps(list(classes), ensure_ascii=False, indent=1) + "\n")
 
@@ -295,4 +297,4 @@ def write_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise RunError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+        raise RunError(cannot_write(repr(str(path)), e)) from None

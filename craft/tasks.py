@@ -26,6 +26,14 @@ TASKS: Registry = Registry("task")
 
 Batch = dict[str, Tensor]
 
+LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_token", "bpc", "bpb")
+HIGHER_IS_BETTER = ("accuracy", "top5", "exact_match")
+
+
+def metric_mode(name: str) -> str | None:
+    """Which way ``name``, a metric craft's tasks report, improves: ``"min"``, ``"max"``, or None where unknown."""
+    return "min" if name in LOWER_IS_BETTER else "max" if name in HIGHER_IS_BETTER else None
+
 
 def batch_size(batch: Batch) -> int:
     """Rows in ``batch``: dim 0 of its first tensor."""

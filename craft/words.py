@@ -1,11 +1,14 @@
 """Words in messages: counted nouns (``plural(1, "image")`` is ``"1 image"``, ``plural(3, "class", "classes")``
-``"3 classes"``) and the first few of many names (``listed``: "and 3 more"; ``few``: "... 8 in all").
+``"3 classes"``) and the first few of many names (``listed``: "and 3 more"; ``few``: "... 8 in all"),
+and a failed write with the fix its cause points to (``cannot_write``).
 
 A folder of one image, a sweep of one member and a run of one step are
 ordinary; their messages should not read "1 images".
 """
 
 from __future__ import annotations
+
+import errno
 
 
 def plural(n: int, noun: str, many: str | None = None) -> str:
@@ -31,3 +34,16 @@ def clipped(value, limit: int = 60) -> str:
     """``repr(value)``, cut to ``limit`` characters with ``...``: a value in a message (a row's encoded image is kilobytes)."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+WRITE_FIXES = {
+    errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+    errno.EACCES: "make the folder writable", errno.EPERM: "make the folder writable", errno.EROFS: "make the folder writable",
+}
+
+
+def cannot_write(what: str, error: OSError, then: str = "") -> str:
+    """``cannot write WHAT: CAUSE; FIX and THEN``: a failed write in one line, the fix the one its ``errno`` points to
+    (a full disk: free some space; permissions or a read-only file system: make the folder writable)."""
+    fix = " and ".join(filter(None, [WRITE_FIXES.get(error.errno), then]))
+    return f"cannot write {what}: {error.strerror or error}" + (f"; {fix}" if fix else "")

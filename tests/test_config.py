@@ -769,3 +769,18 @@ def test_a_key_in_the_wrong_table_says_where_it_lives():
     assert problems_of(BASE, {"train.batch_size": 8}) == ["train.batch_size: unknown key; did you mean 'data.batch_size'?"]
     assert problems_of(BASE, {"train.stepz": 3}) == ["train.stepz: unknown key; did you mean 'steps'?"]  # a typo: as before
     assert problems_of(BASE, {"train.nothing_like_it": 3}) == ["train.nothing_like_it: unknown key"]
+
+
+def test_early_stopping_mode_follows_the_metric_and_an_unknown_metric_needs_one():
+    """metric = "accuracy" without mode minimised accuracy: the run stopped as it improved, keeping the worst."""
+    def rule(table: str):
+        return loads(BASE + f"[train.early_stopping]\n{table}\n").train.early_stopping
+
+    assert rule('metric = "accuracy"').mode == "max" and rule('metric = "top5"').mode == "max"
+    assert rule('metric = "exact_match"').mode == "max"
+    assert rule('metric = "perplexity"').mode == "min" and rule("patience = 2").mode == "min"  # loss
+    assert rule('metric = "accuracy"\nmode = "min"').mode == "min"  # as an old run's config.toml says it
+    saved = loads(BASE + '[train.early_stopping]\nmetric = "accuracy"\n')
+    assert 'mode = "max"' in dumps(saved)  # the run's config.toml says which way it went
+    assert rule('metric = "f1"').mode is None  # unknown: craft.checks.check_early_stopping asks for it
+    assert rule('metric = "f1"\nmode = "max"').mode == "max"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -173,3 +176,49 @@ def test_under_torchrun_samples_per_s_is_the_global_batchs_and_mfu_one_devices(m
     (event,) = read_metrics(tmp_path)
     assert event["samples_per_s"] == 60.0 and rates == [30.0] and event["mfu"] == 0.5
     bar.close()
+
+
+def failing_after(calls: int, code: int, written: list | None = None):
+    """An ``append_line`` that writes ``calls`` lines, then half a line before it raises ``OSError(code)``."""
+    from craft import logging as craft_logging
+
+    real, count = craft_logging.append_line, [0]
+
+    def append(fd, line):
+        count[0] += 1
+        if count[0] > calls:
+            real(fd, line[: len(line) // 2])
+            raise OSError(code, os.strerror(code))
+        real(fd, line)
+
+    return append
+
+
+@pytest.mark.parametrize("code, fix", [(errno.ENOSPC, "free some space"), (errno.EPERM, "make the folder writable")])
+def test_a_failed_write_is_taken_back_and_said_with_its_file_and_fix(tmp_path, monkeypatch, code, fix):
+    """A full disk left half a line (later unreadable), and log.close() flushed it again: a bare second error."""
+    from craft import logging as craft_logging
+
+    log = MetricsLog(tmp_path)
+    monkeypatch.setattr(craft_logging, "append_line", failing_after(1, code))
+    log.write(1, "train", {"loss": 1.0}, 0.1)
+    with pytest.raises(OSError, match=rf"^cannot write '.*metrics.jsonl': {os.strerror(code)}; {fix} and --resume$"):
+        log.write(2, "train", {"loss": 0.5}, 0.2)
+    log.close()  # nothing left to write: no second error
+    assert (tmp_path / "metrics.jsonl").read_text().endswith("}\n")
+    assert [e["step"] for e in read_metrics(tmp_path)] == [1]
+
+
+def test_a_failed_truncate_names_the_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    log = MetricsLog(tmp_path)
+    log.write(1, "train", {"loss": 1.0}, 0.1)
+    log.close()
+
+    def full(*args, **kwargs):
+        Path(args[0]).touch()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match=r"^cannot write '.*metrics.jsonl': No space left on device; free some space"):
+        truncate_metrics(tmp_path, after_step=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]

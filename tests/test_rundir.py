@@ -16,7 +16,8 @@ import torch
 
 from conftest import TINY_TRAIN, run_cli, tiny_cnn
 from craft import checkpoint, cli, rundir, run
-from craft.config import loads
+from craft.config import ConfigError, loads
+from craft.logging import read_metrics
 from craft.parts import fit_to_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +166,17 @@ def test_an_unknown_early_stopping_metric_is_refused_before_training(tmp_path, s
         "error: train.early_stopping.metric: task 'classification' reports no 'acuracy'; "
         "choose one of 'loss', 'accuracy', 'top5'"
     ]
+    assert not (tmp_path / "runs" / "cnn").exists()
+
+
+def test_early_stopping_on_a_metric_of_unknown_direction_asks_for_its_mode(tmp_path, shapes, monkeypatch):
+    from craft.tasks import TASKS
+
+    task, real = TASKS["classification"]().build(), run.build_parts  # a task that declares no metric names, as a user's may
+    monkeypatch.setattr(run, "build_parts", lambda exp, replicas: real(exp, replicas)._replace(task=task._replace(metric_names=None)))
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes), {"train.early_stopping": {"metric": "f1"}})
+    with pytest.raises(ConfigError, match=r"^train.early_stopping.mode: craft does not know which way 'f1' improves; set mode = "):
+        run.train(exp, echo=quiet)
     assert not (tmp_path / "runs" / "cnn").exists()
 
 
@@ -360,3 +372,74 @@ def test_resuming_the_seed_cnn_as_a_resnet_names_the_kind():
     resnet = to_dict(load(ROOT / "experiments" / "custom_cnn.toml", texts={"model.kind": "resnet"}))
     with pytest.raises(rundir.RunError, match="saved run: model.kind: saved 'cnn', now 'resnet', and its options; restore"):
         rundir.check_resumable(resnet, cnn)
+
+
+def test_a_failed_log_write_saves_the_run_draws_the_plot_and_says_the_file_and_fix(tmp_path, shapes, monkeypatch):
+    """A full disk under metrics.jsonl ended the run with a bare `[Errno 28] No space left on device` (the close
+    flushed the line again), no loss.png, half a line in the log and no checkpoint of the steps since the last."""
+    from craft import logging as craft_logging
+    from test_logging import failing_after
+
+    monkeypatch.setattr(craft_logging, "append_line", failing_after(2, errno.ENOSPC))  # step 2's train and val
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes))
+    with pytest.raises(run.RunError, match=r"^cannot write '.*metrics.jsonl': No space left on device; free some space "
+                       r"and --resume; the run is saved in .*step_00000004.pt$"):
+        run.train(exp, echo=quiet)
+    run_dir = tmp_path / "runs" / "cnn"
+    assert (run_dir / "loss.png").stat().st_size > 0
+    assert [(e["step"], e["split"]) for e in read_metrics(run_dir)] == [(2, "train"), (2, "val")]
+    monkeypatch.undo()
+    run.train(exp, resume=True, echo=quiet)  # the resumed run evaluates step 4, whose figures were never written
+    assert (4, "val") in [(e["step"], e["split"]) for e in read_metrics(run_dir)]
+
+
+def test_when_the_save_on_the_way_out_fails_too_the_last_good_checkpoint_is_named(tmp_path, shapes, monkeypatch):
+    from craft import logging as craft_logging
+    from test_logging import failing_after
+
+    real, saves = checkpoint.torch.save, []
+
+    def full_after_step_2(obj, f, *args, **kwargs):  # the first save is step 2's
+        if saves.append(1) or len(saves) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(craft_logging, "append_line", failing_after(2, errno.ENOSPC))
+    monkeypatch.setattr(checkpoint.torch, "save", full_after_step_2)
+    with pytest.raises(run.RunError, match=r"^cannot write '.*metrics.jsonl': .*; saving the run failed too \(cannot write "
+                       r"checkpoint '.*step_00000004.pt': .*\); the last good checkpoint is .*step_00000002.pt$"):
+        run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes)), echo=quiet)
+
+
+def test_an_unwritable_checkpoint_folder_asks_for_write_permission_not_space(tmp_path, shapes, monkeypatch):
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(checkpoint.torch, "save", denied)
+    with pytest.raises(run.RunError, match=r"cannot write checkpoint '.*': Permission denied; make the folder writable and --resume$"):
+        run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes)), echo=quiet)
+
+
+def test_an_early_stop_logs_its_last_train_window_and_says_which_way_the_metric_went(tmp_path, shapes, capsys):
+    """Stopped at step 4 with log_every = 3, the log was `2 val; 3 train; 4 val`: step 4's train figures were never
+    written; the line said "no better accuracy" whichever way accuracy should go."""
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes), {
+        "optim.lr": 0.0, "train.steps": 20, "train.eval_every": 2, "train.log_every": 3,
+        "train.early_stopping": {"metric": "accuracy", "patience": 1},
+    })
+    run.train(exp, echo=quiet)
+    events = [(e["step"], e["split"]) for e in read_metrics(tmp_path / "runs" / "cnn")]
+    assert events == [(2, "val"), (3, "train"), (4, "val"), (4, "train")]
+    said = capsys.readouterr()
+    assert "early stopping at step 4: no higher accuracy in 1 evaluation" in said.out + said.err
+
+
+def test_a_state_whose_parameters_overflowed_is_never_saved(tmp_path, shapes):
+    """optim.lr = 1e39 (inf in float32) made step 1's parameters Inf from a finite loss and gradient: saved, and then
+    named "the last good checkpoint" when step 2's loss went non-finite."""
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes), {
+        "optim.lr": 1e39, "train.checkpoint_every": 1, "train.log_every": 1,
+    })
+    with pytest.raises(run.RunError, match=r"^non-finite parameters at step 1, not saved; no checkpoint was written"):
+        run.train(exp, echo=quiet)
+    assert not list((tmp_path / "runs" / "cnn" / "checkpoints").glob("*.pt"))

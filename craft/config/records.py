@@ -16,7 +16,7 @@ import attrs
 from craft.config.entries import config_class
 from craft.optim import OPTIMIZERS, SCHEDULES
 from craft.registry import Registry
-from craft.tasks import TASKS
+from craft.tasks import TASKS, metric_mode
 from craft.validators import (
     at_least, between, device_name, each_one_of, not_empty, one_of, only_with, path_component, seed_value,
 )
@@ -64,12 +64,19 @@ def _default(registry: Registry, kind: str) -> Component:
     return Component(kind, config_class(registry[kind])())
 
 
+def _mode_of(rule) -> str | None:
+    """the metric's: 'min' for loss, perplexity and bits, 'max' for accuracy, top5 and exact_match"""
+    return metric_mode(rule.metric)
+
+
 @attrs.frozen
 class EarlyStopping:
-    """Stop when ``metric`` has not improved (per ``mode``) for ``patience`` evaluations."""
+    """Stop when ``metric`` has not improved (per ``mode``) for ``patience`` evaluations. ``mode`` follows the
+    metric when not given (``craft.tasks.metric_mode``: min for a loss, max for an accuracy); a metric whose
+    direction craft does not know needs it (None: unknown, refused by ``craft.checks.check_early_stopping``)."""
 
     metric: str = attrs.field(default="loss", validator=not_empty)
-    mode: Literal["min", "max"] = "min"
+    mode: Literal["min", "max"] | None = attrs.field(default=attrs.Factory(_mode_of, takes_self=True))
     patience: int = attrs.field(default=5, validator=at_least(0))
 
 
