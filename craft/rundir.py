@@ -221,10 +221,13 @@ def start_or_resume(
         echo(f"{run_dir} has no checkpoint yet: starting it again from step 0")
         return Start(state, fresh, None, None)
     path, payload = found
+    step, steps = int(payload["state"]["step"].reshape(-1)[0]), resolved["train"]["steps"]
+    if step > steps:  # before anything is written: config.toml would record the shorter run
+        raise RunError(f"cannot resume: {str(run_dir)!r} has trained {step} steps, more than train.steps = {steps}; "
+                       f"to train further, raise --train.steps above {step} (an earlier checkpoint: --checkpoint=NAME)")
     for note in check_resumable(resolved, payload["config"]):
         echo(note)
     state = restore(payload["state"], state)
-    step = int(payload["state"]["step"].reshape(-1)[0])
     if main and rolling_back:
         rollback.set_aside_after(run_dir, step, echo)
     for moved in checkpoint.set_aside_after(ckpt_dir, path) if main else []:

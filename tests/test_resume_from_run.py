@@ -65,6 +65,14 @@ def test_the_run_folder_itself_resumes_after_a_move(toml, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "already finished its 5 steps; to train it further, raise --train.steps" in done.stdout
     assert (moved / "metrics.jsonl").read_text() == before
+    # Fewer steps than it has trained: it said "already finished its 3 steps" (it did 5) and wrote steps = 3 into
+    # config.toml, which then no longer said what was run.
+    config = (moved / "config.toml").read_text()
+    fewer = craft("train", str(moved), "--resume", "--train.steps=3", cwd=tmp_path)
+    assert fewer.returncode == 1 and fewer.stderr.splitlines()[0] == (
+        f"error: cannot resume: {str(moved)!r} has trained 5 steps, more than train.steps = 3; to train further, "
+        "raise --train.steps above 5 (an earlier checkpoint: --checkpoint=NAME)")
+    assert (moved / "config.toml").read_text() == config and (moved / "metrics.jsonl").read_text() == before
 
 
 def test_a_longer_resumed_run_keeps_its_schedule_unless_asked(toml, tmp_path):
