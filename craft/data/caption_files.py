@@ -21,6 +21,7 @@ import torch
 
 from craft.data.batching import derive_seed
 from craft.data.images import images_under
+from craft.data.listing import VAL_FOLDERS, split_folder
 
 CAPTION_FILES = ("captions.jsonl", "captions.tsv")
 """The names a folder's captions file is looked for under, in this order."""
@@ -43,6 +44,14 @@ def find_captions(folder: str | Path, name: str | None = None) -> Path | None:
     if name is not None:
         return folder / name
     return next((folder / n for n in CAPTION_FILES if (folder / n).is_file()), None)
+
+
+def captioned_val(root: Path, name: str | None = None) -> tuple[Path, Path] | None:
+    """``root``'s val folder (``val/``, ``validation/``, ``valid/``) and its captions file, when it has one of
+    its own: then it is the val split, as an image folder's ``val/`` is, and not a sub-folder of train."""
+    folder = split_folder(root, VAL_FOLDERS)
+    source = None if folder is None else find_captions(folder, name)
+    return (folder, source) if source is not None and source.is_file() else None
 
 
 def _parse_line(line: str, where: str, suffix: str) -> tuple[str, str]:
@@ -72,11 +81,13 @@ def _parse_line(line: str, where: str, suffix: str) -> tuple[str, str]:
     return name, caption
 
 
-def read_captions(path: str | Path) -> Captions:
+def read_captions(path: str | Path, apart: Path | None = None) -> Captions:
     """The (image, caption) pairs of a ``.jsonl`` or ``.tsv`` captions file, in file order.
 
     Every referenced image must exist; images in the file's folder that no
-    line names are left out with a warning that counts them.
+    line names are left out with a warning that counts them. ``apart``: a
+    sub-folder with a captions file of its own (the val split), whose images
+    this file must not name and which are not its uncaptioned ones.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -107,16 +118,37 @@ def read_captions(path: str | Path) -> Captions:
             f"{path}: {len(absent)} captioned image{'s' if len(absent) > 1 else ''} not found, "
             f"e.g. line {number}: {file}; file names are relative to {folder}: fix them or remove those lines"
         )
-    named = set(files)
-    uncaptioned = [f for f in images_under(folder) if os.path.normpath(f) not in named]
+    if apart is not None:
+        _check_apart(path, files, lines, apart)
+    _warn_uncaptioned(path, set(files), apart)
+    return Captions(path, files, captions)
+
+
+def _check_apart(path: Path, files: list[str], lines: list[int], apart: Path) -> None:
+    """A train captions file naming images of the val folder would train on val images."""
+    below = [(n, f) for n, f in zip(lines, files) if Path(f).is_relative_to(apart)]
+    if below:
+        number, file = below[0]
+        raise ValueError(
+            f"{path}: {len(below)} line{'s' if len(below) > 1 else ''} caption images of {apart}, e.g. line {number}: "
+            f"{file}; {apart} has a captions file of its own and is the val split: remove those lines, or remove "
+            f"{apart}'s captions file to hold out data.val_fraction of every image instead"
+        )
+
+
+def _warn_uncaptioned(path: Path, named: set[str], apart: Path | None) -> None:
+    folder = path.parent
+    uncaptioned = [
+        f for f in images_under(folder)
+        if os.path.normpath(f) not in named and (apart is None or not Path(f).is_relative_to(apart))
+    ]
     if uncaptioned:
         warnings.warn(
             f"{len(uncaptioned)} image{'s' if len(uncaptioned) > 1 else ''} in {folder} "
             f"{'have' if len(uncaptioned) > 1 else 'has'} no caption in {path.name} and "
             f"{'are' if len(uncaptioned) > 1 else 'is'} left out, e.g. {uncaptioned[0]}",
-            stacklevel=2,
+            stacklevel=3,
         )
-    return Captions(path, files, captions)
 
 
 def split_by_image(files: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -27,7 +27,7 @@ from craft.data.caption_batches import (
     Tokenizer, caption_batches, encode_captions, image_index, load_image, make_tokenizer, sequence_length,
 )
 from craft.data.caption_files import (
-    CAPTION_FILES, JSONL_LINE, Captions, find_captions, read_captions, split_by_image,
+    CAPTION_FILES, JSONL_LINE, Captions, captioned_val, find_captions, read_captions, split_by_image,
 )
 from craft.data.files import MAX_PIXELS, files_fingerprint, shown
 from craft.data.images import DecodedImages
@@ -56,7 +56,9 @@ class CaptionFolderConfig:
     ``captions.jsonl`` / ``captions.tsv`` in ``path``; see the module
     docstring for its format. Splits: ``val_path`` (another such folder) if
     set; else ``path/train`` and ``path/val`` when ``path`` has no captions
-    file of its own; else a ``val_fraction`` of the images (fixed by
+    file of its own; else ``path/val`` (or ``validation``, ``valid``) when it has
+    a captions file of its own (``path``'s file then must not name its images);
+    else a ``val_fraction`` of the images (fixed by
     ``data_seed``; every caption of an image goes to the same split).
     ``tokenizer`` is "word" (whitespace-separated words) or "char"; its
     vocabulary is every train and val caption's. ``num_threads`` threads
@@ -96,6 +98,8 @@ class CaptionFolderConfig:
             return self._read(root, source), self._read(val_root, find_captions(val_root, self.captions))
         if source is None and (root / "train").is_dir() and (root / "val").is_dir():
             return tuple(self._read(root / s, find_captions(root / s, self.captions)) for s in ("train", "val"))
+        if source is not None and (val := captioned_val(root, self.captions)) is not None:
+            return read_captions(source, apart=val[0]), read_captions(val[1])  # val/ with its own captions
         every = self._read(root, source)
         train, val = split_by_image(every.files, self.val_fraction, self.data_seed)
 

@@ -263,6 +263,23 @@ def test_train_and_val_subfolders_when_path_has_no_captions_file(tmp_path):
     assert set(ds.tokenizer.words) == {"\n", "train", "one", "two", "val", "words"}  # train and val's words
 
 
+def test_a_val_folder_with_its_own_captions_is_the_val_split_beside_a_top_captions_file(tmp_path):
+    """path/captions.jsonl silently replaced path/val/captions.jsonl: 10% of train was held out instead, and the
+    val images were said to "have no caption"."""
+    captioned_folder(tmp_path, {10: ["train one"], 40: ["train two"], 70: ["train three"]})
+    captioned_folder(tmp_path / "val", {100: ["val words"], 130: ["more val"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the val images are captioned: nothing to warn of
+        train, val = (config(tmp_path).build(split, seed=0) for split in ("train", "val"))
+    assert sorted(int(Path(f).stem) for f, _ in train.examples) == [10, 40, 70]
+    assert sorted(val_examples(val)) == [(100, "val words"), (130, "more val")]
+    assert val.summary == f"2 captions of 2 images in {tmp_path / 'val' / 'captions.jsonl'}"
+    assert train.summary == f"3 captions of 3 images in {tmp_path / 'captions.jsonl'}"
+    write_jsonl(tmp_path, [{"image": "10.png", "caption": "a"}, {"image": "val/100.png", "caption": "b"}])
+    with pytest.raises(ValueError, match=r"line 2: .*100.png; .* has a captions file of its own and is the val split"):
+        config(tmp_path).build("train", seed=0)
+
+
 def test_each_split_says_what_it_read_as_an_image_folder_does(tmp_path):
     """A caption folder said nothing of what it read (craft evaluate --data.val_path=... printed only metrics)."""
     folder = captioned_folder(tmp_path / "one")
