@@ -143,7 +143,7 @@ class CaptionFolderConfig:
                 self, split, chosen.captions, files_fingerprint(chosen.files, chosen.source.parent)
             ),
         )
-        held = "" if train.source != val.source else (  # one captions file, split by image
+        held = "" if train.source != val.source or self.val_path is not None else (  # split by image
             " less the images held out for val" if split == "train" else
             f", {self.val_fraction:g} of its images held out by data_seed = {self.data_seed}")
         counted = f"{plural(len(chosen.captions), 'caption')} of {plural(len(files), 'image')}"

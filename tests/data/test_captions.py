@@ -280,6 +280,13 @@ def test_a_val_folder_with_its_own_captions_is_the_val_split_beside_a_top_captio
         config(tmp_path).build("train", seed=0)
 
 
+def test_evaluating_a_folder_as_both_splits_says_it_read_all_of_it(tmp_path):
+    """--data.path=TEST --data.val_path=TEST said "0.1 of its images held out" though all were evaluated."""
+    folder = captioned_folder(tmp_path)
+    said = config(folder, val_path=str(folder)).build("val", seed=0).summary
+    assert said == f"7 captions of 6 images in {folder / 'captions.jsonl'}"
+
+
 def test_each_split_says_what_it_read_as_an_image_folder_does(tmp_path):
     """A caption folder said nothing of what it read (craft evaluate --data.val_path=... printed only metrics)."""
     folder = captioned_folder(tmp_path / "one")
