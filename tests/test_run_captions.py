@@ -208,3 +208,26 @@ def test_a_resumed_captioning_run_ends_where_an_unbroken_one_does(folder, tmp_pa
     run.train(load(tmp_path / "c.toml", {**overrides, "name": "b"}), resume=True, **quiet)
     a, b = _final_params(unbroken), _final_params(broken)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_evaluate_on_a_test_folder_reads_only_it_with_the_run_s_tokenizer(tmp_path):
+    """evaluate --data.val_path=TEST failed "data.path ... is not a folder" once the training folder was gone:
+    it was read only for a vocabulary that tokenizer.json holds."""
+    data = write_caption_folder(tmp_path / "scenes", num_train=12, num_val=6, image_size=32, shapes=["circle", "square"],
+                                colours=["red", "blue"], max_things=1)
+    (tmp_path / "c.toml").write_text(TINY_CAPTIONER.format(out=tmp_path.as_posix(), data=data.as_posix()), encoding="utf-8")
+    short = {"train.steps": 2, "train.eval_every": 2, "schedule.warmup_steps": 1, "data.batch_size": 4}
+    run_dir = run.train(load(tmp_path / "c.toml", short), echo=lambda *a, **k: None)
+    test = tmp_path / "test"
+    test.mkdir()
+    lines = (data / "val" / "captions.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+    for line in lines:
+        name = json.loads(line)["image"]
+        (test / name).write_bytes((data / "val" / name).read_bytes())
+    (test / "captions.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    with_train = trained.evaluate(run_dir, data={"data.path": str(data), "data.val_path": str(test)})
+    data.rename(tmp_path / "gone")
+    said = []
+    alone = trained.evaluate(run_dir, data={"data.val_path": str(test)}, say=said.append)
+    assert alone == pytest.approx(with_train, rel=1e-5)
+    assert said == [f"val data: 3 captions of 3 images in {test / 'captions.jsonl'}"]

@@ -55,7 +55,8 @@ class CaptionFolderConfig:
     The captions file is ``captions`` (a name in ``path``) or else
     ``captions.jsonl`` / ``captions.tsv`` in ``path``; see the module
     docstring for its format. Splits: ``val_path`` (another such folder) if
-    set; else ``path/train`` and ``path/val`` when ``path`` has no captions
+    set (training from ``path/train`` when ``path`` has no captions file but
+    has one); else ``path/train`` and ``path/val`` when ``path`` has no captions
     file of its own; else ``path/val`` (or ``validation``, ``valid``) when it has
     a captions file of its own (``path``'s file then must not name its images);
     else a ``val_fraction`` of the images (fixed by
@@ -95,7 +96,11 @@ class CaptionFolderConfig:
             val_root = Path(self.val_path)
             if not val_root.is_dir():
                 raise ValueError(f"data.val_path {val_root} is not a folder; fix the path or unset it")
-            return self._read(root, source), self._read(val_root, find_captions(val_root, self.captions))
+            if source is None and (root / "train").is_dir():  # a prepared folder's train/ stays its train split
+                root, source = root / "train", find_captions(root / "train", self.captions)
+            train = self._read(root, source)
+            same = val_root.resolve() == root.resolve()  # evaluate reading only a test set: read (and warn) once
+            return train, train if same else self._read(val_root, find_captions(val_root, self.captions))
         if source is None and (root / "train").is_dir() and (root / "val").is_dir():
             return tuple(self._read(root / s, find_captions(root / s, self.captions)) for s in ("train", "val"))
         if source is not None and (val := captioned_val(root, self.captions)) is not None:

@@ -287,6 +287,15 @@ def test_evaluating_a_folder_as_both_splits_says_it_read_all_of_it(tmp_path):
     assert said == f"7 captions of 6 images in {folder / 'captions.jsonl'}"
 
 
+def test_val_path_beside_a_prepared_folder_trains_from_its_train_folder(tmp_path):
+    """As an image folder does: path/train stayed unread and "no captions.jsonl in path" was the error."""
+    captioned_folder(tmp_path / "data" / "train", {10: ["train one"], 40: ["train two"]})
+    captioned_folder(tmp_path / "data" / "val", {40: ["not read"]})
+    captioned_folder(tmp_path / "test", {70: ["test words"]})
+    train = config(tmp_path / "data", val_path=str(tmp_path / "test")).build("train", seed=0)
+    assert sorted(int(Path(f).stem) for f, _ in train.examples) == [10, 40]
+
+
 def test_each_split_says_what_it_read_as_an_image_folder_does(tmp_path):
     """A caption folder said nothing of what it read (craft evaluate --data.val_path=... printed only metrics)."""
     folder = captioned_folder(tmp_path / "one")
