@@ -126,11 +126,27 @@ def _no_such_key(problem: str, kind: str, given: set[str]) -> str:
     return f"{key}: the run's data (kind {kind!r}) has no such key; craft info {kind} lists those it has"
 
 
-def in_run_ids(run_dir: Path, batches, config, data: dict[str, str]):
+def in_run_ids(run_dir: Path, batches, used: Experiment, data: dict[str, str]):
     """Other data's ``batches`` with the run's token ids (``in_run_vocabulary``) and, unless ``--data.path``
-    gave the classes' train split, the run's labels (``in_run_classes``)."""
-    batches = in_run_vocabulary(run_dir, batches, getattr(config, "path", None))
+    gave the classes' train split, the run's labels (``in_run_classes``); captions that fit the run's model."""
+    path = getattr(used.data.config, "path", None)
+    if used.task.kind == "captioning":
+        check_caption_length(batches, getattr(used.model.config, "block_size", None), path)
+    batches = in_run_vocabulary(run_dir, batches, path)
     return batches if "data.path" in data else in_run_classes(run_dir, batches)
+
+
+def check_caption_length(batches, block_size: int | None, path: str | None) -> None:
+    """Captions longer than the run's ``block_size`` (its longest training caption's tokens + 1) do not fit
+    its model: one line saying so, not the model's error on the first batch."""
+    length = getattr(batches, "block_size", None)
+    if block_size is None or length is None or length <= block_size:
+        return
+    raise RunError(
+        f"the captions of {path or 'the other data'} are longer than the run's model takes: the longest has "
+        f"{length - 1} tokens, the run's at most {block_size - 1} (model.block_size = {block_size}, from the longest "
+        f"caption it trained on); leave out or cut the captions of more than {block_size - 1} tokens"
+    )
 
 
 def in_run_vocabulary(run_dir: Path, batches, path: str | None = None):

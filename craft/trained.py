@@ -83,7 +83,7 @@ def evaluate(
     used = whole(other_experiment(Path(run_dir), exp, data) if data else exp, whole_split)
     batches = other_val_data(Path(run_dir), used, build_data) if data else build_data(used, "val")
     if data:  # other data's token ids and labels, renumbered to the run's
-        batches = in_run_ids(Path(run_dir), batches, used.data.config, data)
+        batches = in_run_ids(Path(run_dir), batches, used, data)
     check_components(used, parts, batches)  # other data the model cannot take (--data.image_size) is one line
     check_classes(Path(run_dir), getattr(batches, "classes", None))
     task = measured(parts, batches).task  # bpc or bpb, as the run counted them

@@ -231,3 +231,16 @@ def test_evaluate_on_a_test_folder_reads_only_it_with_the_run_s_tokenizer(tmp_pa
     alone = trained.evaluate(run_dir, data={"data.val_path": str(test)}, say=said.append)
     assert alone == pytest.approx(with_train, rel=1e-5)
     assert said == [f"val data: 3 captions of 3 images in {test / 'captions.jsonl'}"]
+
+
+def test_evaluate_on_captions_longer_than_the_run_s_says_so(tiny_run, folder, tmp_path):
+    """Longer test captions failed as the model's error on the first batch, with advice on image_size and channels."""
+    name = json.loads((folder / "val" / "captions.jsonl").read_text(encoding="utf-8").splitlines()[0])["image"]
+    (tmp_path / name).write_bytes((folder / "val" / name).read_bytes())
+    long = "a small red circle " * 4
+    (tmp_path / "captions.jsonl").write_text(json.dumps({"image": name, "caption": long}) + "\n", encoding="utf-8")
+    result = craft("evaluate", str(tiny_run), f"--data.val_path={tmp_path}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.splitlines()[0]
+    assert line.startswith(f"error: the captions of {tmp_path} are longer than the run's model takes: the longest has 16 ")
+    assert line.endswith("leave out or cut the captions of more than 11 tokens") and "image_size" not in line
