@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -73,7 +74,8 @@ def _parse_line(line: str, where: str, suffix: str) -> tuple[str, str]:
             raise ValueError(f"{where}: \"image\" and \"caption\" must be strings, got {name!r} and {caption!r}")
     if any(c in caption for c in "\n\r\t"):
         raise ValueError(f"{where}: the caption holds a newline or a tab; a caption is one line: use spaces")
-    caption, name = caption.strip(), name.strip()
+    # NFC, as class names are read: a caption typed on a Mac (e + a combining accent) spells its words alike.
+    caption, name = unicodedata.normalize("NFC", caption.strip()), name.strip()
     if not name:
         raise ValueError(f"{where}: the image file name is empty; name the captioned file")
     if not caption:
@@ -111,6 +113,7 @@ def read_captions(path: str | Path, apart: Path | None = None) -> Captions:
         lines.append(number)
     if not files:
         raise ValueError(f"{path} has no captions; add lines like {JSONL_LINE}")
+    files = _on_disk(files, folder)
     absent = [(n, f) for n, f in zip(lines, files) if not os.path.isfile(f)]
     if absent:
         number, file = absent[0]
@@ -122,6 +125,15 @@ def read_captions(path: str | Path, apart: Path | None = None) -> Captions:
         _check_apart(path, files, lines, apart)
     _warn_uncaptioned(path, set(files), apart)
     return Captions(path, files, captions)
+
+
+def _on_disk(files: list[str], folder: Path) -> list[str]:
+    """``files``, each one not found as spelled replaced by the image under ``folder`` whose name is the same in
+    Unicode's composed form (NFC): macOS writes ``café.png`` decomposed, a captions file typed elsewhere composed."""
+    if all(os.path.isfile(f) for f in files):
+        return files
+    by_nfc = {unicodedata.normalize("NFC", os.path.normpath(f)): f for f in images_under(folder)}
+    return [f if os.path.isfile(f) else by_nfc.get(unicodedata.normalize("NFC", f), f) for f in files]
 
 
 def _check_apart(path: Path, files: list[str], lines: list[int], apart: Path) -> None:

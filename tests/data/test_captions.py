@@ -210,6 +210,19 @@ def test_missing_images_are_counted_with_the_first_example(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_captions_are_read_composed_and_file_names_match_in_either_unicode_form(tmp_path):
+    """A decomposed "café" (as macOS writes it) was another word than the composed one, and a captions file naming
+    café0.png composed did not find the file written decomposed: "captioned images not found"."""
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    solid(tmp_path / f"{decomposed}0.png", 10)
+    solid(tmp_path / f"{composed}1.png", 40)
+    rows = [{"image": f"{composed}0.png", "caption": f"a {decomposed} here"},
+            {"image": f"{decomposed}1.png", "caption": f"a {composed} there"}]
+    found = read_captions(write_jsonl(tmp_path, rows))
+    assert found.captions == [f"a {composed} here", f"a {composed} there"]
+    assert [Path(f).is_file() for f in found.files] == [True, True]
+
+
 def test_images_without_captions_are_left_out_with_one_warning(tmp_path):
     folder = captioned_folder(tmp_path / "train", {10: ["a"], 40: ["b"]})
     solid(folder / "77.png", 77)
