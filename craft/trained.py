@@ -183,7 +183,7 @@ def sample_run(
     if image is not None and exp is not None and read_image is None:
         raise RunError(f"--image: {run_dir} was trained on {exp.data.kind!r} data, not captions; drop --image")
     if image is not None and not Path(image).is_file():
-        raise RunError(f"--image {image}: no such file")
+        raise RunError(f"--image {image}: " + ("a folder; give one image file in it to caption" if Path(image).is_dir() else "no such file"))
     exp, parts, state = load_run(run_dir, checkpoint_name)
     tokenizer = load_tokenizer(path)
     if image is None:

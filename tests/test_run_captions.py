@@ -146,6 +146,7 @@ def test_a_prompt_starts_the_caption_and_sampling_is_seeded(tiny_run, folder, ca
     "args, message",
     [
         (["--image=missing.png"], "--image missing.png: no such file"),
+        (["--image={folder}"], "/val: a folder; give one image file in it to caption"),
         ([], "is a captioning run: give the image to caption, --image=PATH"),
         (["--image={image}", "--stop=x"], "--stop: a caption stops at its end marker; drop --stop"),
         (["--image={image}", "--prompt=a purple"], "1 word not in the vocabulary: 'purple'"),
@@ -158,7 +159,7 @@ def test_generate_errors_are_one_line(tiny_run, folder, tmp_path, capsys, args, 
     bad.write_bytes(b"not a png")
     image = folder / "val" / _val_captions(folder)[0]["image"]
     captions = folder / "val" / "captions.jsonl"
-    status, out, err = generate(capsys, tiny_run, *(a.format(image=image, bad=bad, captions=captions) for a in args))
+    status, out, err = generate(capsys, tiny_run, *(a.format(image=image, bad=bad, captions=captions, folder=folder / "val") for a in args))
     assert status in (1, 2), out
     assert message in err.splitlines()[0] and "Traceback" not in err, err
     assert "delete" not in err, err  # the user's image (or captions file) is not a folder's damaged file

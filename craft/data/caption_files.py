@@ -5,8 +5,11 @@
 
     {"image": "cat/001.png", "caption": "a cat on a mat"}
 
-``captions.tsv`` holds ``file<TAB>caption`` a line, no header. File names are
-relative to the folder holding the captions file; an image may have several captions.
+``captions.tsv`` holds ``file<TAB>caption`` a line (a first line naming no file,
+captioned ``caption`` or ``text``, is a header and skipped). File names are
+relative to the folder holding the captions file; an image may have several
+captions. A JSONL line may name its image ``file_name``, as Hugging Face's
+imagefolder ``metadata.jsonl`` does.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import NamedTuple
 import torch
 
 from craft.data.batching import derive_seed
+from craft.data.files import IMAGE_SUFFIXES
 from craft.data.images import images_under
 from craft.data.listing import VAL_FOLDERS, split_folder
 
@@ -55,6 +59,33 @@ def captioned_val(root: Path, name: str | None = None) -> tuple[Path, Path] | No
     return (folder, source) if source is not None and source.is_file() else None
 
 
+def no_captions(folder: Path) -> ValueError:
+    """The error for ``folder`` without a captions file, naming another captions-like file there and how to use it."""
+    found = sorted(
+        p.name for p in folder.iterdir() if p.is_file() and p.stem.lower().startswith(("caption", "metadata"))
+        and p.suffix.lower() in (".jsonl", ".tsv", ".csv", ".json", ".txt")
+    )
+    readable = [n for n in found if n.lower().endswith((".jsonl", ".tsv"))]
+    where = f"no {' or '.join(CAPTION_FILES)} in {folder}"
+    if readable:
+        return ValueError(f"{where}, but {readable[0]}: name it with data.captions = \"{readable[0]}\"")
+    if found:
+        return ValueError(
+            f"{where}, but {found[0]}: a captions file is JSONL or TSV, not {Path(found[0]).suffix}; convert it to "
+            f"captions.tsv (file<TAB>caption a line) or captions.jsonl (a line is {JSONL_LINE})"
+        )
+    return ValueError(
+        f"{where}; add one (a line is {JSONL_LINE}), name it with data.captions, or see an example: "
+        f"`craft prepare captions DIR`"
+    )
+
+
+def _header(line: str, folder: Path) -> bool:
+    """Whether the first line of a captions.tsv is a header (``file<TAB>caption``): it names no file."""
+    name, _, caption = line.partition("\t")
+    return caption.strip().lower() in ("caption", "captions", "text") and not (folder / name.strip()).is_file()
+
+
 def _parse_line(line: str, where: str, suffix: str) -> tuple[str, str]:
     """``(file name, caption)`` of one non-blank line of a captions file."""
     if suffix == ".tsv":
@@ -66,10 +97,13 @@ def _parse_line(line: str, where: str, suffix: str) -> tuple[str, str]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{where}: not JSON ({e.msg}); a line is {JSONL_LINE}") from None
-        missing = [k for k in ("image", "caption") if not isinstance(record, dict) or k not in record]
-        if missing:
-            raise ValueError(f"{where}: no {' or '.join(map(repr, missing))} key; a line is {JSONL_LINE}")
-        name, caption = record["image"], record["caption"]
+        image = "file_name" if isinstance(record, dict) and "image" not in record and "file_name" in record else "image"
+        missing = [k for k in (image, "caption") if not isinstance(record, dict) or k not in record]
+        if missing:  # file_name: Hugging Face's metadata.jsonl names the image so
+            found = f"its keys are {', '.join(map(repr, record))}" if isinstance(record, dict) else (
+                f"it is a JSON {type(record).__name__}")
+            raise ValueError(f"{where}: no {' or '.join(map(repr, missing))} key ({found}); a line is {JSONL_LINE}")
+        name, caption = record[image], record["caption"]
         if not isinstance(name, str) or not isinstance(caption, str):
             raise ValueError(f"{where}: \"image\" and \"caption\" must be strings, got {name!r} and {caption!r}")
     if any(c in caption for c in "\n\r\t"):
@@ -105,7 +139,7 @@ def read_captions(path: str | Path, apart: Path | None = None) -> Captions:
     files, captions, lines = [], [], []
     for number, line in enumerate(text.split("\n"), start=1):
         line = line.removesuffix("\r")
-        if not line.strip():
+        if not line.strip() or number == 1 and suffix == ".tsv" and _header(line, folder):
             continue
         name, caption = _parse_line(line, f"{path}, line {number}", suffix)
         files.append(os.path.normpath(folder / name))
@@ -114,17 +148,29 @@ def read_captions(path: str | Path, apart: Path | None = None) -> Captions:
     if not files:
         raise ValueError(f"{path} has no captions; add lines like {JSONL_LINE}")
     files = _on_disk(files, folder)
+    _check_named(path, files, lines)
+    if apart is not None:
+        _check_apart(path, files, lines, apart)
+    _warn_uncaptioned(path, set(files), apart)
+    return Captions(path, files, captions)
+
+
+def _check_named(path: Path, files: list[str], lines: list[int]) -> None:
+    """Every captioned file is there and is an image (a line naming notes.txt is to be removed, not the file)."""
     absent = [(n, f) for n, f in zip(lines, files) if not os.path.isfile(f)]
     if absent:
         number, file = absent[0]
         raise ValueError(
             f"{path}: {len(absent)} captioned image{'s' if len(absent) > 1 else ''} not found, "
-            f"e.g. line {number}: {file}; file names are relative to {folder}: fix them or remove those lines"
+            f"e.g. line {number}: {file}; file names are relative to {path.parent}: fix them or remove those lines"
         )
-    if apart is not None:
-        _check_apart(path, files, lines, apart)
-    _warn_uncaptioned(path, set(files), apart)
-    return Captions(path, files, captions)
+    other = [(n, f) for n, f in zip(lines, files) if os.path.splitext(f)[1].lower() not in IMAGE_SUFFIXES]
+    if other:
+        number, file = other[0]
+        raise ValueError(
+            f"{path}: {len(other)} captioned file{'s are' if len(other) > 1 else ' is'} not an image "
+            f"({', '.join(IMAGE_SUFFIXES)}), e.g. line {number}: {file}; remove those lines from {path.name}"
+        )
 
 
 def _on_disk(files: list[str], folder: Path) -> list[str]:

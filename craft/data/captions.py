@@ -27,7 +27,7 @@ from craft.data.caption_batches import (
     Tokenizer, caption_batches, encode_captions, image_index, load_image, make_tokenizer, sequence_length,
 )
 from craft.data.caption_files import (
-    CAPTION_FILES, JSONL_LINE, Captions, captioned_val, find_captions, read_captions, split_by_image,
+    CAPTION_FILES, Captions, captioned_val, find_captions, no_captions, read_captions, split_by_image,
 )
 from craft.data.files import MAX_PIXELS, files_fingerprint, shown
 from craft.data.images import DecodedImages
@@ -115,10 +115,7 @@ class CaptionFolderConfig:
 
     def _read(self, folder: Path, source: Path | None) -> Captions:
         if source is None:
-            raise ValueError(
-                f"no {' or '.join(CAPTION_FILES)} in {folder}; add one (a line is {JSONL_LINE}), "
-                f"name it with data.captions, or see an example: `craft prepare captions DIR`"
-            )
+            raise no_captions(folder)
         return read_captions(source)
 
     def build(self, split: str, *, seed: int, rank: int = 0, world_size: int = 1) -> TrainBatches | EvalBatches:

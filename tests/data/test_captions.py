@@ -469,3 +469,35 @@ def test_craft_prepare_captions_writes_a_caption_folder(tmp_path, capsys):
         "craft prepare captions: unknown option --num_trian (did you mean 'num_train'?); "
         "options: --num_train, --num_val, --image_size, --seed"
     )
+
+
+def test_messages_name_what_was_found_and_the_whole_fix(tmp_path):
+    """A captions.csv went unnamed, a TSV header was "1 captioned image not found", HF's file_name/text keys were
+    "no 'image' or 'caption' key" without the keys seen, and a captioned notes.txt was to be "deleted", which then
+    failed as a missing image: the fix is to remove its line."""
+    solid(tmp_path / "csv" / "10.png", 10)
+    (tmp_path / "csv" / "captions.csv").write_text("file,caption\n10.png,a dark one\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"no captions.jsonl or captions.tsv in .*csv, but captions.csv: a captions "
+                                         r"file is JSONL or TSV, not .csv; convert it to captions.tsv"):
+        config(tmp_path / "csv").build("train", seed=0)
+    write_jsonl(tmp_path / "csv", [{"image": "10.png", "caption": "x"}], name="metadata.jsonl")
+    with pytest.raises(ValueError, match=r", but metadata.jsonl: name it with data.captions = \"metadata.jsonl\""):
+        config(tmp_path / "csv").build("train", seed=0)
+    solid(tmp_path / "tsv" / "40.png", 40)
+    (tmp_path / "tsv" / "captions.tsv").write_text("file\tcaption\n40.png\ta gray one\n", encoding="utf-8")
+    assert read_captions(tmp_path / "tsv" / "captions.tsv").captions == ["a gray one"]
+    hf = write_jsonl(tmp_path / "hf", [{"file_name": "10.png", "text": "a dark one"}])
+    solid(tmp_path / "hf" / "10.png", 10)
+    with pytest.raises(ValueError, match=r"line 1: no 'caption' key \(its keys are 'file_name', 'text'\)"):
+        read_captions(hf)
+    write_jsonl(tmp_path / "hf", [{"file_name": "10.png", "caption": "a dark one"}])
+    assert read_captions(hf).files == [str(tmp_path / "hf" / "10.png")]
+    (tmp_path / "hf" / "notes.txt").write_text("not an image", encoding="utf-8")
+    write_jsonl(tmp_path / "hf", [{"image": "10.png", "caption": "a"}, {"image": "notes.txt", "caption": "b"}])
+    with pytest.raises(ValueError, match=r"1 captioned file is not an image \(.*\), e.g. line 2: .*notes.txt; "
+                                         r"remove those lines from captions.jsonl"):
+        read_captions(hf)
+    (tmp_path / "hf" / "10.png").write_bytes(b"damaged")
+    write_jsonl(tmp_path / "hf", [{"image": "10.png", "caption": "a"}] * 2)
+    with pytest.raises(ValueError, match=r"replace or delete it, and remove its lines from the captions file$"):
+        list(config(tmp_path / "hf", val_path=str(tmp_path / "hf")).build("val", seed=0))
