@@ -122,8 +122,10 @@ def evaluate(run_dir: str, *, checkpoint: str = "latest", whole_split: bool = Fa
 
     [data] options evaluate on other data (a test set), read as the run read
     its own: craft evaluate runs/NAME --data.val_path=data/test (image and
-    caption folders), or --data.path=FILE for text made of the run's characters
-    (or words), read with the run's tokenizer.json. Stderr says what was read.
+    caption folders: only data/test is read, its labels and words renumbered to
+    the run's classes.json and tokenizer.json), or --data.path=FILE for text made
+    of the run's characters (or words), read with the run's tokenizer.json.
+    Stderr says what was read.
     """
     from craft import trained
 

@@ -260,4 +260,13 @@ def per_example_grads(loss_fn: Callable[[Params, Batch], Tensor], params: Params
         out = loss_fn(p, pytree.tree_map(lambda x: x.unsqueeze(0), example))
         return out if isinstance(out, Tensor) else out[0]
 
-    return vmap(grad(one), in_dims=(None, 0))(params, batch)
+    try:
+        return vmap(grad(one), in_dims=(None, 0))(params, batch)
+    except RuntimeError as e:  # functorch's words name running_mean or a captured tensor, not the fix
+        if "Batch norm got a batched tensor" not in str(e) and "mutate a captured Tensor" not in str(e):
+            raise
+        raise ValueError(
+            "per_example_grads: the model updates a tensor in place, as BatchNorm in training mode does: it "
+            "normalises each example by its batch's statistics, so there are no per-example gradients; "
+            "use GroupNorm or LayerNorm instead of BatchNorm"
+        ) from None

@@ -6,7 +6,9 @@ tokens renumbered to the run's ``tokenizer.json`` (``in_run_vocabulary``: a
 character test file builds a vocabulary of its own characters only; token
 files must be encoded with the run's own BPE or tiktoken tokenizer, ``craft
 prepare tokens SRC... OUT --tokenizer=RUN``, as another's ids cannot be
-renumbered), and its class names checked against the run's ``classes.json`` (``check_classes``); a resumed run's data too
+renumbered), and its class names checked against the run's ``classes.json`` (``check_classes``), or, when
+``--data.val_path`` alone is given, the test set read alone (``test_set_only``) and its labels renumbered to the
+run's classes (``in_run_classes``); a resumed run's data too
 (``check_same_data_files``). Its data's
 own errors are said for evaluate where training's advice would not fit (``other_val_data``).
 """
@@ -49,7 +51,19 @@ def other_experiment(run_dir: Path, exp: Experiment, data: dict[str, str]) -> Ex
         # The run's own data may be made where it is missing; a test set never is: a mistyped path would
         # be filled with fresh synthetic data and evaluated as if it were the user's.
         config = attrs.evolve(config, prepare=None)
+    if test_set_only(run_dir, config, data):
+        # The test set stands in for the train split, which an image or caption folder builds only for its
+        # classes or vocabulary: the run's classes.json and tokenizer.json give those, so the run's own data
+        # need not still be on disk (``in_run_classes``, ``in_run_vocabulary`` renumber to them).
+        config = attrs.evolve(config, path=config.val_path)
     return attrs.evolve(exp, data=attrs.evolve(other.data, config=config))
+
+
+def test_set_only(run_dir: Path, config, data: dict[str, str]) -> bool:
+    """Whether evaluate reads only ``--data.val_path``: given without ``--data.path``, for a run whose
+    ``classes.json`` or ``tokenizer.json`` fixes what its labels and token ids mean."""
+    saved = (run_dir / CLASSES_FILE).is_file() or (run_dir / TOKENIZER_FILE).is_file()
+    return "data.path" not in data and getattr(config, "val_path", None) is not None and saved
 
 
 def other_val_data(run_dir: Path, used: Experiment, build):
@@ -58,10 +72,7 @@ def other_val_data(run_dir: Path, used: Experiment, build):
     try:
         return build(used, "val")
     except UnknownClasses as e:
-        saved = run_dir / CLASSES_FILE
-        has = f" (its {CLASSES_FILE} has {few(json.loads(saved.read_text(encoding='utf-8')))})" if saved.exists() else ""
-        which = f"class {e.unknown[0]!r}" if len(e.unknown) == 1 else f"classes {few(e.unknown)}"
-        raise RunError(f"the run was not trained on {which}{has}; remove those images from the test set") from None
+        raise untrained(run_dir, e.unknown) from None
     except SplitFolders as e:
         if e.key != "data.val_path":
             raise
@@ -71,11 +82,71 @@ def other_val_data(run_dir: Path, used: Experiment, build):
         ) from None
 
 
+def untrained(run_dir: Path, unknown: list[str]) -> RunError:
+    """The error for test images of classes ``unknown`` that the run was not trained on."""
+    saved = run_dir / CLASSES_FILE
+    has = f" (its {CLASSES_FILE} has {few(json.loads(saved.read_text(encoding='utf-8')))})" if saved.exists() else ""
+    which = f"class {unknown[0]!r}" if len(unknown) == 1 else f"classes {few(unknown)}"
+    return RunError(f"the run was not trained on {which}{has}; remove those images from the test set")
+
+
+def in_run_classes(run_dir: Path, batches):
+    """``batches`` as they are, or, when their classes (a test set's own, sorted) are not the run's
+    ``classes.json``, with each label renumbered to the run's position of its class."""
+    saved, classes = run_dir / CLASSES_FILE, getattr(batches, "classes", None)
+    if not classes or not saved.is_file():
+        return batches
+    run = json.loads(saved.read_text(encoding="utf-8"))
+    if list(classes) == run:
+        return batches
+    if unknown := [c for c in classes if c not in run]:
+        raise untrained(run_dir, unknown)
+    return InRunClasses(batches, torch.tensor([run.index(c) for c in classes], dtype=torch.int64), run)
+
+
+class InRunClasses:
+    """``batches`` whose ``label``s are mapped through ``ids`` to the run's classes (``run``, a list of
+    names, is ``classes``); every other attribute is ``batches``'s."""
+
+    def __init__(self, batches, ids: torch.Tensor, run: list[str]) -> None:
+        self.batches, self.ids, self.classes = batches, ids, run
+
+    def __getattr__(self, name: str):
+        return getattr(self.batches, name)
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield {k: self.ids[v] if k == "label" else v for k, v in batch.items()}
+
+
 def _no_such_key(problem: str, kind: str, given: set[str]) -> str:
     key = problem.split(":")[0]
     if ": unknown key" not in problem or key.removeprefix("data.") not in given:
         return problem
     return f"{key}: the run's data (kind {kind!r}) has no such key; craft info {kind} lists those it has"
+
+
+def in_run_ids(run_dir: Path, batches, used: Experiment, data: dict[str, str]):
+    """Other data's ``batches`` with the run's token ids (``in_run_vocabulary``) and, unless ``--data.path``
+    gave the classes' train split, the run's labels (``in_run_classes``); captions that fit the run's model."""
+    path = getattr(used.data.config, "path", None)
+    if used.task.kind == "captioning":
+        check_caption_length(batches, getattr(used.model.config, "block_size", None), path)
+    batches = in_run_vocabulary(run_dir, batches, path)
+    return batches if "data.path" in data else in_run_classes(run_dir, batches)
+
+
+def check_caption_length(batches, block_size: int | None, path: str | None) -> None:
+    """Captions longer than the run's ``block_size`` (its longest training caption's tokens + 1) do not fit
+    its model: one line saying so, not the model's error on the first batch."""
+    length = getattr(batches, "block_size", None)
+    if block_size is None or length is None or length <= block_size:
+        return
+    raise RunError(
+        f"the captions of {path or 'the other data'} are longer than the run's model takes: the longest has "
+        f"{length - 1} tokens, the run's at most {block_size - 1} (model.block_size = {block_size}, from the longest "
+        f"caption it trained on); leave out or cut the captions of more than {block_size - 1} tokens"
+    )
 
 
 def in_run_vocabulary(run_dir: Path, batches, path: str | None = None):

@@ -21,7 +21,7 @@ from craft.config import Experiment, Sample
 from craft.config import load as load_config
 from craft.logging import plot_metrics
 from craft.data.augment import crop_size
-from craft.other_data import check_classes, in_run_vocabulary, other_experiment, other_val_data
+from craft.other_data import check_classes, in_run_ids, other_experiment, other_val_data
 from craft.parts import Parts, build_data, build_parts, eval_weights, evaluate_batches, measured
 from craft.rundir import CHECKPOINTS, CLASSES_FILE, CONFIG_FILE, TOKENIZER_FILE, RunError, saved_config
 from craft.runfolder import MEMBERS_DIR, checkpoint_file
@@ -82,8 +82,8 @@ def evaluate(
     exp, parts, state = load_run(run_dir, checkpoint_name)
     used = whole(other_experiment(Path(run_dir), exp, data) if data else exp, whole_split)
     batches = other_val_data(Path(run_dir), used, build_data) if data else build_data(used, "val")
-    if data:
-        batches = in_run_vocabulary(Path(run_dir), batches, getattr(used.data.config, "path", None))
+    if data:  # other data's token ids and labels, renumbered to the run's
+        batches = in_run_ids(Path(run_dir), batches, used, data)
     check_components(used, parts, batches)  # other data the model cannot take (--data.image_size) is one line
     check_classes(Path(run_dir), getattr(batches, "classes", None))
     task = measured(parts, batches).task  # bpc or bpb, as the run counted them
@@ -183,7 +183,7 @@ def sample_run(
     if image is not None and exp is not None and read_image is None:
         raise RunError(f"--image: {run_dir} was trained on {exp.data.kind!r} data, not captions; drop --image")
     if image is not None and not Path(image).is_file():
-        raise RunError(f"--image {image}: no such file")
+        raise RunError(f"--image {image}: " + ("a folder; give one image file in it to caption" if Path(image).is_dir() else "no such file"))
     exp, parts, state = load_run(run_dir, checkpoint_name)
     tokenizer = load_tokenizer(path)
     if image is None:

@@ -146,6 +146,7 @@ def test_a_prompt_starts_the_caption_and_sampling_is_seeded(tiny_run, folder, ca
     "args, message",
     [
         (["--image=missing.png"], "--image missing.png: no such file"),
+        (["--image={folder}"], "/val: a folder; give one image file in it to caption"),
         ([], "is a captioning run: give the image to caption, --image=PATH"),
         (["--image={image}", "--stop=x"], "--stop: a caption stops at its end marker; drop --stop"),
         (["--image={image}", "--prompt=a purple"], "1 word not in the vocabulary: 'purple'"),
@@ -158,7 +159,7 @@ def test_generate_errors_are_one_line(tiny_run, folder, tmp_path, capsys, args, 
     bad.write_bytes(b"not a png")
     image = folder / "val" / _val_captions(folder)[0]["image"]
     captions = folder / "val" / "captions.jsonl"
-    status, out, err = generate(capsys, tiny_run, *(a.format(image=image, bad=bad, captions=captions) for a in args))
+    status, out, err = generate(capsys, tiny_run, *(a.format(image=image, bad=bad, captions=captions, folder=folder / "val") for a in args))
     assert status in (1, 2), out
     assert message in err.splitlines()[0] and "Traceback" not in err, err
     assert "delete" not in err, err  # the user's image (or captions file) is not a folder's damaged file
@@ -208,3 +209,39 @@ def test_a_resumed_captioning_run_ends_where_an_unbroken_one_does(folder, tmp_pa
     run.train(load(tmp_path / "c.toml", {**overrides, "name": "b"}), resume=True, **quiet)
     a, b = _final_params(unbroken), _final_params(broken)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_evaluate_on_a_test_folder_reads_only_it_with_the_run_s_tokenizer(tmp_path):
+    """evaluate --data.val_path=TEST failed "data.path ... is not a folder" once the training folder was gone:
+    it was read only for a vocabulary that tokenizer.json holds."""
+    data = write_caption_folder(tmp_path / "scenes", num_train=12, num_val=6, image_size=32, shapes=["circle", "square"],
+                                colours=["red", "blue"], max_things=1)
+    (tmp_path / "c.toml").write_text(TINY_CAPTIONER.format(out=tmp_path.as_posix(), data=data.as_posix()), encoding="utf-8")
+    short = {"train.steps": 2, "train.eval_every": 2, "schedule.warmup_steps": 1, "data.batch_size": 4}
+    run_dir = run.train(load(tmp_path / "c.toml", short), echo=lambda *a, **k: None)
+    test = tmp_path / "test"
+    test.mkdir()
+    lines = (data / "val" / "captions.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+    for line in lines:
+        name = json.loads(line)["image"]
+        (test / name).write_bytes((data / "val" / name).read_bytes())
+    (test / "captions.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    with_train = trained.evaluate(run_dir, data={"data.path": str(data), "data.val_path": str(test)})
+    data.rename(tmp_path / "gone")
+    said = []
+    alone = trained.evaluate(run_dir, data={"data.val_path": str(test)}, say=said.append)
+    assert alone == pytest.approx(with_train, rel=1e-5)
+    assert said == [f"val data: 3 captions of 3 images in {test / 'captions.jsonl'}"]
+
+
+def test_evaluate_on_captions_longer_than_the_run_s_says_so(tiny_run, folder, tmp_path):
+    """Longer test captions failed as the model's error on the first batch, with advice on image_size and channels."""
+    name = json.loads((folder / "val" / "captions.jsonl").read_text(encoding="utf-8").splitlines()[0])["image"]
+    (tmp_path / name).write_bytes((folder / "val" / name).read_bytes())
+    long = "a small red circle " * 4
+    (tmp_path / "captions.jsonl").write_text(json.dumps({"image": name, "caption": long}) + "\n", encoding="utf-8")
+    result = craft("evaluate", str(tiny_run), f"--data.val_path={tmp_path}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.splitlines()[0]
+    assert line.startswith(f"error: the captions of {tmp_path} are longer than the run's model takes: the longest has 16 ")
+    assert line.endswith("leave out or cut the captions of more than 11 tokens") and "image_size" not in line

@@ -107,3 +107,23 @@ def test_evaluate_on_other_data_says_what_it_read_and_its_mistakes_in_evaluate_s
     assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
     assert "error: the run was not trained on class 'horse' (its classes.json has 'arrow', 'circle', " in unknown.stderr
     assert unknown.stderr.splitlines()[0].endswith("; remove those images from the test set")
+
+
+def test_evaluate_on_a_test_set_reads_only_it_with_the_run_s_classes(tmp_path):
+    """evaluate --data.val_path=TEST needed the run's training folder still on disk ("data.path ... does not
+    exist"), only to list its classes: classes.json gives them, and a test set of some classes scores the same."""
+    data = shapes_folder(tmp_path, num_train=14, num_val=14)
+    exp = load(ROOT / "experiments" / "custom_cnn.toml", {
+        "out_dir": str(tmp_path / "runs"), "data.path": str(data), "data.prepare": None, "data.batch_size": 4,
+        "data.num_threads": 0, "train.steps": 2, "train.eval_every": 2, "train.compile": False,
+    })
+    run_dir = run.train(exp, echo=lambda *a, **k: None)
+    test = tmp_path / "test"
+    for name in ("square", "star"):  # the run's classes 5 and 6 of 7, 0 and 1 of the test set's own
+        shutil.copytree(data / "val" / name, test / name)
+    with_train = trained.evaluate(run_dir, data={"data.path": str(data), "data.val_path": str(test)})
+    data.rename(tmp_path / "gone")
+    said = []
+    alone = trained.evaluate(run_dir, data={"data.val_path": str(test)}, say=said.append)
+    assert alone == pytest.approx(with_train, rel=1e-6)
+    assert said == [f"val data: 4 images in {test} (4 PNG)"]

@@ -95,8 +95,13 @@ def caption_batches(
     mean, std = config.mean, config.std
 
     def load(indices: Tensor) -> Batch:
-        image = normalize(images(image_of[indices]), mean, std)
-        return {"image": image, "input": inputs[indices], "target": targets[indices]}
+        try:
+            pixels = images(image_of[indices])
+        except ValueError as e:  # a deleted image's captions would then name a missing file
+            if not str(e).endswith("replace or delete it"):
+                raise
+            raise ValueError(f"{e}, and remove its lines from the captions file") from None
+        return {"image": normalize(pixels, mean, std), "input": inputs[indices], "target": targets[indices]}
 
     common = {
         "classes": [], "rank": rank, "world_size": world_size, "executor": executor, "prefetch": prefetch,

@@ -27,7 +27,7 @@ from craft.data.caption_batches import (
     Tokenizer, caption_batches, encode_captions, image_index, load_image, make_tokenizer, sequence_length,
 )
 from craft.data.caption_files import (
-    CAPTION_FILES, JSONL_LINE, Captions, find_captions, read_captions, split_by_image,
+    CAPTION_FILES, Captions, captioned_val, find_captions, no_captions, read_captions, split_by_image,
 )
 from craft.data.files import MAX_PIXELS, files_fingerprint, shown
 from craft.data.images import DecodedImages
@@ -55,8 +55,11 @@ class CaptionFolderConfig:
     The captions file is ``captions`` (a name in ``path``) or else
     ``captions.jsonl`` / ``captions.tsv`` in ``path``; see the module
     docstring for its format. Splits: ``val_path`` (another such folder) if
-    set; else ``path/train`` and ``path/val`` when ``path`` has no captions
-    file of its own; else a ``val_fraction`` of the images (fixed by
+    set (training from ``path/train`` when ``path`` has no captions file but
+    has one); else ``path/train`` and ``path/val`` when ``path`` has no captions
+    file of its own; else ``path/val`` (or ``validation``, ``valid``) when it has
+    a captions file of its own (``path``'s file then must not name its images);
+    else a ``val_fraction`` of the images (fixed by
     ``data_seed``; every caption of an image goes to the same split).
     ``tokenizer`` is "word" (whitespace-separated words) or "char"; its
     vocabulary is every train and val caption's. ``num_threads`` threads
@@ -93,9 +96,15 @@ class CaptionFolderConfig:
             val_root = Path(self.val_path)
             if not val_root.is_dir():
                 raise ValueError(f"data.val_path {val_root} is not a folder; fix the path or unset it")
-            return self._read(root, source), self._read(val_root, find_captions(val_root, self.captions))
+            if source is None and (root / "train").is_dir():  # a prepared folder's train/ stays its train split
+                root, source = root / "train", find_captions(root / "train", self.captions)
+            train = self._read(root, source)
+            same = val_root.resolve() == root.resolve()  # evaluate reading only a test set: read (and warn) once
+            return train, train if same else self._read(val_root, find_captions(val_root, self.captions))
         if source is None and (root / "train").is_dir() and (root / "val").is_dir():
             return tuple(self._read(root / s, find_captions(root / s, self.captions)) for s in ("train", "val"))
+        if source is not None and (val := captioned_val(root, self.captions)) is not None:
+            return read_captions(source, apart=val[0]), read_captions(val[1])  # val/ with its own captions
         every = self._read(root, source)
         train, val = split_by_image(every.files, self.val_fraction, self.data_seed)
 
@@ -106,10 +115,7 @@ class CaptionFolderConfig:
 
     def _read(self, folder: Path, source: Path | None) -> Captions:
         if source is None:
-            raise ValueError(
-                f"no {' or '.join(CAPTION_FILES)} in {folder}; add one (a line is {JSONL_LINE}), "
-                f"name it with data.captions, or see an example: `craft prepare captions DIR`"
-            )
+            raise no_captions(folder)
         return read_captions(source)
 
     def build(self, split: str, *, seed: int, rank: int = 0, world_size: int = 1) -> TrainBatches | EvalBatches:
@@ -139,7 +145,7 @@ class CaptionFolderConfig:
                 self, split, chosen.captions, files_fingerprint(chosen.files, chosen.source.parent)
             ),
         )
-        held = "" if train.source != val.source else (  # one captions file, split by image
+        held = "" if train.source != val.source or self.val_path is not None else (  # split by image
             " less the images held out for val" if split == "train" else
             f", {self.val_fraction:g} of its images held out by data_seed = {self.data_seed}")
         counted = f"{plural(len(chosen.captions), 'caption')} of {plural(len(files), 'image')}"

@@ -210,6 +210,19 @@ def test_missing_images_are_counted_with_the_first_example(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_captions_are_read_composed_and_file_names_match_in_either_unicode_form(tmp_path):
+    """A decomposed "café" (as macOS writes it) was another word than the composed one, and a captions file naming
+    café0.png composed did not find the file written decomposed: "captioned images not found"."""
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    solid(tmp_path / f"{decomposed}0.png", 10)
+    solid(tmp_path / f"{composed}1.png", 40)
+    rows = [{"image": f"{composed}0.png", "caption": f"a {decomposed} here"},
+            {"image": f"{decomposed}1.png", "caption": f"a {composed} there"}]
+    found = read_captions(write_jsonl(tmp_path, rows))
+    assert found.captions == [f"a {composed} here", f"a {composed} there"]
+    assert [Path(f).is_file() for f in found.files] == [True, True]
+
+
 def test_images_without_captions_are_left_out_with_one_warning(tmp_path):
     folder = captioned_folder(tmp_path / "train", {10: ["a"], 40: ["b"]})
     solid(folder / "77.png", 77)
@@ -261,6 +274,39 @@ def test_train_and_val_subfolders_when_path_has_no_captions_file(tmp_path):
     ds = config(tmp_path).build("val", seed=0)
     assert val_examples(ds) == [(70, "val words")]
     assert set(ds.tokenizer.words) == {"\n", "train", "one", "two", "val", "words"}  # train and val's words
+
+
+def test_a_val_folder_with_its_own_captions_is_the_val_split_beside_a_top_captions_file(tmp_path):
+    """path/captions.jsonl silently replaced path/val/captions.jsonl: 10% of train was held out instead, and the
+    val images were said to "have no caption"."""
+    captioned_folder(tmp_path, {10: ["train one"], 40: ["train two"], 70: ["train three"]})
+    captioned_folder(tmp_path / "val", {100: ["val words"], 130: ["more val"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the val images are captioned: nothing to warn of
+        train, val = (config(tmp_path).build(split, seed=0) for split in ("train", "val"))
+    assert sorted(int(Path(f).stem) for f, _ in train.examples) == [10, 40, 70]
+    assert sorted(val_examples(val)) == [(100, "val words"), (130, "more val")]
+    assert val.summary == f"2 captions of 2 images in {tmp_path / 'val' / 'captions.jsonl'}"
+    assert train.summary == f"3 captions of 3 images in {tmp_path / 'captions.jsonl'}"
+    write_jsonl(tmp_path, [{"image": "10.png", "caption": "a"}, {"image": "val/100.png", "caption": "b"}])
+    with pytest.raises(ValueError, match=r"line 2: .*100.png; .* has a captions file of its own and is the val split"):
+        config(tmp_path).build("train", seed=0)
+
+
+def test_evaluating_a_folder_as_both_splits_says_it_read_all_of_it(tmp_path):
+    """--data.path=TEST --data.val_path=TEST said "0.1 of its images held out" though all were evaluated."""
+    folder = captioned_folder(tmp_path)
+    said = config(folder, val_path=str(folder)).build("val", seed=0).summary
+    assert said == f"7 captions of 6 images in {folder / 'captions.jsonl'}"
+
+
+def test_val_path_beside_a_prepared_folder_trains_from_its_train_folder(tmp_path):
+    """As an image folder does: path/train stayed unread and "no captions.jsonl in path" was the error."""
+    captioned_folder(tmp_path / "data" / "train", {10: ["train one"], 40: ["train two"]})
+    captioned_folder(tmp_path / "data" / "val", {40: ["not read"]})
+    captioned_folder(tmp_path / "test", {70: ["test words"]})
+    train = config(tmp_path / "data", val_path=str(tmp_path / "test")).build("train", seed=0)
+    assert sorted(int(Path(f).stem) for f, _ in train.examples) == [10, 40]
 
 
 def test_each_split_says_what_it_read_as_an_image_folder_does(tmp_path):
@@ -423,3 +469,35 @@ def test_craft_prepare_captions_writes_a_caption_folder(tmp_path, capsys):
         "craft prepare captions: unknown option --num_trian (did you mean 'num_train'?); "
         "options: --num_train, --num_val, --image_size, --seed"
     )
+
+
+def test_messages_name_what_was_found_and_the_whole_fix(tmp_path):
+    """A captions.csv went unnamed, a TSV header was "1 captioned image not found", HF's file_name/text keys were
+    "no 'image' or 'caption' key" without the keys seen, and a captioned notes.txt was to be "deleted", which then
+    failed as a missing image: the fix is to remove its line."""
+    solid(tmp_path / "csv" / "10.png", 10)
+    (tmp_path / "csv" / "captions.csv").write_text("file,caption\n10.png,a dark one\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"no captions.jsonl or captions.tsv in .*csv, but captions.csv: a captions "
+                                         r"file is JSONL or TSV, not .csv; convert it to captions.tsv"):
+        config(tmp_path / "csv").build("train", seed=0)
+    write_jsonl(tmp_path / "csv", [{"image": "10.png", "caption": "x"}], name="metadata.jsonl")
+    with pytest.raises(ValueError, match=r", but metadata.jsonl: name it with data.captions = \"metadata.jsonl\""):
+        config(tmp_path / "csv").build("train", seed=0)
+    solid(tmp_path / "tsv" / "40.png", 40)
+    (tmp_path / "tsv" / "captions.tsv").write_text("file\tcaption\n40.png\ta gray one\n", encoding="utf-8")
+    assert read_captions(tmp_path / "tsv" / "captions.tsv").captions == ["a gray one"]
+    hf = write_jsonl(tmp_path / "hf", [{"file_name": "10.png", "text": "a dark one"}])
+    solid(tmp_path / "hf" / "10.png", 10)
+    with pytest.raises(ValueError, match=r"line 1: no 'caption' key \(its keys are 'file_name', 'text'\)"):
+        read_captions(hf)
+    write_jsonl(tmp_path / "hf", [{"file_name": "10.png", "caption": "a dark one"}])
+    assert read_captions(hf).files == [str(tmp_path / "hf" / "10.png")]
+    (tmp_path / "hf" / "notes.txt").write_text("not an image", encoding="utf-8")
+    write_jsonl(tmp_path / "hf", [{"image": "10.png", "caption": "a"}, {"image": "notes.txt", "caption": "b"}])
+    with pytest.raises(ValueError, match=r"1 captioned file is not an image \(.*\), e.g. line 2: .*notes.txt; "
+                                         r"remove those lines from captions.jsonl"):
+        read_captions(hf)
+    (tmp_path / "hf" / "10.png").write_bytes(b"damaged")
+    write_jsonl(tmp_path / "hf", [{"image": "10.png", "caption": "a"}] * 2)
+    with pytest.raises(ValueError, match=r"replace or delete it, and remove its lines from the captions file$"):
+        list(config(tmp_path / "hf", val_path=str(tmp_path / "hf")).build("val", seed=0))

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batch_for, cnn, mlp
+from conftest import batch_for, bn_dropout_net, cnn, mlp
 from hypothesis import given
 from hypothesis import strategies as st
 from torch.func import functional_call, grad
@@ -38,6 +38,15 @@ def test_per_example_gradients_average_to_the_batch_gradient(make):
     one = grad(_loss(model))(params, {k: v[2:3] for k, v in batch.items()})
     for k, v in one.items():
         torch.testing.assert_close(per_example[k][2], v, atol=1e-12, rtol=1e-10)
+
+
+def test_batchnorm_in_training_mode_is_one_clear_error():
+    """functorch's raw "Batch norm got a batched tensor as input while the running_mean ..." named no fix."""
+    model = bn_dropout_net(p=0.0)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"^per_example_grads: .*as BatchNorm in training mode does: .*"
+                                         r"use GroupNorm or LayerNorm instead of BatchNorm$"):
+        per_example_grads(_loss(model), params, batch_for("cnn", 4))
 
 
 def _grads(scales, size=5, seed=0):
