@@ -117,8 +117,8 @@ def evaluate(run_dir: str, *, checkpoint: str = "latest", whole_split: bool = Fa
 
     The split is read as the run read it: with train.eval_batches, those
     batches (spread over the split), with a token folder's data.val_windows,
-    those windows, so the figures equal the run's last logged ones (said on
-    stderr); --whole_split reads all of it.
+    those windows, so the figures equal the run's last logged ones (stderr
+    then says how much was read); --whole_split reads all of it.
 
     [data] options evaluate on other data (a test set), read as the run read
     its own: craft evaluate runs/NAME --data.val_path=data/test (image and

@@ -224,8 +224,13 @@ def plot_metrics(run_dir: Path) -> Path:
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
     ax.set_title(Path(run_dir).name)
     path = Path(run_dir) / PLOT_FILE
-    fig.savefig(path)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.tmp")  # a failed draw (disk full) leaves the last plot, not an empty file
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from craft import mfu
+from craft.hooks import nonfinite_count
 from craft.config import Experiment
 from craft.distributed import Replicas
 from craft.parts import Parts
@@ -35,6 +36,9 @@ def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas
         f"device {parts.device}{threads}{ranks}; model {exp.model.kind!r}: {total}, {trainable:,} trainable",
         f"{plural(exp.train.steps, 'step')} of {per_step}, from step {int(start.state.step)}",
     ]
+    if exp.train.ema_decay is not None:
+        lines.append(f"val figures, best.pt and craft evaluate/generate/export use the weights' moving average "
+                     f"(train.ema_decay = {exp.train.ema_decay})")
     if exp.train.compile:
         lines.append("compiling the train step (the first step takes a while)")
     return lines
@@ -60,7 +64,8 @@ def log_failed(failure: Exception, saved: Path | None, also: Exception | None = 
 
 def outcome(progress, cfg, failure: Exception | None, say) -> None:
     """The end of a run's ``fit`` (``cfg``: its ``[train]``), from why it stopped: ``Interrupted`` (a signal), the
-    failed log write's ``RunError`` (``failure``), or the early stop said in one line."""
+    failed log write's ``RunError`` (``failure``), or the early stop said in one line; and how many updates
+    ``on_nonfinite = "skip"`` left out."""
     if progress.stop == "signal":
         raise Interrupted(progress.step, progress.last_good)
     if progress.stop == "log":
@@ -69,3 +74,6 @@ def outcome(progress, cfg, failure: Exception | None, say) -> None:
         rule = cfg.early_stopping
         better = "lower" if rule.mode == "min" else "higher"
         say(f"early stopping at step {progress.step}: no {better} {rule.metric} in {plural(rule.patience, 'evaluation')}")
+    if skipped := nonfinite_count(progress):  # each was said as it came; the run's end says what they add up to
+        every = ": every one, so nothing was learned; lower optim.lr or look for bad data" if skipped >= progress.step else ""
+        say(f"warning: {skipped} of {progress.step} updates were skipped as non-finite (train.on_nonfinite = 'skip'){every}")

@@ -86,6 +86,8 @@ def test_a_group_key_typo_is_named(tmp_path, shapes):
 
 def test_ema_weights_are_what_evaluation_reads(tmp_path, shapes):
     result = craft(tmp_path, shapes, train="ema_decay = 0.5")
+    assert "val figures, best.pt and craft evaluate/generate/export use the weights' moving average (train.ema_decay = 0.5)" \
+        in result.stdout.splitlines()  # nothing said so
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "runs" / "cnn"
     state = last_state(run_dir)

@@ -48,6 +48,24 @@ def test_plot_is_a_png(tmp_path):
         assert image.format == "PNG" and image.size == (700, 400)
 
 
+def test_a_plot_that_cannot_be_written_leaves_the_last_one(tmp_path, monkeypatch):
+    """Disk full mid-draw left a 0-byte loss.png (savefig wrote in place)."""
+    import matplotlib.figure
+
+    _log(tmp_path)
+    before = plot_metrics(tmp_path).read_bytes()
+
+    def full(self, fname, **kwargs):
+        Path(fname).write_bytes(b"")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    with pytest.raises(OSError):
+        plot_metrics(tmp_path)
+    assert (tmp_path / "loss.png").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "metrics.jsonl"]
+
+
 def test_tensorboard_events_beside_the_jsonl(tmp_path):
     pytest.importorskip("tensorboard")
     log = MetricsLog(tmp_path, tensorboard=True)

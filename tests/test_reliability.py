@@ -220,13 +220,15 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_the_last_good_checkpoint(t
     assert [e["metrics"]["skipped_steps"] for e in read_metrics(run_dir) if e["split"] == "train"] == [1, 1]
 
 
-def test_skip_keeps_the_old_state_and_counts_skips_in_the_log(tmp_path, shapes, monkeypatch):
+def test_skip_keeps_the_old_state_and_counts_skips_in_the_log(tmp_path, shapes, monkeypatch, capsys):
     wrap_train_data(monkeypatch, at=3, poison=True)
     exp = cnn_experiment(
         tmp_path, shapes,
         **{"train.on_nonfinite": "skip", "train.checkpoint_every": 1, "train.keep_checkpoints": 10},
     )
     run_dir = run.train(exp, echo=quiet)
+    said = capsys.readouterr().out.splitlines()
+    assert said[-1] == "warning: 1 of 8 updates were skipped as non-finite (train.on_nonfinite = 'skip')"  # the sum
     ckpts = run_dir / "checkpoints"
     before, skipped = (checkpoint.load(checkpoint.step_path(ckpts, s))["state"] for s in (2, 3))
     assert int(skipped["step"]) == 3
