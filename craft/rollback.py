@@ -4,6 +4,7 @@ newest (back to before a loss spike, to go on with another setting ``--resume`` 
 Nothing is deleted: the checkpoints after it are renamed ``*.rolled-back`` (``best.pt`` too when it is newer),
 so they no longer count as the newest nor push the kept ones out when pruning, and ``metrics.jsonl`` is copied
 to ``metrics.jsonl.rolled-back`` before the resumed run cuts it back to the checkpoint's step and logs again.
+W&B and MLflow runs cannot take a step back: ``trackers.json`` is set aside too, so they log to new runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 from craft import checkpoint
 from craft.logging import METRICS_FILE
-from craft.runfolder import CHECKPOINTS, RunError, checkpoint_file
+from craft.trackers import STATE_FILE
+from craft.runfolder import CHECKPOINTS, CONFIG_FILE, RunError, checkpoint_file
 
 SUFFIX = ".rolled-back"
 
@@ -34,6 +36,12 @@ def chosen(run_dir: Path, name: str) -> tuple[Path, dict[str, Any]]:
     return path, payload
 
 
+def other_settings(run_dir: Path, path: Path) -> str:
+    """How to go on from ``path`` with settings ``--resume`` refuses: a new run from its weights (``init_from``)."""
+    return (f"; to go on from {path.name} with other settings, start a new run from its weights: craft train "
+            f"{run_dir / CONFIG_FILE} --train.init_from={path} with them (the optimizer and step start afresh)")
+
+
 def set_aside_after(run_dir: Path, step: int, say: Callable[[str], None]) -> None:
     """The run's checkpoints newer than ``step`` renamed ``*.rolled-back``, and its log copied, said in one line."""
     ckpt_dir = run_dir / CHECKPOINTS
@@ -44,8 +52,11 @@ def set_aside_after(run_dir: Path, step: int, say: Callable[[str], None]) -> Non
     if not newer:
         return
     moved = [path.replace(_free(path.with_name(path.name + SUFFIX))) for path in newer]
-    log = run_dir / METRICS_FILE
+    log, trackers = run_dir / METRICS_FILE, run_dir / STATE_FILE
     kept = f"; the log so far copied to {shutil.copyfile(log, _free(log.with_name(log.name + SUFFIX))).name}" if log.is_file() else ""
+    if trackers.is_file():  # their runs cannot take a step back: W&B and MLflow start new ones, the old keep the old steps
+        trackers.replace(_free(trackers.with_name(trackers.name + SUFFIX)))
+        kept += f"; W&B and MLflow log to new runs from here ({trackers.name} set aside; the old runs keep the steps rolled back)"
     say(f"rolled back to step {step}: set aside {', '.join(p.name for p in moved)} in {ckpt_dir}{kept}")
 
 

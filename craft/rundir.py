@@ -225,12 +225,16 @@ def start_or_resume(
     if step > steps:  # before anything is written: config.toml would record the shorter run
         raise RunError(f"cannot resume: {str(run_dir)!r} has trained {step} steps, more than train.steps = {steps}; "
                        f"to train further, raise --train.steps above {step} (an earlier checkpoint: --checkpoint=NAME)")
-    for note in check_resumable(resolved, payload["config"]):
+    try:
+        notes = check_resumable(resolved, payload["config"])
+    except RunError as e:  # a rollback to change what --resume refuses: a new run from the checkpoint's weights
+        raise RunError(f"{e}{rollback.other_settings(run_dir, path) if rolling_back else ''}") from None
+    for note in notes:
         echo(note)
     state = restore(payload["state"], state)
-    if main and rolling_back:
+    if main and rolling_back:  # every newer one, best.pt too (a chosen file may be best.pt: no step in its name)
         rollback.set_aside_after(run_dir, step, echo)
-    for moved in checkpoint.set_aside_after(ckpt_dir, path) if main else []:
+    for moved in checkpoint.set_aside_after(ckpt_dir, path) if main and not rolling_back else []:
         echo(f"warning: set aside the unreadable {moved.name}")
     checkpoint.restore_rng(payload)
     if main:

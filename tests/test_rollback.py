@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 
 from conftest import run_cli, tiny_cnn
 from craft import commands, run
 from craft.commandline import UsageError
-from craft.config import loads
+from craft.config import EarlyStopping, loads
 from craft.rundir import RunError, resume_target
 
 CNN = tiny_cnn("""
@@ -87,3 +88,27 @@ def test_the_cli_rolls_back_and_refuses_checkpoint_without_resume_or_for_a_sweep
     sweep.write_text((trained / "config.toml").read_text() + '\n[sweep]\n"optim.lr" = [0.01, 0.02]\n')
     with pytest.raises(UsageError, match="a sweep resumes from its newest checkpoint only"):
         commands.train(str(sweep), resume=True, checkpoint="step_00000002.pt", name="sw")
+
+
+def test_rolling_back_to_best_sets_aside_the_newer_steps_and_the_trackers_runs(tmp_path, shapes):
+    """--checkpoint=best crashed (the step was read from the file's name) after renaming the newer ones."""
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes))
+    rule = attrs.evolve(exp.train, early_stopping=EarlyStopping(metric="loss", mode="max", patience=1), steps=8)
+    run_dir = run.train(attrs.evolve(exp, train=rule), echo=quiet)  # the loss falls: stops at step 4, best.pt at 2
+    (run_dir / "trackers.json").write_text('{"mlflow": {"id": "abc", "sent": {"train": 4, "val": 4}}}')
+    said = []
+    again = attrs.evolve(resume_target(run_dir, {}), train=attrs.evolve(rule, early_stopping=attrs.evolve(rule.early_stopping, patience=5)))
+    run.train(again, resume="best", echo=said.append)
+    assert any(line.startswith("rolled back to step 2: set aside step_00000004.pt") and line.endswith(
+        "W&B and MLflow log to new runs from here (trackers.json set aside; the old runs keep the steps rolled back)")
+        for line in said), said
+    assert (run_dir / "trackers.json.rolled-back").is_file()
+
+
+def test_a_rollback_refused_for_other_settings_says_how_to_go_on_from_that_checkpoint(trained):
+    changed = resume_target(trained, {"optim.lr": "1e-4"})
+    with pytest.raises(RunError, match=r"optim.lr: saved 0.01, now 0.0001; .*; to go on from step_00000002.pt with other "
+                                       r"settings, start a new run from its weights: craft train .*config.toml "
+                                       r"--train.init_from=.*step_00000002.pt with them"):
+        run.train(changed, resume="step_00000002.pt", echo=quiet)
+    assert not list((trained / "checkpoints").glob("*.rolled-back"))  # refused before anything was renamed
