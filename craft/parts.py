@@ -140,7 +140,7 @@ def build_optimizer(exp: Experiment, schedule: Any, names: list[str], **options:
         clip = getattr(config, "clip_norm", None)
         if clip is not None:
             config = attrs.evolve(config, clip_norm=None)
-        groups = [Group(g.match, g.lr_scale, g.weight_decay, g.freeze) for g in optim.groups]
+        groups = optim_groups(exp)
         try:
             tx = param_groups(make, groups, names)
         except ValueError as e:
@@ -149,6 +149,11 @@ def build_optimizer(exp: Experiment, schedule: Any, names: list[str], **options:
     else:
         tx = make()
     return tx if exp.train.ema_decay is None else chain(tx, ema(exp.train.ema_decay))
+
+
+def optim_groups(exp: Experiment) -> list[Group]:
+    """``[[optim.groups]]`` as ``craft.optim.param_groups`` takes them."""
+    return [Group(g.match, g.lr_scale, g.weight_decay, g.freeze) for g in exp.optim.groups]
 
 
 def takes_mask(config: Any) -> bool:

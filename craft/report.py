@@ -12,7 +12,8 @@ from craft import mfu
 from craft.hooks import nonfinite_count
 from craft.config import Experiment
 from craft.distributed import Replicas
-from craft.parts import Parts
+from craft.optim.groups import frozen_names
+from craft.parts import Parts, optim_groups
 from craft.rundir import Interrupted, RunError, config_line
 from craft.words import plural
 
@@ -21,7 +22,8 @@ def summary(exp: Experiment, parts: Parts, start, run_dir: Path, batch, replicas
     """What a run says before its first step: where its config is, the device, the model's size,
     what one step reads (shapes from ``batch``, a validation batch or ``None``), and that the first
     (compiled) step takes a while."""
-    trainable = sum(p.numel() for p in start.state.params.values())
+    frozen = frozen_names(optim_groups(exp), start.state.params) if exp.optim.groups else set()  # freeze = true
+    trainable = sum(p.numel() for name, p in start.state.params.items() if name not in frozen)
     total = mfu.parameter_count(parts.model)
     size = getattr(exp.data.config, "batch_size", None)
     per_step = plural(size, "example") if size is not None else "one batch"

@@ -65,6 +65,8 @@ def test_a_frozen_group_keeps_its_weights_and_no_optimizer_state(tmp_path, shape
     for name in ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"):
         assert torch.equal(before.params[name], after.params[name]), name
     assert not torch.equal(before.params["fc.weight"], after.params["fc.weight"])
+    fc = after.params["fc.weight"].numel() + after.params["fc.bias"].numel()
+    assert f"{sum(p.numel() for p in after.params.values()):,} parameters, {fc:,} trainable" in result.stdout  # frozen: not
     # Adam's moments exist for the fc group only: 2 tensors x (weight, bias), not 2 x 6.
     moments = [leaf for leaf in torch.utils._pytree.tree_leaves(after.opt_state) if leaf.ndim > 0]
     assert sum(t.numel() for t in moments) == 2 * (after.params["fc.weight"].numel() + after.params["fc.bias"].numel())

@@ -109,9 +109,15 @@ def _as_group(group: Group | Mapping) -> Group:
 def clip_trained(clip_norm: float, groups: Sequence[Group | Mapping], names: Iterable[str]) -> Transform:
     """Global-norm clipping over the gradients of the parameters that train: a frozen group's
     gradients count for nothing, as those of parameters left out of a torch optimizer would not."""
-    groups = [_as_group(g) for g in groups]
-    labels = group_labels(groups, names)
-    frozen = {f"group{i}" for i, g in enumerate(groups) if g.freeze}
-    if not frozen.intersection(labels.values()):
+    names = list(names)
+    frozen = frozen_names(groups, names)
+    if not frozen:
         return clip_by_global_norm(clip_norm)
-    return masked(clip_by_global_norm(clip_norm), {name: label not in frozen for name, label in labels.items()})
+    return masked(clip_by_global_norm(clip_norm), {name: name not in frozen for name in names})
+
+
+def frozen_names(groups: Sequence[Group | Mapping], names: Iterable[str]) -> set[str]:
+    """The ``names`` a ``freeze`` group takes (each name goes to the first group matching it)."""
+    groups = [_as_group(g) for g in groups]
+    frozen = {f"group{i}" for i, g in enumerate(groups) if g.freeze}
+    return {name for name, label in group_labels(groups, names).items() if label in frozen} if frozen else set()
