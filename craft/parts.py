@@ -216,10 +216,13 @@ def fit_schedule(exp: Experiment) -> tuple[Experiment, list[str]]:
         )
         config = attrs.evolve(config, warmup_steps=short)
     if total < steps:  # the rate those steps get is said: a decay to 0 learns nothing more
-        rate = learning_rate(attrs.evolve(exp, schedule=Component(exp.schedule.kind, config)))
-        last, end = rate(total), rate(steps - 1)
-        kept = (f"keep the schedule's last learning rate, {last:.3g}{' (nothing is learned in those steps)' if last == 0 else ''}"
-                if end == last else f"get {last:.3g} to {end:.3g}: this schedule goes on past its total_steps")
+        lrs = (exp.sweep.values.get("optim.lr") if exp.sweep is not None else None) or [exp.optim.lr]  # a sweep's: each member's
+        rates = [learning_rate(attrs.evolve(exp, optim=attrs.evolve(exp.optim, lr=lr), schedule=Component(exp.schedule.kind, config)))
+                 for lr in dict.fromkeys(lrs)]
+        last, end = [float(r(total)) for r in rates], [float(r(steps - 1)) for r in rates]
+        say = lambda rs: ", ".join(f"{r:.3g}" for r in rs) + (" (its members')" if len(rs) > 1 else "")  # noqa: E731
+        kept = (f"keep the schedule's last learning rate, {say(last)}{' (nothing is learned in those steps)' if not any(last) else ''}"
+                if end == last else f"get {say(last)} to {say(end)}: this schedule goes on past its total_steps")
         notes.append(
             f"train.steps = {steps} runs past schedule.total_steps = {total}: the steps after {total} {kept} "
             f"(--schedule.total_steps={steps} stretches the schedule instead)"

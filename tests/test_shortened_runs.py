@@ -44,6 +44,13 @@ def test_a_run_past_its_schedule_says_the_learning_rate_it_keeps():
     )
     _, (note,) = fit_schedule(load(path, {"train.steps": 4000, "schedule.total_steps": 3000, "schedule.min_lr": 0.0}))
     assert "keep the schedule's last learning rate, 0 (nothing is learned in those steps) (--schedule" in note
+    # A sweep's members each keep their own: the note gave the base optim.lr's, which no member trains with.
+    swept = load(path, {"train.steps": 4000, "schedule.total_steps": 3000, "schedule.min_lr": 0.0, "sweep.optim.lr": [1e-3, 3e-3]})
+    _, (note,) = fit_schedule(swept)
+    assert "keep the schedule's last learning rate, 0, 0 (its members') (nothing is learned in those steps)" in note
+    swept = load(path, {"train.steps": 4000, "schedule.total_steps": 3000, "schedule.kind": "constant", "sweep.optim.lr": [1e-3, 3e-3]})
+    _, (note,) = fit_schedule(swept)
+    assert "the steps after 3000 keep the schedule's last learning rate, 0.001, 0.003 (its members') (--schedule" in note
 
 
 def _goes_on(lr: float, *, total_steps: int | None = None):
