@@ -61,6 +61,9 @@ def train(
     # --resume continues the run as it was, with only this command line's overrides on top.
     exp = resume_target(config, overrides, say=lambda line: print(line, file=sys.stderr)) if resume else load(config, texts=overrides)
     if print_config:
+        from craft.init_from import source
+
+        source(exp.train, Path(exp.out_dir) / exp.name, resume)  # a mistyped init_from is said here too
         text, notes = printed_config(exp)
         for note in notes:  # what the run would say about the schedule, where the TOML on stdout stays clean
             print(note, file=sys.stderr)

@@ -209,10 +209,10 @@ class InRunVocabulary:
         return torch.where(real, self.ids[tokens.clamp(min=0)], tokens)
 
 
-def classes_differ(run_dir: Path, classes: list[str] | None) -> str | None:
+def classes_differ(run_dir: Path, classes: list[str] | None, whose: str = "the run's") -> str | None:
     """How ``classes`` differ from the run's ``classes.json`` (None when they match, for text data, or for a run
     from before classes.json): a label is a position in that list, so another list scores (or trains) every
-    image against the wrong class."""
+    image against the wrong class. ``whose`` names the folder in words."""
     saved = run_dir / CLASSES_FILE
     if not classes or not saved.exists():
         return None
@@ -221,7 +221,7 @@ def classes_differ(run_dir: Path, classes: list[str] | None) -> str | None:
         return None
     missing, extra = [c for c in expected if c not in classes], [c for c in classes if c not in expected]
     differ = f"lacks {missing[:5]}" if missing else f"adds {extra[:5]}" if extra else "orders them otherwise"
-    return f"the data's classes differ from the run's ({CLASSES_FILE}: {plural(len(expected), 'class', 'classes')}): it {differ}"
+    return f"the data's classes differ from {whose} ({CLASSES_FILE}: {plural(len(expected), 'class', 'classes')}): it {differ}"
 
 
 def check_classes(run_dir: Path, classes: list[str] | None) -> None:

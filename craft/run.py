@@ -119,7 +119,7 @@ def _train(exp: Experiment, resume: bool | str, overwrite: bool, echo, replicas:
     tokenizer = check_sample(exp, train_data)
     first_batch = check_components(exp, parts, val_data)
     # After the first batch has shaped a lazy model; before init_state, which takes the module's tensors.
-    loaded = init_from.load_into(parts.model, weights, exp.train.init_skip, exp.model.kind)
+    loaded = init_from.load_into(parts.model, weights, exp.train.init_skip, exp.model.kind, train_data)
     held = claimed(exp, resume=resume, overwrite=overwrite, echo=echo) if replicas.is_main else contextlib.nullcontext((exp, run_dir))
     with held as (exp, run_dir):  # a name another run took meanwhile: the next free one
         exp = rank_zeros_name(exp, replicas)

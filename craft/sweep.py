@@ -113,17 +113,17 @@ def sweep_transform(exp: Experiment, names: list[str]) -> Transform:
     return inject_hyperparams(factory, **swept)
 
 
-def stacked_start(exp: Experiment, team: list[Member], tx: Transform, val_data, weights: Path | None = None):
+def stacked_start(exp: Experiment, team: list[Member], tx: Transform, val_data, weights: Path | None = None, data=None):
     """Every member's initial state (its own seed, its swept values) stacked, with the shared model and task, and
     what ``train.init_from`` loaded; each member's model first meets a val batch, as a run's does
-    (``check_components``: a lazy model takes its shapes), then gets the ``weights`` (``craft.init_from``), every
-    member the same ones."""
+    (``check_components``: a lazy model takes its shapes), then gets the ``weights`` (``craft.init_from``, checked
+    against the train ``data``'s tokenizer and classes), every member the same ones."""
     states, model = [], None
     for m in team:
         parts = build_parts(member_experiment(exp, m))  # the member's own initial weights
         check_components(exp, parts, val_data)
         # every member the same weights; a tensor init_skip leaves keeps the member's seed's init
-        loaded = init_from.load_into(parts.model, weights, exp.train.init_skip, exp.model.kind)
+        loaded = init_from.load_into(parts.model, weights, exp.train.init_skip, exp.model.kind, data)
         model = model or parts.model  # the first member's module serves all
         state = init_state(parts.model, tx, seed=m.seed)
         swept = {SWEEPABLE[k]: v for k, v in m.values.items()}
@@ -182,7 +182,7 @@ def train_sweep(exp: Experiment, *, resume: bool = False, overwrite: bool = Fals
         echo(note)
     team = members(exp)
     tx = sweep_transform(exp, trainable_names(build_parts(member_experiment(exp, team[0])).model))
-    model, parts, state, loaded = stacked_start(exp, team, tx, val_data, weights)
+    model, parts, state, loaded = stacked_start(exp, team, tx, val_data, weights, train_data)
     with claimed(exp, resume=resume, overwrite=overwrite, echo=echo) as (exp, run_dir):  # taken meanwhile: the next name
         prepare_run_dir(run_dir, overwrite=overwrite)
         alive = torch.ones(len(team), dtype=torch.bool)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import run_cli, tiny_cnn, tiny_gpt
-from craft import checkpoint, init_from, run, sweep, trained
+from craft import checkpoint, init_from, init_vocabulary, run, sweep, trained
 from craft.config import ConfigError, load, loads
 from craft.logging import read_metrics
 from craft.parts import build_data, build_parts, fit_to_data, to_device
@@ -130,7 +131,7 @@ def test_a_mismatch_is_one_line_naming_the_names_and_the_fix_and_makes_no_run(so
     assert "\n" not in message
     assert message.startswith(f"train.init_from: {path} does not fit model 'cnn': other shapes 'fc.weight' (5, 2048) "
                               "(the model's (7, 2048)), 'fc.bias' (5,) (the model's (7,))")
-    assert message.endswith('or leave them at their fresh init with train.init_skip = ["fc.*"]')
+    assert message.endswith('or leave them at their fresh init with train.init_skip = ["fc.bias", "fc.weight"]')
     assert not (tmp_path / "runs" / "tuned").exists()
 
 
@@ -157,12 +158,33 @@ def test_a_folder_that_is_neither_a_run_nor_an_export_is_refused(tmp_path, shape
         run.train(experiment(tmp_path, shapes, "tuned", **{"train.init_from": str(shapes)}), echo=quiet)
 
 
-def test_a_pickled_model_is_refused_without_running_it(tmp_path, shapes):
+def test_a_pickled_model_is_refused_without_running_it_nor_torchs_advice(tmp_path, shapes):
     from craft.models import SmallCNN
 
     torch.save(SmallCNN(7), tmp_path / "model.pt")  # the module object, not its state dict
-    with pytest.raises(run.RunError, match=r"cannot be read as a state dict with weights_only=True .*save model.state_dict\(\)"):
+    with pytest.raises(run.RunError) as error:
         run.train(experiment(tmp_path, shapes, "tuned", **{"train.init_from": str(tmp_path / "model.pt")}), echo=quiet)
+    assert str(error.value) == (f"train.init_from: {str(tmp_path / 'model.pt')!r} holds Python objects besides tensors "
+                                "(a whole model object?): save model.state_dict() instead")
+
+
+@pytest.mark.parametrize("text", ["hello world\n", "", 'name = "cnn"\n[model]\nkind = "cnn"\n'], ids=["text", "empty", "toml"])
+def test_a_file_torch_save_did_not_write_is_said_so(text, tmp_path, shapes):
+    path = tmp_path / "w.txt"
+    path.write_text(text)
+    with pytest.raises(run.RunError) as error:
+        run.train(experiment(tmp_path, shapes, "tuned", **{"train.init_from": str(path)}), echo=quiet)
+    message = str(error.value)
+    assert message.startswith(f"train.init_from: {str(path)!r} is not a file torch.save wrote (nor a .safetensors file)")
+    assert "weights_only" not in message and "model object" not in message and "\x1b" not in message
+
+
+def test_a_torch_file_cut_short_names_torchs_first_line_without_its_advice(source, tmp_path):
+    whole = as_pt(source, tmp_path / "w.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(run.RunError, match=r"cannot be read by torch.load \(.*\); was the file cut short\?") as error:
+        init_from.read(tmp_path / "cut.pt")
+    assert "weights_only" not in str(error.value)
 
 
 def test_init_skip_needs_init_from_and_a_glob_that_matches(source, tmp_path, shapes):
@@ -171,6 +193,47 @@ def test_init_skip_needs_init_from_and_a_glob_that_matches(source, tmp_path, sha
     exp = experiment(tmp_path, shapes, "tuned", **{"train.init_from": str(source), "train.init_skip": ["head.*"]})
     with pytest.raises(run.RunError, match=r"train.init_skip: 'head.\*' matches no tensor of model 'cnn' nor of the source"):
         run.train(exp, echo=quiet)
+
+
+def test_a_missing_tensor_is_named_exactly_as_the_skip_to_give(source, tmp_path):
+    from craft.models import SmallCNN
+
+    weights = {k: v for k, v in weights_of(source).items() if k != "fc.bias"}
+    with pytest.raises(run.RunError) as error:
+        init_from.fit(SmallCNN(7), weights, [], "train.init_from: x.pt", "cnn")
+    assert str(error.value).endswith('train.init_skip = ["fc.bias"]')  # not "fc.*": fc.weight is there
+
+
+def test_skip_globs_shorten_many_names_only_where_no_other_name_matches():
+    names = [f"head.{i}" for i in range(5)]
+    assert init_vocabulary.skip_globs(names[:3], names) == names[:3]
+    assert init_vocabulary.skip_globs(names[:4], names) is None  # head.* would take head.4 too
+    assert init_vocabulary.skip_globs(names, [*names, "body.0"]) == ["head.*"]
+
+
+def test_init_skip_leaving_every_tensor_is_refused(source, tmp_path, shapes):
+    exp = experiment(tmp_path, shapes, "tuned", **{"train.init_from": str(source), "train.init_skip": ["*"]})
+    said = r"^train.init_skip: \[\"\*\"\] leaves every tensor of model 'cnn' at init, so nothing would be loaded; remove"
+    with pytest.raises(run.RunError, match=said):
+        run.train(exp, echo=quiet)
+    assert not (tmp_path / "runs" / "tuned").exists()
+
+
+def test_source_tensors_init_skip_leaves_out_are_named(source, tmp_path, shapes):
+    weights = {**weights_of(source), "extra.a": torch.zeros(2), "extra.b": torch.zeros(2)}
+    torch.save(weights, tmp_path / "w.pt")
+    exp = experiment(tmp_path, shapes, "tuned", **{"train.init_from": str(tmp_path / "w.pt"), "train.init_skip": ["extra.*"]})
+    lines = []
+    run.train(exp, echo=lines.append)
+    assert f"init_from: 6 tensors from {tmp_path / 'w.pt'}; left out of the source: 'extra.a', 'extra.b'; weights" in "\n".join(lines)
+
+
+def test_print_config_checks_init_from_too(tmp_path, shapes):
+    toml = tmp_path / "e.toml"
+    toml.write_text(CNN.format(out=tmp_path / "runs", data=shapes))
+    result = run_cli(str(toml), "--print_config", "--train.init_from=nonexist.pt", cwd=tmp_path, env=ENV, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0].startswith("error: train.init_from: no such file or folder 'nonexist.pt'")
 
 
 def test_a_resumed_run_ignores_init_from_and_ends_as_the_unbroken_run(source, tmp_path, shapes):
@@ -253,3 +316,52 @@ def test_a_run_folder_without_a_checkpoint_is_one_line_naming_init_from(source, 
     with pytest.raises(run.RunError, match=r"^train.init_from: no readable checkpoint in .*empty/checkpoints"):
         run.train(experiment(tmp_path, shapes, "tuned", **{"train.init_from": str(empty)}), echo=quiet)
     assert not (tmp_path / "runs" / "tuned").exists()
+
+
+GPT_TRAIN = "[train]\nsteps = 2\neval_every = 2\nlog_every = 2\neval_batches = 1\ncompile = false\n"
+
+
+@pytest.mark.parametrize("letters", ["abcdefgX \n", "abcdefgXY \n"], ids=["same size", "another size"])
+def test_a_char_gpt_on_another_vocabulary_is_refused_naming_it_unless_its_rows_are_skipped(letters, tmp_path, monkeypatch):
+    """'abcdefgh' then 'abcdefgX': the same 10 ids, but each letter's id moves; the rows would mean other letters."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = run.train(load(tiny_gpt(tmp_path / "a", GPT_TRAIN, text="abcdefgh \n" * 40)), echo=quiet)
+    other = tiny_gpt(tmp_path / "b", GPT_TRAIN, text=letters * 40)
+    with pytest.raises(run.RunError) as error:
+        run.train(load(other, {"name": "tuned", "train.init_from": str(first)}), echo=quiet)
+    message = str(error.value)
+    assert message.startswith(f"train.init_from: {first} (step 2): the data's tokenizer differs from the source's "
+                              f"tokenizer.json (10 tokens, the data's {len(set(letters))}), so the same token ids mean other text; "
+                              f"encode the data with the source's tokenizer (a token folder: craft prepare tokens SRC... OUT "
+                              f"--tokenizer={first})")
+    assert message.endswith('or leave the token-indexed tensors at their fresh init with train.init_skip = ["wte.weight"]')
+    assert not (tmp_path / "b" / "runs" / "tuned").exists()
+    seen, lines = first_states(monkeypatch), []
+    run.train(load(other, {"name": "tuned", "train.init_from": str(first), "train.init_skip": ["wte.weight"]}), echo=lines.append)
+    said = next(line for line in lines if line.startswith("init_from:"))
+    assert "left at init: 'lm_head.weight', 'wte.weight'; the data's vocabulary differs from the source's" in said
+    assert torch.equal(seen[0]["wpe.weight"], weights_of(first)["wpe.weight"])
+
+
+def renamed_class(shapes: Path, folder: Path) -> Path:
+    """``shapes`` with its class 'arrow' renamed 'zigzag': 7 classes still, but each label another class."""
+    shutil.copytree(shapes, folder)
+    for split in ("train", "val"):
+        (folder / split / "arrow").rename(folder / split / "zigzag")
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["run folder", "export folder", "checkpoint file"])
+def test_other_classes_of_the_same_count_are_refused_unless_the_head_is_skipped(kind, source, tmp_path, shapes):
+    path = {"run folder": lambda: source, "export folder": lambda: trained.export(source, tmp_path / "exported"),
+            "checkpoint file": lambda: checkpoint.step_files(source / "checkpoints")[-1]}[kind]()
+    data = renamed_class(shapes, tmp_path / "zigzag")
+    with pytest.raises(run.RunError) as error:
+        run.train(experiment(tmp_path, data, "tuned", **{"train.init_from": str(path)}), echo=quiet)
+    message = str(error.value)
+    assert "the data's classes differ from the source's (classes.json: 7 classes): it lacks ['arrow'], so the same " \
+           "labels mean other classes; give the data the source's classes, in its order" in message
+    assert message.endswith('leave the class-indexed tensors at their fresh init with train.init_skip = ["fc.bias", "fc.weight"]')
+    lines = []
+    run.train(experiment(tmp_path, data, "tuned", **{"train.init_from": str(path), "train.init_skip": ["fc.*"]}), echo=lines.append)
+    assert any("left at init: 'fc.bias', 'fc.weight'; the data's classes differ from the source's" in line for line in lines)
