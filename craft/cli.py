@@ -142,8 +142,9 @@ def _report(error: Exception) -> int:
 
 def _resume_command() -> str:
     """The command that resumes this one, shell-quoted; under torchrun, launched as docs/distributed.md shows it."""
-    flags = ("--overwrite", "--resume")
-    args = [a for a in sys.argv[1:] if a.partition("=")[0] not in flags]
+    flags = ("--overwrite", "--resume", "--checkpoint")  # a rollback's --checkpoint would roll back again
+    given = sys.argv[1:]
+    args = [a for i, a in enumerate(given) if a.partition("=")[0] not in flags and (i == 0 or given[i - 1] != "--checkpoint")]
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         per_node = os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
         launch = shlex.join(["torchrun", f"--nproc_per_node={per_node}", "-m", "craft", *args, "--resume"])

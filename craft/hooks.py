@@ -280,9 +280,12 @@ class SignalFlag:
 
 
 def stop_on_signal(flag: SignalFlag, agree: Callable[[bool], bool] = bool) -> Hook:
-    """Set ``stop = "signal"`` once ``flag`` is raised; ``agree`` makes data-parallel ranks decide together."""
+    """Set ``stop = "signal"`` once ``flag`` is raised; ``agree`` makes data-parallel ranks decide together, on a
+    failed log write of rank 0's too (``stop = "log"``, kept there), so no rank waits on a collective alone."""
 
     def hook(progress: Progress, metrics: Metrics) -> Progress:
-        return progress._replace(stop="signal") if agree(flag.raised is not None) else progress
+        if agree(flag.raised is not None or progress.stop == "log"):
+            return progress._replace(stop=progress.stop or "signal")
+        return progress
 
     return hook

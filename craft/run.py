@@ -266,6 +266,7 @@ def run_hooks(exp: Experiment, *, summarize, log, bar, say, elapsed, replicas: R
         every(cfg.log_every, signal_hook) if replicas.active else signal_hook,
         when(checkpoint_due, untimed(chain(stop_nonfinite, hooks.checkpoint(save)))),
         evaluate_due,
+        every(cfg.eval_every, signal_hook) if replicas.active else (lambda p, m: p),  # an evaluation's log failed: all stop
     ), evaluate_due
 
 

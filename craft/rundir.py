@@ -16,6 +16,7 @@ import attrs
 from craft import checkpoint, rollback
 from craft.config import load as load_config
 from craft.config import to_dict
+from craft.config.records import mode_follows_metric
 from craft.config import tomllib
 from craft.logging import truncate_metrics
 from craft.words import cannot_write, plural
@@ -159,6 +160,7 @@ def resume_target(config: str | Path, texts: dict[str, str], say: Callable[[str]
     if not (run_dir / CONFIG_FILE).is_file():
         return _no_run(run_dir) if config.is_dir() else given
     exp = load_config(run_dir / CONFIG_FILE, texts=texts)
+    exp = attrs.evolve(exp, train=mode_follows_metric(exp.train, texts))
     recorded = _schedule_length(saved_config(run_dir) or {})
     if getattr(exp.schedule.config, "total_steps", 0) is None and isinstance(recorded, dict):
         # A run from before the length was recorded: its schedule ran over its own train.steps.

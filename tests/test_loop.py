@@ -106,3 +106,13 @@ def test_a_raised_signal_flag_stops_the_loop():
     raise_at_3 = when(lambda p: p.step == 3, lambda p, m: setattr(flag, "raised", 15) or p)
     end = fit(Progress(0, 0, 10), batches(), scripted([0.0] * 10), chain(raise_at_3, hooks.stop_on_signal(flag)))
     assert end.stop == "signal" and end.step == 3
+
+
+def test_ranks_agree_to_stop_on_rank_0_s_failed_log_write():
+    """Under torchrun only rank 0 writes the log: its failed write stopped it alone, the others then waited in the
+    next step's all-reduce. The agreement that stops every rank on a signal stops them on it too."""
+    hook = hooks.stop_on_signal(hooks.SignalFlag(), agree=lambda mine: mine)  # one rank: its own answer
+    failed, other = Progress(0, 0, 10)._replace(stop="log"), Progress(0, 0, 10)
+    assert hook(failed, {}).stop == "log" and hook(other, {}).stop is None
+    anyone = hooks.stop_on_signal(hooks.SignalFlag(), agree=lambda mine: True)  # another rank's log write failed
+    assert anyone(other, {}).stop == "signal" and anyone(failed, {}).stop == "log"

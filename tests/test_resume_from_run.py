@@ -120,3 +120,20 @@ def test_evaluate_never_prepares_synthetic_data_where_a_test_set_is_missing(toml
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert f"error: data.path {missing} does not exist; point it at a folder of images" in result.stderr
     assert not missing.exists()
+
+
+def test_a_resume_that_changes_the_early_stopping_metric_takes_its_direction(tmp_path, shapes):
+    """config.toml records the resolved mode ("min" for loss): --train.early_stopping.metric=accuracy alone then
+    minimised accuracy on resume, the very fault a mode that follows the metric had just fixed."""
+    from craft.config import dumps, loads
+    from craft.rundir import resume_target
+
+    exp = loads(CNN.format(out=tmp_path / "runs", data=shapes) + "[train.early_stopping]\nmetric = \"loss\"\n")
+    run_dir = tmp_path / "runs" / "cnn"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(dumps(exp))
+    assert 'mode = "min"' in (run_dir / "config.toml").read_text()
+    assert resume_target(run_dir, {"train.early_stopping.metric": "accuracy"}).train.early_stopping.mode == "max"
+    given = {"train.early_stopping.metric": "accuracy", "train.early_stopping.mode": "min"}
+    assert resume_target(run_dir, given).train.early_stopping.mode == "min"  # said: kept
+    assert resume_target(run_dir, {}).train.early_stopping.mode == "min"

@@ -271,6 +271,11 @@ def test_the_printed_resume_command_is_shell_quoted(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["craft", "my exp.toml", "--name=a b", "--overwrite"])
     assert cli._report(rundir.Interrupted(3, Path("x"))) == cli.EXIT_INTERRUPTED
     assert capsys.readouterr().err.splitlines()[-1] == "resume with: python -m craft train 'my exp.toml' '--name=a b' --resume"
+    # A rollback interrupted: resuming it again must not roll back again (the checkpoints since would be set aside).
+    for rollback in (["--checkpoint=step_00000002.pt"], ["--checkpoint", "best"]):
+        monkeypatch.setattr(sys, "argv", ["craft", "train", "runs/x", "--resume", *rollback, "--train.steps=9"])
+        cli._report(rundir.Interrupted(3, Path("x")))
+        assert capsys.readouterr().err.splitlines()[-1] == "resume with: python -m craft train runs/x --train.steps=9 --resume"
 
 
 def test_under_torchrun_rank_0_alone_says_interrupted_and_the_resume_hint_is_a_torchrun_launch(monkeypatch, capsys):

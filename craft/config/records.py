@@ -9,6 +9,7 @@ entry are a ``Component`` (``kind`` and its ``Config``), or for ``[optim]`` an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import attrs
@@ -175,3 +176,12 @@ class Experiment:
 TABLES = {"train": Train, "train.sample": Sample, "train.early_stopping": EarlyStopping, "optim": Optim,
           "optim.groups": OptimGroup}
 """The experiment's tables by TOML name, other than a component's options (``craft info NAME`` lists their keys)."""
+
+
+def mode_follows_metric(train: Train, texts: Mapping[str, Any]) -> Train:
+    """``train`` with ``early_stopping.mode`` following a metric ``texts`` (overrides) set without a mode: a
+    resumed run's ``config.toml`` records the old metric's mode, which would turn an accuracy into a loss."""
+    rule = train.early_stopping
+    if rule is None or "train.early_stopping.metric" not in texts or "train.early_stopping.mode" in texts:
+        return train
+    return attrs.evolve(train, early_stopping=attrs.evolve(rule, mode=metric_mode(rule.metric)))
