@@ -94,7 +94,7 @@ def check_finite_params(progress: Progress) -> Progress:
     good = f"the last good checkpoint is {progress.last_good}" if progress.last_good else "no checkpoint was written"
     raise RunError(
         f"non-finite parameters at step {progress.step}, not saved; {good}. An update overflowed: "
-        "start again with a lower optim.lr or optim.clip_norm"
+        "start again with a lower optim.lr"
     )
 
 

@@ -75,15 +75,14 @@ def source(train: Any, run_dir: Path, resume: bool) -> Path | None:
     return path
 
 
-def load_into(model: nn.Module, path: Path | None, skip: list[str] = (), kind: str = "model", data: Any = None) -> list[str]:
+def load_into(model: nn.Module, path: Path | Weights | None, skip: list[str] = (), kind: str = "model", data: Any = None) -> list[str]:
     """Copy the weights at ``path`` into ``model``, those ``skip`` matches left at init; the line saying what was
     loaded, or none without a ``path``. Torch's generators are left as they were. ``kind`` names the model in
     messages (``model.kind``); ``data`` (the train data), when given, must have the source's tokenizer and
     classes, or ``skip`` leave what they index at init (``changed``)."""
     if path is None:
         return []
-    with torch.random.fork_rng(devices=[]):  # building a source run's model seeds torch: not this run's business
-        weights = read(Path(path))
+    weights = path if isinstance(path, Weights) else weights_at(path)
     tensors, skip, where = unprefixed(weights.tensors, expected_names(model)), list(skip), f"train.init_from: {weights.said}"
     change = changed(weights.folder, weights.sizes, data)
     if change:  # before fit: another vocabulary's size is said as that, not as a shape
@@ -96,6 +95,15 @@ def load_into(model: nn.Module, path: Path | None, skip: list[str] = (), kind: s
     said += f"; {change.short} (its {change.unit}-indexed tensors are left at init)" if change else ""
     return [f"init_from: {plural(len(loaded), 'tensor')} from {weights.said}{said}; weights only: the optimizer, "
             "step and generators start fresh"]
+
+
+def weights_at(path: Path | None) -> Weights | None:
+    """``read(path)``, torch's generators left as they were (building a source run's model seeds torch): what
+    ``load_into`` takes instead of the path, to read a source once for many models (a sweep's members)."""
+    if path is None:
+        return None
+    with torch.random.fork_rng(devices=[]):
+        return read(Path(path))
 
 
 def read(path: Path) -> Weights:

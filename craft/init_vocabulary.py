@@ -59,8 +59,9 @@ def changed(folder: Path | None, sizes: dict[str, int], data: Any) -> Changed | 
 
 def check_indexed(change: Changed, tensors: dict[str, torch.Tensor], left: list[str], skip: list[str], where: str) -> None:
     """A ``RunError`` unless ``skip`` leaves at init every source tensor that ``change``'s tokens or classes
-    index: those whose first dimension is the source's vocabulary size or class count (embedding, head)."""
-    indexed = [n for n, t in tensors.items() if t.ndim and t.shape[0] in change.sizes]
+    index: the 1-D and 2-D ones (embedding, head and its bias; not a conv with as many channels) whose first
+    dimension is the source's vocabulary size or class count."""
+    indexed = [n for n, t in tensors.items() if t.ndim in (1, 2) and t.shape[0] in change.sizes]
     kept = [n for n in indexed if n not in left and not matches(n, skip)]
     if not kept:
         return

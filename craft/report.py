@@ -58,10 +58,11 @@ def log_failed(failure: Exception, saved: Path | None, also: Exception | None = 
     """The one line of a run stopped by a failed write to ``metrics.jsonl`` (``failure``: the file, the cause,
     the fix): where the run is saved, the step it stopped at (saved on the way out, as on Ctrl-C, its log
     line taken back), or ``also``, the save that failed too, and the last good checkpoint before it."""
-    where = f"the run is saved in {saved}" if saved else "no checkpoint was written"
-    if also is not None:
-        return RunError(f"{failure}; saving the run failed too ({also}); " + where.replace("the run is saved in", "the last good checkpoint is"))
-    return RunError(f"{failure}; {where}")
+    if saved is None:
+        where = "no checkpoint was written"
+    else:
+        where = f"the last good checkpoint is {saved}" if also is not None else f"the run is saved in {saved}"
+    return RunError(f"{failure}; saving the run failed too ({also}); {where}" if also is not None else f"{failure}; {where}")
 
 
 def outcome(progress, cfg, failure: Exception | None, say) -> None:

@@ -83,9 +83,8 @@ def _inside(path: Path, folder: Path) -> bool:
 def fresh_name(exp: Any, *, resume: bool, overwrite: bool) -> tuple[Any, str | None]:
     """A new run's own folder: ``exp`` unchanged when its folder is free or a flag names it (``--resume``
     continues it, ``--overwrite`` replaces it); else ``exp`` named ``NAME-2``, ``NAME-3``... (the first
-    free one, as Lightning numbers versions) and a line saying so. A folder another run holds is still
-    taken by the flags, naming that process; a new run takes the next free name from a folder another run holds
-    too (two identical commands started at once)."""
+    free one, as Lightning numbers versions) and a line saying so, a folder another run holds too (with a flag,
+    ``check_run_dir`` refuses that one, naming the process)."""
     out, name = Path(exp.out_dir), exp.name
     pid = None if resume or overwrite else holder(out / name)
     if resume or overwrite or not (is_used(out / name) or pid):
@@ -116,7 +115,8 @@ def claimed(exp: Any, *, resume: bool, overwrite: bool, echo: Callable[[str], No
                 if resume or overwrite:
                     raise
                 exp, note = fresh_name(exp, resume=False, overwrite=False)
-                echo(note)
+                if note:  # None: the other run let go meanwhile, so the folder is tried again
+                    echo(note)
         yield exp, run_dir
 
 

@@ -118,7 +118,7 @@ def stacked_start(exp: Experiment, team: list[Member], tx: Transform, val_data, 
     what ``train.init_from`` loaded; each member's model first meets a val batch, as a run's does
     (``check_components``: a lazy model takes its shapes), then gets the ``weights`` (``craft.init_from``, checked
     against the train ``data``'s tokenizer and classes), every member the same ones."""
-    states, model = [], None
+    states, model, weights = [], None, init_from.weights_at(weights)  # read once, for every member
     for m in team:
         parts = build_parts(member_experiment(exp, m))  # the member's own initial weights
         check_components(exp, parts, val_data)
