@@ -190,18 +190,26 @@ def load_latest(
     return None
 
 
-def set_aside_after(folder: Path, path: Path) -> list[Path]:
-    """Rename the step checkpoints newer than ``path`` (unreadable ones) to ``*.pt.corrupt``.
+def set_aside_after(folder: Path, step: int, suffix: str = ".corrupt") -> list[Path]:
+    """Rename the step checkpoints newer than ``step`` to ``NAME{suffix}`` (``free_name``: never over another).
 
-    A run resumed from ``path`` writes those steps again; left in place, they
+    A run resumed from ``step`` writes those steps again; left in place, they
     would count as the newest when pruning and push out the good ones.
     """
-    step = int(_STEP_FILE.search(path.name).group(1))
-    moved = []
-    for p in step_files(folder):
-        if int(_STEP_FILE.search(p.name).group(1)) > step:
-            moved.append(p.replace(p.with_name(p.name + ".corrupt")))
-    return moved
+    return [p.replace(free_name(p.with_name(p.name + suffix))) for p in step_files(folder) if step_number(p) > step]
+
+
+def free_name(path: Path) -> Path:
+    """``path``, or ``path.2``, ``path.3``... the first that does not exist: what is set aside twice keeps both."""
+    n, free = 2, path
+    while free.exists():
+        free, n = path.with_name(f"{path.name}.{n}"), n + 1
+    return free
+
+
+def saved_step(payload: dict[str, Any]) -> int:
+    """The step a checkpoint's payload holds (a sweep's: its members', all alike)."""
+    return int(payload["state"]["step"].reshape(-1)[0])
 
 
 def prune(folder: Path, keep: int) -> None:

@@ -44,33 +44,23 @@ def other_settings(run_dir: Path, path: Path) -> str:
 
 def set_aside_after(run_dir: Path, step: int, say: Callable[[str], None]) -> None:
     """The run's checkpoints newer than ``step`` renamed ``*.rolled-back``, and its log copied, said in one line."""
-    ckpt_dir = run_dir / CHECKPOINTS
-    newer = [p for p in checkpoint.step_files(ckpt_dir) if checkpoint.step_number(p) > step]
+    ckpt_dir, free = run_dir / CHECKPOINTS, checkpoint.free_name
+    moved = checkpoint.set_aside_after(ckpt_dir, step, SUFFIX)
     best = ckpt_dir / "best.pt"
     if best.is_file() and _step_of(best) > step:
-        newer.append(best)
-    if not newer:
+        moved.append(best.replace(free(best.with_name(best.name + SUFFIX))))
+    if not moved:
         return
-    moved = [path.replace(_free(path.with_name(path.name + SUFFIX))) for path in newer]
     log, trackers = run_dir / METRICS_FILE, run_dir / STATE_FILE
-    kept = f"; the log so far copied to {shutil.copyfile(log, _free(log.with_name(log.name + SUFFIX))).name}" if log.is_file() else ""
+    kept = f"; the log so far copied to {shutil.copyfile(log, free(log.with_name(log.name + SUFFIX))).name}" if log.is_file() else ""
     if trackers.is_file():  # their runs cannot take a step back: W&B and MLflow start new ones, the old keep the old steps
-        trackers.replace(_free(trackers.with_name(trackers.name + SUFFIX)))
+        trackers.replace(free(trackers.with_name(trackers.name + SUFFIX)))
         kept += f"; W&B and MLflow log to new runs from here ({trackers.name} set aside; the old runs keep the steps rolled back)"
     say(f"rolled back to step {step}: set aside {', '.join(p.name for p in moved)} in {ckpt_dir}{kept}")
 
 
-def _free(path: Path) -> Path:
-    """``path``, or ``path.2``, ``path.3``... the first that does not exist: a second rollback keeps the first's files."""
-    n = 2
-    free = path
-    while free.exists():
-        free, n = path.with_name(f"{path.name}.{n}"), n + 1
-    return free
-
-
 def _step_of(path: Path) -> int:
     try:
-        return int(checkpoint.load(path)["state"]["step"].reshape(-1)[0])
+        return checkpoint.saved_step(checkpoint.load(path))
     except (checkpoint.CheckpointError, KeyError, TypeError, AttributeError):
         return -1  # unreadable: not a newer best, left where it is

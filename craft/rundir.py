@@ -223,7 +223,7 @@ def start_or_resume(
         echo(f"{run_dir} has no checkpoint yet: starting it again from step 0")
         return Start(state, fresh, None, None)
     path, payload = found
-    step, steps = int(payload["state"]["step"].reshape(-1)[0]), resolved["train"]["steps"]
+    step, steps = checkpoint.saved_step(payload), resolved["train"]["steps"]
     if step > steps:  # before anything is written: config.toml would record the shorter run
         raise RunError(f"cannot resume: {str(run_dir)!r} has trained {step} steps, more than train.steps = {steps}; "
                        f"to train further, raise --train.steps above {step} (an earlier checkpoint: --checkpoint=NAME)")
@@ -236,7 +236,7 @@ def start_or_resume(
     state = restore(payload["state"], state)
     if main and rolling_back:  # every newer one, best.pt too (a chosen file may be best.pt: no step in its name)
         rollback.set_aside_after(run_dir, step, echo)
-    for moved in checkpoint.set_aside_after(ckpt_dir, path) if main and not rolling_back else []:
+    for moved in checkpoint.set_aside_after(ckpt_dir, step) if main and not rolling_back else []:
         echo(f"warning: set aside the unreadable {moved.name}")
     checkpoint.restore_rng(payload)
     if main:

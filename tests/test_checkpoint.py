@@ -150,3 +150,17 @@ def test_a_checkpoint_without_leaf_places_still_loads_by_position(tmp_path):
     saved["opt_state"] = saved["opt_state"][:-1]
     with pytest.raises(checkpoint.CheckpointError, match="optimizer config"):
         checkpoint.state_from_dict(saved, _state())
+
+
+def test_checkpoints_set_aside_twice_are_both_kept(tmp_path):
+    """The second set-aside of a step_8.pt renamed it over the first's step_8.pt.corrupt."""
+    for step in (4, 8):
+        checkpoint.step_path(tmp_path, step).write_bytes(b"first")
+    assert [p.name for p in checkpoint.set_aside_after(tmp_path, 4)] == ["step_00000008.pt.corrupt"]
+    checkpoint.step_path(tmp_path, 8).write_bytes(b"second")
+    assert [p.name for p in checkpoint.set_aside_after(tmp_path, 4, ".rolled-back")] == ["step_00000008.pt.rolled-back"]
+    checkpoint.step_path(tmp_path, 8).write_bytes(b"third")
+    assert [p.name for p in checkpoint.set_aside_after(tmp_path, 4)] == ["step_00000008.pt.corrupt.2"]
+    assert (tmp_path / "step_00000008.pt.corrupt").read_bytes() == b"first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "step_00000004.pt", "step_00000008.pt.corrupt", "step_00000008.pt.corrupt.2", "step_00000008.pt.rolled-back"]
