@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from craft.data.batching import Batch, EvalBatches, TrainBatches, normalize
-from craft.data.files import MAX_PIXELS
+from craft.data.files import MAX_PIXELS, ImageError
 from craft.data.images import load_images
 from craft.data.text import IGNORE_INDEX
 from craft.data.tokenizers import BOUNDARY, CharTokenizer, WordTokenizer
@@ -97,10 +97,8 @@ def caption_batches(
     def load(indices: Tensor) -> Batch:
         try:
             pixels = images(image_of[indices])
-        except ValueError as e:  # a deleted image's captions would then name a missing file
-            if not str(e).endswith("replace or delete it"):
-                raise
-            raise ValueError(f"{e}, and remove its lines from the captions file") from None
+        except ImageError as e:  # a deleted image's captions would then name a missing file
+            raise ImageError(f"{e}; if you delete it, remove its lines from the captions file too") from None
         return {"image": normalize(pixels, mean, std), "input": inputs[indices], "target": targets[indices]}
 
     common = {

@@ -24,7 +24,7 @@ from torch import Tensor
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as F
 
-from craft.data.files import KINDS, MAX_PIXELS, dimensions, read_file, shown, sniff, stored_gray
+from craft.data.files import KINDS, MAX_PIXELS, ImageError, dimensions, read_file, shown, sniff, stored_gray
 from craft.data.listing import Listing
 from craft.data.pngcheck import png_problem
 from craft.data.shapes import image_tensor
@@ -61,21 +61,21 @@ def decode_bytes(
     ``named``: the kind the file's name claims (a value of ``KINDS``), checked against its content.
     """
     if not data:
-        raise ValueError(f"cannot decode image {name} (empty file); replace or delete it")
+        raise ImageError(f"cannot decode image {name} (empty file); replace or delete it")
     kind = sniff(data)
     if kind is None:
-        raise ValueError(f"cannot decode image {name} (not a {', '.join(sorted(set(KINDS.values())))} file); "
+        raise ImageError(f"cannot decode image {name} (not a {', '.join(sorted(set(KINDS.values())))} file); "
                          f"replace or delete it")  # fmt: skip
     if named is not None and kind != named:
-        raise ValueError(
+        raise ImageError(
             f"cannot decode image {name}: it holds a {kind} image but its name says {named}; "
             f"rename it to .{kind.lower()}, convert it, or delete it"
         )
     size = dimensions(data, kind)
     if size is not None and size[0] * size[1] > max_pixels:
         if header_damaged(data):  # garbage read as a size: damage, not an image too large
-            raise ValueError(f"cannot decode image {name} (its header is damaged); replace or delete it")
-        raise ValueError(
+            raise ImageError(f"cannot decode image {name} (its header is damaged); replace or delete it")
+        raise ImageError(
             f"cannot decode image {name}: its header claims {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, "
             f"over data.max_pixels = {max_pixels:,}; raise data.max_pixels to read it, or shrink or delete it"
         )
@@ -84,13 +84,13 @@ def decode_bytes(
     )
     image = _decode_pillow(data, channels) if by_pillow else _decode_torchvision(data, channels, kind)
     if isinstance(image, str):
-        raise ValueError(f"cannot decode image {name} ({image}); replace or delete it")
+        raise ImageError(f"cannot decode image {name} ({image}); replace or delete it")
     if kind in ("WebP", "PNG"):  # torchvision turns JPEG and PNG (eXIf) upright, Pillow a TIFF; not these
         image = upright(image, unturned_orientation(data, kind))
     if image.dtype != torch.uint8:  # 16-bit PNGs and TIFFs decode to uint16
         image = F.to_dtype(image, torch.uint8, scale=True)
     if image.ndim != 3 or image.shape[0] != channels:  # never let an odd file reach torch.stack
-        raise ValueError(
+        raise ImageError(
             f"cannot decode image {name}: it decodes to shape {tuple(image.shape)}, not ({channels}, H, W); "
             f"convert it or delete it"
         )

@@ -34,6 +34,10 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 """Default ``data.max_pixels``: Pillow's decompression-bomb limit (89,478,485, about 9459 x 9459)."""
 
 
+class ImageError(ValueError):
+    """One image file cannot be read or decoded; the message names it and the fix (replace, convert or delete it)."""
+
+
 class Found(NamedTuple):
     """What ``find_files`` found: the files kept (sorted) and what it left out, by reason."""
 
@@ -129,7 +133,7 @@ def read_file(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"cannot read image {shown(path)}: not a regular file; replace or delete it")
+            raise ImageError(f"cannot read image {shown(path)}: not a regular file; replace or delete it")
         with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read()
     finally:

@@ -499,5 +499,5 @@ def test_messages_name_what_was_found_and_the_whole_fix(tmp_path):
         read_captions(hf)
     (tmp_path / "hf" / "10.png").write_bytes(b"damaged")
     write_jsonl(tmp_path / "hf", [{"image": "10.png", "caption": "a"}] * 2)
-    with pytest.raises(ValueError, match=r"replace or delete it, and remove its lines from the captions file$"):
+    with pytest.raises(ValueError, match=r"replace or delete it; if you delete it, remove its lines from the captions file too$"):
         list(config(tmp_path / "hf", val_path=str(tmp_path / "hf")).build("val", seed=0))
