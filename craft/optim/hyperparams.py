@@ -46,8 +46,21 @@ def inject_hyperparams(factory: Callable[..., Transform], /, **hyperparams: floa
     ``functools.partial(sgd, momentum=0.9)``.
     """
     if not hyperparams:  # optax's inject_hyperparams(factory)(**values)
-        return functools.partial(_injected, factory)
+        return _Injector(functools.partial(_injected, factory))
     return _injected(factory, **hyperparams)
+
+
+class _Injector(NamedTuple):
+    """``inject_hyperparams(factory)``: called with the values, the transform; used as one, a clear error."""
+
+    make: Callable[..., Transform]
+
+    def __call__(self, **hyperparams: float | Tensor | Callable) -> Transform:
+        return self.make(**hyperparams)
+
+    def __getattr__(self, name: str):
+        raise AttributeError(f"inject_hyperparams(factory) is not a transform yet, so it has no {name!r}: give it the "
+                             "values, inject_hyperparams(factory)(learning_rate=1e-3) or inject_hyperparams(factory, learning_rate=1e-3)")
 
 
 def _injected(factory: Callable[..., Transform], /, **hyperparams: float | Tensor | Callable) -> Transform:

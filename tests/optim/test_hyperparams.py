@@ -118,6 +118,8 @@ def test_optax_s_call_form_is_the_same_transform():
     torch.testing.assert_close(_run(optax_form), _run(ours), atol=0, rtol=0)
     with pytest.raises(ValueError, match="needs at least one hyperparameter"):
         inject_hyperparams(adamw)()
+    with pytest.raises(AttributeError, match=r"inject_hyperparams\(factory\) is not a transform yet, so it has no 'init'"):
+        inject_hyperparams(adamw).init(_params())  # without values it was a ValueError saying so; keep it as clear
 
 
 def test_a_hyperparameter_that_changes_the_state_structure_is_refused_at_init():
