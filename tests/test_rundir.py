@@ -255,15 +255,19 @@ def test_a_num_classes_mismatch_with_many_classes_is_a_short_line(tmp_path, shap
     assert len(message) < 300 and "'class_00000'" in message and "10000 in all" in message
 
 
-def test_a_full_disk_names_the_file(tmp_path, shapes, monkeypatch):
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+@pytest.mark.parametrize("error, said", [
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "No space left on device; free some space"),
+    (PermissionError(errno.EACCES, os.strerror(errno.EACCES)), "Permission denied; make the folder writable"),  # not "space"
+], ids=["full", "denied"])
+def test_a_failed_write_names_the_file_and_the_fix_its_cause_points_to(tmp_path, shapes, monkeypatch, error, said):
+    def fail(*args, **kwargs):
+        raise error
 
-    monkeypatch.setattr(checkpoint.torch, "save", full)
-    with pytest.raises(run.RunError, match=r"cannot write checkpoint '.*step_00000002.pt': No space left on device"):
+    monkeypatch.setattr(checkpoint.torch, "save", fail)
+    with pytest.raises(run.RunError, match=rf"^cannot write checkpoint '.*step_00000002.pt': {said} and --resume$"):
         run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes)), echo=quiet)
-    with pytest.raises(rundir.RunError, match=r"cannot write '.*config.toml': No space left"):
-        monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(rundir.RunError, match=rf"^cannot write '.*config.toml': {said}$"):
+        monkeypatch.setattr(Path, "write_text", fail)
         rundir.write_atomic(tmp_path / "config.toml", "x")
 
 
@@ -413,15 +417,6 @@ def test_when_the_save_on_the_way_out_fails_too_the_last_good_checkpoint_is_name
     monkeypatch.setattr(checkpoint.torch, "save", full_after_step_2)
     with pytest.raises(run.RunError, match=r"^cannot write '.*metrics.jsonl': .*; saving the run failed too \(cannot write "
                        r"checkpoint '.*step_00000004.pt': .*\); the last good checkpoint is .*step_00000002.pt$"):
-        run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes)), echo=quiet)
-
-
-def test_an_unwritable_checkpoint_folder_asks_for_write_permission_not_space(tmp_path, shapes, monkeypatch):
-    def denied(*args, **kwargs):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-
-    monkeypatch.setattr(checkpoint.torch, "save", denied)
-    with pytest.raises(run.RunError, match=r"cannot write checkpoint '.*': Permission denied; make the folder writable and --resume$"):
         run.train(loads(CNN.format(out=tmp_path / "runs", data=shapes)), echo=quiet)
 
 
