@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from craft.data.tokenizers import load_tokenizer, saved_as
-from craft.other_data import classes_differ
+from craft.data.tokenizers import load_tokenizer
+from craft.other_data import classes_differ, tokenizer_differs
 from craft.rundir import CLASSES_FILE, TOKENIZER_FILE, RunError
 from craft.words import few, plural
 
@@ -41,9 +41,8 @@ def changed(folder: Path | None, sizes: dict[str, int], data: Any) -> Changed | 
     source model's ``vocab_size`` / ``num_classes``, which may exceed the file's count (a padded vocabulary)."""
     if folder is None or data is None:
         return None
-    tokenizer, saved = getattr(data, "tokenizer", None), folder / TOKENIZER_FILE
-    if tokenizer is not None and saved.is_file() and not saved_as(tokenizer, saved):
-        size = load_tokenizer(saved).vocab_size
+    if tokenizer_differs(folder, data):
+        tokenizer, size = data.tokenizer, load_tokenizer(folder / TOKENIZER_FILE).vocab_size
         return Changed(
             f"the data's tokenizer differs from the source's {TOKENIZER_FILE} ({plural(size, 'token')}, the data's "
             f"{tokenizer.vocab_size}), so the same token ids mean other text", "the data's vocabulary differs from "

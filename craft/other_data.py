@@ -153,9 +153,9 @@ def in_run_vocabulary(run_dir: Path, batches, path: str | None = None):
     """``batches`` as they are, or, when their tokenizer is not the run's, with ids renumbered to the run's:
     character and word ids only. A BPE or tiktoken token is a piece of bytes that the run's tokenizer cuts
     otherwise, so another subword tokenizer's ids are refused, naming how to encode ``path``'s text with the run's."""
-    saved, tokenizer = run_dir / TOKENIZER_FILE, getattr(batches, "tokenizer", None)
-    if tokenizer is None or not saved.exists() or saved_as(tokenizer, saved):
+    if not tokenizer_differs(run_dir, batches):
         return batches
+    saved, tokenizer = run_dir / TOKENIZER_FILE, batches.tokenizer
     run = load_tokenizer(saved)
     if is_subword(tokenizer) or is_subword(run):
         raise RunError(
@@ -209,6 +209,13 @@ class InRunVocabulary:
         return torch.where(real, self.ids[tokens.clamp(min=0)], tokens)
 
 
+def tokenizer_differs(folder: Path, data) -> bool:
+    """Whether ``data``'s tokenizer saves otherwise than ``folder``'s ``tokenizer.json`` (``saved_as``): its ids mean
+    other text. False where either has none (image data, a run from before tokenizer.json)."""
+    tokenizer, saved = getattr(data, "tokenizer", None), folder / TOKENIZER_FILE
+    return tokenizer is not None and saved.is_file() and not saved_as(tokenizer, saved)
+
+
 def classes_differ(run_dir: Path, classes: list[str] | None, whose: str = "the run's") -> str | None:
     """How ``classes`` differ from the run's ``classes.json`` (None when they match, for text data, or for a run
     from before classes.json): a label is a position in that list, so another list scores (or trains) every
@@ -235,10 +242,9 @@ def check_same_data_files(run_dir: Path, data) -> None:
     with (its ``tokenizer.json``, ``classes.json``): token files prepared again, an edited character corpus or
     a class folder added or renamed give ids and labels that mean something else."""
     again = "resume on the data the run trained on, or start a new run"
-    tokenizer, saved = getattr(data, "tokenizer", None), run_dir / TOKENIZER_FILE
-    if tokenizer is not None and saved.is_file() and not saved_as(tokenizer, saved):
+    if tokenizer_differs(run_dir, data):
         raise RunError(
-            f"cannot resume: the data's tokenizer differs from {str(saved)!r} (was data.path prepared again, or the "
+            f"cannot resume: the data's tokenizer differs from {str(run_dir / TOKENIZER_FILE)!r} (was data.path prepared again, or the "
             f"text edited?), so its token ids mean other text; {again}"
         )
     if differ := classes_differ(run_dir, getattr(data, "classes", None)):
