@@ -52,6 +52,18 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, tim
     return forked_cli.run(list(args), cwd=cwd, env=env, timeout=timeout)
 
 
+def evaluated_without_the_train_data(run_dir: Path, data: Path, test: Path) -> tuple[dict, dict, list[str]]:
+    """``craft evaluate RUN --data.val_path=TEST`` with the run's ``data`` given, then alone once ``data`` is moved
+    away: ``(with_train, alone, what alone said)``."""
+    from craft import trained
+
+    with_train = trained.evaluate(run_dir, data={"data.path": str(data), "data.val_path": str(test)})
+    data.rename(data.with_name(data.name + "-gone"))
+    said = []
+    alone = trained.evaluate(run_dir, data={"data.val_path": str(test)}, say=said.append)
+    return with_train, alone, said
+
+
 def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
     """The params of the newest step checkpoint of ``run_dir``."""
     latest = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]

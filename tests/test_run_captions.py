@@ -14,6 +14,7 @@ from craft.config import load
 from craft.data.captions import write_caption_folder
 from craft.data.tokenizers import BOUNDARY, load_tokenizer
 from craft.generate import generate_text
+from conftest import evaluated_without_the_train_data
 from conftest import final_params as _final_params
 from conftest import run_cli as craft
 
@@ -226,10 +227,7 @@ def test_evaluate_on_a_test_folder_reads_only_it_with_the_run_s_tokenizer(tmp_pa
         name = json.loads(line)["image"]
         (test / name).write_bytes((data / "val" / name).read_bytes())
     (test / "captions.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    with_train = trained.evaluate(run_dir, data={"data.path": str(data), "data.val_path": str(test)})
-    data.rename(tmp_path / "gone")
-    said = []
-    alone = trained.evaluate(run_dir, data={"data.val_path": str(test)}, say=said.append)
+    with_train, alone, said = evaluated_without_the_train_data(run_dir, data, test)
     assert alone == pytest.approx(with_train, rel=1e-5)
     assert said == [f"val data: 3 captions of 3 images in {test / 'captions.jsonl'}"]
 

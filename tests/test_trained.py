@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_cli, shapes_folder
+from conftest import evaluated_without_the_train_data, run_cli, shapes_folder
 from craft import run, trained
 from craft.config import load
 
@@ -121,9 +121,6 @@ def test_evaluate_on_a_test_set_reads_only_it_with_the_run_s_classes(tmp_path):
     test = tmp_path / "test"
     for name in ("square", "star"):  # the run's classes 5 and 6 of 7, 0 and 1 of the test set's own
         shutil.copytree(data / "val" / name, test / name)
-    with_train = trained.evaluate(run_dir, data={"data.path": str(data), "data.val_path": str(test)})
-    data.rename(tmp_path / "gone")
-    said = []
-    alone = trained.evaluate(run_dir, data={"data.val_path": str(test)}, say=said.append)
+    with_train, alone, said = evaluated_without_the_train_data(run_dir, data, test)
     assert alone == pytest.approx(with_train, rel=1e-6)
     assert said == [f"val data: 4 images in {test} (4 PNG)"]
